@@ -1,0 +1,60 @@
+//! Every map of the object. The agent finds them by the names in
+//! `guardian_common::maps` and fills the first three before attaching.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use guardian_common::{Counter, InodeKey, KernelConfig, ProtectedFile};
+
+/// Protected files by inode.
+#[map(name = "GUARDIAN_PROTECTED")]
+pub static PROTECTED: HashMap<InodeKey, ProtectedFile> = HashMap::with_max_entries(16384, 0);
+
+/// Executables allowed to write protected files, by inode.
+#[map(name = "GUARDIAN_WRITERS")]
+pub static WRITERS: HashMap<InodeKey, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Struct offsets and mode (index 0).
+#[map(name = "GUARDIAN_CONFIG")]
+pub static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
+
+/// Events to the agent. The agent may resize it at load time.
+#[map(name = "GUARDIAN_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Counters, indexed by `guardian_common::Counter`.
+#[map(name = "GUARDIAN_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Open flags between `sys_enter_open*` and `sys_exit_open*`, by pid_tgid.
+/// LRU, so a thread killed inside `open` cannot leak an entry forever.
+#[map(name = "GUARDIAN_PENDING_OPENS")]
+pub static PENDING_OPENS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(8192, 0);
+
+const _: () = {
+    // The names above must be the shared ones; attribute arguments cannot
+    // take a const, so check them here instead.
+    use guardian_common::maps as m;
+    assert!(eq(m::PROTECTED_FILES, "GUARDIAN_PROTECTED"));
+    assert!(eq(m::ALLOWED_WRITERS, "GUARDIAN_WRITERS"));
+    assert!(eq(m::CONFIG, "GUARDIAN_CONFIG"));
+    assert!(eq(m::EVENTS, "GUARDIAN_EVENTS"));
+    assert!(eq(m::COUNTERS, "GUARDIAN_COUNTERS"));
+    assert!(eq(m::PENDING_OPENS, "GUARDIAN_PENDING_OPENS"));
+};
+
+const fn eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}

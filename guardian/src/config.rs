@@ -1,0 +1,308 @@
+//! The agent's configuration: one TOML file (default
+//! `/etc/guardian/guardian.toml`; the documented sample is
+//! `guardian/guardian.toml.sample`), then `GUARDIAN_*` environment variables,
+//! then command-line flags. Unknown keys are errors, not ignored, so a typo
+//! cannot silently disable protection.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default location of the config file.
+pub const DEFAULT_PATH: &str = "/etc/guardian/guardian.toml";
+
+/// Which enforcement the agent asks for.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeRequest {
+    /// Enforce if the kernel can (BPF LSM attaches), otherwise detect, and
+    /// say why.
+    #[default]
+    Auto,
+    /// Enforce or refuse to start.
+    Enforce,
+    /// Report only, even where the kernel could deny.
+    Detect,
+}
+
+impl std::str::FromStr for ModeRequest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "enforce" => Ok(Self::Enforce),
+            "detect" => Ok(Self::Detect),
+            other => Err(format!(
+                "unknown mode {other:?} (expected auto, enforce or detect)"
+            )),
+        }
+    }
+}
+
+/// `[guard]`: what is protected and who may change it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// Enforcement mode.
+    #[serde(default)]
+    pub mode: ModeRequest,
+    /// Files (or directories, whose regular files are protected,
+    /// recursively) that nobody but an allowed writer may open for writing.
+    pub protected: Vec<PathBuf>,
+    /// Executables allowed to write protected files. Identified by the
+    /// inode of the binary when the agent starts, so replacing the binary
+    /// (new inode) revokes the permission.
+    #[serde(default)]
+    pub allowed_writers: Vec<PathBuf>,
+}
+
+/// `[events]`: where security events go.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// `-` for standard output, or a file that JSON lines are appended to.
+    #[serde(default = "default_events_output")]
+    pub output: String,
+    /// Size of the kernel-to-agent ring buffer in KiB (a power of two,
+    /// at least 4). A full buffer drops events; drops are counted and shown.
+    #[serde(default = "default_ring_kib")]
+    pub ring_buffer_kib: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            output: default_events_output(),
+            ring_buffer_kib: default_ring_kib(),
+        }
+    }
+}
+
+fn default_events_output() -> String {
+    "-".to_owned()
+}
+
+fn default_ring_kib() -> u32 {
+    256
+}
+
+/// `[status]`: where `guardian run` publishes its state for `guardian status`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// The status file (JSON, rewritten atomically).
+    #[serde(default = "default_status_path")]
+    pub path: PathBuf,
+    /// How often counters are refreshed, in seconds.
+    #[serde(default = "default_status_interval")]
+    pub interval_secs: u64,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            path: default_status_path(),
+            interval_secs: default_status_interval(),
+        }
+    }
+}
+
+/// Default status file.
+pub fn default_status_path() -> PathBuf {
+    PathBuf::from("/run/guardian/status.json")
+}
+
+fn default_status_interval() -> u64 {
+    2
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[guard]`.
+    pub guard: GuardConfig,
+    /// `[events]`.
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// `[status]`.
+    #[serde(default)]
+    pub status: StatusConfig,
+}
+
+/// Errors loading the configuration. Each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An environment override is malformed.
+    #[error("invalid environment variable {name}: {message}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Load `path`, then apply `GUARDIAN_*` overrides from `env`.
+    pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.apply_env(env)?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        // Relative paths are relative to the config file, like systemd
+        // units and most daemons do it, not to wherever the agent started.
+        let base = path.parent().unwrap_or(Path::new("/"));
+        for p in config
+            .guard
+            .protected
+            .iter_mut()
+            .chain(config.guard.allowed_writers.iter_mut())
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parse TOML text (no environment, no path resolution).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = env("GUARDIAN_MODE") {
+            self.guard.mode = v.parse().map_err(|message| ConfigError::Env {
+                name: "GUARDIAN_MODE",
+                message,
+            })?;
+        }
+        if let Some(v) = env("GUARDIAN_EVENTS_OUTPUT") {
+            self.events.output = v;
+        }
+        if let Some(v) = env("GUARDIAN_STATUS_PATH") {
+            self.status.path = PathBuf::from(v);
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.guard.protected.is_empty() {
+            return Err("[guard] protected is empty: nothing to protect".to_owned());
+        }
+        let kib = self.events.ring_buffer_kib;
+        if kib < 4 || !kib.is_power_of_two() {
+            return Err(format!(
+                "[events] ring_buffer_kib = {kib}: must be a power of two, at least 4"
+            ));
+        }
+        if self.status.interval_secs == 0 {
+            return Err("[status] interval_secs must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[guard]\nprotected = [\"/opt/models\"]\n";
+
+    #[test]
+    fn defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.guard.mode, ModeRequest::Auto);
+        assert!(c.guard.allowed_writers.is_empty());
+        assert_eq!(c.events.output, "-");
+        assert_eq!(c.events.ring_buffer_kib, 256);
+        assert_eq!(c.status.path, default_status_path());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Config::parse("[guard]\nprotected = []\nprotectd = []\n").unwrap_err();
+        assert!(e.contains("protectd"), "{e}");
+    }
+
+    #[test]
+    fn sample_config_parses() {
+        let text = include_str!("../guardian.toml.sample");
+        let c = Config::parse(text).unwrap();
+        assert!(!c.guard.protected.is_empty());
+    }
+
+    #[test]
+    fn load_names_the_file_and_resolves_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, "[guard]\nprotected = [\"m.onnx\"]\n").unwrap();
+        let c = Config::load(&path, |_| None).unwrap();
+        assert_eq!(c.guard.protected, vec![dir.path().join("m.onnx")]);
+
+        std::fs::write(&path, "[guard\n").unwrap();
+        let e = Config::load(&path, |_| None).unwrap_err().to_string();
+        assert!(e.contains(&*path.to_string_lossy()), "{e}");
+
+        let missing = dir.path().join("nope.toml");
+        let e = Config::load(&missing, |_| None).unwrap_err().to_string();
+        assert!(e.contains("nope.toml"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_and_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let c = Config::load(&path, |k| (k == "GUARDIAN_MODE").then(|| "detect".into())).unwrap();
+        assert_eq!(c.guard.mode, ModeRequest::Detect);
+        let e = Config::load(&path, |k| (k == "GUARDIAN_MODE").then(|| "loud".into()));
+        assert!(matches!(e, Err(ConfigError::Env { .. })));
+
+        std::fs::write(&path, "[guard]\nprotected = []\n").unwrap();
+        assert!(matches!(
+            Config::load(&path, |_| None),
+            Err(ConfigError::Invalid { .. })
+        ));
+        std::fs::write(&path, format!("{MINIMAL}[events]\nring_buffer_kib = 100\n")).unwrap();
+        assert!(matches!(
+            Config::load(&path, |_| None),
+            Err(ConfigError::Invalid { .. })
+        ));
+    }
+}

@@ -1,0 +1,231 @@
+//! `guardian status`: what the running agent publishes about itself (mode
+//! in force and why, kernel features, hooks, counters, warnings), written
+//! atomically to a JSON file that the `status` command reads.
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    guard::{HookState, Mode},
+    kernel::KernelFeatures,
+};
+
+/// Everything `guardian status` shows.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// guardian's version.
+    pub version: String,
+    /// The agent's pid.
+    pub pid: u32,
+    /// When it started (RFC 3339).
+    pub started: String,
+    /// When this file was last written.
+    pub updated: String,
+    /// Mode asked for in the config.
+    pub requested_mode: String,
+    /// Mode in force.
+    pub mode: Mode,
+    /// Why that mode.
+    pub mode_reason: String,
+    /// Kernel findings.
+    pub kernel: KernelFeatures,
+    /// Attached hooks.
+    pub hooks: Vec<HookState>,
+    /// Number of protected files.
+    pub protected_files: usize,
+    /// Number of allowed writer executables.
+    pub allowed_writers: usize,
+    /// Kernel counters (summed over CPUs) and agent counters.
+    pub counters: BTreeMap<String, u64>,
+    /// Degraded or insecure conditions, in words.
+    pub warnings: Vec<String>,
+}
+
+/// Errors reading or writing the status file.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// Writing failed.
+    #[error("cannot write status file {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No agent has published a status.
+    #[error("guardian is not running (no status file at {path}: {source})")]
+    NotRunning {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a status document.
+    #[error("malformed status file {path}: {source}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Status {
+    /// Write atomically (temporary file, fsync, rename), so a reader never
+    /// sees a torn document.
+    pub fn write(&self, path: &Path) -> Result<(), StatusError> {
+        let err = |source| StatusError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        let body = serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
+        f.write_all(&body).map_err(err)?;
+        f.write_all(b"\n").map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+
+    /// Read a status file.
+    pub fn read(path: &Path) -> Result<Self, StatusError> {
+        let text = std::fs::read(path).map_err(|source| StatusError::NotRunning {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|source| StatusError::Malformed {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// True if the process that wrote this is still alive.
+    pub fn agent_alive(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+
+    /// Human-readable rendering.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let alive = if self.agent_alive() {
+            "running"
+        } else {
+            "NOT RUNNING (stale status)"
+        };
+        s += &format!("guardian {}  pid {} {alive}\n", self.version, self.pid);
+        s += &format!("  started  {}\n  updated  {}\n", self.started, self.updated);
+        s += &format!(
+            "mode: {} (requested: {})\n  {}\n",
+            self.mode.as_str().to_uppercase(),
+            self.requested_mode,
+            self.mode_reason
+        );
+        let k = &self.kernel;
+        s += &format!(
+            "kernel: {} {}\n  BTF: {}\n  LSMs: {}\n  tracefs: {}\n",
+            k.release,
+            k.machine,
+            if k.btf { "yes" } else { "no" },
+            k.lsm
+                .as_ref()
+                .map(|l| l.join(","))
+                .unwrap_or_else(|| "unknown (securityfs not mounted)".into()),
+            k.tracefs.as_deref().unwrap_or("not mounted"),
+        );
+        s += "hooks:\n";
+        for h in &self.hooks {
+            s += &format!(
+                "  {:<18} {:<11} {}\n",
+                h.hook,
+                h.mechanism,
+                h.attached.join(" ")
+            );
+        }
+        s += &format!(
+            "protected files: {}   allowed writers: {}\n",
+            self.protected_files, self.allowed_writers
+        );
+        s += "counters:\n";
+        for (k, v) in &self.counters {
+            s += &format!("  {k:<22} {v}\n");
+        }
+        if self.warnings.is_empty() {
+            s += "warnings: none\n";
+        } else {
+            s += "warnings:\n";
+            for w in &self.warnings {
+                s += &format!("  ! {w}\n");
+            }
+        }
+        s
+    }
+}
+
+/// RFC 3339 of now, second precision.
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            version: "0.1.0".into(),
+            pid: std::process::id(),
+            started: now(),
+            updated: now(),
+            requested_mode: "auto".into(),
+            mode: Mode::Detect,
+            mode_reason: "BPF LSM unavailable".into(),
+            kernel: KernelFeatures::default(),
+            hooks: vec![],
+            protected_files: 2,
+            allowed_writers: 1,
+            counters: BTreeMap::from([("ringbuf_drops".into(), 3)]),
+            warnings: vec!["detect-only".into()],
+        }
+    }
+
+    #[test]
+    fn roundtrip_and_render() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/status.json");
+        let st = sample();
+        st.write(&path).unwrap();
+        let back = Status::read(&path).unwrap();
+        assert_eq!(back, st);
+        let text = back.render();
+        assert!(text.contains("mode: DETECT"), "{text}");
+        assert!(text.contains("ringbuf_drops"), "{text}");
+        assert!(text.contains("! detect-only"), "{text}");
+        assert!(text.contains("running"), "{text}");
+    }
+
+    #[test]
+    fn missing_and_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        assert!(matches!(
+            Status::read(&path),
+            Err(StatusError::NotRunning { .. })
+        ));
+        std::fs::write(&path, b"{").unwrap();
+        assert!(matches!(
+            Status::read(&path),
+            Err(StatusError::Malformed { .. })
+        ));
+    }
+}
