@@ -77,8 +77,12 @@ for c in clippy rustfmt; do
 done
 if ! have_toolchain "$EBPF_TOOLCHAIN"; then
     log "installing $EBPF_TOOLCHAIN (eBPF crate only)"
-    rustup toolchain install "$EBPF_TOOLCHAIN" --profile minimal --component rust-src
+    rustup toolchain install "$EBPF_TOOLCHAIN" --profile minimal --component rust-src,clippy
 fi
+# Toolchains installed by an earlier version of this script may lack a
+# component; add what is missing.
+rustup component list --installed --toolchain "$EBPF_TOOLCHAIN" | grep -q '^clippy' \
+    || rustup component add --toolchain "$EBPF_TOOLCHAIN" clippy
 if ! have_toolchain "$MSRV"; then
     log "installing Rust $MSRV (minimum supported)"
     rustup toolchain install "$MSRV" --profile minimal --component clippy

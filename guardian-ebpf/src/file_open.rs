@@ -59,13 +59,13 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i64> {
     }
     let key = kernel::file_key(off, file)?;
     // SAFETY: the value is copied out before the map can change under us.
-    let Some(protected) = (unsafe { PROTECTED.get(&key) }).copied() else {
+    let Some(protected) = (unsafe { PROTECTED.get(key) }).copied() else {
         return Ok(0);
     };
     let task = kernel::current_task();
     let exe = kernel::exe_key(off, task)?;
     // SAFETY: presence check only.
-    let allowed = exe.ino != 0 && unsafe { WRITERS.get(&exe) }.is_some();
+    let allowed = exe.ino != 0 && unsafe { WRITERS.get(exe) }.is_some();
     let (v, ret) = if allowed {
         report::count(Counter::Allowed);
         (verdict::ALLOW, 0)

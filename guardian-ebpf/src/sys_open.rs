@@ -44,7 +44,7 @@ fn remember(flags: u32) {
         return;
     }
     if PENDING_OPENS
-        .insert(&bpf_get_current_pid_tgid(), &flags, 0)
+        .insert(bpf_get_current_pid_tgid(), flags, 0)
         .is_err()
     {
         report::count(Counter::PendingDrops);
@@ -105,10 +105,10 @@ pub fn guardian_exit_open(ctx: TracePointContext) -> u32 {
 fn try_exit_open(ctx: &TracePointContext) -> Result<(), i64> {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied before the entry is removed.
-    let Some(flags) = (unsafe { PENDING_OPENS.get(&id) }).copied() else {
+    let Some(flags) = (unsafe { PENDING_OPENS.get(id) }).copied() else {
         return Ok(());
     };
-    let _ = PENDING_OPENS.remove(&id);
+    let _ = PENDING_OPENS.remove(id);
     // SAFETY: offset inside the record, see the module docs.
     let ret: i64 = unsafe { ctx.read_at::<i64>(16) }.map_err(i64::from)?;
     if ret < 0 {
@@ -122,12 +122,12 @@ fn try_exit_open(ctx: &TracePointContext) -> Result<(), i64> {
     let file = kernel::fd_file(off, task, ret as u32)?;
     let key = kernel::file_key(off, file)?;
     // SAFETY: copied out at once.
-    let Some(protected) = (unsafe { PROTECTED.get(&key) }).copied() else {
+    let Some(protected) = (unsafe { PROTECTED.get(key) }).copied() else {
         return Ok(());
     };
     let exe = kernel::exe_key(off, task)?;
     // SAFETY: presence check only.
-    let allowed = exe.ino != 0 && unsafe { WRITERS.get(&exe) }.is_some();
+    let allowed = exe.ino != 0 && unsafe { WRITERS.get(exe) }.is_some();
     let v = if allowed {
         report::count(Counter::Allowed);
         verdict::ALLOW

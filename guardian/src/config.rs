@@ -116,6 +116,27 @@ fn default_status_interval() -> u64 {
     2
 }
 
+/// `[kernel]`: where to find what the kernel does not publish itself.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSettings {
+    /// BTF describing the running kernel, for the struct offsets the eBPF
+    /// programs need. The kernel's own (`CONFIG_DEBUG_INFO_BTF`) by default;
+    /// for a kernel without it, a BTF file generated for exactly that build.
+    #[serde(default = "default_btf")]
+    pub btf: PathBuf,
+}
+
+impl Default for KernelSettings {
+    fn default() -> Self {
+        Self { btf: default_btf() }
+    }
+}
+
+fn default_btf() -> PathBuf {
+    PathBuf::from(crate::btf::VMLINUX_BTF)
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +149,9 @@ pub struct Config {
     /// `[status]`.
     #[serde(default)]
     pub status: StatusConfig,
+    /// `[kernel]`.
+    #[serde(default)]
+    pub kernel: KernelSettings,
 }
 
 /// Errors loading the configuration. Each names the file.
@@ -217,6 +241,9 @@ impl Config {
         }
         if let Some(v) = env("GUARDIAN_STATUS_PATH") {
             self.status.path = PathBuf::from(v);
+        }
+        if let Some(v) = env("GUARDIAN_KERNEL_BTF") {
+            self.kernel.btf = PathBuf::from(v);
         }
         Ok(())
     }

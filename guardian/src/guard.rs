@@ -279,12 +279,13 @@ impl Guard {
         request: ModeRequest,
         targets: &Targets,
         features: &KernelFeatures,
+        btf_path: &Path,
         ring_buffer_bytes: u32,
     ) -> Result<Self, GuardError> {
         if object.is_empty() {
             return Err(GuardError::NoObject);
         }
-        let offsets = Btf::from_sys_fs()
+        let offsets = Btf::from_file(btf_path)
             .and_then(|b| b.kernel_offsets())
             .map_err(GuardError::Btf)?;
 
@@ -358,10 +359,7 @@ impl Guard {
             ModeRequest::Detect => Some("detect mode requested in the config".to_owned()),
             ModeRequest::Auto | ModeRequest::Enforce => {
                 set_config(&mut ebpf, kmode::ENFORCE)?;
-                match attach_lsm(&mut ebpf, features) {
-                    Ok(()) => None,
-                    Err(why) => Some(why),
-                }
+                attach_lsm(&mut ebpf, features).err()
             }
         };
         let (mode, reason, hooks) = match lsm_refusal {
@@ -494,7 +492,7 @@ fn attach_lsm(ebpf: &mut Ebpf, features: &KernelFeatures) -> Result<(), String> 
     prog.load("file_open", &btf).map_err(|e| {
         format!(
             "BPF LSM program did not load: {} (kernels without BPF trampolines refuse LSM programs; arm64 needs Linux >= 6.4)",
-            chain(&e)
+            chain(&e).trim_end().trim_end_matches("Verifier output:").trim_end_matches(['.', ' '])
         )
     })?;
     prog.attach().map_err(|e| {

@@ -105,6 +105,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.guard.mode,
         &targets,
         &features,
+        &config.kernel.btf,
         config.events.ring_buffer_kib * 1024,
     )?;
     match guard.mode() {

@@ -1,0 +1,423 @@
+//! Host integration tests: the real `guardian` binary, real eBPF programs
+//! on this machine's kernel (syscall tracepoints; BPF LSM is tested in the
+//! aarch64 guest, see `qemu/`), real files.
+//!
+//! They need root (loading eBPF). They refuse to pass without it: a guard
+//! test that silently skips would hide exactly the failures it exists for.
+//! The tests share the kernel, so they take a lock and run one at a time.
+
+// Tests panic on purpose: the failing line is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    io::Write as _,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+static KERNEL: Mutex<()> = Mutex::new(());
+
+fn exclusive() -> MutexGuard<'static, ()> {
+    assert!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() } == 0,
+        "the host integration tests load eBPF programs and must run as root (./test.sh does)"
+    );
+    KERNEL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn guardian() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_guardian"));
+    c.env_remove("GUARDIAN_MODE")
+        .env_remove("GUARDIAN_CONFIG")
+        .env_remove("GUARDIAN_KERNEL_BTF")
+        .env("GUARDIAN_LOG", "info");
+    c
+}
+
+/// A scratch directory with a protected model, an unprotected file, and a
+/// config; readable by everyone (one test runs the agent as nobody).
+struct Scene {
+    dir: tempfile::TempDir,
+}
+
+impl Scene {
+    fn new(mode: &str, writers: &[&Path]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let s = Self { dir };
+        std::fs::write(s.model(), b"weights v1\n").unwrap();
+        std::fs::write(s.path("other.bin"), b"not protected\n").unwrap();
+        let writers: Vec<String> = writers
+            .iter()
+            .map(|w| format!("{:?}", w.display().to_string()))
+            .collect();
+        let cfg = format!(
+            "[guard]\nmode = \"{mode}\"\nprotected = [{:?}]\nallowed_writers = [{}]\n\
+             [events]\noutput = {:?}\n[status]\npath = {:?}\ninterval_secs = 1\n",
+            s.model().display().to_string(),
+            writers.join(", "),
+            s.path("events.jsonl").display().to_string(),
+            s.path("status.json").display().to_string(),
+        );
+        std::fs::write(s.config(), cfg).unwrap();
+        s
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn model(&self) -> PathBuf {
+        self.path("model.onnx")
+    }
+    fn config(&self) -> PathBuf {
+        self.path("guardian.toml")
+    }
+    fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.path("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+    fn status(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.path("status.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+/// A running agent, stopped (SIGTERM) on drop.
+struct Agent {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Agent {
+    fn start(scene: &Scene) -> Self {
+        let stderr = scene.path("agent.stderr");
+        let child = guardian()
+            .args(["run", "--config"])
+            .arg(scene.config())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut agent = Self { child, stderr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while scene.status().is_none() {
+            if let Some(code) = agent.child.try_wait().unwrap() {
+                panic!("guardian exited with {code} before ready:\n{}", agent.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "guardian not ready in 30 s:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+    fn stop(mut self) -> String {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "guardian exit {status}:\n{}", self.log());
+        self.log()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wait until `f` returns Some, or fail after `secs`.
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn counter(scene: &Scene, name: &str) -> u64 {
+    scene.status().unwrap()["counters"][name].as_u64().unwrap()
+}
+
+/// Programs of ours still loaded in the kernel (names are cut to 15 bytes).
+fn our_programs() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_owned))
+        .filter(|n| n.starts_with("guardian_"))
+        .collect()
+}
+
+/// Run a shell as a child that keeps running (so /proc/PID/exe stays
+/// valid) until we close its stdin.
+fn shell(exe: &Path, script: &str) -> Child {
+    Command::new(exe)
+        .args(["-c", &format!("{script}; read _done || true")])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(mut child: Child) {
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn tracepoint_reports_write_open_of_protected_file_only() {
+    let _k = exclusive();
+    let scene = Scene::new("detect", &[]);
+    let agent = Agent::start(&scene);
+    let st = scene.status().unwrap();
+    assert_eq!(st["mode"], "detect");
+    assert_eq!(st["hooks"][0]["mechanism"], "tracepoint");
+
+    let sh = PathBuf::from("/bin/sh").canonicalize().unwrap();
+    let model = scene.model();
+    let other = scene.path("other.bin");
+    // A read-only open and a write to an unprotected file first, then the
+    // tamper: only the last may produce an event.
+    let child = shell(
+        &sh,
+        &format!(
+            "cat {m} >/dev/null && echo x >> {o} && echo tamper >> {m}",
+            m = model.display(),
+            o = other.display()
+        ),
+    );
+    let pid = child.id();
+    let events = wait_for(10, "the write-open event", || {
+        let e = scene.events();
+        (!e.is_empty()).then_some(e)
+    });
+    finish(child);
+
+    let meta = std::fs::metadata(&model).unwrap();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let ev = &events[0];
+    assert_eq!(ev["event"], "file_write_open");
+    assert_eq!(ev["verdict"], "alert");
+    assert_eq!(ev["mode"], "detect");
+    assert_eq!(ev["pid"], pid);
+    assert_eq!(ev["ppid"], std::process::id());
+    assert_eq!(ev["uid"], 0);
+    assert_eq!(ev["exe"], sh.display().to_string());
+    assert_eq!(ev["file"], model.display().to_string());
+    assert_eq!(ev["ino"], meta.ino());
+    let flags = ev["flags_text"].as_str().unwrap();
+    assert!(
+        flags.starts_with("O_WRONLY") && flags.contains("O_APPEND"),
+        "{flags}"
+    );
+    assert!(ev["time"].as_str().unwrap().ends_with('Z'));
+
+    // In-kernel filtering: the kernel itself submitted exactly one record;
+    // the read-only open and the unprotected write never left the kernel.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(counter(&scene, "events_submitted"), 1);
+    assert_eq!(counter(&scene, "detected"), 1);
+    assert_eq!(counter(&scene, "ringbuf_drops"), 0);
+    assert_eq!(scene.events().len(), 1);
+    agent.stop();
+    assert!(
+        our_programs().is_empty(),
+        "left loaded: {:?}",
+        our_programs()
+    );
+}
+
+#[test]
+fn allowlisted_writer_is_recognised_by_executable_inode() {
+    let _k = exclusive();
+    // A private copy of the shell is the "updater": same bytes and same
+    // comm-able name as /bin/sh, different inode. Only the copy is allowed.
+    let bin = tempfile::tempdir().unwrap();
+    let updater = bin.path().join("model-updater");
+    std::fs::copy("/bin/sh", &updater).unwrap();
+    let scene = Scene::new("detect", &[&updater]);
+    let agent = Agent::start(&scene);
+
+    let model = scene.model();
+    let good = shell(&updater, &format!("echo v2 >> {}", model.display()));
+    let good_pid = good.id();
+    wait_for(10, "the updater's event", || {
+        (scene.events().len() == 1).then_some(())
+    });
+    finish(good);
+    // `exec -a` gives the impostor the updater's name; it must not matter.
+    let bad = shell(
+        Path::new("/bin/bash"),
+        &format!(
+            "exec -a model-updater /bin/sh -c 'echo evil >> {}; read _x || true'",
+            model.display()
+        ),
+    );
+    let bad_pid = bad.id();
+    let events = wait_for(10, "the impostor's event", || {
+        let e = scene.events();
+        (e.len() == 2).then_some(e)
+    });
+    finish(bad);
+    agent.stop();
+
+    assert_eq!(events[0]["pid"], good_pid);
+    assert_eq!(events[0]["verdict"], "allow");
+    assert_eq!(events[0]["exe"], updater.display().to_string());
+    assert_eq!(events[1]["pid"], bad_pid);
+    assert_eq!(events[1]["verdict"], "alert");
+    assert_ne!(events[1]["exe_ino"], events[0]["exe_ino"]);
+}
+
+#[test]
+fn status_command_shows_mode_and_reason() {
+    let _k = exclusive();
+    let scene = Scene::new("auto", &[]);
+    let agent = Agent::start(&scene);
+    let out = guardian()
+        .args(["status", "--config"])
+        .arg(scene.config())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    // This kernel cannot run BPF LSM programs (no trampolines), so auto
+    // must fall back and say why, not claim enforcement.
+    let st = scene.status().unwrap();
+    if st["mode"] == "detect" {
+        assert!(text.contains("mode: DETECT"), "{text}");
+        assert!(text.contains("BPF LSM"), "{text}");
+        assert!(text.contains("! detect-only"), "{text}");
+        assert!(agent.log().contains("DETECT-ONLY"), "{}", agent.log());
+    } else {
+        assert!(text.contains("mode: ENFORCE"), "{text}");
+    }
+    agent.stop();
+    let out = guardian()
+        .args(["status", "--config"])
+        .arg(scene.config())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "status after stop must say not running"
+    );
+}
+
+/// Run the agent expecting a start-up failure: non-zero exit, one error
+/// line containing `needle`, nothing left in the kernel.
+fn expect_failure(cmd: &mut Command, needle: &str) {
+    let out = cmd.stdout(Stdio::null()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success:\n{err}"
+    );
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(errors.len(), 1, "want one error line:\n{err}");
+    assert!(
+        errors[0].contains(needle),
+        "{needle:?} not in {:?}",
+        errors[0]
+    );
+    assert!(
+        our_programs().is_empty(),
+        "left loaded: {:?}",
+        our_programs()
+    );
+}
+
+#[test]
+fn bad_input_fails_cleanly() {
+    let _k = exclusive();
+    let scene = Scene::new("auto", &[]);
+
+    // Missing and unreadable configs.
+    let missing = scene.path("nope.toml");
+    expect_failure(guardian().args(["run", "-c"]).arg(&missing), "nope.toml");
+    expect_failure(
+        guardian().args(["run", "-c"]).arg(scene.dir.path()),
+        "cannot read config",
+    );
+    let mut f = std::fs::File::create(scene.path("bad.toml")).unwrap();
+    writeln!(f, "[guard]\nprotected = 7").unwrap();
+    expect_failure(
+        guardian().args(["run", "-c"]).arg(scene.path("bad.toml")),
+        "bad.toml",
+    );
+
+    // A protected path that does not exist.
+    let cfg = std::fs::read_to_string(scene.config()).unwrap();
+    let gone = scene.path("gone.onnx");
+    std::fs::write(
+        scene.path("gone.toml"),
+        cfg.replace(&*scene.model().to_string_lossy(), &gone.to_string_lossy()),
+    )
+    .unwrap();
+    expect_failure(
+        guardian().args(["run", "-c"]).arg(scene.path("gone.toml")),
+        "protected path",
+    );
+
+    // No BTF.
+    expect_failure(
+        guardian()
+            .args(["run", "-c"])
+            .arg(scene.config())
+            .env("GUARDIAN_KERNEL_BTF", scene.path("no-such-btf")),
+        "no kernel BTF",
+    );
+
+    // No permission to use BPF: the same config, as nobody.
+    std::fs::set_permissions(
+        scene.config(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let mut as_nobody = Command::new("setpriv");
+    as_nobody
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_guardian"))
+        .args(["run", "-c"])
+        .arg(scene.config())
+        .env("GUARDIAN_STATUS_PATH", scene.path("nobody-status.json"))
+        .env("GUARDIAN_EVENTS_OUTPUT", "-");
+    expect_failure(&mut as_nobody, "no permission to load eBPF");
+    // The unreadable case, as nobody: a root-only config.
+    std::fs::set_permissions(
+        scene.config(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    expect_failure(&mut as_nobody, "Permission denied");
+    assert!(
+        scene.status().is_none(),
+        "a failed start must not publish a status"
+    );
+}

@@ -1,0 +1,148 @@
+#!/bin/sh
+# Guest init for the guardian boot test (qemu/run-scenarios.sh) and the
+# demo (./demo.sh). Runs as PID 1 under busybox sh in the arm64 guest.
+#
+# It brings up the kernel interfaces guardian needs, starts `guardian run`
+# in enforce mode protecting /opt/models, plays the attacker and the
+# legitimate updater, and reports one line per scenario:
+#   GUARDIAN-SCENARIO <name> PASS|FAIL <details>
+# which qemu/check-scenarios.sh reads from the serial console. Lines that
+# start with "demo:" narrate for humans.
+#
+# Kernel command line switches:
+#   guardian.break=1  add a scenario that expects the tamper to SUCCEED, to
+#                     prove that the harness fails on a broken scenario.
+
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t securityfs securityfs /sys/kernel/security
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t bpf bpf /sys/fs/bpf
+mount -t tmpfs tmpfs /run
+mkdir -p /run/guardian
+
+MODEL=/opt/models/model.onnx
+UPDATER=/opt/updater/busybox
+EVENTS=/run/guardian/events.jsonl
+
+say() { echo "demo: $*"; }
+report() { echo "GUARDIAN-SCENARIO $1 $2 $3"; }
+check() {
+    # check NAME CONDITION-EXIT-STATUS DETAILS
+    if [ "$2" -eq 0 ]; then report "$1" PASS "$3"; else report "$1" FAIL "$3"; fi
+}
+digest() { sha256sum "$1" | cut -d' ' -f1; }
+# The JSON event(s) for one pid, compact, from guardian's event log.
+events_of() { grep "\"pid\":$1," "$EVENTS" 2>/dev/null; }
+wait_event() {
+    # wait_event PID VERDICT: up to 10 s for guardian to print it.
+    n=0
+    while [ "$n" -lt 100 ]; do
+        events_of "$1" | grep -q "\"verdict\":\"$2\"" && return 0
+        sleep 0.1
+        n=$((n + 1))
+    done
+    return 1
+}
+finish() {
+    echo "GUARDIAN-SCENARIOS-DONE"
+    poweroff -f
+    sleep 10
+}
+
+# --- the machine -----------------------------------------------------------
+n=0
+while [ ! -c /dev/tpmrm0 ] && [ "$n" -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+test -c /dev/tpmrm0
+check tpm-device $? "/dev/tpmrm0 $( [ -c /dev/tpmrm0 ] && echo present || echo MISSING)"
+
+lsm="$(cat /sys/kernel/security/lsm 2>/dev/null)"
+case ",$lsm," in *,bpf,*) r=0 ;; *) r=1 ;; esac
+check bpf-lsm-active $r "active LSMs: ${lsm:-unreadable}"
+
+# --- guardian ----------------------------------------------------------------
+say "starting guardian: protecting /opt/models, allowed writer $UPDATER"
+guardian run --config /etc/guardian/guardian.toml 2>/run/guardian/agent.log &
+agent=$!
+n=0
+while [ ! -s /run/guardian/status.json ] && [ "$n" -lt 600 ]; do
+    kill -0 "$agent" 2>/dev/null || break
+    sleep 0.1
+    n=$((n + 1))
+done
+sed 's/^/demo: agent: /' /run/guardian/agent.log
+if [ ! -s /run/guardian/status.json ]; then
+    report guardian-enforce FAIL "guardian did not start: $(tail -n 1 /run/guardian/agent.log)"
+    finish
+fi
+grep -q '"mode": "enforce"' /run/guardian/status.json
+check guardian-enforce $? "$(guardian status | sed -n 's/^mode: //p')"
+
+before="$(digest "$MODEL")"
+say "model $MODEL sha256 $before"
+
+# --- attack 1: append to the model ----------------------------------------------
+say "attacker (pid below) appends to the model: echo tamper >> $MODEL"
+sh -c "echo \$\$ > /tmp/pid; echo tamper >> $MODEL" 2>/tmp/err
+rc=$?
+pid="$(cat /tmp/pid)"
+say "  -> exit status $rc: $(cat /tmp/err)"
+[ "$rc" -ne 0 ] && grep -q "Operation not permitted" /tmp/err && [ "$(digest "$MODEL")" = "$before" ]
+check deny-append $? "pid $pid exit $rc, model sha256 $(digest "$MODEL" | cut -c1-16)..."
+wait_event "$pid" deny
+check deny-append-event $? "$(events_of "$pid" | head -n 1)"
+
+# --- attack 2: truncate it ------------------------------------------------------
+say "attacker truncates the model: : > $MODEL"
+sh -c "echo \$\$ > /tmp/pid; : > $MODEL" 2>/tmp/err
+rc=$?
+pid="$(cat /tmp/pid)"
+say "  -> exit status $rc: $(cat /tmp/err)"
+[ "$rc" -ne 0 ] && [ "$(digest "$MODEL")" = "$before" ]
+check deny-truncate $? "pid $pid exit $rc, size $(wc -c <"$MODEL")"
+wait_event "$pid" deny
+check deny-truncate-event $? "$(events_of "$pid" | head -n 1)"
+
+# --- attack 3: pretend to be the updater ---------------------------------------
+# /bin/busybox and the updater are byte-identical and both run with comm
+# "busybox"; only the executable's inode tells them apart.
+say "impostor with the updater's name and comm: /bin/busybox sh -c 'echo evil >> model'"
+/bin/busybox sh -c "echo \$\$ > /tmp/pid; echo evil >> $MODEL" 2>/tmp/err
+rc=$?
+pid="$(cat /tmp/pid)"
+say "  -> exit status $rc: $(cat /tmp/err)"
+[ "$rc" -ne 0 ] && [ "$(digest "$MODEL")" = "$before" ] && wait_event "$pid" deny
+check deny-impostor $? "pid $pid exit $rc; $(events_of "$pid" | head -n 1)"
+
+# --- the legitimate updater -------------------------------------------------------
+say "the allowed updater writes a new model version"
+"$UPDATER" sh -c "echo \$\$ > /tmp/pid; echo 'weights v2' >> $MODEL" 2>/tmp/err
+rc=$?
+pid="$(cat /tmp/pid)"
+after="$(digest "$MODEL")"
+say "  -> exit status $rc, model sha256 now $after"
+[ "$rc" -eq 0 ] && [ "$after" != "$before" ] && tail -n 1 "$MODEL" | grep -q 'weights v2'
+check allow-updater $? "pid $pid exit $rc"
+wait_event "$pid" allow
+check allow-updater-event $? "$(events_of "$pid" | head -n 1)"
+
+# --- reads are never in the way -------------------------------------------------
+cat "$MODEL" >/dev/null
+check read-allowed $? "a plain read of the model still works"
+
+if grep -q 'guardian.break=1' /proc/cmdline; then
+    # Deliberately wrong expectation: the harness must report this FAIL.
+    sh -c "echo broken >> $MODEL" 2>/dev/null
+    check broken-expects-tamper-to-succeed $? "planted failure (guardian.break=1)"
+fi
+
+say "guardian status:"
+guardian status | sed 's/^/demo:   /'
+kill "$agent" 2>/dev/null
+wait "$agent" 2>/dev/null
+say "security events (JSON lines):"
+sed 's/^/demo:   /' "$EVENTS"
+finish

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine (run as root: the
+# tests load eBPF programs). Installs what it needs first (cross/setup.sh).
+#
+#   ./test.sh            everything
+#   ./test.sh --no-qemu  skip the arm64 boot test (quicker local loop)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+. cross/versions.sh
+
+qemu=1
+for a in "$@"; do
+    case "$a" in
+        --no-qemu) qemu=0 ;;
+        *) echo "usage: $0 [--no-qemu]" >&2; exit 2 ;;
+    esac
+done
+step() { printf '\n\033[1;34m==> %s\033[0m\n' "$*"; }
+t0=$SECONDS
+
+step "setup (idempotent)"
+bash cross/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo +"$EBPF_TOOLCHAIN" clippy --locked -p guardian-ebpf --target bpfel-unknown-none \
+    -Z build-std=core -- -D warnings
+
+step "builds with the minimum supported Rust ($MSRV, Yocto whinlatter)"
+cargo +"$MSRV" check --locked --all-targets
+
+step "unit and host integration tests (real eBPF on this kernel)"
+cargo test --locked
+
+if [ "$qemu" -eq 1 ]; then
+    step "arm64 boot test: BPF LSM enforcement in qemu-system-aarch64"
+    qemu/run-scenarios.sh
+
+    step "the boot test catches a broken scenario"
+    if qemu/run-scenarios.sh --break >target/qemu/break.log 2>&1; then
+        echo "a planted failing scenario was NOT detected" >&2
+        tail -n 30 target/qemu/break.log >&2
+        exit 1
+    fi
+    grep -q 'broken-expects-tamper-to-succeed' target/qemu/break.log
+    echo "planted failure detected, as it must be"
+fi
+
+step "all tests passed in $((SECONDS - t0)) s"
