@@ -82,6 +82,8 @@ append="console=ttyAMA0 panic=-1 lsm=capability,bpf${GUARDIAN_KERNEL_APPEND:+ $G
 # same serial output, but no monitor multiplexed into it, and qemu writes the
 # log itself, unbuffered, so the watcher below sees every line at once.
 # stdin is /dev/null: the guest needs no input and a CI job has none.
+# -nic none: the default NIC wants an option ROM (efi-virtio.rom, package
+# ipxe-qemu) that a minimal install lacks, and the guest needs no network.
 start=$SECONDS
 timeout --kill-after=10 "$timeout_s" \
     qemu-system-aarch64 \
@@ -94,6 +96,7 @@ timeout --kill-after=10 "$timeout_s" \
     -tpmdev emulator,id=tpm0,chardev=chrtpm \
     -device tpm-tis-device,tpmdev=tpm0 \
     -device virtio-rng-device \
+    -nic none \
     </dev/null &
 qemu_pid=$!
 

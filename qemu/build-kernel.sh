@@ -57,6 +57,33 @@ for f in "$@"; do
     fragments+=("$(cd "$(dirname "$f")" && pwd)/$(basename "$f")")
 done
 
+# --- What the fragments ask for ---------------------------------------------
+# Fragment syntax: CONFIG_X=value, or "# CONFIG_X is not set". Two fragments
+# giving one symbol different values is refused: the qemu fragment must never
+# change what the layer ships.
+declare -A want=() want_from=()
+conflicts=()
+for f in "${fragments[@]}"; do
+    while IFS= read -r line || [ -n "$line" ]; do
+        if [[ "$line" =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
+            sym="${BASH_REMATCH[1]}" val="${BASH_REMATCH[2]}"
+        elif [[ "$line" =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
+            sym="${BASH_REMATCH[1]}" val="n"
+        else
+            continue
+        fi
+        if [ -n "${want[$sym]+x}" ] && [ "${want[$sym]}" != "$val" ]; then
+            conflicts+=("$sym: ${want[$sym]} in ${want_from[$sym]##*/}, $val in ${f##*/}")
+        fi
+        want[$sym]="$val"
+        want_from[$sym]="$f"
+    done <"$f"
+done
+if [ "${#conflicts[@]}" -gt 0 ]; then
+    printf '  %s\n' "${conflicts[@]}" >&2
+    die "fragments disagree on ${#conflicts[@]} symbol(s)"
+fi
+
 # --- Cache key ------------------------------------------------------------
 command -v "${cross}gcc" >/dev/null || die "${cross}gcc not found (run cross/setup.sh)"
 command -v pahole >/dev/null || die "pahole not found (dwarves; run cross/setup.sh)"
@@ -132,32 +159,6 @@ fi
 kmake olddefconfig
 
 # --- Every requested symbol must have survived -----------------------------
-# Fragment syntax: CONFIG_X=value, or "# CONFIG_X is not set". Two fragments
-# giving one symbol different values is refused: the qemu fragment must never
-# change what the layer ships.
-declare -A want=() want_from=()
-conflicts=()
-for f in "${fragments[@]}"; do
-    while IFS= read -r line || [ -n "$line" ]; do
-        if [[ "$line" =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
-            sym="${BASH_REMATCH[1]}" val="${BASH_REMATCH[2]}"
-        elif [[ "$line" =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
-            sym="${BASH_REMATCH[1]}" val="n"
-        else
-            continue
-        fi
-        if [ -n "${want[$sym]+x}" ] && [ "${want[$sym]}" != "$val" ]; then
-            conflicts+=("$sym: ${want[$sym]} in ${want_from[$sym]##*/}, $val in ${f##*/}")
-        fi
-        want[$sym]="$val"
-        want_from[$sym]="$f"
-    done <"$f"
-done
-if [ "${#conflicts[@]}" -gt 0 ]; then
-    printf '  %s\n' "${conflicts[@]}" >&2
-    die "fragments disagree on ${#conflicts[@]} symbol(s)"
-fi
-
 declare -A have=()
 while IFS= read -r line; do
     if [[ "$line" =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then

@@ -37,11 +37,11 @@ log "guardian for aarch64"
 bin="$root/target/aarch64-unknown-linux-gnu/release/guardian"
 
 # A stand-in model (issue-8 brings a real one): 4 KiB of known bytes.
-yes 'weights v1' | head -c 4096 >"$out/files/model.onnx"
+head -c 4096 < <(yes 'weights v1') >"$out/files/model.onnx"
 
 scenarios=(tpm-device bpf-lsm-active guardian-enforce deny-append deny-append-event
     deny-truncate deny-truncate-event deny-impostor allow-updater allow-updater-event
-    read-allowed)
+    read-allowed status-counters)
 append=""
 if [ "$break_it" -eq 1 ]; then
     append="guardian.break=1"
@@ -65,7 +65,7 @@ if [ "$demo" -eq 1 ]; then
         >/dev/null 2>"$out/boot.stderr" &
     boot_pid=$!
     tail -n +1 -F --pid="$boot_pid" "$console" 2>/dev/null | tr -d '\r' \
-        | grep --line-buffered -E '^(demo:|GUARDIAN-SCENARIO )' | sed -u 's/^demo: //' || true
+        | grep --line-buffered -E '^demo:' | sed -u 's/^demo: //' || true
     wait "$boot_pid" || boot_status=$?
 else
     GUARDIAN_KERNEL_APPEND="$append" "$here/boot.sh" "$image" "$out/initrd.cpio.gz" "$console" 300 || boot_status=$?

@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     io::Write as _,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use guardian_common::{
@@ -64,8 +64,17 @@ pub struct FileWriteEvent {
 pub struct Decoder {
     mode: Mode,
     files: Vec<PathBuf>,
-    writers: HashMap<InodeKey, PathBuf>,
+    /// Executable paths by inode: the allowed writers, plus every
+    /// executable seen through `/proc` (short-lived processes are often
+    /// gone by the time their event is read).
+    exes: HashMap<InodeKey, String>,
+    /// Inodes a `/proc` scan could not name, and when that was.
+    unknown: HashMap<InodeKey, Instant>,
 }
+
+/// How long an executable inode that no running process has stays unnamed
+/// before `/proc` is scanned for it again.
+const RESCAN_AFTER: Duration = Duration::from_secs(10);
 
 /// A record that could not be decoded (counted, never silent).
 #[derive(Debug, thiserror::Error)]
@@ -83,16 +92,17 @@ impl Decoder {
         Self {
             mode,
             files: targets.files.iter().map(|(p, _)| p.clone()).collect(),
-            writers: targets
+            exes: targets
                 .writers
                 .iter()
-                .map(|(p, k)| (*k, p.clone()))
+                .map(|(p, k)| (*k, p.display().to_string()))
                 .collect(),
+            unknown: HashMap::new(),
         }
     }
 
     /// Decode one record.
-    pub fn decode(&self, bytes: &[u8]) -> Result<FileWriteEvent, DecodeError> {
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<FileWriteEvent, DecodeError> {
         let err = |problem| DecodeError {
             len: bytes.len(),
             problem,
@@ -154,21 +164,56 @@ impl Decoder {
         })
     }
 
-    fn exe_path(&self, pid: u32, exe: &InodeKey) -> Option<String> {
-        if let Some(p) = self.writers.get(exe) {
-            return Some(p.display().to_string());
+    fn exe_path(&mut self, pid: u32, exe: &InodeKey) -> Option<String> {
+        if exe.ino == 0 {
+            return None; // a kernel thread
         }
-        // The process may have exited or exec'd since: only trust
-        // /proc/PID/exe if it is still the inode the kernel reported.
-        let link = PathBuf::from(format!("/proc/{pid}/exe"));
-        let meta = std::fs::metadata(&link).ok()?;
-        if crate::guard::inode_key(&meta) != *exe {
+        if let Some(p) = self.exes.get(exe) {
+            return Some(p.clone());
+        }
+        // The process itself, if /proc/PID/exe is still that inode (it may
+        // have exited or exec'd since).
+        if let Some(p) = proc_exe_if(pid, exe) {
+            self.exes.insert(*exe, p.clone());
+            return Some(p);
+        }
+        // Otherwise any other running process of the same executable, at
+        // most once per RESCAN_AFTER for a given inode.
+        if self
+            .unknown
+            .get(exe)
+            .is_some_and(|t| t.elapsed() < RESCAN_AFTER)
+        {
             return None;
         }
-        std::fs::read_link(&link)
-            .ok()
-            .map(|p| p.display().to_string())
+        let found = std::fs::read_dir("/proc").ok().and_then(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .find_map(|other| proc_exe_if(other, exe))
+        });
+        match &found {
+            Some(p) => {
+                self.exes.insert(*exe, p.clone());
+                self.unknown.remove(exe);
+            }
+            None => {
+                self.unknown.insert(*exe, Instant::now());
+            }
+        }
+        found
     }
+}
+
+/// `/proc/PID/exe`, if it is the executable `exe`.
+fn proc_exe_if(pid: u32, exe: &InodeKey) -> Option<String> {
+    let link = PathBuf::from(format!("/proc/{pid}/exe"));
+    let meta = std::fs::metadata(&link).ok()?;
+    if crate::guard::inode_key(&meta) != *exe {
+        return None;
+    }
+    std::fs::read_link(&link)
+        .ok()
+        .map(|p| p.display().to_string())
 }
 
 /// Convert a CLOCK_MONOTONIC timestamp to wall-clock RFC 3339.
@@ -278,7 +323,7 @@ mod tests {
             files: vec![(PathBuf::from("/opt/models/m.onnx"), file)],
             writers: vec![(PathBuf::from("/usr/bin/updater"), writer)],
         };
-        let d = Decoder::new(Mode::Enforce, &targets);
+        let mut d = Decoder::new(Mode::Enforce, &targets);
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"evil");
         let ev = FileOpenEvent {
@@ -319,6 +364,24 @@ mod tests {
         let mut other = ev;
         other.header.kind = 77;
         assert!(d.decode(&record(&other)).is_err());
+    }
+
+    #[test]
+    fn names_executables_of_exited_processes_from_other_processes() {
+        // Our own executable, reported for a pid that does not exist: the
+        // decoder finds it through this (running) test process.
+        let me = std::fs::metadata("/proc/self/exe").unwrap();
+        let key = crate::guard::inode_key(&me);
+        let mut d = Decoder::new(Mode::Detect, &Targets::default());
+        let want = std::fs::read_link("/proc/self/exe").unwrap();
+        assert_eq!(
+            d.exe_path(u32::MAX, &key).as_deref(),
+            Some(&*want.display().to_string())
+        );
+        // An inode nobody runs stays unnamed, and is not rescanned at once.
+        let nobody = InodeKey::from_major_minor(0, 0, u64::MAX - 1);
+        assert_eq!(d.exe_path(u32::MAX, &nobody), None);
+        assert!(d.unknown.contains_key(&nobody));
     }
 
     #[test]

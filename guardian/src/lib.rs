@@ -115,7 +115,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             guard.reason()
         ),
     }
-    let decoder = Decoder::new(guard.mode(), &targets);
+    let mut decoder = Decoder::new(guard.mode(), &targets);
     let ring = guard.take_events()?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
     // for as long as the AsyncFd owns the ring buffer.
@@ -141,34 +141,49 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.status.path.display()
     );
 
+    // Counters are refreshed on a timer, and shortly after events arrive
+    // (at most every 200 ms, so a flood does not turn into a flood of
+    // status writes).
     let mut tick = tokio::time::interval(Duration::from_secs(config.status.interval_secs));
+    let mut soon = tokio::time::interval(Duration::from_millis(200));
+    let mut dirty = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             ready = ring.readable_mut() => {
                 let mut ready = ready.map_err(RunError::Events)?;
-                drain(ready.get_inner_mut(), &decoder, &mut sink, &mut counters);
+                dirty |= drain(ready.get_inner_mut(), &mut decoder, &mut sink, &mut counters) > 0;
                 ready.clear_ready();
             }
-            _ = tick.tick() => publish(&guard, &counters)?,
+            _ = tick.tick() => {
+                publish(&guard, &counters)?;
+                dirty = false;
+            }
+            _ = soon.tick(), if dirty => {
+                publish(&guard, &counters)?;
+                dirty = false;
+            }
         }
     }
     // 6. Last events, then withdraw the status so `guardian status` does
     //    not report a guard that is gone.
-    drain(ring.get_mut(), &decoder, &mut sink, &mut counters);
+    drain(ring.get_mut(), &mut decoder, &mut sink, &mut counters);
     let _ = std::fs::remove_file(&config.status.path);
     log::info!("stopped; the kernel programs are detached");
     Ok(())
 }
 
+/// Handle every record waiting in the ring buffer; returns how many.
 fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    decoder: &Decoder,
+    decoder: &mut Decoder,
     sink: &mut Sink,
     counters: &mut AgentCounters,
-) {
+) -> usize {
+    let mut n = 0;
     while let Some(item) = ring.next() {
+        n += 1;
         match decoder.decode(&item) {
             Ok(ev) => match sink.write(&ev) {
                 Ok(()) => counters.written += 1,
@@ -183,6 +198,7 @@ fn drain(
             }
         }
     }
+    n
 }
 
 fn snapshot(
