@@ -40,7 +40,7 @@ impl std::str::FromStr for ModeRequest {
 }
 
 /// `[guard]`: what is protected and who may change it.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GuardConfig {
     /// Enforcement mode.
@@ -48,6 +48,8 @@ pub struct GuardConfig {
     pub mode: ModeRequest,
     /// Files (or directories, whose regular files are protected,
     /// recursively) that nobody but an allowed writer may open for writing.
+    /// Required by `guardian run`.
+    #[serde(default)]
     pub protected: Vec<PathBuf>,
     /// Executables allowed to write protected files. Identified by the
     /// inode of the binary when the agent starts, so replacing the binary
@@ -116,6 +118,65 @@ fn default_status_interval() -> u64 {
     2
 }
 
+/// `[measure]`: the boot-time measurement of models (`guardian measure`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MeasureConfig {
+    /// The signed model manifest.
+    #[serde(default = "default_manifest")]
+    pub manifest: PathBuf,
+    /// Its detached signature; `<manifest>.sig` when not set.
+    #[serde(default)]
+    pub signature: Option<PathBuf>,
+    /// Public keys (PEM) allowed to sign manifests.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Accept a manifest without a valid signature (development only; every
+    /// run warns, and the measurement log records it).
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    /// The measurement log.
+    #[serde(default = "default_measure_log")]
+    pub log: PathBuf,
+    /// How to reach the TPM; see `tpm::choose_tcti` for the fallbacks.
+    #[serde(default)]
+    pub tcti: Option<String>,
+    /// Hashing threads; 0 means one per core.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+impl Default for MeasureConfig {
+    fn default() -> Self {
+        Self {
+            manifest: default_manifest(),
+            signature: None,
+            trusted_keys: Vec::new(),
+            allow_unsigned: false,
+            log: default_measure_log(),
+            tcti: None,
+            threads: 0,
+        }
+    }
+}
+
+impl MeasureConfig {
+    /// The signature file in effect.
+    pub fn signature_path(&self) -> PathBuf {
+        self.signature
+            .clone()
+            .unwrap_or_else(|| crate::manifest::signature_path(&self.manifest))
+    }
+}
+
+fn default_manifest() -> PathBuf {
+    PathBuf::from("/etc/guardian/manifest.toml")
+}
+
+fn default_measure_log() -> PathBuf {
+    PathBuf::from("/run/guardian/measurements.log")
+}
+
 /// `[kernel]`: where to find what the kernel does not publish itself.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -142,7 +203,11 @@ fn default_btf() -> PathBuf {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `[guard]`.
+    #[serde(default)]
     pub guard: GuardConfig,
+    /// `[measure]`.
+    #[serde(default)]
+    pub measure: MeasureConfig,
     /// `[events]`.
     #[serde(default)]
     pub events: EventsConfig,
@@ -211,11 +276,15 @@ impl Config {
         // Relative paths are relative to the config file, like systemd
         // units and most daemons do it, not to wherever the agent started.
         let base = path.parent().unwrap_or(Path::new("/"));
+        let m = &mut config.measure;
         for p in config
             .guard
             .protected
             .iter_mut()
             .chain(config.guard.allowed_writers.iter_mut())
+            .chain(m.trusted_keys.iter_mut())
+            .chain([&mut m.manifest, &mut m.log])
+            .chain(m.signature.iter_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -249,9 +318,6 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.guard.protected.is_empty() {
-            return Err("[guard] protected is empty: nothing to protect".to_owned());
-        }
         let kib = self.events.ring_buffer_kib;
         if kib < 4 || !kib.is_power_of_two() {
             return Err(format!(
@@ -321,11 +387,6 @@ mod tests {
         let e = Config::load(&path, |k| (k == "GUARDIAN_MODE").then(|| "loud".into()));
         assert!(matches!(e, Err(ConfigError::Env { .. })));
 
-        std::fs::write(&path, "[guard]\nprotected = []\n").unwrap();
-        assert!(matches!(
-            Config::load(&path, |_| None),
-            Err(ConfigError::Invalid { .. })
-        ));
         std::fs::write(&path, format!("{MINIMAL}[events]\nring_buffer_kib = 100\n")).unwrap();
         assert!(matches!(
             Config::load(&path, |_| None),

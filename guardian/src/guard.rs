@@ -89,6 +89,9 @@ pub enum GuardError {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// The config protects nothing.
+    #[error("[guard] protected is empty: nothing to protect")]
+    NothingProtected,
     /// Too many protected files for the map.
     #[error("{count} protected files exceed the limit of {limit}")]
     TooMany {
@@ -162,6 +165,9 @@ impl Targets {
     /// file below them (symlinks are not followed inside directories: a link
     /// could point anywhere).
     pub fn resolve(cfg: &GuardConfig) -> Result<Self, GuardError> {
+        if cfg.protected.is_empty() {
+            return Err(GuardError::NothingProtected);
+        }
         let mut seen = BTreeMap::new();
         for p in &cfg.protected {
             let meta = std::fs::metadata(p).map_err(|source| GuardError::Path {

@@ -16,6 +16,12 @@
 //! | [`guard`] | loading the eBPF object, filling its maps, choosing enforce or detect |
 //! | [`events`] | decoding kernel records into JSON-line security events |
 //! | [`status`] | the state `guardian status` shows |
+//! | [`measure`] | the boot step: measure the manifest's models into a TPM PCR |
+//! | [`manifest`] | the signed model manifest, and why PCR 14 |
+//! | [`signing`] | Ed25519 / ECDSA P-256 detached signatures, as openssl makes them |
+//! | [`hashing`] | streaming, parallel SHA-256 of model files |
+//! | [`mlog`] | the measurement log: append-only, replay, TCG and CEL exports |
+//! | [`tpm`] | the TPM through tss-esapi: PCR extend and read |
 //!
 //! The kernel side lives in `guardian-ebpf` (one file per hook) and the
 //! types both sides share in `guardian-common`. The eBPF object is built by
@@ -28,8 +34,14 @@ pub mod btf;
 pub mod config;
 pub mod events;
 pub mod guard;
+pub mod hashing;
 pub mod kernel;
+pub mod manifest;
+pub mod measure;
+pub mod mlog;
+pub mod signing;
 pub mod status;
+pub mod tpm;
 
 use std::{collections::BTreeMap, future::Future, path::PathBuf, time::Duration};
 

@@ -43,6 +43,34 @@ enum Command {
         #[arg(long)]
         events: Option<String>,
     },
+    /// Measure the models named in the signed manifest into the TPM: the
+    /// boot step that runs before the inference service.
+    ///
+    /// Every model is hashed (SHA-256, in parallel), recorded in the
+    /// measurement log, then extended into the manifest's PCR (default 14),
+    /// after the manifest itself. A model that does not match its golden
+    /// digest is still extended (the PCR reflects what is on disk) and
+    /// reported as a JSON `model_mismatch` event on stdout.
+    ///
+    /// Exit status: 0 every model matches (inference may start), 3 a model
+    /// does not match, 1 the measurement could not be made (nothing was
+    /// extended: missing or unreadable model, bad manifest or signature,
+    /// corrupt log, no TPM).
+    Measure {
+        /// The config file ([measure] section).
+        #[arg(long, short, env = "GUARDIAN_CONFIG", default_value = guardian::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Development only: log the measurements without any TPM. Loudly
+        /// warned, and recorded in the log as not extended.
+        #[arg(long)]
+        no_tpm: bool,
+    },
+    /// Create, sign and verify model manifests.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+    /// Read the measurement log: replay it against the TPM, export it.
+    #[command(subcommand)]
+    Log(LogCommand),
     /// Show what the running daemon is doing: the mode in force and why,
     /// kernel features, attached hooks, counters (drops included), warnings.
     ///
@@ -60,12 +88,88 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ManifestCommand {
+    /// Hash model files and write a signed manifest (OUTPUT and OUTPUT.sig).
+    ///
+    /// Directories are walked for regular files. The key is a PEM private
+    /// key: Ed25519 (`openssl genpkey -algorithm ed25519`) or ECDSA P-256.
+    Create {
+        /// Model files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Signing key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// The manifest to write.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// PCR to measure into (8-15).
+        #[arg(long, default_value_t = guardian::manifest::DEFAULT_PCR)]
+        pcr: u32,
+    },
+    /// Check a manifest's format and signature; with --files, also that
+    /// the files on this machine match it.
+    Verify {
+        /// The manifest (default: [measure] manifest of the config).
+        manifest: Option<PathBuf>,
+        /// The config, for the manifest path and the trusted keys.
+        #[arg(long, short, env = "GUARDIAN_CONFIG")]
+        config: Option<PathBuf>,
+        /// Trusted public key (PEM); repeatable. Replaces the config's.
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+        /// The signature file (default: MANIFEST.sig).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// Also hash the files and compare.
+        #[arg(long)]
+        files: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Recompute this boot's PCR value from the log and compare it with the
+    /// TPM. Exit status 0 when they agree, 3 when they do not.
+    Replay {
+        /// The config ([measure] log, manifest for the PCR, tcti).
+        #[arg(long, short, env = "GUARDIAN_CONFIG", default_value = guardian::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// PCR to replay (default: the manifest's).
+        #[arg(long)]
+        pcr: Option<u32>,
+    },
+    /// Export this boot's measurements for other tools.
+    Export {
+        /// The config ([measure] log).
+        #[arg(long, short, env = "GUARDIAN_CONFIG", default_value = guardian::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// `tcg`: TCG PC Client binary event log (for `tpm2_eventlog`);
+        /// `cel`: TCG Canonical Event Log JSON records (a JSON text sequence,
+        /// as systemd writes its own measurement log).
+        #[arg(long, value_parser = ["tcg", "cel"])]
+        format: String,
+        /// Output file (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
 fn init_logging(level: log::LevelFilter) {
     // Under systemd, stderr goes to the journal: prefix each line with its
     // syslog priority (journald reads "<N>") and leave timestamps to it.
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    // tss-esapi logs every TPM error it returns, which we report ourselves
+    // with context; keep its records for debugging only.
+    let tss_level = if level >= log::LevelFilter::Debug {
+        level
+    } else {
+        log::LevelFilter::Off
+    };
     env_logger::Builder::new()
         .filter_level(level)
+        .filter_module("tss_esapi", tss_level)
         .format(move |buf, record| {
             if journal {
                 let prio = match record.level() {
@@ -108,6 +212,13 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The TSS C libraries print their own warnings to stderr; quiet unless
+    // asked for (TSS2_LOG is theirs, e.g. TSS2_LOG=all+debug).
+    if std::env::var_os("TSS2_LOG").is_none() {
+        // SAFETY: single-threaded at this point; nothing reads the
+        // environment concurrently.
+        unsafe { std::env::set_var("TSS2_LOG", "all+none") };
+    }
     init_logging(cli.log_level);
     match real_main(cli) {
         Ok(code) => code,
@@ -152,6 +263,32 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(guardian::run(cfg, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Measure { config, no_tpm } => {
+            let cfg = Config::load(&config, |k| std::env::var(k).ok())?;
+            let mut out = std::io::stdout().lock();
+            let o = guardian::measure::measure(&cfg.measure, no_tpm, &mut out)?;
+            let value = o.tpm_value.map(hex::encode);
+            log::info!(
+                "measured {} model(s) into PCR {}: {} extend(s), {} mismatch(es); log replays to {}{}",
+                o.models,
+                o.pcr,
+                o.extended,
+                o.mismatches.len(),
+                hex::encode(o.replay),
+                match &value {
+                    Some(v) if *v == hex::encode(o.replay) => ", equal to the TPM".to_owned(),
+                    Some(v) => format!(", but the TPM holds {v}"),
+                    None => " (no TPM)".to_owned(),
+                }
+            );
+            Ok(if o.mismatches.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+        Command::Manifest(cmd) => manifest_cmd(cmd),
+        Command::Log(cmd) => log_cmd(cmd),
         Command::Status {
             config,
             status_file,
@@ -180,6 +317,229 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(3)
             })
+        }
+    }
+}
+
+fn manifest_cmd(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
+    use guardian::manifest::{self, Entry, Manifest};
+    match cmd {
+        ManifestCommand::Create {
+            paths,
+            key,
+            output,
+            pcr,
+        } => {
+            manifest::check_pcr(pcr).map_err(anyhow::Error::msg)?;
+            let key = guardian::signing::SigningKey::load(&key)?;
+            let mut files = Vec::new();
+            for p in &paths {
+                let p = std::path::absolute(p).with_context(|| format!("{}", p.display()))?;
+                collect(&p, &mut files)?;
+            }
+            files.sort();
+            files.dedup();
+            let digests = guardian::hashing::hash_files(&files, 0)
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
+            let models = files
+                .iter()
+                .zip(&digests)
+                .map(|(p, d)| Entry {
+                    path: p.clone(),
+                    sha256: hex::encode(d.sha256),
+                    size: d.size,
+                    name: p.file_stem().map(|s| s.to_string_lossy().into_owned()),
+                    version: None,
+                })
+                .collect();
+            let m = Manifest {
+                version: manifest::VERSION,
+                pcr,
+                models,
+            };
+            m.check().map_err(anyhow::Error::msg)?;
+            let sig = manifest::write_signed(&m, &output, &key)?;
+            println!(
+                "wrote {} ({} models, PCR {pcr}) and its signature {}",
+                output.display(),
+                m.models.len(),
+                sig.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ManifestCommand::Verify {
+            manifest: path,
+            config,
+            keys,
+            signature,
+            files,
+        } => {
+            let cfg = match &config {
+                Some(c) => Some(Config::load(c, |k| std::env::var(k).ok())?),
+                None => None,
+            };
+            let path = path
+                .or_else(|| cfg.as_ref().map(|c| c.measure.manifest.clone()))
+                .context("no manifest given (argument or --config)")?;
+            let keys = if keys.is_empty() {
+                cfg.as_ref()
+                    .map(|c| c.measure.trusted_keys.clone())
+                    .unwrap_or_default()
+            } else {
+                keys
+            };
+            let trusted = keys
+                .iter()
+                .map(|k| guardian::signing::TrustedKey::load(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let sig = signature.unwrap_or_else(|| manifest::signature_path(&path));
+            let loaded = manifest::load(&path, &sig, &trusted, false)?;
+            if let manifest::Authenticity::Signed {
+                key,
+                fingerprint,
+                algorithm,
+            } = &loaded.authenticity
+            {
+                println!(
+                    "{}: valid {algorithm} signature by {} (sha256 {fingerprint}); {} models, PCR {}",
+                    path.display(),
+                    key.display(),
+                    loaded.manifest.models.len(),
+                    loaded.manifest.pcr
+                );
+            }
+            if !files {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let paths: Vec<PathBuf> = loaded
+                .manifest
+                .models
+                .iter()
+                .map(|e| e.path.clone())
+                .collect();
+            let mut bad = 0;
+            for (e, r) in loaded
+                .manifest
+                .models
+                .iter()
+                .zip(guardian::hashing::hash_files(&paths, 0))
+            {
+                match r {
+                    Ok(d) if hex::encode(d.sha256) == e.sha256 && d.size == e.size => {
+                        println!("  ok        {}", e.path.display());
+                    }
+                    Ok(d) => {
+                        bad += 1;
+                        println!(
+                            "  MISMATCH  {} sha256 {}",
+                            e.path.display(),
+                            hex::encode(d.sha256)
+                        );
+                    }
+                    Err(err) => {
+                        bad += 1;
+                        println!("  ERROR     {err}");
+                    }
+                }
+            }
+            Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+    }
+}
+
+/// Regular files under `p` (or `p` itself).
+fn collect(p: &std::path::Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(p).with_context(|| format!("{}", p.display()))?;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(p).with_context(|| format!("{}", p.display()))? {
+            let e = e?;
+            let ft = e.file_type()?;
+            if ft.is_dir() || ft.is_file() {
+                collect(&e.path(), out)?;
+            }
+        }
+    } else if meta.is_file() {
+        out.push(p.to_owned());
+    } else {
+        anyhow::bail!("{}: not a regular file or directory", p.display());
+    }
+    Ok(())
+}
+
+fn log_cmd(cmd: LogCommand) -> anyhow::Result<ExitCode> {
+    use guardian::mlog;
+    match cmd {
+        LogCommand::Replay { config, pcr } => {
+            let cfg = Config::load(&config, |k| std::env::var(k).ok())?;
+            let pcr = match pcr {
+                Some(p) => p,
+                None => {
+                    let text = std::fs::read_to_string(&cfg.measure.manifest)
+                        .with_context(|| format!("reading {}", cfg.measure.manifest.display()))?;
+                    guardian::manifest::Manifest::parse(&text)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("{}", cfg.measure.manifest.display()))?
+                        .pcr
+                }
+            };
+            let contents = mlog::read(&cfg.measure.log)?;
+            if contents.torn_bytes > 0 {
+                log::warn!(
+                    "{}: torn last record of {} bytes ignored",
+                    cfg.measure.log.display(),
+                    contents.torn_bytes
+                );
+            }
+            let boot = mlog::boot_id();
+            let replay = contents.replay(pcr, &boot)?;
+            let tcti =
+                guardian::tpm::choose_tcti(cfg.measure.tcti.as_deref(), |k| std::env::var(k).ok());
+            let actual = guardian::tpm::Tpm::open(&tcti)?.read(pcr)?;
+            let n = contents
+                .extended_this_boot(&boot)
+                .filter(|r| r.pcr == pcr)
+                .count();
+            println!(
+                "pcr {pcr} sha256 replayed from {n} record(s): {}",
+                hex::encode(replay)
+            );
+            println!(
+                "pcr {pcr} sha256 in the TPM:                 {}",
+                hex::encode(actual)
+            );
+            if replay == actual {
+                println!("match");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("MISMATCH: the log does not explain the PCR");
+                Ok(ExitCode::from(3))
+            }
+        }
+        LogCommand::Export {
+            config,
+            format,
+            output,
+        } => {
+            let cfg = Config::load(&config, |k| std::env::var(k).ok())?;
+            let contents = mlog::read(&cfg.measure.log)?;
+            let boot = mlog::boot_id();
+            let bytes = if format == "tcg" {
+                mlog::export_tcg(&contents, &boot)?
+            } else {
+                mlog::export_cel(&contents, &boot)
+            };
+            match output {
+                Some(p) => {
+                    std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?
+                }
+                None => std::io::stdout().lock().write_all(&bytes)?,
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
