@@ -39,7 +39,24 @@ bin="$root/target/aarch64-unknown-linux-gnu/release/guardian"
 # A stand-in model (issue-8 brings a real one): 4 KiB of known bytes.
 head -c 4096 < <(yes 'weights v1') >"$out/files/model.onnx"
 
-scenarios=(tpm-device bpf-lsm-active guardian-enforce deny-append deny-append-event
+# The signed manifest for that model, made the way a vendor's release
+# pipeline might: openssl, Ed25519, a key that exists only for this run.
+openssl genpkey -algorithm ed25519 -out "$out/files/vendor.pem" 2>/dev/null
+openssl pkey -in "$out/files/vendor.pem" -pubout -out "$out/files/vendor.pub"
+cat >"$out/files/manifest.toml" <<EOF
+version = 1
+pcr = 14
+
+[[model]]
+path = "/opt/models/model.onnx"
+sha256 = "$(sha256sum "$out/files/model.onnx" | cut -d' ' -f1)"
+size = $(stat -c %s "$out/files/model.onnx")
+name = "stand-in"
+EOF
+openssl pkeyutl -sign -inkey "$out/files/vendor.pem" -rawin -in "$out/files/manifest.toml" \
+    -out "$out/files/manifest.toml.sig"
+
+scenarios=(tpm-device bpf-lsm-active measure-boot pcr-equals-replay guardian-enforce deny-append deny-append-event
     deny-truncate deny-truncate-event deny-impostor allow-updater allow-updater-event
     read-allowed status-counters)
 append=""
@@ -53,6 +70,9 @@ log "initramfs"
     "$bin:/usr/bin/guardian" \
     "$here/scenarios/guardian.toml:/etc/guardian/guardian.toml" \
     "$out/files/model.onnx:/opt/models/model.onnx" \
+    "$out/files/manifest.toml:/etc/guardian/manifest.toml" \
+    "$out/files/manifest.toml.sig:/etc/guardian/manifest.toml.sig" \
+    "$out/files/vendor.pub:/etc/guardian/vendor.pub" \
     "$cache/busybox-arm64/bin/busybox:/opt/updater/busybox"
 
 log "booting the arm64 guest (TCG; functional timing only)"

@@ -63,6 +63,22 @@ lsm="$(cat /sys/kernel/security/lsm 2>/dev/null)"
 case ",$lsm," in *,bpf,*) r=0 ;; *) r=1 ;; esac
 check bpf-lsm-active $r "active LSMs: ${lsm:-unreadable}"
 
+# --- measured boot of the model ----------------------------------------------
+say "measuring the models into the TPM (guardian measure, the boot step)"
+guardian measure --config /etc/guardian/guardian.toml >/tmp/measure.out 2>/tmp/measure.err
+rc=$?
+sed 's/^/demo:   /' /tmp/measure.err
+check measure-boot $rc "exit $rc: $(tail -n 1 /tmp/measure.err)"
+# The PCR as the kernel's TPM driver reads it (sysfs), against guardian's
+# replay of its measurement log.
+pcr="$(tr 'A-F' 'a-f' </sys/class/tpm/tpm0/pcr-sha256/14 2>/dev/null)"
+replay="$(guardian log replay --config /etc/guardian/guardian.toml 2>&1)"
+rc=$?
+say "  PCR 14 (sysfs): $pcr"
+echo "$replay" | sed 's/^/demo:   /'
+[ "$rc" -eq 0 ] && [ -n "$pcr" ] && echo "$replay" | grep -q "replayed.*$pcr"
+check pcr-equals-replay $? "sysfs pcr-sha256/14 = $pcr"
+
 # --- guardian ----------------------------------------------------------------
 say "starting guardian: protecting /opt/models, allowed writer $UPDATER"
 guardian run --config /etc/guardian/guardian.toml 2>/run/guardian/agent.log &
