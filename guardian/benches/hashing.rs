@@ -86,8 +86,14 @@ fn main() {
     assert_eq!(ours_hex, od, "openssl disagrees");
     assert_eq!(ours_hex, sd, "sha256sum disagrees");
     let r = |t: Duration| t.as_secs_f64();
-    println!("single file      guardian  {:8.1} MiB/s", mib_s(bytes, ours));
-    println!("single file      openssl   {:8.1} MiB/s", mib_s(bytes, ossl));
+    println!(
+        "single file      guardian  {:8.1} MiB/s",
+        mib_s(bytes, ours)
+    );
+    println!(
+        "single file      openssl   {:8.1} MiB/s",
+        mib_s(bytes, ossl)
+    );
     println!("single file      sha256sum {:8.1} MiB/s", mib_s(bytes, sum));
     println!(
         "ratio guardian/openssl {:.3}   guardian/sha256sum {:.3}",
