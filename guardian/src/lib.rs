@@ -230,6 +230,8 @@ fn snapshot(
     counters.insert("events_written".into(), agent.written);
     counters.insert("event_write_errors".into(), agent.write_errors);
     counters.insert("events_undecodable".into(), agent.undecodable);
+    let measured_boot = status::MeasuredBoot::from_log(&config.measure.log);
+    warnings.extend(measured_boot.warnings());
     if guard.mode() == Mode::Detect {
         warnings.push(format!(
             "detect-only: tampering is reported after the fact, not prevented ({})",
@@ -271,6 +273,7 @@ fn snapshot(
         hooks: guard.hooks().to_vec(),
         protected_files: targets.files.len(),
         allowed_writers: targets.writers.len(),
+        measured_boot: Some(measured_boot),
         counters,
         warnings,
     }

@@ -15,6 +15,86 @@ use crate::{
     kernel::KernelFeatures,
 };
 
+/// What this boot's measurement log says (from `guardian measure`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MeasuredBoot {
+    /// The log file.
+    pub log: String,
+    /// Records written this boot (extends and notes).
+    pub records: usize,
+    /// Model measurements extended this boot.
+    pub models_extended: usize,
+    /// Models that did not match their golden digest.
+    pub mismatches: Vec<String>,
+    /// The manifest was accepted without a valid signature.
+    pub unsigned: bool,
+    /// Measurements were logged without a TPM (`--no-tpm`).
+    pub without_tpm: bool,
+    /// The log could not be read.
+    pub error: Option<String>,
+}
+
+impl MeasuredBoot {
+    /// Summarise this boot's part of a measurement log.
+    pub fn from_log(path: &Path) -> Self {
+        let mut mb = Self {
+            log: path.display().to_string(),
+            ..Self::default()
+        };
+        let contents = match crate::mlog::read(path) {
+            Ok(c) => c,
+            Err(e) => {
+                mb.error = Some(e.to_string());
+                return mb;
+            }
+        };
+        let boot = crate::mlog::boot_id();
+        for r in contents.this_boot(&boot) {
+            mb.records += 1;
+            match r.kind {
+                crate::mlog::Kind::Manifest => {
+                    mb.unsigned = r.description.contains("UNSIGNED");
+                    mb.mismatches.clear();
+                    mb.without_tpm = !r.extended;
+                }
+                crate::mlog::Kind::Model => {
+                    if r.extended {
+                        mb.models_extended += 1;
+                    }
+                    if r.matched == Some(false) {
+                        mb.mismatches.extend(r.file.clone());
+                    }
+                }
+                crate::mlog::Kind::Note => {}
+            }
+        }
+        mb
+    }
+
+    /// Conditions to warn about.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(e) = &self.error {
+            w.push(format!("measured boot: {e}"));
+        } else if self.records == 0 {
+            w.push(format!(
+                "measured boot: no measurements this boot in {} (guardian measure did not run)",
+                self.log
+            ));
+        }
+        if self.unsigned {
+            w.push("measured boot: the manifest was accepted UNSIGNED".to_owned());
+        }
+        if self.without_tpm {
+            w.push("measured boot: measured with --no-tpm, nothing is in a TPM".to_owned());
+        }
+        for m in &self.mismatches {
+            w.push(format!("measured boot: {m} does not match the manifest"));
+        }
+        w
+    }
+}
+
 /// Everything `guardian status` shows.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Status {
@@ -40,6 +120,9 @@ pub struct Status {
     pub protected_files: usize,
     /// Number of allowed writer executables.
     pub allowed_writers: usize,
+    /// This boot's measured-boot summary.
+    #[serde(default)]
+    pub measured_boot: Option<MeasuredBoot>,
     /// Kernel counters (summed over CPUs) and agent counters.
     pub counters: BTreeMap<String, u64>,
     /// Degraded or insecure conditions, in words.
@@ -156,6 +239,20 @@ impl Status {
             "protected files: {}   allowed writers: {}\n",
             self.protected_files, self.allowed_writers
         );
+        if let Some(mb) = &self.measured_boot {
+            s += &format!(
+                "measured boot: {} model measurement(s) this boot, {} mismatch(es){}{} ({})\n",
+                mb.models_extended,
+                mb.mismatches.len(),
+                if mb.unsigned {
+                    ", UNSIGNED manifest"
+                } else {
+                    ""
+                },
+                if mb.without_tpm { ", NO TPM" } else { "" },
+                mb.log
+            );
+        }
         s += "counters:\n";
         for (k, v) in &self.counters {
             s += &format!("  {k:<22} {v}\n");
@@ -194,6 +291,7 @@ mod tests {
             hooks: vec![],
             protected_files: 2,
             allowed_writers: 1,
+            measured_boot: None,
             counters: BTreeMap::from([("ringbuf_drops".into(), 3)]),
             warnings: vec!["detect-only".into()],
         }
@@ -212,6 +310,43 @@ mod tests {
         assert!(text.contains("ringbuf_drops"), "{text}");
         assert!(text.contains("! detect-only"), "{text}");
         assert!(text.contains("running"), "{text}");
+    }
+
+    #[test]
+    fn measured_boot_summary_warns_about_what_matters() {
+        use crate::mlog::{Kind, Log, Record};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.log");
+        let none = MeasuredBoot::from_log(&path);
+        assert!(none.warnings()[0].contains("did not run"));
+        let mut log = Log::open(&path).unwrap();
+        let z = "0".repeat(64);
+        log.append(Record {
+            kind: Kind::Manifest,
+            pcr: 14,
+            digest: z.clone(),
+            extended: true,
+            description: "guardian manifest m (UNSIGNED, 1 models)".into(),
+            ..Record::blank()
+        })
+        .unwrap();
+        log.append(Record {
+            kind: Kind::Model,
+            pcr: 14,
+            digest: z,
+            extended: true,
+            file: Some("/opt/models/m.onnx".into()),
+            matched: Some(false),
+            ..Record::blank()
+        })
+        .unwrap();
+        let mb = MeasuredBoot::from_log(&path);
+        assert_eq!(mb.models_extended, 1);
+        let w = mb.warnings().join("\n");
+        assert!(
+            w.contains("UNSIGNED") && w.contains("/opt/models/m.onnx does not match"),
+            "{w}"
+        );
     }
 
     #[test]
