@@ -177,6 +177,37 @@ fn default_measure_log() -> PathBuf {
     PathBuf::from("/run/guardian/measurements.log")
 }
 
+/// `[attest]`: TPM quotes for a verifier (`guardian quote`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AttestConfig {
+    /// Persistent handle of the attestation key (created there on first use).
+    #[serde(default = "default_ak_handle")]
+    pub ak_handle: u32,
+    /// PCRs (SHA-256 bank) to quote.
+    #[serde(default = "default_quote_pcrs")]
+    pub pcrs: Vec<u32>,
+}
+
+impl Default for AttestConfig {
+    fn default() -> Self {
+        Self {
+            ak_handle: default_ak_handle(),
+            pcrs: default_quote_pcrs(),
+        }
+    }
+}
+
+fn default_ak_handle() -> u32 {
+    // The TCG's provisioning guidance reserves 0x81010000-0x8101FFFF for
+    // endorsement-hierarchy keys; 0x81010001 is the EK's customary slot.
+    0x8101_0002
+}
+
+fn default_quote_pcrs() -> Vec<u32> {
+    vec![crate::manifest::DEFAULT_PCR]
+}
+
 /// `[kernel]`: where to find what the kernel does not publish itself.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -208,6 +239,9 @@ pub struct Config {
     /// `[measure]`.
     #[serde(default)]
     pub measure: MeasureConfig,
+    /// `[attest]`.
+    #[serde(default)]
+    pub attest: AttestConfig,
     /// `[events]`.
     #[serde(default)]
     pub events: EventsConfig,

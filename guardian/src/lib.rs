@@ -21,7 +21,8 @@
 //! | [`signing`] | Ed25519 / ECDSA P-256 detached signatures, as openssl makes them |
 //! | [`hashing`] | streaming, parallel SHA-256 of model files |
 //! | [`mlog`] | the measurement log: append-only, replay, TCG and CEL exports |
-//! | [`tpm`] | the TPM through tss-esapi: PCR extend and read |
+//! | [`tpm`] | the TPM through tss-esapi: PCR extend and read, attestation key, quote |
+//! | [`attest`] | evidence bundles for a verifier's nonce, and the offline verifier |
 //!
 //! The kernel side lives in `guardian-ebpf` (one file per hook) and the
 //! types both sides share in `guardian-common`. The eBPF object is built by
@@ -30,6 +31,7 @@
 //! [`run`] is the daemon (`guardian run`): it takes its shutdown signal as a
 //! future so tests can stop it.
 
+pub mod attest;
 pub mod btf;
 pub mod config;
 pub mod events;

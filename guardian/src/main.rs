@@ -65,6 +65,49 @@ enum Command {
         #[arg(long)]
         no_tpm: bool,
     },
+    /// Produce an evidence bundle for a verifier: a TPM quote over the
+    /// measurement PCRs with the verifier's nonce, the PCR values, this
+    /// boot's measurement log and the attestation key's public part.
+    ///
+    /// The attestation key is created at [attest] ak_handle on first use.
+    Quote {
+        /// The verifier's nonce, hex (1 to 64 bytes).
+        #[arg(long)]
+        nonce: String,
+        /// The config ([attest], [measure] log and tcti).
+        #[arg(long, short, env = "GUARDIAN_CONFIG", default_value = guardian::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Write the bundle here (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Also write the AK public key (PEM) here, for enrolment.
+        #[arg(long)]
+        ak_out: Option<PathBuf>,
+        /// Also write the raw quote (TPMS_ATTEST) and signature
+        /// (TPMT_SIGNATURE) as PREFIX.msg and PREFIX.sig, for tpm2_checkquote.
+        #[arg(long)]
+        raw: Option<PathBuf>,
+    },
+    /// Check an evidence bundle offline: signature by the enrolled AK,
+    /// nonce, PCR digest, log replay, and every measured model against the
+    /// golden manifest. Exit status 0 trusted, 3 not trusted, 1 bad input.
+    Verify {
+        /// The evidence bundle (from `guardian quote`).
+        #[arg(long)]
+        evidence: PathBuf,
+        /// The enrolled AK public key (PEM).
+        #[arg(long)]
+        ak: PathBuf,
+        /// The golden manifest.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The nonce the verifier sent, hex.
+        #[arg(long)]
+        nonce: String,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create, sign and verify model manifests.
     #[command(subcommand)]
     Manifest(ManifestCommand),
@@ -282,6 +325,84 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             );
             Ok(if o.mismatches.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+        Command::Quote {
+            nonce,
+            config,
+            output,
+            ak_out,
+            raw,
+        } => {
+            let cfg = Config::load(&config, |k| std::env::var(k).ok())?;
+            let nonce = guardian::attest::parse_nonce(&nonce)?;
+            for p in &cfg.attest.pcrs {
+                anyhow::ensure!(*p < 24, "[attest] pcrs: {p} is not a PCR");
+            }
+            let tcti =
+                guardian::tpm::choose_tcti(cfg.measure.tcti.as_deref(), |k| std::env::var(k).ok());
+            let mut tpm = guardian::tpm::Tpm::open(&tcti)?;
+            let (ak, ak_pub) = tpm.ak(cfg.attest.ak_handle)?;
+            let quote = tpm.quote(ak, &nonce, &cfg.attest.pcrs)?;
+            let log = guardian::mlog::read(&cfg.measure.log)?;
+            let ev = guardian::attest::evidence(&nonce, &quote, &ak_pub, &log)
+                .map_err(anyhow::Error::msg)?;
+            if let Some(p) = ak_out {
+                std::fs::write(&p, &ev.ak_public_pem)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+            if let Some(prefix) = raw {
+                let with = |ext: &str| {
+                    let mut s = prefix.as_os_str().to_owned();
+                    s.push(ext);
+                    PathBuf::from(s)
+                };
+                std::fs::write(with(".msg"), &quote.attest).context("writing the raw quote")?;
+                std::fs::write(with(".sig"), &quote.signature)
+                    .context("writing the raw signature")?;
+            }
+            let json = serde_json::to_vec_pretty(&ev)?;
+            match output {
+                Some(p) => {
+                    std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?
+                }
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&json)?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            evidence,
+            ak,
+            manifest,
+            nonce,
+            json,
+        } => {
+            let ev = guardian::attest::read_evidence(&evidence)?;
+            let ak = guardian::attest::read_ak(&ak)?;
+            let nonce = guardian::attest::parse_nonce(&nonce)?;
+            let golden = std::fs::read(&manifest)
+                .with_context(|| format!("cannot read {}", manifest.display()))?;
+            let verdict = guardian::attest::verify(
+                &ev,
+                &guardian::attest::Trust {
+                    ak: &ak,
+                    manifest_bytes: &golden,
+                    nonce: &nonce,
+                },
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&verdict)?);
+            } else {
+                print!("{}", verdict.render());
+            }
+            Ok(if verdict.trusted {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(3)

@@ -10,9 +10,19 @@ use std::str::FromStr as _;
 
 use tss_esapi::{
     Context, TctiNameConf,
-    handles::PcrHandle,
-    interface_types::{algorithm::HashingAlgorithm, session_handles::AuthSession},
-    structures::{Digest, DigestValues, PcrSelectionListBuilder, PcrSlot},
+    abstraction::{DefaultKey, ak, ek},
+    handles::{KeyHandle, ObjectHandle, PcrHandle, PersistentTpmHandle, TpmHandle},
+    interface_types::{
+        algorithm::{AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm},
+        dynamic_handles::Persistent,
+        resource_handles::Provision,
+        session_handles::AuthSession,
+    },
+    structures::{
+        Data, Digest, DigestValues, HashScheme, PcrSelectionListBuilder, PcrSlot, Public,
+        SignatureScheme,
+    },
+    traits::Marshall as _,
 };
 
 /// The TCTI used when nothing else is configured.
@@ -54,6 +64,44 @@ pub enum TpmError {
     /// An index that is not a PCR.
     #[error("PCR {0} does not exist")]
     NoSuchPcr(u32),
+    /// An attestation-key operation failed.
+    #[error("attestation key at handle {handle:#010x}: {what}: {source}")]
+    Ak {
+        /// The persistent handle.
+        handle: u32,
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: tss_esapi::Error,
+    },
+    /// The AK is not of the kind guardian makes (ECC P-256, ECDSA/SHA-256).
+    #[error("attestation key at handle {handle:#010x} is not an ECC P-256 signing key")]
+    AkKind {
+        /// The persistent handle.
+        handle: u32,
+    },
+}
+
+/// What a quote returns, marshalled as the TPM produced it.
+#[derive(Clone, Debug)]
+pub struct Quote {
+    /// `TPMS_ATTEST` (the body of the TPM2B_ATTEST the TPM returned; what
+    /// `tpm2_checkquote -m` reads).
+    pub attest: Vec<u8>,
+    /// `TPMT_SIGNATURE` (what `tpm2_checkquote -s` reads).
+    pub signature: Vec<u8>,
+    /// The quoted PCRs' SHA-256 values, read around the quote.
+    pub pcrs: Vec<(u32, [u8; 32])>,
+}
+
+/// The public part of the attestation key.
+#[derive(Clone, Debug)]
+pub struct AkPublic {
+    /// `TPM2B_PUBLIC`, marshalled.
+    pub tpm2b_public: Vec<u8>,
+    /// Uncompressed SEC1 point (`04 || x || y`).
+    pub sec1: Vec<u8>,
 }
 
 /// Pick the TCTI: config, then `TPM2TOOLS_TCTI`, then `TCTI`, then the
@@ -153,6 +201,156 @@ impl Tpm {
         self.ctx
             .execute_with_session(Some(AuthSession::Password), |ctx| ctx.pcr_extend(h, vals))
             .map_err(err)
+    }
+
+    /// The attestation key persisted at `handle`, created if there is none:
+    /// a restricted ECC P-256 signing key (ECDSA, SHA-256) made under the
+    /// endorsement hierarchy's ECC EK with the TCG's default templates, then
+    /// made persistent, so it survives reboots and its public part can be
+    /// enrolled with the verifier once.
+    pub fn ak(&mut self, handle: u32) -> Result<(KeyHandle, AkPublic), TpmError> {
+        let err = |what| {
+            move |source| TpmError::Ak {
+                handle,
+                what,
+                source,
+            }
+        };
+        let persistent = PersistentTpmHandle::new(handle).map_err(err("invalid handle"))?;
+        let existing = self.ctx.execute_without_session(|ctx| {
+            ctx.tr_from_tpm_public(TpmHandle::Persistent(persistent))
+        });
+        let key = match existing {
+            Ok(obj) => KeyHandle::from(obj),
+            Err(_) => {
+                log::info!("creating the attestation key at persistent handle {handle:#010x}");
+                let ek = ek::create_ek_object(&mut self.ctx, AsymmetricAlgorithm::Ecc, DefaultKey)
+                    .map_err(err("creating the EK"))?;
+                let created = ak::create_ak(
+                    &mut self.ctx,
+                    ek,
+                    HashingAlgorithm::Sha256,
+                    SignatureSchemeAlgorithm::EcDsa,
+                    None,
+                    DefaultKey,
+                )
+                .map_err(err("creating the AK"))?;
+                let loaded = ak::load_ak(
+                    &mut self.ctx,
+                    ek,
+                    None,
+                    created.out_private,
+                    created.out_public,
+                )
+                .map_err(err("loading the AK"))?;
+                let obj = self
+                    .ctx
+                    .execute_with_session(Some(AuthSession::Password), |ctx| {
+                        ctx.evict_control(
+                            Provision::Owner,
+                            ObjectHandle::from(loaded),
+                            Persistent::Persistent(persistent),
+                        )
+                    })
+                    .map_err(err("making the AK persistent"))?;
+                let _ = self.ctx.flush_context(ObjectHandle::from(loaded));
+                let _ = self.ctx.flush_context(ObjectHandle::from(ek));
+                KeyHandle::from(obj)
+            }
+        };
+        let (public, _, _) = self
+            .ctx
+            .execute_without_session(|ctx| ctx.read_public(key))
+            .map_err(err("reading the AK public part"))?;
+        let sec1 = match &public {
+            Public::Ecc { unique, .. } => {
+                let (x, y) = (unique.x().value(), unique.y().value());
+                if x.len() > 32 || y.len() > 32 {
+                    return Err(TpmError::AkKind { handle });
+                }
+                let mut p = vec![4u8];
+                p.extend(std::iter::repeat_n(0, 32 - x.len()));
+                p.extend_from_slice(x);
+                p.extend(std::iter::repeat_n(0, 32 - y.len()));
+                p.extend_from_slice(y);
+                p
+            }
+            _ => return Err(TpmError::AkKind { handle }),
+        };
+        let tpmt = public
+            .marshall()
+            .map_err(err("marshalling the AK public part"))?;
+        let mut tpm2b = (tpmt.len() as u16).to_be_bytes().to_vec();
+        tpm2b.extend_from_slice(&tpmt);
+        Ok((
+            key,
+            AkPublic {
+                tpm2b_public: tpm2b,
+                sec1,
+            },
+        ))
+    }
+
+    /// TPM2_Quote over the SHA-256 bank of `pcrs` with `nonce` as the
+    /// qualifying data, signed by the AK. The PCRs are read before and after
+    /// the quote, and the quote retried if something extended one in
+    /// between, so the values returned are the ones quoted.
+    pub fn quote(&mut self, ak: KeyHandle, nonce: &[u8], pcrs: &[u32]) -> Result<Quote, TpmError> {
+        let first = pcrs.first().copied().unwrap_or(0);
+        let err = move |source| TpmError::Command {
+            command: "Quote",
+            pcr: first,
+            source,
+        };
+        let mut slots = Vec::new();
+        for &p in pcrs {
+            slots.push(PcrSlot::try_from(1u32 << p).map_err(err)?);
+        }
+        let mut last = None;
+        for _ in 0..3 {
+            let before = pcrs
+                .iter()
+                .map(|&p| self.read(p).map(|v| (p, v)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let sel = PcrSelectionListBuilder::new()
+                .with_selection(HashingAlgorithm::Sha256, &slots)
+                .build()
+                .map_err(err)?;
+            let data = Data::try_from(nonce.to_vec()).map_err(err)?;
+            let (attest, signature) = self
+                .ctx
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.quote(
+                        ak,
+                        data,
+                        SignatureScheme::EcDsa {
+                            hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+                        },
+                        sel,
+                    )
+                })
+                .map_err(err)?;
+            let after = pcrs
+                .iter()
+                .map(|&p| self.read(p).map(|v| (p, v)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let q = Quote {
+                attest: attest.marshall().map_err(err)?,
+                signature: signature.marshall().map_err(err)?,
+                pcrs: after.clone(),
+            };
+            if before == after {
+                return Ok(q);
+            }
+            last = Some(q);
+        }
+        // PCRs kept moving: return the last attempt; the verifier will say
+        // the digest does not match rather than us guessing.
+        last.ok_or_else(|| {
+            err(tss_esapi::Error::WrapperError(
+                tss_esapi::WrapperErrorKind::WrongValueFromTpm,
+            ))
+        })
     }
 
     /// Read the SHA-256 bank of `pcr`.

@@ -1,0 +1,202 @@
+//! Shared by the TPM integration tests: a real swtpm per test, and a
+//! scratch "board" with models, a vendor key, a signed manifest and a
+//! config.
+
+#![allow(dead_code)]
+
+use std::{
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest as _, Sha256};
+
+pub struct Swtpm {
+    child: Child,
+    pub port: u16,
+    _state: tempfile::TempDir,
+}
+
+impl Swtpm {
+    pub fn start() -> Self {
+        let state = tempfile::tempdir().unwrap();
+        // Two consecutive free ports: server and control.
+        let port = loop {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let p = l.local_addr().unwrap().port();
+            if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", state.path().display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .args(["--flags", "not-need-init,startup-clear"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("swtpm (cross/setup.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "swtpm did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            port,
+            _state: state,
+        }
+    }
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+    /// PCR value via tpm2-tools, independent of our code.
+    pub fn pcrread(&self, pcr: u32) -> String {
+        let out = Command::new("tpm2_pcrread")
+            .args(["-T", &self.tcti(), &format!("sha256:{pcr}")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{pcr}:")))
+            .unwrap_or_else(|| panic!("no pcr {pcr} in {text}"));
+        v.trim().trim_start_matches("0x").to_lowercase()
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Models, keys, a signed manifest and a config in a temp dir.
+pub struct Board {
+    pub dir: tempfile::TempDir,
+}
+
+pub fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn guardian(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_guardian"))
+        .args(args)
+        .env("GUARDIAN_LOG", "info")
+        .env_remove("TPM2TOOLS_TCTI")
+        .env_remove("TCTI")
+        .output()
+        .unwrap()
+}
+
+impl Board {
+    pub fn new(tcti: &str) -> Self {
+        let b = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir(b.p("models")).unwrap();
+        std::fs::write(b.p("models/classifier.onnx"), vec![7u8; 300_000]).unwrap();
+        std::fs::write(b.p("models/labels.txt"), b"cat\ndog\n").unwrap();
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            &b.s("vendor.pem"),
+        ]);
+        openssl(&[
+            "pkey",
+            "-in",
+            &b.s("vendor.pem"),
+            "-pubout",
+            "-out",
+            &b.s("vendor.pub"),
+        ]);
+        let out = guardian(&[
+            "manifest",
+            "create",
+            &b.s("models"),
+            "--key",
+            &b.s("vendor.pem"),
+            "-o",
+            &b.s("manifest.toml"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(
+            b.p("guardian.toml"),
+            format!(
+                "[measure]\nmanifest = \"manifest.toml\"\ntrusted_keys = [\"vendor.pub\"]\n\
+                 log = \"measurements.log\"\ntcti = \"{tcti}\"\n"
+            ),
+        )
+        .unwrap();
+        b
+    }
+    pub fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    pub fn s(&self, name: &str) -> String {
+        self.p(name).display().to_string()
+    }
+    pub fn measure(&self) -> Output {
+        guardian(&["measure", "-c", &self.s("guardian.toml")])
+    }
+    /// Re-sign the manifest after editing it, with `key`.
+    pub fn sign_with(&self, key: &str) {
+        openssl(&[
+            "pkeyutl",
+            "-sign",
+            "-inkey",
+            &self.s(key),
+            "-rawin",
+            "-in",
+            &self.s("manifest.toml"),
+            "-out",
+            &self.s("manifest.toml.sig"),
+        ]);
+    }
+    pub fn log_records(&self) -> usize {
+        std::fs::read_to_string(self.p("measurements.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The PCR computed here from the files, with nothing of guardian's.
+pub fn expected_pcr(files: &[&Path]) -> String {
+    let mut pcr = [0u8; 32];
+    for f in files {
+        let d: [u8; 32] = Sha256::digest(std::fs::read(f).unwrap()).into();
+        let mut h = Sha256::new();
+        h.update(pcr);
+        h.update(d);
+        pcr = h.finalize().into();
+    }
+    hex::encode(pcr)
+}
