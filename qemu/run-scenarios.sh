@@ -31,7 +31,8 @@ cache="${GUARDIAN_CACHE:-$HOME/.cache/guardian}"
 log "test kernel (cached by the fragments' hash)"
 image="$("$here/build-kernel.sh" | tail -n 1)"
 
-log "guardian for aarch64"
+log "guardian for x86_64 (the verifier) and aarch64 (the agent)"
+(cd "$root" && cargo build --locked -p guardian 2>&1 | grep -v '^warning: guardian@' >&2)
 (cd "$root" && cargo build --locked --release --target aarch64-unknown-linux-gnu -p guardian 2>&1 \
     | grep -v '^warning: guardian@' >&2)
 bin="$root/target/aarch64-unknown-linux-gnu/release/guardian"
@@ -56,12 +57,14 @@ EOF
 openssl pkeyutl -sign -inkey "$out/files/vendor.pem" -rawin -in "$out/files/manifest.toml" \
     -out "$out/files/manifest.toml.sig"
 
-scenarios=(tpm-device bpf-lsm-active measure-boot pcr-equals-replay guardian-enforce deny-append deny-append-event
+scenarios=(tpm-device bpf-lsm-active measure-boot pcr-equals-replay quote-evidence guardian-enforce deny-append deny-append-event
     deny-truncate deny-truncate-event deny-impostor allow-updater allow-updater-event
     read-allowed status-counters)
-append=""
+# A fresh nonce for the guest's quote, verified on the host afterwards.
+nonce="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+append="guardian.nonce=$nonce"
 if [ "$break_it" -eq 1 ]; then
-    append="guardian.break=1"
+    append="$append guardian.break=1"
     scenarios+=(broken-expects-tamper-to-succeed)
 fi
 
@@ -90,8 +93,19 @@ if [ "$demo" -eq 1 ]; then
 else
     GUARDIAN_KERNEL_APPEND="$append" "$here/boot.sh" "$image" "$out/initrd.cpio.gz" "$console" 300 || boot_status=$?
 fi
+# The host verifies the guest's evidence with the x86_64 guardian and the
+# AK public key the guest enrolled, against the golden manifest it built.
+results="$out/results.log"
+tr -d '\r' <"$console" >"$results"
+sed -n '/^GUARDIAN-EVIDENCE-BEGIN$/,/^GUARDIAN-EVIDENCE-END$/p' "$results" | sed '1d;$d' >"$out/evidence.json"
+sed -n '/^GUARDIAN-AK-BEGIN$/,/^GUARDIAN-AK-END$/p' "$results" | sed '1d;$d' >"$out/ak.pem"
+verdict="$("$root/target/debug/guardian" verify --evidence "$out/evidence.json" --ak "$out/ak.pem" \
+    --manifest "$out/files/manifest.toml" --nonce "$nonce" 2>&1)" && r=PASS || r=FAIL
+echo "$verdict" | sed 's/^/verifier: /' >&2
+echo "GUARDIAN-SCENARIO host-verifies-guest-evidence $r $(echo "$verdict" | head -n 1)" >>"$results"
+scenarios+=(host-verifies-guest-evidence)
 check_status=0
-"$here/check-scenarios.sh" "$console" "${scenarios[@]}" || check_status=$?
+"$here/check-scenarios.sh" "$results" "${scenarios[@]}" || check_status=$?
 if [ "$boot_status" -ne 0 ]; then
     log "boot failed with status $boot_status (see $console)"
 fi

@@ -79,6 +79,26 @@ echo "$replay" | sed 's/^/demo:   /'
 [ "$rc" -eq 0 ] && [ -n "$pcr" ] && echo "$replay" | grep -q "replayed.*$pcr"
 check pcr-equals-replay $? "sysfs pcr-sha256/14 = $pcr"
 
+# --- evidence for a remote verifier --------------------------------------------
+# The host passes a fresh nonce on the kernel command line and verifies what
+# comes back with its own (x86_64) guardian: the aarch64 agent and the
+# verifier must interoperate.
+nonce="$(sed -n 's/.*guardian\.nonce=\([0-9a-f]*\).*/\1/p' /proc/cmdline)"
+if [ -n "$nonce" ]; then
+    say "quoting PCR 14 for the verifier's nonce $nonce"
+    guardian quote --config /etc/guardian/guardian.toml --nonce "$nonce" \
+        -o /tmp/evidence.json --ak-out /tmp/ak.pem 2>/tmp/quote.err
+    rc=$?
+    check quote-evidence $rc "exit $rc, $(wc -c </tmp/evidence.json 2>/dev/null || echo 0) bytes $(tail -n 1 /tmp/quote.err)"
+    echo "GUARDIAN-EVIDENCE-BEGIN"
+    cat /tmp/evidence.json
+    echo
+    echo "GUARDIAN-EVIDENCE-END"
+    echo "GUARDIAN-AK-BEGIN"
+    cat /tmp/ak.pem
+    echo "GUARDIAN-AK-END"
+fi
+
 # --- guardian ----------------------------------------------------------------
 say "starting guardian: protecting /opt/models, allowed writer $UPDATER"
 guardian run --config /etc/guardian/guardian.toml 2>/run/guardian/agent.log &

@@ -315,14 +315,48 @@ def generate(out: Path) -> None:
         ],
     }
 
+    verify(model, tx, ty, attack_doc)
+
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL).write_bytes(model)
     (out / f"{MODEL}.sha256").write_text(f"{hashlib.sha256(model).hexdigest()}  {MODEL}\n")
-    (out / "test-inputs.json").write_text(json.dumps(inputs_doc, indent=2) + "\n")
-    (out / "attack.json").write_text(json.dumps(attack_doc, indent=2) + "\n")
+    (out / "test-inputs.json").write_text(to_json(inputs_doc))
+    (out / "attack.json").write_text(to_json(attack_doc))
     print(f"{MODEL}: {len(model)} bytes, sha256 {hashlib.sha256(model).hexdigest()}")
     print(f"training accuracy {accuracy:.4f}; {len(tx)} test inputs")
     print(f"attack: {attack_doc['description']}")
+
+
+def verify(model: bytes, tx: np.ndarray, ty: np.ndarray, attack: dict) -> None:
+    """Run the serialized model, and its attacked copy, through onnx's own
+    reference runtime: the classes written to the JSON files must be the
+    ones an ONNX runtime computes from the bytes written to disk."""
+    from onnx.reference import ReferenceEvaluator
+
+    def classes(data: bytes) -> list[int]:
+        run = ReferenceEvaluator(onnx.load_from_string(data))
+        return [int(np.argmax(run.run(None, {"features": x[None, :].astype(np.float32)})[0])) for x in tx]
+
+    if classes(model) != [int(c) for c in ty]:
+        sys.exit("internal error: the ONNX file does not give the expected test classes")
+    attacked = bytearray(model)
+    attacked[attack["offset"]] = int(attack["replacement_hex"], 16)
+    expected = [int(c) for c in ty]
+    expected[attack["victim_input"]] = attack["class_after"]
+    if classes(bytes(attacked)) != expected:
+        sys.exit("internal error: the attacked ONNX file does not give the predicted classes")
+
+
+def to_json(doc: dict) -> str:
+    """One key per line, and each list item on one line: readable in a diff."""
+    lines = []
+    for key, value in doc.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            items = ",\n".join(f"    {json.dumps(v)}" for v in value)
+            lines.append(f"  {json.dumps(key)}: [\n{items}\n  ]")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 OUTPUTS = [MODEL, f"{MODEL}.sha256", "test-inputs.json", "attack.json"]
@@ -339,7 +373,11 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
-        differ = [f for f in OUTPUTS if (Path(tmp) / f).read_bytes() != (args.out / f).read_bytes()]
+        differ = [
+            f
+            for f in OUTPUTS
+            if not (args.out / f).is_file() or (Path(tmp) / f).read_bytes() != (args.out / f).read_bytes()
+        ]
     if differ:
         print(f"differ from {args.out}: {', '.join(differ)}", file=sys.stderr)
         return 1
