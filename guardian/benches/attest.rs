@@ -132,4 +132,5 @@ fn main() {
     stats("bundle (build + JSON)", b);
     stats("verify (parse + checks)", v);
     let _ = swtpm.kill();
+    let _ = swtpm.wait();
 }
