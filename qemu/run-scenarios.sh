@@ -59,10 +59,11 @@ openssl pkeyutl -sign -inkey "$out/files/vendor.pem" -rawin -in "$out/files/mani
 
 scenarios=(tpm-device bpf-lsm-active measure-boot pcr-equals-replay quote-evidence guardian-enforce deny-append deny-append-event
     deny-truncate deny-truncate-event deny-impostor allow-updater allow-updater-event
-    read-allowed status-counters)
+    read-allowed status-counters quote-after-tamper)
 # A fresh nonce for the guest's quote, verified on the host afterwards.
 nonce="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-append="guardian.nonce=$nonce"
+nonce2="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+append="guardian.nonce=$nonce guardian.nonce2=$nonce2"
 if [ "$break_it" -eq 1 ]; then
     append="$append guardian.break=1"
     scenarios+=(broken-expects-tamper-to-succeed)
@@ -104,6 +105,19 @@ verdict="$("$root/target/debug/guardian" verify --evidence "$out/evidence.json" 
 echo "$verdict" | sed 's/^/verifier: /' >&2
 echo "GUARDIAN-SCENARIO host-verifies-guest-evidence $r $(echo "$verdict" | head -n 1)" >>"$results"
 scenarios+=(host-verifies-guest-evidence)
+# The second quote, after the attacks: the verifier must see the tamper
+# records, and must name the model the updater changed (the golden manifest
+# still has the old digest), while the log still explains the PCR.
+sed -n '/^GUARDIAN-EVIDENCE2-BEGIN$/,/^GUARDIAN-EVIDENCE2-END$/p' "$results" | sed '1d;$d' >"$out/evidence2.json"
+verdict2="$("$root/target/debug/guardian" verify --evidence "$out/evidence2.json" --ak "$out/ak.pem" \
+    --manifest "$out/files/manifest.toml" --nonce "$nonce2" 2>&1)" || true
+echo "$verdict2" | sed 's/^/verifier: /' >&2
+if echo "$verdict2" | grep -q '^  TAMPER tamper attempt denied' \
+    && echo "$verdict2" | grep -q 'FAIL  model: /opt/models/model.onnx' \
+    && echo "$verdict2" | grep -q 'ok    log_replay' \
+    && echo "$verdict2" | grep -q 'ok    signature'; then r=PASS; else r=FAIL; fi
+echo "GUARDIAN-SCENARIO host-sees-tamper-records $r $(echo "$verdict2" | grep -c TAMPER) tamper record(s), model change named" >>"$results"
+scenarios+=(host-sees-tamper-records)
 check_status=0
 "$here/check-scenarios.sh" "$results" "${scenarios[@]}" || check_status=$?
 if [ "$boot_status" -ne 0 ]; then

@@ -249,6 +249,12 @@ pub struct Verdict {
     pub passed: Vec<&'static str>,
     /// Device as claimed by the bundle.
     pub device: Option<Device>,
+    /// Tamper attempts the device recorded (and extended) this boot. They
+    /// do not make the verdict untrusted by themselves (a denied attempt
+    /// changed nothing), but a verifier will want to know.
+    pub tamper_attempts: Vec<String>,
+    /// The runtime guard's state records (mode, hooks, drops), in order.
+    pub guard_state: Vec<String>,
 }
 
 impl Verdict {
@@ -267,6 +273,12 @@ impl Verdict {
         }
         for f in &self.failures {
             s += &format!("  FAIL  {}: {}\n", f.check, f.reason);
+        }
+        for g in &self.guard_state {
+            s += &format!("  guard  {g}\n");
+        }
+        for t in &self.tamper_attempts {
+            s += &format!("  TAMPER {t}\n");
         }
         s
     }
@@ -297,6 +309,8 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>) -> Verdict {
             failures,
             passed,
             device: Some(evidence.device.clone()),
+            tamper_attempts: Vec::new(),
+            guard_state: Vec::new(),
         };
     };
 
@@ -324,6 +338,8 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>) -> Verdict {
                 failures,
                 passed,
                 device: Some(evidence.device.clone()),
+                tamper_attempts: Vec::new(),
+                guard_state: Vec::new(),
             };
         }
     };
@@ -457,52 +473,26 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>) -> Verdict {
                             ),
                         );
                     }
+                    // Every measurement of a golden model since the last
+                    // manifest record (the boot run, and any re-measurement
+                    // after a write) must carry the golden digest.
                     let mut models_ok = true;
                     for e in &golden.models {
                         let file = e.path.display().to_string();
-                        let rec = run
+                        let recs: Vec<&&Record> = run
                             .iter()
-                            .find(|r| r.kind == Kind::Model && r.file.as_deref() == Some(&*file));
-                        match rec {
-                            None => {
-                                fail("model", format!("{file}: not measured"));
-                                models_ok = false;
-                            }
-                            Some(r) if r.digest != e.sha256 => {
-                                fail(
-                                    "model",
-                                    format!(
-                                        "{file}: measured sha256 {} but the golden digest is {}",
-                                        r.digest, e.sha256
-                                    ),
-                                );
-                                models_ok = false;
-                            }
-                            Some(_) => {}
+                            .filter(|r| r.kind == Kind::Model && r.file.as_deref() == Some(&*file))
+                            .collect();
+                        if recs.is_empty() {
+                            fail("model", format!("{file}: not measured"));
+                            models_ok = false;
                         }
-                    }
-                    // Later extends into the same PCR (re-measurements)
-                    // must match too.
-                    for r in evidence
-                        .measurement_log
-                        .iter()
-                        .filter(|r| r.kind == Kind::Model && r.extended && r.pcr == golden.pcr)
-                    {
-                        let golden_digest = golden
-                            .models
-                            .iter()
-                            .find(|e| Some(e.path.display().to_string()) == r.file)
-                            .map(|e| &e.sha256);
-                        if golden_digest.is_some_and(|g| *g != r.digest)
-                            && !run.iter().any(|x| x.seq == r.seq)
-                        {
+                        for r in recs.iter().filter(|r| r.digest != e.sha256) {
                             fail(
                                 "model",
                                 format!(
-                                    "{}: re-measured (record {}) with sha256 {}, not the golden digest",
-                                    r.file.as_deref().unwrap_or("?"),
-                                    r.seq,
-                                    r.digest
+                                    "{file}: measured sha256 {} (record {}) but the golden digest is {}",
+                                    r.digest, r.seq, e.sha256
                                 ),
                             );
                             models_ok = false;
@@ -515,11 +505,22 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>) -> Verdict {
             }
         }
     }
+    // Only records the quote covers count: extended, not voided.
+    let covered = |k: Kind| {
+        evidence
+            .measurement_log
+            .iter()
+            .filter(|r| r.kind == k && r.extended && !voided.contains(&r.seq))
+            .map(|r| r.description.clone())
+            .collect::<Vec<_>>()
+    };
     Verdict {
         trusted: failures.is_empty(),
         failures,
         passed,
         device: Some(evidence.device.clone()),
+        tamper_attempts: covered(Kind::Tamper),
+        guard_state: covered(Kind::State),
     }
 }
 

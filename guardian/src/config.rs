@@ -187,6 +187,10 @@ pub struct AttestConfig {
     /// PCRs (SHA-256 bank) to quote.
     #[serde(default = "default_quote_pcrs")]
     pub pcrs: Vec<u32>,
+    /// `guardian run` re-measures every manifest model this often, in
+    /// seconds (0: only when a write is seen); a changed digest is extended.
+    #[serde(default = "default_remeasure_secs")]
+    pub remeasure_secs: u64,
 }
 
 impl Default for AttestConfig {
@@ -194,6 +198,7 @@ impl Default for AttestConfig {
         Self {
             ak_handle: default_ak_handle(),
             pcrs: default_quote_pcrs(),
+            remeasure_secs: default_remeasure_secs(),
         }
     }
 }
@@ -202,6 +207,10 @@ fn default_ak_handle() -> u32 {
     // The TCG's provisioning guidance reserves 0x81010000-0x8101FFFF for
     // endorsement-hierarchy keys; 0x81010001 is the EK's customary slot.
     0x8101_0002
+}
+
+fn default_remeasure_secs() -> u64 {
+    3600
 }
 
 fn default_quote_pcrs() -> Vec<u32> {
@@ -310,6 +319,9 @@ impl Config {
         // Relative paths are relative to the config file, like systemd
         // units and most daemons do it, not to wherever the agent started.
         let base = path.parent().unwrap_or(Path::new("/"));
+        if config.events.output != "-" && Path::new(&config.events.output).is_relative() {
+            config.events.output = base.join(&config.events.output).display().to_string();
+        }
         let m = &mut config.measure;
         for p in config
             .guard
@@ -317,7 +329,7 @@ impl Config {
             .iter_mut()
             .chain(config.guard.allowed_writers.iter_mut())
             .chain(m.trusted_keys.iter_mut())
-            .chain([&mut m.manifest, &mut m.log])
+            .chain([&mut m.manifest, &mut m.log, &mut config.status.path])
             .chain(m.signature.iter_mut())
         {
             if p.is_relative() {

@@ -23,6 +23,7 @@
 //! | [`mlog`] | the measurement log: append-only, replay, TCG and CEL exports |
 //! | [`tpm`] | the TPM through tss-esapi: PCR extend and read, attestation key, quote |
 //! | [`attest`] | evidence bundles for a verifier's nonce, and the offline verifier |
+//! | [`continuous`] | in the daemon: tamper records, re-measurement, guard state into the TPM |
 //!
 //! The kernel side lives in `guardian-ebpf` (one file per hook) and the
 //! types both sides share in `guardian-common`. The eBPF object is built by
@@ -34,6 +35,7 @@
 pub mod attest;
 pub mod btf;
 pub mod config;
+pub mod continuous;
 pub mod events;
 pub mod guard;
 pub mod hashing;
@@ -130,6 +132,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ),
     }
     let mut decoder = Decoder::new(guard.mode(), &targets);
+    // Continuous attestation: its own thread owns the TPM and the log.
+    // The guard's state goes into the evidence first.
+    let attestor = continuous::Attestor::start(&config);
+    attestor.send(continuous::Message::State(format!(
+        "guard started: mode {}; {}; hooks: {}",
+        guard.mode().as_str(),
+        guard.reason(),
+        guard
+            .hooks()
+            .iter()
+            .map(|h| format!("{} via {} ({})", h.hook, h.mechanism, h.attached.join(" ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )));
     let ring = guard.take_events()?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
     // for as long as the AsyncFd owns the ring buffer.
@@ -138,8 +154,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let mut counters = AgentCounters::default();
     let started = status::now();
-    let publish = |guard: &Guard, counters: &AgentCounters| -> Result<(), RunError> {
-        let st = snapshot(&config, &features, &targets, guard, counters, &started);
+    let mut last_drops = 0u64;
+    let mut publish = |guard: &Guard, counters: &AgentCounters| -> Result<(), RunError> {
+        let st = snapshot(
+            &config,
+            &features,
+            &targets,
+            guard,
+            counters,
+            &attestor.stats(),
+            &started,
+        );
+        // Lost events are part of the evidence too.
+        let drops = st.counters.get("ringbuf_drops").copied().unwrap_or(0);
+        if drops > last_drops {
+            attestor.send(continuous::Message::State(format!(
+                "kernel ring buffer full: {drops} event(s) lost in total"
+            )));
+            last_drops = drops;
+        }
         st.write(&config.status.path)?;
         Ok(())
     };
@@ -167,7 +200,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             () = &mut shutdown => break,
             ready = ring.readable_mut() => {
                 let mut ready = ready.map_err(RunError::Events)?;
-                dirty |= drain(ready.get_inner_mut(), &mut decoder, &mut sink, &mut counters) > 0;
+                dirty |= drain(ready.get_inner_mut(), &mut decoder, &mut sink, &mut counters, &attestor) > 0;
                 ready.clear_ready();
             }
             _ = tick.tick() => {
@@ -182,7 +215,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     // 6. Last events, then withdraw the status so `guardian status` does
     //    not report a guard that is gone.
-    drain(ring.get_mut(), &mut decoder, &mut sink, &mut counters);
+    drain(
+        ring.get_mut(),
+        &mut decoder,
+        &mut sink,
+        &mut counters,
+        &attestor,
+    );
+    let _ = publish;
+    attestor.stop();
     let _ = std::fs::remove_file(&config.status.path);
     log::info!("stopped; the kernel programs are detached");
     Ok(())
@@ -194,18 +235,22 @@ fn drain(
     decoder: &mut Decoder,
     sink: &mut Sink,
     counters: &mut AgentCounters,
+    attestor: &continuous::Attestor,
 ) -> usize {
     let mut n = 0;
     while let Some(item) = ring.next() {
         n += 1;
         match decoder.decode(&item) {
-            Ok(ev) => match sink.write(&ev) {
-                Ok(()) => counters.written += 1,
-                Err(e) => {
-                    counters.write_errors += 1;
-                    log::error!("event lost: cannot write it: {e}");
+            Ok(ev) => {
+                match sink.write(&ev) {
+                    Ok(()) => counters.written += 1,
+                    Err(e) => {
+                        counters.write_errors += 1;
+                        log::error!("event lost: cannot write it: {e}");
+                    }
                 }
-            },
+                attestor.send(continuous::Message::Event(Box::new(ev)));
+            }
             Err(e) => {
                 counters.undecodable += 1;
                 log::error!("{e}");
@@ -221,6 +266,7 @@ fn snapshot(
     targets: &Targets,
     guard: &Guard,
     agent: &AgentCounters,
+    attest: &continuous::Stats,
     started: &str,
 ) -> Status {
     let mut counters: BTreeMap<String, u64> = BTreeMap::new();
@@ -232,6 +278,14 @@ fn snapshot(
     counters.insert("events_written".into(), agent.written);
     counters.insert("event_write_errors".into(), agent.write_errors);
     counters.insert("events_undecodable".into(), agent.undecodable);
+    counters.insert("tamper_records".into(), attest.tamper_records);
+    counters.insert("tamper_rate_limited".into(), attest.tamper_suppressed);
+    counters.insert("models_remeasured".into(), attest.remeasured);
+    counters.insert("attest_queue_drops".into(), attest.queue_drops);
+    counters.insert("attest_errors".into(), attest.errors);
+    for d in &attest.degraded {
+        warnings.push(format!("continuous attestation: {d}"));
+    }
     let measured_boot = status::MeasuredBoot::from_log(&config.measure.log);
     warnings.extend(measured_boot.warnings());
     if guard.mode() == Mode::Detect {

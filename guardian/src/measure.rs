@@ -355,7 +355,7 @@ fn last_run<'a>(contents: &'a mlog::Contents, boot: &'a str, pcr: u32) -> Vec<&'
                 .this_boot(boot)
                 .filter(|r| !r.extended && r.kind != Kind::Note),
         )
-        .filter(|r| r.pcr == pcr)
+        .filter(|r| r.pcr == pcr && matches!(r.kind, Kind::Manifest | Kind::Model))
         .collect();
     let mut recs = recs;
     recs.sort_by_key(|r| r.seq);

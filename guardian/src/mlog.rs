@@ -46,6 +46,13 @@ pub enum Kind {
     /// Not extended: something the log must say (a re-run in the same boot,
     /// a repaired torn tail).
     Note,
+    /// An attempt to tamper with a protected file, seen by the runtime
+    /// guard (denied, or detected after the fact). Extended, so the attempt
+    /// stays in the quoted evidence even if the attacker later wins.
+    Tamper,
+    /// The runtime guard's state (mode and hooks in force, drop counters),
+    /// extended so that the evidence proves how the device was protected.
+    State,
 }
 
 /// One line of the log.
@@ -263,13 +270,19 @@ impl Log {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let contents = read(path)?;
+        // One writer at a time (the boot step and the daemon share the log):
+        // an exclusive lock, taken before reading, held until drop.
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(path)
             .map_err(io)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        let contents = read(path)?;
         let torn = contents.torn_bytes;
         if torn > 0 {
             file.set_len(contents.good_len).map_err(io)?;

@@ -30,6 +30,9 @@ pub struct MeasuredBoot {
     pub unsigned: bool,
     /// Measurements were logged without a TPM (`--no-tpm`).
     pub without_tpm: bool,
+    /// Tamper attempts recorded (and extended) this boot.
+    #[serde(default)]
+    pub tamper_records: usize,
     /// The log could not be read.
     pub error: Option<String>,
 }
@@ -65,7 +68,8 @@ impl MeasuredBoot {
                         mb.mismatches.extend(r.file.clone());
                     }
                 }
-                crate::mlog::Kind::Note => {}
+                crate::mlog::Kind::Tamper => mb.tamper_records += 1,
+                crate::mlog::Kind::Note | crate::mlog::Kind::State => {}
             }
         }
         mb
@@ -241,9 +245,10 @@ impl Status {
         );
         if let Some(mb) = &self.measured_boot {
             s += &format!(
-                "measured boot: {} model measurement(s) this boot, {} mismatch(es){}{} ({})\n",
+                "measured boot: {} model measurement(s) this boot, {} mismatch(es), {} tamper record(s){}{} ({})\n",
                 mb.models_extended,
                 mb.mismatches.len(),
+                mb.tamper_records,
                 if mb.unsigned {
                     ", UNSIGNED manifest"
                 } else {

@@ -20,6 +20,8 @@ use std::{
 
 use serde_json::Value;
 
+mod common;
+
 static KERNEL: Mutex<()> = Mutex::new(());
 
 fn exclusive() -> MutexGuard<'static, ()> {
@@ -63,11 +65,14 @@ impl Scene {
             .collect();
         let cfg = format!(
             "[guard]\nmode = \"{mode}\"\nprotected = [{:?}]\nallowed_writers = [{}]\n\
-             [events]\noutput = {:?}\n[status]\npath = {:?}\ninterval_secs = 1\n",
+             [events]\noutput = {:?}\n[status]\npath = {:?}\ninterval_secs = 1\n\
+             [measure]\nlog = {:?}\nmanifest = {:?}\n",
             s.model().display().to_string(),
             writers.join(", "),
             s.path("events.jsonl").display().to_string(),
             s.path("status.json").display().to_string(),
+            s.path("measurements.log").display().to_string(),
+            s.path("manifest.toml").display().to_string(),
         );
         std::fs::write(s.config(), cfg).unwrap();
         s
@@ -141,6 +146,16 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A child that must not outlive a failed test (it holds eBPF programs).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -419,5 +434,120 @@ fn bad_input_fails_cleanly() {
     assert!(
         scene.status().is_none(),
         "a failed start must not publish a status"
+    );
+}
+
+/// Continuous attestation in the daemon, with a real TPM (swtpm) and real
+/// tracepoints: a tamper attempt is recorded and extended, the changed
+/// model is re-measured, and a quote afterwards shows both to a verifier.
+#[test]
+fn tamper_is_recorded_and_the_model_remeasured_into_the_quote() {
+    let _k = exclusive();
+    let tpm = common::Swtpm::start();
+    let board = common::Board::new(&tpm.tcti());
+    assert!(board.measure().status.success());
+    let model = board.p("models/labels.txt");
+    let cfg = std::fs::read_to_string(board.p("guardian.toml")).unwrap();
+    std::fs::write(
+        board.p("guardian.toml"),
+        format!(
+            "[guard]\nmode = \"detect\"\nprotected = [{:?}]\n\
+             [events]\noutput = \"events.jsonl\"\n[status]\npath = \"status.json\"\ninterval_secs = 1\n\
+             [attest]\nremeasure_secs = 0\n{cfg}",
+            board.s("models")
+        ),
+    )
+    .unwrap();
+    let stderr = board.p("agent.stderr");
+    let mut agent = KillOnDrop(
+        guardian()
+            .args(["run", "--config"])
+            .arg(board.p("guardian.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let status = board.p("status.json");
+    wait_for(30, "the agent", || status.exists().then_some(()));
+
+    // The attacker appends to a model (detect mode: it succeeds).
+    let sh = shell(
+        Path::new("/bin/sh"),
+        &format!("echo wolf >> {}", model.display()),
+    );
+    let read_status =
+        || -> Option<Value> { serde_json::from_str(&std::fs::read_to_string(&status).ok()?).ok() };
+    wait_for(15, "a tamper record and a re-measurement", || {
+        let st = read_status()?;
+        (st["counters"]["tamper_records"].as_u64()? >= 1
+            && st["counters"]["models_remeasured"].as_u64()? >= 1)
+            .then_some(())
+    });
+    finish(sh);
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    assert!(agent.0.wait().unwrap().success());
+    let log = std::fs::read_to_string(board.p("measurements.log")).unwrap();
+    assert!(
+        log.contains("\"kind\":\"state\""),
+        "guard state recorded: {log}"
+    );
+    assert!(log.contains("\"kind\":\"tamper\""), "{log}");
+
+    // The log still explains the PCR, and a quote carries all of it.
+    let out = common::guardian(&["log", "replay", "-c", &board.s("guardian.toml")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = common::guardian(&[
+        "quote",
+        "-c",
+        &board.s("guardian.toml"),
+        "--nonce",
+        "77",
+        "-o",
+        &board.s("ev.json"),
+        "--ak-out",
+        &board.s("ak.pem"),
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let out = common::guardian(&[
+        "verify",
+        "--evidence",
+        &board.s("ev.json"),
+        "--ak",
+        &board.s("ak.pem"),
+        "--manifest",
+        &board.s("manifest.toml"),
+        "--nonce",
+        "77",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = v.to_string();
+    assert!(text.contains("log_replay"), "{v:#}");
+    let fails: Vec<&str> = v["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        fails.iter().any(|f| f.contains(&*model.to_string_lossy())),
+        "the changed model is named: {fails:?}"
+    );
+    let tampers = v["tamper_attempts"].as_array().unwrap();
+    assert_eq!(tampers.len(), 1, "{v:#}");
+    assert!(tampers[0].as_str().unwrap().contains("DETECTED"), "{v:#}");
+    assert!(
+        v["guard_state"][0]
+            .as_str()
+            .unwrap()
+            .contains("mode detect"),
+        "{v:#}"
     );
 }

@@ -185,6 +185,30 @@ grep -q '"denied": 3,' /run/guardian/status.json && grep -q '"allowed": 1,' /run
     && grep -qE '"ringbuf_drops": 0,?$' /run/guardian/status.json
 check status-counters $? "$(grep -E '"(denied|allowed|ringbuf_drops|events_written)"' /run/guardian/status.json | tr -d ' \n')"
 
+# --- the evidence now shows the attempts ----------------------------------------
+# The daemon extended tamper records (and re-measured the model the updater
+# changed); a second quote for a second nonce carries them to the verifier.
+nonce2="$(sed -n 's/.*guardian\.nonce2=\([0-9a-f]*\).*/\1/p' /proc/cmdline)"
+if [ -n "$nonce2" ]; then
+    n=0
+    until grep -qE '"models_remeasured": [1-9]' /run/guardian/status.json; do
+        [ "$n" -ge 50 ] && break
+        sleep 0.1
+        n=$((n + 1))
+    done
+    grep -E '"(tamper_records|tamper_rate_limited|models_remeasured)"' /run/guardian/status.json | tr -d ' ,' | sed 's/^/demo:   /'
+    guardian quote --config /etc/guardian/guardian.toml --nonce "$nonce2" -o /tmp/evidence2.json 2>/tmp/quote2.err
+    rc=$?
+    grep -q '"kind": "tamper"' /tmp/evidence2.json
+    tamper=$?
+    [ "$rc" -eq 0 ] && [ "$tamper" -eq 0 ]
+    check quote-after-tamper $? "exit $rc; tamper record in the evidence: $([ "$tamper" -eq 0 ] && echo yes || echo NO)"
+    echo "GUARDIAN-EVIDENCE2-BEGIN"
+    cat /tmp/evidence2.json
+    echo
+    echo "GUARDIAN-EVIDENCE2-END"
+fi
+
 if grep -q 'guardian.break=1' /proc/cmdline; then
     # Deliberately wrong expectation: the harness must report this FAIL.
     sh -c "echo broken >> $MODEL" 2>/dev/null

@@ -1,0 +1,64 @@
+//! `inference-service`: serves the classifier over stdin/stdout.
+//!
+//! Loads the model once at start (a missing or bad model is one line on
+//! stderr naming the file, and exit 1), then answers requests until stdin
+//! ends. See the crate docs for the protocol.
+
+use std::{
+    io::{BufWriter, Write as _},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use clap::Parser;
+use guardian_inference_demo::{DEFAULT_MODEL, model::Classifier, protocol};
+
+/// Serve an ONNX classifier: one JSON array of floats per line on stdin,
+/// one JSON answer per line on stdout, {"class":N,"scores":[...]} or
+/// {"error":"..."}. Each request is logged on stderr.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// The ONNX model, opened read-only once at start.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let tag = protocol::tag();
+    let classifier = match Classifier::load(&cli.model) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{tag}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "{tag}: loaded {} ({} bytes, sha256 {}): {} features, {} classes; reading requests from stdin",
+        classifier.path().display(),
+        classifier.size(),
+        classifier.sha256_hex(),
+        classifier.features(),
+        classifier.classes(),
+    );
+    let mut input = std::io::stdin().lock();
+    // Responses are flushed one by one (protocol::handle); the buffer only
+    // turns each response into a single write.
+    let mut output = BufWriter::new(std::io::stdout().lock());
+    let mut log = std::io::stderr().lock();
+    match protocol::serve(&classifier, &mut input, &mut output, &mut log) {
+        Ok(s) => {
+            let _ = writeln!(
+                log,
+                "{tag}: end of input after {} predictions and {} errors",
+                s.predictions, s.errors
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = writeln!(log, "{tag}: cannot serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
