@@ -11,10 +11,10 @@
 // A benchmark reports by printing, and fails loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
 
 use guardian::{attest, config::MeasureConfig, measure, mlog, tpm::Tpm};
 
@@ -41,24 +41,8 @@ fn main() {
     // "no AK yet" lookup failure to stderr otherwise.
     unsafe { std::env::set_var("TSS2_LOG", "all+none") };
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut swtpm = Command::new("swtpm")
-        .args(["socket", "--tpm2", "--tpmstate"])
-        .arg(format!("dir={}", dir.path().display()))
-        .arg("--server")
-        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-        .arg("--ctrl")
-        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-        .args(["--flags", "not-need-init,startup-clear"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("swtpm");
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let swtpm = common::Swtpm::start();
+    let port = swtpm.port;
     let tcti = format!("swtpm:host=127.0.0.1,port={port}");
 
     // A measured board.
@@ -131,6 +115,5 @@ fn main() {
     stats("quote (TPM + PCR reads)", q);
     stats("bundle (build + JSON)", b);
     stats("verify (parse + checks)", v);
-    let _ = swtpm.kill();
-    let _ = swtpm.wait();
+    drop(swtpm);
 }

@@ -258,6 +258,19 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The verdict when the quote itself cannot be read: nothing else can
+    /// be judged.
+    fn refused(failures: Vec<Failure>, passed: Vec<&'static str>, evidence: &Evidence) -> Self {
+        Self {
+            trusted: false,
+            failures,
+            passed,
+            device: Some(evidence.device.clone()),
+            tamper_attempts: Vec::new(),
+            guard_state: Vec::new(),
+        }
+    }
+
     /// Human-readable.
     pub fn render(&self) -> String {
         let mut s = format!(
@@ -304,14 +317,7 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>) -> Verdict {
     let sig = B64.decode(&evidence.signature);
     let (Ok(quote), Ok(sig)) = (quote, sig) else {
         fail("format", "quote or signature is not base64".into());
-        return Verdict {
-            trusted: false,
-            failures,
-            passed,
-            device: Some(evidence.device.clone()),
-            tamper_attempts: Vec::new(),
-            guard_state: Vec::new(),
-        };
+        return Verdict::refused(failures, passed, evidence);
     };
 
     // 1. Signature by the enrolled AK.
@@ -333,14 +339,7 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>) -> Verdict {
         Ok(i) => i,
         Err(e) => {
             fail("format", format!("quote: {e}"));
-            return Verdict {
-                trusted: false,
-                failures,
-                passed,
-                device: Some(evidence.device.clone()),
-                tamper_attempts: Vec::new(),
-                guard_state: Vec::new(),
-            };
+            return Verdict::refused(failures, passed, evidence);
         }
     };
     if info.extra_data == trust.nonce {
