@@ -165,7 +165,15 @@ impl Worker {
             };
         let tcti = tpm::choose_tcti(m.tcti.as_deref(), |k| std::env::var(k).ok());
         let tpm = match Tpm::open(&tcti) {
-            Ok(t) => Some(t),
+            Ok(mut t) => {
+                if t.is_software() {
+                    degraded.push(format!(
+                        "the TPM at {tcti} is a software TPM ({}): evidence is not rooted in hardware",
+                        t.vendor()
+                    ));
+                }
+                Some(t)
+            }
             Err(e) => {
                 degraded.push(format!(
                     "tamper and state records are logged but NOT extended: {e}"

@@ -176,7 +176,23 @@ pub fn measure(
         None
     } else {
         let tcti = tpm::choose_tcti(cfg.tcti.as_deref(), |k| std::env::var(k).ok());
-        Some(Tpm::open(&tcti)?)
+        let mut t = Tpm::open(&tcti)?;
+        if t.is_software() {
+            let w = format!(
+                "INSECURE: the TPM at {tcti} is a software TPM ({}); its measurements are not rooted in hardware",
+                t.vendor()
+            );
+            log::warn!("{w}");
+            log.append(Record {
+                kind: Kind::Note,
+                digest: "0".repeat(64),
+                description: w.clone(),
+                ..Record::blank()
+            })
+            .map_err(MeasureError::Log)?;
+            warnings.push(w);
+        }
+        Some(t)
     };
     let boot = mlog::boot_id();
 

@@ -30,6 +30,9 @@ pub struct MeasuredBoot {
     pub unsigned: bool,
     /// Measurements were logged without a TPM (`--no-tpm`).
     pub without_tpm: bool,
+    /// The measurements went into a software TPM.
+    #[serde(default)]
+    pub software_tpm: bool,
     /// Tamper attempts recorded (and extended) this boot.
     #[serde(default)]
     pub tamper_records: usize,
@@ -69,7 +72,10 @@ impl MeasuredBoot {
                     }
                 }
                 crate::mlog::Kind::Tamper => mb.tamper_records += 1,
-                crate::mlog::Kind::Note | crate::mlog::Kind::State => {}
+                crate::mlog::Kind::Note => {
+                    mb.software_tpm |= r.description.contains("software TPM");
+                }
+                crate::mlog::Kind::State => {}
             }
         }
         mb
@@ -88,6 +94,9 @@ impl MeasuredBoot {
         }
         if self.unsigned {
             w.push("measured boot: the manifest was accepted UNSIGNED".to_owned());
+        }
+        if self.software_tpm {
+            w.push("measured boot: the TPM is a software TPM, not rooted in hardware".to_owned());
         }
         if self.without_tpm {
             w.push("measured boot: measured with --no-tpm, nothing is in a TPM".to_owned());

@@ -183,6 +183,40 @@ impl Tpm {
         &self.tcti
     }
 
+    /// Manufacturer and vendor string, e.g. `IBM "SW   TPM"` for swtpm.
+    pub fn vendor(&mut self) -> String {
+        use tss_esapi::constants::PropertyTag as P;
+        let text = |v: Option<u32>| {
+            v.map(|v| {
+                v.to_be_bytes()
+                    .iter()
+                    .filter(|b| b.is_ascii_graphic() || **b == b' ')
+                    .map(|b| *b as char)
+                    .collect::<String>()
+            })
+            .unwrap_or_default()
+        };
+        let manufacturer = text(self.ctx.get_tpm_property(P::Manufacturer).ok().flatten());
+        let vendor: String = [
+            P::VendorString1,
+            P::VendorString2,
+            P::VendorString3,
+            P::VendorString4,
+        ]
+        .into_iter()
+        .map(|p| text(self.ctx.get_tpm_property(p).ok().flatten()))
+        .collect();
+        format!("{} \"{}\"", manufacturer.trim(), vendor.trim())
+    }
+
+    /// True for a software TPM (swtpm/libtpms reports manufacturer "IBM"
+    /// and vendor "SW TPM"): its keys and PCRs live in a file, so nothing
+    /// it attests is rooted in hardware.
+    pub fn is_software(&mut self) -> bool {
+        let v = self.vendor();
+        v.starts_with("IBM") || v.contains("SW")
+    }
+
     /// Extend the SHA-256 bank of `pcr` with `digest` (other banks are
     /// left alone: a TPM extends only the banks it is given digests for).
     pub fn extend(&mut self, pcr: u32, digest: &[u8; 32]) -> Result<(), TpmError> {

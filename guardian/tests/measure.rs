@@ -21,6 +21,13 @@ fn measure_matches_pcrread_and_tpm2_eventlog() {
     let out = b.measure();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(out.stdout.is_empty(), "no events expected");
+    // swtpm is recognised as a software TPM, loudly.
+    assert!(
+        stderr(&out).contains("INSECURE: the TPM at"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("software TPM"), "{}", stderr(&out));
 
     let pcr = tpm.pcrread(14);
     // Manifest first, then the models in manifest (sorted path) order.
