@@ -28,6 +28,10 @@ cargo clippy --locked --all-targets -- -D warnings
 cargo +"$EBPF_TOOLCHAIN" clippy --locked -p guardian-ebpf --target bpfel-unknown-none \
     -Z build-std=core -- -D warnings
 
+step "meta-guardian: offline layer checks, and each check catches its planted defect"
+meta-guardian/scripts/check-layer.sh
+meta-guardian/scripts/test-check-layer.sh
+
 step "builds with the minimum supported Rust ($MSRV, Yocto whinlatter)"
 cargo +"$MSRV" check --locked --all-targets
 

@@ -21,7 +21,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # 1. Debian packages. arm64 multiarch first: libtss2 for the aarch64 agent.
 host_pkgs=(
     build-essential pkg-config git curl ca-certificates cpio gzip xz-utils
-    python3 file openssl
+    python3 python3-venv file openssl
     # test kernel (cross-built from Debian's own source)
     "linux-source-${KERNEL_SERIES}" gcc-aarch64-linux-gnu libc6-dev-arm64-cross
     flex bison bc dwarves libssl-dev libelf-dev

@@ -1,0 +1,28 @@
+SUMMARY = "Example image: core-image-minimal with guardian, for qemuarm64"
+DESCRIPTION = "A minimal image that boots qemuarm64 with a software TPM \
+               (swtpm on the host) and runs guardian. Build it with \
+               MACHINE = qemuarm64 and the guardian distro feature \
+               (see meta-guardian/README.md)."
+HOMEPAGE = "https://github.com/guardian-edge/guardian"
+BUGTRACKER = "https://github.com/guardian-edge/guardian/issues"
+SECTION = "images"
+LICENSE = "MIT"
+
+# core-image-minimal lives in openembedded-core, outside this tree, so the
+# offline lint cannot open it.
+# nooelint: oelint.file.requirenotfound
+require recipes-core/images/core-image-minimal.bb
+
+IMAGE_INSTALL:append = " packagegroup-guardian tpm2-tools"
+
+COMPATIBLE_MACHINE = "qemuarm64"
+
+# The sample configuration protects /opt/models, and guardian refuses to
+# start when a protected path does not exist. Ship the (empty) directory so
+# the image boots with the guard running; model recipes fill it.
+ROOTFS_POSTPROCESS_COMMAND += "guardian_model_dir"
+# A rootfs post-process function, not a task: it has no [doc].
+# nooelint: oelint.task.docstrings
+guardian_model_dir() {
+    install -d -m 0755 ${IMAGE_ROOTFS}/opt/models
+}

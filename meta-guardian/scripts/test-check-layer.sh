@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The planted lines are bitbake metadata: ${...} must reach the files as is.
+# shellcheck disable=SC2016
+# SPDX-License-Identifier: MIT
+#
+# Shows that each check in check-layer.sh catches its defect: copies the
+# layer (with the repository files it checks: Cargo.lock, guardian/systemd)
+# to a temporary directory, checks that the clean copy passes, then plants
+# one defect per copy and asserts that check-layer.sh fails, on the check
+# that owns the defect.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+layer="$(dirname "$here")"
+repo="$(dirname "$layer")"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+fresh() { # -> path of a clean copy of the repository subset
+    local d="$work/$1"
+    mkdir -p "$d/guardian"
+    cp -a "$layer" "$d/meta-guardian"
+    cp -a "$repo/Cargo.lock" "$d/"
+    cp -a "$repo/guardian/systemd" "$d/guardian/"
+    printf '%s\n' "$d"
+}
+
+failures=0
+expect_fail() { # name check-title-substring copy
+    local name="$1" title="$2" d="$3" out status=0
+    out="$("$d/meta-guardian/scripts/check-layer.sh" 2>&1)" || status=$?
+    if [ "$status" -ne 0 ] && grep -F "FAIL  " <<<"$out" | grep -qF "$title"; then
+        printf 'ok    %-28s caught by: %s\n' "$name" "$title"
+    else
+        printf 'NOT CAUGHT  %s (expected FAIL on "%s", exit %s)\n' "$name" "$title" "$status"
+        printf '%s\n' "$out" | sed 's/^/      /'
+        failures=$((failures + 1))
+    fi
+}
+
+# The clean copy must pass, or the planted failures prove nothing.
+d="$(fresh clean)"
+if out="$("$d/meta-guardian/scripts/check-layer.sh" 2>&1)"; then
+    echo "ok    clean copy passes"
+else
+    echo "the clean copy of the layer fails check-layer.sh:"
+    printf '%s\n' "$out" | sed 's/^/      /'
+    exit 1
+fi
+
+recipe=meta-guardian/recipes-security/guardian/guardian_0.1.0.bb
+
+d="$(fresh oelint)"
+printf '\ndo_install:append() {\n\tinstall -d ${D}${datadir}/guardian\n}\n' >>"$d/$recipe"
+expect_fail "oelint finding (tab indent)" "oelint-adv" "$d"
+
+d="$(fresh layerconf)"
+sed -i '/^LAYERSERIES_COMPAT_guardian/d' "$d/meta-guardian/conf/layer.conf"
+expect_fail "layer.conf field missing" "layer structure" "$d"
+
+d="$(fresh security)"
+rm "$d/meta-guardian/SECURITY.md"
+expect_fail "SECURITY.md missing" "layer structure" "$d"
+
+d="$(fresh autorev)"
+sed -i 's/^SRCREV = .*/SRCREV = "${AUTOREV}"/' "$d/$recipe"
+expect_fail "AUTOREV" "no AUTOREV" "$d"
+
+d="$(fresh network)"
+printf '\ndo_configure:prepend() {\n    curl -sSfo ${S}/extra.tar.gz https://example.com/extra.tar.gz\n}\n' >>"$d/$recipe"
+expect_fail "network access in a task" "no network access" "$d"
+
+d="$(fresh ungated)"
+mkdir -p "$d/meta-guardian/recipes-core/busybox"
+printf 'FILESEXTRAPATHS:prepend := "${THISDIR}/files:"\n' \
+    >"$d/meta-guardian/recipes-core/busybox/busybox_%.bbappend"
+expect_fail "ungated bbappend" "every bbappend gated" "$d"
+
+d="$(fresh fileuri)"
+rm "$d/meta-guardian/recipes-security/guardian/files/guardian.init"
+expect_fail "missing file:// target" "every file://" "$d"
+
+d="$(fresh whitespace)"
+sed -i 's/^SECTION = "security"$/SECTION = "security" /' "$d/$recipe"
+expect_fail "trailing whitespace" "no trailing whitespace" "$d"
+
+d="$(fresh crates)"
+sed -i '0,/\.sha256sum\] = "[0-9a-f]/s/\(\.sha256sum\] = "\)[0-9a-f]/\10/' \
+    "$d/meta-guardian/recipes-security/guardian/guardian-crates.inc"
+if cmp -s "$d/meta-guardian/recipes-security/guardian/guardian-crates.inc" \
+        "$layer/recipes-security/guardian/guardian-crates.inc"; then
+    # The first checksum already started with 0: drift the lock instead.
+    sed -i '0,/^checksum = "[0-9a-f]/s/^\(checksum = "\)[0-9a-f]/\1f/' "$d/Cargo.lock"
+fi
+expect_fail "crates include drifted" "guardian-crates.inc matches" "$d"
+
+if command -v systemd-analyze >/dev/null; then
+    d="$(fresh unit)"
+    sed -i 's/^RestartSec=/RestartSecs=/' "$d/guardian/systemd/guardian.service"
+    expect_fail "bad key in a systemd unit" "systemd-analyze verify" "$d"
+fi
+
+if [ "$failures" -ne 0 ]; then
+    echo "$failures planted defect(s) NOT caught"
+    exit 1
+fi
+echo "every planted defect was caught"
