@@ -38,6 +38,9 @@ cargo +"$MSRV" check --locked --all-targets
 step "unit and host integration tests (real eBPF on this kernel)"
 cargo test --locked
 
+step "the example inference service (the workload guardian protects)"
+cargo test --locked --manifest-path examples/inference/Cargo.toml
+
 if [ "$qemu" -eq 1 ]; then
     step "arm64 boot test: BPF LSM enforcement in qemu-system-aarch64"
     qemu/run-scenarios.sh

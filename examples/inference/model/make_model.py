@@ -13,8 +13,8 @@ Outputs (next to this script unless --out is given):
     test-inputs.json        fixed inputs with the class the model gives each
     attack.json             which byte to overwrite to change one input's class
 
-The output is byte-for-byte reproducible, on any CPU, with the pinned numpy
-and onnx: the data come from numpy's PCG64 bit generator (the same bits
+The output is byte-for-byte reproducible with the pinned numpy and onnx,
+and is meant to stay so across CPUs: the data come from numpy's PCG64 bit generator (the same bits
 everywhere), and training uses only +, -, *, / and sqrt, which IEEE 754
 rounds the same way on every machine. Matrix products are written as
 broadcasts and ordered sums instead of `@`, because `@` goes to OpenBLAS,

@@ -90,7 +90,8 @@ struct Report {
 impl Report {
     fn new(mode: &'static str, total: Duration, mut latencies: Vec<Duration>) -> Self {
         latencies.sort_unstable();
-        let us = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e6);
+        // Nanosecond resolution, printed as microseconds with 3 decimals.
+        let us = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_nanos() as f64 / 1e3);
         let n = latencies.len();
         // Nearest-rank percentile: the smallest latency with at least p% of
         // the requests at or below it.
@@ -99,7 +100,7 @@ impl Report {
             mode,
             requests: n,
             seconds: total.as_secs_f64(),
-            predictions_per_s: n as f64 / total.as_secs_f64().max(f64::MIN_POSITIVE),
+            predictions_per_s: (n as f64 / total.as_secs_f64().max(f64::MIN_POSITIVE)).round(),
             p50_us: us(rank(50)),
             p99_us: us(rank(99)),
             max_us: us(latencies.last()),
