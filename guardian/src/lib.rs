@@ -47,7 +47,7 @@ pub mod signing;
 pub mod status;
 pub mod tpm;
 
-use std::{collections::BTreeMap, future::Future, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, future::Future, time::Duration};
 
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -222,7 +222,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         &mut counters,
         &attestor,
     );
-    let _ = publish;
     attestor.stop();
     let _ = std::fs::remove_file(&config.status.path);
     log::info!("stopped; the kernel programs are detached");
@@ -333,9 +332,4 @@ fn snapshot(
         counters,
         warnings,
     }
-}
-
-/// Default status file, for `guardian status` without a config.
-pub fn default_status_path() -> PathBuf {
-    config::default_status_path()
 }

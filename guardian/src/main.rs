@@ -418,7 +418,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = match (status_file, config) {
                 (Some(p), _) => p,
                 (None, Some(c)) => Config::load(&c, |k| std::env::var(k).ok())?.status.path,
-                (None, None) => guardian::default_status_path(),
+                (None, None) => guardian::config::default_status_path(),
             };
             let st = match guardian::status::Status::read(&path) {
                 Ok(st) => st,

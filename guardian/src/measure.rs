@@ -364,17 +364,16 @@ pub fn measure(
 /// The records of the most recent measurement run of this boot into `pcr`
 /// (from its manifest record on), if any.
 fn last_run<'a>(contents: &'a mlog::Contents, boot: &'a str, pcr: u32) -> Vec<&'a Record> {
+    // Extended or not (a --no-tpm run counts as a run), but not voided.
+    let voided = contents.voided();
     let recs: Vec<&Record> = contents
-        .extended_this_boot(boot)
-        .chain(
-            contents
-                .this_boot(boot)
-                .filter(|r| !r.extended && r.kind != Kind::Note),
-        )
-        .filter(|r| r.pcr == pcr && matches!(r.kind, Kind::Manifest | Kind::Model))
+        .this_boot(boot)
+        .filter(|r| {
+            r.pcr == pcr
+                && matches!(r.kind, Kind::Manifest | Kind::Model)
+                && !voided.contains(&r.seq)
+        })
         .collect();
-    let mut recs = recs;
-    recs.sort_by_key(|r| r.seq);
     match recs.iter().rposition(|r| r.kind == Kind::Manifest) {
         Some(i) => recs[i..].to_vec(),
         None => Vec::new(),

@@ -147,15 +147,17 @@ pub struct Contents {
 impl Contents {
     /// Replay this boot's extends of `pcr` from the all-zero reset value.
     pub fn replay(&self, pcr: u32, boot_id: &str) -> Result<[u8; 32], LogError> {
-        let voided: std::collections::HashSet<u64> =
-            self.records.iter().filter_map(|r| r.voids).collect();
         let mut value = [0u8; 32];
-        for r in self.records.iter().filter(|r| {
-            r.extended && r.pcr == pcr && r.boot_id == boot_id && !voided.contains(&r.seq)
-        }) {
+        for r in self.extended_this_boot(boot_id).filter(|r| r.pcr == pcr) {
             value = extend(&value, &r.digest_bytes()?);
         }
         Ok(value)
+    }
+
+    /// Records whose extend failed after they were logged (voided by a
+    /// later note): the PCR does not contain them.
+    pub fn voided(&self) -> std::collections::HashSet<u64> {
+        self.records.iter().filter_map(|r| r.voids).collect()
     }
 
     /// This boot's records.
@@ -168,8 +170,7 @@ impl Contents {
         &'a self,
         boot_id: &'a str,
     ) -> impl Iterator<Item = &'a Record> + 'a {
-        let voided: std::collections::HashSet<u64> =
-            self.records.iter().filter_map(|r| r.voids).collect();
+        let voided = self.voided();
         self.this_boot(boot_id)
             .filter(move |r| r.extended && !voided.contains(&r.seq))
     }
