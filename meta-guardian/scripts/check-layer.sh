@@ -123,6 +123,27 @@ check_units() {
     return "$status"
 }
 
+# --- (g) golden manifests -------------------------------------------------------
+# The real guardian judges what guardian-manifest.py writes. GUARDIAN_BIN
+# names a built guardian (test-check-layer.sh passes one); otherwise it is
+# built here from the repository around the layer (a cargo no-op when the
+# rest of CI has built it already).
+guardian_binary() {
+    if [ -n "${GUARDIAN_BIN:-}" ]; then
+        printf '%s\n' "$GUARDIAN_BIN"
+        return 0
+    fi
+    [ -f "$repo/Cargo.toml" ] || { echo "no GUARDIAN_BIN and no cargo workspace in $repo" >&2; return 1; }
+    (cd "$repo" && cargo build --locked --quiet -p guardian) >&2 || return 1
+    printf '%s\n' "${CARGO_TARGET_DIR:-$repo/target}/debug/guardian"
+}
+
+check_manifest() {
+    local bin
+    bin="$(guardian_binary)" || { echo "cannot build guardian (cargo build -p guardian)"; return 1; }
+    "$here/check-manifest.sh" "$bin"
+}
+
 run() { # name command...
     local name="$1" out status
     shift
@@ -142,6 +163,12 @@ run "every file:// in SRC_URI resolves in the layer" \
     python3 "$here/layer-static-checks.py" "$layer" fileuris
 run "no trailing whitespace in metadata" \
     python3 "$here/layer-static-checks.py" "$layer" whitespace
+run "dynamic layers: every file read through BBFILES_DYNAMIC, per supported release" \
+    python3 "$here/layer-static-checks.py" "$layer" dynamic
+run "classes call guardian-manifest.py with options it accepts" \
+    python3 "$here/layer-static-checks.py" "$layer" toolcalls
+run "golden manifest: guardian-manifest.py output accepted by guardian manifest verify" \
+    check_manifest
 run "guardian-crates.inc matches Cargo.lock" \
     python3 "$here/gen-crates-inc.py" --check --lock "$repo/Cargo.lock" \
     --output "$layer/recipes-security/guardian/guardian-crates.inc"

@@ -14,6 +14,12 @@ CHECK is one of:
   fileuris    every file:// in the metadata names a file in one of the
               directories bitbake searches for that recipe
   whitespace  no line of metadata ends in whitespace
+  dynamic     every file under dynamic-layers/ is matched by a BBFILES_DYNAMIC
+              pattern of conf/layer.conf (for some release the layer supports),
+              every pattern names a real directory, and each release
+              directory is one the layer supports
+  toolcalls   the classes call scripts/guardian-manifest.py with a subcommand
+              and options the script accepts
 
 Prints the problems found, one per line, and exits 1 if there are any.
 """
@@ -174,12 +180,103 @@ def check_whitespace(layer):
     return problems
 
 
+def layerconf_values(layer, var):
+    """Every value assigned to var in conf/layer.conf, continuations joined."""
+    conf = layer / "conf/layer.conf"
+    out = []
+    for _, stmt in statements(conf):
+        m = re.match(rf'\s*{re.escape(var)}\s*(?:\+|\?|\.)?=\s*"(.*)"\s*$', stmt)
+        if m:
+            out.append(m.group(1))
+    return out
+
+
+def check_dynamic(layer):
+    import fnmatch
+    problems = []
+    conf = layer / "conf/layer.conf"
+    series = " ".join(layerconf_values(layer, "LAYERSERIES_COMPAT_guardian")).split()
+    entries = " ".join(layerconf_values(layer, "BBFILES_DYNAMIC")).split()
+    patterns = []
+    for entry in entries:
+        collection, _, pattern = entry.partition(":")
+        if not pattern.startswith("${LAYERDIR}/"):
+            problems.append(f"{conf}: BBFILES_DYNAMIC entry {entry} is not collection:${{LAYERDIR}}/...")
+            continue
+        rel = pattern[len("${LAYERDIR}/"):]
+        expansions = ([rel.replace("${LAYERSERIES_CORENAMES}", s) for s in series]
+                      if "${LAYERSERIES_CORENAMES}" in rel else [rel])
+        if "$" in " ".join(expansions):
+            problems.append(f"{conf}: BBFILES_DYNAMIC entry {entry}: only ${{LAYERDIR}} and "
+                            "${LAYERSERIES_CORENAMES} can be checked")
+            continue
+        for e in expansions:
+            top = e.split("/")[0]
+            if not (layer / top).is_dir():
+                problems.append(f"{conf}: BBFILES_DYNAMIC entry {entry}: no directory {top}/")
+            patterns.append((collection, e))
+    dyn = layer / "dynamic-layers"
+    if dyn.is_dir():
+        for p in sorted(dyn.rglob("*")):
+            if not p.is_file():
+                continue
+            rel = p.relative_to(layer).as_posix()
+            if not any(fnmatch.fnmatchcase(rel, pat) and rel.count("/") == pat.count("/")
+                       for _, pat in patterns):
+                problems.append(f"{p}: matched by no BBFILES_DYNAMIC pattern in {conf}, "
+                                "so bitbake never reads it")
+        for coll in sorted(d for d in dyn.iterdir() if d.is_dir()):
+            uses_series = any(pat.startswith(f"dynamic-layers/{coll.name}/") and
+                              "${LAYERSERIES_CORENAMES}" in e
+                              for e in entries for _, pat in patterns
+                              if e.startswith(coll.name + ":"))
+            if uses_series:
+                for sd in sorted(d for d in coll.iterdir() if d.is_dir()):
+                    if sd.name not in series:
+                        problems.append(f"{sd}: {sd.name} is not in LAYERSERIES_COMPAT_guardian "
+                                        f"({' '.join(series)})")
+    return problems
+
+
+def check_toolcalls(layer):
+    import subprocess
+    problems = []
+    tool = layer / "scripts/guardian-manifest.py"
+    helps = {}
+    for p in sorted((layer / "classes").glob("*.bbclass")) if (layer / "classes").is_dir() else []:
+        text = p.read_text()
+        for m in re.finditer(r"python3\s+\$\{GUARDIAN_MANIFEST_TOOL\}((?:[^\n]*\\\n)*[^\n]*)", text):
+            call = m.group(1).replace("\\\n", " ")
+            words = call.split()
+            line = text[:m.start()].count("\n") + 1
+            if not words:
+                problems.append(f"{p}:{line}: guardian-manifest.py called without a subcommand")
+                continue
+            sub = words[0]
+            if sub not in helps:
+                r = subprocess.run([sys.executable, str(tool), sub, "--help"],
+                                   capture_output=True, text=True)
+                helps[sub] = r.stdout if r.returncode == 0 else None
+            if helps[sub] is None:
+                problems.append(f"{p}:{line}: guardian-manifest.py has no subcommand {sub!r}")
+                continue
+            known = set(re.findall(r"(--[a-z][a-z-]*)", helps[sub]))
+            for w in words[1:]:
+                if w.startswith("--") and w not in known:
+                    problems.append(f"{p}:{line}: guardian-manifest.py {sub} has no option {w}")
+    if not helps:
+        problems.append(f"{layer / 'classes'}: no class calls ${{GUARDIAN_MANIFEST_TOOL}}")
+    return problems
+
+
 CHECKS = {
     "structure": check_structure,
     "fetch": check_fetch,
     "gate": check_gate,
     "fileuris": check_fileuris,
     "whitespace": check_whitespace,
+    "dynamic": check_dynamic,
+    "toolcalls": check_toolcalls,
 }
 
 

@@ -21,16 +21,24 @@ fresh() { # -> path of a clean copy of the repository subset
     mkdir -p "$d/guardian"
     cp -a "$layer" "$d/meta-guardian"
     cp -a "$repo/Cargo.lock" "$d/"
-    cp -a "$repo/guardian/systemd" "$d/guardian/"
+    cp -a "$repo/guardian/systemd" "$repo/guardian/guardian.toml.sample" "$d/guardian/"
     printf '%s\n' "$d"
 }
+
+# The copies hold no cargo workspace: build guardian once, here, for the
+# manifest check of every copy.
+if [ -z "${GUARDIAN_BIN:-}" ]; then
+    (cd "$repo" && cargo build --locked --quiet -p guardian)
+    GUARDIAN_BIN="${CARGO_TARGET_DIR:-$repo/target}/debug/guardian"
+fi
+export GUARDIAN_BIN
 
 failures=0
 expect_fail() { # name check-title-substring copy
     local name="$1" title="$2" d="$3" out status=0
     out="$("$d/meta-guardian/scripts/check-layer.sh" 2>&1)" || status=$?
     if [ "$status" -ne 0 ] && grep -F "FAIL  " <<<"$out" | grep -qF "$title"; then
-        printf 'ok    %-28s caught by: %s\n' "$name" "$title"
+        printf 'ok    %-36s caught by: %s\n' "$name" "$title"
     else
         printf 'NOT CAUGHT  %s (expected FAIL on "%s", exit %s)\n' "$name" "$title" "$status"
         printf '%s\n' "$out" | sed 's/^/      /'
@@ -53,6 +61,11 @@ recipe=meta-guardian/recipes-security/guardian/guardian_0.1.0.bb
 d="$(fresh oelint)"
 printf '\ndo_install:append() {\n\tinstall -d ${D}${datadir}/guardian\n}\n' >>"$d/$recipe"
 expect_fail "oelint finding (tab indent)" "oelint-adv" "$d"
+
+d="$(fresh oelint-class)"
+printf '\ndo_install:append() {\n\tinstall -d ${D}${datadir}/guardian\n}\n' \
+    >>"$d/meta-guardian/classes/guardian_model.bbclass"
+expect_fail "oelint finding in a class" "oelint-adv" "$d"
 
 d="$(fresh layerconf)"
 sed -i '/^LAYERSERIES_COMPAT_guardian/d' "$d/meta-guardian/conf/layer.conf"
@@ -93,6 +106,22 @@ if cmp -s "$d/meta-guardian/recipes-security/guardian/guardian-crates.inc" \
     sed -i '0,/^checksum = "[0-9a-f]/s/^\(checksum = "\)[0-9a-f]/\1f/' "$d/Cargo.lock"
 fi
 expect_fail "crates include drifted" "guardian-crates.inc matches" "$d"
+
+d="$(fresh dynamic)"
+mkdir -p "$d/meta-guardian/dynamic-layers/raspberrypi/linux"
+cp "$d/meta-guardian/dynamic-layers/raspberrypi/recipes-kernel/linux/linux-raspberrypi_%.bbappend" \
+    "$d/meta-guardian/dynamic-layers/raspberrypi/linux/"
+expect_fail "dynamic-layer append not read" "dynamic layers" "$d"
+
+d="$(fresh toolcall)"
+sed -i 's/--digests-dir/--digest-dir/' "$d/meta-guardian/classes/guardian_manifest.bbclass"
+expect_fail "class passes an unknown option" "classes call guardian-manifest.py" "$d"
+
+d="$(fresh manifest)"
+sed -i "s/f\"sha256 = {toml_string(m\['sha256'\])}\"/f\"sha256 = {toml_string(m['sha256'].upper())}\"/" \
+    "$d/meta-guardian/scripts/guardian-manifest.py"
+grep -q "m\['sha256'\].upper()" "$d/meta-guardian/scripts/guardian-manifest.py"
+expect_fail "manifest digests in upper case" "golden manifest" "$d"
 
 if command -v systemd-analyze >/dev/null; then
     d="$(fresh unit)"

@@ -13,7 +13,12 @@ LICENSE = "MIT"
 # nooelint: oelint.file.requirenotfound
 require recipes-core/images/core-image-minimal.bb
 
-IMAGE_INSTALL:append = " packagegroup-guardian tpm2-tools"
+IMAGE_INSTALL:append = " packagegroup-guardian tpm2-tools guardian-example-model"
+
+# The signed golden manifest of the models in the image, made at build time
+# with the builder's key: set GUARDIAN_MANIFEST_SIGNING_KEY (see
+# classes/guardian_manifest.bbclass and README.md).
+inherit guardian_manifest
 
 COMPATIBLE_MACHINE = "qemuarm64"
 
