@@ -33,24 +33,11 @@ cross="aarch64-linux-gnu-"
 make_args=(ARCH=arm64 "CROSS_COMPILE=$cross")
 
 # --- Fragments ------------------------------------------------------------
-layer_dir="$repo/meta-guardian/recipes-kernel/linux"
-layer_inc="$layer_dir/guardian-kernel-config.inc"
-[ -f "$layer_inc" ] || die "missing $layer_inc"
-mapfile -t layer_names < <(grep -o 'file://[^ ;"\\]*\.cfg' "$layer_inc" | sed 's|^file://||')
-[ "${#layer_names[@]}" -gt 0 ] || die "no file://*.cfg in the SRC_URI of $layer_inc"
-fragments=()
-for name in "${layer_names[@]}"; do
-    f="$layer_dir/files/$name"
-    [ -f "$f" ] || die "$layer_inc lists $name but $f does not exist"
-    fragments+=("$f")
-done
-# A fragment lying in files/ but missing from SRC_URI would be tested by
-# nobody and shipped to nobody: refuse it rather than guess.
-for f in "$layer_dir"/files/*.cfg; do
-    name="$(basename "$f")"
-    printf '%s\n' "${layer_names[@]}" | grep -qxF "$name" \
-        || die "$f is not in the SRC_URI of $layer_inc"
-done
+# shellcheck source=meta-guardian/scripts/kconfig-lib.sh
+. "$repo/meta-guardian/scripts/kconfig-lib.sh"
+layer_inc="$repo/meta-guardian/recipes-kernel/linux/guardian-kernel-config.inc"
+mapfile -t fragments < <(kconfig_layer_fragments "$layer_inc")
+[ "${#fragments[@]}" -gt 0 ] || die "no usable fragments in $layer_inc (see above)"
 fragments+=("$here/kernel/qemu-virt.cfg")
 for f in "$@"; do
     [ -f "$f" ] || die "no such fragment: $f"
@@ -60,29 +47,9 @@ done
 # --- What the fragments ask for ---------------------------------------------
 # Fragment syntax: CONFIG_X=value, or "# CONFIG_X is not set". Two fragments
 # giving one symbol different values is refused: the qemu fragment must never
-# change what the layer ships.
-declare -A want=() want_from=()
-conflicts=()
-for f in "${fragments[@]}"; do
-    while IFS= read -r line || [ -n "$line" ]; do
-        if [[ "$line" =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
-            sym="${BASH_REMATCH[1]}" val="${BASH_REMATCH[2]}"
-        elif [[ "$line" =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
-            sym="${BASH_REMATCH[1]}" val="n"
-        else
-            continue
-        fi
-        if [ -n "${want[$sym]+x}" ] && [ "${want[$sym]}" != "$val" ]; then
-            conflicts+=("$sym: ${want[$sym]} in ${want_from[$sym]##*/}, $val in ${f##*/}")
-        fi
-        want[$sym]="$val"
-        want_from[$sym]="$f"
-    done <"$f"
-done
-if [ "${#conflicts[@]}" -gt 0 ]; then
-    printf '  %s\n' "${conflicts[@]}" >&2
-    die "fragments disagree on ${#conflicts[@]} symbol(s)"
-fi
+# change what the layer ships. The reading, the unpacking and the survival
+# check below are shared with the layer's own fragment-merge check.
+kconfig_read_fragments "${fragments[@]}" >&2 || die "the fragments disagree on the symbols listed above"
 
 # --- Cache key ------------------------------------------------------------
 command -v "${cross}gcc" >/dev/null || die "${cross}gcc not found (run cross/setup.sh)"
@@ -101,7 +68,7 @@ key="$(
         printf '== gcc %s\n' "$("${cross}gcc" -dumpfullversion)"
         printf '== pahole %s\n' "$(pahole --version)"
         printf '== script\n'
-        cat "${BASH_SOURCE[0]}"
+        cat "${BASH_SOURCE[0]}" "$repo/meta-guardian/scripts/kconfig-lib.sh"
     } | sha256sum | cut -c1-16
 )"
 out="$cache/kernel/$key"
@@ -125,14 +92,7 @@ fi
 start=$SECONDS
 
 # --- Source: unpacked once per package version, never modified ------------
-src="$cache/kernel/src/$pkg-$pkg_version"
-if [ ! -f "$src/Makefile" ]; then
-    log "unpacking $tarball ($pkg_version)"
-    rm -rf "$src" "$src.tmp"
-    mkdir -p "$src.tmp"
-    tar -xJf "$tarball" -C "$src.tmp" --strip-components=1
-    mv "$src.tmp" "$src"
-fi
+src="$(kconfig_unpack_source "$cache" "$pkg")" || die "cannot unpack $tarball"
 
 # Out-of-tree objects (O=) keep the source pristine for every key.
 obj="$cache/kernel/obj/$pkg-$pkg_version"
@@ -159,24 +119,12 @@ fi
 kmake olddefconfig
 
 # --- Every requested symbol must have survived -----------------------------
-declare -A have=()
-while IFS= read -r line; do
-    if [[ "$line" =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
-        have[${BASH_REMATCH[1]}]="${BASH_REMATCH[2]}"
-    fi
-done <"$obj/.config"
-dropped=()
-for sym in $(printf '%s\n' "${!want[@]}" | sort); do
-    w="${want[$sym]}" h="${have[$sym]:-n}"
-    if [ "$w" != "$h" ]; then
-        dropped+=("$sym: wanted $w, got $h (from ${want_from[$sym]##*/})")
-    fi
-done
+mapfile -t dropped < <(kconfig_dropped "$obj/.config")
 if [ "${#dropped[@]}" -gt 0 ]; then
     printf '  %s\n' "${dropped[@]}" >&2
     die "${#dropped[@]} requested symbol(s) did not survive olddefconfig (unmet dependencies or unknown to $KERNEL_SERIES); config: $obj/.config"
 fi
-log "config verified: all ${#want[@]} requested symbols present"
+log "config verified: all ${#kconfig_want[@]} requested symbols present"
 cp "$obj/.config" "$out/config"
 
 # --- Build ------------------------------------------------------------------
