@@ -24,6 +24,10 @@ repo="$(dirname "$layer")"
 # machine reports the same findings. Bump all three at once.
 OELINT_PINS=(oelint-adv==9.11.2 oelint-parser==8.13.2 oelint-data==1.5.26)
 OELINT_VENV="${GUARDIAN_OELINT_VENV:-$HOME/.cache/guardian/oelint-venv}"
+# kas, for checking the kas files with kas's own loader and schema (no
+# fetching). A venv of its own: its dependencies must not move oelint's.
+KAS_PINS=(kas==5.5)
+KAS_VENV="${GUARDIAN_KAS_VENV:-$HOME/.cache/guardian/kas-venv}"
 # Rules switched off for the whole layer, each for a reason that holds for
 # every file:
 #   oelint.vars.homepageping  fetches HOMEPAGE over the network: the result
@@ -52,24 +56,36 @@ report() { # name status output
     fi
 }
 
-oelint_ready() {
-    [ -x "$OELINT_VENV/bin/oelint-adv" ] || return 1
-    local have
-    have="$("$OELINT_VENV/bin/pip" freeze 2>/dev/null | tr 'A-Z_' 'a-z-')"
-    for pin in "${OELINT_PINS[@]}"; do
+venv_ready() { # venv pin...
+    local venv="$1" have pin
+    shift
+    [ -x "$venv/bin/python" ] || return 1
+    have="$("$venv/bin/pip" freeze 2>/dev/null | tr 'A-Z_' 'a-z-')"
+    for pin in "$@"; do
         grep -qxF "$(printf '%s' "$pin" | tr 'A-Z_' 'a-z-')" <<<"$have" || return 1
     done
 }
 
-install_oelint() {
+install_venv() { # venv pin...
+    local venv="$1"
+    shift
     if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
         echo "python3 venv support is missing (Debian: apt-get install python3-venv)"
         return 1
     fi
-    rm -rf "$OELINT_VENV"
-    mkdir -p "$(dirname "$OELINT_VENV")"
-    python3 -m venv "$OELINT_VENV" \
-        && "$OELINT_VENV/bin/pip" install --quiet --disable-pip-version-check "${OELINT_PINS[@]}"
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv" \
+        && "$venv/bin/pip" install --quiet --disable-pip-version-check "$@"
+}
+
+oelint_ready() { venv_ready "$OELINT_VENV" "${OELINT_PINS[@]}"; }
+install_oelint() { install_venv "$OELINT_VENV" "${OELINT_PINS[@]}"; }
+
+# --- (h) kas files ----------------------------------------------------------------
+check_kas() {
+    venv_ready "$KAS_VENV" "${KAS_PINS[@]}" || install_venv "$KAS_VENV" "${KAS_PINS[@]}" || return 1
+    "$KAS_VENV/bin/python" "$here/check-kas.py" "$layer" 2>&1
 }
 
 # --- (a) oelint-adv -----------------------------------------------------------
@@ -180,6 +196,8 @@ run "dynamic layers: every file read through BBFILES_DYNAMIC, per supported rele
     python3 "$here/layer-static-checks.py" "$layer" dynamic
 run "classes call guardian-manifest.py with options it accepts" \
     python3 "$here/layer-static-checks.py" "$layer" toolcalls
+run "kas files load with kas ${KAS_PINS[0]#*==}, pinned, one supported release each" \
+    check_kas
 run "kernel fragments merge into linux-source arm64 allnoconfig, every symbol kept" \
     "$here/check-kconfig.sh"
 run "golden manifest: guardian-manifest.py output accepted by guardian manifest verify" \

@@ -117,6 +117,14 @@ d="$(fresh kconfig-unlisted)"
 printf 'CONFIG_IMA=y\n' >"$d/meta-guardian/recipes-kernel/linux/files/guardian-ima.cfg"
 expect_fail "fragment not in SRC_URI" "kernel fragments merge" "$d"
 
+d="$(fresh kas)"
+sed -i '/^    branch: whinlatter$/d' "$d/meta-guardian/kas/raspberrypi5.yml"
+expect_fail "kas repo without a branch" "kas files" "$d"
+
+d="$(fresh kas-schema)"
+sed -i 's/^machine:/machnie:/' "$d/meta-guardian/kas/qemuarm64.yml"
+expect_fail "kas key kas does not know" "kas files" "$d"
+
 d="$(fresh dynamic)"
 mkdir -p "$d/meta-guardian/dynamic-layers/raspberrypi/linux"
 cp "$d/meta-guardian/dynamic-layers/raspberrypi/recipes-kernel/linux/linux-raspberrypi_%.bbappend" \
