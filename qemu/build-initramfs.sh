@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Build a busybox initramfs (cpio newc, gzip) for the arm64 qemu guest.
 #
-# Usage: qemu/build-initramfs.sh OUTPUT INIT [HOSTPATH:GUESTPATH...]
+# Usage: qemu/build-initramfs.sh OUTPUT INIT [HOSTPATH:GUESTPATH | @ID:HOSTPATH...]
 #
 #   OUTPUT               the .cpio.gz to write
 #   INIT                 the guest's init program (usually a #!/bin/sh script);
 #                        it runs as PID 1 with every busybox applet on PATH
 #   HOSTPATH:GUESTPATH   extra files (or directories) to copy in; GUESTPATH is
 #                        absolute. Split at the first colon.
+#   @ID:HOSTPATH         a file of the guardian package, e.g. @agent:BINARY or
+#                        @config:TOML: its guest path and mode come from entry
+#                        ID of meta-guardian's install list
+#                        (recipes-security/guardian/files/guardian-install.list),
+#                        the list the recipe's do_install reads.
 #
 # Busybox: the static arm64 busybox that cross/setup.sh puts in the cache.
 # Its applet list cannot be read on this x86_64 host (no arm64 user-mode
@@ -130,8 +135,21 @@ add_deps() {
 
 is_elf() { [ "$(head -c 4 "$1" | od -An -tx1 | tr -d ' \n')" = "7f454c46" ]; }
 
+install_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/meta-guardian/recipes-security/guardian/files"
 for pair in "$@"; do
-    case "$pair" in *:*) ;; *) die "extra file '$pair' is not HOSTPATH:GUESTPATH" ;; esac
+    case "$pair" in
+        @*:*)
+            id="${pair%%:*}" id="${id#@}" host="${pair#*:}"
+            [ -f "$host" ] || die "no such file: $host"
+            read -r perm guest < <("$install_dir/guardian-install.sh" resolve \
+                "$install_dir/guardian-install.list" "$id") || die "no entry $id in the install list"
+            log "$host -> $guest (install list: $id, mode $perm)"
+            install -D -m "$perm" "$host" "$stage$guest"
+            if is_elf "$host"; then add_deps "$host"; fi
+            continue ;;
+        *:*) ;;
+        *) die "extra file '$pair' is not HOSTPATH:GUESTPATH or @ID:HOSTPATH" ;;
+    esac
     host="${pair%%:*}" guest="${pair#*:}"
     [ -e "$host" ] || die "no such file: $host"
     case "$guest" in /*) ;; *) die "guest path '$guest' is not absolute" ;; esac

@@ -194,6 +194,8 @@ run "no trailing whitespace in metadata" \
     python3 "$here/layer-static-checks.py" "$layer" whitespace
 run "dynamic layers: every file read through BBFILES_DYNAMIC, per supported release" \
     python3 "$here/layer-static-checks.py" "$layer" dynamic
+run "one install list: recipe, units, init script and qemu test agree with it" \
+    python3 "$here/layer-static-checks.py" "$layer" install
 run "classes call guardian-manifest.py with options it accepts" \
     python3 "$here/layer-static-checks.py" "$layer" toolcalls
 run "kas files load with kas ${KAS_PINS[0]#*==}, pinned, one supported release each" \

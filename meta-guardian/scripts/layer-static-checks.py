@@ -18,6 +18,12 @@ CHECK is one of:
               pattern of conf/layer.conf (for some release the layer supports),
               every pattern names a real directory, and each release
               directory is one the layer supports
+  install     recipes-security/guardian/files/guardian-install.list is the
+              one install list: the recipe's do_install installs through it
+              and nothing else, passes a value for every ${NAME} it uses;
+              its sources exist; the units and the init script name the
+              agent and config where it puts them; the qemu test places
+              them there too (or by entry, "@ID:HOSTPATH")
   toolcalls   the classes call scripts/guardian-manifest.py with a subcommand
               and options the script accepts
 
@@ -269,6 +275,119 @@ def check_toolcalls(layer):
     return problems
 
 
+def read_install_list(path):
+    defaults, entries, problems = {}, [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "default":
+            if len(words) != 3:
+                problems.append(f"{path}:{n}: expected 'default NAME VALUE'")
+            else:
+                defaults[words[1]] = words[2]
+            continue
+        if len(words) not in (4, 5) or not re.fullmatch(r"0[0-7]{3}", words[1]) \
+                or words[2].split(":")[0] not in ("build", "src", "files") or ":" not in words[2] \
+                or not words[3].startswith("${"):
+            problems.append(f"{path}:{n}: expected 'ID MODE(0NNN) build:|src:|files:SOURCE "
+                            f"${{DIR}}/DEST [FEATURE]': {line.strip()}")
+            continue
+        entries.append({"line": n, "id": words[0], "mode": words[1], "source": words[2],
+                        "dest": words[3], "feature": words[4] if len(words) == 5 else None})
+    return defaults, entries, problems
+
+
+def expand_default(dest, defaults):
+    return re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), dest)
+
+
+def check_install(layer):
+    problems = []
+    repo = layer.parent
+    files = layer / "recipes-security/guardian/files"
+    lst = files / "guardian-install.list"
+    recipe = next(iter(sorted((layer / "recipes-security/guardian").glob("guardian_*.bb"))), None)
+    if not lst.is_file() or recipe is None:
+        return [f"{lst}: missing (or no guardian_*.bb beside it)"]
+    defaults, entries, problems = read_install_list(lst)
+    by_id = {e["id"]: e for e in entries}
+    for need in ("agent", "config"):
+        if need not in by_id:
+            problems.append(f"{lst}: no '{need}' entry")
+    names = set()
+    for e in entries:
+        names |= set(re.findall(r"\$\{(\w+)\}", e["dest"]))
+        kind, _, src = e["source"].partition(":")
+        where = {"src": repo / src, "files": files / src}.get(kind)
+        if where is not None and not where.exists():
+            problems.append(f"{lst}:{e['line']}: {e['id']}: source {where} does not exist")
+    for name in sorted(names):
+        if name not in defaults:
+            problems.append(f"{lst}: ${{{name}}} has no 'default {name} VALUE' line")
+
+    # The recipe installs through the list, and only through it.
+    body = next((b for name, _, b in functions(recipe) if name == "do_install"), None)
+    if body is None:
+        problems.append(f"{recipe}: no do_install")
+    else:
+        joined = body.replace("\\\n", " ")
+        if not re.search(r"guardian-install\.sh\s+install\s+\$\{UNPACKDIR\}/guardian-install\.list\s+\$\{D\}", joined):
+            problems.append(f"{recipe}: do_install does not run guardian-install.sh install "
+                            "${UNPACKDIR}/guardian-install.list ${D}")
+        for k, line in enumerate(body.splitlines(), 1):
+            if re.search(r"^\s*(install|cp|sed|ln|mv)\b", line) or re.search(r"\$\{D\}", line) \
+                    and "guardian-install.sh" not in line:
+                problems.append(f"{recipe}: do_install line {k} installs outside the install list: "
+                                f"{line.strip()}")
+        for name in sorted(names):
+            if f"--var {name}=" not in joined:
+                problems.append(f"{recipe}: do_install passes no --var {name}= (the list uses ${{{name}}})")
+    for name in ("guardian-install.list", "guardian-install.sh"):
+        if f"file://{name}" not in recipe.read_text():
+            problems.append(f"{recipe}: SRC_URI does not fetch file://{name}")
+
+    agent = expand_default(by_id["agent"]["dest"], defaults) if "agent" in by_id else None
+    config = expand_default(by_id["config"]["dest"], defaults) if "config" in by_id else None
+    # The units and the init script name the agent and config where the list
+    # puts them (the recipe rewrites /usr/bin/ and /etc/guardian/ only).
+    for e in entries:
+        kind, _, src = e["source"].partition(":")
+        path = {"src": repo / src, "files": files / src}.get(kind)
+        if path is None or not path.is_file() or not (path.suffix == ".service" or path.name.endswith(".init")):
+            continue
+        text = path.read_text()
+        for m in re.finditer(r"^ExecStart=(\S+)(.*)$", text, re.M):
+            if agent and m.group(1) != agent:
+                problems.append(f"{path}: ExecStart runs {m.group(1)}, the install list puts the agent at {agent}")
+            c = re.search(r"--config\s+(\S+)", m.group(2))
+            if config and c and c.group(1) != config:
+                problems.append(f"{path}: --config {c.group(1)}, the install list puts the config at {config}")
+        for var, want in (("DAEMON", agent), ("CONFIG", config)):
+            m = re.search(rf"^{var}=(\S+)$", text, re.M)
+            if path.name.endswith(".init") and want and (not m or m.group(1) != want):
+                problems.append(f"{path}: {var}={m.group(1) if m else '(unset)'}, the install list says {want}")
+
+    # The qemu test image: agent and config by entry, or at the list's paths.
+    for script in sorted((repo / "qemu").glob("*.sh")) if (repo / "qemu").is_dir() else []:
+        text = script.read_text()
+        if "build-initramfs.sh" not in text or script.name == "build-initramfs.sh":
+            continue
+        for m in re.finditer(r'"@([\w-]+):', text):
+            if m.group(1) not in by_id:
+                problems.append(f"{script}: @{m.group(1)}: no such entry in {lst}")
+        for m in re.finditer(r'"[^"\s]+:(/[^"\s]+)"', text):
+            guest = m.group(1)
+            for e in (by_id.get("agent"), by_id.get("config")):
+                if not e:
+                    continue
+                dest = expand_default(e["dest"], defaults)
+                if pathlib.PurePosixPath(guest).name == pathlib.PurePosixPath(dest).name and guest != dest:
+                    problems.append(f"{script}: puts {pathlib.PurePosixPath(guest).name} at {guest}, "
+                                    f"the install list ({e['id']}) at {dest}; use \"@{e['id']}:HOSTPATH\"")
+    return problems
+
+
 CHECKS = {
     "structure": check_structure,
     "fetch": check_fetch,
@@ -277,6 +396,7 @@ CHECKS = {
     "whitespace": check_whitespace,
     "dynamic": check_dynamic,
     "toolcalls": check_toolcalls,
+    "install": check_install,
 }
 
 

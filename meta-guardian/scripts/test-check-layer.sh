@@ -125,6 +125,17 @@ d="$(fresh kas-schema)"
 sed -i 's/^machine:/machnie:/' "$d/meta-guardian/kas/qemuarm64.yml"
 expect_fail "kas key kas does not know" "kas files" "$d"
 
+d="$(fresh install-bypass)"
+sed -i 's|^\(    sh ${UNPACKDIR}/guardian-install.sh install\)|    install -d ${D}${datadir}/guardian\n\1|' "$d/$recipe"
+grep -q 'install -d ${D}${datadir}/guardian' "$d/$recipe"
+expect_fail "do_install bypasses the list" "one install list" "$d"
+
+d="$(fresh install-drift)"
+sed -i 's|${bindir}/guardian$|${bindir}/guardiand|' \
+    "$d/meta-guardian/recipes-security/guardian/files/guardian-install.list"
+grep -q 'guardiand$' "$d/meta-guardian/recipes-security/guardian/files/guardian-install.list"
+expect_fail "agent moved, units not" "one install list" "$d"
+
 d="$(fresh dynamic)"
 mkdir -p "$d/meta-guardian/dynamic-layers/raspberrypi/linux"
 cp "$d/meta-guardian/dynamic-layers/raspberrypi/recipes-kernel/linux/linux-raspberrypi_%.bbappend" \

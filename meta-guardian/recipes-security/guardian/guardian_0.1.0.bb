@@ -47,6 +47,8 @@ GUARDIAN_EBPF_SHA256 ?= ""
 SRC_URI = "${GUARDIAN_GIT_URI} \
            ${@'%s;name=ebpf;subdir=guardian-ebpf' % d.getVar('GUARDIAN_EBPF_URI') if d.getVar('GUARDIAN_EBPF_URI') else ''} \
            file://guardian.init \
+           file://guardian-install.list \
+           file://guardian-install.sh \
            "
 SRC_URI[ebpf.sha256sum] = "${GUARDIAN_EBPF_SHA256}"
 SRCREV = "${GUARDIAN_SRCREV}"
@@ -86,25 +88,25 @@ do_compile:prepend() {
     export GUARDIAN_EBPF_OBJECT="$ebpf_objects"
 }
 
+# What goes where is files/guardian-install.list, which the project's qemu
+# test image reads too (one list, so the tested layout is the shipped one).
+# Its entries for systemd and sysvinit apply with those distro features.
+GUARDIAN_INIT_FEATURES = "${@bb.utils.filter('DISTRO_FEATURES', 'systemd sysvinit', d)}"
+
 do_install() {
-    install -d ${D}${bindir}
-    install -m 0755 ${B}/target/${CARGO_TARGET_SUBDIR}/guardian ${D}${bindir}/guardian
-
-    install -d ${D}${sysconfdir}/guardian
-    install -m 0644 ${S}/guardian/guardian.toml.sample ${D}${sysconfdir}/guardian/guardian.toml
-
-    if ${@bb.utils.contains('DISTRO_FEATURES', 'systemd', 'true', 'false', d)}; then
-        install -d ${D}${systemd_system_unitdir}
-        for unit in guardian.service guardian-measure.service; do
-            sed -e 's,/usr/bin/,${bindir}/,g' -e 's,/etc/guardian/,${sysconfdir}/guardian/,g' \
-                ${S}/guardian/systemd/$unit > ${D}${systemd_system_unitdir}/$unit
-            chmod 0644 ${D}${systemd_system_unitdir}/$unit
-        done
-    fi
-    if ${@bb.utils.contains('DISTRO_FEATURES', 'sysvinit', 'true', 'false', d)}; then
-        install -d ${D}${INIT_D_DIR}
-        install -m 0755 ${UNPACKDIR}/guardian.init ${D}${INIT_D_DIR}/guardian
-    fi
+    features=""
+    for f in ${GUARDIAN_INIT_FEATURES}; do
+        features="$features --feature $f"
+    done
+    sh ${UNPACKDIR}/guardian-install.sh install ${UNPACKDIR}/guardian-install.list ${D} \
+        --var bindir=${bindir} \
+        --var sysconfdir=${sysconfdir} \
+        --var systemd_system_unitdir=${systemd_system_unitdir} \
+        --var INIT_D_DIR=${INIT_D_DIR} \
+        --source build=${B}/target/${CARGO_TARGET_SUBDIR} \
+        --source src=${S} \
+        --source files=${UNPACKDIR} \
+        $features
 }
 
 SYSTEMD_SERVICE:${PN} = "guardian-measure.service guardian.service"
