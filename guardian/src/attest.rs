@@ -255,6 +255,9 @@ pub struct Verdict {
     pub tamper_attempts: Vec<String>,
     /// The runtime guard's state records (mode, hooks, drops), in order.
     pub guard_state: Vec<String>,
+    /// The policy modules loaded this boot (name, digest, signer), in
+    /// load order; a reload appears as a new run of records.
+    pub policies: Vec<String>,
 }
 
 impl Verdict {
@@ -268,6 +271,7 @@ impl Verdict {
             device: Some(evidence.device.clone()),
             tamper_attempts: Vec::new(),
             guard_state: Vec::new(),
+            policies: Vec::new(),
         }
     }
 
@@ -289,6 +293,9 @@ impl Verdict {
         }
         for g in &self.guard_state {
             s += &format!("  guard  {g}\n");
+        }
+        for p in &self.policies {
+            s += &format!("  policy {p}\n");
         }
         for t in &self.tamper_attempts {
             s += &format!("  TAMPER {t}\n");
@@ -520,6 +527,7 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>) -> Verdict {
         device: Some(evidence.device.clone()),
         tamper_attempts: covered(Kind::Tamper),
         guard_state: covered(Kind::State),
+        policies: covered(Kind::Policy),
     }
 }
 

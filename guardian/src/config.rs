@@ -260,6 +260,9 @@ pub struct Config {
     /// `[kernel]`.
     #[serde(default)]
     pub kernel: KernelSettings,
+    /// `[policy]`.
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
 }
 
 /// Errors loading the configuration. Each names the file.
@@ -331,6 +334,8 @@ impl Config {
             .chain(m.trusted_keys.iter_mut())
             .chain([&mut m.manifest, &mut m.log, &mut config.status.path])
             .chain(m.signature.iter_mut())
+            .chain([&mut config.policy.dir])
+            .chain(config.policy.trusted_keys.iter_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -373,6 +378,7 @@ impl Config {
         if self.status.interval_secs == 0 {
             return Err("[status] interval_secs must be at least 1".to_owned());
         }
+        self.policy.validate()?;
         Ok(())
     }
 }

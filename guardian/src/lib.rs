@@ -24,6 +24,7 @@
 //! | [`tpm`] | the TPM through tss-esapi: PCR extend and read, attestation key, quote |
 //! | [`attest`] | evidence bundles for a verifier's nonce, and the offline verifier |
 //! | [`continuous`] | in the daemon: tamper records, re-measurement, guard state into the TPM |
+//! | [`policy`] | signed WebAssembly policies in wasmi: load, measure, evaluate, hot swap, static rules |
 //!
 //! The kernel side lives in `guardian-ebpf` (one file per hook) and the
 //! types both sides share in `guardian-common`. The eBPF object is built by
@@ -43,6 +44,7 @@ pub mod kernel;
 pub mod manifest;
 pub mod measure;
 pub mod mlog;
+pub mod policy;
 pub mod signing;
 pub mod status;
 pub mod tpm;

@@ -53,6 +53,9 @@ pub enum Kind {
     /// The runtime guard's state (mode and hooks in force, drop counters),
     /// extended so that the evidence proves how the device was protected.
     State,
+    /// A policy module put in force (digest: SHA-256 of the `.wasm`), so
+    /// the evidence names the policies that judged events.
+    Policy,
 }
 
 /// One line of the log.

@@ -75,7 +75,7 @@ impl MeasuredBoot {
                 crate::mlog::Kind::Note => {
                     mb.software_tpm |= r.description.contains("software TPM");
                 }
-                crate::mlog::Kind::State => {}
+                crate::mlog::Kind::State | crate::mlog::Kind::Policy => {}
             }
         }
         mb

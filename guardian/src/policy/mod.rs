@@ -1,0 +1,72 @@
+//! Policies as signed WebAssembly, run in the wasmi interpreter.
+//!
+//! The ABI (event, verdict and static-rule types, exports, imports) is the
+//! `guardian-policy-abi` crate and `policies/ABI.md`; this module is the
+//! host side:
+//!
+//! | file | what |
+//! |---|---|
+//! | [`module`] | one module in wasmi: limits, fuel, ABI checks, host functions |
+//! | [`set`] | signed bundles, a set of policies, deny-overrides, merged static rules |
+//! | [`engine`] | [`PolicyEngine`]: the set in force, atomic hot swap, counters |
+//! | [`measure`] | each loaded policy's SHA-256 into the measurement log and the TPM |
+//! | [`event`] | the JSON events of `guardian run` → ABI events |
+//! | [`config`] | the `[policy]` section |
+//! | [`tools`] | what `guardian policy sign/inspect/test` do |
+//!
+//! How the daemon uses it:
+//!
+//! 1. [`PolicySettings::from_config`] with the mode in force (fail-closed
+//!    when enforcing, unless configured otherwise);
+//! 2. [`PolicyEngine::new`] with a [`Measurer`] (the measurement log and
+//!    TPM: [`measure::LogMeasurer`]), then [`PolicyEngine::reload`]; the
+//!    report's [`StaticRules`] go into the kernel's maps;
+//! 3. every event: [`PolicyEngine::evaluate`] → [`Outcome`] (decision,
+//!    actions, which policy and rule, and each policy's failure if any);
+//! 4. on SIGHUP or a change of the directory: [`PolicyEngine::reload`]
+//!    again. A failed reload leaves the previous set in force and says why.
+
+pub mod config;
+pub mod engine;
+pub mod event;
+pub mod measure;
+pub mod module;
+pub mod set;
+pub mod tools;
+
+pub use config::PolicyConfig;
+pub use engine::{PolicyEngine, PolicySettings, PolicyStats, ReloadReport};
+pub use event::{EventError, JsonEvent};
+pub use guardian_policy_abi::{Actions, Decision, Event, Verdict};
+pub use measure::{MeasureError, Measurer};
+pub use module::{CallError, Limits, ModuleError, Runtime};
+pub use set::{Bundle, LoadError, Outcome, PolicyInfo, PolicySet, StaticRules};
+
+/// What a policy that fails on an event (trap, fuel exhausted, bad
+/// verdict) counts as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Deny: an attacker who can crash a policy gains nothing.
+    Closed,
+    /// Alert: availability first (the failure is still reported).
+    Open,
+}
+
+impl FailMode {
+    /// The decision a failure contributes.
+    pub fn decision(self) -> Decision {
+        match self {
+            FailMode::Closed => Decision::Deny,
+            FailMode::Open => Decision::Alert,
+        }
+    }
+
+    /// `closed` or `open`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailMode::Closed => "closed",
+            FailMode::Open => "open",
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The inference service runs what it was installed with: no `LD_PRELOAD`,
+//! no unexpected programs, no libraries from unexpected places, and nobody
+//! rewrites `/etc/ld.so.preload`.
+//!
+//! | rule | verdict |
+//! |---|---|
+//! | 10 | deny + kill: the service executes with a preload variable |
+//! | 11 | deny + kill: the service executes a binary not in [`SERVICE_EXEC`] |
+//! | 12 | deny + kill: the service loads a library outside [`LIBRARY_DIRS`] |
+//! | 13 | alert: another process executes with a preload variable |
+//! | 14 | deny: anyone changes `/etc/ld.so.preload` |
+
+#![no_std]
+
+use guardian_policy_sdk::{
+    Actions, Event, Kind, Policy, StaticRules, Verdict, export_policy, path_matches,
+};
+
+/// Binaries the service may execute.
+pub const SERVICE_EXEC: &[&str] = &["/usr/bin/python3", "/opt/inference/bin/serve"];
+/// Where the service may load libraries from.
+pub const LIBRARY_DIRS: &[&str] = &["/lib/", "/usr/lib/", "/opt/inference/lib/"];
+/// The system-wide preload list.
+pub const LD_SO_PRELOAD: &str = "/etc/ld.so.preload";
+
+/// The policy (stateless).
+pub struct ServiceExec;
+
+impl Policy for ServiceExec {
+    const INIT: Self = ServiceExec;
+
+    fn static_rules() -> StaticRules<'static> {
+        StaticRules {
+            protected: &[LD_SO_PRELOAD],
+            service_exec: Some(SERVICE_EXEC),
+            library_dirs: Some(LIBRARY_DIRS),
+            ..StaticRules::default()
+        }
+    }
+
+    fn evaluate(&mut self, event: &Event<'_>) -> Verdict {
+        let path = event.path().unwrap_or("");
+        match event.kind {
+            Kind::ExecPreload if event.service => Verdict::deny(10).with(Actions::KILL),
+            Kind::ExecPreload => Verdict::alert(13),
+            Kind::Exec if event.service && !SERVICE_EXEC.contains(&path) => {
+                Verdict::deny(11).with(Actions::KILL)
+            }
+            Kind::LibraryLoad
+                if event.service && !LIBRARY_DIRS.iter().any(|d| path_matches(d, path)) =>
+            {
+                Verdict::deny(12).with(Actions::KILL)
+            }
+            k if k.is_file() && path == LD_SO_PRELOAD => Verdict::deny(14),
+            _ => Verdict::ALLOW,
+        }
+    }
+}
+
+export_policy!(ServiceExec);

@@ -1,0 +1,183 @@
+//! Write guardian policies in Rust.
+//!
+//! Implement [`Policy`] for a type whose whole state is known at compile
+//! time ([`Policy::INIT`]), then export it:
+//!
+//! ```ignore
+//! #![no_std]
+//! use guardian_policy_sdk::{Event, Policy, Verdict, export_policy};
+//!
+//! pub struct NoPtrace;
+//! impl Policy for NoPtrace {
+//!     const INIT: Self = NoPtrace;
+//!     fn evaluate(&mut self, event: &Event<'_>) -> Verdict {
+//!         if event.kind == guardian_policy_sdk::Kind::Ptrace {
+//!             Verdict::deny(1)
+//!         } else {
+//!             Verdict::ALLOW
+//!         }
+//!     }
+//! }
+//! export_policy!(NoPtrace);
+//! ```
+//!
+//! and build with `cargo build --release --target wasm32-unknown-unknown`
+//! (crate type `cdylib`). The macro writes the exports the ABI asks for
+//! (`guardian_abi_version`, `guardian_buffer`, `guardian_buffer_size`,
+//! `guardian_evaluate`, `guardian_static_rules`), decodes each event with
+//! postcard and packs the verdict. On other targets it expands to nothing,
+//! so the same crate builds natively for unit tests and benchmarks; call
+//! [`evaluate_bytes`] there to include the decoding.
+//!
+//! The module needs no allocator: events borrow their strings from the
+//! input buffer. Keep state in fixed-size fields. A panic aborts the call
+//! (a trap): guardian then applies its fail mode for that event.
+
+#![no_std]
+
+pub use guardian_policy_abi as abi;
+pub use guardian_policy_abi::{
+    ABI_VERSION, Actions, Decision, Detail, Dev, Egress, Event, IpAddr, KernelVerdict, Kind, Mode,
+    StaticRules, Verdict, log_level, path_matches, prefix_match,
+};
+
+/// Size of the input buffer the exported module declares.
+pub const BUFFER_SIZE: usize = abi::MIN_BUFFER_SIZE as usize;
+/// Room for the encoded static rules.
+pub const RULES_SIZE: usize = 4096;
+
+/// A policy.
+pub trait Policy: Sized {
+    /// The state at load (and after every reload: a new instance starts
+    /// from here).
+    const INIT: Self;
+
+    /// What the kernel should enforce by itself. Default: nothing.
+    fn static_rules() -> StaticRules<'static> {
+        StaticRules::default()
+    }
+
+    /// Judge one event.
+    fn evaluate(&mut self, event: &Event<'_>) -> Verdict;
+}
+
+/// Decode an encoded event and evaluate it; returns what
+/// `guardian_evaluate` returns ([`Verdict::DECODE_ERROR`] when the bytes
+/// are not an event).
+pub fn evaluate_bytes<P: Policy>(policy: &mut P, bytes: &[u8]) -> i64 {
+    match postcard::from_bytes::<Event<'_>>(bytes) {
+        Ok(event) => policy.evaluate(&event).pack(),
+        Err(_) => Verdict::DECODE_ERROR,
+    }
+}
+
+/// Encode `rules` into `buf`; returns what `guardian_static_rules` returns:
+/// `(address << 32) | length`, or -1 when they do not fit.
+pub fn encode_rules(rules: &StaticRules<'_>, buf: &mut [u8]) -> i64 {
+    match postcard::to_slice(rules, buf) {
+        Ok(out) => ((out.as_ptr() as usize as i64) << 32) | out.len() as i64,
+        Err(_) => -1,
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+mod host {
+    #[link(wasm_import_module = "guardian")]
+    unsafe extern "C" {
+        #[link_name = "log"]
+        pub fn log(level: i32, ptr: i32, len: i32);
+        #[link_name = "monotonic_ns"]
+        pub fn monotonic_ns() -> i64;
+    }
+}
+
+/// Write `message` to guardian's log at `level` ([`log_level`]), prefixed
+/// with the policy's name. guardian cuts long messages and rate-limits
+/// chatty modules. Does nothing outside wasm32.
+pub fn log(level: i32, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    // SAFETY: the host reads `len` bytes at `ptr` from this module's memory,
+    // where the string lives.
+    unsafe {
+        host::log(
+            level,
+            message.as_ptr() as usize as i32,
+            message.len() as i32,
+        )
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = (level, message);
+}
+
+/// Nanoseconds on guardian's monotonic clock (0 outside wasm32). For time
+/// windows prefer [`Event::time_ns`], which replays deterministically.
+pub fn monotonic_ns() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    // SAFETY: a host function without arguments.
+    return unsafe { host::monotonic_ns() } as u64;
+    #[cfg(not(target_arch = "wasm32"))]
+    0
+}
+
+/// A panic in a policy aborts the call with `unreachable`: guardian sees a
+/// trap and applies its fail mode.
+#[cfg(all(target_arch = "wasm32", not(test)))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    core::arch::wasm32::unreachable()
+}
+
+/// Export a [`Policy`] type as a guardian policy module (wasm32 only).
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            static mut POLICY: $policy = <$policy as $crate::Policy>::INIT;
+            static mut BUFFER: [u8; $crate::BUFFER_SIZE] = [0; $crate::BUFFER_SIZE];
+            static mut RULES: [u8; $crate::RULES_SIZE] = [0; $crate::RULES_SIZE];
+
+            #[unsafe(no_mangle)]
+            extern "C" fn guardian_abi_version() -> i32 {
+                $crate::ABI_VERSION as i32
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn guardian_buffer() -> i32 {
+                (&raw mut BUFFER) as usize as i32
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn guardian_buffer_size() -> i32 {
+                $crate::BUFFER_SIZE as i32
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn guardian_evaluate(ptr: i32, len: i32) -> i64 {
+                if ptr as usize != (&raw mut BUFFER) as usize
+                    || len < 0
+                    || len as usize > $crate::BUFFER_SIZE
+                {
+                    return $crate::Verdict::DECODE_ERROR;
+                }
+                // SAFETY: wasm32 is single-threaded and the host calls one
+                // export at a time, so these are the only live references;
+                // the range was checked to lie in BUFFER.
+                let (policy, bytes) = unsafe {
+                    (
+                        &mut *(&raw mut POLICY),
+                        core::slice::from_raw_parts(ptr as usize as *const u8, len as usize),
+                    )
+                };
+                $crate::evaluate_bytes(policy, bytes)
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn guardian_static_rules() -> i64 {
+                // SAFETY: as above, the only live reference.
+                let buf = unsafe { &mut *(&raw mut RULES) };
+                $crate::encode_rules(&<$policy as $crate::Policy>::static_rules(), buf)
+            }
+        };
+    };
+}
