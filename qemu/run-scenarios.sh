@@ -36,6 +36,14 @@ log "guardian for x86_64 (the verifier) and aarch64 (the agent)"
 (cd "$root" && cargo build --locked --release --target aarch64-unknown-linux-gnu -p guardian 2>&1 \
     | grep -v '^warning: guardian@' >&2)
 bin="$root/target/aarch64-unknown-linux-gnu/release/guardian"
+log "guardian-attack (the attacks the guest runs), static aarch64"
+if ! (cd "$here/attack" && cargo build --locked --release --target aarch64-unknown-linux-gnu \
+    --config 'target.aarch64-unknown-linux-gnu.rustflags=["-C","target-feature=+crt-static"]') \
+    >"$out/attack-build.log" 2>&1; then
+    cat "$out/attack-build.log" >&2
+    exit 1
+fi
+attack_bin="$here/attack/target/aarch64-unknown-linux-gnu/release/guardian-attack"
 
 # A stand-in model (issue-8 brings a real one): 4 KiB of known bytes.
 head -c 4096 < <(yes 'weights v1') >"$out/files/model.onnx"
@@ -59,7 +67,16 @@ openssl pkeyutl -sign -inkey "$out/files/vendor.pem" -rawin -in "$out/files/mani
 
 scenarios=(tpm-device bpf-lsm-active measure-boot pcr-equals-replay quote-evidence guardian-enforce deny-append deny-append-event
     deny-truncate deny-truncate-event deny-impostor allow-updater allow-updater-event
-    read-allowed status-counters quote-after-tamper)
+    read-allowed status-counters quote-after-tamper
+    preopened-fd-write preopened-fd-write-event mmap-shared-write mmap-shared-write-event
+    ftruncate-fd ftruncate-fd-event truncate-path truncate-path-event chmod chmod-event
+    rename-over rename-over-event rename-away rename-away-event unlink unlink-event
+    hardlink hardlink-event names-unchanged
+    ld-so-preload ld-so-preload-event ld-so-preload-absent ld-preload-exec ld-preload-exec-event
+    exec-unlisted exec-unlisted-event library-load library-load-event
+    ptrace-attach ptrace-attach-event ptrace-target connect-denied connect-denied-event connect-allowed
+    self-config self-config-event self-pins self-pins-event self-pins-kept
+    kill9-still-denied restart-adopts events-kept-while-down model-unchanged)
 # A fresh nonce for the guest's quote, verified on the host afterwards.
 nonce="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 nonce2="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -71,13 +88,14 @@ fi
 
 log "initramfs"
 "$here/build-initramfs.sh" "$out/initrd.cpio.gz" "$here/scenarios/init.sh" \
-    "$bin:/usr/bin/guardian" \
-    "$here/scenarios/guardian.toml:/etc/guardian/guardian.toml" \
+    "@agent:$bin" \
+    "@config:$here/scenarios/guardian.toml" \
     "$out/files/model.onnx:/opt/models/model.onnx" \
     "$out/files/manifest.toml:/etc/guardian/manifest.toml" \
     "$out/files/manifest.toml.sig:/etc/guardian/manifest.toml.sig" \
     "$out/files/vendor.pub:/etc/guardian/vendor.pub" \
-    "$cache/busybox-arm64/bin/busybox:/opt/updater/busybox"
+    "$cache/busybox-arm64/bin/busybox:/opt/updater/busybox" \
+    "$attack_bin:/usr/bin/guardian-attack"
 
 log "booting the arm64 guest (TCG; functional timing only)"
 console="$out/console.log"

@@ -30,6 +30,26 @@ pub mod maps {
     /// LRU hash `pid_tgid -> u32` open flags, from `sys_enter_*` to
     /// `sys_exit_*` of the open syscalls (detect mode only).
     pub const PENDING_OPENS: &str = "GUARDIAN_PENDING_OPENS";
+    /// Hash map `InodeKey -> u32`: executables of the inference service.
+    pub const SERVICE_EXES: &str = "GUARDIAN_SERVICE";
+    /// Hash map `InodeKey -> u32`: files the inference service may execute
+    /// or map executable (its own binary, its loader, its libraries).
+    pub const ALLOWED_EXEC: &str = "GUARDIAN_EXEC";
+    /// Hash map `NameKey -> u32`: directory entries that must not be
+    /// created (e.g. `/etc/ld.so.preload` while it does not exist).
+    pub const PROTECTED_NAMES: &str = "GUARDIAN_NAMES";
+    /// LPM trie `[u8; 4] -> EgressRule`: IPv4 destinations the service may
+    /// connect to.
+    pub const EGRESS_V4: &str = "GUARDIAN_EGRESS4";
+    /// LPM trie `[u8; 16] -> EgressRule`: IPv6 destinations.
+    pub const EGRESS_V6: &str = "GUARDIAN_EGRESS6";
+    /// LRU hash `struct file * -> u32`: open files already reported (at
+    /// their write-open, or at their first write), so that a loop of
+    /// `write` calls on one descriptor is one event, not thousands.
+    pub const REPORTED_FILES: &str = "GUARDIAN_REPORTED";
+    /// LRU hash `pid_tgid -> u32`: an `execve` in flight whose environment
+    /// sets a loader variable (`LD_PRELOAD`, ...); value: which one.
+    pub const PENDING_PRELOAD: &str = "GUARDIAN_PENDING_PRELOAD";
 }
 
 /// Names of the eBPF programs in the object.
@@ -47,6 +67,45 @@ pub mod programs {
     /// Tracepoint on `syscalls/sys_exit_open*`: resolves the new fd to an
     /// inode and reports write-opens of protected files.
     pub const TP_EXIT_OPEN: &str = "guardian_exit_open";
+    /// LSM `file_permission`: writes through descriptors opened earlier.
+    pub const LSM_FILE_PERMISSION: &str = "guardian_file_permission";
+    /// LSM `inode_setattr`: truncate, chmod, chown, utimes (Linux >= 6.3
+    /// argument layout).
+    pub const LSM_INODE_SETATTR: &str = "guardian_inode_setattr";
+    /// The same for Linux < 6.3 (no `idmap` argument).
+    pub const LSM_INODE_SETATTR_OLD: &str = "guardian_inode_setattr_old";
+    /// LSM `inode_rename`: renames onto or away from protected files.
+    pub const LSM_INODE_RENAME: &str = "guardian_inode_rename";
+    /// LSM `inode_unlink`.
+    pub const LSM_INODE_UNLINK: &str = "guardian_inode_unlink";
+    /// LSM `inode_link`: hard links to protected files.
+    pub const LSM_INODE_LINK: &str = "guardian_inode_link";
+    /// LSM `inode_create`: creation of protected names.
+    pub const LSM_INODE_CREATE: &str = "guardian_inode_create";
+    /// LSM `mmap_file`: shared writable maps of protected files, and
+    /// executable maps by the service of files not allowed.
+    pub const LSM_MMAP_FILE: &str = "guardian_mmap_file";
+    /// LSM `bprm_check_security`: exec by or of the inference service.
+    pub const LSM_BPRM_CHECK: &str = "guardian_bprm_check";
+    /// LSM `ptrace_access_check`: ptrace (and /proc/PID/mem) of the service.
+    pub const LSM_PTRACE: &str = "guardian_ptrace";
+    /// LSM `socket_connect`: egress of the service.
+    pub const LSM_SOCKET_CONNECT: &str = "guardian_socket_connect";
+    /// Tracepoint `syscalls/sys_enter_execve(at)`: looks for loader
+    /// variables in the environment.
+    pub const TP_ENTER_EXECVE: &str = "guardian_enter_execve";
+    /// Same, for `execveat` (the environment is argument 3).
+    pub const TP_ENTER_EXECVEAT: &str = "guardian_enter_execveat";
+    /// Tracepoint `sched/sched_process_exec`: detect-mode exec checks.
+    pub const TP_PROCESS_EXEC: &str = "guardian_process_exec";
+    /// Tracepoint `syscalls/sys_enter_{write,pwrite64,writev,pwritev,pwritev2}`.
+    pub const TP_ENTER_WRITE: &str = "guardian_enter_write";
+    /// Tracepoint `syscalls/sys_enter_ftruncate`.
+    pub const TP_ENTER_FTRUNCATE: &str = "guardian_enter_ftruncate";
+    /// Tracepoint `syscalls/sys_enter_mmap`.
+    pub const TP_ENTER_MMAP: &str = "guardian_enter_mmap";
+    /// Tracepoint `syscalls/sys_enter_connect`.
+    pub const TP_ENTER_CONNECT: &str = "guardian_enter_connect";
 }
 
 /// A file identity as the kernel sees it: `inode->i_sb->s_dev` (the
@@ -97,8 +156,14 @@ impl InodeKey {
 pub struct ProtectedFile {
     /// Index of the file in the agent's table (to name it in events).
     pub id: u32,
-    /// Reserved, zero.
+    /// [`ProtectedFile::SELF`] or zero.
     pub flags: u32,
+}
+
+impl ProtectedFile {
+    /// One of guardian's own files (binary, config, keys, policies, pins):
+    /// only guardian's own executable may change it, not the model writers.
+    pub const SELF: u32 = 1;
 }
 
 /// Byte offsets of the kernel struct fields the programs read, taken from
@@ -136,6 +201,21 @@ pub struct KernelOffsets {
     pub fdt_max_fds: u32,
     /// `struct fdtable`, `fd`.
     pub fdt_fd: u32,
+    /// `struct dentry`, `d_inode`.
+    pub dentry_d_inode: u32,
+    /// `struct dentry`, `d_name` (a `struct qstr`).
+    pub dentry_d_name: u32,
+    /// `struct qstr`, `name`.
+    pub qstr_name: u32,
+    /// `struct linux_binprm`, `file`.
+    pub bprm_file: u32,
+    /// `struct linux_binprm`, `filename` (the path as passed to exec).
+    pub bprm_filename: u32,
+    /// `struct iattr`, `ia_valid`.
+    pub iattr_ia_valid: u32,
+    /// Argument position of `struct dentry *` in the `inode_setattr` hook
+    /// (1 since Linux 6.3 added `struct mnt_idmap *` in front, 0 before).
+    pub setattr_dentry_arg: u32,
 }
 
 /// Enforcement mode, as the programs see it.
@@ -158,6 +238,59 @@ pub struct KernelConfig {
     /// programs allow everything and report nothing (an all-zero offset
     /// table would make them read garbage).
     pub ready: u32,
+    /// Bits of [`rules`]: which process rules are switched on.
+    pub rules: u32,
+    /// The agent's own executable: the only program that may change
+    /// guardian's own files (those with [`ProtectedFile::SELF`]).
+    pub self_exe: InodeKey,
+}
+
+/// Process rules, switched on by the agent in [`KernelConfig::rules`] when
+/// the config names an inference service.
+pub mod rules {
+    /// The service may only execute files in the exec allowlist.
+    pub const EXEC_ALLOWLIST: u32 = 1 << 0;
+    /// The service may only map executable files in the exec allowlist.
+    pub const LIBRARY_ALLOWLIST: u32 = 1 << 1;
+    /// The service may only connect to the egress allowlist.
+    pub const EGRESS_ALLOWLIST: u32 = 1 << 2;
+    /// Nobody may ptrace the service.
+    pub const NO_PTRACE: u32 = 1 << 3;
+    /// Loader variables (`LD_PRELOAD`, ...) are refused on exec of, or by,
+    /// the service.
+    pub const NO_PRELOAD: u32 = 1 << 4;
+}
+
+/// Key of the protected-names map: a directory and one name in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NameKey {
+    /// The directory.
+    pub dir: InodeKey,
+    /// The entry's name, NUL-padded (names longer than this are never
+    /// protected by name).
+    pub name: [u8; NameKey::LEN],
+}
+
+impl NameKey {
+    /// Longest name that can be protected.
+    pub const LEN: usize = 32;
+}
+
+/// Value of the egress LPM tries: up to [`EgressRule::MAX_PORTS`] port
+/// ranges allowed to one network prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressRule {
+    /// `[low, high]` inclusive port ranges; `[0, 65535]` is any port.
+    pub ports: [[u16; 2]; EgressRule::MAX_PORTS],
+    /// How many of `ports` are in use.
+    pub count: u32,
+}
+
+impl EgressRule {
+    /// Port ranges per prefix.
+    pub const MAX_PORTS: usize = 8;
 }
 
 /// Counters kept by the programs, one slot each in the per-CPU counters map.
@@ -179,11 +312,16 @@ pub enum Counter {
     ReadErrors = 5,
     /// Pending-open entries that could not be stored (LRU full).
     PendingDrops = 6,
+    /// Process-rule violations denied (exec, preload, library, ptrace,
+    /// connect).
+    ProcessDenied = 7,
+    /// Process-rule violations seen after the fact (detect mode).
+    ProcessDetected = 8,
 }
 
 impl Counter {
     /// Number of counter slots.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 9;
     /// Every counter, in slot order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::EventsSubmitted,
@@ -193,6 +331,8 @@ impl Counter {
         Counter::Detected,
         Counter::ReadErrors,
         Counter::PendingDrops,
+        Counter::ProcessDenied,
+        Counter::ProcessDetected,
     ];
 
     /// Stable snake_case name, used in status output.
@@ -205,6 +345,8 @@ impl Counter {
             Counter::Detected => "detected",
             Counter::ReadErrors => "kernel_read_errors",
             Counter::PendingDrops => "pending_open_drops",
+            Counter::ProcessDenied => "process_denied",
+            Counter::ProcessDetected => "process_detected",
         }
     }
 }
@@ -213,6 +355,33 @@ impl Counter {
 pub mod kind {
     /// A protected file was opened for writing (or with `O_TRUNC`).
     pub const FILE_WRITE_OPEN: u16 = 1;
+    /// A write through a descriptor (opened before guardian started, or
+    /// inherited).
+    pub const FILE_WRITE: u16 = 2;
+    /// Truncation (`truncate`, `ftruncate`).
+    pub const FILE_TRUNCATE: u16 = 3;
+    /// Rename onto or away from a protected file.
+    pub const FILE_RENAME: u16 = 4;
+    /// Unlink of a protected file.
+    pub const FILE_UNLINK: u16 = 5;
+    /// Hard link to a protected file.
+    pub const FILE_LINK: u16 = 6;
+    /// Attribute change (`chmod`, `chown`, times).
+    pub const FILE_SETATTR: u16 = 7;
+    /// Shared writable `mmap` of a protected file.
+    pub const FILE_MMAP_WRITE: u16 = 8;
+    /// Creation of a protected name (e.g. `/etc/ld.so.preload`).
+    pub const FILE_CREATE: u16 = 9;
+    /// The service executed a file not on its exec allowlist.
+    pub const EXEC: u16 = 10;
+    /// An exec of, or by, the service with a loader variable set.
+    pub const EXEC_PRELOAD: u16 = 11;
+    /// The service mapped executable a file not on its allowlist.
+    pub const LIBRARY_LOAD: u16 = 12;
+    /// ptrace (or `/proc/PID/mem` access) of the service.
+    pub const PTRACE: u16 = 13;
+    /// The service connected to an address not on the egress allowlist.
+    pub const CONNECT: u16 = 14;
 }
 
 /// Which program produced an event.
@@ -221,6 +390,57 @@ pub mod source {
     pub const LSM_FILE_OPEN: u16 = 1;
     /// The `sys_exit_open*` tracepoints (after the open happened).
     pub const TP_SYS_EXIT_OPEN: u16 = 2;
+    /// LSM `file_permission`.
+    pub const LSM_FILE_PERMISSION: u16 = 3;
+    /// LSM `inode_setattr`.
+    pub const LSM_INODE_SETATTR: u16 = 4;
+    /// LSM `inode_rename`.
+    pub const LSM_INODE_RENAME: u16 = 5;
+    /// LSM `inode_unlink`.
+    pub const LSM_INODE_UNLINK: u16 = 6;
+    /// LSM `inode_link`.
+    pub const LSM_INODE_LINK: u16 = 7;
+    /// LSM `inode_create`.
+    pub const LSM_INODE_CREATE: u16 = 8;
+    /// LSM `mmap_file`.
+    pub const LSM_MMAP_FILE: u16 = 9;
+    /// LSM `bprm_check_security`.
+    pub const LSM_BPRM_CHECK: u16 = 10;
+    /// LSM `ptrace_access_check`.
+    pub const LSM_PTRACE: u16 = 11;
+    /// LSM `socket_connect`.
+    pub const LSM_SOCKET_CONNECT: u16 = 12;
+    /// Tracepoint `syscalls/sys_enter_write*`.
+    pub const TP_SYS_ENTER_WRITE: u16 = 13;
+    /// Tracepoint `syscalls/sys_enter_ftruncate`.
+    pub const TP_SYS_ENTER_FTRUNCATE: u16 = 14;
+    /// Tracepoint `syscalls/sys_enter_mmap`.
+    pub const TP_SYS_ENTER_MMAP: u16 = 15;
+    /// Tracepoint `syscalls/sys_enter_connect`.
+    pub const TP_SYS_ENTER_CONNECT: u16 = 16;
+    /// Tracepoint `sched/sched_process_exec`.
+    pub const TP_PROCESS_EXEC: u16 = 17;
+}
+
+/// Loader variables looked for in an exec's environment (value of
+/// [`Event::aux`] for [`kind::EXEC_PRELOAD`]).
+pub mod preload {
+    /// `LD_PRELOAD=`.
+    pub const LD_PRELOAD: u32 = 1;
+    /// `LD_LIBRARY_PATH=`.
+    pub const LD_LIBRARY_PATH: u32 = 2;
+    /// `LD_AUDIT=`.
+    pub const LD_AUDIT: u32 = 3;
+
+    /// The variable's name.
+    pub const fn name(v: u32) -> &'static str {
+        match v {
+            LD_PRELOAD => "LD_PRELOAD",
+            LD_LIBRARY_PATH => "LD_LIBRARY_PATH",
+            LD_AUDIT => "LD_AUDIT",
+            _ => "?",
+        }
+    }
 }
 
 /// The kernel's decision, as carried in the event.
@@ -252,15 +472,17 @@ pub struct EventHeader {
     pub ktime_ns: u64,
 }
 
-/// A write-open of a protected file.
+/// One event, of any kind. The kind decides which fields mean something;
+/// the rest are zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FileOpenEvent {
+pub struct Event {
     /// Must be first; see [`EventHeader`].
     pub header: EventHeader,
-    /// The opened file.
+    /// The file concerned: the protected file, the executed binary, the
+    /// library; for `ptrace`, the traced process's executable.
     pub file: InodeKey,
-    /// The executable of the opening process (`current->mm->exe_file`);
+    /// The executable of the acting process (`current->mm->exe_file`);
     /// zero for kernel threads.
     pub exe: InodeKey,
     /// Thread group id (the userspace PID).
@@ -273,15 +495,30 @@ pub struct FileOpenEvent {
     pub uid: u32,
     /// Real group id.
     pub gid: u32,
-    /// `open(2)` flags as passed (tracepoint) or `file->f_flags` (LSM).
+    /// Kind-specific flags: open flags, `ia_valid`, mmap `prot`, ptrace
+    /// mode.
     pub flags: u32,
-    /// `file->f_mode` (`FMODE_*`); zero where unknown.
+    /// `file->f_mode` (`FMODE_*`), or mmap `flags`; zero where unknown.
     pub fmode: u32,
-    /// Id of the protected file (see [`ProtectedFile::id`]).
+    /// Id of the protected file (see [`ProtectedFile::id`]), or `u32::MAX`.
     pub protected_id: u32,
+    /// Kind-specific: the traced pid, the destination port, the loader
+    /// variable ([`preload`]).
+    pub aux: u32,
+    /// Address family for `connect` (`AF_INET` 2, `AF_INET6` 10).
+    pub family: u32,
     /// `current->comm`, NUL-padded. Informational only: any process can set
     /// it, so no decision is ever based on it.
     pub comm: [u8; 16],
+    /// Destination address for `connect` (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// A name: the new name of a rename or link, the created name.
+    pub name: [u8; NameKey::LEN],
+}
+
+impl Event {
+    /// `protected_id` when the file is not a protected one.
+    pub const NOT_PROTECTED: u32 = u32::MAX;
 }
 
 /// `FMODE_WRITE` from `include/linux/fs.h`.
@@ -311,12 +548,14 @@ pub mod oflags {
 const _: () = {
     assert!(core::mem::size_of::<InodeKey>() == 16);
     assert!(core::mem::size_of::<ProtectedFile>() == 8);
-    assert!(core::mem::size_of::<KernelOffsets>() == 14 * 4);
-    assert!(core::mem::size_of::<KernelConfig>() == 14 * 4 + 8);
+    assert!(core::mem::size_of::<KernelOffsets>() == 21 * 4);
+    assert!(core::mem::size_of::<KernelConfig>() == 21 * 4 + 12 + 16);
+    assert!(core::mem::size_of::<NameKey>() == 16 + NameKey::LEN);
+    assert!(core::mem::size_of::<EgressRule>() == 4 * EgressRule::MAX_PORTS + 4);
     assert!(core::mem::size_of::<EventHeader>() == 16);
-    assert!(core::mem::size_of::<FileOpenEvent>() == 16 + 16 + 16 + 8 * 4 + 16);
-    assert!(core::mem::offset_of!(FileOpenEvent, header) == 0);
-    assert!(core::mem::size_of::<FileOpenEvent>() < u16::MAX as usize);
+    assert!(core::mem::size_of::<Event>() == 16 + 16 + 16 + 10 * 4 + 16 + 16 + NameKey::LEN);
+    assert!(core::mem::offset_of!(Event, header) == 0);
+    assert!(core::mem::size_of::<Event>() < u16::MAX as usize);
 };
 
 #[cfg(feature = "user")]
@@ -326,6 +565,8 @@ mod user {
     unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::ProtectedFile {}
     unsafe impl aya::Pod for super::KernelConfig {}
+    unsafe impl aya::Pod for super::NameKey {}
+    unsafe impl aya::Pod for super::EgressRule {}
 }
 
 #[cfg(test)]

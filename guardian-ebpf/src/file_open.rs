@@ -21,15 +21,9 @@
 //! "deny" on a garbled pointer would make the machine unusable.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use guardian_common::{Counter, FMODE_WRITE, mode, oflags, source, verdict};
+use guardian_common::{Counter, FMODE_WRITE, kind, oflags, source};
 
-use crate::{
-    kernel,
-    maps::{PROTECTED, WRITERS},
-    report::{self, WriteOpen},
-};
-
-const EPERM: i32 = 1;
+use crate::{kernel, report};
 
 #[lsm(hook = "file_open")]
 pub fn guardian_file_open(ctx: LsmContext) -> i32 {
@@ -58,35 +52,27 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i64> {
         return Ok(0);
     }
     let key = kernel::file_key(off, file)?;
-    // SAFETY: the value is copied out before the map can change under us.
-    let Some(protected) = (unsafe { PROTECTED.get(key) }).copied() else {
+    let Some(protected) = report::protected(&key) else {
         return Ok(0);
     };
     let task = kernel::current_task();
     let exe = kernel::exe_key(off, task)?;
-    // SAFETY: presence check only.
-    let allowed = exe.ino != 0 && unsafe { WRITERS.get(exe) }.is_some();
-    let (v, ret) = if allowed {
-        report::count(Counter::Allowed);
-        (verdict::ALLOW, 0)
-    } else if cfg.mode == mode::ENFORCE {
-        report::count(Counter::Denied);
-        (verdict::DENY, -EPERM)
-    } else {
-        report::count(Counter::Detected);
-        (verdict::ALERT, 0)
-    };
-    report::file_write_open(
+    if report::own_write(cfg, &exe, &protected) {
+        return Ok(0);
+    }
+    let (v, ret) = report::judge_file(cfg, report::may_write(cfg, &exe, &protected));
+    report::emit(
         off,
         task,
-        WriteOpen {
-            source: source::LSM_FILE_OPEN,
-            verdict: v,
-            file: key,
-            exe,
-            flags,
-            fmode,
-            protected_id: protected.id,
+        kind::FILE_WRITE_OPEN,
+        source::LSM_FILE_OPEN,
+        v,
+        |ev| {
+            ev.file = key;
+            ev.exe = exe;
+            ev.flags = flags;
+            ev.fmode = fmode;
+            ev.protected_id = protected.id;
         },
     );
     Ok(ret)

@@ -28,14 +28,65 @@ fn read<T>(base: u64, offset: u32) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.map_err(|e| e as i64)
 }
 
-/// `(i_sb->s_dev, i_ino)` of a `struct file *`.
+/// `(i_sb->s_dev, i_ino)` of a `struct inode *`.
 #[inline(always)]
-pub fn file_key(off: &KernelOffsets, file: u64) -> Result<InodeKey, i64> {
-    let inode: u64 = read(file, off.file_f_inode)?;
+pub fn inode_key(off: &KernelOffsets, inode: u64) -> Result<InodeKey, i64> {
     let ino: u64 = read(inode, off.inode_i_ino)?;
     let sb: u64 = read(inode, off.inode_i_sb)?;
     let dev: u32 = read(sb, off.sb_s_dev)?;
     Ok(InodeKey { ino, dev, _pad: 0 })
+}
+
+/// The inode key of a `struct file *`.
+#[inline(always)]
+pub fn file_key(off: &KernelOffsets, file: u64) -> Result<InodeKey, i64> {
+    let inode: u64 = read(file, off.file_f_inode)?;
+    inode_key(off, inode)
+}
+
+/// The inode key of a `struct dentry *`, or `None` for a negative dentry
+/// (a name that does not exist yet).
+#[inline(always)]
+pub fn dentry_key(off: &KernelOffsets, dentry: u64) -> Result<Option<InodeKey>, i64> {
+    let inode: u64 = read(dentry, off.dentry_d_inode)?;
+    if inode == 0 {
+        return Ok(None);
+    }
+    inode_key(off, inode).map(Some)
+}
+
+/// The last path component of a `struct dentry *` into `out` (NUL-padded
+/// by the caller; at most `out.len() - 1` bytes are copied). Returns the
+/// number of bytes written including the NUL, as the helper does.
+#[inline(always)]
+pub fn dentry_name(off: &KernelOffsets, dentry: u64, out: &mut [u8]) -> Result<usize, i64> {
+    let name: u64 = read(dentry, off.dentry_d_name + off.qstr_name)?;
+    if name == 0 {
+        return Err(-14);
+    }
+    // SAFETY: the helper copies at most out.len() bytes through the
+    // fault-safe path and always NUL-terminates.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(name as *const u8, out) }
+        .map(|s| s.len())
+        .map_err(|e| e as i64)
+}
+
+/// `bprm->file`.
+#[inline(always)]
+pub fn bprm_file(off: &KernelOffsets, bprm: u64) -> Result<u64, i64> {
+    read(bprm, off.bprm_file)
+}
+
+/// `attr->ia_valid`.
+#[inline(always)]
+pub fn iattr_valid(off: &KernelOffsets, attr: u64) -> Result<u32, i64> {
+    read(attr, off.iattr_ia_valid)
+}
+
+/// Read a plain value at a kernel address.
+#[inline(always)]
+pub fn read_at<T>(addr: u64) -> Result<T, i64> {
+    read(addr, 0)
 }
 
 /// `file->f_mode` and `file->f_flags`.
@@ -85,4 +136,14 @@ pub fn fd_file(off: &KernelOffsets, task: u64, fd: u32) -> Result<u64, i64> {
     }
     let fds: u64 = read(fdt, off.fdt_fd)?;
     read(fds, fd.wrapping_mul(8))
+}
+
+/// `bprm->filename` (the path as passed to exec) into `out`.
+#[inline(always)]
+pub fn bprm_filename(off: &KernelOffsets, bprm: u64, out: &mut [u8]) -> Result<usize, i64> {
+    let name: u64 = read(bprm, off.bprm_filename)?;
+    // SAFETY: fault-safe copy, bounded by out.len(), NUL-terminated.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(name as *const u8, out) }
+        .map(|s| s.len())
+        .map_err(|e| e as i64)
 }

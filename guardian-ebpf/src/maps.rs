@@ -3,9 +3,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use guardian_common::{Counter, InodeKey, KernelConfig, ProtectedFile};
+use guardian_common::{Counter, EgressRule, InodeKey, KernelConfig, NameKey, ProtectedFile};
 
 /// Protected files by inode.
 #[map(name = "GUARDIAN_PROTECTED")]
@@ -32,6 +32,35 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 #[map(name = "GUARDIAN_PENDING_OPENS")]
 pub static PENDING_OPENS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(8192, 0);
 
+/// Executables of the inference service, by inode.
+#[map(name = "GUARDIAN_SERVICE")]
+pub static SERVICE: HashMap<InodeKey, u32> = HashMap::with_max_entries(64, 0);
+
+/// Files the service may execute or map executable, by inode.
+#[map(name = "GUARDIAN_EXEC")]
+pub static EXEC: HashMap<InodeKey, u32> = HashMap::with_max_entries(16384, 0);
+
+/// Directory entries nobody may create.
+#[map(name = "GUARDIAN_NAMES")]
+pub static NAMES: HashMap<NameKey, u32> = HashMap::with_max_entries(256, 0);
+
+/// IPv4 egress allowlist.
+#[map(name = "GUARDIAN_EGRESS4")]
+pub static EGRESS4: LpmTrie<[u8; 4], EgressRule> = LpmTrie::with_max_entries(1024, 0);
+
+/// IPv6 egress allowlist.
+#[map(name = "GUARDIAN_EGRESS6")]
+pub static EGRESS6: LpmTrie<[u8; 16], EgressRule> = LpmTrie::with_max_entries(1024, 0);
+
+/// Loader variables seen in an `execve` in flight, by pid_tgid.
+#[map(name = "GUARDIAN_PENDING_PRELOAD")]
+pub static PENDING_PRELOAD: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// Open files already reported, by `struct file *` (see
+/// `guardian_common::maps::REPORTED_FILES`).
+#[map(name = "GUARDIAN_REPORTED")]
+pub static REPORTED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+
 const _: () = {
     // The names above must be the shared ones; attribute arguments cannot
     // take a const, so check them here instead.
@@ -42,6 +71,13 @@ const _: () = {
     assert!(eq(m::EVENTS, "GUARDIAN_EVENTS"));
     assert!(eq(m::COUNTERS, "GUARDIAN_COUNTERS"));
     assert!(eq(m::PENDING_OPENS, "GUARDIAN_PENDING_OPENS"));
+    assert!(eq(m::SERVICE_EXES, "GUARDIAN_SERVICE"));
+    assert!(eq(m::ALLOWED_EXEC, "GUARDIAN_EXEC"));
+    assert!(eq(m::PROTECTED_NAMES, "GUARDIAN_NAMES"));
+    assert!(eq(m::EGRESS_V4, "GUARDIAN_EGRESS4"));
+    assert!(eq(m::EGRESS_V6, "GUARDIAN_EGRESS6"));
+    assert!(eq(m::PENDING_PRELOAD, "GUARDIAN_PENDING_PRELOAD"));
+    assert!(eq(m::REPORTED_FILES, "GUARDIAN_REPORTED"));
 };
 
 const fn eq(a: &str, b: &str) -> bool {

@@ -25,13 +25,9 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use guardian_common::{Counter, oflags, source, verdict};
+use guardian_common::{Counter, kind, oflags, source};
 
-use crate::{
-    kernel,
-    maps::{PENDING_OPENS, PROTECTED, WRITERS},
-    report::{self, WriteOpen},
-};
+use crate::{kernel, maps::PENDING_OPENS, report};
 
 /// Argument slot `n` (0-based) of a `sys_enter_*` record.
 const fn arg(n: usize) -> usize {
@@ -121,34 +117,31 @@ fn try_exit_open(ctx: &TracePointContext) -> Result<(), i64> {
     let task = kernel::current_task();
     let file = kernel::fd_file(off, task, ret as u32)?;
     let key = kernel::file_key(off, file)?;
-    // SAFETY: copied out at once.
-    let Some(protected) = (unsafe { PROTECTED.get(key) }).copied() else {
+    let Some(protected) = report::protected(&key) else {
         return Ok(());
     };
     let exe = kernel::exe_key(off, task)?;
-    // SAFETY: presence check only.
-    let allowed = exe.ino != 0 && unsafe { WRITERS.get(exe) }.is_some();
-    let v = if allowed {
-        report::count(Counter::Allowed);
-        verdict::ALLOW
-    } else {
-        report::count(Counter::Detected);
-        verdict::ALERT
-    };
+    if report::own_write(cfg, &exe, &protected) {
+        return Ok(());
+    }
+    let v = report::judge_seen(report::may_write(cfg, &exe, &protected));
+    // Later writes through this descriptor are the same story.
+    let _ = report::reported_before(file);
     let fmode = kernel::file_mode_flags(off, file)
         .map(|(m, _)| m)
         .unwrap_or(0);
-    report::file_write_open(
+    report::emit(
         off,
         task,
-        WriteOpen {
-            source: source::TP_SYS_EXIT_OPEN,
-            verdict: v,
-            file: key,
-            exe,
-            flags,
-            fmode,
-            protected_id: protected.id,
+        kind::FILE_WRITE_OPEN,
+        source::TP_SYS_EXIT_OPEN,
+        v,
+        |ev| {
+            ev.file = key;
+            ev.exe = exe;
+            ev.flags = flags;
+            ev.fmode = fmode;
+            ev.protected_id = protected.id;
         },
     );
     Ok(())

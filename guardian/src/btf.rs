@@ -89,6 +89,7 @@ pub struct Btf {
     types: Vec<Type>,
     strings: Vec<u8>,
     structs_by_name: HashMap<String, u32>,
+    funcs_by_name: HashMap<String, u32>,
 }
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16, BtfError> {
@@ -177,7 +178,19 @@ impl Btf {
                     12 * vlen
                 }
                 KIND_ENUM => 8 * vlen,
-                KIND_FUNC_PROTO => 8 * vlen,
+                KIND_FUNC_PROTO => {
+                    // Parameters: name and type; the position goes where a
+                    // member's offset would.
+                    for i in 0..vlen {
+                        let m = at + 8 * i;
+                        members.push(Member {
+                            name: u32_at(ty, m)?,
+                            type_id: u32_at(ty, m + 4)?,
+                            bit_offset: i as u32,
+                        });
+                    }
+                    8 * vlen
+                }
                 KIND_VAR => 4,
                 KIND_DATASEC => 12 * vlen,
                 KIND_DECL_TAG => 4,
@@ -196,15 +209,22 @@ impl Btf {
             types,
             strings,
             structs_by_name: HashMap::new(),
+            funcs_by_name: HashMap::new(),
         };
         let mut by_name = HashMap::new();
+        let mut funcs = HashMap::new();
         for (id, t) in btf.types.iter().enumerate() {
             if t.kind == KIND_STRUCT && !t.members.is_empty() {
                 let name = btf.string(t.name).to_owned();
                 by_name.entry(name).or_insert(id as u32);
+            } else if t.kind == KIND_FUNC {
+                funcs
+                    .entry(btf.string(t.name).to_owned())
+                    .or_insert(id as u32);
             }
         }
         btf.structs_by_name = by_name;
+        btf.funcs_by_name = funcs;
         Ok(btf)
     }
 
@@ -270,6 +290,30 @@ impl Btf {
         Ok(bits / 8)
     }
 
+    /// Position (0-based) of the parameter `param` of the kernel function
+    /// `func`.
+    pub fn param_index(&self, func: &str, param: &str) -> Result<u32, BtfError> {
+        let no_field = || BtfError::NoField {
+            strukt: format!("{func}()"),
+            field: param.to_owned(),
+        };
+        let id = self
+            .funcs_by_name
+            .get(func)
+            .ok_or_else(|| BtfError::NoStruct(format!("function {func}")))?;
+        let proto = self
+            .types
+            .get(self.types[*id as usize].size_or_type as usize)
+            .filter(|t| t.kind == KIND_FUNC_PROTO)
+            .ok_or(BtfError::Malformed("function without a prototype"))?;
+        proto
+            .members
+            .iter()
+            .find(|m| self.string(m.name) == param)
+            .map(|m| m.bit_offset)
+            .ok_or_else(no_field)
+    }
+
     /// Every offset the eBPF programs need.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         Ok(KernelOffsets {
@@ -287,6 +331,19 @@ impl Btf {
             files_fdt: self.field_offset("files_struct", "fdt")?,
             fdt_max_fds: self.field_offset("fdtable", "max_fds")?,
             fdt_fd: self.field_offset("fdtable", "fd")?,
+            dentry_d_inode: self.field_offset("dentry", "d_inode")?,
+            dentry_d_name: self.field_offset("dentry", "d_name")?,
+            qstr_name: self.field_offset("qstr", "name")?,
+            bprm_file: self.field_offset("linux_binprm", "file")?,
+            bprm_filename: self.field_offset("linux_binprm", "filename")?,
+            iattr_ia_valid: self.field_offset("iattr", "ia_valid")?,
+            // The BPF LSM stub has the hook's exact parameters; the
+            // security_ wrapper the same ones. Unknown (u32::MAX) keeps the
+            // setattr hook detached rather than reading the wrong argument.
+            setattr_dentry_arg: self
+                .param_index("bpf_lsm_inode_setattr", "dentry")
+                .or_else(|_| self.param_index("security_inode_setattr", "dentry"))
+                .unwrap_or(u32::MAX),
         })
     }
 }
@@ -389,5 +446,8 @@ mod tests {
         // Every field here sits after at least one other field.
         assert!(off.file_f_inode > 0 && off.inode_i_sb > 0 && off.task_mm > 0);
         assert!(off.mm_exe_file > 0 && off.fdt_fd > 0);
+        assert!(off.dentry_d_name > 0 && off.qstr_name == 8);
+        // Linux >= 6.3 passes the idmap first.
+        assert!(off.setattr_dentry_arg <= 1);
     }
 }

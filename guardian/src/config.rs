@@ -40,7 +40,7 @@ impl std::str::FromStr for ModeRequest {
 }
 
 /// `[guard]`: what is protected and who may change it.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GuardConfig {
     /// Enforcement mode.
@@ -56,6 +56,140 @@ pub struct GuardConfig {
     /// (new inode) revokes the permission.
     #[serde(default)]
     pub allowed_writers: Vec<PathBuf>,
+    /// Paths that must not come into existence: nobody may create them, or
+    /// rename or link a file to them. If one exists when the agent starts,
+    /// it is protected like a protected file instead.
+    #[serde(default = "default_protected_names")]
+    pub protected_names: Vec<PathBuf>,
+    /// Hooks that must run in their enforcing form; if the kernel cannot
+    /// deny one of them, the agent refuses to start instead of degrading
+    /// (names as in `guardian status`: file_write_open, file_write,
+    /// file_setattr, file_rename, file_unlink, file_link, file_create,
+    /// file_mmap, exec, ptrace, connect).
+    #[serde(default)]
+    pub require: Vec<String>,
+    /// Protect guardian's own files (its binary, this config, keys, the
+    /// manifest, the eBPF pins) so that only guardian itself may change
+    /// them.
+    #[serde(default = "default_true")]
+    pub protect_self: bool,
+    /// What to do when a rule is broken and the kernel could not deny it
+    /// (detect mode): `alert` (report only) or `kill` (report, then
+    /// SIGKILL the process).
+    #[serde(default)]
+    pub response: Response,
+    /// Where the maps and links are pinned, so that enforcement survives
+    /// the agent (a bpffs directory).
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            mode: ModeRequest::default(),
+            protected: Vec::new(),
+            allowed_writers: Vec::new(),
+            protected_names: default_protected_names(),
+            require: Vec::new(),
+            protect_self: true,
+            response: Response::default(),
+            pin_dir: default_pin_dir(),
+        }
+    }
+}
+
+/// The answer to a violation the kernel did not deny.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Response {
+    /// Report only.
+    #[default]
+    Alert,
+    /// Report, then kill the offending process.
+    Kill,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_protected_names() -> Vec<PathBuf> {
+    vec![PathBuf::from("/etc/ld.so.preload")]
+}
+
+/// Default pin directory.
+pub fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/guardian")
+}
+
+/// One egress allowlist entry.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EgressEntry {
+    /// Network, `a.b.c.d/len` or `x:y::z/len` (a bare address is `/32` or
+    /// `/128`).
+    pub cidr: String,
+    /// Ports: numbers or `"low-high"` ranges as strings; empty is any
+    /// port. At most 8 per entry.
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+}
+
+/// A port or a port range in an egress entry.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum PortSpec {
+    /// One port.
+    Port(i64),
+    /// `"low-high"`, or one port as a string.
+    Range(String),
+}
+
+/// `[service]`: the inference service, and the rules for its process.
+/// With no `exe`, the process rules are off.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The service's executables (by inode at start).
+    #[serde(default)]
+    pub exe: Vec<PathBuf>,
+    /// Besides itself, the files the service may execute. Set
+    /// `exec_allowlist = false` to let it execute anything.
+    #[serde(default)]
+    pub allowed_exec: Vec<PathBuf>,
+    /// Turn the exec allowlist on.
+    #[serde(default = "default_true")]
+    pub exec_allowlist: bool,
+    /// Directories whose files (at start) the service may map executable:
+    /// its loader and shared libraries. Empty: any library.
+    #[serde(default)]
+    pub library_dirs: Vec<PathBuf>,
+    /// Where the service may connect. Absent: anywhere. Present (even
+    /// empty): only there.
+    #[serde(default)]
+    pub egress: Option<Vec<EgressEntry>>,
+    /// Nobody may ptrace the service or write its memory.
+    #[serde(default = "default_true")]
+    pub deny_ptrace: bool,
+    /// Refuse `LD_PRELOAD`, `LD_LIBRARY_PATH` and `LD_AUDIT` on exec of, or
+    /// by, the service.
+    #[serde(default = "default_true")]
+    pub deny_preload: bool,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            exe: Vec::new(),
+            allowed_exec: Vec::new(),
+            exec_allowlist: true,
+            library_dirs: Vec::new(),
+            egress: None,
+            deny_ptrace: true,
+            deny_preload: true,
+        }
+    }
 }
 
 /// `[events]`: where security events go.
@@ -245,6 +379,9 @@ pub struct Config {
     /// `[guard]`.
     #[serde(default)]
     pub guard: GuardConfig,
+    /// `[service]`.
+    #[serde(default)]
+    pub service: ServiceConfig,
     /// `[measure]`.
     #[serde(default)]
     pub measure: MeasureConfig,
@@ -263,6 +400,9 @@ pub struct Config {
     /// `[policy]`.
     #[serde(default)]
     pub policy: crate::policy::PolicyConfig,
+    /// The file this was loaded from (not a key of the file).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Errors loading the configuration. Each names the file.
@@ -304,6 +444,20 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// guardian's own files, which only guardian may change: its binary,
+    /// this config, the manifest, its signature and keys, the measurement
+    /// log.
+    pub fn own_files(&self) -> Vec<PathBuf> {
+        let mut own: Vec<PathBuf> = std::fs::read_link("/proc/self/exe").into_iter().collect();
+        own.extend(self.source.clone());
+        let m = &self.measure;
+        own.push(m.manifest.clone());
+        own.push(m.signature_path());
+        own.extend(m.trusted_keys.iter().cloned());
+        own.push(m.log.clone());
+        own
+    }
+
     /// Load `path`, then apply `GUARDIAN_*` overrides from `env`.
     pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -315,6 +469,7 @@ impl Config {
             message,
         })?;
         config.apply_env(env)?;
+        config.source = Some(path.to_owned());
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,
@@ -326,11 +481,16 @@ impl Config {
             config.events.output = base.join(&config.events.output).display().to_string();
         }
         let m = &mut config.measure;
+        let svc = &mut config.service;
         for p in config
             .guard
             .protected
             .iter_mut()
             .chain(config.guard.allowed_writers.iter_mut())
+            .chain(config.guard.protected_names.iter_mut())
+            .chain(svc.exe.iter_mut())
+            .chain(svc.allowed_exec.iter_mut())
+            .chain(svc.library_dirs.iter_mut())
             .chain(m.trusted_keys.iter_mut())
             .chain([&mut m.manifest, &mut m.log, &mut config.status.path])
             .chain(m.signature.iter_mut())
@@ -377,6 +537,41 @@ impl Config {
         }
         if self.status.interval_secs == 0 {
             return Err("[status] interval_secs must be at least 1".to_owned());
+        }
+        for name in &self.guard.require {
+            if !crate::guard::HOOKS.contains(&name.as_str()) {
+                return Err(format!(
+                    "[guard] require: unknown hook {name:?} (known: {})",
+                    crate::guard::HOOKS.join(", ")
+                ));
+            }
+        }
+        if self
+            .guard
+            .pin_dir
+            .file_name()
+            .is_none_or(|n| n.as_encoded_bytes().contains(&b'.'))
+        {
+            return Err(format!(
+                "[guard] pin_dir = {}: needs a final name without dots (a BPF filesystem refuses dots)",
+                self.guard.pin_dir.display()
+            ));
+        }
+        for n in &self.guard.protected_names {
+            let ok = n
+                .file_name()
+                .is_some_and(|f| f.len() < guardian_common::NameKey::LEN)
+                && n.parent().is_some();
+            if !ok {
+                return Err(format!(
+                    "[guard] protected_names: {}: needs a directory and a file name shorter than {} bytes",
+                    n.display(),
+                    guardian_common::NameKey::LEN
+                ));
+            }
+        }
+        for e in self.service.egress.iter().flatten() {
+            crate::guard::parse_egress(e).map_err(|m| format!("[service] egress: {m}"))?;
         }
         self.policy.validate()?;
         Ok(())

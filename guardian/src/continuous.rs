@@ -34,7 +34,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     config::Config,
-    events::FileWriteEvent,
+    events::SecurityEvent,
     manifest::{self, Manifest},
     mlog::{Kind, Log, Record},
     signing::TrustedKey,
@@ -51,7 +51,7 @@ pub const QUEUE: usize = 1024;
 /// What the event loop tells the attestor.
 pub enum Message {
     /// A security event.
-    Event(Box<FileWriteEvent>),
+    Event(Box<SecurityEvent>),
     /// The guard's state, to be recorded (at start, and on drop increases).
     State(String),
 }
@@ -267,9 +267,15 @@ impl Worker {
         }
     }
 
-    fn on_event(&mut self, ev: &FileWriteEvent) {
+    fn on_event(&mut self, ev: &SecurityEvent) {
+        // Tamper records are about files; process events (exec, ptrace,
+        // connect) are reported, and reach the evidence through the
+        // guard's state and counters.
+        let Some(file) = ev.file.clone().filter(|_| ev.is_file()) else {
+            return;
+        };
         if ev.verdict == "deny" || ev.verdict == "alert" {
-            let key = (ev.file.clone(), ev.exe_ino);
+            let key = (file.clone(), ev.exe_ino);
             let now = Instant::now();
             let recent = self
                 .last_tamper
@@ -288,8 +294,9 @@ impl Worker {
                     "DETECTED (not prevented)"
                 };
                 let desc = format!(
-                    "tamper attempt {what}: write-open of {} by {} (pid {}, uid {}){}",
-                    ev.file,
+                    "tamper attempt {what}: {} of {} by {} (pid {}, uid {}){}",
+                    ev.event.trim_start_matches("file_").replace('_', " "),
+                    file,
                     ev.exe.as_deref().unwrap_or("unknown executable"),
                     ev.pid,
                     ev.uid,
@@ -299,14 +306,14 @@ impl Worker {
                         String::new()
                     }
                 );
-                if self.record(Kind::Tamper, json.as_bytes(), desc, Some(ev.file.clone())) {
+                if self.record(Kind::Tamper, json.as_bytes(), desc, Some(file.clone())) {
                     self.bump(|s| s.tamper_records += 1);
                 }
             }
         }
         // The write happened: the model may have changed.
         if ev.verdict == "allow" || ev.verdict == "alert" {
-            self.pending.insert(PathBuf::from(&ev.file), Instant::now());
+            self.pending.insert(PathBuf::from(&file), Instant::now());
         }
     }
 

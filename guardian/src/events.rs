@@ -9,18 +9,30 @@ use std::{
 };
 
 use guardian_common::{
-    EventHeader, FileOpenEvent, InodeKey, kind, oflags, source as src, verdict as kverdict,
+    Event, EventHeader, InodeKey, NameKey, kind, oflags, preload, source as src,
+    verdict as kverdict,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::guard::{Mode, Targets};
 
-/// A write-open of a protected file, as printed.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FileWriteEvent {
+/// One security event, as printed: one JSON object per line. The fields up
+/// to `comm` are on every event; the rest depend on `event`:
+///
+/// | `event` | fields |
+/// |---|---|
+/// | `file_write_open`, `file_write`, `file_truncate`, `file_setattr`, `file_mmap_write` | `file`, `dev`, `ino`, `flags`, `flags_text` |
+/// | `file_rename`, `file_unlink`, `file_link` | the same, and `name` (the new or removed name) |
+/// | `file_create` | `file` (the protected name), `name` |
+/// | `exec`, `exec_preload` | `path`; `env` for `exec_preload` |
+/// | `library_load` | `path`, `dev`, `ino` |
+/// | `ptrace` | `target_pid`, `target_exe` |
+/// | `connect` | `family`, `addr`, `port` |
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecurityEvent {
     /// When the kernel saw it (RFC 3339, UTC).
     pub time: String,
-    /// Always `file_write_open`.
+    /// What happened (see the table above).
     pub event: String,
     /// `deny` (the kernel refused), `allow` (allowlisted writer) or `alert`
     /// (not allowed, but it happened: detect mode).
@@ -48,26 +60,71 @@ pub struct FileWriteEvent {
     pub exe_ino: u64,
     /// The process's `comm` (settable by the process; never trusted).
     pub comm: String,
-    /// The protected file.
-    pub file: String,
+    /// The acting process is the inference service.
+    pub service: bool,
+    /// The protected file (or name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     /// Its device, `major:minor`.
-    pub dev: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
     /// Its inode.
-    pub ino: u64,
-    /// The open flags, numeric.
-    pub flags: u32,
-    /// The open flags, symbolic.
-    pub flags_text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
+    /// Kind-specific flags, numeric (open flags, `ia_valid`, mmap `prot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<u32>,
+    /// The flags, symbolic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags_text: Option<String>,
+    /// A name: the new name of a rename or link, the removed name, the
+    /// created name (at most 31 bytes, as the kernel reported it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The program executed, or the library mapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The loader variable found in an exec's environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// The traced process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_pid: Option<u32>,
+    /// The traced process's executable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_exe: Option<String>,
+    /// `ipv4` or `ipv6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    /// Destination address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// Destination port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// What the agent did about it, when it did more than report
+    /// (`killed`, or why it could not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+}
+
+impl SecurityEvent {
+    /// A file event (the kind guardian keeps tamper records for).
+    pub fn is_file(&self) -> bool {
+        self.event.starts_with("file_")
+    }
 }
 
 /// Turns raw ring-buffer records into events.
 pub struct Decoder {
     mode: Mode,
     files: Vec<PathBuf>,
-    /// Executable paths by inode: the allowed writers, plus every
-    /// executable seen through `/proc` (short-lived processes are often
-    /// gone by the time their event is read).
+    names: Vec<(PathBuf, NameKey)>,
+    /// Executable paths by inode: the allowed writers, the service, its
+    /// allowlist, plus every executable seen through `/proc` (short-lived
+    /// processes are often gone by the time their event is read).
     exes: HashMap<InodeKey, String>,
+    service: Vec<InodeKey>,
     /// Inodes a `/proc` scan could not name, and when that was.
     unknown: HashMap<InodeKey, Instant>,
 }
@@ -86,23 +143,78 @@ pub struct DecodeError {
     pub problem: &'static str,
 }
 
+fn cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn hook_name(source: u16) -> &'static str {
+    match source {
+        src::LSM_FILE_OPEN => "lsm/file_open",
+        src::TP_SYS_EXIT_OPEN => "tracepoint/syscalls/sys_exit_open",
+        src::LSM_FILE_PERMISSION => "lsm/file_permission",
+        src::LSM_INODE_SETATTR => "lsm/inode_setattr",
+        src::LSM_INODE_RENAME => "lsm/inode_rename",
+        src::LSM_INODE_UNLINK => "lsm/inode_unlink",
+        src::LSM_INODE_LINK => "lsm/inode_link",
+        src::LSM_INODE_CREATE => "lsm/inode_create",
+        src::LSM_MMAP_FILE => "lsm/mmap_file",
+        src::LSM_BPRM_CHECK => "lsm/bprm_check_security",
+        src::LSM_PTRACE => "lsm/ptrace_access_check",
+        src::LSM_SOCKET_CONNECT => "lsm/socket_connect",
+        src::TP_SYS_ENTER_WRITE => "tracepoint/syscalls/sys_enter_write",
+        src::TP_SYS_ENTER_FTRUNCATE => "tracepoint/syscalls/sys_enter_ftruncate",
+        src::TP_SYS_ENTER_MMAP => "tracepoint/syscalls/sys_enter_mmap",
+        src::TP_SYS_ENTER_CONNECT => "tracepoint/syscalls/sys_enter_connect",
+        src::TP_PROCESS_EXEC => "tracepoint/sched/sched_process_exec",
+        _ => "unknown",
+    }
+}
+
+fn kind_name(k: u16) -> Option<&'static str> {
+    Some(match k {
+        kind::FILE_WRITE_OPEN => "file_write_open",
+        kind::FILE_WRITE => "file_write",
+        kind::FILE_TRUNCATE => "file_truncate",
+        kind::FILE_RENAME => "file_rename",
+        kind::FILE_UNLINK => "file_unlink",
+        kind::FILE_LINK => "file_link",
+        kind::FILE_SETATTR => "file_setattr",
+        kind::FILE_MMAP_WRITE => "file_mmap_write",
+        kind::FILE_CREATE => "file_create",
+        kind::EXEC => "exec",
+        kind::EXEC_PRELOAD => "exec_preload",
+        kind::LIBRARY_LOAD => "library_load",
+        kind::PTRACE => "ptrace",
+        kind::CONNECT => "connect",
+        _ => return None,
+    })
+}
+
 impl Decoder {
-    /// A decoder naming files from `targets`.
+    /// A decoder naming files and programs from `targets`.
     pub fn new(mode: Mode, targets: &Targets) -> Self {
+        let mut exes: HashMap<InodeKey, String> = HashMap::new();
+        for (p, k) in targets
+            .writers
+            .iter()
+            .chain(&targets.service)
+            .chain(&targets.exec)
+        {
+            exes.entry(*k).or_insert_with(|| p.display().to_string());
+        }
         Self {
             mode,
             files: targets.files.iter().map(|(p, _)| p.clone()).collect(),
-            exes: targets
-                .writers
-                .iter()
-                .map(|(p, k)| (*k, p.display().to_string()))
-                .collect(),
+            names: targets.names.clone(),
+            exes,
+            service: targets.service.iter().map(|(_, k)| *k).collect(),
             unknown: HashMap::new(),
         }
     }
 
     /// Decode one record.
-    pub fn decode(&mut self, bytes: &[u8]) -> Result<FileWriteEvent, DecodeError> {
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<SecurityEvent, DecodeError> {
         let err = |problem| DecodeError {
             len: bytes.len(),
             problem,
@@ -113,24 +225,17 @@ impl Decoder {
         // SAFETY: length checked; read_unaligned copes with any alignment
         // and every bit pattern is a valid EventHeader.
         let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        if header.kind != kind::FILE_WRITE_OPEN {
+        let Some(event) = kind_name(header.kind) else {
             return Err(err("unknown event kind"));
-        }
-        if bytes.len() < size_of::<FileOpenEvent>()
-            || usize::from(header.size) != size_of::<FileOpenEvent>()
-        {
-            return Err(err("size does not match file_write_open"));
+        };
+        if bytes.len() < size_of::<Event>() || usize::from(header.size) != size_of::<Event>() {
+            return Err(err("size does not match the event layout"));
         }
         // SAFETY: as above, for the full event.
-        let ev: FileOpenEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let comm_len = ev
-            .comm
-            .iter()
-            .position(|&c| c == 0)
-            .unwrap_or(ev.comm.len());
-        Ok(FileWriteEvent {
+        let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let mut out = SecurityEvent {
             time: wall_clock(ev.header.ktime_ns),
-            event: "file_write_open".to_owned(),
+            event: event.to_owned(),
             verdict: match ev.header.verdict {
                 kverdict::ALLOW => "allow",
                 kverdict::DENY => "deny",
@@ -138,11 +243,7 @@ impl Decoder {
             }
             .to_owned(),
             mode: self.mode.as_str().to_owned(),
-            hook: match ev.header.source {
-                src::LSM_FILE_OPEN => "lsm/file_open",
-                _ => "tracepoint/syscalls/sys_exit_open",
-            }
-            .to_owned(),
+            hook: hook_name(ev.header.source).to_owned(),
             pid: ev.pid,
             tid: ev.tid,
             ppid: ev.ppid,
@@ -151,17 +252,72 @@ impl Decoder {
             exe: self.exe_path(ev.pid, &ev.exe),
             exe_dev: format!("{}:{}", ev.exe.major(), ev.exe.minor()),
             exe_ino: ev.exe.ino,
-            comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
-            file: self
-                .files
-                .get(ev.protected_id as usize)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| format!("<protected #{}>", ev.protected_id)),
-            dev: format!("{}:{}", ev.file.major(), ev.file.minor()),
-            ino: ev.file.ino,
-            flags: ev.flags,
-            flags_text: flags_text(ev.flags),
-        })
+            comm: cstr(&ev.comm),
+            service: ev.exe.ino != 0 && self.service.contains(&ev.exe),
+            ..SecurityEvent::default()
+        };
+        let name = cstr(&ev.name);
+        let name = (!name.is_empty()).then_some(name);
+        match header.kind {
+            kind::FILE_CREATE => {
+                out.file = self
+                    .names
+                    .iter()
+                    .find(|(_, k)| k.dir == ev.file && k.name == ev.name)
+                    .map(|(p, _)| p.display().to_string());
+                out.name = name;
+            }
+            kind::EXEC | kind::EXEC_PRELOAD | kind::LIBRARY_LOAD => {
+                out.path = self.exes.get(&ev.file).cloned().or(name);
+                out.dev = Some(format!("{}:{}", ev.file.major(), ev.file.minor()));
+                out.ino = Some(ev.file.ino);
+                if header.kind == kind::EXEC_PRELOAD {
+                    out.env = Some(preload::name(ev.aux).to_owned());
+                }
+            }
+            kind::PTRACE => {
+                out.target_pid = Some(ev.aux);
+                out.target_exe = self.exe_path(ev.aux, &ev.file);
+            }
+            kind::CONNECT => {
+                let (family, addr) = if ev.family == 10 {
+                    ("ipv6", std::net::Ipv6Addr::from(ev.addr).to_string())
+                } else {
+                    let a = [ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]];
+                    ("ipv4", std::net::Ipv4Addr::from(a).to_string())
+                };
+                out.family = Some(family.to_owned());
+                out.addr = Some(addr);
+                out.port = Some(ev.aux as u16);
+            }
+            _ => {
+                // File events on a protected file (or, for a rename or link
+                // that would create a protected name, that name).
+                out.file = if ev.protected_id == Event::NOT_PROTECTED {
+                    self.names
+                        .iter()
+                        .find(|(_, k)| k.dir == ev.file && k.name == ev.name)
+                        .map(|(p, _)| p.display().to_string())
+                } else {
+                    Some(
+                        self.files
+                            .get(ev.protected_id as usize)
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|| format!("<guardian pin #{}>", ev.protected_id)),
+                    )
+                };
+                out.dev = Some(format!("{}:{}", ev.file.major(), ev.file.minor()));
+                out.ino = Some(ev.file.ino);
+                out.name = name;
+                if header.kind == kind::FILE_WRITE_OPEN {
+                    out.flags = Some(ev.flags);
+                    out.flags_text = Some(flags_text(ev.flags));
+                } else if ev.flags != 0 {
+                    out.flags = Some(ev.flags);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn exe_path(&mut self, pid: u32, exe: &InodeKey) -> Option<String> {
@@ -286,7 +442,7 @@ impl Sink {
 
     /// Write one event as one line, in a single `write` so that concurrent
     /// readers never see half a line.
-    pub fn write(&mut self, ev: &FileWriteEvent) -> std::io::Result<()> {
+    pub fn write(&mut self, ev: &SecurityEvent) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(ev).map_err(std::io::Error::other)?;
         line.push(b'\n');
         match self {
@@ -304,15 +460,10 @@ impl Sink {
 mod tests {
     use super::*;
 
-    fn record(ev: &FileOpenEvent) -> Vec<u8> {
+    fn record(ev: &Event) -> Vec<u8> {
         // SAFETY: repr(C) POD without padding.
-        unsafe {
-            std::slice::from_raw_parts(
-                (ev as *const FileOpenEvent).cast::<u8>(),
-                size_of::<FileOpenEvent>(),
-            )
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts((ev as *const Event).cast::<u8>(), size_of::<Event>()) }
+            .to_vec()
     }
 
     #[test]
@@ -321,17 +472,19 @@ mod tests {
         let writer = InodeKey::from_major_minor(8, 1, 99);
         let targets = Targets {
             files: vec![(PathBuf::from("/opt/models/m.onnx"), file)],
+            own_from: 1,
             writers: vec![(PathBuf::from("/usr/bin/updater"), writer)],
+            ..Targets::default()
         };
         let mut d = Decoder::new(Mode::Enforce, &targets);
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"evil");
-        let ev = FileOpenEvent {
+        let ev = Event {
             header: EventHeader {
                 kind: kind::FILE_WRITE_OPEN,
                 source: src::LSM_FILE_OPEN,
                 verdict: kverdict::DENY,
-                size: size_of::<FileOpenEvent>() as u16,
+                size: size_of::<Event>() as u16,
                 ktime_ns: monotonic_ns(),
             },
             file,
@@ -339,23 +492,62 @@ mod tests {
             pid: 42,
             tid: 43,
             ppid: 1,
-            uid: 0,
-            gid: 0,
             flags: oflags::O_WRONLY | oflags::O_APPEND,
             fmode: 2,
             protected_id: 0,
             comm,
+            ..Event::default()
         };
         let out = d.decode(&record(&ev)).unwrap();
+        assert_eq!(out.event, "file_write_open");
         assert_eq!(out.verdict, "deny");
         assert_eq!(out.mode, "enforce");
         assert_eq!(out.hook, "lsm/file_open");
-        assert_eq!(out.file, "/opt/models/m.onnx");
-        assert_eq!(out.dev, "8:1");
-        assert_eq!(out.ino, 1234);
+        assert_eq!(out.file.as_deref(), Some("/opt/models/m.onnx"));
+        assert_eq!(out.dev.as_deref(), Some("8:1"));
+        assert_eq!(out.ino, Some(1234));
         assert_eq!(out.comm, "evil");
         assert_eq!(out.exe.as_deref(), Some("/usr/bin/updater"));
-        assert_eq!(out.flags_text, "O_WRONLY|O_APPEND");
+        assert_eq!(out.flags_text.as_deref(), Some("O_WRONLY|O_APPEND"));
+        assert!(!out.service);
+
+        // A connect by the service, and a create of a protected name.
+        let svc = InodeKey::from_major_minor(8, 1, 7);
+        let etc = InodeKey::from_major_minor(8, 1, 2);
+        let mut name = [0u8; NameKey::LEN];
+        name[..13].copy_from_slice(b"ld.so.preload");
+        let targets = Targets {
+            service: vec![(PathBuf::from("/usr/bin/infer"), svc)],
+            names: vec![(
+                PathBuf::from("/etc/ld.so.preload"),
+                NameKey { dir: etc, name },
+            )],
+            ..Targets::default()
+        };
+        let mut d = Decoder::new(Mode::Enforce, &targets);
+        let mut c = ev;
+        c.header.kind = kind::CONNECT;
+        c.header.source = src::LSM_SOCKET_CONNECT;
+        c.exe = svc;
+        c.family = 2;
+        c.aux = 9999;
+        c.addr[..4].copy_from_slice(&[127, 0, 0, 3]);
+        let out = d.decode(&record(&c)).unwrap();
+        assert_eq!(out.event, "connect");
+        assert!(out.service);
+        assert_eq!(out.addr.as_deref(), Some("127.0.0.3"));
+        assert_eq!(out.port, Some(9999));
+        assert_eq!(out.file, None);
+        let json = serde_json::to_string(&out).unwrap();
+        assert!(!json.contains("\"file\""), "{json}");
+        let mut k = ev;
+        k.header.kind = kind::FILE_CREATE;
+        k.file = etc;
+        k.name = name;
+        k.protected_id = Event::NOT_PROTECTED;
+        let out = d.decode(&record(&k)).unwrap();
+        assert_eq!(out.file.as_deref(), Some("/etc/ld.so.preload"));
+        assert_eq!(out.name.as_deref(), Some("ld.so.preload"));
         assert!(out.time.ends_with('Z'), "{}", out.time);
 
         let mut bad = record(&ev);

@@ -1,21 +1,33 @@
 //! The runtime guard: loads the eBPF object, fills its maps from the config,
-//! and attaches the strongest mechanism the kernel allows.
+//! attaches the strongest mechanism the kernel allows for each hook, and
+//! pins everything so that enforcement outlives the agent.
 //!
-//! Start-up order matters, and failure at any step leaves nothing behind
-//! (every program, link and map belongs to the `aya::Ebpf` value, which
-//! detaches and closes them all when dropped):
+//! Start-up order matters, and failure at any step before pinning leaves
+//! nothing behind (every program, link and map belongs to the `aya::Ebpf`
+//! value, which detaches and closes them all when dropped):
 //!
-//! 1. Resolve protected paths and allowed writers to inodes, before touching
-//!    the kernel: a bad path is a config error, not a half-started guard.
-//! 2. Read struct offsets from the kernel's BTF (no BTF, no guard: the
+//! 1. Resolve protected paths, names, writers and the service's rules to
+//!    inodes and prefixes, before touching the kernel: a bad path or CIDR
+//!    is a config error, not a half-started guard.
+//! 2. Adopt: if a guard loaded from the same object is still pinned (the
+//!    agent was killed or restarted), reuse its maps and links instead of
+//!    loading a second copy, and bring its tables up to date.
+//! 3. Read struct offsets from the kernel's BTF (no BTF, no guard: the
 //!    programs would read garbage).
-//! 3. Load the object (the kernel's verifier runs here; EPERM means no
+//! 4. Load the object (the kernel's verifier runs here; EPERM means no
 //!    privilege to use BPF).
-//! 4. Fill the protected/writer maps, then the config entry, so that the
-//!    first event a program sees is judged with the complete tables.
-//! 5. Enforce: load and attach the LSM `file_open` program. Detect (asked
-//!    for, or the LSM cannot attach in `auto`): attach the syscall
-//!    tracepoints. The mode and the reason are recorded for `status`.
+//! 5. Fill every table, then the config entry, so that the first event a
+//!    program sees is judged with the complete tables.
+//! 6. For each hook, climb down the ladder: BPF LSM (the kernel denies) if
+//!    it loads and attaches, else its tracepoints (reported after the fact,
+//!    answered by the configured response), else nothing, and say so. A
+//!    hook named in `[guard] require` that cannot deny stops the start.
+//! 7. Pin maps and links under `[guard] pin_dir`, protect the pins like
+//!    guardian's own files, and remove the pins of an older object.
+//!
+//! The userspace-deny rung (fanotify permission events, for kernels where
+//! BPF LSM cannot attach) is not built yet; such kernels get the
+//! tracepoint rung.
 
 use std::{
     collections::BTreeMap,
@@ -25,18 +37,22 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{Lsm, TracePoint},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{
+        Lsm, TracePoint,
+        links::{FdLink, PinnedLink},
+    },
 };
 use guardian_common::{
-    Counter, InodeKey, KernelConfig, ProtectedFile, maps as map_names, mode as kmode,
-    programs as prog_names,
+    Counter, EgressRule, InodeKey, KernelConfig, NameKey, ProtectedFile, maps as map_names,
+    mode as kmode, programs as prog_names, rules,
 };
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use crate::{
     btf::{Btf, BtfError},
-    config::{GuardConfig, ModeRequest},
+    config::{EgressEntry, GuardConfig, ModeRequest, PortSpec, ServiceConfig},
     kernel::KernelFeatures,
 };
 
@@ -59,6 +75,21 @@ impl Mode {
         }
     }
 }
+
+/// The hooks, by the names `status`, events and `[guard] require` use.
+pub const HOOKS: [&str; 11] = [
+    "file_write_open",
+    "file_write",
+    "file_setattr",
+    "file_rename",
+    "file_unlink",
+    "file_link",
+    "file_create",
+    "file_mmap",
+    "exec",
+    "ptrace",
+    "connect",
+];
 
 /// Errors starting the guard. Each says which step failed and why.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +163,25 @@ pub enum GuardError {
     /// Enforcement was required but the kernel cannot deny.
     #[error("mode = \"enforce\" but the kernel cannot deny: {0}")]
     EnforceUnavailable(String),
+    /// A hook named in `[guard] require` cannot deny on this kernel.
+    #[error("[guard] require names {hook}, but the kernel cannot deny it: {why}")]
+    Required {
+        /// The hook.
+        hook: &'static str,
+        /// Why it cannot.
+        why: String,
+    },
+    /// An egress entry is malformed.
+    #[error("[service] egress: {0}")]
+    Egress(String),
+    /// Pinning or adopting pinned objects failed.
+    #[error("pins under {path}: {message}")]
+    Pin {
+        /// The pin directory.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
     /// Detection needs syscall tracepoints.
     #[error("no syscall tracepoints to attach to: {0}")]
     NoTracepoints(String),
@@ -141,14 +191,33 @@ pub enum GuardError {
 pub const MAX_PROTECTED: usize = 16384;
 /// Maximum number of allowed writer executables.
 pub const MAX_WRITERS: usize = 1024;
+/// Maximum number of files the service may execute or map executable.
+pub const MAX_EXEC: usize = 16384;
 
-/// The protected files and allowed writers, resolved to inodes.
+/// Everything the kernel tables hold, resolved from the config.
 #[derive(Clone, Debug, Default)]
 pub struct Targets {
-    /// Protected files; the index is the id the kernel reports.
+    /// Protected files; the index is the id the kernel reports. Entries
+    /// from `own_from` on are guardian's own files.
     pub files: Vec<(PathBuf, InodeKey)>,
+    /// Index of the first of guardian's own files in `files`.
+    pub own_from: usize,
     /// Allowed writer executables.
     pub writers: Vec<(PathBuf, InodeKey)>,
+    /// Protected names that do not exist yet.
+    pub names: Vec<(PathBuf, NameKey)>,
+    /// The inference service's executables.
+    pub service: Vec<(PathBuf, InodeKey)>,
+    /// What the service may execute or map executable.
+    pub exec: Vec<(PathBuf, InodeKey)>,
+    /// IPv4 egress allowlist: prefix, length, ports.
+    pub egress4: Vec<([u8; 4], u32, EgressRule)>,
+    /// IPv6 egress allowlist.
+    pub egress6: Vec<([u8; 16], u32, EgressRule)>,
+    /// `guardian_common::rules` bits in force.
+    pub rules: u32,
+    /// guardian's own executable.
+    pub self_exe: InodeKey,
 }
 
 /// The kernel-encoded key of a file's metadata (`st_dev` uses glibc's
@@ -160,21 +229,46 @@ pub fn inode_key(meta: &std::fs::Metadata) -> InodeKey {
     InodeKey::from_major_minor(major, minor, meta.ino())
 }
 
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> GuardError + 'a {
+    move |source| GuardError::Path {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn executable(what: &'static str, p: &Path) -> Result<InodeKey, GuardError> {
+    let meta = std::fs::metadata(p).map_err(io_err(what, p))?;
+    if !meta.is_file() || meta.mode() & 0o111 == 0 {
+        return Err(GuardError::PathKind {
+            what,
+            path: p.to_owned(),
+            problem: "not an executable regular file",
+        });
+    }
+    Ok(inode_key(&meta))
+}
+
 impl Targets {
     /// Resolve the config's paths. Directories contribute every regular
     /// file below them (symlinks are not followed inside directories: a link
-    /// could point anywhere).
-    pub fn resolve(cfg: &GuardConfig) -> Result<Self, GuardError> {
+    /// could point anywhere). `own` are guardian's own files (binary,
+    /// config, keys, manifest), protected so that only guardian may change
+    /// them; those that do not exist are skipped.
+    pub fn resolve(
+        cfg: &GuardConfig,
+        service: &ServiceConfig,
+        own: &[PathBuf],
+    ) -> Result<Self, GuardError> {
         if cfg.protected.is_empty() {
             return Err(GuardError::NothingProtected);
         }
         let mut seen = BTreeMap::new();
         for p in &cfg.protected {
-            let meta = std::fs::metadata(p).map_err(|source| GuardError::Path {
-                what: "protected path",
-                path: p.clone(),
-                source,
-            })?;
+            let meta = std::fs::metadata(p).map_err(io_err("protected path", p))?;
             if meta.is_dir() {
                 walk(p, &mut seen)?;
             } else if meta.is_file() {
@@ -187,28 +281,63 @@ impl Targets {
                 });
             }
         }
-        if seen.len() > MAX_PROTECTED {
+        // A protected name that exists is protected by its inode.
+        let mut names = Vec::new();
+        for n in &cfg.protected_names {
+            match std::fs::symlink_metadata(n) {
+                Ok(meta) => {
+                    seen.entry(inode_key(&meta)).or_insert_with(|| n.clone());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let (Some(dir), Some(file)) = (n.parent(), n.file_name()) else {
+                        return Err(GuardError::PathKind {
+                            what: "protected name",
+                            path: n.clone(),
+                            problem: "needs a directory and a file name",
+                        });
+                    };
+                    let meta = std::fs::metadata(dir).map_err(io_err("protected name", n))?;
+                    let bytes = file.as_encoded_bytes();
+                    if bytes.len() >= NameKey::LEN {
+                        return Err(GuardError::PathKind {
+                            what: "protected name",
+                            path: n.clone(),
+                            problem: "file name too long to protect by name",
+                        });
+                    }
+                    let mut key = NameKey {
+                        dir: inode_key(&meta),
+                        name: [0; NameKey::LEN],
+                    };
+                    key.name[..bytes.len()].copy_from_slice(bytes);
+                    names.push((n.clone(), key));
+                }
+                Err(e) => return Err(io_err("protected name", n)(e)),
+            }
+        }
+        let mut files: Vec<_> = seen.into_iter().map(|(k, p)| (p, k)).collect();
+        let own_from = files.len();
+        if cfg.protect_self {
+            for p in own {
+                if let Ok(meta) = std::fs::metadata(p)
+                    && meta.is_file()
+                {
+                    let key = inode_key(&meta);
+                    if !files.iter().any(|(_, k)| *k == key) {
+                        files.push((p.clone(), key));
+                    }
+                }
+            }
+        }
+        if files.len() > MAX_PROTECTED {
             return Err(GuardError::TooMany {
-                count: seen.len(),
+                count: files.len(),
                 limit: MAX_PROTECTED,
             });
         }
-        let files = seen.into_iter().map(|(k, p)| (p, k)).collect();
         let mut writers = Vec::new();
         for w in &cfg.allowed_writers {
-            let meta = std::fs::metadata(w).map_err(|source| GuardError::Path {
-                what: "allowed writer",
-                path: w.clone(),
-                source,
-            })?;
-            if !meta.is_file() || meta.mode() & 0o111 == 0 {
-                return Err(GuardError::PathKind {
-                    what: "allowed writer",
-                    path: w.clone(),
-                    problem: "not an executable regular file",
-                });
-            }
-            writers.push((w.clone(), inode_key(&meta)));
+            writers.push((w.clone(), executable("allowed writer", w)?));
         }
         if writers.len() > MAX_WRITERS {
             return Err(GuardError::TooMany {
@@ -216,8 +345,182 @@ impl Targets {
                 limit: MAX_WRITERS,
             });
         }
-        Ok(Self { files, writers })
+        let self_exe = std::fs::metadata("/proc/self/exe")
+            .map(|m| inode_key(&m))
+            .unwrap_or_default();
+        let mut t = Self {
+            files,
+            own_from,
+            writers,
+            names,
+            self_exe,
+            ..Self::default()
+        };
+        t.resolve_service(service)?;
+        Ok(t)
     }
+
+    fn resolve_service(&mut self, svc: &ServiceConfig) -> Result<(), GuardError> {
+        if svc.exe.is_empty() {
+            return Ok(());
+        }
+        for e in &svc.exe {
+            self.service
+                .push((e.clone(), executable("service exe", e)?));
+        }
+        if svc.deny_ptrace {
+            self.rules |= rules::NO_PTRACE;
+        }
+        if svc.deny_preload {
+            self.rules |= rules::NO_PRELOAD;
+        }
+        if svc.exec_allowlist {
+            self.rules |= rules::EXEC_ALLOWLIST;
+            for e in &svc.allowed_exec {
+                self.exec
+                    .push((e.clone(), executable("service allowed_exec", e)?));
+            }
+        }
+        if !svc.library_dirs.is_empty() {
+            self.rules |= rules::LIBRARY_ALLOWLIST;
+            let mut seen = BTreeMap::new();
+            for d in &svc.library_dirs {
+                let meta = std::fs::metadata(d).map_err(io_err("service library_dirs", d))?;
+                if !meta.is_dir() {
+                    return Err(GuardError::PathKind {
+                        what: "service library_dirs",
+                        path: d.clone(),
+                        problem: "not a directory",
+                    });
+                }
+                walk_following(d, &mut seen, 0)?;
+            }
+            self.exec.extend(seen.into_iter().map(|(k, p)| (p, k)));
+        }
+        // The service's own binaries are always allowed to run and map.
+        let own: Vec<_> = self.service.clone();
+        self.exec.extend(own);
+        if self.exec.len() > MAX_EXEC {
+            return Err(GuardError::TooMany {
+                count: self.exec.len(),
+                limit: MAX_EXEC,
+            });
+        }
+        if let Some(egress) = &svc.egress {
+            self.rules |= rules::EGRESS_ALLOWLIST;
+            for e in egress {
+                match parse_egress(e).map_err(GuardError::Egress)? {
+                    (std::net::IpAddr::V4(a), len, rule) => {
+                        self.egress4.push((a.octets(), len, rule))
+                    }
+                    (std::net::IpAddr::V6(a), len, rule) => {
+                        self.egress6.push((a.octets(), len, rule))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parse one egress entry: the network (address bits past the prefix must
+/// be zero) and its ports.
+pub fn parse_egress(e: &EgressEntry) -> Result<(std::net::IpAddr, u32, EgressRule), String> {
+    let (addr, len) = match e.cidr.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (e.cidr.as_str(), None),
+    };
+    let ip: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{:?}: not an IPv4 or IPv6 address", e.cidr))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{:?}: prefix length must be 0..={max}", e.cidr))?,
+    };
+    let bits: u128 = match ip {
+        std::net::IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+        std::net::IpAddr::V6(a) => u128::from(a),
+    };
+    let host = if len == 0 { bits } else { bits << len };
+    if host != 0 {
+        return Err(format!(
+            "{:?}: address has bits set past the /{len} prefix",
+            e.cidr
+        ));
+    }
+    let mut rule = EgressRule::default();
+    if e.ports.is_empty() {
+        rule.ports[0] = [0, u16::MAX];
+        rule.count = 1;
+    }
+    if e.ports.len() > EgressRule::MAX_PORTS {
+        return Err(format!(
+            "{:?}: {} port entries, at most {}",
+            e.cidr,
+            e.ports.len(),
+            EgressRule::MAX_PORTS
+        ));
+    }
+    for p in &e.ports {
+        let bad = || {
+            format!(
+                "{:?}: port {p:?} must be a number 1-65535 or a \"low-high\" string",
+                e.cidr
+            )
+        };
+        let range = match p {
+            PortSpec::Port(n) => {
+                let n = u16::try_from(*n).ok().filter(|n| *n > 0).ok_or_else(bad)?;
+                [n, n]
+            }
+            PortSpec::Range(s) => {
+                let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+                let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+                let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+                if lo == 0 || lo > hi {
+                    return Err(bad());
+                }
+                [lo, hi]
+            }
+        };
+        rule.ports[rule.count as usize] = range;
+        rule.count += 1;
+    }
+    Ok((ip, len, rule))
+}
+
+/// Every regular file under `dir`, following symlinks (library
+/// directories are full of them, and what the loader maps is the target),
+/// to a bounded depth.
+fn walk_following(
+    dir: &Path,
+    out: &mut BTreeMap<InodeKey, PathBuf>,
+    depth: u32,
+) -> Result<(), GuardError> {
+    if depth > 6 {
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(dir).map_err(io_err("service library_dirs", dir))?;
+    for e in entries.flatten() {
+        let path = e.path();
+        // Dangling links and unreadable entries are not libraries.
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if !e.file_type().is_ok_and(|t| t.is_symlink()) {
+                walk_following(&path, out, depth + 1)?;
+            }
+        } else if meta.is_file() {
+            out.entry(inode_key(&meta)).or_insert(path);
+        }
+    }
+    Ok(())
 }
 
 fn walk(dir: &Path, out: &mut BTreeMap<InodeKey, PathBuf>) -> Result<(), GuardError> {
@@ -247,23 +550,179 @@ fn walk(dir: &Path, out: &mut BTreeMap<InodeKey, PathBuf>) -> Result<(), GuardEr
     Ok(())
 }
 
-/// One attached hook, for `status`.
+/// One hook and what is in force for it, for `status`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HookState {
-    /// What it guards.
+    /// Its name (one of [`HOOKS`]).
     pub hook: String,
-    /// How: `lsm` (deny in kernel) or `tracepoint` (report after the fact).
+    /// How: `lsm` (the kernel denies), `tracepoint` (reported after the
+    /// fact), `none` (this kernel offers neither), `off` (not asked for).
     pub mechanism: String,
     /// Where it is attached.
     pub attached: Vec<String>,
+    /// Why it is not at the top of the ladder, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
-/// A running guard. Dropping it detaches every program.
+/// What a hook can attach to.
+struct HookDef {
+    name: &'static str,
+    /// LSM program and hook.
+    lsm: Option<(&'static str, &'static str)>,
+    /// Detect form: program, tracepoint category, tracepoint names (those
+    /// the kernel lacks are skipped).
+    detect: &'static [(&'static str, &'static str, &'static [&'static str])],
+    /// Tracepoints attached whatever the form (they feed the LSM program).
+    always: &'static [(&'static str, &'static str, &'static [&'static str])],
+    /// Only meaningful with a `[service]`.
+    service: bool,
+}
+
+const WRITES: &[&str] = &[
+    "sys_enter_write",
+    "sys_enter_pwrite64",
+    "sys_enter_writev",
+    "sys_enter_pwritev",
+    "sys_enter_pwritev2",
+];
+const EXECVE: &[(&str, &str, &[&str])] = &[
+    (
+        prog_names::TP_ENTER_EXECVE,
+        "syscalls",
+        &["sys_enter_execve"],
+    ),
+    (
+        prog_names::TP_ENTER_EXECVEAT,
+        "syscalls",
+        &["sys_enter_execveat"],
+    ),
+];
+
+const DEFS: [HookDef; 11] = [
+    HookDef {
+        name: "file_write_open",
+        lsm: Some((prog_names::LSM_FILE_OPEN, "file_open")),
+        // The open family is handled by attach_open_tracepoints.
+        detect: &[],
+        always: &[],
+        service: false,
+    },
+    HookDef {
+        name: "file_write",
+        lsm: Some((prog_names::LSM_FILE_PERMISSION, "file_permission")),
+        detect: &[(prog_names::TP_ENTER_WRITE, "syscalls", WRITES)],
+        always: &[],
+        service: false,
+    },
+    HookDef {
+        name: "file_setattr",
+        lsm: Some((prog_names::LSM_INODE_SETATTR, "inode_setattr")),
+        detect: &[(
+            prog_names::TP_ENTER_FTRUNCATE,
+            "syscalls",
+            &["sys_enter_ftruncate"],
+        )],
+        always: &[],
+        service: false,
+    },
+    HookDef {
+        name: "file_rename",
+        lsm: Some((prog_names::LSM_INODE_RENAME, "inode_rename")),
+        detect: &[],
+        always: &[],
+        service: false,
+    },
+    HookDef {
+        name: "file_unlink",
+        lsm: Some((prog_names::LSM_INODE_UNLINK, "inode_unlink")),
+        detect: &[],
+        always: &[],
+        service: false,
+    },
+    HookDef {
+        name: "file_link",
+        lsm: Some((prog_names::LSM_INODE_LINK, "inode_link")),
+        detect: &[],
+        always: &[],
+        service: false,
+    },
+    HookDef {
+        name: "file_create",
+        lsm: Some((prog_names::LSM_INODE_CREATE, "inode_create")),
+        detect: &[],
+        always: &[],
+        service: false,
+    },
+    HookDef {
+        name: "file_mmap",
+        lsm: Some((prog_names::LSM_MMAP_FILE, "mmap_file")),
+        detect: &[(prog_names::TP_ENTER_MMAP, "syscalls", &["sys_enter_mmap"])],
+        always: &[],
+        service: false,
+    },
+    HookDef {
+        name: "exec",
+        lsm: Some((prog_names::LSM_BPRM_CHECK, "bprm_check_security")),
+        detect: &[(
+            prog_names::TP_PROCESS_EXEC,
+            "sched",
+            &["sched_process_exec"],
+        )],
+        always: EXECVE,
+        service: true,
+    },
+    HookDef {
+        name: "ptrace",
+        lsm: Some((prog_names::LSM_PTRACE, "ptrace_access_check")),
+        detect: &[],
+        always: &[],
+        service: true,
+    },
+    HookDef {
+        name: "connect",
+        lsm: Some((prog_names::LSM_SOCKET_CONNECT, "socket_connect")),
+        detect: &[(
+            prog_names::TP_ENTER_CONNECT,
+            "syscalls",
+            &["sys_enter_connect"],
+        )],
+        always: &[],
+        service: true,
+    },
+];
+
+/// Every map the agent reads or writes, by name.
+const MAP_NAMES: [&str; 13] = [
+    map_names::PROTECTED_FILES,
+    map_names::ALLOWED_WRITERS,
+    map_names::CONFIG,
+    map_names::EVENTS,
+    map_names::COUNTERS,
+    map_names::PENDING_OPENS,
+    map_names::SERVICE_EXES,
+    map_names::ALLOWED_EXEC,
+    map_names::PROTECTED_NAMES,
+    map_names::EGRESS_V4,
+    map_names::EGRESS_V6,
+    map_names::PENDING_PRELOAD,
+    map_names::REPORTED_FILES,
+];
+
+/// A running guard. Dropping it detaches the programs unless they are
+/// pinned: pinned links stay attached until `guardian stop --unload`.
 pub struct Guard {
-    ebpf: Ebpf,
+    /// The loaded object; `None` when the pinned guard was adopted.
+    _ebpf: Option<Ebpf>,
+    maps: std::collections::HashMap<&'static str, Map>,
+    _links: Vec<PinnedLink>,
+    /// Links kept alive without pins (no bpffs): they go with the agent.
+    unpinned: Vec<FdLink>,
     mode: Mode,
     reason: String,
     hooks: Vec<HookState>,
+    pins: Option<PathBuf>,
+    adopted: bool,
 }
 
 fn load_error(e: aya::EbpfError) -> GuardError {
@@ -278,130 +737,452 @@ fn load_error(e: aya::EbpfError) -> GuardError {
     }
 }
 
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> GuardError {
+    move |source| GuardError::Map { name, source }
+}
+
+fn missing_map(name: &'static str) -> GuardError {
+    GuardError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    }
+}
+
+/// The short digest of an object that names its pin directory.
+pub fn object_id(object: &[u8]) -> String {
+    hex::encode(&sha2::Sha256::digest(object)[..8])
+}
+
+/// Options for [`Guard::start`].
+pub struct StartOptions<'a> {
+    /// The eBPF object.
+    pub object: &'a [u8],
+    /// The mode asked for.
+    pub request: ModeRequest,
+    /// Hooks that must deny.
+    pub require: &'a [String],
+    /// Kernel features found.
+    pub features: &'a KernelFeatures,
+    /// BTF for the struct offsets.
+    pub btf_path: &'a Path,
+    /// Ring buffer size in bytes.
+    pub ring_buffer_bytes: u32,
+    /// Where to pin; `None`: do not pin (tests that must not outlive
+    /// themselves).
+    pub pin_dir: Option<&'a Path>,
+}
+
 impl Guard {
-    /// Start the guard (see the module docs for the steps).
-    pub fn start(
-        object: &[u8],
-        request: ModeRequest,
-        targets: &Targets,
-        features: &KernelFeatures,
-        btf_path: &Path,
-        ring_buffer_bytes: u32,
-    ) -> Result<Self, GuardError> {
-        if object.is_empty() {
+    /// Start the guard, or adopt the pinned one (see the module docs).
+    pub fn start(opts: &StartOptions<'_>, targets: &Targets) -> Result<Self, GuardError> {
+        if opts.object.is_empty() {
             return Err(GuardError::NoObject);
         }
-        let offsets = Btf::from_file(btf_path)
+        let id = object_id(opts.object);
+        if let Some(dir) = opts.pin_dir {
+            let mine = dir.join(&id);
+            if mine.join("links").is_dir() {
+                match Self::adopt(&mine, targets) {
+                    Ok(g) => return Ok(g),
+                    Err(e) => {
+                        log::warn!(
+                            "the pinned guard in {} could not be adopted ({e}); loading afresh",
+                            mine.display()
+                        );
+                        let _ = remove_pins(&mine);
+                    }
+                }
+            }
+        }
+        let offsets = Btf::from_file(opts.btf_path)
             .and_then(|b| b.kernel_offsets())
             .map_err(GuardError::Btf)?;
 
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::EVENTS, ring_buffer_bytes)
-            .load(object)
+            .map_max_entries(map_names::EVENTS, opts.ring_buffer_bytes)
+            .load(opts.object)
             .map_err(load_error)?;
-
-        {
-            let mut files: HashMap<_, InodeKey, ProtectedFile> =
-                HashMap::try_from(map(&mut ebpf, map_names::PROTECTED_FILES)?).map_err(
-                    |source| GuardError::Map {
-                        name: map_names::PROTECTED_FILES,
-                        source,
-                    },
-                )?;
-            for (id, (_, key)) in targets.files.iter().enumerate() {
-                let value = ProtectedFile {
-                    id: id as u32,
-                    flags: 0,
-                };
-                files
-                    .insert(key, value, 0)
-                    .map_err(|source| GuardError::Map {
-                        name: map_names::PROTECTED_FILES,
-                        source,
-                    })?;
+        let mut maps = std::collections::HashMap::new();
+        for name in MAP_NAMES {
+            if let Some(m) = ebpf.take_map(name) {
+                maps.insert(name, m);
             }
         }
-        {
-            let mut writers: HashMap<_, InodeKey, u32> =
-                HashMap::try_from(map(&mut ebpf, map_names::ALLOWED_WRITERS)?).map_err(
-                    |source| GuardError::Map {
-                        name: map_names::ALLOWED_WRITERS,
-                        source,
-                    },
-                )?;
-            for (id, (_, key)) in targets.writers.iter().enumerate() {
-                writers
-                    .insert(key, id as u32, 0)
-                    .map_err(|source| GuardError::Map {
-                        name: map_names::ALLOWED_WRITERS,
-                        source,
-                    })?;
-            }
+        fill_tables(&mut maps, targets, &[])?;
+
+        let mut config = KernelConfig {
+            offsets,
+            mode: kmode::DETECT,
+            ready: 1,
+            rules: targets.rules,
+            self_exe: targets.self_exe,
+        };
+        let service = !targets.service.is_empty();
+        let try_lsm = opts.request != ModeRequest::Detect;
+        let lsm_blocker = if try_lsm {
+            lsm_unavailable(opts.features)
+        } else {
+            Some("detect mode requested in the config".to_owned())
+        };
+        // The LSM programs read the mode: set it before any can run.
+        if lsm_blocker.is_none() {
+            config.mode = kmode::ENFORCE;
         }
+        set_config(&mut maps, config)?;
 
-        let set_config = |ebpf: &mut Ebpf, mode: u32| -> Result<(), GuardError> {
-            let mut cfg: Array<_, KernelConfig> = Array::try_from(map(ebpf, map_names::CONFIG)?)
-                .map_err(|source| GuardError::Map {
-                    name: map_names::CONFIG,
-                    source,
-                })?;
-            cfg.set(
-                0,
-                KernelConfig {
-                    offsets,
-                    mode,
-                    ready: 1,
-                },
-                0,
-            )
-            .map_err(|source| GuardError::Map {
-                name: map_names::CONFIG,
-                source,
-            })
+        let btf = if lsm_blocker.is_none() {
+            Some(aya::Btf::from_sys_fs().map_err(|e| GuardError::EnforceUnavailable(e.to_string())))
+        } else {
+            None
         };
-
-        // Decide the mode: try the LSM unless told not to.
-        let lsm_refusal = match request {
-            ModeRequest::Detect => Some("detect mode requested in the config".to_owned()),
-            ModeRequest::Auto | ModeRequest::Enforce => {
-                set_config(&mut ebpf, kmode::ENFORCE)?;
-                attach_lsm(&mut ebpf, features).err()
+        let mut hooks = Vec::new();
+        let mut links: Vec<(String, FdLink)> = Vec::new();
+        let mut any_lsm = false;
+        for def in &DEFS {
+            if def.service && !service {
+                hooks.push(HookState {
+                    hook: def.name.into(),
+                    mechanism: "off".into(),
+                    attached: vec![],
+                    note: Some("no [service] exe configured".into()),
+                });
+                continue;
             }
-        };
-        let (mode, reason, hooks) = match lsm_refusal {
-            None => (
-                Mode::Enforce,
-                "BPF LSM file_open attached: the kernel denies write-opens of protected files"
-                    .to_owned(),
-                vec![HookState {
-                    hook: "file write-open".into(),
-                    mechanism: "lsm".into(),
-                    attached: vec!["lsm/file_open".into()],
-                }],
-            ),
-            Some(why) => {
-                if request == ModeRequest::Enforce {
-                    return Err(GuardError::EnforceUnavailable(why));
+            let mut attached = Vec::new();
+            for (prog, cat, names) in def.always {
+                attach_tracepoints(
+                    &mut ebpf,
+                    prog,
+                    cat,
+                    names,
+                    def.name,
+                    &mut attached,
+                    &mut links,
+                )?;
+            }
+            let mut why_not = lsm_blocker.clone();
+            if why_not.is_none()
+                && def.name == "file_setattr"
+                && offsets.setattr_dentry_arg == u32::MAX
+            {
+                why_not =
+                    Some("the kernel's BTF does not describe inode_setattr's arguments".into());
+            }
+            // inode_setattr lost its first argument before Linux 6.3: a
+            // program per layout.
+            let lsm = match def.lsm {
+                Some((prog_names::LSM_INODE_SETATTR, hook)) if offsets.setattr_dentry_arg == 0 => {
+                    Some((prog_names::LSM_INODE_SETATTR_OLD, hook))
                 }
-                set_config(&mut ebpf, kmode::DETECT)?;
-                let attached = attach_tracepoints(&mut ebpf, features)?;
-                (
-                    Mode::Detect,
-                    format!("{why}; write-opens are reported after the fact, not denied"),
-                    vec![HookState {
-                        hook: "file write-open".into(),
-                        mechanism: "tracepoint".into(),
-                        attached,
-                    }],
-                )
+                other => other,
+            };
+            if why_not.is_none()
+                && let (Some((prog, hook)), Some(Ok(btf))) = (lsm, btf.as_ref())
+            {
+                match attach_lsm(&mut ebpf, prog, hook, btf) {
+                    Ok(link) => {
+                        any_lsm = true;
+                        attached.push(format!("lsm/{hook}"));
+                        links.push((format!("{}-lsm-{hook}", def.name), link));
+                        hooks.push(HookState {
+                            hook: def.name.into(),
+                            mechanism: "lsm".into(),
+                            attached,
+                            note: None,
+                        });
+                        continue;
+                    }
+                    Err(e) => why_not = Some(e),
+                }
+            } else if let Some(Err(e)) = btf.as_ref()
+                && why_not.is_none()
+            {
+                why_not = Some(format!("kernel BTF unreadable for LSM attachment: {e}"));
             }
+            let why_not = why_not.unwrap_or_else(|| "no LSM form".into());
+            if opts.require.iter().any(|r| r == def.name) {
+                return Err(GuardError::Required {
+                    hook: def.name,
+                    why: why_not,
+                });
+            }
+            let before = attached.len();
+            if def.name == "file_write_open" {
+                attach_open_tracepoints(&mut ebpf, opts.features, &mut attached, &mut links)?;
+            }
+            for (prog, cat, names) in def.detect {
+                attach_tracepoints(
+                    &mut ebpf,
+                    prog,
+                    cat,
+                    names,
+                    def.name,
+                    &mut attached,
+                    &mut links,
+                )?;
+            }
+            let detect = attached.len() > before;
+            hooks.push(HookState {
+                hook: def.name.into(),
+                mechanism: if detect { "tracepoint" } else { "none" }.into(),
+                attached,
+                note: Some(if detect {
+                    format!("{why_not}; reported after the fact")
+                } else {
+                    format!("{why_not}; and this kernel offers no tracepoint for it: NOT COVERED")
+                }),
+            });
+        }
+        if opts.request == ModeRequest::Enforce && !any_lsm {
+            return Err(GuardError::EnforceUnavailable(
+                lsm_blocker.unwrap_or_else(|| "no LSM hook attached".into()),
+            ));
+        }
+        if !any_lsm {
+            // Every program that runs is a tracepoint: nothing denies.
+            config.mode = kmode::DETECT;
+            set_config(&mut maps, config)?;
+        }
+        let degraded: Vec<_> = hooks
+            .iter()
+            .filter(|h| h.mechanism != "lsm" && h.mechanism != "off")
+            .map(|h| h.hook.clone())
+            .collect();
+        let (mode, reason) = if any_lsm {
+            let r = if degraded.is_empty() {
+                "BPF LSM attached for every hook: the kernel denies".to_owned()
+            } else {
+                format!(
+                    "BPF LSM attached; NOT denied in the kernel: {} (see hooks)",
+                    degraded.join(", ")
+                )
+            };
+            (Mode::Enforce, r)
+        } else {
+            (
+                Mode::Detect,
+                format!(
+                    "{}; operations are reported after the fact, not denied",
+                    lsm_blocker.unwrap_or_default()
+                ),
+            )
         };
-        Ok(Self {
-            ebpf,
+
+        let mut guard = Self {
+            _ebpf: Some(ebpf),
+            maps,
+            _links: Vec::new(),
+            unpinned: Vec::new(),
             mode,
             reason,
             hooks,
-        })
+            pins: None,
+            adopted: false,
+        };
+        match opts.pin_dir {
+            Some(dir) if is_bpffs(dir.parent().unwrap_or(dir)) => {
+                if let Err(e) = guard.pin(dir, &id, links, targets) {
+                    let _ = remove_pins(&dir.join(&id));
+                    return Err(e);
+                }
+            }
+            Some(dir) => {
+                // Still running, just not surviving the agent: say so.
+                log::warn!(
+                    "{} is not on a BPF filesystem (mount -t bpf bpf {}): nothing is pinned, enforcement stops when the agent stops",
+                    dir.display(),
+                    dir.parent().unwrap_or(dir).display()
+                );
+                guard.unpinned = links.into_iter().map(|(_, l)| l).collect();
+            }
+            None => guard.unpinned = links.into_iter().map(|(_, l)| l).collect(),
+        }
+        Ok(guard)
+    }
+
+    /// Pin maps and links under `dir/id`, protect the pins, and remove
+    /// the pins of any other object.
+    fn pin(
+        &mut self,
+        dir: &Path,
+        id: &str,
+        links: Vec<(String, FdLink)>,
+        targets: &Targets,
+    ) -> Result<(), GuardError> {
+        let perr = |message: String| GuardError::Pin {
+            path: dir.to_owned(),
+            message,
+        };
+        let mine = dir.join(id);
+        if mine.exists() {
+            remove_pins(&mine)
+                .map_err(|e| perr(format!("clearing stale {}: {e}", mine.display())))?;
+        }
+        for sub in ["maps", "links"] {
+            std::fs::create_dir_all(mine.join(sub)).map_err(|e| {
+                perr(format!(
+                    "cannot create {} (is bpffs mounted at {}?): {e}",
+                    mine.join(sub).display(),
+                    dir.display()
+                ))
+            })?;
+        }
+        for (name, map) in &self.maps {
+            map.pin(mine.join("maps").join(name))
+                .map_err(|e| perr(format!("map {name}: {e}")))?;
+        }
+        // (bpffs refuses names with dots: none are used.) Pinning consumes
+        // the link, and a failed pin drops it, detaching its program: so a
+        // failure here is fatal to the start, never a silent gap.
+        for (n, (name, link)) in links.into_iter().enumerate() {
+            let p = mine.join("links").join(format!("{n:02}-{name}"));
+            let pinned = link
+                .pin(&p)
+                .map_err(|e| perr(format!("link {name}: {}", chain(&e))))?;
+            self._links.push(pinned);
+        }
+        // Other objects' pins: an older guardian, replaced by this one. The
+        // new programs are attached already, so there is no gap.
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_name() != id {
+                    log::info!(
+                        "removing the pins of a previous object: {}",
+                        e.path().display()
+                    );
+                    if let Err(err) = remove_pins(&e.path()) {
+                        log::warn!("cannot remove {}: {err}", e.path().display());
+                    }
+                }
+            }
+        }
+        self.pins = Some(mine.clone());
+        self.refresh(targets)?;
+        Ok(())
+    }
+
+    /// Take over a pinned guard: its maps and links stay as they are; the
+    /// tables are brought up to date with `targets`.
+    fn adopt(mine: &Path, targets: &Targets) -> Result<Self, GuardError> {
+        let perr = |message: String| GuardError::Pin {
+            path: mine.to_owned(),
+            message,
+        };
+        let mut maps = std::collections::HashMap::new();
+        for name in MAP_NAMES {
+            let p = mine.join("maps").join(name);
+            let data = MapData::from_pin(&p).map_err(|e| perr(format!("map {name}: {e}")))?;
+            maps.insert(name, Map::from_map_data(data).map_err(map_err(name))?);
+        }
+        let mut links = Vec::new();
+        let mut by_hook: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+        let mut entries: Vec<_> = std::fs::read_dir(mine.join("links"))
+            .map_err(|e| perr(format!("links: {e}")))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let file = e.file_name().to_string_lossy().into_owned();
+            links.push(
+                PinnedLink::from_pin(e.path())
+                    .map_err(|err| perr(format!("link {file}: {err}")))?,
+            );
+            // "NN-hook-mechanism-where"
+            let mut parts = file.splitn(4, '-');
+            let (_, Some(hook), Some(mech), Some(at)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(perr(format!("unexpected link pin name {file}")));
+            };
+            let entry = by_hook
+                .entry(hook.to_owned())
+                .or_insert_with(|| (mech.to_owned(), Vec::new()));
+            if mech == "lsm" {
+                entry.0 = "lsm".into();
+            }
+            entry.1.push(match mech {
+                "lsm" => format!("lsm/{at}"),
+                _ => format!("tracepoint/{}", at.replacen('-', "/", 1)),
+            });
+        }
+        let config: KernelConfig = {
+            let m = maps
+                .get(map_names::CONFIG)
+                .ok_or_else(|| missing_map(map_names::CONFIG))?;
+            let arr: Array<&MapData, KernelConfig> =
+                Array::try_from(m).map_err(map_err(map_names::CONFIG))?;
+            arr.get(&0, 0).map_err(map_err(map_names::CONFIG))?
+        };
+        if config.ready == 0 {
+            return Err(perr("the pinned config entry was never filled".into()));
+        }
+        let hooks = HOOKS
+            .iter()
+            .map(|h| match by_hook.remove(*h) {
+                Some((mech, attached)) => HookState {
+                    hook: (*h).into(),
+                    mechanism: if mech == "lsm" {
+                        "lsm".into()
+                    } else {
+                        "tracepoint".into()
+                    },
+                    attached,
+                    note: (mech != "lsm").then(|| "adopted: reported after the fact".into()),
+                },
+                None => HookState {
+                    hook: (*h).into(),
+                    mechanism: "none".into(),
+                    attached: vec![],
+                    note: Some("adopted: nothing attached for this hook".into()),
+                },
+            })
+            .collect::<Vec<_>>();
+        let mode = if config.mode == kmode::ENFORCE {
+            Mode::Enforce
+        } else {
+            Mode::Detect
+        };
+        let mut g = Self {
+            _ebpf: None,
+            maps,
+            _links: links,
+            unpinned: Vec::new(),
+            mode,
+            reason: format!(
+                "adopted the pinned guard in {} (it kept running while no agent was)",
+                mine.display()
+            ),
+            hooks,
+            pins: Some(mine.to_owned()),
+            adopted: true,
+        };
+        // Rules may have changed with the config.
+        let mut cfg = config;
+        cfg.rules = targets.rules;
+        cfg.self_exe = targets.self_exe;
+        set_config(&mut g.maps, cfg)?;
+        g.refresh(targets)?;
+        log::info!("adopted the pinned guard in {}", mine.display());
+        Ok(g)
+    }
+
+    /// Bring every table in line with `targets` (plus the pins, which are
+    /// guardian's own files): new entries go in before stale ones go out,
+    /// so nothing protected is ever unprotected in between.
+    pub fn refresh(&mut self, targets: &Targets) -> Result<(), GuardError> {
+        let mut pins = Vec::new();
+        if let Some(dir) = &self.pins {
+            for sub in ["maps", "links"] {
+                if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
+                    for e in entries.flatten() {
+                        if let Ok(meta) = std::fs::symlink_metadata(e.path()) {
+                            pins.push((e.path(), inode_key(&meta)));
+                        }
+                    }
+                }
+            }
+        }
+        fill_tables(&mut self.maps, targets, &pins)
     }
 
     /// The mode in force.
@@ -414,107 +1195,336 @@ impl Guard {
         &self.reason
     }
 
-    /// Attached hooks.
+    /// Every hook and what is in force for it.
     pub fn hooks(&self) -> &[HookState] {
         &self.hooks
+    }
+
+    /// Where the guard is pinned, if it is.
+    pub fn pinned(&self) -> Option<&Path> {
+        self.pins.as_deref()
+    }
+
+    /// This guard was adopted from pins, not loaded.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// Take the ring buffer (once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, GuardError> {
         let m = self
-            .ebpf
-            .take_map(map_names::EVENTS)
-            .ok_or(GuardError::Map {
-                name: map_names::EVENTS,
-                source: aya::maps::MapError::InvalidName {
-                    name: map_names::EVENTS.into(),
-                },
-            })?;
-        RingBuf::try_from(m).map_err(|source| GuardError::Map {
-            name: map_names::EVENTS,
-            source,
-        })
+            .maps
+            .remove(map_names::EVENTS)
+            .ok_or_else(|| missing_map(map_names::EVENTS))?;
+        RingBuf::try_from(m).map_err(map_err(map_names::EVENTS))
     }
 
     /// The kernel-side counters, summed over CPUs.
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, GuardError> {
-        let err = |source| GuardError::Map {
-            name: map_names::COUNTERS,
-            source,
-        };
-        let m = self.ebpf.map(map_names::COUNTERS).ok_or(GuardError::Map {
-            name: map_names::COUNTERS,
-            source: aya::maps::MapError::InvalidName {
-                name: map_names::COUNTERS.into(),
-            },
-        })?;
-        let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(m).map_err(err)?;
+        let m = self
+            .maps
+            .get(map_names::COUNTERS)
+            .ok_or_else(|| missing_map(map_names::COUNTERS))?;
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(m).map_err(map_err(map_names::COUNTERS))?;
         let mut out = BTreeMap::new();
         for c in Counter::ALL {
-            let values = arr.get(&(c as u32), 0).map_err(err)?;
+            let values = arr
+                .get(&(c as u32), 0)
+                .map_err(map_err(map_names::COUNTERS))?;
             out.insert(c.name(), values.iter().sum());
         }
         Ok(out)
     }
 }
 
-fn map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, GuardError> {
-    ebpf.map_mut(name).ok_or(GuardError::Map {
-        name,
-        source: aya::maps::MapError::InvalidName { name: name.into() },
-    })
+/// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(dir: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: zeroed statfs is valid; statfs fills it or fails.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out pointer.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
-/// Load and attach the LSM program; on failure, say why in words a board
-/// integrator can act on.
-fn attach_lsm(ebpf: &mut Ebpf, features: &KernelFeatures) -> Result<(), String> {
-    match &features.lsm {
-        None => {
-            return Err(
-                "BPF LSM unavailable: securityfs is not mounted, cannot read /sys/kernel/security/lsm"
-                    .to_owned(),
-            );
+/// Remove a pin directory: links first (the programs detach when the last
+/// reference goes), then maps.
+pub fn remove_pins(dir: &Path) -> std::io::Result<()> {
+    for sub in ["links", "maps"] {
+        if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
+            for e in entries.flatten() {
+                std::fs::remove_file(e.path())?;
+            }
         }
-        Some(list) if !features.bpf_lsm_active() => {
-            return Err(format!(
-                "BPF LSM unavailable: \"bpf\" is not in the active LSM list ({}); boot with lsm=...,bpf",
-                list.join(",")
-            ));
-        }
-        Some(_) => {}
+        let _ = std::fs::remove_dir(dir.join(sub));
     }
-    let btf =
-        aya::Btf::from_sys_fs().map_err(|e| format!("BPF LSM unavailable: kernel BTF: {e}"))?;
-    let prog: &mut Lsm = ebpf
-        .program_mut(prog_names::LSM_FILE_OPEN)
-        .ok_or_else(|| {
-            format!(
-                "program {} missing from the object",
-                prog_names::LSM_FILE_OPEN
-            )
-        })?
-        .try_into()
-        .map_err(|e| format!("program {}: {e}", prog_names::LSM_FILE_OPEN))?;
-    prog.load("file_open", &btf).map_err(|e| {
-        format!(
-            "BPF LSM program did not load: {} (kernels without BPF trampolines refuse LSM programs; arm64 needs Linux >= 6.4)",
-            chain(&e).trim_end().trim_end_matches("Verifier output:").trim_end_matches(['.', ' '])
-        )
-    })?;
-    prog.attach().map_err(|e| {
-        format!(
-            "BPF LSM program did not attach: {} (arm64 needs Linux >= 6.4 for BPF trampolines)",
-            chain(&e)
-        )
-    })?;
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn set_config(
+    maps: &mut std::collections::HashMap<&'static str, Map>,
+    cfg: KernelConfig,
+) -> Result<(), GuardError> {
+    let m = maps
+        .get_mut(map_names::CONFIG)
+        .ok_or_else(|| missing_map(map_names::CONFIG))?;
+    let mut arr: Array<&mut MapData, KernelConfig> =
+        Array::try_from(m).map_err(map_err(map_names::CONFIG))?;
+    arr.set(0, cfg, 0).map_err(map_err(map_names::CONFIG))
+}
+
+/// Make a hash map hold exactly `want`: insert (or overwrite) every entry,
+/// then remove the keys that are no longer wanted.
+fn sync_hash<K, V>(
+    maps: &mut std::collections::HashMap<&'static str, Map>,
+    name: &'static str,
+    want: &[(K, V)],
+) -> Result<(), GuardError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    let m = maps.get_mut(name).ok_or_else(|| missing_map(name))?;
+    let mut h: HashMap<&mut MapData, K, V> = HashMap::try_from(m).map_err(map_err(name))?;
+    for (k, v) in want {
+        h.insert(k, v, 0).map_err(map_err(name))?;
+    }
+    let keep: std::collections::HashSet<&K> = want.iter().map(|(k, _)| k).collect();
+    let stale: Vec<K> = h
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep.contains(k))
+        .collect();
+    for k in stale {
+        h.remove(&k).map_err(map_err(name))?;
+    }
     Ok(())
 }
 
-/// Attach the enter/exit tracepoints for each open syscall the kernel has.
+fn sync_lpm<const N: usize>(
+    maps: &mut std::collections::HashMap<&'static str, Map>,
+    name: &'static str,
+    want: &[([u8; N], u32, EgressRule)],
+) -> Result<(), GuardError> {
+    let m = maps.get_mut(name).ok_or_else(|| missing_map(name))?;
+    let mut t: LpmTrie<&mut MapData, [u8; N], EgressRule> =
+        LpmTrie::try_from(m).map_err(map_err(name))?;
+    for (addr, len, rule) in want {
+        t.insert(&Key::new(*len, *addr), rule, 0)
+            .map_err(map_err(name))?;
+    }
+    let keep: Vec<(u32, [u8; N])> = want.iter().map(|(a, l, _)| (*l, *a)).collect();
+    let stale: Vec<Key<[u8; N]>> = t
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep.contains(&(k.prefix_len(), k.data())))
+        .collect();
+    for k in stale {
+        t.remove(&k).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+/// Write every table from `targets`; `pins` are added as guardian's own.
+fn fill_tables(
+    maps: &mut std::collections::HashMap<&'static str, Map>,
+    targets: &Targets,
+    pins: &[(PathBuf, InodeKey)],
+) -> Result<(), GuardError> {
+    let mut files: Vec<(InodeKey, ProtectedFile)> = targets
+        .files
+        .iter()
+        .enumerate()
+        .map(|(id, (_, key))| {
+            let flags = if id >= targets.own_from {
+                ProtectedFile::SELF
+            } else {
+                0
+            };
+            (
+                *key,
+                ProtectedFile {
+                    id: id as u32,
+                    flags,
+                },
+            )
+        })
+        .collect();
+    let base = targets.files.len();
+    files.extend(pins.iter().enumerate().map(|(i, (_, key))| {
+        (
+            *key,
+            ProtectedFile {
+                id: (base + i) as u32,
+                flags: ProtectedFile::SELF,
+            },
+        )
+    }));
+    sync_hash(maps, map_names::PROTECTED_FILES, &files)?;
+    let writers: Vec<(InodeKey, u32)> = targets
+        .writers
+        .iter()
+        .enumerate()
+        .map(|(i, (_, k))| (*k, i as u32))
+        .collect();
+    sync_hash(maps, map_names::ALLOWED_WRITERS, &writers)?;
+    let service: Vec<(InodeKey, u32)> = targets
+        .service
+        .iter()
+        .enumerate()
+        .map(|(i, (_, k))| (*k, i as u32))
+        .collect();
+    sync_hash(maps, map_names::SERVICE_EXES, &service)?;
+    let exec: Vec<(InodeKey, u32)> = targets
+        .exec
+        .iter()
+        .enumerate()
+        .map(|(i, (_, k))| (*k, i as u32))
+        .collect();
+    sync_hash(maps, map_names::ALLOWED_EXEC, &exec)?;
+    let names: Vec<(NameKey, u32)> = targets
+        .names
+        .iter()
+        .enumerate()
+        .map(|(i, (_, k))| (*k, i as u32))
+        .collect();
+    sync_hash(maps, map_names::PROTECTED_NAMES, &names)?;
+    sync_lpm(maps, map_names::EGRESS_V4, &targets.egress4)?;
+    sync_lpm(maps, map_names::EGRESS_V6, &targets.egress6)?;
+    Ok(())
+}
+
+/// Why BPF LSM cannot be used at all, in words a board integrator can act
+/// on; `None` if it may work (each program may still fail to attach).
+fn lsm_unavailable(features: &KernelFeatures) -> Option<String> {
+    match &features.lsm {
+        None => Some(
+            "BPF LSM unavailable: securityfs is not mounted, cannot read /sys/kernel/security/lsm"
+                .to_owned(),
+        ),
+        Some(list) if !features.bpf_lsm_active() => Some(format!(
+            "BPF LSM unavailable: \"bpf\" is not in the active LSM list ({}); boot with lsm=...,bpf",
+            list.join(",")
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Load and attach one LSM program.
+fn attach_lsm(
+    ebpf: &mut Ebpf,
+    prog_name: &'static str,
+    hook: &str,
+    btf: &aya::Btf,
+) -> Result<FdLink, String> {
+    let prog: &mut Lsm = ebpf
+        .program_mut(prog_name)
+        .ok_or_else(|| format!("program {prog_name} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("program {prog_name}: {e}"))?;
+    prog.load(hook, btf).map_err(|e| {
+        let text = chain(&e);
+        // The verifier's log is long; its last lines say why.
+        let (head, log) = text.split_once("Verifier output:").unwrap_or((&text, ""));
+        let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        let why = tail[tail.len().saturating_sub(3)..].join(" / ");
+        let hint = if text.contains("os error 524") || text.contains("Invalid argument") {
+            " (kernels without BPF trampolines refuse LSM programs; arm64 needs Linux >= 6.4)"
+        } else {
+            ""
+        };
+        format!(
+            "BPF LSM program for {hook} did not load: {}{}{hint}",
+            head.trim_end().trim_end_matches(['.', ' ']),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" (verifier: {why})")
+            }
+        )
+    })?;
+    let id = prog.attach().map_err(|e| {
+        format!(
+            "BPF LSM program for {hook} did not attach: {} (arm64 needs Linux >= 6.4 for BPF trampolines)",
+            chain(&e)
+        )
+    })?;
+    let link = prog
+        .take_link(id)
+        .map_err(|e| format!("BPF LSM link for {hook}: {e}"))?;
+    Ok(link.into())
+}
+
+/// Attach one tracepoint program to each named tracepoint the kernel has.
 fn attach_tracepoints(
     ebpf: &mut Ebpf,
+    prog_name: &'static str,
+    category: &str,
+    names: &[&str],
+    hook: &str,
+    attached: &mut Vec<String>,
+    links: &mut Vec<(String, FdLink)>,
+) -> Result<(), GuardError> {
+    let tracefs = crate::kernel::TRACEFS
+        .iter()
+        .find(|p| Path::new(p).join("events").is_dir());
+    let Some(tracefs) = tracefs else {
+        return Ok(());
+    };
+    for tp in names {
+        if !Path::new(tracefs)
+            .join("events")
+            .join(category)
+            .join(tp)
+            .is_dir()
+        {
+            continue;
+        }
+        let err = |source| GuardError::Program {
+            name: prog_name,
+            source,
+        };
+        let prog: &mut TracePoint = ebpf
+            .program_mut(prog_name)
+            .ok_or(GuardError::Program {
+                name: prog_name,
+                source: aya::programs::ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(err)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(err)?;
+        }
+        let id = prog.attach(category, tp).map_err(err)?;
+        attached.push(format!("tracepoint/{category}/{tp}"));
+        // A perf-event link (Linux >= 5.15) can be pinned; an older
+        // kernel's cannot, and that tracepoint then lives with the agent.
+        let link = prog.take_link(id).map_err(err)?;
+        match FdLink::try_from(link) {
+            Ok(fd) => links.push((format!("{hook}-tp-{category}-{tp}"), fd)),
+            Err(e) => log::warn!(
+                "tracepoint {category}/{tp} cannot be pinned ({e}); it stops with the agent"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The open family: enter and exit tracepoints for each open syscall the
+/// kernel has.
+fn attach_open_tracepoints(
+    ebpf: &mut Ebpf,
     features: &KernelFeatures,
-) -> Result<Vec<String>, GuardError> {
+    attached: &mut Vec<String>,
+    links: &mut Vec<(String, FdLink)>,
+) -> Result<(), GuardError> {
     if features.tracefs.is_none() {
         return Err(GuardError::NoTracepoints(
             "tracefs is not mounted (mount -t tracefs none /sys/kernel/tracing)".to_owned(),
@@ -532,32 +1542,32 @@ fn attach_tracepoints(
         "creat" => prog_names::TP_ENTER_CREAT,
         _ => prog_names::TP_ENTER_OPENAT,
     };
-    let mut attached = Vec::new();
     // Exit before enter: an exit without its enter finds no pending entry
     // and reports nothing, whereas an enter without its exit would only fill
     // the LRU map.
     for syscall in &features.open_tracepoints {
-        for (name, tp) in [
-            (prog_names::TP_EXIT_OPEN, format!("sys_exit_{syscall}")),
-            (enter_prog(syscall), format!("sys_enter_{syscall}")),
-        ] {
-            let err = |source| GuardError::Program { name, source };
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(GuardError::Program {
-                    name,
-                    source: aya::programs::ProgramError::NotLoaded,
-                })?
-                .try_into()
-                .map_err(err)?;
-            if prog.fd().is_err() {
-                prog.load().map_err(err)?;
-            }
-            prog.attach("syscalls", &tp).map_err(err)?;
-            attached.push(format!("tracepoint/syscalls/{tp}"));
-        }
+        let exit = format!("sys_exit_{syscall}");
+        let enter = format!("sys_enter_{syscall}");
+        attach_tracepoints(
+            ebpf,
+            prog_names::TP_EXIT_OPEN,
+            "syscalls",
+            &[&exit],
+            "file_write_open",
+            attached,
+            links,
+        )?;
+        attach_tracepoints(
+            ebpf,
+            enter_prog(syscall),
+            "syscalls",
+            &[&enter],
+            "file_write_open",
+            attached,
+            links,
+        )?;
     }
-    Ok(attached)
+    Ok(())
 }
 
 /// An error and its causes on one line.
@@ -578,6 +1588,85 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_rules_and_egress() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.onnx"), b"m").unwrap();
+        let cfg = GuardConfig {
+            protected: vec![dir.path().to_owned()],
+            ..GuardConfig::default()
+        };
+        let entry = |cidr: &str, ports: Vec<PortSpec>| EgressEntry {
+            cidr: cidr.into(),
+            ports,
+        };
+        let svc = ServiceConfig {
+            exe: vec![PathBuf::from("/bin/sh")],
+            library_dirs: vec![dir.path().to_owned()],
+            egress: Some(vec![
+                entry("127.0.0.2/32", vec![PortSpec::Port(8080)]),
+                entry(
+                    "10.0.0.0/8",
+                    vec![PortSpec::Range("8000-8100".into()), PortSpec::Port(443)],
+                ),
+                entry("fd00::/8", vec![]),
+            ]),
+            ..ServiceConfig::default()
+        };
+        let t = Targets::resolve(&cfg, &svc, &[]).unwrap();
+        assert_eq!(
+            t.rules,
+            rules::NO_PTRACE
+                | rules::NO_PRELOAD
+                | rules::EXEC_ALLOWLIST
+                | rules::LIBRARY_ALLOWLIST
+                | rules::EGRESS_ALLOWLIST
+        );
+        assert_eq!(t.service.len(), 1);
+        // The library dir's file and the service itself.
+        assert_eq!(t.exec.len(), 2);
+        assert_eq!(t.egress4.len(), 2);
+        assert_eq!(
+            t.egress4[0],
+            ([127, 0, 0, 2], 32, {
+                let mut r = EgressRule::default();
+                r.ports[0] = [8080, 8080];
+                r.count = 1;
+                r
+            })
+        );
+        assert_eq!(t.egress4[1].2.count, 2);
+        assert_eq!(t.egress4[1].2.ports[0], [8000, 8100]);
+        assert_eq!(t.egress6[0].1, 8);
+        assert_eq!(t.egress6[0].2.ports[0], [0, u16::MAX]);
+
+        // Bad entries name themselves.
+        for (cidr, ports, want) in [
+            ("10.0.0.1/8", vec![], "bits set past the /8"),
+            ("10.0.0.0/33", vec![], "prefix length"),
+            ("example.com", vec![], "not an IPv4 or IPv6 address"),
+            ("10.0.0.0/8", vec![PortSpec::Port(70000)], "port"),
+            ("10.0.0.0/8", vec![PortSpec::Range("9-1".into())], "port"),
+        ] {
+            let e = parse_egress(&entry(cidr, ports)).unwrap_err();
+            assert!(
+                e.contains(want) && e.contains(cidr.split('/').next().unwrap()),
+                "{cidr}: {e}"
+            );
+        }
+        let bad_exe = ServiceConfig {
+            exe: vec![dir.path().join("m.onnx")],
+            ..ServiceConfig::default()
+        };
+        let e = Targets::resolve(&cfg, &bad_exe, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("service exe ") && e.contains("not an executable"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn dev_encoding_roundtrip() {
@@ -604,15 +1693,32 @@ mod tests {
         std::fs::write(dir.path().join("sub/b.onnx"), b"b").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).unwrap();
         let cfg = GuardConfig {
-            mode: ModeRequest::Auto,
             protected: vec![dir.path().to_owned()],
             allowed_writers: vec![PathBuf::from("/bin/sh")],
+            protected_names: vec![dir.path().join("absent.so"), dir.path().join("a.onnx")],
+            ..GuardConfig::default()
         };
-        let t = Targets::resolve(&cfg).unwrap();
+        let svc = ServiceConfig::default();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let own = [
+            elsewhere.path().join("own.toml"),
+            elsewhere.path().join("missing"),
+        ];
+        std::fs::write(&own[0], b"x").unwrap();
+        let t = Targets::resolve(&cfg, &svc, &own).unwrap();
+        // The name that does not exist is protected by name, the one that
+        // does by inode (it is a protected file already).
+        assert_eq!(t.names.len(), 1);
+        assert_eq!(&t.names[0].1.name[..9], b"absent.so");
+        // guardian's own existing file comes after the models.
+        assert_eq!(t.own_from, 2, "{:?}", t.files);
+        assert_eq!(t.files.len(), 3);
+        assert_eq!(t.files[2].0, own[0]);
+        assert_eq!(t.rules, 0, "no [service]: no process rules");
         let names: Vec<_> = t
             .files
             .iter()
-            .map(|(p, _)| p.strip_prefix(dir.path()).unwrap().to_owned())
+            .filter_map(|(p, _)| p.strip_prefix(dir.path()).ok().map(Path::to_owned))
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(names.contains(&PathBuf::from("a.onnx")));
@@ -623,7 +1729,9 @@ mod tests {
             protected: vec![dir.path().join("nope")],
             ..cfg.clone()
         };
-        let e = Targets::resolve(&missing).unwrap_err().to_string();
+        let e = Targets::resolve(&missing, &svc, &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("protected path ") && e.contains("nope"),
             "{e}"
@@ -633,7 +1741,9 @@ mod tests {
             allowed_writers: vec![dir.path().join("a.onnx")],
             ..cfg
         };
-        let e = Targets::resolve(&not_exe).unwrap_err().to_string();
+        let e = Targets::resolve(&not_exe, &svc, &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not an executable"), "{e}");
     }
 }

@@ -55,8 +55,9 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
     config::Config,
+    config::Response,
     events::{Decoder, Sink},
-    guard::{Guard, GuardError, Mode, Targets},
+    guard::{Guard, GuardError, Mode, StartOptions, Targets},
     kernel::KernelFeatures,
     status::{Status, StatusError},
 };
@@ -98,17 +99,38 @@ struct AgentCounters {
     written: u64,
     write_errors: u64,
     undecodable: u64,
+    killed: u64,
+    kill_failures: u64,
 }
 
 /// Run the daemon until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     // 1. Resolve paths first: a bad config must fail before the kernel is
     //    touched, so nothing is left half-attached.
-    let targets = Targets::resolve(&config.guard)?;
+    let targets = Targets::resolve(&config.guard, &config.service, &config.own_files())?;
     log::info!(
-        "protecting {} file(s); {} allowed writer(s)",
-        targets.files.len(),
-        targets.writers.len()
+        "protecting {} model file(s) and {} of guardian's own; {} protected name(s); {} allowed writer(s); service: {}",
+        targets.own_from,
+        targets.files.len() - targets.own_from,
+        targets.names.len(),
+        targets.writers.len(),
+        if targets.service.is_empty() {
+            "none configured (process rules off)".to_owned()
+        } else {
+            format!(
+                "{} executable(s), {} allowed exec/library file(s), egress {}",
+                targets.service.len(),
+                targets.exec.len(),
+                if config.service.egress.is_some() {
+                    format!(
+                        "limited to {} prefix(es)",
+                        targets.egress4.len() + targets.egress6.len()
+                    )
+                } else {
+                    "unrestricted".to_owned()
+                }
+            )
+        }
     );
     // 2. The event output, for the same reason.
     let mut sink = Sink::open(&config.events.output).map_err(|source| RunError::Sink {
@@ -119,12 +141,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let features = KernelFeatures::probe();
     // 4. Load, fill, attach.
     let mut guard = Guard::start(
-        EBPF_OBJECT,
-        config.guard.mode,
+        &StartOptions {
+            object: EBPF_OBJECT,
+            request: config.guard.mode,
+            require: &config.guard.require,
+            features: &features,
+            btf_path: &config.kernel.btf,
+            ring_buffer_bytes: config.events.ring_buffer_kib * 1024,
+            pin_dir: Some(&config.guard.pin_dir),
+        },
         &targets,
-        &features,
-        &config.kernel.btf,
-        config.events.ring_buffer_kib * 1024,
     )?;
     match guard.mode() {
         Mode::Enforce => log::info!("mode: ENFORCE — {}", guard.reason()),
@@ -132,6 +158,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             "mode: DETECT-ONLY — tampering is reported, not prevented: {}",
             guard.reason()
         ),
+    }
+    for h in guard.hooks() {
+        match (h.mechanism.as_str(), &h.note) {
+            ("lsm", _) => log::info!(
+                "hook {}: denied in the kernel ({})",
+                h.hook,
+                h.attached.join(" ")
+            ),
+            ("off", Some(n)) => log::info!("hook {}: off ({n})", h.hook),
+            (m, Some(n)) => log::warn!("hook {}: {} — {n}", h.hook, m.to_uppercase()),
+            (m, None) => log::warn!("hook {}: {m}", h.hook),
+        }
     }
     let mut decoder = Decoder::new(guard.mode(), &targets);
     // Continuous attestation: its own thread owns the TPM and the log.
@@ -202,7 +240,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             () = &mut shutdown => break,
             ready = ring.readable_mut() => {
                 let mut ready = ready.map_err(RunError::Events)?;
-                dirty |= drain(ready.get_inner_mut(), &mut decoder, &mut sink, &mut counters, &attestor) > 0;
+                dirty |= drain(ready.get_inner_mut(), &mut decoder, &mut sink, &mut counters, &attestor, config.guard.response) > 0;
                 ready.clear_ready();
             }
             _ = tick.tick() => {
@@ -223,10 +261,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         &mut sink,
         &mut counters,
         &attestor,
+        config.guard.response,
     );
     attestor.stop();
     let _ = std::fs::remove_file(&config.status.path);
-    log::info!("stopped; the kernel programs are detached");
+    match guard.pinned() {
+        Some(p) => log::info!(
+            "stopped; the kernel programs stay attached (pinned in {}); `guardian stop --unload` removes them",
+            p.display()
+        ),
+        None => log::info!("stopped; the kernel programs are detached"),
+    }
     Ok(())
 }
 
@@ -237,12 +282,16 @@ fn drain(
     sink: &mut Sink,
     counters: &mut AgentCounters,
     attestor: &continuous::Attestor,
+    response: Response,
 ) -> usize {
     let mut n = 0;
     while let Some(item) = ring.next() {
         n += 1;
         match decoder.decode(&item) {
-            Ok(ev) => {
+            Ok(mut ev) => {
+                if ev.verdict == "alert" && response == Response::Kill {
+                    ev.response = Some(respond_kill(&ev, counters));
+                }
                 match sink.write(&ev) {
                     Ok(()) => counters.written += 1,
                     Err(e) => {
@@ -259,6 +308,88 @@ fn drain(
         }
     }
     n
+}
+
+/// `guardian stop`: SIGTERM the running agent (found through its status
+/// file) and wait up to 10 s for it to go; with `unload`, remove the pins,
+/// which detaches the kernel programs. Returns what was done, line by line.
+pub fn stop(config: &Config, unload: bool) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    match status::Status::read(&config.status.path) {
+        Ok(st) if st.agent_alive() => {
+            let pid = st.pid as libc::pid_t;
+            // SAFETY: plain kill(2).
+            if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+                anyhow::bail!(
+                    "cannot signal guardian (pid {pid}): {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!("guardian (pid {pid}) did not stop within 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            done.push(format!("stopped guardian (pid {pid})"));
+        }
+        _ => done.push("no guardian agent was running".to_owned()),
+    }
+    let dir = &config.guard.pin_dir;
+    if unload {
+        let mut n = 0;
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                guard::remove_pins(&e.path()).map_err(|err| {
+                    anyhow::anyhow!("cannot remove {}: {err}", e.path().display())
+                })?;
+                n += 1;
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+        done.push(if n > 0 {
+            format!(
+                "removed the pins in {}: the kernel programs are detached, nothing is enforced now",
+                dir.display()
+            )
+        } else {
+            format!("no pins in {}", dir.display())
+        });
+    } else if dir.is_dir() {
+        done.push(format!(
+            "the kernel programs stay attached (pinned in {}); `guardian stop --unload` removes them",
+            dir.display()
+        ));
+    }
+    Ok(done)
+}
+
+/// Kill the process behind an event the kernel could not deny. Only if
+/// the pid still runs the executable the kernel reported (a recycled pid
+/// is left alone), and never guardian itself or pid 1.
+fn respond_kill(ev: &events::SecurityEvent, counters: &mut AgentCounters) -> String {
+    let pid = ev.pid;
+    if pid <= 1 || pid == std::process::id() {
+        return format!("not killed: pid {pid} is exempt");
+    }
+    let same = std::fs::metadata(format!("/proc/{pid}/exe"))
+        .map(|m| guard::inode_key(&m).ino == ev.exe_ino)
+        .unwrap_or(false);
+    if !same {
+        counters.kill_failures += 1;
+        return "not killed: the process is gone or runs another program now".to_owned();
+    }
+    // SAFETY: plain syscall with a pid and a signal number.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    if rc == 0 {
+        counters.killed += 1;
+        log::warn!("killed pid {pid} ({}) after {}", ev.comm, ev.event);
+        "killed".to_owned()
+    } else {
+        counters.kill_failures += 1;
+        format!("not killed: {}", std::io::Error::last_os_error())
+    }
 }
 
 fn snapshot(
@@ -279,6 +410,8 @@ fn snapshot(
     counters.insert("events_written".into(), agent.written);
     counters.insert("event_write_errors".into(), agent.write_errors);
     counters.insert("events_undecodable".into(), agent.undecodable);
+    counters.insert("responses_killed".into(), agent.killed);
+    counters.insert("response_failures".into(), agent.kill_failures);
     counters.insert("tamper_records".into(), attest.tamper_records);
     counters.insert("tamper_rate_limited".into(), attest.tamper_suppressed);
     counters.insert("models_remeasured".into(), attest.remeasured);
@@ -328,6 +461,8 @@ fn snapshot(
         mode_reason: guard.reason().to_owned(),
         kernel: features.clone(),
         hooks: guard.hooks().to_vec(),
+        pinned: guard.pinned().map(|p| p.display().to_string()),
+        adopted: guard.adopted(),
         protected_files: targets.files.len(),
         allowed_writers: targets.writers.len(),
         measured_boot: Some(measured_boot),

@@ -132,6 +132,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stop the running daemon (SIGTERM, then wait for it).
+    ///
+    /// The kernel programs stay attached: they are pinned under
+    /// [guard] pin_dir, so the guard keeps enforcing with no agent running
+    /// and the next `guardian run` adopts them. With --unload the pins are
+    /// removed too, which detaches the programs: the only way to switch the
+    /// guard off (for an upgrade of guardian itself, say).
+    ///
+    /// Exit status: 0 stopped (or was not running), 1 it did not stop.
+    Stop {
+        /// The config file ([status] path, [guard] pin_dir).
+        #[arg(long, short, env = "GUARDIAN_CONFIG", default_value = guardian::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Also remove the pins: the kernel stops enforcing.
+        #[arg(long)]
+        unload: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -470,6 +487,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manifest(cmd) => manifest_cmd(cmd),
         Command::Log(cmd) => log_cmd(cmd),
         Command::Policy(cmd) => policy_cmd(cmd),
+        Command::Stop { config, unload } => {
+            let config = Config::load(&config, |k| std::env::var(k).ok())?;
+            let report = guardian::stop(&config, unload)?;
+            for line in report {
+                eprintln!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status {
             config,
             status_file,

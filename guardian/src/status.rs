@@ -75,6 +75,7 @@ impl MeasuredBoot {
                 crate::mlog::Kind::Note => {
                     mb.software_tpm |= r.description.contains("software TPM");
                 }
+                // Policy loads are listed by the policy engine's own status.
                 crate::mlog::Kind::State | crate::mlog::Kind::Policy => {}
             }
         }
@@ -127,8 +128,14 @@ pub struct Status {
     pub mode_reason: String,
     /// Kernel findings.
     pub kernel: KernelFeatures,
-    /// Attached hooks.
+    /// Every hook and what is in force for it.
     pub hooks: Vec<HookState>,
+    /// Where the guard is pinned (it survives the agent), if it is.
+    #[serde(default)]
+    pub pinned: Option<String>,
+    /// The agent adopted a guard left pinned by an earlier agent.
+    #[serde(default)]
+    pub adopted: bool,
     /// Number of protected files.
     pub protected_files: usize,
     /// Number of allowed writer executables.
@@ -242,12 +249,22 @@ impl Status {
         s += "hooks:\n";
         for h in &self.hooks {
             s += &format!(
-                "  {:<18} {:<11} {}\n",
+                "  {:<16} {:<11} {}\n",
                 h.hook,
-                h.mechanism,
+                h.mechanism.to_uppercase(),
                 h.attached.join(" ")
             );
+            if let Some(n) = &h.note {
+                s += &format!("  {:<16} {:<11} ({n})\n", "", "");
+            }
         }
+        s += &match &self.pinned {
+            Some(p) => format!(
+                "pinned: {p}{} (enforcement survives the agent)\n",
+                if self.adopted { ", adopted" } else { "" }
+            ),
+            None => "pinned: NO (enforcement stops with the agent)\n".to_owned(),
+        };
         s += &format!(
             "protected files: {}   allowed writers: {}\n",
             self.protected_files, self.allowed_writers
@@ -303,6 +320,8 @@ mod tests {
             mode_reason: "BPF LSM unavailable".into(),
             kernel: KernelFeatures::default(),
             hooks: vec![],
+            pinned: None,
+            adopted: false,
             protected_files: 2,
             allowed_writers: 1,
             measured_boot: None,

@@ -38,14 +38,43 @@ digest() { sha256sum "$1" | cut -d' ' -f1; }
 # The JSON event(s) for one pid, compact, from guardian's event log.
 events_of() { grep "\"pid\":$1," "$EVENTS" 2>/dev/null; }
 wait_event() {
-    # wait_event PID VERDICT: up to 10 s for guardian to print it.
+    # wait_event PID VERDICT [EVENT]: up to 10 s for guardian to print it.
     n=0
     while [ "$n" -lt 100 ]; do
-        events_of "$1" | grep -q "\"verdict\":\"$2\"" && return 0
+        events_of "$1" | grep "\"verdict\":\"$2\"" | grep -q "\"event\":\"${3:-}" && return 0
         sleep 0.1
         n=$((n + 1))
     done
     return 1
+}
+# attack NAME EVENT CMD...: run CMD as a fresh process (its pid is the one
+# the kernel reports); it must fail with EPERM, guardian must print a "deny"
+# EVENT for that pid, and the model must be byte for byte what it was.
+attack() {
+    name=$1 ev=$2
+    shift 2
+    sh -c 'echo $$ > /tmp/pid; exec "$@"' attack "$@" >/tmp/out 2>&1
+    rc=$?
+    pid="$(cat /tmp/pid)"
+    say "  $name: $* -> exit $rc: $(head -n 1 /tmp/out)"
+    [ "$rc" -ne 0 ] && grep -q "Operation not permitted" /tmp/out && [ "$(digest "$MODEL")" = "$after" ]
+    check "$name" $? "pid $pid exit $rc: $(head -n 1 /tmp/out)"
+    wait_event "$pid" deny "$ev"
+    check "$name-event" $? "$(events_of "$pid" | grep "\"event\":\"$ev" | head -n 1)"
+    say "  guardian: $(events_of "$pid" | head -n 1)"
+}
+start_agent() {
+    # The descriptors opened on the model before the agent started are the
+    # attacker's, not the agent's.
+    rm -f /run/guardian/status.json
+    guardian run --config /etc/guardian/guardian.toml 2>>/run/guardian/agent.log 7>&- 8>&- &
+    agent=$!
+    n=0
+    while [ ! -s /run/guardian/status.json ] && [ "$n" -lt 600 ]; do
+        kill -0 "$agent" 2>/dev/null || break
+        sleep 0.1
+        n=$((n + 1))
+    done
 }
 finish() {
     echo "GUARDIAN-SCENARIOS-DONE"
@@ -100,15 +129,13 @@ if [ -n "$nonce" ]; then
 fi
 
 # --- guardian ----------------------------------------------------------------
+# An attacker who got in before guardian started holds descriptors on the
+# model: one for appending (7), one for reading and writing (8). No open
+# will be checked again for them.
+exec 7>>"$MODEL" 8<>"$MODEL"
+ip link set lo up 2>/dev/null
 say "starting guardian: protecting /opt/models, allowed writer $UPDATER"
-guardian run --config /etc/guardian/guardian.toml 2>/run/guardian/agent.log &
-agent=$!
-n=0
-while [ ! -s /run/guardian/status.json ] && [ "$n" -lt 600 ]; do
-    kill -0 "$agent" 2>/dev/null || break
-    sleep 0.1
-    n=$((n + 1))
-done
+start_agent
 sed 's/^/demo: agent: /' /run/guardian/agent.log
 if [ ! -s /run/guardian/status.json ]; then
     report guardian-enforce FAIL "guardian did not start: $(tail -n 1 /run/guardian/agent.log)"
@@ -208,6 +235,76 @@ if [ -n "$nonce2" ]; then
     echo
     echo "GUARDIAN-EVIDENCE2-END"
 fi
+
+# --- every other way to change the model (all denied in the kernel) --------
+after="$(digest "$MODEL")"
+say "the attacker tries every other way to change the model"
+attack preopened-fd-write file_write guardian-attack write-fd 7
+attack mmap-shared-write file_mmap_write guardian-attack mmap-write-fd 8
+attack ftruncate-fd file_truncate guardian-attack ftruncate-fd 8
+attack truncate-path file_truncate guardian-attack truncate "$MODEL"
+attack chmod file_setattr guardian-attack chmod "$MODEL" 666
+echo "evil weights" >/tmp/evil.onnx
+attack rename-over file_rename guardian-attack rename /tmp/evil.onnx "$MODEL"
+attack rename-away file_rename guardian-attack rename "$MODEL" /tmp/stolen.onnx
+attack unlink file_unlink guardian-attack unlink "$MODEL"
+attack hardlink file_link guardian-attack link "$MODEL" /opt/models/alias.onnx
+[ ! -e /opt/models/alias.onnx ] && [ ! -e /tmp/stolen.onnx ] && [ -f "$MODEL" ]
+check names-unchanged $? "no alias, nothing moved away, the model is still there"
+
+# --- the loader's preload file and the inference process -------------------
+# guardian-attack stands in for the inference service here: its binary is
+# the [service] exe of the guest's config.
+say "the attacker goes after the inference process"
+attack ld-so-preload file_create guardian-attack create /etc/ld.so.preload
+[ ! -e /etc/ld.so.preload ]
+check ld-so-preload-absent $? "/etc/ld.so.preload does not exist"
+cp /bin/busybox /tmp/evil.so
+attack ld-preload-exec exec_preload env LD_PRELOAD=/tmp/evil.so guardian-attack sleep 0
+attack exec-unlisted exec guardian-attack exec /bin/busybox true
+attack library-load library_load guardian-attack mmap-exec /tmp/evil.so
+guardian-attack sleep 60 &
+victim=$!
+sleep 0.2
+attack ptrace-attach ptrace guardian-attack ptrace "$victim"
+grep -q "\"target_pid\":$victim" "$EVENTS"
+check ptrace-target $? "the event names the traced service pid $victim"
+attack connect-denied connect guardian-attack connect 127.0.0.3 9999
+# The allowed destination: the kernel lets the connect through (nobody
+# listens there, so it is refused by the network stack, not by guardian).
+guardian-attack connect 127.0.0.2 8080 >/tmp/out 2>&1
+say "  connect-allowed: 127.0.0.2:8080 -> $(cat /tmp/out)"
+! grep -q "Operation not permitted" /tmp/out
+check connect-allowed $? "$(cat /tmp/out)"
+kill "$victim" 2>/dev/null
+
+# --- guardian protects itself ---------------------------------------------------
+attack self-config file_write_open sh -c ': >> /etc/guardian/guardian.toml'
+pin="$(ls -d /sys/fs/bpf/guardian/*/maps/GUARDIAN_CONFIG 2>/dev/null | head -n 1)"
+attack self-pins file_unlink rm -f "$pin"
+[ -e "$pin" ]
+check self-pins-kept $? "$pin"
+
+# --- enforcement survives the agent ------------------------------------------
+say "kill -9 guardian: the kernel keeps enforcing"
+kill -9 "$agent"
+wait "$agent" 2>/dev/null
+guardian-attack write-fd 7 >/tmp/out 2>&1
+rc=$?
+sh -c ": > $MODEL" 2>>/tmp/out
+rc2=$?
+say "  with no agent running: write-fd -> $(head -n 1 /tmp/out); truncate -> exit $rc2"
+[ "$rc" -ne 0 ] && [ "$rc2" -ne 0 ] && [ "$(digest "$MODEL")" = "$after" ]
+check kill9-still-denied $? "exit $rc and $rc2, model unchanged"
+say "restarting guardian: it adopts the pinned programs instead of loading twice"
+start_agent
+grep -q '"adopted": true' /run/guardian/status.json && [ "$(ls /sys/fs/bpf/guardian | wc -l)" -eq 1 ]
+check restart-adopts $? "$(guardian status | grep '^pinned')"
+# The denial made while no agent ran waited in the ring buffer.
+grep -q '"event":"file_write","verdict":"deny"' "$EVENTS" && grep -c '"event":"file_write"' "$EVENTS" | grep -qv '^1$'
+check events-kept-while-down $? "$(grep -c '"event":"file_write"' "$EVENTS") file_write events"
+[ "$(digest "$MODEL")" = "$after" ]
+check model-unchanged $? "sha256 $(digest "$MODEL")"
 
 if grep -q 'guardian.break=1' /proc/cmdline; then
     # Deliberately wrong expectation: the harness must report this FAIL.

@@ -1,0 +1,248 @@
+//! Exec by and of the inference service: LSM `bprm_check_security` (deny),
+//! the `sched_process_exec` tracepoint (detect), and the
+//! `sys_enter_execve(at)` tracepoints that read the new environment for
+//! both.
+//!
+//! Rules (each switched on by the agent, see `guardian_common::rules`):
+//! - the service may only execute files on its exec allowlist (by inode);
+//! - an exec with a loader variable (`LD_PRELOAD`, `LD_LIBRARY_PATH`,
+//!   `LD_AUDIT`) in its environment is refused when the program doing it is
+//!   the service, or the program it starts is the service: the classic way
+//!   to put foreign code into a process without touching its files.
+//!
+//! Why a tracepoint reads the environment: by the time the LSM hook runs,
+//! the strings have been copied into the new program's memory, which the
+//! hook cannot read. `sys_enter_execve` runs in the calling thread before
+//! that copy; it records which variable it found, by thread, and the hook
+//! (same thread, same syscall) looks the record up. Another thread of the
+//! caller could rewrite the environment between the two: that race is
+//! documented, and the detect-side `sched_process_exec` reports the exec
+//! either way.
+//!
+//! Kernel prototype: `LSM_HOOK(int, 0, bprm_check_security, struct
+//! linux_binprm *bprm)`.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
+    macros::{lsm, tracepoint},
+    programs::{LsmContext, TracePointContext},
+};
+use guardian_common::{Counter, KernelConfig, kind, preload, rules, source};
+
+use crate::{
+    kernel,
+    maps::{EXEC, PENDING_PRELOAD},
+    report,
+};
+
+/// Environment entries looked at (the verifier needs a bound; a loader
+/// variable hidden after this many entries is still caught by the
+/// library allowlist).
+const MAX_ENV: u32 = 128;
+/// In the pending value: the exec was made by the service.
+const BY_SERVICE: u32 = 1 << 8;
+
+#[inline(always)]
+fn starts_with(s: &[u8], prefix: &[u8]) -> bool {
+    if s.len() < prefix.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < prefix.len() {
+        if s[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Scan the `envp` array of an exec in flight and record the result.
+#[inline(always)]
+fn scan_env(envp: u64) {
+    let Some(cfg) = kernel::config() else {
+        return;
+    };
+    if cfg.rules & rules::NO_PRELOAD == 0 && cfg.rules & rules::EXEC_ALLOWLIST == 0 {
+        return;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let mut found = 0u32;
+    let mut buf = [0u8; 17];
+    if envp != 0 {
+        for i in 0..MAX_ENV {
+            // SAFETY: user memory read through the fault-safe helper.
+            let Ok(ptr) = (unsafe { bpf_probe_read_user((envp + 8 * i as u64) as *const u64) })
+            else {
+                break;
+            };
+            if ptr == 0 {
+                break;
+            }
+            // SAFETY: as above, bounded by buf.
+            let Ok(s) = (unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, &mut buf) })
+            else {
+                continue;
+            };
+            if starts_with(s, b"LD_PRELOAD=") {
+                found = preload::LD_PRELOAD;
+                break;
+            }
+            if starts_with(s, b"LD_LIBRARY_PATH=") {
+                found = preload::LD_LIBRARY_PATH;
+                break;
+            }
+            if starts_with(s, b"LD_AUDIT=") {
+                found = preload::LD_AUDIT;
+                break;
+            }
+        }
+    }
+    let exe = kernel::exe_key(&cfg.offsets, kernel::current_task()).unwrap_or_default();
+    if report::is_service(&exe) {
+        found |= BY_SERVICE;
+    }
+    if found == 0 {
+        let _ = PENDING_PRELOAD.remove(id);
+    } else if PENDING_PRELOAD.insert(id, found, 0).is_err() {
+        report::count(Counter::PendingDrops);
+    }
+}
+
+/// `execve(filename, argv, envp)`: `envp` is argument 2.
+#[tracepoint(category = "syscalls", name = "sys_enter_execve")]
+pub fn guardian_enter_execve(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset inside the record (16 + 8 * argument).
+    if let Ok(envp) = unsafe { ctx.read_at::<u64>(32) } {
+        scan_env(envp);
+    }
+    0
+}
+
+/// `execveat(dfd, filename, argv, envp, flags)`: `envp` is argument 3.
+#[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
+pub fn guardian_enter_execveat(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset inside the record.
+    if let Ok(envp) = unsafe { ctx.read_at::<u64>(40) } {
+        scan_env(envp);
+    }
+    0
+}
+
+#[lsm(hook = "bprm_check_security")]
+pub fn guardian_bprm_check(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(cfg) = kernel::config() else {
+        return 0;
+    };
+    match try_bprm_check(cfg, ctx.arg(0)) {
+        Ok(ret) => ret,
+        Err(_) => {
+            report::count(Counter::ReadErrors);
+            0
+        }
+    }
+}
+
+fn try_bprm_check(cfg: &KernelConfig, bprm: u64) -> Result<i32, i64> {
+    if cfg.rules & (rules::NO_PRELOAD | rules::EXEC_ALLOWLIST) == 0 {
+        return Ok(0);
+    }
+    let off = &cfg.offsets;
+    let task = kernel::current_task();
+    let exe = kernel::exe_key(off, task)?;
+    let by_service = report::is_service(&exe);
+    let file = kernel::bprm_file(off, bprm)?;
+    let target = kernel::file_key(off, file)?;
+    // SAFETY: the value is copied out at once.
+    let var = unsafe { PENDING_PRELOAD.get(bpf_get_current_pid_tgid()) }
+        .copied()
+        .unwrap_or(0)
+        & 0xff;
+    let k = if cfg.rules & rules::NO_PRELOAD != 0
+        && var != 0
+        && (by_service || report::is_service(&target))
+    {
+        kind::EXEC_PRELOAD
+    // SAFETY: presence check only.
+    } else if cfg.rules & rules::EXEC_ALLOWLIST != 0
+        && by_service
+        && unsafe { EXEC.get(target) }.is_none()
+    {
+        kind::EXEC
+    } else {
+        return Ok(0);
+    };
+    let (v, ret) = report::judge_process(cfg);
+    report::emit(off, task, k, source::LSM_BPRM_CHECK, v, |ev| {
+        ev.file = target;
+        ev.exe = exe;
+        ev.aux = var;
+        let _ = kernel::bprm_filename(off, bprm, &mut ev.name);
+    });
+    Ok(ret)
+}
+
+/// `sched_process_exec`: after a successful exec, in the new program.
+/// Record: 8 bytes of common fields, `__data_loc char[] filename` at 8
+/// (offset in the low 16 bits, length in the high 16), `pid` at 12,
+/// `old_pid` at 16 (the thread id before exec; a non-leader thread that
+/// execs takes over the thread group id).
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn guardian_process_exec(ctx: TracePointContext) -> u32 {
+    if try_process_exec(&ctx).is_err() {
+        report::count(Counter::ReadErrors);
+    }
+    0
+}
+
+fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(cfg) = kernel::config() else {
+        return Ok(());
+    };
+    // SAFETY: offsets inside the record, see above.
+    let old_pid: u32 = unsafe { ctx.read_at::<u32>(16) }.map_err(i64::from)?;
+    let tgid = bpf_get_current_pid_tgid() >> 32;
+    let id = (tgid << 32) | u64::from(old_pid);
+    // SAFETY: copied out at once.
+    let pending = unsafe { PENDING_PRELOAD.get(id) }.copied().unwrap_or(0);
+    let _ = PENDING_PRELOAD.remove(id);
+    let off = &cfg.offsets;
+    let task = kernel::current_task();
+    let exe = kernel::exe_key(off, task)?;
+    let var = pending & 0xff;
+    let by_service = pending & BY_SERVICE != 0;
+    let k = if cfg.rules & rules::NO_PRELOAD != 0
+        && var != 0
+        && (by_service || report::is_service(&exe))
+    {
+        kind::EXEC_PRELOAD
+    // SAFETY: presence check only.
+    } else if cfg.rules & rules::EXEC_ALLOWLIST != 0
+        && by_service
+        && unsafe { EXEC.get(exe) }.is_none()
+    {
+        kind::EXEC
+    } else {
+        return Ok(());
+    };
+    let v = report::process_seen();
+    // SAFETY: as above.
+    let loc: u32 = unsafe { ctx.read_at::<u32>(8) }.map_err(i64::from)?;
+    let name_at = ctx.as_ptr() as u64 + u64::from(loc & 0xffff);
+    report::emit(off, task, k, source::TP_PROCESS_EXEC, v, |ev| {
+        ev.file = exe;
+        ev.exe = exe;
+        ev.aux = var;
+        // SAFETY: the filename lies inside the record; kernel memory, read
+        // through the fault-safe helper.
+        let _ = unsafe {
+            aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(name_at as *const u8, &mut ev.name)
+        };
+    });
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! LSM `inode_rename`: a rename that would move a protected file away (or
+//! exchange it), put another file over a protected one, or create a
+//! protected name.
+//!
+//! Kernel prototype: `LSM_HOOK(int, 0, inode_rename, struct inode *old_dir,
+//! struct dentry *old_dentry, struct inode *new_dir, struct dentry
+//! *new_dentry)`. `new_dentry` is negative when the target name does not
+//! exist yet.
+
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+use guardian_common::{Counter, Event, kind, source};
+
+use crate::{kernel, report};
+
+#[lsm(hook = "inode_rename")]
+pub fn guardian_inode_rename(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    match try_rename(ctx.arg(1), ctx.arg(2), ctx.arg(3)) {
+        Ok(ret) => ret,
+        Err(_) => {
+            report::count(Counter::ReadErrors);
+            0
+        }
+    }
+}
+
+fn try_rename(old_dentry: u64, new_dir: u64, new_dentry: u64) -> Result<i32, i64> {
+    let Some(cfg) = kernel::config() else {
+        return Ok(0);
+    };
+    let off = &cfg.offsets;
+    // The protected file concerned: the one moved, else the one replaced,
+    // else (a rename creating a protected name) none.
+    let mut key = kernel::dentry_key(off, old_dentry)?.unwrap_or_default();
+    let mut protected = report::protected(&key);
+    if protected.is_none()
+        && let Some(replaced) = kernel::dentry_key(off, new_dentry)?
+    {
+        key = replaced;
+        protected = report::protected(&key);
+    }
+    let mut name = None;
+    if protected.is_none() {
+        name = report::protected_name(off, new_dir, new_dentry)?;
+        if name.is_none() {
+            return Ok(0);
+        }
+    }
+    let task = kernel::current_task();
+    let exe = kernel::exe_key(off, task)?;
+    // A protected name may be created by nobody; a protected file changed
+    // only by its writers.
+    let allowed = match &protected {
+        Some(p) => report::may_write(cfg, &exe, p),
+        None => false,
+    };
+    let (v, ret) = report::judge_file(cfg, allowed);
+    let id = match &protected {
+        Some(p) => p.id,
+        None => Event::NOT_PROTECTED,
+    };
+    report::emit(
+        off,
+        task,
+        kind::FILE_RENAME,
+        source::LSM_INODE_RENAME,
+        v,
+        |ev| {
+            ev.file = key;
+            ev.exe = exe;
+            ev.protected_id = id;
+            if let Some(n) = name {
+                ev.file = n.dir;
+                ev.name = n.name;
+            } else {
+                let _ = kernel::dentry_name(off, new_dentry, &mut ev.name);
+            }
+        },
+    );
+    Ok(ret)
+}

@@ -1,0 +1,57 @@
+//! LSM `inode_unlink`: removing a protected file's name.
+//!
+//! Kernel prototype: `LSM_HOOK(int, 0, inode_unlink, struct inode *dir,
+//! struct dentry *dentry)`.
+
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+use guardian_common::{Counter, kind, source};
+
+use crate::{kernel, report};
+
+#[lsm(hook = "inode_unlink")]
+pub fn guardian_inode_unlink(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    match try_unlink(ctx.arg(1)) {
+        Ok(ret) => ret,
+        Err(_) => {
+            report::count(Counter::ReadErrors);
+            0
+        }
+    }
+}
+
+fn try_unlink(dentry: u64) -> Result<i32, i64> {
+    let Some(cfg) = kernel::config() else {
+        return Ok(0);
+    };
+    let off = &cfg.offsets;
+    let Some(key) = kernel::dentry_key(off, dentry)? else {
+        return Ok(0);
+    };
+    let Some(protected) = report::protected(&key) else {
+        return Ok(0);
+    };
+    let task = kernel::current_task();
+    let exe = kernel::exe_key(off, task)?;
+    if report::own_write(cfg, &exe, &protected) {
+        return Ok(0);
+    }
+    let (v, ret) = report::judge_file(cfg, report::may_write(cfg, &exe, &protected));
+    report::emit(
+        off,
+        task,
+        kind::FILE_UNLINK,
+        source::LSM_INODE_UNLINK,
+        v,
+        |ev| {
+            ev.file = key;
+            ev.exe = exe;
+            ev.protected_id = protected.id;
+            let _ = kernel::dentry_name(off, dentry, &mut ev.name);
+        },
+    );
+    Ok(ret)
+}
