@@ -38,6 +38,12 @@ cargo +"$MSRV" check --locked --all-targets
 step "unit and host integration tests (real eBPF on this kernel)"
 cargo test --locked
 
+step "policies: the ABI crate, and the example policies built and linted for wasm32"
+cargo test --locked -p guardian-policy-abi --features alloc
+(cd policies/examples && cargo clippy --locked --release --target wasm32-unknown-unknown -- -D warnings)
+# (guardian's tests above build the examples and run them in wasmi; the
+# wasmi/native/wasmtime benchmark is policies/bench/run.sh, not run here.)
+
 step "the example inference service (the workload guardian protects)"
 cargo test --locked --manifest-path examples/inference/Cargo.toml
 

@@ -190,25 +190,25 @@ impl JsonEvent {
         let k = self.event.as_str();
         let detail = match kind {
             k2 if k2.is_file() => Detail::File {
-                path: need(self.file.as_deref(), "file", k)?,
+                path: need(self.file.as_deref(), "file", k)?.as_bytes(),
                 dev: match &self.dev {
                     Some(d) => d.parse("dev")?,
                     None => Dev::default(),
                 },
                 ino: self.ino.unwrap_or(0),
                 flags: self.flags.unwrap_or(0),
-                flags_text: self.flags_text.as_deref().unwrap_or(""),
+                flags_text: self.flags_text.as_deref().unwrap_or("").as_bytes(),
             },
             Kind::Exec | Kind::ExecPreload => Detail::Exec {
-                path: need(self.path.as_deref(), "path", k)?,
-                env: self.env.as_deref(),
+                path: need(self.path.as_deref(), "path", k)?.as_bytes(),
+                env: self.env.as_deref().map(str::as_bytes),
             },
             Kind::LibraryLoad => Detail::Library {
-                path: need(self.path.as_deref(), "path", k)?,
+                path: need(self.path.as_deref(), "path", k)?.as_bytes(),
             },
             Kind::Ptrace => Detail::Ptrace {
                 target_pid: *need(self.target_pid.as_ref(), "target_pid", k)?,
-                target_exe: self.target_exe.as_deref(),
+                target_exe: self.target_exe.as_deref().map(str::as_bytes),
             },
             Kind::Connect => {
                 let text = need(self.addr.as_deref(), "addr", k)?;
@@ -241,19 +241,19 @@ impl JsonEvent {
             kernel,
             mode,
             time_ns,
-            hook: &self.hook,
+            hook: self.hook.as_bytes(),
             pid: self.pid,
             tid: self.tid,
             ppid: self.ppid,
             uid: self.uid,
             gid: self.gid,
-            exe: self.exe.as_deref(),
+            exe: self.exe.as_deref().map(str::as_bytes),
             exe_dev: match &self.exe_dev {
                 Some(d) => d.parse("exe_dev")?,
                 None => Dev::default(),
             },
             exe_ino: self.exe_ino,
-            comm: &self.comm,
+            comm: self.comm.as_bytes(),
             service: self.service,
             detail,
         })
@@ -262,16 +262,20 @@ impl JsonEvent {
 
 /// A one-line description of an event for alerts and logs.
 pub fn describe(event: &Event<'_>) -> String {
+    let t = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let what = match event.detail {
-        Detail::File { path, .. } | Detail::Library { path } => path.to_owned(),
+        Detail::File { path, .. } | Detail::Library { path } => t(path),
         Detail::Exec { path, env } => match env {
-            Some(e) => format!("{path} ({e})"),
-            None => path.to_owned(),
+            Some(e) => format!("{} ({})", t(path), t(e)),
+            None => t(path),
         },
         Detail::Ptrace {
             target_pid,
             target_exe,
-        } => format!("pid {target_pid} ({})", target_exe.unwrap_or("?")),
+        } => format!(
+            "pid {target_pid} ({})",
+            target_exe.map(t).unwrap_or("?".into())
+        ),
         Detail::Connect { addr, port } => match addr {
             IpAddr::V4(a) => format!("{}:{port}", std::net::Ipv4Addr::from(a)),
             IpAddr::V6(a) => format!("[{}]:{port}", std::net::Ipv6Addr::from(a)),
@@ -282,7 +286,7 @@ pub fn describe(event: &Event<'_>) -> String {
         "{} by pid {} ({}) {what}",
         event.kind.name(),
         event.pid,
-        event.exe.unwrap_or(event.comm)
+        t(event.exe.unwrap_or(event.comm))
     )
 }
 

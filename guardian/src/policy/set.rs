@@ -584,9 +584,9 @@ impl StaticRules {
                         let mut v = Vec::new();
                         for a in &prev {
                             for b in dirs {
-                                if guardian_policy_abi::path_matches(b, a) || a == b {
+                                if guardian_policy_abi::path_matches(b, a.as_bytes()) || a == b {
                                     push_unique(&mut v, a);
-                                } else if guardian_policy_abi::path_matches(a, b) {
+                                } else if guardian_policy_abi::path_matches(a, b.as_bytes()) {
                                     push_unique(&mut v, b);
                                 }
                             }

@@ -225,7 +225,7 @@ pub enum Detail<'a> {
     /// The `file_*` kinds.
     File {
         /// The file's path.
-        path: &'a str,
+        path: &'a [u8],
         /// Its device.
         dev: Dev,
         /// Its inode.
@@ -233,20 +233,20 @@ pub enum Detail<'a> {
         /// Open or operation flags as the kernel gave them.
         flags: u32,
         /// The flags in words (`O_WRONLY|O_TRUNC`, …).
-        flags_text: &'a str,
+        flags_text: &'a [u8],
     },
     /// [`Kind::Exec`] and [`Kind::ExecPreload`].
     Exec {
         /// The executed binary.
-        path: &'a str,
+        path: &'a [u8],
         /// For `exec_preload`: the variable seen (`LD_PRELOAD`, …).
         #[serde(borrow)]
-        env: Option<&'a str>,
+        env: Option<&'a [u8]>,
     },
     /// [`Kind::LibraryLoad`].
     Library {
         /// The library's path.
-        path: &'a str,
+        path: &'a [u8],
     },
     /// [`Kind::Ptrace`].
     Ptrace {
@@ -254,7 +254,7 @@ pub enum Detail<'a> {
         target_pid: u32,
         /// Its executable, when known.
         #[serde(borrow)]
-        target_exe: Option<&'a str>,
+        target_exe: Option<&'a [u8]>,
     },
     /// [`Kind::Connect`].
     Connect {
@@ -266,7 +266,11 @@ pub enum Detail<'a> {
 }
 
 /// One security event: what the JSON line of `guardian run` says, in a form
-/// that costs nothing to decode (strings borrow from the input buffer).
+/// that costs nothing to decode: text fields are the UTF-8 bytes of the
+/// JSON strings, borrowed from the input buffer and not re-validated (on the
+/// wire a byte string and a string are the same, a varint length then the
+/// bytes; skipping UTF-8 validation is most of the decoding cost inside an
+/// interpreter). Compare them with byte strings (`b"/opt/models/"`).
 ///
 /// Field order is the encoding order; do not reorder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,7 +286,7 @@ pub struct Event<'a> {
     /// events (`guardian policy test`) gives the same verdicts.
     pub time_ns: u64,
     /// The kernel hook that saw it (`lsm/file_open`, …).
-    pub hook: &'a str,
+    pub hook: &'a [u8],
     /// Process id (thread group).
     pub pid: u32,
     /// Thread id.
@@ -295,13 +299,13 @@ pub struct Event<'a> {
     pub gid: u32,
     /// The process's executable, when known.
     #[serde(borrow)]
-    pub exe: Option<&'a str>,
+    pub exe: Option<&'a [u8]>,
     /// Device of the executable.
     pub exe_dev: Dev,
     /// Inode of the executable.
     pub exe_ino: u64,
     /// The task's command name.
-    pub comm: &'a str,
+    pub comm: &'a [u8],
     /// Whether the process is the inference service.
     pub service: bool,
     /// Kind-specific fields.
@@ -312,7 +316,7 @@ pub struct Event<'a> {
 impl<'a> Event<'a> {
     /// The path the event is about: the file, the executed binary or the
     /// library.
-    pub fn path(&self) -> Option<&'a str> {
+    pub fn path(&self) -> Option<&'a [u8]> {
         match self.detail {
             Detail::File { path, .. } | Detail::Exec { path, .. } | Detail::Library { path } => {
                 Some(path)
@@ -581,11 +585,11 @@ pub struct OwnedStaticRules {
 }
 
 /// Whether `path` is `rule` or, when `rule` ends in `/`, under it.
-pub fn path_matches(rule: &str, path: &str) -> bool {
+pub fn path_matches(rule: &str, path: &[u8]) -> bool {
     if rule.ends_with('/') {
-        path.starts_with(rule)
+        path.starts_with(rule.as_bytes())
     } else {
-        path == rule
+        path == rule.as_bytes()
     }
 }
 
@@ -600,16 +604,16 @@ mod tests {
             kernel: KernelVerdict::Alert,
             mode: Mode::Detect,
             time_ns: 1_700_000_000_000_000_000,
-            hook: "tp/connect",
+            hook: b"tp/connect",
             pid: 42,
             tid: 43,
             ppid: 1,
             uid: 0,
             gid: 0,
-            exe: Some("/usr/bin/curl"),
+            exe: Some(b"/usr/bin/curl"),
             exe_dev: Dev { major: 8, minor: 1 },
             exe_ino: 1234,
-            comm: "curl",
+            comm: b"curl",
             service: true,
             detail: Detail::Connect {
                 addr: IpAddr::V4([10, 1, 2, 3]),
@@ -630,6 +634,16 @@ mod tests {
         }
         assert_eq!(Kind::from_name("future_thing"), Kind::Other);
         assert!(Kind::FileMmapWrite.is_file() && !Kind::Exec.is_file());
+    }
+
+    #[test]
+    fn bytes_and_strings_share_the_wire_format() {
+        let as_str = postcard::to_allocvec(&("/opt/models/x", Some("LD_PRELOAD"))).unwrap();
+        let as_bytes =
+            postcard::to_allocvec(&(&b"/opt/models/x"[..], Some(&b"LD_PRELOAD"[..]))).unwrap();
+        assert_eq!(as_str, as_bytes);
+        let (p, e): (&[u8], Option<&[u8]>) = postcard::from_bytes(&as_str).unwrap();
+        assert_eq!((p, e), (&b"/opt/models/x"[..], Some(&b"LD_PRELOAD"[..])));
     }
 
     #[test]
@@ -665,9 +679,9 @@ mod tests {
         assert!(!prefix_match(&n, &IpAddr::V4([192, 168, 32, 9]), 20));
         assert!(prefix_match(&n, &IpAddr::V4([1, 2, 3, 4]), 0));
         assert!(!prefix_match(&n, &IpAddr::V4([1, 2, 3, 4]), 33));
-        assert!(path_matches("/opt/models/", "/opt/models/a.onnx"));
-        assert!(!path_matches("/opt/models/", "/opt/models2/a"));
-        assert!(path_matches("/etc/x", "/etc/x") && !path_matches("/etc/x", "/etc/xy"));
+        assert!(path_matches("/opt/models/", b"/opt/models/a.onnx"));
+        assert!(!path_matches("/opt/models/", b"/opt/models2/a"));
+        assert!(path_matches("/etc/x", b"/etc/x") && !path_matches("/etc/x", b"/etc/xy"));
     }
 
     #[cfg(feature = "alloc")]

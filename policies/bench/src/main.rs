@@ -21,7 +21,7 @@ const BATCH: usize = 64;
 fn event(
     kind: Kind,
     detail: Detail<'static>,
-    exe: &'static str,
+    exe: &'static [u8],
     service: bool,
     pid: u32,
 ) -> Event<'static> {
@@ -30,7 +30,7 @@ fn event(
         kernel: KernelVerdict::Allow,
         mode: Mode::Enforce,
         time_ns: 1_700_000_000_000_000_000,
-        hook: "lsm/file_open",
+        hook: b"lsm/file_open",
         pid,
         tid: pid,
         ppid: 1,
@@ -39,13 +39,13 @@ fn event(
         exe: Some(exe),
         exe_dev: Dev { major: 8, minor: 1 },
         exe_ino: 1234,
-        comm: "python3",
+        comm: b"python3",
         service,
         detail,
     }
 }
 
-fn file(path: &'static str, exe: &'static str) -> Event<'static> {
+fn file(path: &'static [u8], exe: &'static [u8]) -> Event<'static> {
     event(
         Kind::FileWriteOpen,
         Detail::File {
@@ -53,7 +53,7 @@ fn file(path: &'static str, exe: &'static str) -> Event<'static> {
             dev: Dev { major: 8, minor: 1 },
             ino: 42,
             flags: 0x241,
-            flags_text: "O_WRONLY|O_CREAT|O_TRUNC",
+            flags_text: b"O_WRONLY|O_CREAT|O_TRUNC",
         },
         exe,
         false,
@@ -64,14 +64,14 @@ fn file(path: &'static str, exe: &'static str) -> Event<'static> {
 /// The events each policy is measured on: the common, allowed case.
 fn workload(name: &str) -> Event<'static> {
     match name {
-        "model_writer" => file("/opt/models/resnet50.onnx", "/usr/sbin/model-updater"),
+        "model_writer" => file(b"/opt/models/resnet50.onnx", b"/usr/sbin/model-updater"),
         "service_exec" => event(
             Kind::Exec,
             Detail::Exec {
-                path: "/usr/bin/python3",
+                path: b"/usr/bin/python3",
                 env: None,
             },
-            "/usr/bin/python3",
+            b"/usr/bin/python3",
             true,
             4242,
         ),
@@ -81,18 +81,18 @@ fn workload(name: &str) -> Event<'static> {
                 addr: IpAddr::V4([10, 1, 2, 3]),
                 port: 443,
             },
-            "/usr/bin/python3",
+            b"/usr/bin/python3",
             true,
             4242,
         ),
-        "rate_anomaly" => file("/opt/models/resnet50.onnx", "/usr/sbin/model-updater"),
+        "rate_anomaly" => file(b"/opt/models/resnet50.onnx", b"/usr/sbin/model-updater"),
         _ => event(
             Kind::Exec,
             Detail::Exec {
-                path: "/bin/true",
+                path: b"/bin/true",
                 env: None,
             },
-            "/bin/sh",
+            b"/bin/sh",
             false,
             7,
         ),

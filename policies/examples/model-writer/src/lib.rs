@@ -38,7 +38,9 @@ impl Policy for ModelWriter {
             return Verdict::ALLOW;
         }
         match event.path() {
-            Some(p) if p.starts_with(MODELS) && event.exe != Some(UPDATER) => {
+            Some(p)
+                if p.starts_with(MODELS.as_bytes()) && event.exe != Some(UPDATER.as_bytes()) =>
+            {
                 // Re-measure: in detect mode the write may have happened.
                 Verdict::deny(1).with(Actions::REMEASURE)
             }

@@ -49,9 +49,9 @@ pub struct RateAnomaly {
 }
 
 /// FNV-1a: a cheap, stable hash of the path.
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+fn fnv(s: &[u8]) -> u64 {
+    s.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
@@ -63,7 +63,7 @@ impl Policy for RateAnomaly {
     fn evaluate(&mut self, event: &Event<'_>) -> Verdict {
         let Some(path) = event
             .path()
-            .filter(|p| event.kind.is_file() && p.starts_with(MODELS))
+            .filter(|p| event.kind.is_file() && p.starts_with(MODELS.as_bytes()))
         else {
             return Verdict::ALLOW;
         };

@@ -39,11 +39,11 @@ impl Policy for ServiceExec {
     }
 
     fn evaluate(&mut self, event: &Event<'_>) -> Verdict {
-        let path = event.path().unwrap_or("");
+        let path = event.path().unwrap_or(b"");
         match event.kind {
             Kind::ExecPreload if event.service => Verdict::deny(10).with(Actions::KILL),
             Kind::ExecPreload => Verdict::alert(13),
-            Kind::Exec if event.service && !SERVICE_EXEC.contains(&path) => {
+            Kind::Exec if event.service && !SERVICE_EXEC.iter().any(|s| s.as_bytes() == path) => {
                 Verdict::deny(11).with(Actions::KILL)
             }
             Kind::LibraryLoad
@@ -51,7 +51,7 @@ impl Policy for ServiceExec {
             {
                 Verdict::deny(12).with(Actions::KILL)
             }
-            k if k.is_file() && path == LD_SO_PRELOAD => Verdict::deny(14),
+            k if k.is_file() && path == LD_SO_PRELOAD.as_bytes() => Verdict::deny(14),
             _ => Verdict::ALLOW,
         }
     }
