@@ -291,8 +291,9 @@ kill -9 "$agent"
 wait "$agent" 2>/dev/null
 guardian-attack write-fd 7 >/tmp/out 2>&1
 rc=$?
-sh -c ": > $MODEL" 2>>/tmp/out
+sh -c "echo \$\$ > /tmp/pid; : > $MODEL" 2>>/tmp/out
 rc2=$?
+down_pid="$(cat /tmp/pid)"
 say "  with no agent running: write-fd -> $(head -n 1 /tmp/out); truncate -> exit $rc2"
 [ "$rc" -ne 0 ] && [ "$rc2" -ne 0 ] && [ "$(digest "$MODEL")" = "$after" ]
 check kill9-still-denied $? "exit $rc and $rc2, model unchanged"
@@ -300,9 +301,9 @@ say "restarting guardian: it adopts the pinned programs instead of loading twice
 start_agent
 grep -q '"adopted": true' /run/guardian/status.json && [ "$(ls /sys/fs/bpf/guardian | wc -l)" -eq 1 ]
 check restart-adopts $? "$(guardian status | grep '^pinned')"
-# The denial made while no agent ran waited in the ring buffer.
-grep -q '"event":"file_write","verdict":"deny"' "$EVENTS" && grep -c '"event":"file_write"' "$EVENTS" | grep -qv '^1$'
-check events-kept-while-down $? "$(grep -c '"event":"file_write"' "$EVENTS") file_write events"
+# The denial made while no agent ran waited in the pinned ring buffer.
+wait_event "$down_pid" deny file_write_open
+check events-kept-while-down $? "$(events_of "$down_pid" | head -n 1)"
 [ "$(digest "$MODEL")" = "$after" ]
 check model-unchanged $? "sha256 $(digest "$MODEL")"
 
