@@ -15,6 +15,7 @@
 //! | [`btf`] | reading struct offsets from the kernel's BTF for the eBPF programs |
 //! | [`guard`] | loading the eBPF object, filling its maps, choosing enforce or detect |
 //! | [`events`] | decoding kernel records into JSON-line security events |
+//! | [`fanotify`] | the userspace-deny rung: fanotify permission events where BPF LSM cannot attach |
 //! | [`status`] | the state `guardian status` shows |
 //! | [`measure`] | the boot step: measure the manifest's models into a TPM PCR |
 //! | [`manifest`] | the signed model manifest, and why PCR 14 |
@@ -38,6 +39,7 @@ pub mod btf;
 pub mod config;
 pub mod continuous;
 pub mod events;
+pub mod fanotify;
 pub mod guard;
 pub mod hashing;
 pub mod kernel;
