@@ -44,6 +44,14 @@ if ! (cd "$here/attack" && cargo build --locked --release --target aarch64-unkno
     exit 1
 fi
 attack_bin="$here/attack/target/aarch64-unknown-linux-gnu/release/guardian-attack"
+log "the model-writer example policy (wasm32), signed with the vendor key below"
+if ! (cd "$root/policies/examples" && CARGO_TARGET_DIR="$root/target/policy-examples" \
+    cargo build --locked --release --target wasm32-unknown-unknown -p model-writer) \
+    >"$out/policy-build.log" 2>&1; then
+    cat "$out/policy-build.log" >&2
+    exit 1
+fi
+policy_wasm="$root/target/policy-examples/wasm32-unknown-unknown/release/model_writer.wasm"
 
 # A stand-in model (issue-8 brings a real one): 4 KiB of known bytes.
 head -c 4096 < <(yes 'weights v1') >"$out/files/model.onnx"
@@ -64,6 +72,9 @@ name = "stand-in"
 EOF
 openssl pkeyutl -sign -inkey "$out/files/vendor.pem" -rawin -in "$out/files/manifest.toml" \
     -out "$out/files/manifest.toml.sig"
+# The policy the guest swaps in at run time, signed by the same vendor.
+cp "$policy_wasm" "$out/files/model_writer.wasm"
+"$root/target/debug/guardian" policy sign --key "$out/files/vendor.pem" "$out/files/model_writer.wasm" >&2
 
 scenarios=(tpm-device bpf-lsm-active measure-boot pcr-equals-replay quote-evidence guardian-enforce deny-append deny-append-event
     deny-truncate deny-truncate-event deny-impostor allow-updater allow-updater-event
@@ -76,7 +87,9 @@ scenarios=(tpm-device bpf-lsm-active measure-boot pcr-equals-replay quote-eviden
     exec-unlisted exec-unlisted-event library-load library-load-event
     ptrace-attach ptrace-attach-event ptrace-target connect-denied connect-denied-event connect-allowed
     self-config self-config-event self-pins self-pins-event self-pins-kept
-    kill9-still-denied restart-adopts events-kept-while-down model-unchanged)
+    kill9-still-denied restart-adopts events-kept-while-down model-unchanged
+    policy-before-swap policy-before-swap-event policy-swap-loaded policy-swap-allows-writer
+    policy-swap-event policy-in-evidence)
 # A fresh nonce for the guest's quote, verified on the host afterwards.
 nonce="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 nonce2="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -95,7 +108,10 @@ log "initramfs"
     "$out/files/manifest.toml.sig:/etc/guardian/manifest.toml.sig" \
     "$out/files/vendor.pub:/etc/guardian/vendor.pub" \
     "$cache/busybox-arm64/bin/busybox:/opt/updater/busybox" \
-    "$attack_bin:/usr/bin/guardian-attack"
+    "$attack_bin:/usr/bin/guardian-attack" \
+    "$attack_bin:/usr/sbin/model-updater" \
+    "$out/files/model_writer.wasm:/opt/policies/model_writer.wasm" \
+    "$out/files/model_writer.wasm.sig:/opt/policies/model_writer.wasm.sig"
 
 log "booting the arm64 guest (TCG; functional timing only)"
 console="$out/console.log"

@@ -54,6 +54,50 @@ pub enum Message {
     Event(Box<SecurityEvent>),
     /// The guard's state, to be recorded (at start, and on drop increases).
     State(String),
+    /// A policy load to record and extend before its set is put in force;
+    /// the answer (extended or not) goes back on `reply`.
+    Policy {
+        /// The policy.
+        info: Box<crate::policy::PolicyInfo>,
+        /// The set it belongs to.
+        generation: u64,
+        /// Where the answer goes.
+        reply: std::sync::mpsc::Sender<Result<bool, String>>,
+    },
+    /// Finish queued work and stop (other senders, such as the policy
+    /// engine's measurer, may still hold the channel open).
+    Stop,
+}
+
+/// The policy engine's [`Measurer`](crate::policy::Measurer) in the daemon:
+/// the attestor thread, which owns the measurement log and the TPM, records
+/// each policy load, so there is one writer and one TPM session.
+pub struct AttestorMeasurer {
+    tx: SyncSender<Message>,
+}
+
+impl crate::policy::Measurer for AttestorMeasurer {
+    fn measure(
+        &mut self,
+        policy: &crate::policy::PolicyInfo,
+        generation: u64,
+    ) -> Result<bool, crate::policy::MeasureError> {
+        use crate::policy::MeasureError;
+        let (reply, answer) = std::sync::mpsc::channel();
+        // A blocking send: a policy load must not be dropped like an event.
+        self.tx
+            .send(Message::Policy {
+                info: Box::new(policy.clone()),
+                generation,
+                reply,
+            })
+            .map_err(|_| MeasureError::Attestor("the attestor has stopped".into()))?;
+        // Re-measuring a large model can keep the attestor busy for a while.
+        answer
+            .recv_timeout(Duration::from_secs(120))
+            .map_err(|_| MeasureError::Attestor("no answer within 120 s".into()))?
+            .map_err(MeasureError::Attestor)
+    }
 }
 
 /// Counters and conditions, for `guardian status`.
@@ -112,6 +156,13 @@ impl Attestor {
         }
     }
 
+    /// A measurer for the policy engine that goes through this attestor.
+    pub fn measurer(&self) -> AttestorMeasurer {
+        AttestorMeasurer {
+            tx: self.tx.clone(),
+        }
+    }
+
     /// A copy of the counters.
     pub fn stats(&self) -> Stats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
@@ -119,8 +170,8 @@ impl Attestor {
 
     /// Finish queued work and stop.
     pub fn stop(mut self) {
-        let (tx, _) = std::sync::mpsc::sync_channel(1);
-        drop(std::mem::replace(&mut self.tx, tx));
+        // Queued behind everything already sent, so that is done first.
+        let _ = self.tx.send(Message::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -222,8 +273,15 @@ impl Worker {
                 Ok(Message::State(s)) => {
                     self.record(Kind::State, s.as_bytes(), s.clone(), None);
                 }
+                Ok(Message::Policy {
+                    info,
+                    generation,
+                    reply,
+                }) => {
+                    let _ = reply.send(self.measure_policy(&info, generation));
+                }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
+                Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => {
                     // Finish what writes are waiting for, then stop.
                     self.flush_suppressed(Instant::now() + TAMPER_WINDOW);
                     let due: Vec<PathBuf> = self.pending.drain().map(|(p, _)| p).collect();
@@ -411,6 +469,36 @@ impl Worker {
             ..Record::blank()
         };
         self.append_and_extend(rec, digest)
+    }
+
+    /// A policy load: its record (digest: the module's SHA-256), then the
+    /// extend. `Ok(true)` extended, `Ok(false)` logged without a TPM.
+    fn measure_policy(
+        &mut self,
+        p: &crate::policy::PolicyInfo,
+        generation: u64,
+    ) -> Result<bool, String> {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(&p.sha256, &mut digest)
+            .map_err(|_| format!("policy digest {:?} is not 64 hex digits", p.sha256))?;
+        let rec = Record {
+            kind: Kind::Policy,
+            pcr: self.pcr,
+            digest: p.sha256.clone(),
+            extended: self.tpm.is_some(),
+            description: crate::policy::measure::description(p, generation),
+            file: Some(p.file.display().to_string()),
+            ..Record::blank()
+        };
+        if self.append_and_extend(rec, digest) {
+            Ok(self.tpm.is_some())
+        } else {
+            Err(format!(
+                "recording policy {} in {} failed (see the agent's log)",
+                p.name,
+                self.log_path.display()
+            ))
+        }
     }
 
     fn append_and_extend(&mut self, rec: Record, digest: [u8; 32]) -> bool {

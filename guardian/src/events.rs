@@ -102,10 +102,31 @@ pub struct SecurityEvent {
     /// Destination port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// What the policies said, when any are loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyNote>,
     /// What the agent did about it, when it did more than report
     /// (`killed`, or why it could not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
+}
+
+/// The policies' combined answer on one event.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyNote {
+    /// `allow`, `alert` or `deny` (deny-overrides over every policy).
+    pub decision: String,
+    /// `policy:rule` of the first policy that decided so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Actions asked for: `kill`, `remeasure`, `quarantine`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<String>,
+    /// Which policy set judged (it changes with every reload).
+    pub generation: u64,
+    /// Policies that failed on this event (each counted as the fail mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
 }
 
 impl SecurityEvent {

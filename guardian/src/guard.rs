@@ -1182,7 +1182,21 @@ impl Guard {
                 }
             }
         }
-        fill_tables(&mut self.maps, targets, &pins)
+        fill_tables(&mut self.maps, targets, &pins)?;
+        // The process rules may have changed with the tables.
+        let m = self
+            .maps
+            .get(map_names::CONFIG)
+            .ok_or_else(|| missing_map(map_names::CONFIG))?;
+        let arr: Array<&MapData, KernelConfig> =
+            Array::try_from(m).map_err(map_err(map_names::CONFIG))?;
+        let mut cfg = arr.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
+        if cfg.rules != targets.rules || cfg.self_exe != targets.self_exe {
+            cfg.rules = targets.rules;
+            cfg.self_exe = targets.self_exe;
+            set_config(&mut self.maps, cfg)?;
+        }
+        Ok(())
     }
 
     /// The mode in force.

@@ -47,11 +47,12 @@ pub mod manifest;
 pub mod measure;
 pub mod mlog;
 pub mod policy;
+pub mod rules;
 pub mod signing;
 pub mod status;
 pub mod tpm;
 
-use std::{collections::BTreeMap, future::Future, time::Duration};
+use std::{collections::BTreeMap, future::Future, path::Path, sync::Arc, time::Duration};
 
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -188,6 +189,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .collect::<Vec<_>>()
             .join("; ")
     )));
+    // 5. Policies: the signed set in the policy directory, each load
+    //    measured into the TPM by the attestor before the set is put in
+    //    force; their static rules widen the kernel's tables.
+    let engine = Arc::new(policy::PolicyEngine::new(
+        policy::PolicySettings::from_config(&config, guard.mode() == Mode::Enforce),
+        Box::new(attestor.measurer()),
+    ));
+    let mut targets = targets;
+    let mut pstate = PolicyState::default();
+    if config.policy.dir.is_dir() {
+        let result = engine.reload();
+        pstate.apply(result, &config, &mut guard, &mut targets, &mut decoder);
+    } else {
+        log::info!(
+            "no policy directory {}: no policies; the kernel tables come from the config alone",
+            config.policy.dir.display()
+        );
+    }
+    pstate.fingerprint = dir_fingerprint(&config.policy.dir);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(RunError::Events)?;
+    let mut reloading: Option<
+        tokio::task::JoinHandle<Result<policy::ReloadReport, policy::LoadError>>,
+    > = None;
+
     let ring = guard.take_events()?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
     // for as long as the AsyncFd owns the ring buffer.
@@ -197,16 +223,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut counters = AgentCounters::default();
     let started = status::now();
     let mut last_drops = 0u64;
-    let mut publish = |guard: &Guard, counters: &AgentCounters| -> Result<(), RunError> {
-        let st = snapshot(
-            &config,
-            &features,
-            &targets,
+    let mut publish = |guard: &Guard,
+                       targets: &Targets,
+                       counters: &AgentCounters,
+                       pstate: &PolicyState|
+     -> Result<(), RunError> {
+        let st = snapshot(&Parts {
+            config: &config,
+            features: &features,
+            targets,
             guard,
-            counters,
-            &attestor.stats(),
-            &started,
-        );
+            agent: counters,
+            attest: &attestor.stats(),
+            started: &started,
+            policies: &engine.stats(),
+            pstate,
+        });
         // Lost events are part of the evidence too.
         let drops = st.counters.get("ringbuf_drops").copied().unwrap_or(0);
         if drops > last_drops {
@@ -218,8 +250,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         st.write(&config.status.path)?;
         Ok(())
     };
-    // 5. Publishing the status file is the readiness signal.
-    publish(&guard, &counters)?;
+    // 6. Publishing the status file is the readiness signal.
+    publish(&guard, &targets, &counters, &pstate)?;
     log::info!(
         "ready; events to {}, status in {}",
         if config.events.output == "-" {
@@ -242,15 +274,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             () = &mut shutdown => break,
             ready = ring.readable_mut() => {
                 let mut ready = ready.map_err(RunError::Events)?;
-                dirty |= drain(ready.get_inner_mut(), &mut decoder, &mut sink, &mut counters, &attestor, config.guard.response) > 0;
+                dirty |= drain(ready.get_inner_mut(), &mut decoder, &mut sink, &mut counters, &attestor, config.guard.response, &engine) > 0;
                 ready.clear_ready();
             }
+            _ = hup.recv() => {
+                log::info!("SIGHUP: reloading the policies from {}", config.policy.dir.display());
+                if reloading.is_none() {
+                    let e = Arc::clone(&engine);
+                    reloading = Some(tokio::task::spawn_blocking(move || e.reload()));
+                }
+            }
+            done = async {
+                match reloading.as_mut() {
+                    Some(h) => h.await,
+                    None => std::future::pending().await,
+                }
+            }, if reloading.is_some() => {
+                reloading = None;
+                match done {
+                    Ok(result) => pstate.apply(result, &config, &mut guard, &mut targets, &mut decoder),
+                    Err(e) => log::error!("policies: the reload task failed: {e}"),
+                }
+                publish(&guard, &targets, &counters, &pstate)?;
+            }
             _ = tick.tick() => {
-                publish(&guard, &counters)?;
+                // A change in the policy directory is a reload too.
+                let fp = dir_fingerprint(&config.policy.dir);
+                if fp != pstate.fingerprint && reloading.is_none() {
+                    log::info!("the policy directory {} changed: reloading", config.policy.dir.display());
+                    pstate.fingerprint = fp;
+                    let e = Arc::clone(&engine);
+                    reloading = Some(tokio::task::spawn_blocking(move || e.reload()));
+                }
+                publish(&guard, &targets, &counters, &pstate)?;
                 dirty = false;
             }
             _ = soon.tick(), if dirty => {
-                publish(&guard, &counters)?;
+                publish(&guard, &targets, &counters, &pstate)?;
                 dirty = false;
             }
         }
@@ -264,6 +324,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         &mut counters,
         &attestor,
         config.guard.response,
+        &engine,
     );
     attestor.stop();
     let _ = std::fs::remove_file(&config.status.path);
@@ -285,13 +346,48 @@ fn drain(
     counters: &mut AgentCounters,
     attestor: &continuous::Attestor,
     response: Response,
+    engine: &policy::PolicyEngine,
 ) -> usize {
     let mut n = 0;
     while let Some(item) = ring.next() {
         n += 1;
         match decoder.decode(&item) {
             Ok(mut ev) => {
-                if ev.verdict == "alert" && response == Response::Kill {
+                // Every event goes through the policies in force.
+                let mut policy_kill = false;
+                if engine.generation() > 0 {
+                    match serde_json::to_value(&ev)
+                        .and_then(serde_json::from_value::<policy::JsonEvent>)
+                    {
+                        Ok(json) => match engine.evaluate_json(&json) {
+                            Ok(outcome) => {
+                                if let Ok(abi) = json.to_abi() {
+                                    for (name, err) in outcome.failures() {
+                                        log::warn!(
+                                            "{}",
+                                            policy::engine::failure_alert(
+                                                name,
+                                                err,
+                                                &abi,
+                                                engine.settings().fail_mode
+                                            )
+                                        );
+                                    }
+                                }
+                                policy_kill = outcome.decision != policy::Decision::Allow
+                                    && outcome.actions.contains(policy::Actions::KILL);
+                                ev.policy = Some(rules::note(&outcome));
+                            }
+                            Err(e) => log::warn!("policies: event not evaluated: {e}"),
+                        },
+                        Err(e) => log::warn!("policies: event not converted: {e}"),
+                    }
+                }
+                // Nothing to answer when the kernel refused: nothing happened.
+                let happened = ev.verdict != "deny";
+                if happened
+                    && ((ev.verdict == "alert" && response == Response::Kill) || policy_kill)
+                {
                     ev.response = Some(respond_kill(&ev, counters));
                 }
                 match sink.write(&ev) {
@@ -367,6 +463,95 @@ pub fn stop(config: &Config, unload: bool) -> anyhow::Result<Vec<String>> {
     Ok(done)
 }
 
+/// The daemon's view of the policy engine between reloads.
+#[derive(Default)]
+struct PolicyState {
+    /// Names, sizes and times of the files in the policy directory.
+    fingerprint: Vec<(String, u64, i64)>,
+    /// Why the last set's static rules are not (all) in the kernel.
+    rules_error: Option<String>,
+}
+
+impl PolicyState {
+    /// Put a reload's result in force: the new set's static rules into the
+    /// kernel's tables (the events already use the new set). A failed
+    /// reload changes nothing.
+    fn apply(
+        &mut self,
+        result: Result<policy::ReloadReport, policy::LoadError>,
+        config: &Config,
+        guard: &mut Guard,
+        targets: &mut Targets,
+        decoder: &mut Decoder,
+    ) {
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("policies: reload failed, the previous set stays in force: {e}");
+                return;
+            }
+        };
+        log::info!(
+            "policies: set {} in force: {}{}",
+            report.generation,
+            if report.policies.is_empty() {
+                "none".to_owned()
+            } else {
+                report
+                    .policies
+                    .iter()
+                    .map(|p| format!("{} ({}…)", p.name, p.sha256.get(..12).unwrap_or(&p.sha256)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            if report.not_extended > 0 {
+                format!(
+                    "; {} load(s) NOT extended into the TPM",
+                    report.not_extended
+                )
+            } else {
+                String::new()
+            }
+        );
+        let applied =
+            rules::targets(config, &report.rules).and_then(|t| guard.refresh(&t).map(|()| t));
+        match applied {
+            Ok(t) => {
+                *decoder = Decoder::new(guard.mode(), &t);
+                *targets = t;
+                self.rules_error = None;
+            }
+            Err(e) => {
+                log::error!(
+                    "policies: the static rules of set {} are NOT in the kernel (the previous tables stay): {e}",
+                    report.generation
+                );
+                self.rules_error = Some(format!("set {}: {e}", report.generation));
+            }
+        }
+    }
+}
+
+/// What is in the policy directory, to notice a change.
+fn dir_fingerprint(dir: &Path) -> Vec<(String, u64, i64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                m.len(),
+                m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Kill the process behind an event the kernel could not deny. Only if
 /// the pid still runs the executable the kernel reported (a recycled pid
 /// is left alone), and never guardian itself or pid 1.
@@ -394,15 +579,31 @@ fn respond_kill(ev: &events::SecurityEvent, counters: &mut AgentCounters) -> Str
     }
 }
 
-fn snapshot(
-    config: &Config,
-    features: &KernelFeatures,
-    targets: &Targets,
-    guard: &Guard,
-    agent: &AgentCounters,
-    attest: &continuous::Stats,
-    started: &str,
-) -> Status {
+/// Everything a status snapshot is made of.
+struct Parts<'a> {
+    config: &'a Config,
+    features: &'a KernelFeatures,
+    targets: &'a Targets,
+    guard: &'a Guard,
+    agent: &'a AgentCounters,
+    attest: &'a continuous::Stats,
+    started: &'a str,
+    policies: &'a policy::PolicyStats,
+    pstate: &'a PolicyState,
+}
+
+fn snapshot(parts: &Parts<'_>) -> Status {
+    let Parts {
+        config,
+        features,
+        targets,
+        guard,
+        agent,
+        attest,
+        started,
+        policies: pstats,
+        pstate,
+    } = *parts;
     let mut counters: BTreeMap<String, u64> = BTreeMap::new();
     let mut warnings = Vec::new();
     match guard.counters() {
@@ -421,6 +622,26 @@ fn snapshot(
     counters.insert("attest_errors".into(), attest.errors);
     for d in &attest.degraded {
         warnings.push(format!("continuous attestation: {d}"));
+    }
+    if let Some(e) = &pstats.last_reload_error {
+        warnings.push(format!(
+            "policies: the last reload failed (previous set in force): {e}"
+        ));
+    }
+    if let Some(e) = &pstate.rules_error {
+        warnings.push(format!("policies: static rules not in the kernel: {e}"));
+    }
+    if pstats.failures > 0 {
+        warnings.push(format!(
+            "policies: {} evaluation failure(s) (fuel {}, traps {}, bad verdicts {}), each decided fail-{}",
+            pstats.failures, pstats.out_of_fuel, pstats.traps, pstats.bad_verdicts, pstats.fail_mode
+        ));
+    }
+    if pstats.loads_not_extended > 0 {
+        warnings.push(format!(
+            "policies: {} load(s) recorded without a TPM extend",
+            pstats.loads_not_extended
+        ));
     }
     let measured_boot = status::MeasuredBoot::from_log(&config.measure.log);
     warnings.extend(measured_boot.warnings());
@@ -468,6 +689,7 @@ fn snapshot(
         protected_files: targets.files.len(),
         allowed_writers: targets.writers.len(),
         measured_boot: Some(measured_boot),
+        policies: serde_json::to_value(pstats).ok(),
         counters,
         warnings,
     }

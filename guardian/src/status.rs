@@ -143,6 +143,11 @@ pub struct Status {
     /// This boot's measured-boot summary.
     #[serde(default)]
     pub measured_boot: Option<MeasuredBoot>,
+    /// The policy engine: the set in force, evaluations, failures, reloads
+    /// (`crate::policy::PolicyStats`, kept as JSON so that a newer agent's
+    /// fields never stop an older `guardian status` from reading the file).
+    #[serde(default)]
+    pub policies: Option<serde_json::Value>,
     /// Kernel counters (summed over CPUs) and agent counters.
     pub counters: BTreeMap<String, u64>,
     /// Degraded or insecure conditions, in words.
@@ -322,6 +327,7 @@ mod tests {
             hooks: vec![],
             pinned: None,
             adopted: false,
+            policies: None,
             protected_files: 2,
             allowed_writers: 1,
             measured_boot: None,

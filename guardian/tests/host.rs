@@ -223,13 +223,21 @@ fn counter(scene: &Scene, name: &str) -> u64 {
     scene.status().unwrap()["counters"][name].as_u64().unwrap()
 }
 
-/// Programs of ours still loaded in the kernel (names are cut to 15 bytes).
-fn our_programs() -> Vec<String> {
+/// Ids of guardian's programs loaded in the kernel (names are cut to 15
+/// bytes), whoever loaded them.
+fn guardian_programs() -> std::collections::BTreeSet<u32> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter_map(|p| p.name_as_str().map(str::to_owned))
-        .filter(|n| n.starts_with("guardian_"))
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("guardian_")))
+        .map(|p| p.id())
         .collect()
+}
+
+/// The programs loaded since `before` was taken: this test's (the tests
+/// hold a lock, but another guardian on the machine, e.g. a benchmark, is
+/// not ours to count).
+fn our_programs(before: &std::collections::BTreeSet<u32>) -> Vec<u32> {
+    guardian_programs().difference(before).copied().collect()
 }
 
 /// Run a shell as a child that keeps running (so /proc/PID/exe stays
@@ -250,6 +258,7 @@ fn finish(mut child: Child) {
 #[test]
 fn tracepoint_reports_write_open_of_protected_file_only() {
     let _k = exclusive();
+    let before = guardian_programs();
     let scene = Scene::new("detect", &[]);
     let agent = Agent::start(&scene);
     let st = scene.status().unwrap();
@@ -307,7 +316,7 @@ fn tracepoint_reports_write_open_of_protected_file_only() {
     agent.stop();
     // Pinned: the programs outlive the agent, until `stop --unload`.
     assert!(
-        !our_programs().is_empty(),
+        !our_programs(&before).is_empty(),
         "the pinned programs went away with the agent"
     );
     let out = guardian()
@@ -323,7 +332,7 @@ fn tracepoint_reports_write_open_of_protected_file_only() {
     );
     // The kernel frees unreferenced programs asynchronously.
     wait_for(5, "the programs to be freed after stop --unload", || {
-        our_programs().is_empty().then_some(())
+        our_programs(&before).is_empty().then_some(())
     });
 }
 
@@ -408,6 +417,7 @@ fn status_command_shows_mode_and_reason() {
 /// Run the agent expecting a start-up failure: non-zero exit, one error
 /// line containing `needle`, nothing left in the kernel.
 fn expect_failure(cmd: &mut Command, needle: &str) {
+    let before = guardian_programs();
     let out = cmd.stdout(Stdio::null()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -423,7 +433,7 @@ fn expect_failure(cmd: &mut Command, needle: &str) {
     );
     // Nothing left behind (the kernel frees programs asynchronously).
     wait_for(5, "no programs left loaded", || {
-        our_programs().is_empty().then_some(())
+        our_programs(&before).is_empty().then_some(())
     });
 }
 
@@ -804,15 +814,16 @@ fn service_egress_outside_allowlist_is_reported_and_killed() {
 #[test]
 fn killed_agent_leaves_the_guard_and_a_restart_adopts_it() {
     let _k = exclusive();
+    let before = guardian_programs();
     let scene = Scene::new("detect", &[]);
     let mut agent = Agent::start(&scene);
-    let loaded = our_programs().len();
+    let loaded = our_programs(&before).len();
     assert!(loaded > 0);
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
     drop(agent);
     assert_eq!(
-        our_programs().len(),
+        our_programs(&before).len(),
         loaded,
         "programs went away with the agent"
     );
@@ -835,7 +846,7 @@ fn killed_agent_leaves_the_guard_and_a_restart_adopts_it() {
             .unwrap()
             .starts_with(&*scene.pin_dir().to_string_lossy())
     );
-    assert_eq!(our_programs().len(), loaded, "loaded twice");
+    assert_eq!(our_programs(&before).len(), loaded, "loaded twice");
     let ev = wait_for(10, "the event from while no agent ran", || {
         scene.events().into_iter().find(|e| e["pid"] == pid)
     });
@@ -845,6 +856,6 @@ fn killed_agent_leaves_the_guard_and_a_restart_adopts_it() {
     scene.unpin();
     // The kernel frees unreferenced programs asynchronously.
     wait_for(5, "the programs to be freed", || {
-        our_programs().is_empty().then_some(())
+        our_programs(&before).is_empty().then_some(())
     });
 }

@@ -307,6 +307,39 @@ check events-kept-while-down $? "$(events_of "$down_pid" | head -n 1)"
 [ "$(digest "$MODEL")" = "$after" ]
 check model-unchanged $? "sha256 $(digest "$MODEL")"
 
+# --- a signed policy, swapped in while guardian runs, moves the kernel ---
+# /usr/sbin/model-updater is not an allowed writer in the config. The
+# vendor's model-writer policy names it as the only writer of /opt/models/;
+# its static rules reach the kernel's tables at the swap, no restart.
+say "policy swap: /usr/sbin/model-updater is not an allowed writer yet"
+# (A copy of guardian-attack: another inode, so neither the service nor a
+# writer.)
+attack policy-before-swap file_write_open /usr/sbin/model-updater append "$MODEL" "weights v3"
+mkdir -p /etc/guardian/policies
+cp /opt/policies/model_writer.wasm /opt/policies/model_writer.wasm.sig /etc/guardian/policies/
+say "  installed the signed model_writer policy; SIGHUP to guardian"
+kill -HUP "$agent"
+n=0
+until grep -qE '"generation": 1,' /run/guardian/status.json; do
+    [ "$n" -ge 100 ] && break
+    sleep 0.1
+    n=$((n + 1))
+done
+grep -qE '"generation": 1,' /run/guardian/status.json
+check policy-swap-loaded $? "$(grep -E 'policies: set' /run/guardian/agent.log | tail -n 1)"
+sh -c 'echo $$ > /tmp/pid; exec /usr/sbin/model-updater append "$1" "weights v3"' x "$MODEL" >/tmp/err 2>&1
+rc=$?
+pid="$(cat /tmp/pid)"
+say "  model-updater appends: exit $rc $(cat /tmp/err)"
+[ "$rc" -eq 0 ] && tail -n 1 "$MODEL" | grep -q 'weights v3'
+check policy-swap-allows-writer $? "pid $pid exit $rc"
+wait_event "$pid" allow file_write_open
+check policy-swap-event $? "$(events_of "$pid" | head -n 1)"
+say "  guardian: $(events_of "$pid" | head -n 1)"
+# The policy's load is in the measurement log, so in the next quote.
+grep -q '"kind":"policy"' /run/guardian/measurements.log
+check policy-in-evidence $? "$(grep '"kind":"policy"' /run/guardian/measurements.log | head -n 1 | cut -c1-160)"
+
 if grep -q 'guardian.break=1' /proc/cmdline; then
     # Deliberately wrong expectation: the harness must report this FAIL.
     sh -c "echo broken >> $MODEL" 2>/dev/null

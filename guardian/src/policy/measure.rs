@@ -27,6 +27,10 @@ pub enum MeasureError {
         #[source]
         source: TpmError,
     },
+    /// The daemon's attestor (which owns the log and the TPM) did not
+    /// record it.
+    #[error("the attestor did not record the policy: {0}")]
+    Attestor(String),
 }
 
 /// Records policy loads. The daemon's implementation writes the

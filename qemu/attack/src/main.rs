@@ -13,6 +13,7 @@ use std::{ffi::CString, process::ExitCode};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: guardian-attack COMMAND ARGS
+  append PATH TEXT         open PATH for appending and write TEXT and a newline
   write-fd FD              write one byte through an already open descriptor
   mmap-write-fd FD         map FD shared and writable, change its first byte
   truncate PATH            truncate(2) PATH to 0 bytes (no open)
@@ -56,6 +57,25 @@ fn main() -> ExitCode {
     // SAFETY (all blocks below): plain system calls with valid,
     // NUL-terminated paths and buffers that outlive the call.
     match a.as_slice() {
+        ["append", p, text] => {
+            use std::io::Write as _;
+            match std::fs::OpenOptions::new().append(true).open(p) {
+                Ok(mut f) => match writeln!(f, "{text}") {
+                    Ok(()) => {
+                        println!("ok");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        println!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(e) => {
+                    println!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         ["write-fd", f] => report(unsafe { libc::write(fd(f), b"X".as_ptr().cast(), 1) } as i64),
         ["mmap-write-fd", f] => unsafe {
             let p = libc::mmap(
@@ -80,7 +100,9 @@ fn main() -> ExitCode {
             report(unsafe { libc::rename(c(from).as_ptr(), c(to).as_ptr()) }.into())
         }
         ["unlink", p] => report(unsafe { libc::unlink(c(p).as_ptr()) }.into()),
-        ["link", from, to] => report(unsafe { libc::link(c(from).as_ptr(), c(to).as_ptr()) }.into()),
+        ["link", from, to] => {
+            report(unsafe { libc::link(c(from).as_ptr(), c(to).as_ptr()) }.into())
+        }
         ["chmod", p, mode] => {
             let m = u32::from_str_radix(mode, 8).unwrap_or(0o644);
             report(unsafe { libc::chmod(c(p).as_ptr(), m) }.into())
@@ -111,7 +133,10 @@ fn main() -> ExitCode {
             report(if m == libc::MAP_FAILED { -1 } else { 0 })
         },
         ["exec", path, rest @ ..] => {
-            let argv: Vec<CString> = std::iter::once(*path).chain(rest.iter().copied()).map(c).collect();
+            let argv: Vec<CString> = std::iter::once(*path)
+                .chain(rest.iter().copied())
+                .map(c)
+                .collect();
             let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
             ptrs.push(std::ptr::null());
             unsafe { libc::execv(c(path).as_ptr(), ptrs.as_ptr()) };
