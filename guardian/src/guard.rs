@@ -1199,6 +1199,25 @@ impl Guard {
         Ok(())
     }
 
+    /// Record that the fanotify rung denies write-opens of protected files
+    /// (from userspace, while the agent runs) where BPF LSM could not.
+    pub fn note_fanotify(&mut self, marked: usize) {
+        if let Some(h) = self.hooks.iter_mut().find(|h| h.hook == "file_write_open") {
+            let why = h.note.take().unwrap_or_default();
+            h.mechanism = "fanotify".into();
+            h.attached
+                .insert(0, format!("{} ({marked} file(s))", crate::fanotify::HOOK));
+            h.note = Some(format!(
+                "{}; denied from userspace (fanotify) while the agent runs, the tracepoints report when it does not",
+                why.trim_end_matches("; reported after the fact")
+            ));
+        }
+        self.reason = format!(
+            "{}; write-opens of protected files are denied from userspace (fanotify permission events)",
+            self.reason
+        );
+    }
+
     /// The mode in force.
     pub fn mode(&self) -> Mode {
         self.mode

@@ -79,6 +79,9 @@ pub enum RunError {
     /// The guard did not start.
     #[error(transparent)]
     Guard(#[from] GuardError),
+    /// The fanotify rung could not mark a protected file.
+    #[error(transparent)]
+    Fanotify(fanotify::FanotifyError),
     /// The event output could not be opened.
     #[error("cannot open event output {path}: {source}")]
     Sink {
@@ -174,6 +177,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             (m, None) => log::warn!("hook {}: {m}", h.hook),
         }
     }
+    // The userspace-deny rung: where BPF LSM could not take write-opens,
+    // fanotify permission events can (from userspace, while the agent
+    // runs). Not in detect mode, which asks for no denials.
+    let (fan_tx, mut fan_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut fanotify = None;
+    let open_hook = guard.hooks().iter().find(|h| h.hook == "file_write_open");
+    if config.guard.mode != config::ModeRequest::Detect
+        && open_hook.is_some_and(|h| h.mechanism != "lsm")
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        match fanotify::FanotifyGuard::start(&targets, tx) {
+            Ok(f) => {
+                log::warn!(
+                    "hook file_write_open: FANOTIFY — BPF LSM could not take it; write-opens of {} protected file(s) are denied from userspace while the agent runs",
+                    f.marked()
+                );
+                guard.note_fanotify(f.marked());
+                forward(rx, fan_tx);
+                fanotify = Some(f);
+            }
+            Err(e) if e.is_unavailable() => {
+                log::warn!("hook file_write_open: no fanotify rung either: {e}");
+            }
+            Err(e) => return Err(RunError::Fanotify(e)),
+        }
+    }
     let mut decoder = Decoder::new(guard.mode(), &targets);
     // Continuous attestation: its own thread owns the TPM and the log.
     // The guard's state goes into the evidence first.
@@ -238,6 +267,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             started: &started,
             policies: &engine.stats(),
             pstate,
+            fanotify: fanotify.as_ref().map(fanotify::FanotifyGuard::stats),
         });
         // Lost events are part of the evidence too.
         let drops = st.counters.get("ringbuf_drops").copied().unwrap_or(0);
@@ -276,6 +306,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 let mut ready = ready.map_err(RunError::Events)?;
                 dirty |= drain(ready.get_inner_mut(), &mut decoder, &mut sink, &mut counters, &attestor, config.guard.response, &engine) > 0;
                 ready.clear_ready();
+            }
+            Some(ev) = fan_rx.recv() => {
+                // The tracepoints report allowed write-opens already.
+                if ev.verdict != "allow" {
+                    handle_event(ev, &mut sink, &mut counters, &attestor, config.guard.response, &engine);
+                    dirty = true;
+                }
             }
             _ = hup.recv() => {
                 log::info!("SIGHUP: reloading the policies from {}", config.policy.dir.display());
@@ -326,6 +363,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.guard.response,
         &engine,
     );
+    if let Some(f) = fanotify.take() {
+        f.stop();
+    }
     attestor.stop();
     let _ = std::fs::remove_file(&config.status.path);
     match guard.pinned() {
@@ -352,53 +392,7 @@ fn drain(
     while let Some(item) = ring.next() {
         n += 1;
         match decoder.decode(&item) {
-            Ok(mut ev) => {
-                // Every event goes through the policies in force.
-                let mut policy_kill = false;
-                if engine.generation() > 0 {
-                    match serde_json::to_value(&ev)
-                        .and_then(serde_json::from_value::<policy::JsonEvent>)
-                    {
-                        Ok(json) => match engine.evaluate_json(&json) {
-                            Ok(outcome) => {
-                                if let Ok(abi) = json.to_abi() {
-                                    for (name, err) in outcome.failures() {
-                                        log::warn!(
-                                            "{}",
-                                            policy::engine::failure_alert(
-                                                name,
-                                                err,
-                                                &abi,
-                                                engine.settings().fail_mode
-                                            )
-                                        );
-                                    }
-                                }
-                                policy_kill = outcome.decision != policy::Decision::Allow
-                                    && outcome.actions.contains(policy::Actions::KILL);
-                                ev.policy = Some(rules::note(&outcome));
-                            }
-                            Err(e) => log::warn!("policies: event not evaluated: {e}"),
-                        },
-                        Err(e) => log::warn!("policies: event not converted: {e}"),
-                    }
-                }
-                // Nothing to answer when the kernel refused: nothing happened.
-                let happened = ev.verdict != "deny";
-                if happened
-                    && ((ev.verdict == "alert" && response == Response::Kill) || policy_kill)
-                {
-                    ev.response = Some(respond_kill(&ev, counters));
-                }
-                match sink.write(&ev) {
-                    Ok(()) => counters.written += 1,
-                    Err(e) => {
-                        counters.write_errors += 1;
-                        log::error!("event lost: cannot write it: {e}");
-                    }
-                }
-                attestor.send(continuous::Message::Event(Box::new(ev)));
-            }
+            Ok(ev) => handle_event(ev, sink, counters, attestor, response, engine),
             Err(e) => {
                 counters.undecodable += 1;
                 log::error!("{e}");
@@ -461,6 +455,78 @@ pub fn stop(config: &Config, unload: bool) -> anyhow::Result<Vec<String>> {
         ));
     }
     Ok(done)
+}
+
+/// One decoded event: the policies, the response, the output, the
+/// attestor.
+fn handle_event(
+    mut ev: events::SecurityEvent,
+    sink: &mut Sink,
+    counters: &mut AgentCounters,
+    attestor: &continuous::Attestor,
+    response: Response,
+    engine: &policy::PolicyEngine,
+) {
+    // Every event goes through the policies in force.
+    let mut policy_kill = false;
+    if engine.generation() > 0 {
+        match serde_json::to_value(&ev).and_then(serde_json::from_value::<policy::JsonEvent>) {
+            Ok(json) => match engine.evaluate_json(&json) {
+                Ok(outcome) => {
+                    if let Ok(abi) = json.to_abi() {
+                        for (name, err) in outcome.failures() {
+                            log::warn!(
+                                "{}",
+                                policy::engine::failure_alert(
+                                    name,
+                                    err,
+                                    &abi,
+                                    engine.settings().fail_mode
+                                )
+                            );
+                        }
+                    }
+                    policy_kill = outcome.decision != policy::Decision::Allow
+                        && outcome.actions.contains(policy::Actions::KILL);
+                    ev.policy = Some(rules::note(&outcome));
+                }
+                Err(e) => log::warn!("policies: event not evaluated: {e}"),
+            },
+            Err(e) => log::warn!("policies: event not converted: {e}"),
+        }
+    }
+    // Nothing to answer when the kernel refused: nothing happened.
+    let happened = ev.verdict != "deny";
+    if happened && ((ev.verdict == "alert" && response == Response::Kill) || policy_kill) {
+        ev.response = Some(respond_kill(&ev, counters));
+    }
+    match sink.write(&ev) {
+        Ok(()) => counters.written += 1,
+        Err(e) => {
+            counters.write_errors += 1;
+            log::error!("event lost: cannot write it: {e}");
+        }
+    }
+    attestor.send(continuous::Message::Event(Box::new(ev)));
+}
+
+/// Move fanotify's decisions from its thread into the event loop.
+fn forward(
+    rx: std::sync::mpsc::Receiver<events::SecurityEvent>,
+    tx: tokio::sync::mpsc::UnboundedSender<events::SecurityEvent>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("fanotify-events".into())
+        .spawn(move || {
+            while let Ok(ev) = rx.recv() {
+                if tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("fanotify events will not be printed: {e}");
+    }
 }
 
 /// The daemon's view of the policy engine between reloads.
@@ -590,6 +656,7 @@ struct Parts<'a> {
     started: &'a str,
     policies: &'a policy::PolicyStats,
     pstate: &'a PolicyState,
+    fanotify: Option<fanotify::FanotifyStats>,
 }
 
 fn snapshot(parts: &Parts<'_>) -> Status {
@@ -603,6 +670,7 @@ fn snapshot(parts: &Parts<'_>) -> Status {
         started,
         policies: pstats,
         pstate,
+        ref fanotify,
     } = *parts;
     let mut counters: BTreeMap<String, u64> = BTreeMap::new();
     let mut warnings = Vec::new();
@@ -613,6 +681,24 @@ fn snapshot(parts: &Parts<'_>) -> Status {
     counters.insert("events_written".into(), agent.written);
     counters.insert("event_write_errors".into(), agent.write_errors);
     counters.insert("events_undecodable".into(), agent.undecodable);
+    if let Some(f) = fanotify {
+        for (name, v) in [
+            ("fanotify_decisions", f.decisions),
+            ("fanotify_denied", f.denied),
+            ("fanotify_allowed", f.allowed),
+            ("fanotify_undecidable", f.undecidable),
+            ("fanotify_errors", f.errors),
+            ("fanotify_unreported", f.unreported),
+        ] {
+            counters.insert(name.into(), v);
+        }
+        if !f.running {
+            warnings.push("the fanotify decision thread has stopped: write-opens are no longer denied from userspace".into());
+        }
+        if f.errors > 0 {
+            warnings.push(format!("{} fanotify error(s)", f.errors));
+        }
+    }
     counters.insert("responses_killed".into(), agent.killed);
     counters.insert("response_failures".into(), agent.kill_failures);
     counters.insert("tamper_records".into(), attest.tamper_records);

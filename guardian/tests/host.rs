@@ -859,3 +859,68 @@ fn killed_agent_leaves_the_guard_and_a_restart_adopts_it() {
         our_programs(&before).is_empty().then_some(())
     });
 }
+
+/// `mode = "auto"` on this host: BPF LSM cannot load, so write-opens of
+/// protected files fall to the fanotify rung and are denied from userspace
+/// (the tracepoints still report the rest); the allowed writer still
+/// writes.
+#[test]
+fn auto_mode_denies_write_opens_through_fanotify() {
+    let _k = exclusive();
+    let bin = tempfile::tempdir().unwrap();
+    let updater = bin.path().join("model-updater");
+    std::fs::copy("/bin/sh", &updater).unwrap();
+    let scene = Scene::new("auto", &[&updater]);
+    let agent = Agent::start(&scene);
+    let st = scene.status().unwrap();
+    let open = st["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hook"] == "file_write_open")
+        .unwrap()
+        .clone();
+    assert_eq!(open["mechanism"], "fanotify", "{open:#}");
+    assert!(
+        st["mode_reason"].as_str().unwrap().contains("fanotify"),
+        "{st:#}"
+    );
+
+    let before = std::fs::read(scene.model()).unwrap();
+    let out = Command::new("/bin/sh")
+        .args(["-c", &format!("echo tamper >> {}", scene.model().display())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert_eq!(std::fs::read(scene.model()).unwrap(), before);
+    let ev = wait_for(10, "the fanotify denial", || {
+        scene
+            .events()
+            .into_iter()
+            .find(|e| e["hook"] == "fanotify/open_perm")
+    });
+    assert_eq!(ev["event"], "file_write_open");
+    assert_eq!(ev["verdict"], "deny");
+    assert_eq!(ev["file"], scene.model().display().to_string());
+
+    let good = shell(&updater, &format!("echo v2 >> {}", scene.model().display()));
+    finish(good);
+    assert!(
+        std::fs::read_to_string(scene.model())
+            .unwrap()
+            .ends_with("v2\n")
+    );
+    wait_for(5, "the fanotify counters", || {
+        (counter(&scene, "fanotify_denied") == 1).then_some(())
+    });
+    agent.stop();
+    // Without the agent the userspace rung is gone: the write goes through
+    // (and the pinned tracepoints still see it).
+    let out = Command::new("/bin/sh")
+        .args(["-c", &format!("echo after >> {}", scene.model().display())])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
