@@ -2,8 +2,9 @@
 //!
 //! It keeps model files and the inference process honest: eBPF programs in
 //! the kernel deny (BPF LSM) or report (tracepoints) any attempt to modify a
-//! protected model, every decision is a JSON security event, and the mode in
-//! force is always visible. This crate is the agent; `main.rs` only parses
+//! protected model or tamper with the inference process, every decision is
+//! a JSON security event judged again by signed policies, and what is in
+//! force for each hook is always visible. This crate is the agent; `main.rs` only parses
 //! the command line and calls into it.
 //!
 //! Where things are:
@@ -13,7 +14,7 @@
 //! | [`config`] | the TOML config, environment overrides, validation |
 //! | [`kernel`] | probing the running kernel (BTF, LSM list, tracepoints) |
 //! | [`btf`] | reading struct offsets from the kernel's BTF for the eBPF programs |
-//! | [`guard`] | loading the eBPF object, filling its maps, choosing enforce or detect |
+//! | [`guard`] | loading (or adopting) the pinned eBPF object, filling its maps, the per-hook ladder |
 //! | [`events`] | decoding kernel records into JSON-line security events |
 //! | [`fanotify`] | the userspace-deny rung: fanotify permission events where BPF LSM cannot attach |
 //! | [`status`] | the state `guardian status` shows |
@@ -26,6 +27,7 @@
 //! | [`attest`] | evidence bundles for a verifier's nonce, and the offline verifier |
 //! | [`continuous`] | in the daemon: tamper records, re-measurement, guard state into the TPM |
 //! | [`policy`] | signed WebAssembly policies in wasmi: load, measure, evaluate, hot swap, static rules |
+//! | [`rules`] | the kernel's tables: the config widened by the policies' static rules |
 //!
 //! The kernel side lives in `guardian-ebpf` (one file per hook) and the
 //! types both sides share in `guardian-common`. The eBPF object is built by
