@@ -40,6 +40,8 @@ extern crate alloc;
 
 use serde::{Deserialize, Serialize};
 
+pub mod wire;
+
 /// The ABI version this crate describes. A module whose
 /// `guardian_abi_version` returns anything else is refused at load.
 pub const ABI_VERSION: u32 = 1;

@@ -178,6 +178,15 @@ impl Runner for Wasmi {
     }
 }
 
+impl Wasmi {
+    /// Fuel one evaluation of `encoded` uses (about one unit per
+    /// instruction): what the interpreter executes.
+    fn fuel(&mut self, encoded: &[u8]) -> u64 {
+        self.eval(encoded);
+        FUEL - self.store.get_fuel().unwrap()
+    }
+}
+
 struct Wasmtime {
     store: wasmtime::Store<()>,
     memory: wasmtime::Memory,
@@ -288,9 +297,9 @@ fn main() {
     let wt = wasmtime_engine();
 
     println!(
-        "| policy | .wasm bytes | native p50 | wasmi p50 | wasmi p99 | wasmtime p50 | wasmi load | wasmtime load |"
+        "| policy | .wasm bytes | native p50 | wasmi p50 | wasmi p99 | wasmi fuel | wasmtime p50 | wasmi load | wasmtime load |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for name in names {
         let wasm = if name == "no_ptrace" {
             wat::parse_file(wat).unwrap()
@@ -308,6 +317,10 @@ fn main() {
         let n = native.as_mut().map(|r| measure(&mut **r, &ev, batches));
         let mut a = wasmi_load(&wi, &wasm);
         let (wi50, wi99, v1) = measure(&mut a, &ev, batches);
+        let fuel = {
+            let mut buf = [0u8; 8192];
+            a.fuel(postcard::to_slice(&ev, &mut buf).unwrap())
+        };
         let mut b = wasmtime_load(&wt, &wasm);
         let (wt50, _, v2) = measure(&mut b, &ev, batches);
         assert_eq!(v1, v2, "{name}: engines disagree");
@@ -334,7 +347,7 @@ fn main() {
                 .collect(),
         );
         println!(
-            "| {name} | {} | {} | {wi50:.0} ns | {wi99:.0} ns | {wt50:.0} ns | {:.0} µs | {:.0} µs |",
+            "| {name} | {} | {} | {wi50:.0} ns | {wi99:.0} ns | {fuel} | {wt50:.0} ns | {:.0} µs | {:.0} µs |",
             wasm.len(),
             n.map(|(p, _, _)| format!("{p:.0} ns"))
                 .unwrap_or_else(|| "(WAT only)".into()),

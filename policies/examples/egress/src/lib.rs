@@ -8,7 +8,7 @@
 #![no_std]
 
 use guardian_policy_sdk::{
-    Actions, Detail, Egress, Event, IpAddr, Policy, StaticRules, Verdict, export_policy,
+    Actions, Detail, Egress, EventView, IpAddr, Kind, Policy, StaticRules, Verdict, export_policy,
 };
 
 /// Allowed destinations.
@@ -43,11 +43,12 @@ impl Policy for EgressAllowlist {
         }
     }
 
-    fn evaluate(&mut self, event: &Event<'_>) -> Verdict {
-        match event.detail {
-            Detail::Connect { addr, port }
-                if event.service && !ALLOWED.iter().any(|e| e.contains(&addr, port)) =>
-            {
+    fn evaluate(&mut self, event: &EventView<'_>) -> Verdict {
+        if event.kind() != Kind::Connect || !event.service() {
+            return Verdict::ALLOW;
+        }
+        match event.detail() {
+            Detail::Connect { addr, port } if !ALLOWED.iter().any(|e| e.contains(&addr, port)) => {
                 Verdict::deny(20).with(Actions::KILL)
             }
             _ => Verdict::ALLOW,

@@ -12,7 +12,9 @@
 
 #![no_std]
 
-use guardian_policy_sdk::{Actions, Event, Policy, StaticRules, Verdict, export_policy};
+use guardian_policy_sdk::{
+    Actions, EventView, Policy, StaticRules, Verdict, bytes_eq, export_policy, has_prefix,
+};
 
 /// The protected directory.
 pub const MODELS: &str = "/opt/models/";
@@ -33,13 +35,15 @@ impl Policy for ModelWriter {
         }
     }
 
-    fn evaluate(&mut self, event: &Event<'_>) -> Verdict {
-        if !event.kind.is_file() {
+    fn evaluate(&mut self, event: &EventView<'_>) -> Verdict {
+        // Cheapest first: the kind is byte 0, the path one pass away.
+        if !event.kind().is_file() {
             return Verdict::ALLOW;
         }
         match event.path() {
             Some(p)
-                if p.starts_with(MODELS.as_bytes()) && event.exe != Some(UPDATER.as_bytes()) =>
+                if has_prefix(p, MODELS.as_bytes())
+                    && !event.exe().is_some_and(|e| bytes_eq(e, UPDATER.as_bytes())) =>
             {
                 // Re-measure: in detect mode the write may have happened.
                 Verdict::deny(1).with(Actions::REMEASURE)

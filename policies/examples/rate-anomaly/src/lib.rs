@@ -13,7 +13,9 @@
 
 #![no_std]
 
-use guardian_policy_sdk::{Actions, Event, Policy, Verdict, export_policy, log, log_level};
+use guardian_policy_sdk::{
+    Actions, EventView, Policy, Verdict, export_policy, has_prefix, log, log_level,
+};
 
 /// The watched directory.
 pub const MODELS: &str = "/opt/models/";
@@ -60,19 +62,16 @@ impl Policy for RateAnomaly {
         slots: [EMPTY; SLOTS],
     };
 
-    fn evaluate(&mut self, event: &Event<'_>) -> Verdict {
-        let Some(path) = event
-            .path()
-            .filter(|p| event.kind.is_file() && p.starts_with(MODELS.as_bytes()))
-        else {
+    fn evaluate(&mut self, event: &EventView<'_>) -> Verdict {
+        if !event.kind().is_file() {
+            return Verdict::ALLOW;
+        }
+        let Some(path) = event.path().filter(|p| has_prefix(p, MODELS.as_bytes())) else {
             return Verdict::ALLOW;
         };
-        let now = event.time_ns;
-        let i = match self
-            .slots
-            .iter()
-            .position(|s| s.pid == event.pid && s.pid != 0)
-        {
+        let now = event.time_ns();
+        let pid = event.pid();
+        let i = match self.slots.iter().position(|s| s.pid == pid && s.pid != 0) {
             Some(i) => i,
             None => {
                 let (i, _) = self
@@ -82,7 +81,7 @@ impl Policy for RateAnomaly {
                     .min_by_key(|(_, s)| (s.pid != 0, s.start))
                     .unwrap_or((0, &EMPTY));
                 self.slots[i] = Slot {
-                    pid: event.pid,
+                    pid,
                     start: now,
                     ..EMPTY
                 };
@@ -92,7 +91,7 @@ impl Policy for RateAnomaly {
         let slot = &mut self.slots[i];
         if now.saturating_sub(slot.start) > WINDOW_NS {
             *slot = Slot {
-                pid: event.pid,
+                pid,
                 start: now,
                 ..EMPTY
             };

@@ -13,7 +13,7 @@
 #![no_std]
 
 use guardian_policy_sdk::{
-    Actions, Event, Kind, Policy, StaticRules, Verdict, export_policy, path_matches,
+    Actions, EventView, Kind, Policy, StaticRules, Verdict, bytes_eq, export_policy, has_prefix,
 };
 
 /// Binaries the service may execute.
@@ -38,20 +38,29 @@ impl Policy for ServiceExec {
         }
     }
 
-    fn evaluate(&mut self, event: &Event<'_>) -> Verdict {
-        let path = event.path().unwrap_or(b"");
-        match event.kind {
-            Kind::ExecPreload if event.service => Verdict::deny(10).with(Actions::KILL),
+    fn evaluate(&mut self, event: &EventView<'_>) -> Verdict {
+        // The kind (byte 0) settles most events; `service` and the path
+        // cost one pass over the event's varints, done once.
+        let kind = event.kind();
+        let path = || event.path().unwrap_or(b"");
+        match kind {
+            Kind::ExecPreload if event.service() => Verdict::deny(10).with(Actions::KILL),
             Kind::ExecPreload => Verdict::alert(13),
-            Kind::Exec if event.service && !SERVICE_EXEC.iter().any(|s| s.as_bytes() == path) => {
+            Kind::Exec
+                if event.service()
+                    && !SERVICE_EXEC.iter().any(|s| bytes_eq(s.as_bytes(), path())) =>
+            {
                 Verdict::deny(11).with(Actions::KILL)
             }
             Kind::LibraryLoad
-                if event.service && !LIBRARY_DIRS.iter().any(|d| path_matches(d, path)) =>
+                if event.service()
+                    && !LIBRARY_DIRS
+                        .iter()
+                        .any(|d| has_prefix(path(), d.as_bytes())) =>
             {
                 Verdict::deny(12).with(Actions::KILL)
             }
-            k if k.is_file() && path == LD_SO_PRELOAD.as_bytes() => Verdict::deny(14),
+            k if k.is_file() && bytes_eq(path(), LD_SO_PRELOAD.as_bytes()) => Verdict::deny(14),
             _ => Verdict::ALLOW,
         }
     }
