@@ -22,6 +22,12 @@ struct Cli {
     /// The ONNX model, opened read-only once at start.
     #[arg(long, default_value = DEFAULT_MODEL)]
     model: PathBuf,
+    /// Send a one-line JSON summary (predictions, errors, model digest) to
+    /// this TCP collector when the input ends, e.g. a fleet metrics
+    /// endpoint. The connection is made at start; if it fails, serving
+    /// goes on and the failure is logged.
+    #[arg(long, value_name = "ADDR:PORT")]
+    report_to: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +48,18 @@ fn main() -> ExitCode {
         classifier.features(),
         classifier.classes(),
     );
+    let mut report = cli.report_to.and_then(|addr| {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)) {
+            Ok(s) => {
+                eprintln!("{tag}: reporting to {addr}");
+                Some(s)
+            }
+            Err(e) => {
+                eprintln!("{tag}: cannot report to {addr}: {e}; serving without reporting");
+                None
+            }
+        }
+    });
     let mut input = std::io::stdin().lock();
     // Responses are flushed one by one (protocol::handle); the buffer only
     // turns each response into a single write.
@@ -54,6 +72,17 @@ fn main() -> ExitCode {
                 "{tag}: end of input after {} predictions and {} errors",
                 s.predictions, s.errors
             );
+            if let Some(r) = report.as_mut() {
+                let line = format!(
+                    "{{\"predictions\":{},\"errors\":{},\"model_sha256\":\"{}\"}}\n",
+                    s.predictions,
+                    s.errors,
+                    classifier.sha256_hex()
+                );
+                if let Err(e) = r.write_all(line.as_bytes()) {
+                    let _ = writeln!(log, "{tag}: report not sent: {e}");
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
