@@ -139,13 +139,7 @@ pub fn guardian_bprm_check(ctx: LsmContext) -> i32 {
     let Some(cfg) = kernel::config() else {
         return 0;
     };
-    match try_bprm_check(cfg, ctx.arg(0)) {
-        Ok(ret) => ret,
-        Err(_) => {
-            report::count(Counter::ReadErrors);
-            0
-        }
-    }
+    report::finish(try_bprm_check(cfg, ctx.arg(0)))
 }
 
 fn try_bprm_check(cfg: &KernelConfig, bprm: u64) -> Result<i32, i64> {

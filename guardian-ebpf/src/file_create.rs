@@ -7,7 +7,7 @@
 //! needs such a file ships it, and then it is protected by inode instead.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use guardian_common::{Counter, kind, source};
+use guardian_common::{kind, source};
 
 use crate::{kernel, report};
 
@@ -17,13 +17,7 @@ pub fn guardian_inode_create(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    match try_create(ctx.arg(0), ctx.arg(1)) {
-        Ok(ret) => ret,
-        Err(_) => {
-            report::count(Counter::ReadErrors);
-            0
-        }
-    }
+    report::finish(try_create(ctx.arg(0), ctx.arg(1)))
 }
 
 fn try_create(dir: u64, dentry: u64) -> Result<i32, i64> {

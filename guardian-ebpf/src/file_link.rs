@@ -6,7 +6,7 @@
 //! *old_dentry, struct inode *dir, struct dentry *new_dentry)`.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use guardian_common::{Counter, Event, kind, source};
+use guardian_common::{Event, kind, source};
 
 use crate::{kernel, report};
 
@@ -16,13 +16,7 @@ pub fn guardian_inode_link(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    match try_link(ctx.arg(0), ctx.arg(1), ctx.arg(2)) {
-        Ok(ret) => ret,
-        Err(_) => {
-            report::count(Counter::ReadErrors);
-            0
-        }
-    }
+    report::finish(try_link(ctx.arg(0), ctx.arg(1), ctx.arg(2)))
 }
 
 fn try_link(old_dentry: u64, dir: u64, new_dentry: u64) -> Result<i32, i64> {

@@ -53,13 +53,7 @@ pub fn guardian_mmap_file(ctx: LsmContext) -> i32 {
     let Some(cfg) = kernel::config() else {
         return 0;
     };
-    match try_mmap(cfg, file, prot, flags, true) {
-        Ok(ret) => ret,
-        Err(_) => {
-            report::count(Counter::ReadErrors);
-            0
-        }
-    }
+    report::finish(try_mmap(cfg, file, prot, flags, true))
 }
 
 #[inline(always)]

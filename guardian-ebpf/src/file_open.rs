@@ -21,19 +21,13 @@
 //! "deny" on a garbled pointer would make the machine unusable.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use guardian_common::{Counter, FMODE_WRITE, kind, oflags, source};
+use guardian_common::{FMODE_WRITE, kind, oflags, source};
 
 use crate::{kernel, report};
 
 #[lsm(hook = "file_open")]
 pub fn guardian_file_open(ctx: LsmContext) -> i32 {
-    match try_file_open(&ctx) {
-        Ok(ret) => ret,
-        Err(_) => {
-            report::count(Counter::ReadErrors);
-            0
-        }
-    }
+    report::finish(try_file_open(&ctx))
 }
 
 fn try_file_open(ctx: &LsmContext) -> Result<i32, i64> {

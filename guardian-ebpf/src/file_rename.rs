@@ -8,7 +8,7 @@
 //! exist yet.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use guardian_common::{Counter, Event, kind, source};
+use guardian_common::{Event, kind, source};
 
 use crate::{kernel, report};
 
@@ -18,13 +18,7 @@ pub fn guardian_inode_rename(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    match try_rename(ctx.arg(1), ctx.arg(2), ctx.arg(3)) {
-        Ok(ret) => ret,
-        Err(_) => {
-            report::count(Counter::ReadErrors);
-            0
-        }
-    }
+    report::finish(try_rename(ctx.arg(1), ctx.arg(2), ctx.arg(3)))
 }
 
 fn try_rename(old_dentry: u64, new_dir: u64, new_dentry: u64) -> Result<i32, i64> {

@@ -10,7 +10,7 @@
 //! truncation from other changes.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use guardian_common::{Counter, kind, source};
+use guardian_common::{kind, source};
 
 use crate::{kernel, report};
 
@@ -24,7 +24,7 @@ pub fn guardian_inode_setattr(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    finish(try_setattr(ctx.arg(1), ctx.arg(2)))
+    report::finish(try_setattr(ctx.arg(1), ctx.arg(2)))
 }
 
 /// Linux < 6.3: `(dentry, attr)`. Context reads need constant offsets, so
@@ -36,18 +36,7 @@ pub fn guardian_inode_setattr_old(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    finish(try_setattr(ctx.arg(0), ctx.arg(1)))
-}
-
-#[inline(always)]
-fn finish(r: Result<i32, i64>) -> i32 {
-    match r {
-        Ok(ret) => ret,
-        Err(_) => {
-            report::count(Counter::ReadErrors);
-            0
-        }
-    }
+    report::finish(try_setattr(ctx.arg(0), ctx.arg(1)))
 }
 
 #[inline(always)]

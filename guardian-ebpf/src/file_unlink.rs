@@ -4,7 +4,7 @@
 //! struct dentry *dentry)`.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use guardian_common::{Counter, kind, source};
+use guardian_common::{kind, source};
 
 use crate::{kernel, report};
 
@@ -14,13 +14,7 @@ pub fn guardian_inode_unlink(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    match try_unlink(ctx.arg(1)) {
-        Ok(ret) => ret,
-        Err(_) => {
-            report::count(Counter::ReadErrors);
-            0
-        }
-    }
+    report::finish(try_unlink(ctx.arg(1)))
 }
 
 fn try_unlink(dentry: u64) -> Result<i32, i64> {

@@ -36,13 +36,7 @@ pub fn guardian_file_permission(ctx: LsmContext) -> i32 {
     if mask & (MAY_WRITE | MAY_APPEND) == 0 {
         return 0;
     }
-    match try_file_permission(ctx.arg(0), mask) {
-        Ok(ret) => ret,
-        Err(_) => {
-            report::count(Counter::ReadErrors);
-            0
-        }
-    }
+    report::finish(try_file_permission(ctx.arg(0), mask))
 }
 
 fn try_file_permission(file: u64, mask: i32) -> Result<i32, i64> {

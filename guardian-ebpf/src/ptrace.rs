@@ -12,7 +12,7 @@
 //! task_struct *child, unsigned int mode)`.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use guardian_common::{Counter, kind, rules, source};
+use guardian_common::{kind, rules, source};
 
 use crate::{kernel, report};
 
@@ -29,13 +29,7 @@ pub fn guardian_ptrace(ctx: LsmContext) -> i32 {
     if mode & PTRACE_MODE_ATTACH == 0 {
         return 0;
     }
-    match try_ptrace(ctx.arg(0), mode) {
-        Ok(ret) => ret,
-        Err(_) => {
-            report::count(Counter::ReadErrors);
-            0
-        }
-    }
+    report::finish(try_ptrace(ctx.arg(0), mode))
 }
 
 fn try_ptrace(child: u64, mode: u32) -> Result<i32, i64> {

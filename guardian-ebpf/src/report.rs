@@ -16,6 +16,20 @@ use crate::{
 /// `-EPERM`, what every LSM program returns to refuse.
 pub const EPERM: i32 = -1;
 
+/// An LSM program's answer: its decision, or (a kernel read failed) allow
+/// and count it. Guessing "deny" on a garbled pointer would make the
+/// machine unusable.
+#[inline(always)]
+pub fn finish(r: Result<i32, i64>) -> i32 {
+    match r {
+        Ok(ret) => ret,
+        Err(_) => {
+            count(Counter::ReadErrors);
+            0
+        }
+    }
+}
+
 /// Add one to a counter on this CPU.
 #[inline(always)]
 pub fn count(counter: Counter) {

@@ -1365,6 +1365,15 @@ fn sync_lpm<const N: usize>(
     Ok(())
 }
 
+/// A table's entries: each key with its position (the id events report).
+fn indexed<K: Copy>(entries: &[(PathBuf, K)]) -> Vec<(K, u32)> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, (_, k))| (*k, i as u32))
+        .collect()
+}
+
 /// Write every table from `targets`; `pins` are added as guardian's own.
 fn fill_tables(
     maps: &mut std::collections::HashMap<&'static str, Map>,
@@ -1401,34 +1410,10 @@ fn fill_tables(
         )
     }));
     sync_hash(maps, map_names::PROTECTED_FILES, &files)?;
-    let writers: Vec<(InodeKey, u32)> = targets
-        .writers
-        .iter()
-        .enumerate()
-        .map(|(i, (_, k))| (*k, i as u32))
-        .collect();
-    sync_hash(maps, map_names::ALLOWED_WRITERS, &writers)?;
-    let service: Vec<(InodeKey, u32)> = targets
-        .service
-        .iter()
-        .enumerate()
-        .map(|(i, (_, k))| (*k, i as u32))
-        .collect();
-    sync_hash(maps, map_names::SERVICE_EXES, &service)?;
-    let exec: Vec<(InodeKey, u32)> = targets
-        .exec
-        .iter()
-        .enumerate()
-        .map(|(i, (_, k))| (*k, i as u32))
-        .collect();
-    sync_hash(maps, map_names::ALLOWED_EXEC, &exec)?;
-    let names: Vec<(NameKey, u32)> = targets
-        .names
-        .iter()
-        .enumerate()
-        .map(|(i, (_, k))| (*k, i as u32))
-        .collect();
-    sync_hash(maps, map_names::PROTECTED_NAMES, &names)?;
+    sync_hash(maps, map_names::ALLOWED_WRITERS, &indexed(&targets.writers))?;
+    sync_hash(maps, map_names::SERVICE_EXES, &indexed(&targets.service))?;
+    sync_hash(maps, map_names::ALLOWED_EXEC, &indexed(&targets.exec))?;
+    sync_hash(maps, map_names::PROTECTED_NAMES, &indexed(&targets.names))?;
     sync_lpm(maps, map_names::EGRESS_V4, &targets.egress4)?;
     sync_lpm(maps, map_names::EGRESS_V6, &targets.egress6)?;
     Ok(())

@@ -233,6 +233,22 @@ fn a_model_that_is_not_onnx_is_one_line_and_exit_1() {
     assert!(err.contains(&path.display().to_string()), "{err}");
 }
 
+/// The committed model, reporting to `addr`, fed `stdin`.
+fn run_reporting(addr: std::net::SocketAddr, stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inference-service"))
+        .arg("--model")
+        .arg(model_dir().join("classifier.onnx"))
+        .arg("--report-to")
+        .arg(addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn report_to_sends_one_summary_line_and_a_refused_collector_is_not_fatal() {
     let (requests, expected) = test_inputs();
@@ -244,23 +260,7 @@ fn report_to_sends_one_summary_line_and_a_refused_collector_is_not_fatal() {
         std::io::Read::read_to_string(&mut s, &mut text).unwrap();
         text
     });
-    let mut child = Command::new(env!("CARGO_BIN_EXE_inference-service"))
-        .arg("--model")
-        .arg(model_dir().join("classifier.onnx"))
-        .arg("--report-to")
-        .arg(addr.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(requests.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_reporting(addr, &requests);
     assert_eq!(classes(&out), expected);
     let summary: Value = serde_json::from_str(collector.join().unwrap().trim()).unwrap();
     assert_eq!(summary["predictions"], expected.len() as u64);
@@ -275,23 +275,7 @@ fn report_to_sends_one_summary_line_and_a_refused_collector_is_not_fatal() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_inference-service"))
-        .arg("--model")
-        .arg(model_dir().join("classifier.onnx"))
-        .arg("--report-to")
-        .arg(closed.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(requests.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_reporting(closed, &requests);
     assert_eq!(classes(&out), expected);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot report to {closed}")), "{err}");
