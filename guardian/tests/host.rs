@@ -469,6 +469,43 @@ fn bad_input_fails_cleanly() {
         "protected path",
     );
 
+    // An invalid CIDR, and a service binary that is not there: named.
+    std::fs::write(
+        scene.path("cidr.toml"),
+        format!("{cfg}[service]\nexe = [\"/bin/sh\"]\negress = [{{ cidr = \"10.0.0.1/8\" }}]\n"),
+    )
+    .unwrap();
+    expect_failure(
+        guardian().args(["run", "-c"]).arg(scene.path("cidr.toml")),
+        "[service] egress: \"10.0.0.1/8\": address has bits set past the /8 prefix",
+    );
+    std::fs::write(
+        scene.path("svc.toml"),
+        format!(
+            "{cfg}[service]\nexe = [{:?}]\n",
+            scene.path("no-service").display().to_string()
+        ),
+    )
+    .unwrap();
+    expect_failure(
+        guardian().args(["run", "-c"]).arg(scene.path("svc.toml")),
+        "service exe",
+    );
+
+    // A hook the kernel cannot deny here is reported by name (status), and
+    // fatal only when the config demands it.
+    std::fs::write(
+        scene.path("require.toml"),
+        cfg.replacen("[guard]\n", "[guard]\nrequire = [\"file_rename\"]\n", 1),
+    )
+    .unwrap();
+    expect_failure(
+        guardian()
+            .args(["run", "-c"])
+            .arg(scene.path("require.toml")),
+        "[guard] require names file_rename, but the kernel cannot deny it",
+    );
+
     // No BTF.
     expect_failure(
         guardian()
