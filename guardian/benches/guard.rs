@@ -413,6 +413,10 @@ fn drain(
             Err(_) => tally.undecodable += 1,
         }
     }
+    // As the daemon does: the batch goes out in one write.
+    if sink.flush().is_err() {
+        tally.write_errors += 1;
+    }
 }
 
 fn expected(ev: &SecurityEvent, file: &str) -> bool {
@@ -705,15 +709,16 @@ fn stages(dir: &Path, records: usize) -> Stages {
     });
     let path = dir.join("stages.jsonl");
     let mut sink = Sink::open(path.to_str().unwrap()).unwrap();
-    let decode_sink_file = per_event(&mut |r| sink.write(&d.decode(r).unwrap()).unwrap());
+    let decode_sink_file = per_event(&mut |r| {
+        sink.write(&d.decode(r).unwrap()).unwrap();
+    });
+    sink.flush().unwrap();
     let _ = std::fs::remove_file(&path);
-    let mut null = Sink::File(
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open("/dev/null")
-            .unwrap(),
-    );
-    let decode_sink_null = per_event(&mut |r| null.write(&d.decode(r).unwrap()).unwrap());
+    let mut null = Sink::open("/dev/null").unwrap();
+    let decode_sink_null = per_event(&mut |r| {
+        null.write(&d.decode(r).unwrap()).unwrap();
+    });
+    null.flush().unwrap();
     Stages {
         records: raw.len(),
         produce,

@@ -313,6 +313,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 // The tracepoints report allowed write-opens already.
                 if ev.verdict != "allow" {
                     handle_event(ev, &mut sink, &mut counters, &attestor, config.guard.response, &engine);
+                    let flushed = sink.flush();
+                    count_written(&mut counters, flushed);
                     dirty = true;
                 }
             }
@@ -401,6 +403,9 @@ fn drain(
             }
         }
     }
+    // The batch goes out in one write.
+    let flushed = sink.flush();
+    count_written(counters, flushed);
     n
 }
 
@@ -502,14 +507,20 @@ fn handle_event(
     if happened && ((ev.verdict == "alert" && response == Response::Kill) || policy_kill) {
         ev.response = Some(respond_kill(&ev, counters));
     }
-    match sink.write(&ev) {
-        Ok(()) => counters.written += 1,
+    let written = sink.write(&ev);
+    count_written(counters, written);
+    attestor.send(continuous::Message::Event(Box::new(ev)));
+}
+
+/// Count what a sink write or flush did.
+fn count_written(counters: &mut AgentCounters, result: Result<u64, events::SinkError>) {
+    match result {
+        Ok(n) => counters.written += n,
         Err(e) => {
-            counters.write_errors += 1;
-            log::error!("event lost: cannot write it: {e}");
+            counters.write_errors += e.lost;
+            log::error!("cannot write events: {e}");
         }
     }
-    attestor.send(continuous::Message::Event(Box::new(ev)));
 }
 
 /// Move fanotify's decisions from its thread into the event loop.
