@@ -162,6 +162,26 @@ check_manifest() {
     "$here/check-manifest.sh" "$bin"
 }
 
+# --- (i) signed policies --------------------------------------------------------
+# The example policies as policies/package.sh packs them. GUARDIAN_POLICIES_TARBALL
+# names a packed tarball (test-check-layer.sh passes one); otherwise
+# policies-tarball.sh packs them from the repository around the layer,
+# cached under ~/.cache/guardian/policies keyed by the inputs.
+policies_tarball() {
+    if [ -n "${GUARDIAN_POLICIES_TARBALL:-}" ]; then
+        printf '%s\n' "$GUARDIAN_POLICIES_TARBALL"
+        return 0
+    fi
+    "$here/policies-tarball.sh" "$repo"
+}
+
+check_policies() {
+    local bin tarball
+    bin="$(guardian_binary)" || { echo "cannot build guardian (cargo build -p guardian)"; return 1; }
+    tarball="$(policies_tarball)" || { echo "cannot pack the example policies (policies/package.sh)"; return 1; }
+    "$here/check-policies.sh" "$bin" "$tarball"
+}
+
 only=("$@")
 selected() { # title
     [ "${#only[@]}" -eq 0 ] && return 0
@@ -196,7 +216,7 @@ run "dynamic layers: every file read through BBFILES_DYNAMIC, per supported rele
     python3 "$here/layer-static-checks.py" "$layer" dynamic
 run "one install list: recipe, units, init script and qemu test agree with it" \
     python3 "$here/layer-static-checks.py" "$layer" install
-run "classes call guardian-manifest.py with options it accepts" \
+run "classes and recipes call guardian-manifest.py with options it accepts" \
     python3 "$here/layer-static-checks.py" "$layer" toolcalls
 run "kas files load with kas ${KAS_PINS[0]#*==}, pinned, one supported release each" \
     check_kas
@@ -204,6 +224,8 @@ run "kernel fragments merge into linux-source arm64 allnoconfig, every symbol ke
     "$here/check-kconfig.sh"
 run "golden manifest: guardian-manifest.py output accepted by guardian manifest verify" \
     check_manifest
+run "signed policies: the guardian-policies recipe's signing accepted by guardian policy inspect" \
+    check_policies
 run "guardian-crates.inc matches Cargo.lock" \
     python3 "$here/gen-crates-inc.py" --check --lock "$repo/Cargo.lock" \
     --output "$layer/recipes-security/guardian/guardian-crates.inc"

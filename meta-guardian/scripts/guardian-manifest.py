@@ -32,6 +32,17 @@ device reads one manifest:
                                 [--pubkey /etc/guardian/keys/manifest-signing.pub]
                                 [--trust-config /etc/guardian/guardian.toml]
 
+  policies  run by the guardian-policies recipe's do_install: checks the
+            policy tarball (policies/package.sh) against its SHA-256,
+            installs the chosen NAME.wasm modules and signs each with the
+            same code as the manifest (detached NAME.wasm.sig, checked with
+            the public half), and installs the public key.
+
+      guardian-manifest.py policies --tarball FILE|DIR --sha256 HEX --key KEY.pem
+                                    --root D [--dir /etc/guardian/policies]
+                                    [--pubkey /etc/guardian/keys/policy-signing.pub]
+                                    [--key-variable GUARDIAN_POLICY_SIGNING_KEY] NAME...
+
 Paths given with --dir, --digests-dir, --manifest, --pubkey, --trust-config
 and the model PATHs are paths on the device; they are looked up under
 --root. Errors name the file and the problem and exit with status 1.
@@ -45,6 +56,7 @@ import os
 import pathlib
 import re
 import stat
+import tarfile
 import subprocess
 import sys
 import tempfile
@@ -258,17 +270,42 @@ def trust_key_in_config(config, config_device, pubkey_device):
     return True
 
 
+def signing_key(path, variable, what):
+    """The builder's key file, or a Failure naming the variable that sets it."""
+    if not path:
+        raise Failure(f"no signing key: set {variable} to the path of the PEM "
+                      f"private key (Ed25519 or ECDSA P-256) that signs this product's {what}; "
+                      "it is never part of a layer (see meta-guardian/SECURITY.md)")
+    key = pathlib.Path(path)
+    if not key.is_file() or not os.access(key, os.R_OK):
+        raise Failure(f"{key}: the signing key ({variable}) is not a readable file")
+    return key
+
+
+def sign_checked(key, alg, pub_pem, path, sig):
+    """Write the detached signature of path's bytes to sig (mode 0644) and
+    check it with the public half, which is also what the device trusts.
+    The one signing path of the layer: manifests and policies."""
+    sign(key, alg, path, sig)
+    os.chmod(sig, 0o644)
+    with tempfile.TemporaryDirectory() as tmp:
+        pub_tmp = pathlib.Path(tmp, "pub.pem")
+        pub_tmp.write_text(pub_pem)
+        verify(pub_tmp, alg, path, sig)
+
+
+def install_pubkey(root, device_path, pub_pem):
+    pub = under(root, device_path)
+    pub.parent.mkdir(parents=True, exist_ok=True)
+    pub.write_text(pub_pem)
+    os.chmod(pub, 0o644)
+
+
 def cmd_sign(args):
     root = pathlib.Path(args.root)
     if not root.is_dir():
         raise Failure(f"{root}: the rootfs does not exist")
-    if not args.key:
-        raise Failure("no signing key: set GUARDIAN_MANIFEST_SIGNING_KEY to the path of the PEM "
-                      "private key (Ed25519 or ECDSA P-256) that signs this product's model "
-                      "manifests; it is never part of a layer (see meta-guardian/SECURITY.md)")
-    key = pathlib.Path(args.key)
-    if not key.is_file() or not os.access(key, os.R_OK):
-        raise Failure(f"{key}: the signing key (GUARDIAN_MANIFEST_SIGNING_KEY) is not a readable file")
+    key = signing_key(args.key, "GUARDIAN_MANIFEST_SIGNING_KEY", "model manifests")
     if not 8 <= args.pcr <= 15:
         raise Failure(f"pcr {args.pcr}: guardian measures only into PCRs 8-15 (default 14)")
 
@@ -311,21 +348,10 @@ def cmd_sign(args):
     manifest.parent.mkdir(parents=True, exist_ok=True)
     manifest.write_text(manifest_text(args.pcr, models))
     os.chmod(manifest, 0o644)
-    sign(key, alg, manifest, sig)
-    os.chmod(sig, 0o644)
-
-    # Check the signature with the public half, which is also what the device
-    # will trust.
     pub_pem = openssl("pkey", "-in", str(key), "-pubout", what=str(key))
-    with tempfile.TemporaryDirectory() as tmp:
-        pub_tmp = pathlib.Path(tmp, "pub.pem")
-        pub_tmp.write_text(pub_pem)
-        verify(pub_tmp, alg, manifest, sig)
+    sign_checked(key, alg, pub_pem, manifest, sig)
     if args.pubkey:
-        pub = under(root, args.pubkey)
-        pub.parent.mkdir(parents=True, exist_ok=True)
-        pub.write_text(pub_pem)
-        os.chmod(pub, 0o644)
+        install_pubkey(root, args.pubkey, pub_pem)
         if args.trust_config:
             added = trust_key_in_config(under(root, args.trust_config), args.trust_config, args.pubkey)
             if added:
@@ -334,6 +360,90 @@ def cmd_sign(args):
         raise Failure("--trust-config needs --pubkey (the device path of the key to trust)")
     print(f"guardian-manifest: {args.manifest}: {len(models)} model(s) from {len(lists)} recipe(s), "
           f"PCR {args.pcr}, {alg} signature {args.manifest}.sig")
+
+
+# --- policies -----------------------------------------------------------------
+
+POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def policy_tarball(path):
+    """The tarball itself, or the one file in a directory (the recipe's
+    fetch subdir)."""
+    p = pathlib.Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file())
+        if len(files) != 1:
+            raise Failure(f"expected exactly one policy tarball in {p}, found: "
+                          f"{', '.join(f.name for f in files) or 'none'}")
+        p = files[0]
+    if not p.is_file():
+        raise Failure(f"{p}: no such policy tarball (GUARDIAN_POLICIES_URI)")
+    return p
+
+
+def read_policies(tarball):
+    """{NAME: module bytes} of every DIR/NAME.wasm in the tarball. Anything
+    else than directories and .wasm files one level down is refused."""
+    mods = {}
+    try:
+        with tarfile.open(tarball, "r:*") as tar:
+            for m in tar.getmembers():
+                parts = pathlib.PurePosixPath(m.name).parts
+                if m.isdir() and len(parts) == 1:
+                    continue
+                if not (m.isfile() and len(parts) == 2 and parts[1].endswith(".wasm")
+                        and POLICY_NAME.fullmatch(parts[1][:-5])):
+                    raise Failure(f"{tarball}: unexpected member {m.name!r} (a policy tarball "
+                                  "holds DIR/NAME.wasm files only, see policies/package.sh)")
+                name = parts[1][:-5]
+                if name in mods:
+                    raise Failure(f"{tarball}: {name}.wasm is in it twice")
+                mods[name] = tar.extractfile(m).read()
+    except (OSError, tarfile.TarError) as e:
+        raise Failure(f"{tarball}: unreadable policy tarball ({e})") from None
+    if not mods:
+        raise Failure(f"{tarball}: no .wasm modules in it")
+    return mods
+
+
+def cmd_policies(args):
+    root = pathlib.Path(args.root)
+    if not root.is_dir():
+        raise Failure(f"{root}: the install root does not exist")
+    tarball = policy_tarball(args.tarball)
+    want = args.sha256.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", want):
+        raise Failure(f"GUARDIAN_POLICIES_SHA256 {args.sha256!r} is not a SHA-256 (64 hex digits)")
+    have, _ = hash_file(tarball, str(tarball))
+    if have != want:
+        raise Failure(f"{tarball} does not match GUARDIAN_POLICIES_SHA256: its sha256 is {have}, "
+                      f"expected {want}")
+    key = signing_key(args.key, args.key_variable, "policies")
+    names = list(args.names)
+    if not names:
+        raise Failure("GUARDIAN_POLICIES lists no policy to install")
+    mods = read_policies(tarball)
+    for n in names:
+        if names.count(n) > 1:
+            raise Failure(f"GUARDIAN_POLICIES lists {n} twice")
+        if n not in mods:
+            raise Failure(f"GUARDIAN_POLICIES names {n}, which {tarball.name} does not have "
+                          f"(it has: {' '.join(sorted(mods))})")
+    alg = key_algorithm(key)
+    pub_pem = openssl("pkey", "-in", str(key), "-pubout", what=str(key))
+    dest = under(root, args.dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        wasm = dest / f"{n}.wasm"
+        sig = wasm.with_name(wasm.name + ".sig")
+        wasm.write_bytes(mods[n])
+        os.chmod(wasm, 0o644)
+        sign_checked(key, alg, pub_pem, wasm, sig)
+    if args.pubkey:
+        install_pubkey(root, args.pubkey, pub_pem)
+    print(f"guardian-manifest: {args.dir}: {len(names)} polic{'y' if len(names) == 1 else 'ies'} "
+          f"({' '.join(names)}) from {tarball.name}, {alg} signatures NAME.wasm.sig")
 
 
 def main():
@@ -356,9 +466,20 @@ def main():
     s.add_argument("--manifest", default="/etc/guardian/manifest.toml")
     s.add_argument("--pubkey", default="/etc/guardian/keys/manifest-signing.pub")
     s.add_argument("--trust-config", default="")
+    p = sub.add_parser("policies", help="install and sign policy modules from a policy tarball")
+    p.add_argument("--tarball", required=True, help="the tarball, or the directory holding only it")
+    p.add_argument("--sha256", required=True, help="its expected SHA-256")
+    p.add_argument("--key", default="", help="PEM private key, Ed25519 or ECDSA P-256")
+    p.add_argument("--key-variable", default="GUARDIAN_POLICY_SIGNING_KEY",
+                   help="the variable that sets --key, named in errors")
+    p.add_argument("--root", required=True, help="the recipe's install root (${D})")
+    p.add_argument("--dir", default="/etc/guardian/policies", help="device directory of the bundles")
+    p.add_argument("--pubkey", default="", help="device path to install the public key at")
+    p.add_argument("names", nargs="*", metavar="NAME", help="policies to install (NAME.wasm)")
     args = ap.parse_args()
+    cmds = {"digests": cmd_digests, "sign": cmd_sign, "policies": cmd_policies}
     try:
-        (cmd_digests if args.cmd == "digests" else cmd_sign)(args)
+        cmds[args.cmd](args)
     except Failure as e:
         print(f"guardian-manifest: error: {e}", file=sys.stderr)
         return 1

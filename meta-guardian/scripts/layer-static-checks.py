@@ -24,8 +24,8 @@ CHECK is one of:
               its sources exist; the units and the init script name the
               agent and config where it puts them; the qemu test places
               them there too (or by entry, "@ID:HOSTPATH")
-  toolcalls   the classes call scripts/guardian-manifest.py with a subcommand
-              and options the script accepts
+  toolcalls   the classes and recipes call scripts/guardian-manifest.py with a
+              subcommand and options the script accepts
 
 Prints the problems found, one per line, and exits 1 if there are any.
 """
@@ -249,7 +249,9 @@ def check_toolcalls(layer):
     problems = []
     tool = layer / "scripts/guardian-manifest.py"
     helps = {}
-    for p in sorted((layer / "classes").glob("*.bbclass")) if (layer / "classes").is_dir() else []:
+    callers = sorted((layer / "classes").glob("*.bbclass")) if (layer / "classes").is_dir() else []
+    callers += sorted(p for p in layer.rglob("*.bb") if p.is_file())
+    for p in callers:
         text = p.read_text()
         for m in re.finditer(r"python3\s+\$\{GUARDIAN_MANIFEST_TOOL\}((?:[^\n]*\\\n)*[^\n]*)", text):
             call = m.group(1).replace("\\\n", " ")
@@ -266,7 +268,7 @@ def check_toolcalls(layer):
             if helps[sub] is None:
                 problems.append(f"{p}:{line}: guardian-manifest.py has no subcommand {sub!r}")
                 continue
-            known = set(re.findall(r"(--[a-z][a-z-]*)", helps[sub]))
+            known = set(re.findall(r"(--[a-z][a-z0-9-]*)", helps[sub]))
             for w in words[1:]:
                 if w.startswith("--") and w not in known:
                     problems.append(f"{p}:{line}: guardian-manifest.py {sub} has no option {w}")

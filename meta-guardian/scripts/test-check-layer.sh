@@ -32,6 +32,12 @@ if [ -z "${GUARDIAN_BIN:-}" ]; then
     GUARDIAN_BIN="${CARGO_TARGET_DIR:-$repo/target}/debug/guardian"
 fi
 export GUARDIAN_BIN
+# Nor policies/: pack the example policies once (cached, policies-tarball.sh)
+# for the policy check of every copy.
+if [ -z "${GUARDIAN_POLICIES_TARBALL:-}" ]; then
+    GUARDIAN_POLICIES_TARBALL="$("$here/policies-tarball.sh" "$repo")"
+fi
+export GUARDIAN_POLICIES_TARBALL
 
 failures=0
 expect_fail() { # name check-title-substring copy
@@ -144,13 +150,31 @@ expect_fail "dynamic-layer append not read" "dynamic layers" "$d"
 
 d="$(fresh toolcall)"
 sed -i 's/--digests-dir/--digest-dir/' "$d/meta-guardian/classes/guardian_manifest.bbclass"
-expect_fail "class passes an unknown option" "classes call guardian-manifest.py" "$d"
+expect_fail "class passes an unknown option" "call guardian-manifest.py" "$d"
 
 d="$(fresh manifest)"
 sed -i "s/f\"sha256 = {toml_string(m\['sha256'\])}\"/f\"sha256 = {toml_string(m['sha256'].upper())}\"/" \
     "$d/meta-guardian/scripts/guardian-manifest.py"
 grep -q "m\['sha256'\].upper()" "$d/meta-guardian/scripts/guardian-manifest.py"
 expect_fail "manifest digests in upper case" "golden manifest" "$d"
+
+d="$(fresh policy-wrong-bytes)"
+sed -i 's/sign_checked(key, alg, pub_pem, wasm, sig)/sign_checked(key, alg, pub_pem, tarball, sig)/' \
+    "$d/meta-guardian/scripts/guardian-manifest.py"
+grep -q 'sign_checked(key, alg, pub_pem, tarball, sig)' "$d/meta-guardian/scripts/guardian-manifest.py"
+expect_fail "policy signature over other bytes" "signed policies" "$d"
+
+d="$(fresh policy-sig-name)"
+sed -i 's/sig = wasm.with_name(wasm.name + ".sig")/sig = wasm.with_suffix(".sig")/' \
+    "$d/meta-guardian/scripts/guardian-manifest.py"
+grep -q 'sig = wasm.with_suffix(".sig")' "$d/meta-guardian/scripts/guardian-manifest.py"
+expect_fail "policy signature named NAME.sig" "signed policies" "$d"
+
+d="$(fresh policy-recipe-dir)"
+sed -i 's|^GUARDIAN_POLICY_DIR ?= "${sysconfdir}/guardian/policies"|GUARDIAN_POLICY_DIR ?= "${sysconfdir}/guardian/policy"|' \
+    "$d/meta-guardian/recipes-security/guardian-policies/guardian-policies_0.1.0.bb"
+grep -q 'guardian/policy"$' "$d/meta-guardian/recipes-security/guardian-policies/guardian-policies_0.1.0.bb"
+expect_fail "recipe installs outside [policy] dir" "signed policies" "$d"
 
 if command -v systemd-analyze >/dev/null; then
     d="$(fresh unit)"

@@ -19,6 +19,9 @@ IMAGE_INSTALL:append = " packagegroup-guardian tpm2-tools guardian-example-model
 # with the builder's key: set GUARDIAN_MANIFEST_SIGNING_KEY (see
 # classes/guardian_manifest.bbclass and README.md).
 inherit guardian_manifest
+# With GUARDIAN_WITH_POLICIES = "1", packagegroup-guardian adds the example
+# policies, signed by default with that same key: its public half is in
+# [measure] trusted_keys, which [policy] falls back to, so they load.
 
 COMPATIBLE_MACHINE = "qemuarm64"
 

@@ -9,7 +9,14 @@ LICENSE = "MIT"
 
 inherit packagegroup
 
+# Set GUARDIAN_WITH_POLICIES = "1" (local.conf or distro) to add the signed
+# example policies (guardian-policies: set GUARDIAN_POLICIES_URI and
+# GUARDIAN_POLICIES_SHA256, see README.md). Off by default: a product
+# usually ships its own policies.
+GUARDIAN_WITH_POLICIES ??= "0"
+
 RDEPENDS:${PN} = "\
     guardian \
+    ${@oe.utils.conditional('GUARDIAN_WITH_POLICIES', '1', 'guardian-policies', '', d)} \
     tpm2-tools \
 "
