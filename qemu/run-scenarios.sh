@@ -103,7 +103,7 @@ cp "$policy_wasm" "$out/files/model_writer.wasm"
 scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-boot pcr-equals-replay quote-evidence guardian-enforce deny-append deny-append-event
     deny-truncate deny-truncate-event deny-impostor allow-updater allow-updater-event
     read-allowed status-counters quote-after-tamper
-    guarded-predictions flip-denied flip-denied-event predictions-unchanged
+    guarded-predictions flip-denied flip-denied-event predictions-unchanged measure-gate-blocks-service
     service-preload-restart service-preload-restart-event service-exfiltration service-exfiltration-event
     preopened-fd-write preopened-fd-write-event mmap-shared-write mmap-shared-write-event
     ftruncate-fd ftruncate-fd-event truncate-path truncate-path-event chmod chmod-event

@@ -203,6 +203,36 @@ pa="$(predict "$CLASSIFIER")"
 say "  predictions after the attempt: $pa"
 [ "$pa" = "$expected" ]
 check predictions-unchanged $? "expected [$expected] got [$pa]"
+# The gate itself, on a board whose model was changed before boot: a copy
+# with the flipped bit, measured against its golden digest (log only, no
+# TPM, so the real PCR is untouched) must not let the service start.
+mkdir -p /tmp/gate
+cp "$CLASSIFIER" /tmp/gate/classifier.onnx
+dd if=/tmp/bit of=/tmp/gate/classifier.onnx bs=1 seek=5499 count=1 conv=notrunc 2>/dev/null
+cat >/tmp/gate/manifest.toml <<GATE
+version = 1
+pcr = 14
+
+[[model]]
+path = "/tmp/gate/classifier.onnx"
+sha256 = "$cdigest"
+size = $(wc -c <"$CLASSIFIER")
+name = "classifier"
+GATE
+cat >/tmp/gate/guardian.toml <<GATE
+[guard]
+protected = ["/tmp/gate"]
+[measure]
+manifest = "/tmp/gate/manifest.toml"
+allow_unsigned = true
+log = "/tmp/gate/measurements.log"
+GATE
+guardian measure --config /tmp/gate/guardian.toml --no-tpm >/tmp/gate/out 2>/tmp/gate/err
+gate_rc=$?
+if [ "$gate_rc" -eq 0 ]; then gate="started"; else gate="not started"; fi
+say "  a board whose model was changed before boot: guardian measure exit $gate_rc, so the service is $gate"
+[ "$gate_rc" -eq 3 ] && [ "$gate" = "not started" ] && grep -q "model_mismatch" /tmp/gate/out
+check measure-gate-blocks-service $? "exit $gate_rc: $(grep -o '"event":"model_mismatch"[^}]*' /tmp/gate/out | head -n 1 | cut -c1-120)"
 say "the attacker restarts the service with LD_PRELOAD"
 after="$(digest "$MODEL")"
 attack service-preload-restart exec_preload env LD_PRELOAD=/tmp/evil.so "$INFER" --model "$CLASSIFIER"
