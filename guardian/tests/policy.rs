@@ -501,9 +501,9 @@ fn bad_policies_are_refused_or_contained_while_the_previous_set_decides() {
     let cases: Vec<(&str, Vec<u8>, Option<&str>, &str)> = vec![
         (
             "wrong_abi",
-            wat_policy(2, "(i64.const 0)", ""),
+            wat_policy(3, "(i64.const 0)", ""),
             Some("vendor.pem"),
-            "ABI version 2",
+            "ABI version 3",
         ),
         ("unsigned", good.clone(), None, "unsigned"),
         (
@@ -772,7 +772,7 @@ fn cli_sign_inspect_and_test() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", stderr(&out));
     for want in [
-        "abi         version 1",
+        "abi         version 2",
         "valid, ed25519 key",
         "/opt/models/",
         UPDATER,
@@ -845,4 +845,194 @@ fn cli_sign_inspect_and_test() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(first["verdict"], "deny");
     assert_eq!(first["rule"], 1);
+}
+
+/// A module of ABI version 1 (the hand-written WAT) and modules of version
+/// 2 (the SDK examples, and a WAT one that reads the header) in one set,
+/// evaluated by the same host: each receives its own layout.
+#[test]
+fn abi_v1_and_v2_modules_are_evaluated_by_the_same_host() {
+    use guardian_policy_abi::{HEADER_SIZE, wire::Header};
+
+    // Version 2 in WAT: checks that `len` is the header plus the event the
+    // header announces, then alerts with rule id = the header's path
+    // length, or rule 0 when the path is absent (offset 0xffff_ffff).
+    let header_reader = wat_policy(
+        2,
+        &format!(
+            r#"(if (result i64)
+                 (i32.ne (local.get 1)
+                         (i32.add (i32.load (local.get 0)) (i32.const {HEADER_SIZE})))
+                 (then (i64.const 0xff))
+                 (else
+                   (if (result i64) (i32.eq (i32.load offset={po} (local.get 0)) (i32.const -1))
+                     (then (i64.const 1))
+                     (else (i64.or (i64.const 1)
+                       (i64.shl (i64.extend_i32_u (i32.load offset={pl} (local.get 0)))
+                                (i64.const 32)))))))"#,
+            po = Header::PATH_OFF,
+            pl = Header::PATH_LEN,
+        ),
+        "",
+    );
+    let rt = Runtime::new(Limits::default());
+    let dir = tempfile::tempdir().unwrap();
+    let mut policies = Vec::new();
+    for (name, wasm) in [
+        ("a_model_writer", example("model_writer")),
+        ("b_no_ptrace", example("no_ptrace")),
+        ("c_header_reader", header_reader),
+        ("d_egress", example("egress")),
+    ] {
+        let p = dir.path().join(format!("{name}.wasm"));
+        std::fs::write(&p, wasm).unwrap();
+        policies
+            .push(LoadedPolicy::load(&rt, &Bundle::read_unsigned(&p, 1 << 20).unwrap()).unwrap());
+    }
+    let versions: Vec<u32> = policies.iter().map(|p| p.info().abi_version).collect();
+    assert_eq!(versions, [2, 1, 2, 2]);
+    let mut set = PolicySet::new(policies, FailMode::Closed);
+
+    let verdicts = |set: &mut PolicySet, e: &JsonEvent| {
+        let o = set.evaluate(&e.to_abi().unwrap());
+        assert_eq!(o.failures().count(), 0, "{o:?}");
+        o.verdicts
+            .iter()
+            .map(|v| {
+                let v = v.result.as_ref().unwrap();
+                (v.decision, v.rule)
+            })
+            .collect::<Vec<_>>()
+    };
+    use Decision::*;
+    let path = "/opt/models/resnet50.onnx";
+    let write = file("file_write_open", "/usr/bin/dd", 9, 0, path);
+    assert_eq!(
+        verdicts(&mut set, &write),
+        [
+            (Deny, 1),
+            (Allow, 0),
+            (Alert, path.len() as u32),
+            (Allow, 0)
+        ]
+    );
+    let ok = file("file_write_open", UPDATER, 9, 0, path);
+    assert_eq!(
+        verdicts(&mut set, &ok),
+        [
+            (Allow, 0),
+            (Allow, 0),
+            (Alert, path.len() as u32),
+            (Allow, 0)
+        ]
+    );
+    let ptrace = json(
+        "ptrace",
+        "/usr/bin/gdb",
+        false,
+        5,
+        0,
+        r#","target_pid":77,"target_exe":"/usr/bin/python3""#,
+    );
+    assert_eq!(
+        verdicts(&mut set, &ptrace),
+        [(Allow, 0), (Deny, 40), (Alert, 0), (Allow, 0)]
+    );
+    let connect = json(
+        "connect",
+        "/usr/bin/python3",
+        true,
+        5,
+        0,
+        r#","family":"ipv4","addr":"192.0.2.1","port":80"#,
+    );
+    assert_eq!(
+        verdicts(&mut set, &connect),
+        [(Allow, 0), (Allow, 0), (Alert, 0), (Deny, 20)]
+    );
+}
+
+/// A version 2 module whose input is not a header and the event it
+/// announces (cut short, lengths that disagree, offsets past the event)
+/// answers with its decode error; through the host that is a policy
+/// failure with a clear message, never a trap.
+#[test]
+fn v2_module_given_a_bad_header_answers_decode_error() {
+    use guardian_policy_abi::{HEADER_SIZE, Verdict, wire::Header};
+
+    let event = file("file_write_open", "/usr/bin/dd", 9, 0, "/opt/models/m.onnx");
+    let encoded = postcard::to_allocvec(&event.to_abi().unwrap()).unwrap();
+    let head = Header::of(&encoded).unwrap();
+    let good: Vec<u8> = head.to_bytes().iter().chain(&encoded).copied().collect();
+
+    // Straight into the module with wasmi, as a buggy host would write it.
+    let engine = wasmi::Engine::default();
+    let module = wasmi::Module::new(&engine, example("model_writer")).unwrap();
+    let mut store = wasmi::Store::new(&engine, ());
+    let mut linker = wasmi::Linker::<()>::new(&engine);
+    linker
+        .func_wrap("guardian", "log", |_: i32, _: i32, _: i32| {})
+        .unwrap();
+    linker
+        .func_wrap("guardian", "monotonic_ns", || 0i64)
+        .unwrap();
+    let inst = linker.instantiate_and_start(&mut store, &module).unwrap();
+    let memory = inst.get_memory(&store, "memory").unwrap();
+    let buf = inst
+        .get_typed_func::<(), i32>(&store, "guardian_buffer")
+        .unwrap()
+        .call(&mut store, ())
+        .unwrap();
+    let eval = inst
+        .get_typed_func::<(i32, i32), i64>(&store, "guardian_evaluate")
+        .unwrap();
+    let mut run = |input: &[u8]| {
+        memory.write(&mut store, buf as usize, input).unwrap();
+        eval.call(&mut store, (buf, input.len() as i32)).unwrap()
+    };
+    assert_eq!(
+        Verdict::unpack(run(&good)).unwrap(),
+        Verdict::deny(1).with(Actions::REMEASURE)
+    );
+    let patched = |at: usize, v: u32| {
+        let mut b = good.clone();
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        b
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("header cut short", good[..HEADER_SIZE - 8].to_vec()),
+        ("header without the event", good[..HEADER_SIZE].to_vec()),
+        ("event cut short", good[..good.len() - 3].to_vec()),
+        (
+            "event length disagrees",
+            patched(Header::EVENT_LEN, head.event_len + 1),
+        ),
+        (
+            "path past the event",
+            patched(Header::PATH_OFF, head.event_len),
+        ),
+        (
+            "path length past the event",
+            patched(Header::PATH_LEN, u32::MAX),
+        ),
+        ("exe past the event", patched(Header::EXE_OFF, 0x7fff_ffff)),
+    ];
+    for (what, input) in &cases {
+        assert_eq!(run(input), Verdict::DECODE_ERROR, "{what}");
+    }
+
+    // Through the host: bytes that are not an event get a header of absent
+    // fields; the module's decode error is reported as such.
+    let mut set = set_of(&["model_writer"]);
+    let p = set.policies_mut().next().unwrap();
+    let err = p.module_mut().evaluate(&encoded[..5]).unwrap_err();
+    assert!(
+        err.to_string().contains("could not decode the event"),
+        "{err}"
+    );
+    assert_eq!(
+        p.module_mut().evaluate(&encoded).unwrap(),
+        Verdict::deny(1).with(Actions::REMEASURE)
+    );
 }

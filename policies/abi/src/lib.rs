@@ -18,10 +18,10 @@
 //! | name | type | meaning |
 //! |---|---|---|
 //! | `memory` | memory | linear memory (exactly one, not imported) |
-//! | `guardian_abi_version` | `() -> i32` | must return [`ABI_VERSION`] |
+//! | `guardian_abi_version` | `() -> i32` | one of [`SUPPORTED_ABI_VERSIONS`]; decides the input layout |
 //! | `guardian_buffer` | `() -> i32` | address of the event input buffer |
 //! | `guardian_buffer_size` | `() -> i32` | its size in bytes (≥ [`MIN_BUFFER_SIZE`]) |
-//! | `guardian_evaluate` | `(ptr: i32, len: i32) -> i64` | judge the event at `ptr..ptr+len`; returns [`Verdict::pack`] |
+//! | `guardian_evaluate` | `(ptr: i32, len: i32) -> i64` | judge the input at `ptr..ptr+len` (version 1: the event; version 2: a [`wire::Header`], then the event); returns [`Verdict::pack`] |
 //! | `guardian_static_rules` | `() -> i64` | optional: `(ptr << 32) \| len` of a postcard [`StaticRules`] |
 //!
 //! # Imports a module may use (module `guardian`)
@@ -42,9 +42,22 @@ use serde::{Deserialize, Serialize};
 
 pub mod wire;
 
-/// The ABI version this crate describes. A module whose
-/// `guardian_abi_version` returns anything else is refused at load.
-pub const ABI_VERSION: u32 = 1;
+/// The ABI version this crate describes, and the one the SDK's modules
+/// declare. guardian loads modules of every version in
+/// [`SUPPORTED_ABI_VERSIONS`] and refuses any other.
+///
+/// Version 2 differs from version 1 only in what `guardian_evaluate`
+/// receives: a [`HEADER_SIZE`]-byte header of field offsets
+/// ([`wire::Header`]) in front of the same postcard event. A version 1
+/// module receives the plain event.
+pub const ABI_VERSION: u32 = 2;
+
+/// The versions guardian loads (oldest first).
+pub const SUPPORTED_ABI_VERSIONS: [u32; 2] = [1, 2];
+
+/// Size of the version 2 header in front of the event, bytes
+/// ([`wire::Header`]).
+pub const HEADER_SIZE: usize = 48;
 
 /// The smallest input buffer a module may declare: guardian refuses events
 /// larger than the buffer (they are judged by the fail mode), and every

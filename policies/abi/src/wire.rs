@@ -12,7 +12,7 @@
 //! string or sequence length must fit in `u32` (postcard allows `usize`),
 //! and an unknown `kind` is an error (as it is for postcard).
 
-use crate::{Detail, Dev, Event, IpAddr, KernelVerdict, Kind, Mode, StaticRules};
+use crate::{Detail, Dev, Event, HEADER_SIZE, IpAddr, KernelVerdict, Kind, Mode, StaticRules};
 
 /// A cursor over encoded bytes. Every read returns `None` past the end or
 /// on a malformed value.
@@ -234,6 +234,194 @@ impl<'a> Event<'a> {
     }
 }
 
+/// The version 2 header: where the fields of the event that follows it
+/// lie, so that a module reads them without stepping over the
+/// variable-length middle of the event (`policies/ABI.md`, §4).
+///
+/// guardian computes it natively from the encoded event and writes it,
+/// [`HEADER_SIZE`] bytes of twelve little-endian `u32`s, in front of the
+/// event for modules of ABI version 2. Offsets count from the event's
+/// first byte (its `kind`), not from the header. A string field is given
+/// as the offset of its first UTF-8 byte (after the length varint) and
+/// its length; an absent one (`exe` is `None`, a `detail` without a path)
+/// as offset [`Header::ABSENT`] and length 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// Length of the encoded event after the header, bytes.
+    pub event_len: u32,
+    /// `hook`: offset of its bytes.
+    pub hook_off: u32,
+    /// `hook`: length.
+    pub hook_len: u32,
+    /// `pid` (a varint; `tid`, `ppid`, `uid`, `gid` follow).
+    pub ids_off: u32,
+    /// `exe`: offset of its bytes, or [`Header::ABSENT`].
+    pub exe_off: u32,
+    /// `exe`: length (0 when absent).
+    pub exe_len: u32,
+    /// `exe_dev.major` (a varint; `exe_dev.minor` and `exe_ino` follow).
+    pub exe_dev_off: u32,
+    /// `comm`: offset of its bytes.
+    pub comm_off: u32,
+    /// `comm`: length.
+    pub comm_len: u32,
+    /// `detail`: its variant index (a varint). The `service` byte is the
+    /// byte before it.
+    pub detail_off: u32,
+    /// The detail's `path` (variants File, Exec, Library): offset of its
+    /// bytes, or [`Header::ABSENT`].
+    pub path_off: u32,
+    /// The detail's `path`: length (0 when absent).
+    pub path_len: u32,
+}
+
+impl Header {
+    /// The offset of an absent string field.
+    pub const ABSENT: u32 = u32::MAX;
+
+    /// Byte offsets of the fields inside the header (each a `u32` LE).
+    pub const EVENT_LEN: usize = 0;
+    /// See [`Header::EVENT_LEN`].
+    pub const HOOK_OFF: usize = 4;
+    /// See [`Header::EVENT_LEN`].
+    pub const HOOK_LEN: usize = 8;
+    /// See [`Header::EVENT_LEN`].
+    pub const IDS_OFF: usize = 12;
+    /// See [`Header::EVENT_LEN`].
+    pub const EXE_OFF: usize = 16;
+    /// See [`Header::EVENT_LEN`].
+    pub const EXE_LEN: usize = 20;
+    /// See [`Header::EVENT_LEN`].
+    pub const EXE_DEV_OFF: usize = 24;
+    /// See [`Header::EVENT_LEN`].
+    pub const COMM_OFF: usize = 28;
+    /// See [`Header::EVENT_LEN`].
+    pub const COMM_LEN: usize = 32;
+    /// See [`Header::EVENT_LEN`].
+    pub const DETAIL_OFF: usize = 36;
+    /// See [`Header::EVENT_LEN`].
+    pub const PATH_OFF: usize = 40;
+    /// See [`Header::EVENT_LEN`].
+    pub const PATH_LEN: usize = 44;
+
+    /// The header of an encoded event: one pass over it, checking it as
+    /// [`Event::decode`] does; `None` if the bytes are not one event
+    /// (trailing bytes included: the header describes exactly `event`).
+    pub fn of(event: &[u8]) -> Option<Header> {
+        fn u(n: usize) -> Option<u32> {
+            u32::try_from(n).ok()
+        }
+        let mut r = Reader::new(event);
+        r.kind()?;
+        if r.u32()? > 2 || r.u32()? > 1 {
+            return None;
+        }
+        r.u64()?;
+        let hook = r.bytes()?;
+        let hook_off = r.position() - hook.len();
+        let ids_off = r.position();
+        for _ in 0..5 {
+            r.u32()?;
+        }
+        let (exe_off, exe_len) = match r.opt_bytes()? {
+            Some(e) => (u(r.position() - e.len())?, u(e.len())?),
+            None => (Self::ABSENT, 0),
+        };
+        let exe_dev_off = r.position();
+        r.dev()?;
+        r.u64()?;
+        let comm = r.bytes()?;
+        let comm_off = r.position() - comm.len();
+        r.bool()?;
+        let detail_off = r.position();
+        let mut p = r;
+        let (path_off, path_len) = match p.u32()? {
+            1..=3 => {
+                let path = p.bytes()?;
+                (u(p.position() - path.len())?, u(path.len())?)
+            }
+            _ => (Self::ABSENT, 0),
+        };
+        r.detail()?;
+        if r.position() != event.len() {
+            return None;
+        }
+        Some(Header {
+            event_len: u(event.len())?,
+            hook_off: u(hook_off)?,
+            hook_len: u(hook.len())?,
+            ids_off: u(ids_off)?,
+            exe_off,
+            exe_len,
+            exe_dev_off: u(exe_dev_off)?,
+            comm_off: u(comm_off)?,
+            comm_len: u(comm.len())?,
+            detail_off: u(detail_off)?,
+            path_off,
+            path_len,
+        })
+    }
+
+    /// The twelve fields in order.
+    const fn words(&self) -> [u32; HEADER_SIZE / 4] {
+        [
+            self.event_len,
+            self.hook_off,
+            self.hook_len,
+            self.ids_off,
+            self.exe_off,
+            self.exe_len,
+            self.exe_dev_off,
+            self.comm_off,
+            self.comm_len,
+            self.detail_off,
+            self.path_off,
+            self.path_len,
+        ]
+    }
+
+    /// The bytes guardian writes in front of the event.
+    pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
+        let mut out = [0u8; HEADER_SIZE];
+        for (chunk, w) in out.chunks_exact_mut(4).zip(self.words()) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+        out
+    }
+
+    /// Read a header from its bytes (no check that it fits any event).
+    pub fn from_bytes(b: &[u8; HEADER_SIZE]) -> Header {
+        let w = |at: usize| header_word(b, at);
+        Header {
+            event_len: w(Self::EVENT_LEN),
+            hook_off: w(Self::HOOK_OFF),
+            hook_len: w(Self::HOOK_LEN),
+            ids_off: w(Self::IDS_OFF),
+            exe_off: w(Self::EXE_OFF),
+            exe_len: w(Self::EXE_LEN),
+            exe_dev_off: w(Self::EXE_DEV_OFF),
+            comm_off: w(Self::COMM_OFF),
+            comm_len: w(Self::COMM_LEN),
+            detail_off: w(Self::DETAIL_OFF),
+            path_off: w(Self::PATH_OFF),
+            path_len: w(Self::PATH_LEN),
+        }
+    }
+}
+
+/// The `u32` at byte `at` of a header (one `i32.load` in wasm).
+#[inline(always)]
+fn header_word(h: &[u8; HEADER_SIZE], at: usize) -> u32 {
+    match h.get(at..).and_then(<[u8]>::first_chunk::<4>) {
+        Some(w) => u32::from_le_bytes(*w),
+        None => Header::ABSENT,
+    }
+}
+
+/// What an [`EventView`] made of a too-short version 2 input reads: every
+/// field absent or out of range, so every accessor reports malformed.
+static BAD_HEADER: [u8; HEADER_SIZE] = [0xff; HEADER_SIZE];
+
 /// Where the variable-length middle of an event lies, found by one pass
 /// over it (see [`EventView`]).
 #[derive(Clone, Copy, Debug, Default)]
@@ -267,9 +455,16 @@ struct Offsets {
 ///
 /// [`decode`](Self::decode) gives the whole [`Event`] when a policy needs
 /// most of it (several times the cost of a few accessors).
+///
+/// Made with [`with_header`](Self::with_header) from what an ABI version 2
+/// module receives, the view takes the positions from the [`Header`]
+/// instead of the pass (no pass at all; string fields are sliced without
+/// reading their length varints), checking only that each field it reads
+/// lies inside the event.
 #[derive(Debug)]
 pub struct EventView<'a> {
     buf: &'a [u8],
+    head: Option<&'a [u8; HEADER_SIZE]>,
     offsets: core::cell::Cell<Option<Offsets>>,
     malformed: core::cell::Cell<bool>,
 }
@@ -278,13 +473,69 @@ pub struct EventView<'a> {
 const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
 impl<'a> EventView<'a> {
-    /// A view of the encoded event `bytes` (nothing is read yet).
+    /// A view of the encoded event `bytes` (ABI version 1: nothing is read
+    /// yet).
     #[inline(always)]
     pub const fn new(bytes: &'a [u8]) -> Self {
         Self {
             buf: bytes,
+            head: None,
             offsets: core::cell::Cell::new(None),
             malformed: core::cell::Cell::new(false),
+        }
+    }
+
+    /// A view of what an ABI version 2 module receives: a [`Header`], then
+    /// the encoded event. Input shorter than the header, or whose header
+    /// gives another event length, is malformed at once.
+    #[inline(always)]
+    pub fn with_header(input: &'a [u8]) -> Self {
+        let (head, buf) = match input.split_first_chunk::<HEADER_SIZE>() {
+            Some((head, event)) => (head, event),
+            None => (&BAD_HEADER, &input[..0]),
+        };
+        let v = Self {
+            buf,
+            head: Some(head),
+            offsets: core::cell::Cell::new(None),
+            malformed: core::cell::Cell::new(false),
+        };
+        if header_word(head, Header::EVENT_LEN) as usize != buf.len() || buf.is_empty() {
+            v.fail();
+        }
+        v
+    }
+
+    /// The string at the header's `off`/`len` fields: `None` when absent,
+    /// empty and malformed when outside the event.
+    #[inline(always)]
+    fn field(&self, head: &[u8; HEADER_SIZE], off: usize) -> Option<&'a [u8]> {
+        let at = header_word(head, off);
+        if at == Header::ABSENT {
+            return None;
+        }
+        let len = header_word(head, off + 4);
+        let s = (at as usize)
+            .checked_add(len as usize)
+            .and_then(|end| self.buf.get(at as usize..end));
+        Some(self.or_fail(s))
+    }
+
+    /// A string the event always has: as [`field`](Self::field), absent
+    /// is malformed.
+    #[inline(always)]
+    fn required(&self, head: &[u8; HEADER_SIZE], off: usize) -> &'a [u8] {
+        let s = self.field(head, off);
+        self.or_fail(s)
+    }
+
+    /// The position of `ids`, `exe_dev` and `detail`: from the header, or
+    /// (version 1) from the pass.
+    #[inline(always)]
+    fn pos(&self, header_off: usize, v1: impl FnOnce(Offsets) -> Option<usize>) -> usize {
+        match self.head {
+            Some(h) => header_word(h, header_off) as usize,
+            None => v1(self.offsets()).unwrap_or(usize::MAX),
         }
     }
 
@@ -485,13 +736,16 @@ impl<'a> EventView<'a> {
 
     /// [`Event::hook`].
     pub fn hook(&self) -> &'a [u8] {
+        if let Some(h) = self.head {
+            return self.required(h, Header::HOOK_OFF);
+        }
         let o = self.offsets();
         self.or_fail(self.at(o.hook as usize).bytes())
     }
 
     /// The five ids, in encoding order: `[pid, tid, ppid, uid, gid]`.
     pub fn ids(&self) -> [u32; 5] {
-        let mut r = self.at(self.offsets().ids as usize);
+        let mut r = self.at(self.pos(Header::IDS_OFF, |o| Some(o.ids as usize)));
         let mut out = [0; 5];
         for v in &mut out {
             *v = self.or_fail(r.u32());
@@ -502,7 +756,10 @@ impl<'a> EventView<'a> {
     /// [`Event::pid`].
     #[inline(always)]
     pub fn pid(&self) -> u32 {
-        self.or_fail(self.at(self.offsets().ids as usize).u32())
+        self.or_fail(
+            self.at(self.pos(Header::IDS_OFF, |o| Some(o.ids as usize)))
+                .u32(),
+        )
     }
 
     /// [`Event::uid`].
@@ -513,13 +770,18 @@ impl<'a> EventView<'a> {
     /// [`Event::exe`].
     #[inline(always)]
     pub fn exe(&self) -> Option<&'a [u8]> {
+        if let Some(h) = self.head {
+            return self.field(h, Header::EXE_OFF);
+        }
         self.or_fail(self.at(self.offsets().exe as usize).opt_bytes())
     }
 
     /// [`Event::service`]: the byte before the detail.
     #[inline(always)]
     pub fn service(&self) -> bool {
-        let at = (self.offsets().detail as usize).wrapping_sub(1);
+        let at = self
+            .pos(Header::DETAIL_OFF, |o| Some(o.detail as usize))
+            .wrapping_sub(1);
         match self.buf.get(at) {
             Some(0) => false,
             Some(1) => true,
@@ -532,6 +794,12 @@ impl<'a> EventView<'a> {
 
     /// [`Event::exe_dev`], [`Event::exe_ino`] and [`Event::comm`].
     pub fn exe_dev_ino_comm(&self) -> (Dev, u64, &'a [u8]) {
+        if let Some(h) = self.head {
+            let mut r = self.at(header_word(h, Header::EXE_DEV_OFF) as usize);
+            let dev_ino = (|| Some((r.dev()?, r.u64()?)))();
+            let (dev, ino) = self.or_fail(dev_ino);
+            return (dev, ino, self.required(h, Header::COMM_OFF));
+        }
         let mut r = self.at(self.offsets().exe as usize);
         let v = (|| {
             r.opt_bytes()?;
@@ -549,7 +817,10 @@ impl<'a> EventView<'a> {
     /// [`Event::detail`].
     #[inline(always)]
     pub fn detail(&self) -> Detail<'a> {
-        match self.at(self.offsets().detail as usize).detail() {
+        match self
+            .at(self.pos(Header::DETAIL_OFF, |o| Some(o.detail as usize)))
+            .detail()
+        {
             Some(d) => d,
             None => {
                 self.fail();
@@ -562,6 +833,9 @@ impl<'a> EventView<'a> {
     /// without decoding the rest of the detail.
     #[inline(always)]
     pub fn path(&self) -> Option<&'a [u8]> {
+        if let Some(h) = self.head {
+            return self.field(h, Header::PATH_OFF);
+        }
         let mut r = self.at(self.offsets().detail as usize);
         match r.byte() {
             Some(1..=3) => Some(self.or_fail(r.bytes())),
@@ -840,6 +1114,113 @@ mod tests {
         let v = EventView::new(&bytes);
         assert_eq!(v.kind(), Kind::Other);
         assert!(v.is_malformed());
+    }
+
+    /// The header followed by the event, as guardian writes it for a
+    /// version 2 module.
+    fn with_header(bytes: &[u8]) -> Vec<u8> {
+        let mut input = Header::of(bytes).unwrap().to_bytes().to_vec();
+        input.extend_from_slice(bytes);
+        input
+    }
+
+    #[test]
+    fn header_points_at_the_fields() {
+        for ev in events() {
+            let bytes = postcard::to_allocvec(&ev).unwrap();
+            let h = Header::of(&bytes).unwrap();
+            assert_eq!(Header::from_bytes(&h.to_bytes()), h);
+            let at = |off: u32, len: u32| &bytes[off as usize..(off + len) as usize];
+            assert_eq!(h.event_len as usize, bytes.len());
+            assert_eq!(at(h.hook_off, h.hook_len), ev.hook);
+            assert_eq!(
+                Reader::at(&bytes, h.ids_off as usize).u32(),
+                Some(ev.pid),
+                "{ev:?}"
+            );
+            match ev.exe {
+                Some(e) => assert_eq!(at(h.exe_off, h.exe_len), e),
+                None => assert_eq!((h.exe_off, h.exe_len), (Header::ABSENT, 0)),
+            }
+            let mut r = Reader::at(&bytes, h.exe_dev_off as usize);
+            assert_eq!((r.dev(), r.u64()), (Some(ev.exe_dev), Some(ev.exe_ino)));
+            assert_eq!(at(h.comm_off, h.comm_len), ev.comm);
+            assert_eq!(bytes[h.detail_off as usize - 1], u8::from(ev.service));
+            assert_eq!(
+                Reader::at(&bytes, h.detail_off as usize).detail(),
+                Some(ev.detail)
+            );
+            match ev.path() {
+                Some(p) => assert_eq!(at(h.path_off, h.path_len), p),
+                None => assert_eq!((h.path_off, h.path_len), (Header::ABSENT, 0)),
+            }
+            // The version 2 view reads the same fields as the version 1 one.
+            let input = with_header(&bytes);
+            let v = EventView::with_header(&input);
+            assert_eq!(v.bytes(), &bytes[..]);
+            assert_eq!(v.kind(), ev.kind);
+            assert_eq!(v.time_ns(), ev.time_ns);
+            assert_eq!(v.hook(), ev.hook);
+            assert_eq!(v.ids(), [ev.pid, ev.tid, ev.ppid, ev.uid, ev.gid]);
+            assert_eq!(v.pid(), ev.pid);
+            assert_eq!(v.exe(), ev.exe);
+            assert_eq!(v.exe_dev_ino_comm(), (ev.exe_dev, ev.exe_ino, ev.comm));
+            assert_eq!(v.service(), ev.service);
+            assert_eq!(v.detail(), ev.detail);
+            assert_eq!(v.path(), ev.path());
+            assert_eq!(v.decode(), Some(ev));
+            assert!(!v.is_malformed(), "{ev:?}");
+            // Not an event, or one with bytes after it: no header.
+            assert_eq!(Header::of(&bytes[..bytes.len() - 1]), None);
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(Header::of(&longer), None);
+        }
+    }
+
+    #[test]
+    fn bad_headers_are_malformed() {
+        let read_all = |v: &EventView<'_>| {
+            let _ = (v.kind(), v.hook(), v.exe(), v.service(), v.path());
+            let _ = (v.ids(), v.exe_dev_ino_comm(), v.detail());
+        };
+        for ev in events() {
+            let input = with_header(&postcard::to_allocvec(&ev).unwrap());
+            // Cut anywhere: the header's event length no longer matches.
+            for cut in 0..input.len() {
+                let v = EventView::with_header(&input[..cut]);
+                read_all(&v);
+                assert!(v.is_malformed(), "cut at {cut}");
+            }
+            // Each field pushed past the event (or made absent where that
+            // is not allowed) is caught by the accessor that reads it.
+            for field in [
+                Header::HOOK_OFF,
+                Header::HOOK_LEN,
+                Header::IDS_OFF,
+                Header::EXE_DEV_OFF,
+                Header::COMM_OFF,
+                Header::COMM_LEN,
+                Header::DETAIL_OFF,
+            ] {
+                let mut bad = input.clone();
+                bad[field..field + 4].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+                let v = EventView::with_header(&bad);
+                read_all(&v);
+                assert!(v.is_malformed(), "field {field} of {ev:?}");
+            }
+            for field in [Header::EXE_LEN, Header::PATH_LEN] {
+                let off = header_word(input[..HEADER_SIZE].try_into().unwrap(), field - 4);
+                if off == Header::ABSENT {
+                    continue;
+                }
+                let mut bad = input.clone();
+                bad[field..field + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+                let v = EventView::with_header(&bad);
+                read_all(&v);
+                assert!(v.is_malformed(), "field {field} of {ev:?}");
+            }
+        }
     }
 
     #[test]

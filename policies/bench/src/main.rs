@@ -12,8 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guardian_policy_abi::{Detail, Dev, Event, IpAddr, KernelVerdict, Kind, Mode, Verdict};
-use guardian_policy_sdk::{Policy, evaluate_bytes};
+use guardian_policy_abi::{
+    Detail, Dev, Event, HEADER_SIZE, IpAddr, KernelVerdict, Kind, Mode, Verdict, wire::Header,
+};
+use guardian_policy_sdk::{Policy, evaluate_input};
 
 const FUEL: u64 = 100_000;
 const BATCH: usize = 64;
@@ -103,10 +105,26 @@ trait Runner {
     fn eval(&mut self, encoded: &[u8]) -> Verdict;
 }
 
-struct Native<P: Policy>(P);
+/// What the host writes into a module's buffer: the event (ABI 1), or the
+/// header it computes natively then the event (ABI 2), as
+/// guardian/src/policy/module.rs does.
+fn input<'b>(abi: i32, encoded: &[u8], out: &'b mut [u8]) -> &'b [u8] {
+    let head = if abi >= 2 {
+        Header::of(encoded).unwrap().to_bytes()
+    } else {
+        [0; HEADER_SIZE]
+    };
+    let h = if abi >= 2 { HEADER_SIZE } else { 0 };
+    out[..h].copy_from_slice(&head[..h]);
+    out[h..h + encoded.len()].copy_from_slice(encoded);
+    &out[..h + encoded.len()]
+}
+
+struct Native<P: Policy>(P, Vec<u8>);
 impl<P: Policy> Runner for Native<P> {
     fn eval(&mut self, encoded: &[u8]) -> Verdict {
-        Verdict::unpack(evaluate_bytes(&mut self.0, encoded)).unwrap_or(Verdict::deny(u32::MAX))
+        let input = input(2, encoded, &mut self.1);
+        Verdict::unpack(evaluate_input(&mut self.0, input)).unwrap_or(Verdict::deny(u32::MAX))
     }
 }
 
@@ -115,6 +133,7 @@ struct Wasmi {
     memory: wasmi::Memory,
     f: wasmi::TypedFunc<(i32, i32), i64>,
     buf: i32,
+    abi: i32,
 }
 
 fn wasmi_engine() -> wasmi::Engine {
@@ -156,23 +175,29 @@ fn wasmi_load(engine: &wasmi::Engine, wasm: &[u8]) -> Wasmi {
         .unwrap()
         .call(&mut store, ())
         .unwrap();
+    let abi = inst
+        .get_typed_func::<(), i32>(&store, "guardian_abi_version")
+        .unwrap()
+        .call(&mut store, ())
+        .unwrap();
     Wasmi {
         memory: inst.get_memory(&store, "memory").unwrap(),
         f: inst.get_typed_func(&store, "guardian_evaluate").unwrap(),
         store,
         buf,
+        abi,
     }
 }
 
 impl Runner for Wasmi {
     fn eval(&mut self, encoded: &[u8]) -> Verdict {
-        self.memory
-            .write(&mut self.store, self.buf as usize, encoded)
-            .unwrap();
+        let start = self.buf as usize;
+        let dst = &mut self.memory.data_mut(&mut self.store)[start..];
+        let len = input(self.abi, encoded, dst).len();
         self.store.set_fuel(FUEL).unwrap();
         let v = self
             .f
-            .call(&mut self.store, (self.buf, encoded.len() as i32))
+            .call(&mut self.store, (self.buf, len as i32))
             .unwrap();
         Verdict::unpack(v).unwrap()
     }
@@ -192,6 +217,7 @@ struct Wasmtime {
     memory: wasmtime::Memory,
     f: wasmtime::TypedFunc<(i32, i32), i64>,
     buf: i32,
+    abi: i32,
 }
 
 fn wasmtime_engine() -> wasmtime::Engine {
@@ -217,7 +243,13 @@ fn wasmtime_load(engine: &wasmtime::Engine, wasm: &[u8]) -> Wasmtime {
         .unwrap()
         .call(&mut store, ())
         .unwrap();
+    let abi = inst
+        .get_typed_func::<(), i32>(&mut store, "guardian_abi_version")
+        .unwrap()
+        .call(&mut store, ())
+        .unwrap();
     Wasmtime {
+        abi,
         memory: inst.get_memory(&mut store, "memory").unwrap(),
         f: inst
             .get_typed_func(&mut store, "guardian_evaluate")
@@ -229,17 +261,35 @@ fn wasmtime_load(engine: &wasmtime::Engine, wasm: &[u8]) -> Wasmtime {
 
 impl Runner for Wasmtime {
     fn eval(&mut self, encoded: &[u8]) -> Verdict {
-        self.memory
-            .write(&mut self.store, self.buf as usize, encoded)
-            .unwrap();
+        let start = self.buf as usize;
+        let dst = &mut self.memory.data_mut(&mut self.store)[start..];
+        let len = input(self.abi, encoded, dst).len();
         self.store.set_fuel(FUEL).unwrap();
         let v = self
             .f
-            .call(&mut self.store, (self.buf, encoded.len() as i32))
+            .call(&mut self.store, (self.buf, len as i32))
             .unwrap();
         Verdict::unpack(v).unwrap()
     }
 }
+
+/// The host's part of an evaluation alone: the header computed and the
+/// input copied as for a version 2 module, no call.
+struct HostOnly(Vec<u8>);
+impl Runner for HostOnly {
+    fn eval(&mut self, encoded: &[u8]) -> Verdict {
+        black_box(input(2, encoded, &mut self.0));
+        Verdict::ALLOW
+    }
+}
+
+/// A version 2 module that allows everything without reading the input.
+const NOOP_V2: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "guardian_abi_version") (result i32) (i32.const 2))
+  (func (export "guardian_buffer") (result i32) (i32.const 0))
+  (func (export "guardian_buffer_size") (result i32) (i32.const 8240))
+  (func (export "guardian_evaluate") (param i32 i32) (result i64) (i64.const 0)))"#;
 
 /// p50 and p99 of per-event time (ns), measured over batches of BATCH
 /// events (encode + evaluate), so the clock's own cost is spread.
@@ -308,10 +358,22 @@ fn main() {
         };
         let ev = workload(name);
         let mut native: Option<Box<dyn Runner>> = match name {
-            "model_writer" => Some(Box::new(Native(model_writer::ModelWriter::INIT))),
-            "service_exec" => Some(Box::new(Native(service_exec::ServiceExec::INIT))),
-            "egress" => Some(Box::new(Native(egress::EgressAllowlist::INIT))),
-            "rate_anomaly" => Some(Box::new(Native(rate_anomaly::RateAnomaly::INIT))),
+            "model_writer" => Some(Box::new(Native(
+                model_writer::ModelWriter::INIT,
+                vec![0; 8192 + HEADER_SIZE],
+            ))),
+            "service_exec" => Some(Box::new(Native(
+                service_exec::ServiceExec::INIT,
+                vec![0; 8192 + HEADER_SIZE],
+            ))),
+            "egress" => Some(Box::new(Native(
+                egress::EgressAllowlist::INIT,
+                vec![0; 8192 + HEADER_SIZE],
+            ))),
+            "rate_anomaly" => Some(Box::new(Native(
+                rate_anomaly::RateAnomaly::INIT,
+                vec![0; 8192 + HEADER_SIZE],
+            ))),
             _ => None,
         };
         let n = native.as_mut().map(|r| measure(&mut **r, &ev, batches));
@@ -355,6 +417,25 @@ fn main() {
             wt_load.as_secs_f64() * 1e6,
         );
     }
+
+    // Where the time of an ABI 2 evaluation goes (model_writer's event):
+    // the host's part alone (encode, header, copy into memory), then a
+    // call into a version 2 module that returns at once, then the policy.
+    let ev = workload("model_writer");
+    let mut host = HostOnly(vec![0; 8192 + HEADER_SIZE]);
+    let (host50, _, _) = measure(&mut host, &ev, batches);
+    let noop = wat::parse_str(NOOP_V2).unwrap();
+    let mut a = wasmi_load(&wi, &noop);
+    let (noop50, _, _) = measure(&mut a, &ev, batches);
+    let fuel = {
+        let mut buf = [0u8; 8192];
+        a.fuel(postcard::to_slice(&ev, &mut buf).unwrap())
+    };
+    println!();
+    println!(
+        "breakdown (model_writer event): host part (encode + header + copy) {host50:.0} ns; \
+         + set fuel + call of a version 2 module that returns at once {noop50:.0} ns (fuel {fuel})"
+    );
 
     // Memory: resident growth for 100 live instances of the largest
     // example, per instance, per engine.

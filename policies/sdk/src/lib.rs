@@ -26,8 +26,8 @@
 //! (`guardian_abi_version`, `guardian_buffer`, `guardian_buffer_size`,
 //! `guardian_evaluate`, `guardian_static_rules`) and packs the verdict. On
 //! other targets it expands to nothing, so the same crate builds natively
-//! for unit tests and benchmarks; call [`evaluate_bytes`] there to include
-//! the decoding.
+//! for unit tests and benchmarks; call [`evaluate_input`] there (header and
+//! event, as the module receives them) to include the decoding.
 //!
 //! # Reading the event: cheap in an interpreter
 //!
@@ -35,9 +35,9 @@
 //! instruction counts: a bare call costs about 85 ns, and decoding the
 //! whole postcard event with serde cost 1.5 µs more. So the policy gets an
 //! [`EventView`] of the encoded bytes, not a decoded struct: `kind()` is
-//! byte 0; `exe()`, `service()`, `path()` and `detail()` find their field
-//! with one pass over the varints before them (eight bytes at a time) and
-//! decode only that field. Read what the policy needs; call
+//! byte 0; `exe()`, `service()`, `path()` and `detail()` go straight to
+//! their field, whose place guardian wrote in a header in front of the
+//! event (ABI version 2), and decode only that field. Read what the policy needs; call
 //! [`EventView::decode`] for the whole [`Event`] when it needs most of it.
 //! Compare paths with [`bytes_eq`] and [`has_prefix`] (eight bytes at a
 //! time; `==` and `starts_with` on slices compile to a byte loop), and
@@ -53,13 +53,14 @@
 
 pub use guardian_policy_abi as abi;
 pub use guardian_policy_abi::{
-    ABI_VERSION, Actions, Decision, Detail, Dev, Egress, Event, IpAddr, KernelVerdict, Kind, Mode,
-    StaticRules, Verdict, log_level, path_matches, prefix_match,
-    wire::{EventView, bytes_eq, has_prefix},
+    ABI_VERSION, Actions, Decision, Detail, Dev, Egress, Event, HEADER_SIZE, IpAddr, KernelVerdict,
+    Kind, Mode, StaticRules, Verdict, log_level, path_matches, prefix_match,
+    wire::{EventView, Header, bytes_eq, has_prefix},
 };
 
-/// Size of the input buffer the exported module declares.
-pub const BUFFER_SIZE: usize = abi::MIN_BUFFER_SIZE as usize;
+/// Size of the input buffer the exported module declares: the largest
+/// event guardian sends, plus the version 2 header.
+pub const BUFFER_SIZE: usize = abi::MIN_BUFFER_SIZE as usize + HEADER_SIZE;
 /// Room for the encoded static rules.
 pub const RULES_SIZE: usize = 4096;
 
@@ -79,13 +80,27 @@ pub trait Policy: Sized {
     fn evaluate(&mut self, event: &EventView<'_>) -> Verdict;
 }
 
-/// Evaluate an encoded event; returns what `guardian_evaluate` returns
+/// Evaluate an encoded event as an ABI version 1 module receives it (the
+/// plain event); returns what `guardian_evaluate` returns
 /// ([`Verdict::DECODE_ERROR`] when a field the policy read is not
 /// well-formed, whatever the policy decided).
 #[inline(always)]
 pub fn evaluate_bytes<P: Policy>(policy: &mut P, bytes: &[u8]) -> i64 {
-    let view = EventView::new(bytes);
-    let verdict = policy.evaluate(&view);
+    verdict_of(policy, &EventView::new(bytes))
+}
+
+/// Evaluate what an ABI version 2 module receives (a [`Header`], then the
+/// encoded event; what the modules [`export_policy!`] makes are given);
+/// as [`evaluate_bytes`], a header that does not fit the event gives
+/// [`Verdict::DECODE_ERROR`].
+#[inline(always)]
+pub fn evaluate_input<P: Policy>(policy: &mut P, input: &[u8]) -> i64 {
+    verdict_of(policy, &EventView::with_header(input))
+}
+
+#[inline(always)]
+fn verdict_of<P: Policy>(policy: &mut P, view: &EventView<'_>) -> i64 {
+    let verdict = policy.evaluate(view);
     if view.is_malformed() {
         Verdict::DECODE_ERROR
     } else {
@@ -191,7 +206,7 @@ macro_rules! export_policy {
                         core::slice::from_raw_parts(ptr as usize as *const u8, len as usize),
                     )
                 };
-                $crate::evaluate_bytes(policy, bytes)
+                $crate::evaluate_input(policy, bytes)
             }
 
             #[unsafe(no_mangle)]
