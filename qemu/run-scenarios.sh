@@ -52,15 +52,26 @@ if ! (cd "$root/policies/examples" && CARGO_TARGET_DIR="$root/target/policy-exam
     exit 1
 fi
 policy_wasm="$root/target/policy-examples/wasm32-unknown-unknown/release/model_writer.wasm"
-log "the inference service (examples/inference), static aarch64 (about 5 minutes the first time)"
-if ! (cd "$root/examples/inference" && CARGO_TARGET_DIR="$root/target/inference" \
-    cargo build --locked --release --target aarch64-unknown-linux-gnu --bin inference-service \
-    --config 'target.aarch64-unknown-linux-gnu.rustflags=["-C","target-feature=+crt-static"]') \
-    >"$out/inference-build.log" 2>&1; then
-    cat "$out/inference-build.log" >&2
-    exit 1
+# Cached under ~/.cache/guardian keyed by its sources and the compiler: the
+# tract build takes about 5 minutes on 2 cores.
+infer_key="$( (rustc -V; cd "$root/examples/inference" && cat Cargo.toml Cargo.lock \
+    && find src -type f | LC_ALL=C sort | xargs cat) | sha256sum | cut -c1-16)"
+infer_bin="$cache/inference/$infer_key/inference-service"
+if [ -x "$infer_bin" ]; then
+    log "the inference service (examples/inference), static aarch64: cached ($infer_key)"
+else
+    log "the inference service (examples/inference), static aarch64 (about 5 minutes, then cached)"
+    if ! (cd "$root/examples/inference" && CARGO_TARGET_DIR="$root/target/inference" \
+        cargo build --locked --release --target aarch64-unknown-linux-gnu --bin inference-service \
+        --config 'target.aarch64-unknown-linux-gnu.rustflags=["-C","target-feature=+crt-static"]') \
+        >"$out/inference-build.log" 2>&1; then
+        cat "$out/inference-build.log" >&2
+        exit 1
+    fi
+    mkdir -p "$(dirname "$infer_bin")"
+    cp "$root/target/inference/aarch64-unknown-linux-gnu/release/inference-service" "$infer_bin.tmp"
+    mv "$infer_bin.tmp" "$infer_bin"
 fi
-infer_bin="$root/target/inference/aarch64-unknown-linux-gnu/release/inference-service"
 # Its test inputs as request lines, and the classes they must get.
 python3 - "$root/examples/inference/model/test-inputs.json" "$out/files" <<'PY'
 import json, sys
