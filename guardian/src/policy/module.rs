@@ -605,11 +605,9 @@ impl LoadedModule {
     /// 2).
     pub fn evaluate(&mut self, encoded: &[u8]) -> Result<Verdict, CallError> {
         let head = if self.header {
-            // Computed natively, a few tens of nanoseconds: the pass over
-            // the varints that costs a module several hundred interpreted
-            // instructions. Bytes that are not one event (never produced
-            // by the host's encoder) get a header of absent fields, which
-            // the module answers with its decode error.
+            // Bytes that are not one event (never produced by the host's
+            // encoder) get a header of absent fields, which the module
+            // answers with its decode error.
             Some(
                 Header::of(encoded)
                     .map(|h| h.to_bytes())
@@ -618,7 +616,27 @@ impl LoadedModule {
         } else {
             None
         };
-        let head: &[u8] = head.as_ref().map_or(&[], |h| &h[..]);
+        self.call(head.as_ref().map_or(&[], |h| &h[..]), encoded)
+    }
+
+    /// Evaluate an event already prepared for every ABI version: its
+    /// version 2 header, then its encoding, as [`PolicySet::evaluate`]
+    /// makes it once per event for the whole set (the encoder gives the
+    /// header for free). A version 1 module gets the encoding only.
+    ///
+    /// [`PolicySet::evaluate`]: super::PolicySet::evaluate
+    pub fn evaluate_prepared(&mut self, prepared: &[u8]) -> Result<Verdict, CallError> {
+        let (head, encoded) = prepared.split_at(HEADER_SIZE.min(prepared.len()));
+        if self.header {
+            self.call(head, encoded)
+        } else {
+            self.call(&[], encoded)
+        }
+    }
+
+    /// Write `head` then `encoded` into the module's buffer and call
+    /// `guardian_evaluate` with fresh fuel.
+    fn call(&mut self, head: &[u8], encoded: &[u8]) -> Result<Verdict, CallError> {
         let len = head.len() + encoded.len();
         if len > self.buffer_size as usize {
             return Err(CallError::TooLarge {

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use guardian_policy_abi::{Actions, Decision, Egress, Event, OwnedStaticRules, Verdict};
+use guardian_policy_abi::{
+    Actions, Decision, Egress, Event, HEADER_SIZE, OwnedStaticRules, Verdict,
+};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
@@ -400,9 +402,18 @@ impl PolicySet {
             verdicts: Vec::with_capacity(self.policies.len()),
             generation: self.generation,
         };
-        let encoded = match postcard::to_slice(event, &mut self.buf) {
-            Ok(b) => &*b,
-            Err(e) => {
+        // Encoded once for the whole set, the version 2 header learnt
+        // while encoding and written in front (version 1 modules skip it).
+        let prepared = match self
+            .buf
+            .split_at_mut_checked(HEADER_SIZE)
+            .and_then(|(head, body)| {
+                let (len, header) = event.encode(body)?;
+                head.copy_from_slice(&header.to_bytes());
+                Some(HEADER_SIZE + len)
+            }) {
+            Some(len) => &self.buf[..len],
+            None => {
                 // Cannot happen for events within PATH_MAX; if it does,
                 // every policy is judged to have failed on it.
                 let err = CallError::TooLarge {
@@ -410,7 +421,7 @@ impl PolicySet {
                     size: 0,
                 };
                 log::error!(
-                    "policy: event {} does not encode ({e})",
+                    "policy: event {} does not encode in {ENCODE_MAX} bytes",
                     super::event::describe(event)
                 );
                 for p in &self.policies {
@@ -428,7 +439,7 @@ impl PolicySet {
             }
         };
         for p in &mut self.policies {
-            let result = p.module.evaluate(encoded);
+            let result = p.module.evaluate_prepared(prepared);
             let (decision, actions, rule) = match &result {
                 Ok(v) => (v.decision, v.actions, v.rule),
                 Err(_) => (fail, Actions::NONE, 0),

@@ -67,6 +67,15 @@ impl<'a> Reader<'a> {
         if b < 0x80 {
             return Some(u64::from(b));
         }
+        // Two bytes (values below 16384: ports, most lengths and ids) stay
+        // inline too; every integer type allows at least three bytes, so
+        // no range check is needed here.
+        if let Some(&b2) = self.buf.get(self.pos)
+            && b2 < 0x80
+        {
+            self.pos += 1;
+            return Some(u64::from(b & 0x7f) | u64::from(b2) << 7);
+        }
         self.varint_slow(u64::from(b & 0x7f), max_bytes, last_max)
     }
 
@@ -231,6 +240,138 @@ impl<'a> Event<'a> {
     /// ignored, as postcard does.
     pub fn decode(bytes: &'a [u8]) -> Option<Event<'a>> {
         Reader::new(bytes).event()
+    }
+}
+
+/// What the event encoder adds to [`Writer`].
+impl Writer<'_> {
+    #[inline(always)]
+    fn raw(&mut self, s: &[u8]) -> Option<()> {
+        let end = self.pos.checked_add(s.len())?;
+        self.buf.get_mut(self.pos..end)?.copy_from_slice(s);
+        self.pos = end;
+        Some(())
+    }
+
+    /// A length-prefixed byte string; returns the offset of its bytes.
+    #[inline(always)]
+    fn field(&mut self, s: &[u8]) -> Option<u32> {
+        self.varint(u32::try_from(s.len()).ok()?.into())?;
+        let at = u32::try_from(self.pos).ok()?;
+        self.raw(s)?;
+        Some(at)
+    }
+
+    /// `Option<bytes>`; returns the offset of its bytes or [`Header::ABSENT`].
+    #[inline(always)]
+    fn opt_field(&mut self, s: Option<&[u8]>) -> Option<u32> {
+        match s {
+            None => self.byte(0).map(|()| Header::ABSENT),
+            Some(s) => {
+                self.byte(1)?;
+                self.field(s)
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn dev(&mut self, d: Dev) -> Option<()> {
+        self.varint(d.major.into())?;
+        self.varint(d.minor.into())
+    }
+
+    #[inline(always)]
+    fn at(&self) -> Option<u32> {
+        u32::try_from(self.pos).ok()
+    }
+}
+
+impl Event<'_> {
+    /// Encode the event into `out` (the same bytes as `postcard::to_slice`)
+    /// and give its length and its version 2 [`Header`]: guardian's
+    /// encoder, which learns every offset while writing, so the header
+    /// costs nothing more. `None` if `out` is too small or a length does
+    /// not fit in `u32`.
+    pub fn encode(&self, out: &mut [u8]) -> Option<(usize, Header)> {
+        let mut w = Writer { buf: out, pos: 0 };
+        w.byte(self.kind as u8)?;
+        w.byte(self.kernel as u8)?;
+        w.byte(self.mode as u8)?;
+        w.varint(self.time_ns)?;
+        let hook_off = w.field(self.hook)?;
+        let ids_off = w.at()?;
+        for id in [self.pid, self.tid, self.ppid, self.uid, self.gid] {
+            w.varint(id.into())?;
+        }
+        let exe_off = w.opt_field(self.exe)?;
+        let exe_dev_off = w.at()?;
+        w.dev(self.exe_dev)?;
+        w.varint(self.exe_ino)?;
+        let comm_off = w.field(self.comm)?;
+        w.byte(u8::from(self.service))?;
+        let detail_off = w.at()?;
+        let (path_off, path_len) = match self.detail {
+            Detail::None => {
+                w.byte(0)?;
+                (Header::ABSENT, 0)
+            }
+            Detail::File {
+                path,
+                dev,
+                ino,
+                flags,
+                flags_text,
+            } => {
+                w.byte(1)?;
+                let at = w.field(path)?;
+                w.dev(dev)?;
+                w.varint(ino)?;
+                w.varint(flags.into())?;
+                w.field(flags_text)?;
+                (at, path.len())
+            }
+            Detail::Exec { path, env } => {
+                w.byte(2)?;
+                let at = w.field(path)?;
+                w.opt_field(env)?;
+                (at, path.len())
+            }
+            Detail::Library { path } => {
+                w.byte(3)?;
+                (w.field(path)?, path.len())
+            }
+            Detail::Ptrace {
+                target_pid,
+                target_exe,
+            } => {
+                w.byte(4)?;
+                w.varint(target_pid.into())?;
+                w.opt_field(target_exe)?;
+                (Header::ABSENT, 0)
+            }
+            Detail::Connect { addr, port } => {
+                w.byte(5)?;
+                w.ip(&addr)?;
+                w.varint(port.into())?;
+                (Header::ABSENT, 0)
+            }
+        };
+        let len = |s: Option<&[u8]>| s.map_or(Some(0), |s| u32::try_from(s.len()).ok());
+        let header = Header {
+            event_len: w.at()?,
+            hook_off,
+            hook_len: len(Some(self.hook))?,
+            ids_off,
+            exe_off,
+            exe_len: len(self.exe)?,
+            exe_dev_off,
+            comm_off,
+            comm_len: len(Some(self.comm))?,
+            detail_off,
+            path_off,
+            path_len: u32::try_from(path_len).ok()?,
+        };
+        Some((w.pos, header))
     }
 }
 
@@ -847,6 +988,27 @@ impl<'a> EventView<'a> {
         }
     }
 
+    /// The destination of a [`Kind::Connect`] event, without building the
+    /// whole [`Detail`]; `None` for any other detail.
+    #[inline(always)]
+    pub fn connect(&self) -> Option<(IpAddr, u16)> {
+        let mut r = self.at(self.pos(Header::DETAIL_OFF, |o| Some(o.detail as usize)));
+        match r.byte() {
+            Some(5) => {
+                let v = r.ip().and_then(|a| Some((a, r.u16()?)));
+                if v.is_none() {
+                    self.fail();
+                }
+                v
+            }
+            Some(0..=4) => None,
+            _ => {
+                self.fail();
+                None
+            }
+        }
+    }
+
     /// The whole event (`None` if the bytes are not one).
     pub fn decode(&self) -> Option<Event<'a>> {
         let e = Event::decode(self.buf);
@@ -950,11 +1112,11 @@ impl Writer<'_> {
         match ip {
             IpAddr::V4(a) => {
                 self.byte(0)?;
-                a.iter().try_for_each(|&b| self.byte(b))
+                self.raw(a)
             }
             IpAddr::V6(a) => {
                 self.byte(1)?;
-                a.iter().try_for_each(|&b| self.byte(b))
+                self.raw(a)
             }
         }
     }
@@ -1085,8 +1247,28 @@ mod tests {
             assert_eq!(v.service(), ev.service);
             assert_eq!(v.detail(), ev.detail);
             assert_eq!(v.path(), ev.path());
+            match ev.detail {
+                Detail::Connect { addr, port } => assert_eq!(v.connect(), Some((addr, port))),
+                _ => assert_eq!(v.connect(), None),
+            }
             assert_eq!(v.decode(), Some(ev));
             assert!(!v.is_malformed(), "{ev:?}");
+        }
+    }
+
+    #[test]
+    fn encodes_what_postcard_encodes_with_the_header() {
+        for ev in events() {
+            let bytes = postcard::to_allocvec(&ev).unwrap();
+            let mut out = [0u8; 2048];
+            let (len, header) = ev.encode(&mut out).unwrap();
+            assert_eq!(&out[..len], &bytes[..], "{ev:?}");
+            assert_eq!(Some(header), Header::of(&bytes), "{ev:?}");
+            // Too small a buffer, at every length: refused, never a
+            // partial event.
+            for short in 0..len {
+                assert_eq!(ev.encode(&mut out[..short]), None);
+            }
         }
     }
 
@@ -1168,6 +1350,10 @@ mod tests {
             assert_eq!(v.service(), ev.service);
             assert_eq!(v.detail(), ev.detail);
             assert_eq!(v.path(), ev.path());
+            match ev.detail {
+                Detail::Connect { addr, port } => assert_eq!(v.connect(), Some((addr, port))),
+                _ => assert_eq!(v.connect(), None),
+            }
             assert_eq!(v.decode(), Some(ev));
             assert!(!v.is_malformed(), "{ev:?}");
             // Not an event, or one with bytes after it: no header.

@@ -35,7 +35,7 @@
 //! instruction counts: a bare call costs about 85 ns, and decoding the
 //! whole postcard event with serde cost 1.5 µs more. So the policy gets an
 //! [`EventView`] of the encoded bytes, not a decoded struct: `kind()` is
-//! byte 0; `exe()`, `service()`, `path()` and `detail()` go straight to
+//! byte 0; `exe()`, `service()`, `path()`, `connect()` and `detail()` go straight to
 //! their field, whose place guardian wrote in a header in front of the
 //! event (ABI version 2), and decode only that field. Read what the policy needs; call
 //! [`EventView::decode`] for the whole [`Event`] when it needs most of it.

@@ -8,7 +8,7 @@
 #![no_std]
 
 use guardian_policy_sdk::{
-    Actions, Detail, Egress, EventView, IpAddr, Kind, Policy, StaticRules, Verdict, export_policy,
+    Actions, Egress, EventView, IpAddr, Kind, Policy, StaticRules, Verdict, export_policy,
 };
 
 /// Allowed destinations.
@@ -47,8 +47,8 @@ impl Policy for EgressAllowlist {
         if event.kind() != Kind::Connect || !event.service() {
             return Verdict::ALLOW;
         }
-        match event.detail() {
-            Detail::Connect { addr, port } if !ALLOWED.iter().any(|e| e.contains(&addr, port)) => {
+        match event.connect() {
+            Some((addr, port)) if !ALLOWED.iter().any(|e| e.contains(&addr, port)) => {
                 Verdict::deny(20).with(Actions::KILL)
             }
             _ => Verdict::ALLOW,

@@ -39,26 +39,29 @@ impl Policy for ServiceExec {
     }
 
     fn evaluate(&mut self, event: &EventView<'_>) -> Verdict {
-        // The kind (byte 0) settles most events; `service` and the path
-        // cost one pass over the event's varints, done once.
+        // The kind (byte 0) settles most events; the path is read once,
+        // only by the arms that need it (a closure called inside `any`
+        // would be called again for every entry).
         let kind = event.kind();
         let path = || event.path().unwrap_or(b"");
         match kind {
             Kind::ExecPreload if event.service() => Verdict::deny(10).with(Actions::KILL),
             Kind::ExecPreload => Verdict::alert(13),
-            Kind::Exec
-                if event.service()
-                    && !SERVICE_EXEC.iter().any(|s| bytes_eq(s.as_bytes(), path())) =>
-            {
-                Verdict::deny(11).with(Actions::KILL)
+            Kind::Exec if event.service() => {
+                let path = path();
+                if SERVICE_EXEC.iter().any(|s| bytes_eq(s.as_bytes(), path)) {
+                    Verdict::ALLOW
+                } else {
+                    Verdict::deny(11).with(Actions::KILL)
+                }
             }
-            Kind::LibraryLoad
-                if event.service()
-                    && !LIBRARY_DIRS
-                        .iter()
-                        .any(|d| has_prefix(path(), d.as_bytes())) =>
-            {
-                Verdict::deny(12).with(Actions::KILL)
+            Kind::LibraryLoad if event.service() => {
+                let path = path();
+                if LIBRARY_DIRS.iter().any(|d| has_prefix(path, d.as_bytes())) {
+                    Verdict::ALLOW
+                } else {
+                    Verdict::deny(12).with(Actions::KILL)
+                }
             }
             k if k.is_file() && bytes_eq(path(), LD_SO_PRELOAD.as_bytes()) => Verdict::deny(14),
             _ => Verdict::ALLOW,
