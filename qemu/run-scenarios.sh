@@ -126,7 +126,9 @@ scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-bo
     self-config self-config-event self-pins self-pins-event self-pins-kept
     kill9-still-denied restart-adopts events-kept-while-down model-unchanged
     policy-before-swap policy-before-swap-event policy-swap-loaded policy-swap-allows-writer
-    policy-swap-event policy-in-evidence)
+    policy-swap-event policy-in-evidence
+    stop-unload detect-rung-status detect-write-open detect-preopened-fd-write detect-ftruncate
+    detect-connect)
 # A fresh nonce for the guest's quote, verified on the host afterwards.
 nonce="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 nonce2="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -152,7 +154,8 @@ log "initramfs"
     "$out/files/inputs.jsonl:/opt/inference/inputs.jsonl" \
     "$out/files/expected.txt:/opt/inference/expected.txt" \
     "$out/files/model_writer.wasm:/opt/policies/model_writer.wasm" \
-    "$out/files/model_writer.wasm.sig:/opt/policies/model_writer.wasm.sig"
+    "$out/files/model_writer.wasm.sig:/opt/policies/model_writer.wasm.sig" \
+    "$here/scenarios/detect.toml:/etc/guardian/detect.toml"
 
 log "booting the arm64 guest (TCG; functional timing only)"
 console="$out/console.log"

@@ -27,9 +27,6 @@ pub mod maps {
     pub const EVENTS: &str = "GUARDIAN_EVENTS";
     /// Per-CPU array of `u64` counters, indexed by `Counter`.
     pub const COUNTERS: &str = "GUARDIAN_COUNTERS";
-    /// LRU hash `pid_tgid -> u32` open flags, from `sys_enter_*` to
-    /// `sys_exit_*` of the open syscalls (detect mode only).
-    pub const PENDING_OPENS: &str = "GUARDIAN_PENDING_OPENS";
     /// Hash map `InodeKey -> u32`: executables of the inference service.
     pub const SERVICE_EXES: &str = "GUARDIAN_SERVICE";
     /// Hash map `InodeKey -> u32`: files the inference service may execute
@@ -56,17 +53,10 @@ pub mod maps {
 pub mod programs {
     /// LSM `file_open`: denies write-opens of protected files.
     pub const LSM_FILE_OPEN: &str = "guardian_file_open";
-    /// Tracepoint on `syscalls/sys_enter_openat`: remembers the open flags.
-    pub const TP_ENTER_OPENAT: &str = "guardian_enter_openat";
-    /// Tracepoint on `syscalls/sys_enter_open` (not on arm64).
-    pub const TP_ENTER_OPEN: &str = "guardian_enter_open";
-    /// Tracepoint on `syscalls/sys_enter_creat` (not on arm64).
-    pub const TP_ENTER_CREAT: &str = "guardian_enter_creat";
-    /// Tracepoint on `syscalls/sys_enter_openat2`: same, flags from `open_how`.
-    pub const TP_ENTER_OPENAT2: &str = "guardian_enter_openat2";
-    /// Tracepoint on `syscalls/sys_exit_open*`: resolves the new fd to an
-    /// inode and reports write-opens of protected files.
-    pub const TP_EXIT_OPEN: &str = "guardian_exit_open";
+    /// Raw tracepoint `sys_exit`: the detect rung's view of the watched
+    /// syscalls (open family, write family, `ftruncate`, `mmap`,
+    /// `connect`; see [`Syscalls`](crate::Syscalls)).
+    pub const RAW_SYS_EXIT: &str = "guardian_sys_exit";
     /// LSM `file_permission`: writes through descriptors opened earlier.
     pub const LSM_FILE_PERMISSION: &str = "guardian_file_permission";
     /// LSM `inode_setattr`: truncate, chmod, chown, utimes (Linux >= 6.3
@@ -98,14 +88,6 @@ pub mod programs {
     pub const TP_ENTER_EXECVEAT: &str = "guardian_enter_execveat";
     /// Tracepoint `sched/sched_process_exec`: detect-mode exec checks.
     pub const TP_PROCESS_EXEC: &str = "guardian_process_exec";
-    /// Tracepoint `syscalls/sys_enter_{write,pwrite64,writev,pwritev,pwritev2}`.
-    pub const TP_ENTER_WRITE: &str = "guardian_enter_write";
-    /// Tracepoint `syscalls/sys_enter_ftruncate`.
-    pub const TP_ENTER_FTRUNCATE: &str = "guardian_enter_ftruncate";
-    /// Tracepoint `syscalls/sys_enter_mmap`.
-    pub const TP_ENTER_MMAP: &str = "guardian_enter_mmap";
-    /// Tracepoint `syscalls/sys_enter_connect`.
-    pub const TP_ENTER_CONNECT: &str = "guardian_enter_connect";
 }
 
 /// A file identity as the kernel sees it: `inode->i_sb->s_dev` (the
@@ -243,6 +225,89 @@ pub struct KernelConfig {
     /// The agent's own executable: the only program that may change
     /// guardian's own files (those with [`ProtectedFile::SELF`]).
     pub self_exe: InodeKey,
+    /// The syscalls the detect rung watches through the raw `sys_exit`
+    /// tracepoint.
+    pub syscalls: Syscalls,
+}
+
+/// What the raw syscall tracepoint (`raw_tracepoint/sys_exit`) needs to
+/// know of the running architecture, and which of the syscalls in [`sys`]
+/// it handles.
+///
+/// One program sees every syscall of every task, so it must
+/// decide in a few instructions that a syscall is not one it handles; and
+/// it gets the arguments only as the saved user registers (`struct
+/// pt_regs`), whose layout is the architecture's. The agent fills both
+/// from its own architecture (it runs on the same one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Syscalls {
+    /// Syscall number of each [`sys`] entry on this architecture
+    /// (`u32::MAX`: the architecture has no such syscall).
+    pub nr: [u32; sys::COUNT],
+    /// Bit `1 << i` set: the syscall `sys` index `i` is handled.
+    pub enabled: u32,
+    /// Offset in `struct pt_regs` of the syscall number as the exit side
+    /// reads it (`orig_ax` on x86_64, `syscallno` on arm64).
+    pub regs_nr: u32,
+    /// Offset in `struct pt_regs` of a block of eight `u64` registers that
+    /// holds the six syscall arguments.
+    pub regs_base: u32,
+    /// Where each of the six arguments is in that block (index 0–7).
+    pub regs_arg: [u32; 6],
+    /// Offset in `struct pt_regs` of argument 0 as it is after the
+    /// syscall, when not in the block (`orig_x0` on arm64, whose `x0` is
+    /// the result by then); `u32::MAX`: take it from the block.
+    pub regs_arg0: u32,
+}
+
+/// The syscalls of [`Syscalls`], by index.
+pub mod sys {
+    /// `openat`.
+    pub const OPENAT: usize = 0;
+    /// `open` (x86_64 only).
+    pub const OPEN: usize = 1;
+    /// `creat` (x86_64 only).
+    pub const CREAT: usize = 2;
+    /// `openat2`.
+    pub const OPENAT2: usize = 3;
+    /// `write`.
+    pub const WRITE: usize = 4;
+    /// `pwrite64`.
+    pub const PWRITE64: usize = 5;
+    /// `writev`.
+    pub const WRITEV: usize = 6;
+    /// `pwritev`.
+    pub const PWRITEV: usize = 7;
+    /// `pwritev2`.
+    pub const PWRITEV2: usize = 8;
+    /// `ftruncate`.
+    pub const FTRUNCATE: usize = 9;
+    /// `mmap`.
+    pub const MMAP: usize = 10;
+    /// `connect`.
+    pub const CONNECT: usize = 11;
+    /// How many.
+    pub const COUNT: usize = 12;
+    /// Names, in index order (as in `sys_enter_<name>`).
+    pub const NAMES: [&str; COUNT] = [
+        "openat",
+        "open",
+        "creat",
+        "openat2",
+        "write",
+        "pwrite64",
+        "writev",
+        "pwritev",
+        "pwritev2",
+        "ftruncate",
+        "mmap",
+        "connect",
+    ];
+    /// The open family.
+    pub const OPENS: u32 = 1 << OPENAT | 1 << OPEN | 1 << CREAT | 1 << OPENAT2;
+    /// The write family.
+    pub const WRITES: u32 = 1 << WRITE | 1 << PWRITE64 | 1 << WRITEV | 1 << PWRITEV | 1 << PWRITEV2;
 }
 
 /// Process rules, switched on by the agent in [`KernelConfig::rules`] when
@@ -388,8 +453,8 @@ pub mod kind {
 pub mod source {
     /// The BPF LSM `file_open` hook (before the open happens).
     pub const LSM_FILE_OPEN: u16 = 1;
-    /// The `sys_exit_open*` tracepoints (after the open happened).
-    pub const TP_SYS_EXIT_OPEN: u16 = 2;
+    /// The open family on the raw `sys_exit` tracepoint (after the open happened).
+    pub const RAW_SYS_OPEN: u16 = 2;
     /// LSM `file_permission`.
     pub const LSM_FILE_PERMISSION: u16 = 3;
     /// LSM `inode_setattr`.
@@ -410,14 +475,14 @@ pub mod source {
     pub const LSM_PTRACE: u16 = 11;
     /// LSM `socket_connect`.
     pub const LSM_SOCKET_CONNECT: u16 = 12;
-    /// Tracepoint `syscalls/sys_enter_write*`.
-    pub const TP_SYS_ENTER_WRITE: u16 = 13;
-    /// Tracepoint `syscalls/sys_enter_ftruncate`.
-    pub const TP_SYS_ENTER_FTRUNCATE: u16 = 14;
-    /// Tracepoint `syscalls/sys_enter_mmap`.
-    pub const TP_SYS_ENTER_MMAP: u16 = 15;
-    /// Tracepoint `syscalls/sys_enter_connect`.
-    pub const TP_SYS_ENTER_CONNECT: u16 = 16;
+    /// The write family on the raw `sys_exit` tracepoint.
+    pub const RAW_SYS_WRITE: u16 = 13;
+    /// `ftruncate` on the raw `sys_exit` tracepoint.
+    pub const RAW_SYS_FTRUNCATE: u16 = 14;
+    /// `mmap` on the raw `sys_exit` tracepoint.
+    pub const RAW_SYS_MMAP: u16 = 15;
+    /// `connect` on the raw `sys_exit` tracepoint.
+    pub const RAW_SYS_CONNECT: u16 = 16;
     /// Tracepoint `sched/sched_process_exec`.
     pub const TP_PROCESS_EXEC: u16 = 17;
 }
@@ -549,7 +614,7 @@ const _: () = {
     assert!(core::mem::size_of::<InodeKey>() == 16);
     assert!(core::mem::size_of::<ProtectedFile>() == 8);
     assert!(core::mem::size_of::<KernelOffsets>() == 21 * 4);
-    assert!(core::mem::size_of::<KernelConfig>() == 21 * 4 + 12 + 16);
+    assert!(core::mem::size_of::<KernelConfig>() == 21 * 4 + 12 + 16 + 88);
     assert!(core::mem::size_of::<NameKey>() == 16 + NameKey::LEN);
     assert!(core::mem::size_of::<EgressRule>() == 4 * EgressRule::MAX_PORTS + 4);
     assert!(core::mem::size_of::<EventHeader>() == 16);

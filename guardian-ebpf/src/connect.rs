@@ -1,5 +1,5 @@
-//! Egress of the inference service: LSM `socket_connect` (deny) and the
-//! `sys_enter_connect` tracepoint (detect).
+//! Egress of the inference service: LSM `socket_connect` (deny) and
+//! `connect` on syscall entry (detect, through `syscalls.rs`).
 //!
 //! The service may connect only to the prefixes and ports of the egress
 //! allowlist (two LPM tries, IPv4 and IPv6). An IPv4-mapped IPv6 address
@@ -12,10 +12,7 @@
 //! been copied into kernel memory.
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_user,
-    macros::{lsm, tracepoint},
-    maps::lpm_trie::Key,
-    programs::{LsmContext, TracePointContext},
+    helpers::bpf_probe_read_user, macros::lsm, maps::lpm_trie::Key, programs::LsmContext,
 };
 use guardian_common::{Counter, EgressRule, KernelConfig, kind, rules, source};
 
@@ -107,7 +104,7 @@ fn judge(cfg: &KernelConfig, raw: &[u8; 24], lsm: bool) -> Result<i32, i64> {
         let (v, ret) = report::judge_process(cfg);
         (v, ret, source::LSM_SOCKET_CONNECT)
     } else {
-        (report::process_seen(), 0, source::TP_SYS_ENTER_CONNECT)
+        (report::process_seen(), 0, source::RAW_SYS_CONNECT)
     };
     report::emit(off, task, kind::CONNECT, src, v, |ev| {
         ev.exe = exe;
@@ -155,19 +152,16 @@ pub fn guardian_socket_connect(ctx: LsmContext) -> i32 {
     })
 }
 
-/// `connect(int fd, struct sockaddr *uservaddr, int addrlen)`.
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn guardian_enter_connect(ctx: TracePointContext) -> u32 {
+/// `connect(int fd, struct sockaddr *uservaddr, int addrlen)` returned,
+/// seen by the raw syscall tracepoint (`syscalls.rs`).
+#[inline(always)]
+pub(crate) fn seen(uaddr: u64) {
     let Some(cfg) = kernel::config() else {
-        return 0;
+        return;
     };
     if cfg.rules & rules::EGRESS_ALLOWLIST == 0 {
-        return 0;
+        return;
     }
-    // SAFETY: offset inside the record.
-    let Ok(uaddr) = (unsafe { ctx.read_at::<u64>(24) }) else {
-        return 0;
-    };
     // SAFETY: user memory through the fault-safe helper.
     let raw = match unsafe { bpf_probe_read_user(uaddr as *const [u8; 24]) } {
         Ok(r) => r,
@@ -177,11 +171,10 @@ pub fn guardian_enter_connect(ctx: TracePointContext) -> u32 {
                 raw[..16].copy_from_slice(&short);
                 raw
             }
-            Err(_) => return 0,
+            Err(_) => return,
         },
     };
     if judge(cfg, &raw, false).is_err() {
         report::count(Counter::ReadErrors);
     }
-    0
 }

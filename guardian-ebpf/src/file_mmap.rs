@@ -1,5 +1,5 @@
-//! `mmap` of files: LSM `mmap_file` (deny) and the `sys_enter_mmap`
-//! tracepoint (detect).
+//! `mmap` of files: LSM `mmap_file` (deny) and `mmap` on syscall entry
+//! (detect, through `syscalls.rs`).
 //!
 //! Two rules meet here:
 //! - a shared writable mapping (`MAP_SHARED` + `PROT_WRITE`) of a protected
@@ -14,10 +14,7 @@
 //! `file` is NULL for anonymous memory. `mprotect` of an existing mapping
 //! goes through `file_mprotect`, which guardian does not hook yet.
 
-use aya_ebpf::{
-    macros::{lsm, tracepoint},
-    programs::{LsmContext, TracePointContext},
-};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
 use guardian_common::{Counter, KernelConfig, kind, rules, source};
 
 use crate::{kernel, maps::EXEC, report};
@@ -70,7 +67,7 @@ fn try_mmap(cfg: &KernelConfig, file: u64, prot: u64, flags: u64, lsm: bool) -> 
             let (v, ret) = report::judge_file(cfg, allowed);
             (v, ret, source::LSM_MMAP_FILE)
         } else {
-            (report::judge_seen(allowed), 0, source::TP_SYS_ENTER_MMAP)
+            (report::judge_seen(allowed), 0, source::RAW_SYS_MMAP)
         };
         report::emit(off, task, kind::FILE_MMAP_WRITE, src, v, |ev| {
             ev.file = key;
@@ -89,7 +86,7 @@ fn try_mmap(cfg: &KernelConfig, file: u64, prot: u64, flags: u64, lsm: bool) -> 
                 let (v, ret) = report::judge_process(cfg);
                 (v, ret, source::LSM_MMAP_FILE)
             } else {
-                (report::process_seen(), 0, source::TP_SYS_ENTER_MMAP)
+                (report::process_seen(), 0, source::RAW_SYS_MMAP)
             };
             report::emit(off, task, kind::LIBRARY_LOAD, src, v, |ev| {
                 ev.file = key;
@@ -103,33 +100,25 @@ fn try_mmap(cfg: &KernelConfig, file: u64, prot: u64, flags: u64, lsm: bool) -> 
     Ok(0)
 }
 
-/// `sys_enter_mmap(addr, len, prot, flags, fd, off)`: arguments 2, 3, 4.
-#[tracepoint(category = "syscalls", name = "sys_enter_mmap")]
-pub fn guardian_enter_mmap(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets inside the record (16 + 8 * argument).
-    let (Ok(prot), Ok(flags), Ok(fd)) = (
-        unsafe { ctx.read_at::<u64>(32) },
-        unsafe { ctx.read_at::<u64>(40) },
-        unsafe { ctx.read_at::<u64>(48) },
-    ) else {
-        return 0;
-    };
+/// `mmap(addr, len, prot, flags, fd, off)` returned, seen by the raw
+/// syscall tracepoint (`syscalls.rs`).
+#[inline(always)]
+pub(crate) fn seen(prot: u64, flags: u64, fd: u64) {
     if !shared_write(prot, flags) && prot & PROT_EXEC == 0 {
-        return 0;
+        return;
     }
     let Some(cfg) = kernel::config() else {
-        return 0;
+        return;
     };
     let task = kernel::current_task();
     // Anonymous maps pass fd -1; a closed descriptor is mmap's own error.
     let Ok(file) = kernel::fd_file(&cfg.offsets, task, fd as u32) else {
-        return 0;
+        return;
     };
     if file == 0 {
-        return 0;
+        return;
     }
     if try_mmap(cfg, file, prot, flags, false).is_err() {
         report::count(Counter::ReadErrors);
     }
-    0
 }

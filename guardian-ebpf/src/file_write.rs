@@ -1,6 +1,6 @@
 //! Writes through a descriptor that was already open: LSM
-//! `file_permission` (deny), and the `sys_enter_write*` /
-//! `sys_enter_ftruncate` tracepoints (detect).
+//! `file_permission` (deny), and the write family and `ftruncate` on
+//! syscall entry (detect, through `syscalls.rs`).
 //!
 //! A write-open of a protected file is refused by `file_open`, but a
 //! descriptor opened before guardian started, or handed over by an allowed
@@ -14,10 +14,7 @@
 //! Kernel prototype: `LSM_HOOK(int, 0, file_permission, struct file *file,
 //! int mask)`.
 
-use aya_ebpf::{
-    macros::{lsm, tracepoint},
-    programs::{LsmContext, TracePointContext},
-};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
 use guardian_common::{Counter, kind, source};
 
 use crate::{kernel, report};
@@ -111,27 +108,17 @@ fn seen_fd(fd: u64, kind: u16, source: u16) -> Result<(), i64> {
     Ok(())
 }
 
-/// `sys_enter_{write,pwrite64,writev,pwritev,pwritev2}`: the descriptor is
-/// the first argument of each (record offset 16).
-#[tracepoint(category = "syscalls", name = "sys_enter_write")]
-pub fn guardian_enter_write(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset inside the record (see sys_open.rs for the layout).
-    if let Ok(fd) = unsafe { ctx.read_at::<u64>(16) }
-        && seen_fd(fd, kind::FILE_WRITE, source::TP_SYS_ENTER_WRITE).is_err()
-    {
+/// A write-family syscall (`write`, `pwrite64`, `writev`, `pwritev`,
+/// `pwritev2`: the descriptor is the first argument of each) or
+/// `ftruncate(fd, length)` returned, seen by the raw syscall tracepoint.
+#[inline(always)]
+pub(crate) fn seen(fd: u64, truncate: bool) {
+    let (kind, source) = if truncate {
+        (kind::FILE_TRUNCATE, source::RAW_SYS_FTRUNCATE)
+    } else {
+        (kind::FILE_WRITE, source::RAW_SYS_WRITE)
+    };
+    if seen_fd(fd, kind, source).is_err() {
         report::count(Counter::ReadErrors);
     }
-    0
-}
-
-/// `sys_enter_ftruncate(unsigned int fd, unsigned long length)`.
-#[tracepoint(category = "syscalls", name = "sys_enter_ftruncate")]
-pub fn guardian_enter_ftruncate(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset inside the record.
-    if let Ok(fd) = unsafe { ctx.read_at::<u64>(16) }
-        && seen_fd(fd, kind::FILE_TRUNCATE, source::TP_SYS_ENTER_FTRUNCATE).is_err()
-    {
-        report::count(Counter::ReadErrors);
-    }
-    0
 }

@@ -27,11 +27,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map(name = "GUARDIAN_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-/// Open flags between `sys_enter_open*` and `sys_exit_open*`, by pid_tgid.
-/// LRU, so a thread killed inside `open` cannot leak an entry forever.
-#[map(name = "GUARDIAN_PENDING_OPENS")]
-pub static PENDING_OPENS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(8192, 0);
-
 /// Executables of the inference service, by inode.
 #[map(name = "GUARDIAN_SERVICE")]
 pub static SERVICE: HashMap<InodeKey, u32> = HashMap::with_max_entries(64, 0);
@@ -70,7 +65,6 @@ const _: () = {
     assert!(eq(m::CONFIG, "GUARDIAN_CONFIG"));
     assert!(eq(m::EVENTS, "GUARDIAN_EVENTS"));
     assert!(eq(m::COUNTERS, "GUARDIAN_COUNTERS"));
-    assert!(eq(m::PENDING_OPENS, "GUARDIAN_PENDING_OPENS"));
     assert!(eq(m::SERVICE_EXES, "GUARDIAN_SERVICE"));
     assert!(eq(m::ALLOWED_EXEC, "GUARDIAN_EXEC"));
     assert!(eq(m::PROTECTED_NAMES, "GUARDIAN_NAMES"));

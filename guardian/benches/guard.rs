@@ -23,7 +23,8 @@
 //! `sudo -E cargo bench -p guardian --bench guard` (root: it loads eBPF).
 //! Environment: `GUARDIAN_BENCH_ITERS` (syscalls per measurement, default
 //! 500000), `GUARDIAN_BENCH_ROUNDS` (default 7), `GUARDIAN_BENCH_SECS`
-//! (seconds per throughput run, default 5).
+//! (seconds per throughput run, default 5), `GUARDIAN_BENCH_PARTS` (which
+//! parts to run, default `123`; `1` for the latency part alone).
 
 // A benchmark reports by printing, and fails loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -754,6 +755,7 @@ fn main() {
     let iters = env_num("GUARDIAN_BENCH_ITERS", 500_000);
     let rounds = env_num("GUARDIAN_BENCH_ROUNDS", 7) as usize;
     let secs = env_num("GUARDIAN_BENCH_SECS", 5) as f64;
+    let parts = std::env::var("GUARDIAN_BENCH_PARTS").unwrap_or_else(|_| "123".into());
     let dir = tempfile::tempdir().unwrap();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -770,53 +772,52 @@ fn main() {
     );
     eprintln!("# load average {load_start}; guardian programs already loaded by others: {foreign}");
 
-    eprintln!("## 1. syscall overhead, {rounds} rounds x {iters} ops per side");
-    let oh = overhead(dir.path(), iters, rounds);
+    let (oh, bpf) = if parts.contains('1') {
+        eprintln!("## 1. syscall overhead, {rounds} rounds x {iters} ops per side");
+        let oh = overhead(dir.path(), iters, rounds);
+        (oh, in_bpf(dir.path(), (iters / 5).max(1000)))
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let foreign_after = guardian_programs();
-    let bpf = in_bpf(dir.path(), (iters / 5).max(1000));
-
-    eprintln!("## 2. event throughput, {secs} s per run");
-    let mut runs = vec![
-        throughput(dir.path(), DEFAULT_RING, 1, None, secs),
-        throughput(dir.path(), DEFAULT_RING, 2, None, secs),
-    ];
-    let full_drops = runs.iter().any(|r| r.drops > 0);
-    let mut sustainable = None;
-    if full_drops {
-        eprintln!("## 2b. full speed dropped events: larger ring, then paced rates");
-        runs.push(throughput(dir.path(), BIG_RING, 1, None, secs));
-        runs.push(throughput(dir.path(), BIG_RING, 2, None, secs));
-        // Highest paced rate with no drops on the default ring: bisect
-        // between 0 and the best consumed rate seen.
-        let mut hi = runs.iter().map(Run::rate).fold(0.0, f64::max);
-        let mut lo = 0.0;
-        let mut best: Option<Run> = None;
-        for _ in 0..6 {
-            let mid = (lo + hi) / 2.0;
-            let r = throughput(dir.path(), DEFAULT_RING, 2, Some(mid), secs.min(3.0));
-            if r.drops == 0 {
-                lo = mid;
-                best = Some(r);
-            } else {
-                hi = mid;
-            }
-        }
-        sustainable = best;
+    if parts.contains('1') {
+        print_overhead(
+            &oh,
+            &bpf,
+            (rounds, iters),
+            (&load_start, &foreign, foreign_after),
+            dir.path(),
+        );
     }
+    if parts.contains('2') {
+        part2(dir.path(), secs);
+    }
+    if parts.contains('3') {
+        part3(dir.path());
+    }
+}
 
-    eprintln!("## 2c. draining a filled ring buffer");
-    let drains: Vec<Drain> = (0..3).map(|_| drain_filled(dir.path(), 64 << 20)).collect();
-    eprintln!("## 3. consumer stages");
-    let st = stages(dir.path(), 200_000);
+#[allow(clippy::type_complexity)]
+fn print_overhead(
+    oh: &[Overhead],
+    bpf: &[(f64, f64)],
+    (rounds, iters): (usize, u64),
+    (load_start, foreign, foreign_after): (&str, &usize, usize),
+    dir: &Path,
+) {
     let load_end = loadavg();
-
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     // The report, in markdown.
     println!("### Machine\n");
     println!("| | |\n|---|---|");
     println!("| CPU | {} |", cpu_model());
     println!("| cores | {cores} |");
     println!("| kernel | {kernel} |");
-    println!("| temp files on | {} |", fs_type(dir.path()));
+    println!("| temp files on | {} |", fs_type(dir));
     println!("| load average at start / end | {load_start} / {load_end} |");
     println!(
         "| other guardian programs loaded (start / after part 1) | {foreign} / {foreign_after} |"
@@ -828,7 +829,7 @@ fn main() {
         "| operation | no guard ns/op | guard attached ns/op | added ns | ratio (median of per-round ratios) | best round ratio | worst round ratio |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for o in &oh {
+    for o in oh {
         let (a, b) = (median(&o.without), median(&o.with));
         println!(
             "| {} | {a:.0} | {b:.0} | {:.0} | {:.3} ({:+.1}%) | {:.3} | {:.3} |",
@@ -848,7 +849,7 @@ fn main() {
         "| operation | added ns (median) | in the guard's programs ns | program runs per op | rest: syscall tracing machinery ns |"
     );
     println!("|---|---:|---:|---:|---:|");
-    for (o, (ns, runs)) in oh.iter().zip(&bpf) {
+    for (o, (ns, runs)) in oh.iter().zip(bpf) {
         let added = median(&o.with) - median(&o.without);
         println!(
             "| {} | {added:.0} | {ns:.0} | {runs:.1} | {:.0} |",
@@ -856,6 +857,40 @@ fn main() {
             added - ns
         );
     }
+}
+
+fn part2(dir: &Path, secs: f64) {
+    eprintln!("## 2. event throughput, {secs} s per run");
+    let mut runs = vec![
+        throughput(dir, DEFAULT_RING, 1, None, secs),
+        throughput(dir, DEFAULT_RING, 2, None, secs),
+    ];
+    let full_drops = runs.iter().any(|r| r.drops > 0);
+    let mut sustainable = None;
+    if full_drops {
+        eprintln!("## 2b. full speed dropped events: larger ring, then paced rates");
+        runs.push(throughput(dir, BIG_RING, 1, None, secs));
+        runs.push(throughput(dir, BIG_RING, 2, None, secs));
+        // Highest paced rate with no drops on the default ring: bisect
+        // between 0 and the best consumed rate seen.
+        let mut hi = runs.iter().map(Run::rate).fold(0.0, f64::max);
+        let mut lo = 0.0;
+        let mut best: Option<Run> = None;
+        for _ in 0..6 {
+            let mid = (lo + hi) / 2.0;
+            let r = throughput(dir, DEFAULT_RING, 2, Some(mid), secs.min(3.0));
+            if r.drops == 0 {
+                lo = mid;
+                best = Some(r);
+            } else {
+                hi = mid;
+            }
+        }
+        sustainable = best;
+    }
+
+    eprintln!("## 2c. draining a filled ring buffer");
+    let drains: Vec<Drain> = (0..3).map(|_| drain_filled(dir, 64 << 20)).collect();
     println!("\n### 2. Event throughput: ring buffer → decode → file sink\n");
     let header = "| ring buffer | producers | pace | opens | submitted | consumed | ringbuf_drops | events/s consumed | events per wake-up | sink MiB |";
     let rule = "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|";
@@ -910,6 +945,12 @@ fn main() {
             rate / 250_000.0
         );
     }
+}
+
+fn part3(dir: &Path) {
+    eprintln!("## 3. consumer stages");
+    let st = stages(dir, 200_000);
+
     println!(
         "\n### 3. Consumer cost per event ({} captured records replayed)\n",
         st.records

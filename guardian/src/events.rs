@@ -172,7 +172,7 @@ fn cstr(bytes: &[u8]) -> String {
 fn hook_name(source: u16) -> &'static str {
     match source {
         src::LSM_FILE_OPEN => "lsm/file_open",
-        src::TP_SYS_EXIT_OPEN => "tracepoint/syscalls/sys_exit_open",
+        src::RAW_SYS_OPEN => "raw_tracepoint/sys_exit (open)",
         src::LSM_FILE_PERMISSION => "lsm/file_permission",
         src::LSM_INODE_SETATTR => "lsm/inode_setattr",
         src::LSM_INODE_RENAME => "lsm/inode_rename",
@@ -183,10 +183,10 @@ fn hook_name(source: u16) -> &'static str {
         src::LSM_BPRM_CHECK => "lsm/bprm_check_security",
         src::LSM_PTRACE => "lsm/ptrace_access_check",
         src::LSM_SOCKET_CONNECT => "lsm/socket_connect",
-        src::TP_SYS_ENTER_WRITE => "tracepoint/syscalls/sys_enter_write",
-        src::TP_SYS_ENTER_FTRUNCATE => "tracepoint/syscalls/sys_enter_ftruncate",
-        src::TP_SYS_ENTER_MMAP => "tracepoint/syscalls/sys_enter_mmap",
-        src::TP_SYS_ENTER_CONNECT => "tracepoint/syscalls/sys_enter_connect",
+        src::RAW_SYS_WRITE => "raw_tracepoint/sys_exit (write)",
+        src::RAW_SYS_FTRUNCATE => "raw_tracepoint/sys_exit (ftruncate)",
+        src::RAW_SYS_MMAP => "raw_tracepoint/sys_exit (mmap)",
+        src::RAW_SYS_CONNECT => "raw_tracepoint/sys_exit (connect)",
         src::TP_PROCESS_EXEC => "tracepoint/sched/sched_process_exec",
         _ => "unknown",
     }

@@ -39,13 +39,13 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        Lsm, TracePoint,
+        Lsm, RawTracePoint, TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
 use guardian_common::{
-    Counter, EgressRule, InodeKey, KernelConfig, NameKey, ProtectedFile, maps as map_names,
-    mode as kmode, programs as prog_names, rules,
+    Counter, EgressRule, InodeKey, KernelConfig, NameKey, ProtectedFile, Syscalls,
+    maps as map_names, mode as kmode, programs as prog_names, rules, sys,
 };
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -570,6 +570,9 @@ struct HookDef {
     name: &'static str,
     /// LSM program and hook.
     lsm: Option<(&'static str, &'static str)>,
+    /// Detect form: the syscalls (bits of `guardian_common::sys`) the raw
+    /// `sys_exit` program watches for this hook.
+    syscalls: u32,
     /// Detect form: program, tracepoint category, tracepoint names (those
     /// the kernel lacks are skipped).
     detect: &'static [(&'static str, &'static str, &'static [&'static str])],
@@ -579,13 +582,6 @@ struct HookDef {
     service: bool,
 }
 
-const WRITES: &[&str] = &[
-    "sys_enter_write",
-    "sys_enter_pwrite64",
-    "sys_enter_writev",
-    "sys_enter_pwritev",
-    "sys_enter_pwritev2",
-];
 const EXECVE: &[(&str, &str, &[&str])] = &[
     (
         prog_names::TP_ENTER_EXECVE,
@@ -603,7 +599,7 @@ const DEFS: [HookDef; 11] = [
     HookDef {
         name: "file_write_open",
         lsm: Some((prog_names::LSM_FILE_OPEN, "file_open")),
-        // The open family is handled by attach_open_tracepoints.
+        syscalls: sys::OPENS,
         detect: &[],
         always: &[],
         service: false,
@@ -611,24 +607,23 @@ const DEFS: [HookDef; 11] = [
     HookDef {
         name: "file_write",
         lsm: Some((prog_names::LSM_FILE_PERMISSION, "file_permission")),
-        detect: &[(prog_names::TP_ENTER_WRITE, "syscalls", WRITES)],
+        syscalls: sys::WRITES,
+        detect: &[],
         always: &[],
         service: false,
     },
     HookDef {
         name: "file_setattr",
         lsm: Some((prog_names::LSM_INODE_SETATTR, "inode_setattr")),
-        detect: &[(
-            prog_names::TP_ENTER_FTRUNCATE,
-            "syscalls",
-            &["sys_enter_ftruncate"],
-        )],
+        syscalls: 1 << sys::FTRUNCATE,
+        detect: &[],
         always: &[],
         service: false,
     },
     HookDef {
         name: "file_rename",
         lsm: Some((prog_names::LSM_INODE_RENAME, "inode_rename")),
+        syscalls: 0,
         detect: &[],
         always: &[],
         service: false,
@@ -636,6 +631,7 @@ const DEFS: [HookDef; 11] = [
     HookDef {
         name: "file_unlink",
         lsm: Some((prog_names::LSM_INODE_UNLINK, "inode_unlink")),
+        syscalls: 0,
         detect: &[],
         always: &[],
         service: false,
@@ -643,6 +639,7 @@ const DEFS: [HookDef; 11] = [
     HookDef {
         name: "file_link",
         lsm: Some((prog_names::LSM_INODE_LINK, "inode_link")),
+        syscalls: 0,
         detect: &[],
         always: &[],
         service: false,
@@ -650,6 +647,7 @@ const DEFS: [HookDef; 11] = [
     HookDef {
         name: "file_create",
         lsm: Some((prog_names::LSM_INODE_CREATE, "inode_create")),
+        syscalls: 0,
         detect: &[],
         always: &[],
         service: false,
@@ -657,13 +655,15 @@ const DEFS: [HookDef; 11] = [
     HookDef {
         name: "file_mmap",
         lsm: Some((prog_names::LSM_MMAP_FILE, "mmap_file")),
-        detect: &[(prog_names::TP_ENTER_MMAP, "syscalls", &["sys_enter_mmap"])],
+        syscalls: 1 << sys::MMAP,
+        detect: &[],
         always: &[],
         service: false,
     },
     HookDef {
         name: "exec",
         lsm: Some((prog_names::LSM_BPRM_CHECK, "bprm_check_security")),
+        syscalls: 0,
         detect: &[(
             prog_names::TP_PROCESS_EXEC,
             "sched",
@@ -675,6 +675,7 @@ const DEFS: [HookDef; 11] = [
     HookDef {
         name: "ptrace",
         lsm: Some((prog_names::LSM_PTRACE, "ptrace_access_check")),
+        syscalls: 0,
         detect: &[],
         always: &[],
         service: true,
@@ -682,24 +683,20 @@ const DEFS: [HookDef; 11] = [
     HookDef {
         name: "connect",
         lsm: Some((prog_names::LSM_SOCKET_CONNECT, "socket_connect")),
-        detect: &[(
-            prog_names::TP_ENTER_CONNECT,
-            "syscalls",
-            &["sys_enter_connect"],
-        )],
+        syscalls: 1 << sys::CONNECT,
+        detect: &[],
         always: &[],
         service: true,
     },
 ];
 
 /// Every map the agent reads or writes, by name.
-const MAP_NAMES: [&str; 13] = [
+const MAP_NAMES: [&str; 12] = [
     map_names::PROTECTED_FILES,
     map_names::ALLOWED_WRITERS,
     map_names::CONFIG,
     map_names::EVENTS,
     map_names::COUNTERS,
-    map_names::PENDING_OPENS,
     map_names::SERVICE_EXES,
     map_names::ALLOWED_EXEC,
     map_names::PROTECTED_NAMES,
@@ -816,6 +813,7 @@ impl Guard {
             ready: 1,
             rules: targets.rules,
             self_exe: targets.self_exe,
+            syscalls: Syscalls::default(),
         };
         let service = !targets.service.is_empty();
         let try_lsm = opts.request != ModeRequest::Detect;
@@ -838,6 +836,8 @@ impl Guard {
         let mut hooks = Vec::new();
         let mut links: Vec<(String, FdLink)> = Vec::new();
         let mut any_lsm = false;
+        let syscall_table = syscall_table();
+        let mut raw_watch = 0;
         for def in &DEFS {
             if def.service && !service {
                 hooks.push(HookState {
@@ -907,8 +907,13 @@ impl Guard {
                 });
             }
             let before = attached.len();
-            if def.name == "file_write_open" {
-                attach_open_tracepoints(&mut ebpf, opts.features, &mut attached, &mut links)?;
+            let watched = def.syscalls & syscall_table.present();
+            if watched != 0 {
+                raw_watch |= watched;
+                attached.push(format!(
+                    "raw_tracepoint/sys_exit ({})",
+                    syscall_names(watched)
+                ));
             }
             for (prog, cat, names) in def.detect {
                 attach_tracepoints(
@@ -932,6 +937,16 @@ impl Guard {
                     format!("{why_not}; and this kernel offers no tracepoint for it: NOT COVERED")
                 }),
             });
+        }
+        if raw_watch != 0 {
+            // The programs read which syscalls to handle from the config:
+            // fill it before they can run.
+            config.syscalls = Syscalls {
+                enabled: raw_watch,
+                ..syscall_table
+            };
+            set_config(&mut maps, config)?;
+            attach_raw_syscalls(&mut ebpf, &mut links)?;
         }
         if opts.request == ModeRequest::Enforce && !any_lsm {
             return Err(GuardError::EnforceUnavailable(
@@ -1115,6 +1130,23 @@ impl Guard {
         };
         if config.ready == 0 {
             return Err(perr("the pinned config entry was never filled".into()));
+        }
+        // The raw syscall tracepoint serves every hook whose syscalls the
+        // config says it watches.
+        if by_hook.remove(SYSCALLS_PIN).is_some() {
+            for def in &DEFS {
+                let watched = def.syscalls & config.syscalls.enabled;
+                if watched != 0 {
+                    by_hook
+                        .entry(def.name.to_owned())
+                        .or_insert_with(|| ("raw".to_owned(), Vec::new()))
+                        .1
+                        .push(format!(
+                            "raw_tracepoint/sys_exit ({})",
+                            syscall_names(watched)
+                        ));
+                }
+            }
         }
         let hooks = HOOKS
             .iter()
@@ -1535,57 +1567,105 @@ fn attach_tracepoints(
     Ok(())
 }
 
-/// The open family: enter and exit tracepoints for each open syscall the
-/// kernel has.
-fn attach_open_tracepoints(
+/// The raw syscall tracepoint of the detect rung (`syscalls.rs` in the
+/// eBPF crate says why one program on `sys_exit`).
+fn attach_raw_syscalls(
     ebpf: &mut Ebpf,
-    features: &KernelFeatures,
-    attached: &mut Vec<String>,
     links: &mut Vec<(String, FdLink)>,
 ) -> Result<(), GuardError> {
-    if features.tracefs.is_none() {
-        return Err(GuardError::NoTracepoints(
-            "tracefs is not mounted (mount -t tracefs none /sys/kernel/tracing)".to_owned(),
-        ));
+    let name = prog_names::RAW_SYS_EXIT;
+    let err = |source| GuardError::Program { name, source };
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(GuardError::Program {
+            name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(err)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(err)?;
     }
-    if features.open_tracepoints.is_empty() {
-        return Err(GuardError::NoTracepoints(
-            "the kernel has no syscalls/sys_exit_open* tracepoints (CONFIG_FTRACE_SYSCALLS)"
-                .to_owned(),
-        ));
-    }
-    let enter_prog = |syscall: &str| match syscall {
-        "open" => prog_names::TP_ENTER_OPEN,
-        "openat2" => prog_names::TP_ENTER_OPENAT2,
-        "creat" => prog_names::TP_ENTER_CREAT,
-        _ => prog_names::TP_ENTER_OPENAT,
-    };
-    // Exit before enter: an exit without its enter finds no pending entry
-    // and reports nothing, whereas an enter without its exit would only fill
-    // the LRU map.
-    for syscall in &features.open_tracepoints {
-        let exit = format!("sys_exit_{syscall}");
-        let enter = format!("sys_enter_{syscall}");
-        attach_tracepoints(
-            ebpf,
-            prog_names::TP_EXIT_OPEN,
-            "syscalls",
-            &[&exit],
-            "file_write_open",
-            attached,
-            links,
-        )?;
-        attach_tracepoints(
-            ebpf,
-            enter_prog(syscall),
-            "syscalls",
-            &[&enter],
-            "file_write_open",
-            attached,
-            links,
-        )?;
-    }
+    let id = prog.attach("sys_exit").map_err(|e| {
+        GuardError::NoTracepoints(format!("raw tracepoint sys_exit: {}", chain(&e)))
+    })?;
+    let link: FdLink = prog.take_link(id).map_err(err)?.into();
+    links.push((format!("{SYSCALLS_PIN}-raw-sys_exit"), link));
     Ok(())
+}
+
+/// The pin name prefix of the raw syscall tracepoints' links (shared by
+/// every hook whose detect form is a syscall).
+const SYSCALLS_PIN: &str = "syscalls";
+
+/// The watched syscalls of this architecture: their numbers and where
+/// `struct pt_regs` keeps the arguments and the syscall number. The agent
+/// runs on the architecture it was built for, and so do the programs it
+/// loads.
+fn syscall_table() -> Syscalls {
+    const ABSENT: u32 = u32::MAX;
+    let n = |v: libc::c_long| v as u32;
+    #[cfg(target_arch = "x86_64")]
+    let (open, creat) = (n(libc::SYS_open), n(libc::SYS_creat));
+    #[cfg(not(target_arch = "x86_64"))]
+    let (open, creat) = (ABSENT, ABSENT);
+    let mut nr = [ABSENT; sys::COUNT];
+    nr[sys::OPENAT] = n(libc::SYS_openat);
+    nr[sys::OPEN] = open;
+    nr[sys::CREAT] = creat;
+    nr[sys::OPENAT2] = n(libc::SYS_openat2);
+    nr[sys::WRITE] = n(libc::SYS_write);
+    nr[sys::PWRITE64] = n(libc::SYS_pwrite64);
+    nr[sys::WRITEV] = n(libc::SYS_writev);
+    nr[sys::PWRITEV] = n(libc::SYS_pwritev);
+    nr[sys::PWRITEV2] = n(libc::SYS_pwritev2);
+    nr[sys::FTRUNCATE] = n(libc::SYS_ftruncate);
+    nr[sys::MMAP] = n(libc::SYS_mmap);
+    nr[sys::CONNECT] = n(libc::SYS_connect);
+    // struct pt_regs (arch/x86/include/asm/ptrace.h): r15, r14, r13, r12,
+    // bp, bx, r11, r10 (56), r9, r8, ax, cx, dx, si, di (112), orig_ax
+    // (120), ... as u64; the syscall ABI passes di, si, dx, r10, r8, r9:
+    // all in the eight registers from r10.
+    #[cfg(target_arch = "x86_64")]
+    let (regs_base, regs_arg, regs_arg0, regs_nr) = (56, [7, 6, 5, 0, 2, 1], u32::MAX, 120);
+    // struct pt_regs (arch/arm64/include/asm/ptrace.h): regs[31], sp, pc,
+    // pstate, orig_x0 (272), then syscallno (s32) at 280; arguments in
+    // x0..x5, and x0 is the result after the syscall: argument 0 is
+    // orig_x0.
+    #[cfg(target_arch = "aarch64")]
+    let (regs_base, regs_arg, regs_arg0, regs_nr) = (0, [0, 1, 2, 3, 4, 5], 272, 280);
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    compile_error!("the raw syscall tracepoints know x86_64 and aarch64 only");
+    Syscalls {
+        nr,
+        enabled: 0,
+        regs_nr,
+        regs_base,
+        regs_arg,
+        regs_arg0,
+    }
+}
+
+/// The `sys` indices this architecture has.
+trait Present {
+    fn present(&self) -> u32;
+}
+
+impl Present for Syscalls {
+    fn present(&self) -> u32 {
+        (0..sys::COUNT)
+            .filter(|&i| self.nr[i] != u32::MAX)
+            .fold(0, |m, i| m | 1 << i)
+    }
+}
+
+/// `write, pwrite64, ...` for a set of `sys` bits.
+fn syscall_names(bits: u32) -> String {
+    (0..sys::COUNT)
+        .filter(|&i| bits & (1 << i) != 0)
+        .map(|i| sys::NAMES[i])
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An error and its causes on one line.

@@ -735,9 +735,9 @@ fn writes_through_old_descriptors_are_reported() {
     assert_eq!(
         kinds,
         [
-            ("file_write", "tracepoint/syscalls/sys_enter_write"),
-            ("file_truncate", "tracepoint/syscalls/sys_enter_ftruncate"),
-            ("file_mmap_write", "tracepoint/syscalls/sys_enter_mmap"),
+            ("file_write", "raw_tracepoint/sys_exit (write)"),
+            ("file_truncate", "raw_tracepoint/sys_exit (ftruncate)"),
+            ("file_mmap_write", "raw_tracepoint/sys_exit (mmap)"),
         ],
         "{events:#?}"
     );
@@ -750,7 +750,7 @@ fn writes_through_old_descriptors_are_reported() {
 }
 
 /// Egress of the inference service (a copy of python3 here) outside its
-/// allowlist is reported from `sys_enter_connect`, and with `response =
+/// allowlist is reported from the raw `sys_exit` tracepoint, and with `response =
 /// "kill"` the agent kills it; a connect to an allowed address is not an
 /// event.
 #[test]

@@ -450,6 +450,49 @@ fi
 
 say "guardian status:"
 guardian status | sed 's/^/demo:   /'
+
+# --- the detect rung on arm64 ----------------------------------------------
+# What a board without BPF LSM gets (Jetson's 5.10/5.15 kernels): the raw
+# sys_exit tracepoint reads the syscall's arguments from arm64's saved
+# registers. It cannot deny; each attempt must be reported, with the right
+# descriptor (argument 0 is orig_x0 on arm64 once x0 holds the result).
+say "the detect rung: guardian restarted in detect mode on a scratch file"
+guardian stop --unload --config /etc/guardian/guardian.toml >/tmp/out 2>&1
+check stop-unload $? "$(tail -n 1 /tmp/out); pins left: $(ls /sys/fs/bpf/guardian 2>/dev/null | wc -l)"
+mkdir -p /opt/detect
+echo "weights" >/opt/detect/model.bin
+EVENTS=/run/guardian/detect-events.jsonl
+exec 9>>/opt/detect/model.bin
+rm -f /run/guardian/detect-status.json
+guardian run --config /etc/guardian/detect.toml 2>>/run/guardian/detect-agent.log 9>&- &
+agent=$!
+n=0
+while [ ! -s /run/guardian/detect-status.json ] && [ "$n" -lt 600 ]; do
+    kill -0 "$agent" 2>/dev/null || break
+    sleep 0.1
+    n=$((n + 1))
+done
+grep -q '"mode": "detect"' /run/guardian/detect-status.json \
+    && grep -q 'raw_tracepoint/sys_exit (openat, openat2)' /run/guardian/detect-status.json
+check detect-rung-status $? "$(grep -o 'raw_tracepoint/sys_exit ([a-z0-9, ]*)' /run/guardian/detect-status.json | sort -u | tr '\n' ';')"
+# detect NAME EVENT CMD...: CMD succeeds (nothing denies) and guardian
+# reports an "alert" EVENT for its pid from the raw tracepoint.
+detect() {
+    name=$1 ev=$2
+    shift 2
+    sh -c 'echo $$ > /tmp/pid; exec "$@"' detect "$@" >/tmp/out 2>&1
+    rc=$?
+    pid="$(cat /tmp/pid)"
+    say "  $name: $* -> exit $rc: $(head -n 1 /tmp/out)"
+    wait_event "$pid" alert "$ev" \
+        && events_of "$pid" | grep "\"event\":\"$ev" | grep -q '"hook":"raw_tracepoint/sys_exit'
+    check "$name" $? "exit $rc: $(events_of "$pid" | grep "\"event\":\"$ev" | head -n 1)"
+}
+detect detect-write-open file_write_open guardian-attack append /opt/detect/model.bin more
+detect detect-preopened-fd-write file_write guardian-attack write-fd 9
+detect detect-ftruncate file_truncate guardian-attack ftruncate-fd 9
+detect detect-connect connect guardian-attack connect 127.0.0.3 9999
+exec 9>&-
 kill "$agent" 2>/dev/null
 wait "$agent" 2>/dev/null
 finish
