@@ -24,7 +24,8 @@
 //! Environment: `GUARDIAN_BENCH_ITERS` (syscalls per measurement, default
 //! 500000), `GUARDIAN_BENCH_ROUNDS` (default 7), `GUARDIAN_BENCH_SECS`
 //! (seconds per throughput run, default 5), `GUARDIAN_BENCH_PARTS` (which
-//! parts to run, default `123`; `1` for the latency part alone).
+//! parts to run, default `1f23`; `1` for the latency part alone, `f` for
+//! its floor: the program attached but watching no syscall).
 
 // A benchmark reports by printing, and fails loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -263,7 +264,7 @@ struct Overhead {
     ratios: Vec<f64>,
 }
 
-fn overhead(dir: &Path, iters: u64, rounds: usize) -> Vec<Overhead> {
+fn overhead(dir: &Path, iters: u64, rounds: usize, floor: bool) -> Vec<Overhead> {
     let unprotected = dir.join("unprotected.bin");
     let protected = dir.join("protected-model.bin");
     std::fs::write(&unprotected, b"u").unwrap();
@@ -295,15 +296,22 @@ fn overhead(dir: &Path, iters: u64, rounds: usize) -> Vec<Overhead> {
         // ABBA: even rounds measure without the guard first, odd rounds
         // with it first.
         let guard_first = (round + discarded) % 2 == 1;
+        let start = || {
+            let g = start_guard(&protected, DEFAULT_RING).0;
+            if floor {
+                watch_nothing();
+            }
+            g
+        };
         let (without, with) = if guard_first {
-            let (guard, _) = start_guard(&protected, DEFAULT_RING);
+            let guard = start();
             let with = measure_all(&file);
             assert_eq!(counter(&guard, "events_submitted"), 0);
             drop(guard);
             (measure_all(&file), with)
         } else {
             let without = measure_all(&file);
-            let (guard, _) = start_guard(&protected, DEFAULT_RING);
+            let guard = start();
             let with = measure_all(&file);
             assert_eq!(counter(&guard, "events_submitted"), 0);
             drop(guard);
@@ -337,6 +345,25 @@ fn overhead(dir: &Path, iters: u64, rounds: usize) -> Vec<Overhead> {
         );
     }
     out
+}
+
+/// The floor of the raw syscall tracepoint: the loaded guard's program
+/// stays attached but its config watches no syscall, so each run ends
+/// after one map lookup. What remains is the kernel's price for a program
+/// on `sys_exit` at all: the slow syscall path and the call.
+fn watch_nothing() {
+    use aya::maps::{Array, Map};
+    use guardian_common::{KernelConfig, maps as names};
+    let id = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .find(|m| m.name_as_str() == Some(names::CONFIG))
+        .expect("the guard's config map")
+        .id();
+    let map = Map::Array(MapData::from_id(id).unwrap());
+    let mut arr: Array<MapData, KernelConfig> = Array::try_from(map).unwrap();
+    let mut cfg = arr.get(&0, 0).unwrap();
+    cfg.syscalls.enabled = 0;
+    arr.set(0, cfg, 0).unwrap();
 }
 
 /// Time spent inside the guard's programs per operation, and how many
@@ -755,7 +782,7 @@ fn main() {
     let iters = env_num("GUARDIAN_BENCH_ITERS", 500_000);
     let rounds = env_num("GUARDIAN_BENCH_ROUNDS", 7) as usize;
     let secs = env_num("GUARDIAN_BENCH_SECS", 5) as f64;
-    let parts = std::env::var("GUARDIAN_BENCH_PARTS").unwrap_or_else(|_| "123".into());
+    let parts = std::env::var("GUARDIAN_BENCH_PARTS").unwrap_or_else(|_| "1f23".into());
     let dir = tempfile::tempdir().unwrap();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -774,7 +801,7 @@ fn main() {
 
     let (oh, bpf) = if parts.contains('1') {
         eprintln!("## 1. syscall overhead, {rounds} rounds x {iters} ops per side");
-        let oh = overhead(dir.path(), iters, rounds);
+        let oh = overhead(dir.path(), iters, rounds, false);
         (oh, in_bpf(dir.path(), (iters / 5).max(1000)))
     } else {
         (Vec::new(), Vec::new())
@@ -788,6 +815,27 @@ fn main() {
             (&load_start, &foreign, foreign_after),
             dir.path(),
         );
+    }
+    if parts.contains('f') {
+        eprintln!("## 1f. the floor: the program attached, watching nothing");
+        let oh = overhead(dir.path(), iters, rounds, true);
+        println!(
+            "\n### 1f. The floor: the raw `sys_exit` program attached but watching no syscall ({rounds} rounds x {iters} ops per side)\n"
+        );
+        println!(
+            "| operation | no guard ns/op | attached, watching nothing ns/op | added ns | ratio |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        for o in &oh {
+            let (a, b) = (median(&o.without), median(&o.with));
+            println!(
+                "| {} | {a:.0} | {b:.0} | {:.0} | {:.3} ({:+.1}%) |",
+                o.op.label(),
+                b - a,
+                median(&o.ratios),
+                (median(&o.ratios) - 1.0) * 100.0
+            );
+        }
     }
     if parts.contains('2') {
         part2(dir.path(), secs);
