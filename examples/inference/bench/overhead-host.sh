@@ -16,7 +16,8 @@
 # stays attached. Summary: medians over rounds and on/off ratios
 # (docs/inference-overhead.md explains them).
 #
-# Environment: CARGO_TARGET_DIR for guardian (default /work/target-ovh),
+# Environment: OVH_KERNEL_ONLY=1 also measures the programs attached with
+# the agent stopped; CARGO_TARGET_DIR for guardian (default /work/target-ovh),
 # OVH_OUT for the results directory (default a new temp dir), OVH_NO_BUILD=1
 # to use the binaries already built there and in examples/inference/target.
 set -euo pipefail
@@ -116,18 +117,34 @@ measure() { # measure LABEL ROUND
     echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "# rounds $rounds, requests $requests per measurement"
 } | tee -a "$results" >&2
+# OVH_KERNEL_ONLY=1 adds a third side, "kernel": guardian started, then
+# stopped without --unload, so its programs stay attached with no agent
+# running: what the kernel side costs alone.
+sides="off on"
+[ "${OVH_KERNEL_ONLY:-0}" = 1 ] && sides="off on kernel"
 for r in $(seq 1 "$rounds"); do
-    if [ $((r % 2)) -eq 1 ]; then order="off on"; else order="on off"; fi
+    # Alternate the order: odd rounds as listed, even rounds reversed.
+    if [ $((r % 2)) -eq 1 ]; then order="$sides"; else order="$(echo "$sides" | tr ' ' '\n' | tac | tr '\n' ' ')"; fi
     for side in $order; do
-        if [ "$side" = on ]; then
+        case "$side" in
+        on)
             start_guard
             measure on "$r"
             # What the guard was doing, for the record (mode, hooks, events).
             cp "$out/status.json" "$out/status-round$r.json"
             stop_guard
-        else
-            measure off "$r"
-        fi
+            ;;
+        kernel)
+            start_guard
+            "$guardian" stop --config "$config" >>"$out/agent.log" 2>&1
+            wait "$agent" 2>/dev/null || true
+            agent=""
+            [ -d "$pin_dir" ] || die "the pins went away with the agent"
+            measure kernel "$r"
+            stop_guard
+            ;;
+        *) measure off "$r" ;;
+        esac
     done
     echo "# after round $r: load average $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$results" >&2
 done
