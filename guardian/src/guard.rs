@@ -1467,6 +1467,20 @@ fn lsm_unavailable(features: &KernelFeatures) -> Option<String> {
     }
 }
 
+/// The object's program `name`, as its type `T`.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, GuardError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(GuardError::Program {
+            name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| GuardError::Program { name, source })
+}
+
 /// Load and attach one LSM program.
 fn attach_lsm(
     ebpf: &mut Ebpf,
@@ -1541,14 +1555,7 @@ fn attach_tracepoints(
             name: prog_name,
             source,
         };
-        let prog: &mut TracePoint = ebpf
-            .program_mut(prog_name)
-            .ok_or(GuardError::Program {
-                name: prog_name,
-                source: aya::programs::ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(err)?;
+        let prog: &mut TracePoint = program(ebpf, prog_name)?;
         if prog.fd().is_err() {
             prog.load().map_err(err)?;
         }
@@ -1575,14 +1582,7 @@ fn attach_raw_syscalls(
 ) -> Result<(), GuardError> {
     let name = prog_names::RAW_SYS_EXIT;
     let err = |source| GuardError::Program { name, source };
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(GuardError::Program {
-            name,
-            source: aya::programs::ProgramError::NotLoaded,
-        })?
-        .try_into()
-        .map_err(err)?;
+    let prog: &mut RawTracePoint = program(ebpf, name)?;
     if prog.fd().is_err() {
         prog.load().map_err(err)?;
     }

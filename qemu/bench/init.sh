@@ -75,6 +75,8 @@ while [ "$r" -le "$ROUNDS" ]; do
         if [ "$side" = on ]; then
             start_guard
             measure on "$r"
+            # The status as it was during the measurement (stop removes it).
+            cp /run/guardian/status.json /run/guardian/status-last.json 2>/dev/null
             stop_guard
         else
             measure off "$r"
@@ -82,6 +84,6 @@ while [ "$r" -le "$ROUNDS" ]; do
     done
     r=$((r + 1))
 done
-echo "OVERHEAD-INFO guardian's last status: $(guardian status --status-file /run/guardian/status.json 2>&1 | grep -E '^(mode|hooks)' | tr '\n' ' ')"
+echo "OVERHEAD-INFO guardian's last status: $(guardian status --status-file /run/guardian/status-last.json 2>&1 | grep -E '^mode' | tr '\n' ' ')"
 echo "OVERHEAD-INFO events written: $(wc -l </run/guardian/events.jsonl 2>/dev/null || echo 0)"
 finish

@@ -50,13 +50,18 @@ wait_event() {
 # attack NAME EVENT CMD...: run CMD as a fresh process (its pid is the one
 # the kernel reports); it must fail with EPERM, guardian must print a "deny"
 # EVENT for that pid, and the model must be byte for byte what it was.
-attack() {
-    name=$1 ev=$2
-    shift 2
-    sh -c 'echo $$ > /tmp/pid; exec "$@"' attack "$@" >/tmp/out 2>&1
+# spawn CMD...: run CMD as a fresh process, its output in /tmp/out; sets
+# rc (its exit status) and pid, and narrates.
+spawn() {
+    sh -c 'echo $$ > /tmp/pid; exec "$@"' spawn "$@" >/tmp/out 2>&1
     rc=$?
     pid="$(cat /tmp/pid)"
     say "  $name: $* -> exit $rc: $(head -n 1 /tmp/out)"
+}
+attack() {
+    name=$1 ev=$2
+    shift 2
+    spawn "$@"
     [ "$rc" -ne 0 ] && grep -q "Operation not permitted" /tmp/out && [ "$(digest "$MODEL")" = "$after" ]
     check "$name" $? "pid $pid exit $rc: $(head -n 1 /tmp/out)"
     wait_event "$pid" deny "$ev"
@@ -64,13 +69,15 @@ attack() {
     say "  guardian: $(events_of "$pid" | head -n 1)"
 }
 start_agent() {
-    # The descriptors opened on the model before the agent started are the
-    # attacker's, not the agent's.
-    rm -f /run/guardian/status.json
-    guardian run --config /etc/guardian/guardian.toml 2>>/run/guardian/agent.log 7>&- 8>&- &
+    # start_agent [CONFIG STATUS LOG]: guardian run, then wait (up to 60 s)
+    # for its first status. The descriptors opened on the model before the
+    # agent started (7, 8, 9) are the attacker's, not the agent's.
+    cfg=${1:-/etc/guardian/guardian.toml} st=${2:-/run/guardian/status.json}
+    rm -f "$st"
+    guardian run --config "$cfg" 2>>"${3:-/run/guardian/agent.log}" 7>&- 8>&- 9>&- &
     agent=$!
     n=0
-    while [ ! -s /run/guardian/status.json ] && [ "$n" -lt 600 ]; do
+    while [ ! -s "$st" ] && [ "$n" -lt 600 ]; do
         kill -0 "$agent" 2>/dev/null || break
         sleep 0.1
         n=$((n + 1))
@@ -463,15 +470,7 @@ mkdir -p /opt/detect
 echo "weights" >/opt/detect/model.bin
 EVENTS=/run/guardian/detect-events.jsonl
 exec 9>>/opt/detect/model.bin
-rm -f /run/guardian/detect-status.json
-guardian run --config /etc/guardian/detect.toml 2>>/run/guardian/detect-agent.log 9>&- &
-agent=$!
-n=0
-while [ ! -s /run/guardian/detect-status.json ] && [ "$n" -lt 600 ]; do
-    kill -0 "$agent" 2>/dev/null || break
-    sleep 0.1
-    n=$((n + 1))
-done
+start_agent /etc/guardian/detect.toml /run/guardian/detect-status.json /run/guardian/detect-agent.log
 grep -q '"mode": "detect"' /run/guardian/detect-status.json \
     && grep -q 'raw_tracepoint/sys_exit (openat, openat2)' /run/guardian/detect-status.json
 check detect-rung-status $? "$(grep -o 'raw_tracepoint/sys_exit ([a-z0-9, ]*)' /run/guardian/detect-status.json | sort -u | tr '\n' ';')"
@@ -480,10 +479,7 @@ check detect-rung-status $? "$(grep -o 'raw_tracepoint/sys_exit ([a-z0-9, ]*)' /
 detect() {
     name=$1 ev=$2
     shift 2
-    sh -c 'echo $$ > /tmp/pid; exec "$@"' detect "$@" >/tmp/out 2>&1
-    rc=$?
-    pid="$(cat /tmp/pid)"
-    say "  $name: $* -> exit $rc: $(head -n 1 /tmp/out)"
+    spawn "$@"
     wait_event "$pid" alert "$ev" \
         && events_of "$pid" | grep "\"event\":\"$ev" | grep -q '"hook":"raw_tracepoint/sys_exit'
     check "$name" $? "exit $rc: $(events_of "$pid" | grep "\"event\":\"$ev" | head -n 1)"
