@@ -28,11 +28,25 @@ fn read<T>(base: u64, offset: u32) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.map_err(|e| e as i64)
 }
 
+/// Two 8-byte words of one struct at offsets `a` and `b`: one helper call
+/// when they are 8-aligned and less than 32 bytes apart (each call costs
+/// more than the copy; the hot paths read such pairs: `i_ino`/`i_sb`,
+/// `max_fds`/`fd`), else two.
+#[inline(always)]
+fn read_pair(base: u64, a: u32, b: u32) -> Result<(u64, u64), i64> {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    if (a | b) & 7 == 0 && hi - lo < 32 {
+        let w: [u64; 4] = read(base, lo)?;
+        let at = |x: u32| w[(((x - lo) / 8) & 3) as usize];
+        return Ok((at(a), at(b)));
+    }
+    Ok((read(base, a)?, read(base, b)?))
+}
+
 /// `(i_sb->s_dev, i_ino)` of a `struct inode *`.
 #[inline(always)]
 pub fn inode_key(off: &KernelOffsets, inode: u64) -> Result<InodeKey, i64> {
-    let ino: u64 = read(inode, off.inode_i_ino)?;
-    let sb: u64 = read(inode, off.inode_i_sb)?;
+    let (ino, sb) = read_pair(inode, off.inode_i_ino, off.inode_i_sb)?;
     let dev: u32 = read(sb, off.sb_s_dev)?;
     Ok(InodeKey { ino, dev, _pad: 0 })
 }
@@ -130,11 +144,12 @@ pub fn parent_tgid(off: &KernelOffsets, task: u64) -> Result<u32, i64> {
 pub fn fd_file(off: &KernelOffsets, task: u64, fd: u32) -> Result<u64, i64> {
     let files: u64 = read(task, off.task_files)?;
     let fdt: u64 = read(files, off.files_fdt)?;
-    let max_fds: u32 = read(fdt, off.fdt_max_fds)?;
-    if fd >= max_fds {
+    // `max_fds` is an unsigned int (the low half of its word on these
+    // little-endian targets).
+    let (max_fds, fds) = read_pair(fdt, off.fdt_max_fds, off.fdt_fd)?;
+    if fd >= max_fds as u32 {
         return Err(-9); // -EBADF
     }
-    let fds: u64 = read(fdt, off.fdt_fd)?;
     read(fds, fd.wrapping_mul(8))
 }
 
