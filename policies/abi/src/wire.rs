@@ -1228,31 +1228,35 @@ mod tests {
         out
     }
 
+    /// Every accessor of `v` gives `ev`'s field, and nothing is malformed.
+    fn assert_view_reads(v: &EventView<'_>, ev: &Event<'_>) {
+        assert_eq!(v.kind(), ev.kind);
+        assert_eq!(v.kernel(), ev.kernel);
+        assert_eq!(v.mode(), ev.mode);
+        assert_eq!(v.time_ns(), ev.time_ns);
+        assert_eq!(v.hook(), ev.hook);
+        assert_eq!(v.ids(), [ev.pid, ev.tid, ev.ppid, ev.uid, ev.gid]);
+        assert_eq!(v.pid(), ev.pid);
+        assert_eq!(v.uid(), ev.uid);
+        assert_eq!(v.exe(), ev.exe);
+        assert_eq!(v.exe_dev_ino_comm(), (ev.exe_dev, ev.exe_ino, ev.comm));
+        assert_eq!(v.service(), ev.service);
+        assert_eq!(v.detail(), ev.detail);
+        assert_eq!(v.path(), ev.path());
+        match ev.detail {
+            Detail::Connect { addr, port } => assert_eq!(v.connect(), Some((addr, port))),
+            _ => assert_eq!(v.connect(), None),
+        }
+        assert_eq!(v.decode(), Some(*ev));
+        assert!(!v.is_malformed(), "{ev:?}");
+    }
+
     #[test]
     fn decodes_what_postcard_encodes() {
         for ev in events() {
             let bytes = postcard::to_allocvec(&ev).unwrap();
             assert_eq!(Event::decode(&bytes), Some(ev));
-            let v = EventView::new(&bytes);
-            assert_eq!(v.kind(), ev.kind);
-            assert_eq!(v.kernel(), ev.kernel);
-            assert_eq!(v.mode(), ev.mode);
-            assert_eq!(v.time_ns(), ev.time_ns);
-            assert_eq!(v.hook(), ev.hook);
-            assert_eq!(v.ids(), [ev.pid, ev.tid, ev.ppid, ev.uid, ev.gid]);
-            assert_eq!(v.pid(), ev.pid);
-            assert_eq!(v.uid(), ev.uid);
-            assert_eq!(v.exe(), ev.exe);
-            assert_eq!(v.exe_dev_ino_comm(), (ev.exe_dev, ev.exe_ino, ev.comm));
-            assert_eq!(v.service(), ev.service);
-            assert_eq!(v.detail(), ev.detail);
-            assert_eq!(v.path(), ev.path());
-            match ev.detail {
-                Detail::Connect { addr, port } => assert_eq!(v.connect(), Some((addr, port))),
-                _ => assert_eq!(v.connect(), None),
-            }
-            assert_eq!(v.decode(), Some(ev));
-            assert!(!v.is_malformed(), "{ev:?}");
+            assert_view_reads(&EventView::new(&bytes), &ev);
         }
     }
 
@@ -1340,22 +1344,7 @@ mod tests {
             let input = with_header(&bytes);
             let v = EventView::with_header(&input);
             assert_eq!(v.bytes(), &bytes[..]);
-            assert_eq!(v.kind(), ev.kind);
-            assert_eq!(v.time_ns(), ev.time_ns);
-            assert_eq!(v.hook(), ev.hook);
-            assert_eq!(v.ids(), [ev.pid, ev.tid, ev.ppid, ev.uid, ev.gid]);
-            assert_eq!(v.pid(), ev.pid);
-            assert_eq!(v.exe(), ev.exe);
-            assert_eq!(v.exe_dev_ino_comm(), (ev.exe_dev, ev.exe_ino, ev.comm));
-            assert_eq!(v.service(), ev.service);
-            assert_eq!(v.detail(), ev.detail);
-            assert_eq!(v.path(), ev.path());
-            match ev.detail {
-                Detail::Connect { addr, port } => assert_eq!(v.connect(), Some((addr, port))),
-                _ => assert_eq!(v.connect(), None),
-            }
-            assert_eq!(v.decode(), Some(ev));
-            assert!(!v.is_malformed(), "{ev:?}");
+            assert_view_reads(&v, &ev);
             // Not an event, or one with bytes after it: no header.
             assert_eq!(Header::of(&bytes[..bytes.len() - 1]), None);
             let mut longer = bytes.clone();
