@@ -214,6 +214,22 @@ impl Op {
 }
 
 /// ns per operation over `n` operations on `file`.
+/// One write-open and close of `file`: one `file_write_open` event when
+/// the file is protected.
+fn open_write_close(file: &CString) {
+    // SAFETY: valid C string; the fd is closed at once.
+    let fd = unsafe {
+        libc::openat(
+            libc::AT_FDCWD,
+            file.as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    assert!(fd >= 0, "open: {}", std::io::Error::last_os_error());
+    // SAFETY: our fd.
+    unsafe { libc::close(fd) };
+}
+
 fn time_op(op: Op, file: &CString, n: u64) -> f64 {
     let open = |flags| {
         // SAFETY: valid C string; the fd is closed by the caller.
@@ -522,17 +538,7 @@ fn throughput(
                     let mut n = 0u64;
                     while Instant::now() < deadline {
                         for _ in 0..64 {
-                            // SAFETY: valid C string; fd closed at once.
-                            let fd = unsafe {
-                                libc::openat(
-                                    libc::AT_FDCWD,
-                                    file.as_ptr(),
-                                    libc::O_WRONLY | libc::O_CLOEXEC,
-                                )
-                            };
-                            assert!(fd >= 0, "open: {}", std::io::Error::last_os_error());
-                            // SAFETY: our fd.
-                            unsafe { libc::close(fd) };
+                            open_write_close(&file);
                         }
                         n += 64;
                         if let Some(per) = per {
@@ -622,17 +628,7 @@ fn drain_filled(dir: &Path, ring_bytes: u32) -> Drain {
         for _ in 0..2 {
             s.spawn(|| {
                 for _ in 0..want / 2 {
-                    // SAFETY: as in `throughput`.
-                    let fd = unsafe {
-                        libc::openat(
-                            libc::AT_FDCWD,
-                            file.as_ptr(),
-                            libc::O_WRONLY | libc::O_CLOEXEC,
-                        )
-                    };
-                    assert!(fd >= 0);
-                    // SAFETY: our fd.
-                    unsafe { libc::close(fd) };
+                    open_write_close(&file);
                 }
             });
         }
@@ -696,17 +692,7 @@ fn stages(dir: &Path, records: usize) -> Stages {
         let (t0, _) = program_stats(&ids);
         let t = Instant::now();
         for _ in 0..512 {
-            // SAFETY: as in `throughput`.
-            let fd = unsafe {
-                libc::openat(
-                    libc::AT_FDCWD,
-                    file.as_ptr(),
-                    libc::O_WRONLY | libc::O_CLOEXEC,
-                )
-            };
-            assert!(fd >= 0);
-            // SAFETY: our fd.
-            unsafe { libc::close(fd) };
+            open_write_close(&file);
         }
         producing += t.elapsed();
         bpf_ns += program_stats(&ids).0 - t0;
