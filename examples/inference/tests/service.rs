@@ -31,9 +31,15 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Run the service on `model`, feed it `stdin`, wait for it to exit.
 fn run(model: &Path, stdin: &str) -> Output {
+    run_with(model, &[], stdin)
+}
+
+/// The same with more arguments.
+fn run_with(model: &Path, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_inference-service"))
         .arg("--model")
         .arg(model)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -235,18 +241,12 @@ fn a_model_that_is_not_onnx_is_one_line_and_exit_1() {
 
 /// The committed model, reporting to `addr`, fed `stdin`.
 fn run_reporting(addr: std::net::SocketAddr, stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_inference-service"))
-        .arg("--model")
-        .arg(model_dir().join("classifier.onnx"))
-        .arg("--report-to")
-        .arg(addr.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().unwrap()
+    let addr = addr.to_string();
+    run_with(
+        &model_dir().join("classifier.onnx"),
+        &["--report-to", &addr],
+        stdin,
+    )
 }
 
 #[test]
