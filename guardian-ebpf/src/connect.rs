@@ -155,10 +155,7 @@ pub fn guardian_socket_connect(ctx: LsmContext) -> i32 {
 /// `connect(int fd, struct sockaddr *uservaddr, int addrlen)` returned,
 /// seen by the raw syscall tracepoint (`syscalls.rs`).
 #[inline(always)]
-pub(crate) fn seen(uaddr: u64) {
-    let Some(cfg) = kernel::config() else {
-        return;
-    };
+pub(crate) fn seen(cfg: &KernelConfig, uaddr: u64) {
     if cfg.rules & rules::EGRESS_ALLOWLIST == 0 {
         return;
     }

@@ -103,13 +103,10 @@ fn try_mmap(cfg: &KernelConfig, file: u64, prot: u64, flags: u64, lsm: bool) -> 
 /// `mmap(addr, len, prot, flags, fd, off)` returned, seen by the raw
 /// syscall tracepoint (`syscalls.rs`).
 #[inline(always)]
-pub(crate) fn seen(prot: u64, flags: u64, fd: u64) {
+pub(crate) fn seen(cfg: &KernelConfig, prot: u64, flags: u64, fd: u64) {
     if !shared_write(prot, flags) && prot & PROT_EXEC == 0 {
         return;
     }
-    let Some(cfg) = kernel::config() else {
-        return;
-    };
     let task = kernel::current_task();
     // Anonymous maps pass fd -1; a closed descriptor is mmap's own error.
     let Ok(file) = kernel::fd_file(&cfg.offsets, task, fd as u32) else {

@@ -15,7 +15,7 @@
 //! int mask)`.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use guardian_common::{Counter, kind, source};
+use guardian_common::{Counter, KernelConfig, kind, source};
 
 use crate::{kernel, report};
 
@@ -74,10 +74,7 @@ fn try_file_permission(file: u64, mask: i32) -> Result<i32, i64> {
 /// A write-family syscall on descriptor `fd` of the current task: report it
 /// if the descriptor is a protected file and the writer is not allowed.
 #[inline(always)]
-fn seen_fd(fd: u64, kind: u16, source: u16) -> Result<(), i64> {
-    let Some(cfg) = kernel::config() else {
-        return Ok(());
-    };
+fn seen_fd(cfg: &KernelConfig, fd: u64, kind: u16, source: u16) -> Result<(), i64> {
     let off = &cfg.offsets;
     let task = kernel::current_task();
     // A descriptor that is not open (or out of range) is the syscall's
@@ -112,13 +109,13 @@ fn seen_fd(fd: u64, kind: u16, source: u16) -> Result<(), i64> {
 /// `pwritev2`: the descriptor is the first argument of each) or
 /// `ftruncate(fd, length)` returned, seen by the raw syscall tracepoint.
 #[inline(always)]
-pub(crate) fn seen(fd: u64, truncate: bool) {
+pub(crate) fn seen(cfg: &KernelConfig, fd: u64, truncate: bool) {
     let (kind, source) = if truncate {
         (kind::FILE_TRUNCATE, source::RAW_SYS_FTRUNCATE)
     } else {
         (kind::FILE_WRITE, source::RAW_SYS_WRITE)
     };
-    if seen_fd(fd, kind, source).is_err() {
+    if seen_fd(cfg, fd, kind, source).is_err() {
         report::count(Counter::ReadErrors);
     }
 }

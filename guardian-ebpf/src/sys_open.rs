@@ -17,14 +17,14 @@
 //!
 //! arm64 has no `open` or `creat`: the agent marks them absent.
 
-use guardian_common::{Counter, kind, oflags, source, sys};
+use guardian_common::{Counter, KernelConfig, kind, oflags, source, sys};
 
 use crate::{kernel, report};
 
 /// A syscall of the open family (`sys` index `which`, arguments `args`)
 /// returned `ret`.
 #[inline(always)]
-pub(crate) fn exit(which: usize, args: &[u64; 6], ret: i64) {
+pub(crate) fn exit(cfg: &KernelConfig, which: usize, args: &[u64; 6], ret: i64) {
     if ret < 0 {
         return;
     }
@@ -43,7 +43,7 @@ pub(crate) fn exit(which: usize, args: &[u64; 6], ret: i64) {
     if flags.is_some_and(|f| !oflags::is_write(f)) {
         return;
     }
-    if try_exit_open(ret, flags).is_err() {
+    if try_exit_open(cfg, ret, flags).is_err() {
         report::count(Counter::ReadErrors);
     }
 }
@@ -51,10 +51,7 @@ pub(crate) fn exit(which: usize, args: &[u64; 6], ret: i64) {
 /// `FMODE_WRITE` from `include/linux/fs.h`.
 const FMODE_WRITE: u32 = 0x2;
 
-fn try_exit_open(ret: i64, flags: Option<u32>) -> Result<(), i64> {
-    let Some(cfg) = kernel::config() else {
-        return Ok(());
-    };
+fn try_exit_open(cfg: &KernelConfig, ret: i64, flags: Option<u32>) -> Result<(), i64> {
     let off = &cfg.offsets;
     let task = kernel::current_task();
     let file = kernel::fd_file(off, task, ret as u32)?;

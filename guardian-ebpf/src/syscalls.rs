@@ -99,15 +99,15 @@ pub fn guardian_sys_exit(ctx: RawTracePointContext) -> i32 {
     };
     let ret: i64 = ctx.arg(1);
     if (1 << i) & sys::OPENS != 0 {
-        sys_open::exit(i, &a, ret);
+        sys_open::exit(cfg, i, &a, ret);
     } else if (1 << i) & sys::WRITES != 0 {
-        file_write::seen(a[0], false);
+        file_write::seen(cfg, a[0], false);
     } else if i == sys::FTRUNCATE {
-        file_write::seen(a[0], true);
+        file_write::seen(cfg, a[0], true);
     } else if i == sys::MMAP {
-        file_mmap::seen(a[2], a[3], a[4]);
+        file_mmap::seen(cfg, a[2], a[3], a[4]);
     } else if i == sys::CONNECT {
-        connect::seen(a[1]);
+        connect::seen(cfg, a[1]);
     }
     0
 }

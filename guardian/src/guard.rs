@@ -907,7 +907,7 @@ impl Guard {
                 });
             }
             let before = attached.len();
-            let watched = def.syscalls & syscall_table.present();
+            let watched = def.syscalls & present(&syscall_table);
             if watched != 0 {
                 raw_watch |= watched;
                 attached.push(format!(
@@ -1646,17 +1646,11 @@ fn syscall_table() -> Syscalls {
     }
 }
 
-/// The `sys` indices this architecture has.
-trait Present {
-    fn present(&self) -> u32;
-}
-
-impl Present for Syscalls {
-    fn present(&self) -> u32 {
-        (0..sys::COUNT)
-            .filter(|&i| self.nr[i] != u32::MAX)
-            .fold(0, |m, i| m | 1 << i)
-    }
+/// The `sys` bits of the syscalls this architecture has.
+fn present(s: &Syscalls) -> u32 {
+    (0..sys::COUNT)
+        .filter(|&i| s.nr[i] != u32::MAX)
+        .fold(0, |m, i| m | 1 << i)
 }
 
 /// `write, pwrite64, ...` for a set of `sys` bits.

@@ -27,9 +27,6 @@ pub struct KernelFeatures {
     pub lsm: Option<Vec<String>>,
     /// The tracefs mount found, if any.
     pub tracefs: Option<String>,
-    /// Which of the open-family syscall tracepoints exist (`open`,
-    /// `openat`, `openat2`, `creat`; arm64 has no `open`/`creat`).
-    pub open_tracepoints: Vec<String>,
 }
 
 impl KernelFeatures {
@@ -43,25 +40,12 @@ impl KernelFeatures {
             .iter()
             .find(|p| Path::new(p).join("events").is_dir())
             .map(|p| (*p).to_owned());
-        let open_tracepoints = match &tracefs {
-            Some(t) => ["open", "openat", "openat2", "creat"]
-                .iter()
-                .filter(|n| {
-                    Path::new(t)
-                        .join(format!("events/syscalls/sys_exit_{n}"))
-                        .is_dir()
-                })
-                .map(|n| (*n).to_owned())
-                .collect(),
-            None => Vec::new(),
-        };
         Self {
             release,
             machine,
             btf: Path::new(VMLINUX_BTF).exists(),
             lsm,
             tracefs,
-            open_tracepoints,
         }
     }
 
