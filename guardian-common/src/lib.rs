@@ -88,6 +88,15 @@ pub mod programs {
     pub const TP_ENTER_EXECVEAT: &str = "guardian_enter_execveat";
     /// Tracepoint `sched/sched_process_exec`: detect-mode exec checks.
     pub const TP_PROCESS_EXEC: &str = "guardian_process_exec";
+    /// cgroup `connect4`: egress of the service over IPv4 (denies without
+    /// BPF LSM).
+    pub const CGROUP_CONNECT4: &str = "guardian_connect4";
+    /// cgroup `connect6`: the same over IPv6.
+    pub const CGROUP_CONNECT6: &str = "guardian_connect6";
+    /// cgroup `sendmsg4`: unconnected UDP `sendto`/`sendmsg` over IPv4.
+    pub const CGROUP_SENDMSG4: &str = "guardian_sendmsg4";
+    /// cgroup `sendmsg6`: the same over IPv6.
+    pub const CGROUP_SENDMSG6: &str = "guardian_sendmsg6";
 }
 
 /// A file identity as the kernel sees it: `inode->i_sb->s_dev` (the
@@ -198,6 +207,9 @@ pub struct KernelOffsets {
     /// Argument position of `struct dentry *` in the `inode_setattr` hook
     /// (1 since Linux 6.3 added `struct mnt_idmap *` in front, 0 before).
     pub setattr_dentry_arg: u32,
+    /// `struct mm_struct`, `start_stack`: where a new program's `argc`,
+    /// `argv[]` and `envp[]` begin.
+    pub mm_start_stack: u32,
 }
 
 /// Enforcement mode, as the programs see it.
@@ -206,6 +218,18 @@ pub mod mode {
     pub const DETECT: u32 = 0;
     /// Deny in the kernel (BPF LSM attached).
     pub const ENFORCE: u32 = 1;
+}
+
+/// Bits of [`KernelConfig::forms`]: how some hooks run on this kernel.
+pub mod forms {
+    /// The cgroup socket programs deny: a connect or send of the service
+    /// outside the egress allowlist fails with `EPERM`. Without it they
+    /// report only (detect mode requested).
+    pub const CGROUP_DENY: u32 = 1;
+    /// No syscall-entry tracepoint reads an exec's environment:
+    /// `sched_process_exec` reads it from the new program's stack, and
+    /// takes the parent for the program that did the exec.
+    pub const ENV_AT_EXEC: u32 = 2;
 }
 
 /// The one entry of the config map.
@@ -222,6 +246,8 @@ pub struct KernelConfig {
     pub ready: u32,
     /// Bits of [`rules`]: which process rules are switched on.
     pub rules: u32,
+    /// Bits of [`forms`]: how some hooks run on this kernel.
+    pub forms: u32,
     /// The agent's own executable: the only program that may change
     /// guardian's own files (those with [`ProtectedFile::SELF`]).
     pub self_exe: InodeKey,
@@ -485,6 +511,14 @@ pub mod source {
     pub const RAW_SYS_CONNECT: u16 = 16;
     /// Tracepoint `sched/sched_process_exec`.
     pub const TP_PROCESS_EXEC: u16 = 17;
+    /// cgroup `connect4`.
+    pub const CGROUP_CONNECT4: u16 = 18;
+    /// cgroup `connect6`.
+    pub const CGROUP_CONNECT6: u16 = 19;
+    /// cgroup `sendmsg4`.
+    pub const CGROUP_SENDMSG4: u16 = 20;
+    /// cgroup `sendmsg6`.
+    pub const CGROUP_SENDMSG6: u16 = 21;
 }
 
 /// Loader variables looked for in an exec's environment (value of
@@ -613,8 +647,8 @@ pub mod oflags {
 const _: () = {
     assert!(core::mem::size_of::<InodeKey>() == 16);
     assert!(core::mem::size_of::<ProtectedFile>() == 8);
-    assert!(core::mem::size_of::<KernelOffsets>() == 21 * 4);
-    assert!(core::mem::size_of::<KernelConfig>() == 21 * 4 + 12 + 16 + 88);
+    assert!(core::mem::size_of::<KernelOffsets>() == 22 * 4);
+    assert!(core::mem::size_of::<KernelConfig>() == 22 * 4 + 16 + 16 + 88);
     assert!(core::mem::size_of::<NameKey>() == 16 + NameKey::LEN);
     assert!(core::mem::size_of::<EgressRule>() == 4 * EgressRule::MAX_PORTS + 4);
     assert!(core::mem::size_of::<EventHeader>() == 16);

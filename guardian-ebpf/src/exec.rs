@@ -1,7 +1,10 @@
 //! Exec by and of the inference service: LSM `bprm_check_security` (deny),
 //! the `sched_process_exec` tracepoint (detect), and the
 //! `sys_enter_execve(at)` tracepoints that read the new environment for
-//! both.
+//! the LSM hook. Without BPF LSM the syscall-entry tracepoints are left
+//! off (any syscall tracepoint puts every system call of every task on the
+//! kernel's slow path), and `sched_process_exec` reads the environment
+//! itself, from the new program's stack.
 //!
 //! Rules (each switched on by the agent, see `guardian_common::rules`):
 //! - the service may only execute files on its exec allowlist (by inode);
@@ -28,7 +31,7 @@ use aya_ebpf::{
     macros::{lsm, tracepoint},
     programs::{LsmContext, TracePointContext},
 };
-use guardian_common::{Counter, KernelConfig, kind, preload, rules, source};
+use guardian_common::{Counter, KernelConfig, forms, kind, preload, rules, source};
 
 use crate::{
     kernel,
@@ -58,6 +61,39 @@ fn starts_with(s: &[u8], prefix: &[u8]) -> bool {
     true
 }
 
+/// The first loader variable (a [`preload`] value) in the `envp` array at
+/// `envp` in the current task's memory, or 0.
+#[inline(always)]
+fn loader_var(envp: u64) -> u32 {
+    let mut buf = [0u8; 17];
+    if envp == 0 {
+        return 0;
+    }
+    for i in 0..MAX_ENV {
+        // SAFETY: user memory read through the fault-safe helper.
+        let Ok(ptr) = (unsafe { bpf_probe_read_user((envp + 8 * i as u64) as *const u64) }) else {
+            break;
+        };
+        if ptr == 0 {
+            break;
+        }
+        // SAFETY: as above, bounded by buf.
+        let Ok(s) = (unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, &mut buf) }) else {
+            continue;
+        };
+        if starts_with(s, b"LD_PRELOAD=") {
+            return preload::LD_PRELOAD;
+        }
+        if starts_with(s, b"LD_LIBRARY_PATH=") {
+            return preload::LD_LIBRARY_PATH;
+        }
+        if starts_with(s, b"LD_AUDIT=") {
+            return preload::LD_AUDIT;
+        }
+    }
+    0
+}
+
 /// Scan the `envp` array of an exec in flight and record the result.
 #[inline(always)]
 fn scan_env(envp: u64) {
@@ -68,37 +104,7 @@ fn scan_env(envp: u64) {
         return;
     }
     let id = bpf_get_current_pid_tgid();
-    let mut found = 0u32;
-    let mut buf = [0u8; 17];
-    if envp != 0 {
-        for i in 0..MAX_ENV {
-            // SAFETY: user memory read through the fault-safe helper.
-            let Ok(ptr) = (unsafe { bpf_probe_read_user((envp + 8 * i as u64) as *const u64) })
-            else {
-                break;
-            };
-            if ptr == 0 {
-                break;
-            }
-            // SAFETY: as above, bounded by buf.
-            let Ok(s) = (unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, &mut buf) })
-            else {
-                continue;
-            };
-            if starts_with(s, b"LD_PRELOAD=") {
-                found = preload::LD_PRELOAD;
-                break;
-            }
-            if starts_with(s, b"LD_LIBRARY_PATH=") {
-                found = preload::LD_LIBRARY_PATH;
-                break;
-            }
-            if starts_with(s, b"LD_AUDIT=") {
-                found = preload::LD_AUDIT;
-                break;
-            }
-        }
-    }
+    let mut found = loader_var(envp);
     let exe = kernel::exe_key(&cfg.offsets, kernel::current_task()).unwrap_or_default();
     if report::is_service(&exe) {
         found |= BY_SERVICE;
@@ -108,6 +114,32 @@ fn scan_env(envp: u64) {
     } else if PENDING_PRELOAD.insert(id, found, 0).is_err() {
         report::count(Counter::PendingDrops);
     }
+}
+
+/// Without the syscall-entry tracepoints ([`forms::ENV_AT_EXEC`]): what
+/// `scan_env` would have recorded, learnt after the exec. The environment
+/// is read from the new program's stack (`envp` follows `argc` and
+/// `argv[]`; a 64-bit layout: a 32-bit program's pointers are not read
+/// right and its variables are missed). The program that did the exec is
+/// gone by now, so the parent stands for it: a service that forks and
+/// execs is caught, one that execs in place without forking is not.
+#[inline(always)]
+fn pending_at_exec(cfg: &KernelConfig, task: u64) -> Result<u32, i64> {
+    let off = &cfg.offsets;
+    let mut found = 0;
+    if cfg.rules & rules::NO_PRELOAD != 0 {
+        let sp = kernel::start_stack(off, task)?;
+        // SAFETY: user memory read through the fault-safe helper.
+        let argc = unsafe { bpf_probe_read_user(sp as *const u64) }.map_err(i64::from)?;
+        if argc < 1 << 20 {
+            found = loader_var(sp + 8 * (argc + 2));
+        }
+    }
+    let parent = kernel::exe_key(off, kernel::parent(off, task)?).unwrap_or_default();
+    if report::is_service(&parent) {
+        found |= BY_SERVICE;
+    }
+    Ok(found)
 }
 
 /// `execve(filename, argv, envp)`: `envp` is argument 2.
@@ -202,11 +234,19 @@ fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let old_pid: u32 = unsafe { ctx.read_at::<u32>(16) }.map_err(i64::from)?;
     let tgid = bpf_get_current_pid_tgid() >> 32;
     let id = (tgid << 32) | u64::from(old_pid);
-    // SAFETY: copied out at once.
-    let pending = unsafe { PENDING_PRELOAD.get(id) }.copied().unwrap_or(0);
-    let _ = PENDING_PRELOAD.remove(id);
     let off = &cfg.offsets;
     let task = kernel::current_task();
+    let pending = if cfg.forms & forms::ENV_AT_EXEC != 0 {
+        if cfg.rules & (rules::NO_PRELOAD | rules::EXEC_ALLOWLIST) == 0 {
+            return Ok(());
+        }
+        pending_at_exec(cfg, task)?
+    } else {
+        // SAFETY: copied out at once.
+        let p = unsafe { PENDING_PRELOAD.get(id) }.copied().unwrap_or(0);
+        let _ = PENDING_PRELOAD.remove(id);
+        p
+    };
     let exe = kernel::exe_key(off, task)?;
     let var = pending & 0xff;
     let by_service = pending & BY_SERVICE != 0;

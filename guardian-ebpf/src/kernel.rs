@@ -131,6 +131,23 @@ pub fn exe_key(off: &KernelOffsets, task: u64) -> Result<InodeKey, i64> {
     file_key(off, exe)
 }
 
+/// `task->real_parent`.
+#[inline(always)]
+pub fn parent(off: &KernelOffsets, task: u64) -> Result<u64, i64> {
+    read(task, off.task_real_parent)
+}
+
+/// `task->mm->start_stack`: in a program just exec'd, the address of its
+/// `argc`, followed by `argv[]`, a null, `envp[]` and a null.
+#[inline(always)]
+pub fn start_stack(off: &KernelOffsets, task: u64) -> Result<u64, i64> {
+    let mm: u64 = read(task, off.task_mm)?;
+    if mm == 0 {
+        return Err(-14);
+    }
+    read(mm, off.mm_start_stack)
+}
+
 /// `task->real_parent->tgid`.
 #[inline(always)]
 pub fn parent_tgid(off: &KernelOffsets, task: u64) -> Result<u32, i64> {

@@ -181,6 +181,7 @@ fn start_guard(protected: &Path, ring_bytes: u32) -> (Guard, Targets) {
             btf_path: Path::new(guardian::btf::VMLINUX_BTF),
             ring_buffer_bytes: ring_bytes,
             pin_dir: None,
+            syscall_detect: std::env::var_os("GUARDIAN_BENCH_DEFAULT").is_none(),
         },
         &targets,
     )

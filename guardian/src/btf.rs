@@ -344,6 +344,7 @@ impl Btf {
                 .param_index("bpf_lsm_inode_setattr", "dentry")
                 .or_else(|_| self.param_index("security_inode_setattr", "dentry"))
                 .unwrap_or(u32::MAX),
+            mm_start_stack: self.field_offset("mm_struct", "start_stack")?,
         })
     }
 }

@@ -78,6 +78,15 @@ pub struct GuardConfig {
     /// SIGKILL the process).
     #[serde(default)]
     pub response: Response,
+    /// Where BPF LSM cannot attach, also watch system calls (open, write,
+    /// ftruncate, mmap, connect, execve) with a raw tracepoint, reported
+    /// after the fact. It sees what the userspace rungs cannot (writes
+    /// through shared mappings, anything done while the agent is down),
+    /// but puts every system call of every process on the kernel's slow
+    /// path: +13 % to +57 % per call on the reference machine
+    /// (`docs/guard-benchmarks.md`). Off by default.
+    #[serde(default)]
+    pub syscall_detect: bool,
     /// Where the maps and links are pinned, so that enforcement survives
     /// the agent (a bpffs directory).
     #[serde(default = "default_pin_dir")]
@@ -94,6 +103,7 @@ impl Default for GuardConfig {
             require: Vec::new(),
             protect_self: true,
             response: Response::default(),
+            syscall_detect: false,
             pin_dir: default_pin_dir(),
         }
     }

@@ -188,6 +188,10 @@ fn hook_name(source: u16) -> &'static str {
         src::RAW_SYS_MMAP => "raw_tracepoint/sys_exit (mmap)",
         src::RAW_SYS_CONNECT => "raw_tracepoint/sys_exit (connect)",
         src::TP_PROCESS_EXEC => "tracepoint/sched/sched_process_exec",
+        src::CGROUP_CONNECT4 => "cgroup/connect4",
+        src::CGROUP_CONNECT6 => "cgroup/connect6",
+        src::CGROUP_SENDMSG4 => "cgroup/sendmsg4",
+        src::CGROUP_SENDMSG6 => "cgroup/sendmsg6",
         _ => "unknown",
     }
 }

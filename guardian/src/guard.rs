@@ -19,15 +19,21 @@
 //! 5. Fill every table, then the config entry, so that the first event a
 //!    program sees is judged with the complete tables.
 //! 6. For each hook, climb down the ladder: BPF LSM (the kernel denies) if
-//!    it loads and attaches, else its tracepoints (reported after the fact,
-//!    answered by the configured response), else nothing, and say so. A
-//!    hook named in `[guard] require` that cannot deny stops the start.
+//!    it loads and attaches; for `connect`, cgroup socket programs (the
+//!    kernel denies, no LSM needed); else its tracepoints (reported after
+//!    the fact, answered by the configured response), else nothing, and
+//!    say so. A hook named in `[guard] require` that cannot deny stops the
+//!    start.
 //! 7. Pin maps and links under `[guard] pin_dir`, protect the pins like
 //!    guardian's own files, and remove the pins of an older object.
 //!
-//! The userspace-deny rung (fanotify permission events, for kernels where
-//! BPF LSM cannot attach) is not built yet; such kernels get the
-//! tracepoint rung.
+//! The tracepoint rung uses syscall tracepoints only when `[guard]
+//! syscall_detect` asks for them: any syscall tracepoint puts every system
+//! call of every process on the kernel's slow path. Without them the file
+//! hooks are left to the userspace rungs the daemon starts next (fanotify
+//! permission events deny write-opens, [`crate::watch`] reports the
+//! rest), the environment check of `exec` moves to `sched_process_exec`,
+//! and `connect` is judged by the cgroup programs.
 
 use std::{
     collections::BTreeMap,
@@ -39,12 +45,12 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        Lsm, RawTracePoint, TracePoint,
+        CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
 use guardian_common::{
-    Counter, EgressRule, InodeKey, KernelConfig, NameKey, ProtectedFile, Syscalls,
+    Counter, EgressRule, InodeKey, KernelConfig, NameKey, ProtectedFile, Syscalls, forms,
     maps as map_names, mode as kmode, programs as prog_names, rules, sys,
 };
 use serde::{Deserialize, Serialize};
@@ -580,6 +586,8 @@ struct HookDef {
     always: &'static [(&'static str, &'static str, &'static [&'static str])],
     /// Only meaningful with a `[service]`.
     service: bool,
+    /// Has the cgroup socket programs as its rung below LSM.
+    cgroup: bool,
 }
 
 const EXECVE: &[(&str, &str, &[&str])] = &[
@@ -603,6 +611,7 @@ const DEFS: [HookDef; 11] = [
         detect: &[],
         always: &[],
         service: false,
+        cgroup: false,
     },
     HookDef {
         name: "file_write",
@@ -611,6 +620,7 @@ const DEFS: [HookDef; 11] = [
         detect: &[],
         always: &[],
         service: false,
+        cgroup: false,
     },
     HookDef {
         name: "file_setattr",
@@ -619,6 +629,7 @@ const DEFS: [HookDef; 11] = [
         detect: &[],
         always: &[],
         service: false,
+        cgroup: false,
     },
     HookDef {
         name: "file_rename",
@@ -627,6 +638,7 @@ const DEFS: [HookDef; 11] = [
         detect: &[],
         always: &[],
         service: false,
+        cgroup: false,
     },
     HookDef {
         name: "file_unlink",
@@ -635,6 +647,7 @@ const DEFS: [HookDef; 11] = [
         detect: &[],
         always: &[],
         service: false,
+        cgroup: false,
     },
     HookDef {
         name: "file_link",
@@ -643,6 +656,7 @@ const DEFS: [HookDef; 11] = [
         detect: &[],
         always: &[],
         service: false,
+        cgroup: false,
     },
     HookDef {
         name: "file_create",
@@ -651,6 +665,7 @@ const DEFS: [HookDef; 11] = [
         detect: &[],
         always: &[],
         service: false,
+        cgroup: false,
     },
     HookDef {
         name: "file_mmap",
@@ -659,6 +674,7 @@ const DEFS: [HookDef; 11] = [
         detect: &[],
         always: &[],
         service: false,
+        cgroup: false,
     },
     HookDef {
         name: "exec",
@@ -671,6 +687,7 @@ const DEFS: [HookDef; 11] = [
         )],
         always: EXECVE,
         service: true,
+        cgroup: false,
     },
     HookDef {
         name: "ptrace",
@@ -679,6 +696,7 @@ const DEFS: [HookDef; 11] = [
         detect: &[],
         always: &[],
         service: true,
+        cgroup: false,
     },
     HookDef {
         name: "connect",
@@ -687,6 +705,7 @@ const DEFS: [HookDef; 11] = [
         detect: &[],
         always: &[],
         service: true,
+        cgroup: true,
     },
 ];
 
@@ -767,6 +786,9 @@ pub struct StartOptions<'a> {
     /// Where to pin; `None`: do not pin (tests that must not outlive
     /// themselves).
     pub pin_dir: Option<&'a Path>,
+    /// Attach the raw syscall tracepoint (and the `execve` entry
+    /// tracepoints) as detect forms where nothing stronger is in force.
+    pub syscall_detect: bool,
 }
 
 impl Guard {
@@ -775,7 +797,13 @@ impl Guard {
         if opts.object.is_empty() {
             return Err(GuardError::NoObject);
         }
-        let id = object_id(opts.object);
+        // The syscall tracepoints are part of what is pinned: a config that
+        // asks otherwise must not adopt them.
+        let id = format!(
+            "{}{}",
+            object_id(opts.object),
+            if opts.syscall_detect { "-sys" } else { "" }
+        );
         if let Some(dir) = opts.pin_dir {
             let mine = dir.join(&id);
             if mine.join("links").is_dir() {
@@ -812,6 +840,7 @@ impl Guard {
             mode: kmode::DETECT,
             ready: 1,
             rules: targets.rules,
+            forms: 0,
             self_exe: targets.self_exe,
             syscalls: Syscalls::default(),
         };
@@ -849,17 +878,6 @@ impl Guard {
                 continue;
             }
             let mut attached = Vec::new();
-            for (prog, cat, names) in def.always {
-                attach_tracepoints(
-                    &mut ebpf,
-                    prog,
-                    cat,
-                    names,
-                    def.name,
-                    &mut attached,
-                    &mut links,
-                )?;
-            }
             let mut why_not = lsm_blocker.clone();
             if why_not.is_none()
                 && def.name == "file_setattr"
@@ -882,6 +900,17 @@ impl Guard {
                 match attach_lsm(&mut ebpf, prog, hook, btf) {
                     Ok(link) => {
                         any_lsm = true;
+                        for (prog, cat, names) in def.always {
+                            attach_tracepoints(
+                                &mut ebpf,
+                                prog,
+                                cat,
+                                names,
+                                def.name,
+                                &mut attached,
+                                &mut links,
+                            )?;
+                        }
                         attached.push(format!("lsm/{hook}"));
                         links.push((format!("{}-lsm-{hook}", def.name), link));
                         hooks.push(HookState {
@@ -899,7 +928,32 @@ impl Guard {
             {
                 why_not = Some(format!("kernel BTF unreadable for LSM attachment: {e}"));
             }
-            let why_not = why_not.unwrap_or_else(|| "no LSM form".into());
+            let mut why_not = why_not.unwrap_or_else(|| "no LSM form".into());
+            if def.cgroup {
+                match attach_cgroup(&mut ebpf, &mut config, &mut maps, opts.request, &mut links) {
+                    Ok((root, deny)) => {
+                        if !deny && opts.require.iter().any(|r| r == def.name) {
+                            return Err(GuardError::Required {
+                                hook: def.name,
+                                why: "detect mode requested".into(),
+                            });
+                        }
+                        attached.extend(CGROUP_PROGS.iter().map(|(_, at)| format!("cgroup/{at}")));
+                        hooks.push(HookState {
+                            hook: def.name.into(),
+                            mechanism: "cgroup".into(),
+                            attached,
+                            note: Some(if deny {
+                                format!("{why_not}; denied in the kernel by cgroup socket programs on {root}")
+                            } else {
+                                format!("{why_not}; cgroup socket programs on {root} report (detect mode asks for no denials)")
+                            }),
+                        });
+                        continue;
+                    }
+                    Err(e) => why_not = format!("{why_not}; no cgroup programs: {e}"),
+                }
+            }
             if opts.require.iter().any(|r| r == def.name) {
                 return Err(GuardError::Required {
                     hook: def.name,
@@ -907,7 +961,29 @@ impl Guard {
                 });
             }
             let before = attached.len();
-            let watched = def.syscalls & present(&syscall_table);
+            let watched = if opts.syscall_detect {
+                def.syscalls & present(&syscall_table)
+            } else {
+                0
+            };
+            if opts.syscall_detect {
+                for (prog, cat, names) in def.always {
+                    attach_tracepoints(
+                        &mut ebpf,
+                        prog,
+                        cat,
+                        names,
+                        def.name,
+                        &mut attached,
+                        &mut links,
+                    )?;
+                }
+            } else if !def.always.is_empty() {
+                // sched_process_exec reads the environment itself; set
+                // before it is attached.
+                config.forms |= forms::ENV_AT_EXEC;
+                set_config(&mut maps, config)?;
+            }
             if watched != 0 {
                 raw_watch |= watched;
                 attached.push(format!(
@@ -927,12 +1003,17 @@ impl Guard {
                 )?;
             }
             let detect = attached.len() > before;
+            let skipped = !opts.syscall_detect && def.syscalls != 0;
             hooks.push(HookState {
                 hook: def.name.into(),
                 mechanism: if detect { "tracepoint" } else { "none" }.into(),
                 attached,
                 note: Some(if detect {
                     format!("{why_not}; reported after the fact")
+                } else if skipped {
+                    format!(
+                        "{why_not}; no kernel program watches it (syscall_detect is off: the userspace rungs cover it)"
+                    )
                 } else {
                     format!("{why_not}; and this kernel offers no tracepoint for it: NOT COVERED")
                 }),
@@ -958,9 +1039,14 @@ impl Guard {
             config.mode = kmode::DETECT;
             set_config(&mut maps, config)?;
         }
+        let cgroup_deny = config.forms & forms::CGROUP_DENY != 0;
         let degraded: Vec<_> = hooks
             .iter()
-            .filter(|h| h.mechanism != "lsm" && h.mechanism != "off")
+            .filter(|h| {
+                h.mechanism != "lsm"
+                    && h.mechanism != "off"
+                    && !(h.mechanism == "cgroup" && cgroup_deny)
+            })
             .map(|h| h.hook.clone())
             .collect();
         let (mode, reason) = if any_lsm {
@@ -977,8 +1063,13 @@ impl Guard {
             (
                 Mode::Detect,
                 format!(
-                    "{}; operations are reported after the fact, not denied",
-                    lsm_blocker.unwrap_or_default()
+                    "{}; operations are reported after the fact, not denied{}",
+                    lsm_blocker.unwrap_or_default(),
+                    if cgroup_deny {
+                        " (but egress of the service is denied in the kernel by cgroup socket programs)"
+                    } else {
+                        ""
+                    }
                 ),
             )
         };
@@ -1115,8 +1206,12 @@ impl Guard {
             if mech == "lsm" {
                 entry.0 = "lsm".into();
             }
+            if mech == "cgroup" {
+                entry.0 = "cgroup".into();
+            }
             entry.1.push(match mech {
                 "lsm" => format!("lsm/{at}"),
+                "cgroup" => format!("cgroup/{at}"),
                 _ => format!("tracepoint/{}", at.replacen('-', "/", 1)),
             });
         }
@@ -1153,13 +1248,18 @@ impl Guard {
             .map(|h| match by_hook.remove(*h) {
                 Some((mech, attached)) => HookState {
                     hook: (*h).into(),
-                    mechanism: if mech == "lsm" {
-                        "lsm".into()
-                    } else {
-                        "tracepoint".into()
+                    mechanism: match mech.as_str() {
+                        "lsm" | "cgroup" => mech.clone(),
+                        _ => "tracepoint".into(),
                     },
                     attached,
-                    note: (mech != "lsm").then(|| "adopted: reported after the fact".into()),
+                    note: match mech.as_str() {
+                        "lsm" => None,
+                        "cgroup" if config.forms & forms::CGROUP_DENY != 0 => {
+                            Some("adopted: denied in the kernel by cgroup socket programs".into())
+                        }
+                        _ => Some("adopted: reported after the fact".into()),
+                    },
                 },
                 None => HookState {
                     hook: (*h).into(),
@@ -1572,6 +1672,76 @@ fn attach_tracepoints(
         }
     }
     Ok(())
+}
+
+/// The cgroup socket programs and where they attach.
+const CGROUP_PROGS: [(&str, &str); 4] = [
+    (prog_names::CGROUP_CONNECT4, "connect4"),
+    (prog_names::CGROUP_CONNECT6, "connect6"),
+    (prog_names::CGROUP_SENDMSG4, "sendmsg4"),
+    (prog_names::CGROUP_SENDMSG6, "sendmsg6"),
+];
+
+/// The root of the cgroup v2 hierarchy (from `/proc/self/mountinfo`:
+/// `/sys/fs/cgroup` on a unified system, `/sys/fs/cgroup/unified` on a
+/// hybrid one).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let mut f = left.split_whitespace();
+        let root = f.nth(3)?;
+        let point = f.next()?;
+        (fstype == "cgroup2" && root == "/").then(|| PathBuf::from(point))
+    })
+}
+
+/// Attach the cgroup socket programs to the root of the cgroup v2
+/// hierarchy, so that every socket of every process is judged (the
+/// programs pass everything but the service's egress). Deny unless detect
+/// mode was asked for. Returns the cgroup and whether it denies.
+fn attach_cgroup(
+    ebpf: &mut Ebpf,
+    config: &mut KernelConfig,
+    maps: &mut std::collections::HashMap<&'static str, Map>,
+    request: ModeRequest,
+    links: &mut Vec<(String, FdLink)>,
+) -> Result<(String, bool), String> {
+    let root = cgroup2_root().ok_or_else(|| {
+        "no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup)".to_owned()
+    })?;
+    let dir = std::fs::File::open(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let deny = request != ModeRequest::Detect;
+    if deny {
+        config.forms |= forms::CGROUP_DENY;
+        set_config(maps, *config).map_err(|e| e.to_string())?;
+    }
+    let mut mine = Vec::new();
+    for (name, at) in CGROUP_PROGS {
+        let prog: &mut CgroupSockAddr = program(ebpf, name).map_err(|e| chain(&e))?;
+        prog.load()
+            .map_err(|e| format!("program {name} did not load: {}", chain(&e)))?;
+        let id = prog
+            // Through a BPF link the kernel refuses attach flags: a link
+            // always runs beside the cgroup's other programs, so `Single`
+            // (flags 0) is what gives "multiple" here.
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(|e| {
+                format!(
+                    "program {name} did not attach to {}: {}",
+                    root.display(),
+                    chain(&e)
+                )
+            })?;
+        let link = prog.take_link(id).map_err(|e| chain(&e))?;
+        let link = FdLink::try_from(link).map_err(|e| {
+            format!("cgroup/{at} is attached without a BPF link (Linux < 5.7?), which cannot be pinned: {e}")
+        })?;
+        mine.push((format!("connect-cgroup-{at}"), link));
+    }
+    links.extend(mine);
+    Ok((root.display().to_string(), deny))
 }
 
 /// The raw syscall tracepoint of the detect rung (`syscalls.rs` in the

@@ -157,6 +157,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             btf_path: &config.kernel.btf,
             ring_buffer_bytes: config.events.ring_buffer_kib * 1024,
             pin_dir: Some(&config.guard.pin_dir),
+            syscall_detect: config.guard.syscall_detect,
         },
         &targets,
     )?;

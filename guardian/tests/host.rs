@@ -86,6 +86,16 @@ impl Scene {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+    /// Add `lines` to the `[guard]` section.
+    fn guard_keys(self, lines: &str) -> Self {
+        let cfg = std::fs::read_to_string(self.config()).unwrap();
+        std::fs::write(
+            self.config(),
+            cfg.replacen("[guard]\n", &format!("[guard]\n{lines}\n"), 1),
+        )
+        .unwrap();
+        self
+    }
     /// A pin directory of this scene's own (bpffs), removed on drop.
     fn pin_dir(&self) -> PathBuf {
         // bpffs refuses dots in names.
@@ -259,7 +269,7 @@ fn finish(mut child: Child) {
 fn tracepoint_reports_write_open_of_protected_file_only() {
     let _k = exclusive();
     let before = guardian_programs();
-    let scene = Scene::new("detect", &[]);
+    let scene = Scene::new("detect", &[]).guard_keys("syscall_detect = true");
     let agent = Agent::start(&scene);
     let st = scene.status().unwrap();
     assert_eq!(st["mode"], "detect");
@@ -344,7 +354,7 @@ fn allowlisted_writer_is_recognised_by_executable_inode() {
     let bin = tempfile::tempdir().unwrap();
     let updater = bin.path().join("model-updater");
     std::fs::copy("/bin/sh", &updater).unwrap();
-    let scene = Scene::new("detect", &[&updater]);
+    let scene = Scene::new("detect", &[&updater]).guard_keys("syscall_detect = true");
     let agent = Agent::start(&scene);
 
     let model = scene.model();
@@ -566,7 +576,7 @@ fn tamper_is_recorded_and_the_model_remeasured_into_the_quote() {
     std::fs::write(
         board.p("guardian.toml"),
         format!(
-            "[guard]\nmode = \"detect\"\nprotected = [{:?}]\npin_dir = {:?}\n\
+            "[guard]\nmode = \"detect\"\nsyscall_detect = true\nprotected = [{:?}]\npin_dir = {:?}\n\
              [events]\noutput = \"events.jsonl\"\n[status]\npath = \"status.json\"\ninterval_secs = 1\n\
              [attest]\nremeasure_secs = 0\n{cfg}",
             board.s("models"),
@@ -675,7 +685,7 @@ fn tamper_is_recorded_and_the_model_remeasured_into_the_quote() {
 #[test]
 fn writes_through_old_descriptors_are_reported() {
     let _k = exclusive();
-    let scene = Scene::new("detect", &[]);
+    let scene = Scene::new("detect", &[]).guard_keys("syscall_detect = true");
     // Opened before the agent exists: no open hook will ever see it again.
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -750,9 +760,11 @@ fn writes_through_old_descriptors_are_reported() {
 }
 
 /// Egress of the inference service (a copy of python3 here) outside its
-/// allowlist is reported from the raw `sys_exit` tracepoint, and with `response =
-/// "kill"` the agent kills it; a connect to an allowed address is not an
-/// event.
+/// allowlist is reported by the cgroup `connect4` program (detect mode: no
+/// denial), and with `response = "kill"` the agent kills it; a connect to
+/// an allowed address is not an event. No syscall tracepoint is attached:
+/// the loader variable is found by `sched_process_exec` in the new
+/// program's own stack.
 #[test]
 fn service_egress_outside_allowlist_is_reported_and_killed() {
     let _k = exclusive();
@@ -800,6 +812,7 @@ fn service_egress_outside_allowlist_is_reported_and_killed() {
         scene.events().into_iter().find(|e| e["pid"] == pid)
     });
     assert_eq!(ev["event"], "exec_preload", "{ev:#}");
+    assert_eq!(ev["hook"], "tracepoint/sched/sched_process_exec");
     assert_eq!(ev["env"], "LD_PRELOAD");
     assert_eq!(ev["path"], svc.display().to_string());
     assert_eq!(ev["response"], "killed");
@@ -825,6 +838,7 @@ fn service_egress_outside_allowlist_is_reported_and_killed() {
             .find(|e| e["pid"] == pid && e["event"] == "connect")
     });
     assert_eq!(ev["verdict"], "alert");
+    assert_eq!(ev["hook"], "cgroup/connect4");
     assert_eq!(ev["service"], true);
     assert_eq!(ev["addr"], "127.0.0.3");
     assert_eq!(ev["port"], 9);
@@ -845,6 +859,116 @@ fn service_egress_outside_allowlist_is_reported_and_killed() {
     agent.stop();
 }
 
+/// `mode = "auto"` on a kernel without BPF LSM: the cgroup socket programs
+/// still deny the service's egress in the kernel. A TCP connect (IPv4 and
+/// IPv6) or an unconnected UDP datagram outside the allowlist fails with
+/// EPERM and is reported `deny`; an allowed destination is reached (here:
+/// refused by the closed port, not by guardian); other programs are not
+/// judged at all.
+#[test]
+fn auto_mode_denies_service_egress_with_cgroup_programs() {
+    let _k = exclusive();
+    let bin = tempfile::tempdir().unwrap();
+    let svc = bin.path().join("inference-service");
+    std::fs::copy(std::fs::canonicalize("/usr/bin/python3").unwrap(), &svc).unwrap();
+    let scene = Scene::with(
+        "auto",
+        &[],
+        &format!(
+            "[service]\nexe = [{:?}]\negress = [{{ cidr = \"127.0.0.2/32\", ports = [8080] }}]\n",
+            svc.display().to_string()
+        ),
+    );
+    let agent = Agent::start(&scene);
+    let st = scene.status().unwrap();
+    let connect = st["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hook"] == "connect")
+        .unwrap()
+        .clone();
+    if connect["mechanism"] == "lsm" {
+        panic!("BPF LSM took connect on this kernel; this test is for kernels without it");
+    }
+    assert_eq!(connect["mechanism"], "cgroup", "{connect:#}");
+    // Each line: what the call ended with.
+    let script = "import socket, errno\n\
+        def tcp(fam, a, p):\n\
+        \x20   s = socket.socket(fam); s.settimeout(1)\n\
+        \x20   try: s.connect((a, p)); return 'connected'\n\
+        \x20   except OSError as e: return errno.errorcode.get(e.errno, str(e))\n\
+        def udp(a, p):\n\
+        \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        \x20   try: s.sendto(b'x', (a, p)); return 'sent'\n\
+        \x20   except OSError as e: return errno.errorcode.get(e.errno, str(e))\n\
+        print(tcp(socket.AF_INET, '127.0.0.2', 8080))\n\
+        print(tcp(socket.AF_INET, '127.0.0.3', 9))\n\
+        print(tcp(socket.AF_INET6, '::1', 9))\n\
+        print(udp('127.0.0.4', 53))\n";
+    let run = |exe: &Path| {
+        let out = Command::new(exe)
+            .env_remove("LD_LIBRARY_PATH")
+            .env_remove("LD_PRELOAD")
+            .args(["-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = run(&svc);
+    assert_eq!(out, "ECONNREFUSED\nEPERM\nEPERM\nEPERM\n", "service: {out}");
+    // The same script under python3 itself: not the service, not judged.
+    let other = run(&std::fs::canonicalize("/usr/bin/python3").unwrap());
+    assert_eq!(other, "ECONNREFUSED\nECONNREFUSED\nECONNREFUSED\nsent\n");
+    let events = wait_for(10, "three egress denials", || {
+        let e: Vec<Value> = scene
+            .events()
+            .into_iter()
+            .filter(|e| e["event"] == "connect")
+            .collect();
+        (e.len() >= 3).then_some(e)
+    });
+    let seen: Vec<(&str, &str, &str, u64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["hook"].as_str().unwrap(),
+                e["verdict"].as_str().unwrap(),
+                e["addr"].as_str().unwrap(),
+                e["port"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("cgroup/connect4", "deny", "127.0.0.3", 9),
+            ("cgroup/connect6", "deny", "::1", 9),
+            ("cgroup/sendmsg4", "deny", "127.0.0.4", 53),
+        ],
+        "{events:#?}"
+    );
+    for e in &events {
+        assert_eq!(e["service"], true);
+        assert_eq!(e["exe"], svc.display().to_string());
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        scene
+            .events()
+            .iter()
+            .filter(|e| e["event"] == "connect")
+            .count(),
+        3
+    );
+    agent.stop();
+}
+
 /// SIGKILL the agent: its pinned programs keep reporting into the pinned
 /// ring buffer; the next agent adopts them (no second copy loaded) and
 /// prints what happened while none was running.
@@ -852,7 +976,7 @@ fn service_egress_outside_allowlist_is_reported_and_killed() {
 fn killed_agent_leaves_the_guard_and_a_restart_adopts_it() {
     let _k = exclusive();
     let before = guardian_programs();
-    let scene = Scene::new("detect", &[]);
+    let scene = Scene::new("detect", &[]).guard_keys("syscall_detect = true");
     let mut agent = Agent::start(&scene);
     let loaded = our_programs(&before).len();
     assert!(loaded > 0);

@@ -21,6 +21,7 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t securityfs securityfs /sys/kernel/security
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t tmpfs tmpfs /run
 mkdir -p /run/guardian
 
@@ -474,20 +475,22 @@ start_agent /etc/guardian/detect.toml /run/guardian/detect-status.json /run/guar
 grep -q '"mode": "detect"' /run/guardian/detect-status.json \
     && grep -q 'raw_tracepoint/sys_exit (openat, openat2)' /run/guardian/detect-status.json
 check detect-rung-status $? "$(grep -o 'raw_tracepoint/sys_exit ([a-z0-9, ]*)' /run/guardian/detect-status.json | sort -u | tr '\n' ';')"
-# detect NAME EVENT CMD...: CMD succeeds (nothing denies) and guardian
-# reports an "alert" EVENT for its pid from the raw tracepoint.
+# detect NAME EVENT HOOK CMD...: CMD succeeds (nothing denies) and
+# guardian reports an "alert" EVENT for its pid from HOOK.
 detect() {
-    name=$1 ev=$2
-    shift 2
+    name=$1 ev=$2 hook=$3
+    shift 3
     spawn "$@"
     wait_event "$pid" alert "$ev" \
-        && events_of "$pid" | grep "\"event\":\"$ev" | grep -q '"hook":"raw_tracepoint/sys_exit'
+        && events_of "$pid" | grep "\"event\":\"$ev" | grep -q "\"hook\":\"$hook"
     check "$name" $? "exit $rc: $(events_of "$pid" | grep "\"event\":\"$ev" | head -n 1)"
 }
-detect detect-write-open file_write_open guardian-attack append /opt/detect/model.bin more
-detect detect-preopened-fd-write file_write guardian-attack write-fd 9
-detect detect-ftruncate file_truncate guardian-attack ftruncate-fd 9
-detect detect-connect connect guardian-attack connect 127.0.0.3 9999
+detect detect-write-open file_write_open raw_tracepoint/sys_exit guardian-attack append /opt/detect/model.bin more
+detect detect-preopened-fd-write file_write raw_tracepoint/sys_exit guardian-attack write-fd 9
+detect detect-ftruncate file_truncate raw_tracepoint/sys_exit guardian-attack ftruncate-fd 9
+# Egress goes to the cgroup programs first (report-only in detect mode):
+# they need no syscall tracepoint.
+detect detect-connect connect cgroup/connect4 guardian-attack connect 127.0.0.3 9999
 exec 9>&-
 kill "$agent" 2>/dev/null
 wait "$agent" 2>/dev/null
