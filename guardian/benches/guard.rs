@@ -1,6 +1,7 @@
 //! Runtime guard cost, measured on this machine's kernel with the real eBPF
-//! object in detect mode (syscall tracepoints; BPF LSM cannot load on the
-//! host kernel, see `docs/guard-benchmarks.md`):
+//! object (BPF LSM cannot load on the host kernel, see
+//! `docs/guard-benchmarks.md`), in the default configuration and in detect
+//! mode with the syscall tracepoints:
 //!
 //! 1. **Syscall overhead on unprotected files**: `openat(O_RDONLY)+close`,
 //!    `openat(O_WRONLY)+close` and a 1-byte `write`, each timed with no
@@ -24,8 +25,10 @@
 //! Environment: `GUARDIAN_BENCH_ITERS` (syscalls per measurement, default
 //! 500000), `GUARDIAN_BENCH_ROUNDS` (default 7), `GUARDIAN_BENCH_SECS`
 //! (seconds per throughput run, default 5), `GUARDIAN_BENCH_PARTS` (which
-//! parts to run, default `1f23`; `1` for the latency part alone, `f` for
-//! its floor: the program attached but watching no syscall).
+//! parts to run, default `d1f23`; `d` for the latency of the default
+//! configuration (no syscall tracepoints), `1` for the latency with the
+//! raw `sys_exit` program (`syscall_detect = true`), `f` for its floor: the
+//! program attached but watching no syscall).
 
 // A benchmark reports by printing, and fails loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -162,8 +165,71 @@ fn fs_type(p: &Path) -> &'static str {
     }
 }
 
-/// Start the guard the way `guardian run` does, in detect mode, without
-/// pins (nothing outlives the bench).
+/// What part 1 attaches on the "with" side.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Detect mode with `syscall_detect = true`: the raw `sys_exit`
+    /// program watching its syscalls.
+    Syscalls,
+    /// The same program attached, watching nothing.
+    Floor,
+    /// The default configuration, as `guardian run` starts it on this
+    /// kernel: `mode = "auto"`, a `[service]` with an egress allowlist,
+    /// no syscall tracepoints; plus the daemon's fanotify permission rung
+    /// on the protected file.
+    Default,
+}
+
+/// What the "with" side holds while it is measured.
+struct Attached {
+    guard: Guard,
+    _rungs: Vec<Box<dyn std::any::Any>>,
+}
+
+/// The default configuration (see [`Side::Default`]).
+fn start_default(dir: &Path, protected: &Path) -> Attached {
+    let svc = dir.join("inference-service");
+    if !svc.exists() {
+        std::fs::copy("/bin/true", &svc).unwrap();
+    }
+    let cfg = GuardConfig {
+        protected: vec![protected.to_owned()],
+        ..GuardConfig::default()
+    };
+    let service: ServiceConfig = toml::from_str(&format!(
+        "exe = [{:?}]\negress = [{{ cidr = \"127.0.0.2/32\", ports = [8080] }}]\n",
+        svc.display().to_string()
+    ))
+    .unwrap();
+    let targets = Targets::resolve(&cfg, &service, &[]).unwrap();
+    let features = KernelFeatures::probe();
+    let guard = Guard::start(
+        &StartOptions {
+            object: guardian::EBPF_OBJECT,
+            request: ModeRequest::Auto,
+            require: &[],
+            features: &features,
+            btf_path: Path::new(guardian::btf::VMLINUX_BTF),
+            ring_buffer_bytes: DEFAULT_RING,
+            pin_dir: None,
+            syscall_detect: false,
+        },
+        &targets,
+    )
+    .unwrap_or_else(|e| panic!("the guard did not start: {}", guardian::guard::chain(&e)));
+    let mut rungs: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fan = guardian::fanotify::FanotifyGuard::start(&targets, tx).unwrap();
+    rungs.push(Box::new(fan));
+    rungs.push(Box::new(rx));
+    Attached {
+        guard,
+        _rungs: rungs,
+    }
+}
+
+/// Start the guard the way `guardian run` does, in detect mode with the
+/// syscall tracepoints, without pins (nothing outlives the bench).
 fn start_guard(protected: &Path, ring_bytes: u32) -> (Guard, Targets) {
     let cfg = GuardConfig {
         mode: ModeRequest::Detect,
@@ -181,7 +247,7 @@ fn start_guard(protected: &Path, ring_bytes: u32) -> (Guard, Targets) {
             btf_path: Path::new(guardian::btf::VMLINUX_BTF),
             ring_buffer_bytes: ring_bytes,
             pin_dir: None,
-            syscall_detect: std::env::var_os("GUARDIAN_BENCH_DEFAULT").is_none(),
+            syscall_detect: true,
         },
         &targets,
     )
@@ -283,7 +349,7 @@ struct Overhead {
     ratios: Vec<f64>,
 }
 
-fn overhead(dir: &Path, iters: u64, rounds: usize, floor: bool) -> Vec<Overhead> {
+fn overhead(dir: &Path, iters: u64, rounds: usize, side: Side) -> Vec<Overhead> {
     let unprotected = dir.join("unprotected.bin");
     let protected = dir.join("protected-model.bin");
     std::fs::write(&unprotected, b"u").unwrap();
@@ -315,25 +381,31 @@ fn overhead(dir: &Path, iters: u64, rounds: usize, floor: bool) -> Vec<Overhead>
         // ABBA: even rounds measure without the guard first, odd rounds
         // with it first.
         let guard_first = (round + discarded) % 2 == 1;
-        let start = || {
-            let g = start_guard(&protected, DEFAULT_RING).0;
-            if floor {
-                watch_nothing();
+        let start = || match side {
+            Side::Default => start_default(dir, &protected),
+            Side::Syscalls | Side::Floor => {
+                let guard = start_guard(&protected, DEFAULT_RING).0;
+                if side == Side::Floor {
+                    watch_nothing();
+                }
+                Attached {
+                    guard,
+                    _rungs: Vec::new(),
+                }
             }
-            g
         };
         let (without, with) = if guard_first {
-            let guard = start();
+            let a = start();
             let with = measure_all(&file);
-            assert_eq!(counter(&guard, "events_submitted"), 0);
-            drop(guard);
+            assert_eq!(counter(&a.guard, "events_submitted"), 0);
+            drop(a);
             (measure_all(&file), with)
         } else {
             let without = measure_all(&file);
-            let guard = start();
+            let a = start();
             let with = measure_all(&file);
-            assert_eq!(counter(&guard, "events_submitted"), 0);
-            drop(guard);
+            assert_eq!(counter(&a.guard, "events_submitted"), 0);
+            drop(a);
             (without, with)
         };
         if guardian_programs() != 0 {
@@ -771,7 +843,7 @@ fn main() {
     let iters = env_num("GUARDIAN_BENCH_ITERS", 500_000);
     let rounds = env_num("GUARDIAN_BENCH_ROUNDS", 7) as usize;
     let secs = env_num("GUARDIAN_BENCH_SECS", 5) as f64;
-    let parts = std::env::var("GUARDIAN_BENCH_PARTS").unwrap_or_else(|_| "1f23".into());
+    let parts = std::env::var("GUARDIAN_BENCH_PARTS").unwrap_or_else(|_| "d1f23".into());
     let dir = tempfile::tempdir().unwrap();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -790,7 +862,7 @@ fn main() {
 
     let (oh, bpf) = if parts.contains('1') {
         eprintln!("## 1. syscall overhead, {rounds} rounds x {iters} ops per side");
-        let oh = overhead(dir.path(), iters, rounds, false);
+        let oh = overhead(dir.path(), iters, rounds, Side::Syscalls);
         (oh, in_bpf(dir.path(), (iters / 5).max(1000)))
     } else {
         (Vec::new(), Vec::new())
@@ -805,15 +877,27 @@ fn main() {
             dir.path(),
         );
     }
-    if parts.contains('f') {
-        eprintln!("## 1f. the floor: the program attached, watching nothing");
-        let oh = overhead(dir.path(), iters, rounds, true);
-        println!(
-            "\n### 1f. The floor: the raw `sys_exit` program attached but watching no syscall ({rounds} rounds x {iters} ops per side)\n"
-        );
-        println!(
-            "| operation | no guard ns/op | attached, watching nothing ns/op | added ns | ratio |"
-        );
+    for (part, side, title, column) in [
+        (
+            'd',
+            Side::Default,
+            "The default configuration (`mode = \"auto\"`, a `[service]`, no syscall tracepoints, fanotify on the protected file)",
+            "default config ns/op",
+        ),
+        (
+            'f',
+            Side::Floor,
+            "The floor: the raw `sys_exit` program attached but watching no syscall",
+            "attached, watching nothing ns/op",
+        ),
+    ] {
+        if !parts.contains(part) {
+            continue;
+        }
+        eprintln!("## 1{part}. {title}");
+        let oh = overhead(dir.path(), iters, rounds, side);
+        println!("\n### 1{part}. {title} ({rounds} rounds x {iters} ops per side)\n");
+        println!("| operation | no guard ns/op | {column} | added ns | ratio |");
         println!("|---|---:|---:|---:|---:|");
         for o in &oh {
             let (a, b) = (median(&o.without), median(&o.with));
