@@ -197,11 +197,11 @@ pub struct FanotifyGuard {
     marked: usize,
 }
 
-fn os_err() -> io::Error {
+pub(crate) fn os_err() -> io::Error {
     io::Error::last_os_error()
 }
 
-fn owned(fd: RawFd) -> io::Result<OwnedFd> {
+pub(crate) fn owned(fd: RawFd) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(os_err());
     }
@@ -340,11 +340,7 @@ impl FanotifyGuard {
             }
             files.insert(key, id);
         }
-        let wake = owned(
-            // SAFETY: plain system call.
-            unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) },
-        )
-        .map_err(|source| FanotifyError::Thread {
+        let wake = eventfd().map_err(|source| FanotifyError::Thread {
             what: "eventfd",
             source,
         })?;
@@ -397,21 +393,9 @@ impl FanotifyGuard {
         let Some(thread) = self.thread.take() else {
             return;
         };
-        let one: u64 = 1;
-        // SAFETY: valid descriptor and an 8-byte buffer, as eventfd wants.
-        let n = unsafe {
-            libc::write(
-                self.wake.as_raw_fd(),
-                (&one as *const u64).cast::<c_void>(),
-                8,
-            )
-        };
-        if n != 8 {
+        if let Err(e) = wake(&self.wake) {
             // Without the wake-up the join below would never return.
-            log::error!(
-                "cannot wake the fanotify decision thread: {}; leaving it running",
-                os_err()
-            );
+            log::error!("cannot wake the fanotify decision thread: {e}; leaving it running");
             Shared::bump(&self.shared.errors);
             return;
         }
@@ -888,6 +872,83 @@ struct Worker {
     events: Sender<SecurityEvent>,
 }
 
+/// Read `group` until `wake` becomes readable, passing every batch of
+/// event records read to `each`; an error from `each`, from `poll` or from
+/// `read` ends the loop. Shared by the permission and the notification
+/// rungs, whose groups are both non-blocking.
+pub(crate) fn read_loop(
+    group: &OwnedFd,
+    wake: &OwnedFd,
+    mut each: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    // u64s keep the buffer aligned for the event records.
+    let mut buf = vec![0u64; 1024];
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: group.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: valid array of two pollfds.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            let e = os_err();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[1].revents != 0 {
+            return Ok(());
+        }
+        if fds[0].revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+            return Err(io::Error::other("poll reports an error on the group"));
+        }
+        loop {
+            let bytes = size_of_val(buf.as_slice());
+            // SAFETY: the buffer is valid for `bytes` bytes.
+            let n =
+                unsafe { libc::read(group.as_raw_fd(), buf.as_mut_ptr().cast::<c_void>(), bytes) };
+            if n < 0 {
+                let e = os_err();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return Err(e),
+                }
+            }
+            let n = n as usize;
+            if n == 0 {
+                break;
+            }
+            // SAFETY: `n` bytes of the u64 buffer were written.
+            let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+            each(bytes)?;
+        }
+    }
+}
+
+/// A non-blocking eventfd to wake a reader thread out of `poll`.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain system call.
+    owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
+}
+
+/// Make `fd` (an eventfd from [`eventfd`]) readable.
+pub(crate) fn wake(fd: &OwnedFd) -> io::Result<()> {
+    let one: u64 = 1;
+    // SAFETY: valid descriptor and an 8-byte buffer, as eventfd wants.
+    let n = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast::<c_void>(), 8) };
+    if n == 8 { Ok(()) } else { Err(os_err()) }
+}
+
 const META_LEN: usize = size_of::<libc::fanotify_event_metadata>();
 
 impl Worker {
@@ -904,63 +965,7 @@ impl Worker {
     }
 
     fn serve(&self) -> io::Result<()> {
-        // u64s keep the buffer aligned for the event records.
-        let mut buf = vec![0u64; 1024];
-        loop {
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.group.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.wake.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: valid array of two pollfds.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-            if r < 0 {
-                let e = os_err();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if fds[1].revents != 0 {
-                return Ok(());
-            }
-            if fds[0].revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
-                return Err(io::Error::other("poll reports an error on the group"));
-            }
-            loop {
-                let bytes = size_of_val(buf.as_slice());
-                // SAFETY: the buffer is valid for `bytes` bytes.
-                let n = unsafe {
-                    libc::read(
-                        self.group.as_raw_fd(),
-                        buf.as_mut_ptr().cast::<c_void>(),
-                        bytes,
-                    )
-                };
-                if n < 0 {
-                    let e = os_err();
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => break,
-                        io::ErrorKind::Interrupted => continue,
-                        _ => return Err(e),
-                    }
-                }
-                let n = n as usize;
-                if n == 0 {
-                    break;
-                }
-                // SAFETY: `n` bytes of the u64 buffer were written.
-                let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
-                self.handle_all(bytes)?;
-            }
-        }
+        read_loop(&self.group, &self.wake, |bytes| self.handle_all(bytes))
     }
 
     fn handle_all(&self, mut bytes: &[u8]) -> io::Result<()> {

@@ -17,6 +17,7 @@
 //! | [`guard`] | loading (or adopting) the pinned eBPF object, filling its maps, the per-hook ladder |
 //! | [`events`] | decoding kernel records into JSON-line security events |
 //! | [`fanotify`] | the userspace-deny rung: fanotify permission events where BPF LSM cannot attach |
+//! | [`watch`] | the notification rung: fanotify reports changes to protected files where no kernel program watches them |
 //! | [`status`] | the state `guardian status` shows |
 //! | [`measure`] | the boot step: measure the manifest's models into a TPM PCR |
 //! | [`manifest`] | the signed model manifest, and why PCR 14 |
@@ -53,6 +54,7 @@ pub mod rules;
 pub mod signing;
 pub mod status;
 pub mod tpm;
+pub mod watch;
 
 use std::{collections::BTreeMap, future::Future, path::Path, sync::Arc, time::Duration};
 

@@ -1,0 +1,1173 @@
+//! The notification rung: fanotify reports changes to protected files
+//! where no kernel program watches them.
+//!
+//! On kernels without BPF LSM, the detect form of the file hooks is a
+//! syscall tracepoint, which puts every system call of every process on the
+//! kernel's slow path to find the few that touch a protected file. A
+//! fanotify *notification* group costs unprotected files nothing: guardian
+//! puts an inode mark on each protected file, and only events on those
+//! inodes are ever queued. A reader thread turns each into a
+//! [`SecurityEvent`] with mode `detect`: nothing is stopped, the change has
+//! already happened, and the event says who did it.
+//!
+//! | fanotify event | what did it | `event` |
+//! |---|---|---|
+//! | `FAN_MODIFY` | a write through any descriptor (one opened before guardian started included), `truncate`, `ftruncate`, an `O_TRUNC` open | `file_write` |
+//! | `FAN_ATTRIB`, more links than before | `link` | `file_link` |
+//! | `FAN_ATTRIB`, fewer links than before | `unlink`, a rename *over* the file | `file_unlink` |
+//! | `FAN_ATTRIB`, same links | `chmod`, `chown`, `utimes`, `setxattr` | `file_setattr` |
+//! | `FAN_MOVE_SELF` | a rename of the file away | `file_rename` |
+//! | `FAN_DELETE_SELF` | the inode's last name and user gone | `file_unlink` |
+//!
+//! `FAN_ATTRIB` does not say which attribute changed: the reader keeps a
+//! descriptor to each file (an `O_PATH` one: it needs no read permission
+//! and is not an open the permission rung or anyone else is told about),
+//! `fstat`s it, and compares link count, mode, owner and group with what it
+//! saw last; `flags_text` names the difference (`nlink 1→2`,
+//! `mode 0644→0666`). The same descriptor keeps the inode alive, so
+//! `FAN_DELETE_SELF` is rarely seen: removing the last name shows up as
+//! `FAN_ATTRIB` with the link count going to 0.
+//!
+//! The verdict follows the rule of the other rungs, by the inode of the
+//! writer's executable ([`crate::guard::inode_key`] of `/proc/PID/exe`):
+//! guardian's own executable changing guardian's own files is counted and
+//! not reported; an allowed writer changing a model is `allow`; anything
+//! else is `alert`. fanotify reports the group owner's own changes like any
+//! other process's, so guardian's own writes go through the same rule.
+//!
+//! # Limits (what the other rungs have to cover)
+//!
+//! - **Writes through a shared writable mapping produce no event**: the
+//!   page cache is changed without a system call fanotify sees.
+//! - **Events only while the agent runs**: the marks go with the group.
+//! - **The writer is identified after the fact**, by the pid in the event:
+//!   a process that has already exited is reported without `exe` (as soon
+//!   as it exits: a zombie still has its status and comm, not its
+//!   executable; short-lived tools such as `chmod` or `mv` are usually
+//!   gone by the time the event is read), and so as `alert` even if it was
+//!   an allowed writer; one that exec'd since is reported with its new
+//!   executable.
+//!   A pid reused in between would be misattributed (`FAN_REPORT_PIDFD`,
+//!   kernel 5.15, could close that; not used yet).
+//! - **Events merge**: the kernel folds an event into an identical one
+//!   still queued (same file, same pid), so several writes by one process
+//!   may be one `file_write`, and a record may carry several kinds of
+//!   change (each becomes its own event).
+//! - **Attribute changes are classified when read**, against the state
+//!   seen at the previous event: changes that cancel out before the reader
+//!   gets to them (a link made and removed at once) are reported as
+//!   `file_setattr` saying no difference was visible, never dropped.
+//! - **A full queue drops events**: the queue is left bounded (16384
+//!   events) so a flood cannot pin kernel memory; the kernel then queues a
+//!   single `FAN_Q_OVERFLOW`, which is counted and logged as an error.
+//! - Needs `FAN_REPORT_FID` (kernel 5.1) for `FAN_ATTRIB`, `FAN_MOVE_SELF`
+//!   and `FAN_DELETE_SELF`, and a filesystem that can encode file handles
+//!   and has an fsid (before 6.5 and 6.8 respectively, not every one does).
+
+use std::{
+    collections::HashMap,
+    ffi::c_int,
+    fs::File,
+    io,
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    },
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::Sender,
+    },
+    thread::JoinHandle,
+    time::SystemTime,
+};
+
+use guardian_common::InodeKey;
+use serde::Serialize;
+
+use crate::{
+    events::SecurityEvent,
+    fanotify::{self, os_err, owned, parse_status},
+    guard::{Targets, inode_key},
+};
+
+/// The hook name of events from `FAN_MODIFY`.
+pub const HOOK_MODIFY: &str = "fanotify/modify";
+/// The hook name of events from `FAN_ATTRIB`.
+pub const HOOK_ATTRIB: &str = "fanotify/attrib";
+/// The hook name of events from `FAN_MOVE_SELF`.
+pub const HOOK_MOVE_SELF: &str = "fanotify/move_self";
+/// The hook name of events from `FAN_DELETE_SELF`.
+pub const HOOK_DELETE_SELF: &str = "fanotify/delete_self";
+
+/// The events asked for on every protected file.
+pub const MASK: u64 =
+    libc::FAN_MODIFY | libc::FAN_ATTRIB | libc::FAN_MOVE_SELF | libc::FAN_DELETE_SELF;
+
+/// `AT_HANDLE_FID` (kernel 6.5): encode the handle the way fanotify does,
+/// also on filesystems that cannot decode handles (`include/uapi/linux/fcntl.h`).
+const AT_HANDLE_FID: c_int = 0x200;
+
+/// `MAX_HANDLE_SZ`: the largest `f_handle` the kernel encodes.
+const MAX_HANDLE: usize = 128;
+
+/// Why the rung could not start. [`WatchError::is_unavailable`] tells a
+/// kernel or privilege that cannot do it apart from a bad target.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The kernel or the privileges cannot give these notification events.
+    #[error("fanotify notification events are unavailable: {0}")]
+    Unavailable(String),
+    /// `fanotify_init` failed for another reason.
+    #[error("fanotify_init: {0}")]
+    Init(#[source] io::Error),
+    /// A protected file could not be opened or marked.
+    #[error("protected file {path}: {what}: {source}")]
+    Mark {
+        /// The file.
+        path: PathBuf,
+        /// The step that failed.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The reader thread or its wake-up descriptor could not be set up.
+    #[error("fanotify watch thread: {what}: {source}")]
+    Thread {
+        /// The step that failed.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl WatchError {
+    /// True when this kernel or these privileges cannot run the rung at all
+    /// (the guard should fall to the next rung); false for a problem with
+    /// one of the targets.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Counters of the reader thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WatchStats {
+    /// Changes to protected files seen (one per kind of change in a
+    /// record): `alerts + allowed + own`.
+    pub events: u64,
+    /// Changes by anything not allowed to make them (event `alert`).
+    pub alerts: u64,
+    /// Changes to a model by an allowed writer (event `allow`).
+    pub allowed: u64,
+    /// Changes to guardian's own files by guardian (no event).
+    pub own: u64,
+    /// `FAN_Q_OVERFLOW`: the kernel's queue was full and dropped events.
+    pub overflows: u64,
+    /// Events whose file handle matches no protected file.
+    pub unknown: u64,
+    /// Failures: malformed records, an inode that could not be `fstat`ed,
+    /// a stopped reader thread.
+    pub errors: u64,
+    /// Events the receiver was no longer there to take.
+    pub unreported: u64,
+    /// The reader thread is running (false after a fatal error or stop).
+    pub running: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    events: AtomicU64,
+    alerts: AtomicU64,
+    allowed: AtomicU64,
+    own: AtomicU64,
+    overflows: AtomicU64,
+    unknown: AtomicU64,
+    errors: AtomicU64,
+    unreported: AtomicU64,
+    running: AtomicBool,
+}
+
+impl Shared {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> WatchStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WatchStats {
+            events: get(&self.events),
+            alerts: get(&self.alerts),
+            allowed: get(&self.allowed),
+            own: get(&self.own),
+            overflows: get(&self.overflows),
+            unknown: get(&self.unknown),
+            errors: get(&self.errors),
+            unreported: get(&self.unreported),
+            running: self.running.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The attributes a `FAN_ATTRIB` (and a `FAN_MODIFY`, for the size) is
+/// judged by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileState {
+    /// Hard links.
+    pub nlink: u64,
+    /// Type and permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl FileState {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            nlink: meta.nlink(),
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: meta.size(),
+        }
+    }
+}
+
+/// What a `FAN_ATTRIB` was, from the state before and after: the event
+/// name and the differences, for `flags_text`. A change in the link count
+/// names the event; every difference is listed.
+pub fn attrib_change(before: &FileState, after: &FileState) -> (&'static str, String) {
+    let mut diffs = Vec::new();
+    if before.nlink != after.nlink {
+        diffs.push(format!("nlink {}→{}", before.nlink, after.nlink));
+    }
+    let (m0, m1) = (before.mode & 0o7777, after.mode & 0o7777);
+    if m0 != m1 {
+        diffs.push(format!("mode {m0:04o}→{m1:04o}"));
+    }
+    if before.uid != after.uid {
+        diffs.push(format!("uid {}→{}", before.uid, after.uid));
+    }
+    if before.gid != after.gid {
+        diffs.push(format!("gid {}→{}", before.gid, after.gid));
+    }
+    let event = match after.nlink.cmp(&before.nlink) {
+        std::cmp::Ordering::Greater => "file_link",
+        std::cmp::Ordering::Less => "file_unlink",
+        std::cmp::Ordering::Equal => "file_setattr",
+    };
+    let text = if diffs.is_empty() {
+        "no change in nlink, mode, uid or gid (times, extended attributes, or a change already undone)"
+            .to_owned()
+    } else {
+        diffs.join(", ")
+    };
+    (event, text)
+}
+
+/// What the rule says about one change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// guardian changing its own file: counted, no event.
+    Own,
+    /// An allowed writer changing a model: event `allow`.
+    Allow,
+    /// Anything else: event `alert`.
+    Alert,
+}
+
+/// The rule of the other rungs, after the fact: may `exe` change the file
+/// (guardian's own when `own`)? An unknown executable may not.
+pub fn judge(
+    own: bool,
+    exe: Option<&InodeKey>,
+    is_writer: impl Fn(&InodeKey) -> bool,
+    self_exe: &InodeKey,
+) -> Verdict {
+    let Some(exe) = exe.filter(|e| e.ino != 0) else {
+        return Verdict::Alert;
+    };
+    match (own, exe == self_exe, is_writer(exe)) {
+        (true, true, _) => Verdict::Own,
+        (false, _, true) => Verdict::Allow,
+        _ => Verdict::Alert,
+    }
+}
+
+/// A file handle as fanotify reports it in a FID record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fid {
+    /// The filesystem's id (`statfs` `f_fsid`).
+    pub fsid: [u8; 8],
+    /// `file_handle.handle_type`.
+    pub handle_type: i32,
+    /// `file_handle.f_handle`.
+    pub handle: Vec<u8>,
+}
+
+/// One fanotify event record, as far as this rung needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// `FAN_*` bits.
+    pub mask: u64,
+    /// The process (thread group id), 0 when outside our pid namespace.
+    pub pid: i32,
+    /// The file, from the `FAN_EVENT_INFO_TYPE_FID` record.
+    pub fid: Option<Fid>,
+}
+
+/// A record that could not be parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// The metadata version is not the one this code knows: nothing read
+    /// from this group can be trusted.
+    Version(u8),
+    /// A length that does not fit; the rest of the read is dropped (the
+    /// next read starts at a record again).
+    Malformed(String),
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Parse the FID record among the info records of one event (the bytes
+/// after the metadata, up to `event_len`).
+fn parse_info(mut info: &[u8]) -> Result<Option<Fid>, ParseError> {
+    let bad = |what: String| Err(ParseError::Malformed(what));
+    let mut fid = None;
+    while !info.is_empty() {
+        // struct fanotify_event_info_header { u8 info_type; u8 pad; u16 len; }
+        let (Some(&kind), Some(len)) = (info.first(), u16_at(info, 2)) else {
+            return bad(format!("info header cut at {} bytes", info.len()));
+        };
+        let len = usize::from(len);
+        if len < 4 || len > info.len() {
+            return bad(format!("info record of {len} bytes in {}", info.len()));
+        }
+        let rec = &info[..len];
+        if kind == libc::FAN_EVENT_INFO_TYPE_FID {
+            // Then __kernel_fsid_t (8 bytes) and struct file_handle
+            // { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }.
+            let (Some(fsid), Some(bytes), Some(ty)) =
+                (rec.get(4..12), u32_at(rec, 12), u32_at(rec, 16))
+            else {
+                return bad(format!("FID record of {len} bytes"));
+            };
+            let Some(handle) = rec.get(20..20 + bytes as usize) else {
+                return bad(format!(
+                    "file handle of {bytes} bytes in a {len}-byte record"
+                ));
+            };
+            let mut f = [0u8; 8];
+            f.copy_from_slice(fsid);
+            fid = Some(Fid {
+                fsid: f,
+                handle_type: ty as i32,
+                handle: handle.to_vec(),
+            });
+        }
+        info = &info[len..];
+    }
+    Ok(fid)
+}
+
+/// Parse the event records of one `read` of the group. Records before a
+/// malformed one are returned with the error.
+pub fn parse_records(mut bytes: &[u8]) -> (Vec<Record>, Option<ParseError>) {
+    // struct fanotify_event_metadata { u32 event_len; u8 vers; u8 reserved;
+    // u16 metadata_len; u64 mask; i32 fd; i32 pid; }
+    const META: usize = size_of::<libc::fanotify_event_metadata>();
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let fields = (
+            u32_at(bytes, 0),
+            bytes.get(4).copied(),
+            u16_at(bytes, 6),
+            u64_at(bytes, 8),
+            u32_at(bytes, 20),
+        );
+        let (Some(len), Some(vers), Some(meta_len), Some(mask), Some(pid)) = fields else {
+            let e = format!("event record cut at {} bytes", bytes.len());
+            return (out, Some(ParseError::Malformed(e)));
+        };
+        if vers != libc::FANOTIFY_METADATA_VERSION {
+            return (out, Some(ParseError::Version(vers)));
+        }
+        let (len, meta_len) = (len as usize, usize::from(meta_len));
+        if len > bytes.len() || meta_len < META || meta_len > len {
+            let e = format!(
+                "event of {len} bytes with {meta_len} of metadata in a read of {}",
+                bytes.len()
+            );
+            return (out, Some(ParseError::Malformed(e)));
+        }
+        match parse_info(&bytes[meta_len..len]) {
+            Ok(fid) => out.push(Record {
+                mask,
+                pid: pid as i32,
+                fid,
+            }),
+            Err(e) => return (out, Some(e)),
+        }
+        bytes = &bytes[len..];
+    }
+    (out, None)
+}
+
+/// One protected inode and what the reader knows about it.
+struct Watched {
+    /// Index in `Targets::files`.
+    id: usize,
+    path: PathBuf,
+    key: InodeKey,
+    fsid: [u8; 8],
+    /// An `O_PATH` descriptor to the inode, held for the watcher's
+    /// lifetime: `fstat` through it says what a `FAN_ATTRIB` changed, and
+    /// `/proc/self/fd/N` where a `FAN_MOVE_SELF` took it.
+    file: File,
+    state: FileState,
+}
+
+/// `fanotify_init` with the flags the rung needs, with a reason when the
+/// kernel or the caller cannot.
+fn init_group() -> Result<OwnedFd, WatchError> {
+    // FAN_REPORT_FID: without it, FAN_ATTRIB, FAN_MOVE_SELF and
+    // FAN_DELETE_SELF cannot be asked for (they have no open file to hand
+    // over). No FAN_UNLIMITED_QUEUE: an overflow costs events, not the
+    // machine's memory, and is counted.
+    let flags = libc::FAN_CLASS_NOTIF
+        | libc::FAN_CLOEXEC
+        | libc::FAN_NONBLOCK
+        | libc::FAN_REPORT_FID
+        | libc::FAN_UNLIMITED_MARKS;
+    let event_flags = (libc::O_RDONLY | libc::O_CLOEXEC) as libc::c_uint;
+    // SAFETY: plain system call, no pointers.
+    let fd = unsafe { libc::fanotify_init(flags, event_flags) };
+    owned(fd).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOSYS) => {
+            WatchError::Unavailable(format!("kernel built without CONFIG_FANOTIFY ({e})"))
+        }
+        Some(libc::EPERM) => WatchError::Unavailable(format!(
+            "fanotify_init needs CAP_SYS_ADMIN; run as root ({e})"
+        )),
+        Some(libc::EINVAL) => {
+            // Tell a kernel without FAN_REPORT_FID from one refusing even
+            // the plainest group.
+            let plain = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC;
+            // SAFETY: as above.
+            let probe = owned(unsafe { libc::fanotify_init(plain, event_flags) });
+            WatchError::Unavailable(if probe.is_ok() {
+                format!("kernel older than 5.1: no FAN_REPORT_FID ({e})")
+            } else {
+                format!("fanotify_init refuses a notification group ({e})")
+            })
+        }
+        _ => WatchError::Init(e),
+    })
+}
+
+/// The file handle of the inode `fd` refers to, encoded as fanotify
+/// encodes the handles it reports.
+fn handle_of(fd: &File) -> io::Result<(i32, Vec<u8>)> {
+    #[repr(C)]
+    struct Buf {
+        handle_bytes: u32,
+        handle_type: i32,
+        f_handle: [u8; MAX_HANDLE],
+    }
+    let mut last = None;
+    // AT_HANDLE_FID first (what fanotify uses since 6.5: it also works on
+    // filesystems that cannot decode handles); older kernels reject the
+    // flag, and there fanotify encodes plain handles.
+    for flags in [libc::AT_EMPTY_PATH | AT_HANDLE_FID, libc::AT_EMPTY_PATH] {
+        let mut buf = Buf {
+            handle_bytes: MAX_HANDLE as u32,
+            handle_type: 0,
+            f_handle: [0; MAX_HANDLE],
+        };
+        let mut mount_id: c_int = 0;
+        // SAFETY: a valid descriptor, an empty C string, and a buffer with
+        // room for MAX_HANDLE bytes after the header, as handle_bytes says.
+        let r = unsafe {
+            libc::name_to_handle_at(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                (&raw mut buf).cast::<libc::file_handle>(),
+                &mut mount_id,
+                flags,
+            )
+        };
+        if r == 0 {
+            let n = (buf.handle_bytes as usize).min(MAX_HANDLE);
+            return Ok((buf.handle_type, buf.f_handle[..n].to_vec()));
+        }
+        let e = os_err();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(e);
+        }
+        last = Some(e);
+    }
+    Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
+}
+
+/// The filesystem id fanotify puts in its FID records for `fd`'s inode.
+fn fsid_of(fd: &File) -> io::Result<[u8; 8]> {
+    // SAFETY: all-zero is a valid statfs.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and buffer.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(os_err());
+    }
+    // SAFETY: fsid_t is two c_ints (8 bytes) with private fields; read as
+    // the bytes the kernel also copies into the event.
+    Ok(unsafe { std::mem::transmute::<libc::fsid_t, [u8; 8]>(st.f_fsid) })
+}
+
+/// Open a protected file with `O_PATH`, learn its handle and filesystem
+/// id, and put the inode mark on it.
+fn mark(group: &OwnedFd, id: usize, path: &Path) -> Result<(Watched, i32, Vec<u8>), WatchError> {
+    let err = |what| {
+        move |source| WatchError::Mark {
+            path: path.to_owned(),
+            what,
+            source,
+        }
+    };
+    // One descriptor for everything that follows ties the handle, the
+    // stat and the mark to the same inode, whatever happens to the path.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+        .map_err(err("cannot open it (O_PATH) to watch it"))?;
+    let meta = file.metadata().map_err(err("cannot stat it"))?;
+    if !meta.is_file() {
+        return Err(err("cannot watch it")(io::Error::other(
+            "not a regular file",
+        )));
+    }
+    let (handle_type, handle) = handle_of(&file).map_err(err(
+        "name_to_handle_at (fanotify FID events need a filesystem that encodes file handles)",
+    ))?;
+    let fsid = fsid_of(&file).map_err(err("fstatfs"))?;
+    // fanotify_mark cannot take an O_PATH descriptor as the object (it
+    // wants a file it can fdget()), but the magic link to it resolves to
+    // exactly its inode.
+    let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| err("fanotify_mark")(io::Error::other(e)))?;
+    // SAFETY: valid descriptor and C string.
+    let r = unsafe {
+        libc::fanotify_mark(
+            group.as_raw_fd(),
+            libc::FAN_MARK_ADD | libc::FAN_MARK_INODE,
+            MASK,
+            libc::AT_FDCWD,
+            proc_path.as_ptr(),
+        )
+    };
+    if r != 0 {
+        let e = os_err();
+        return Err(match e.raw_os_error() {
+            Some(libc::EPERM) => WatchError::Unavailable(format!(
+                "fanotify mark on {} refused: needs CAP_SYS_ADMIN ({e})",
+                path.display()
+            )),
+            Some(libc::ENODEV) => err(
+                "fanotify_mark (the filesystem has no fsid, which FID reporting needs before 6.8)",
+            )(e),
+            Some(libc::EOPNOTSUPP) | Some(libc::EXDEV) => err(
+                "fanotify_mark (FID reporting is not supported on this filesystem or subvolume)",
+            )(e),
+            _ => err("fanotify_mark FAN_MODIFY|FAN_ATTRIB|FAN_MOVE_SELF|FAN_DELETE_SELF")(e),
+        });
+    }
+    let w = Watched {
+        id,
+        path: path.to_owned(),
+        key: inode_key(&meta),
+        fsid,
+        file,
+        state: FileState::of(&meta),
+    };
+    Ok((w, handle_type, handle))
+}
+
+/// A running notification rung: the group with its marks and the reader
+/// thread. Dropping it stops it, like [`Watcher::stop`].
+pub struct Watcher {
+    shared: Arc<Shared>,
+    wake: Arc<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+    marked: usize,
+}
+
+impl Watcher {
+    /// Mark every file of `targets` and start the reader thread. Every
+    /// change to a protected file, except guardian's to its own, becomes an
+    /// event sent to `events`.
+    ///
+    /// Start-up order:
+    /// 1. Create the group (nothing is watched yet).
+    /// 2. Open, stat and mark every protected file. A file that cannot be
+    ///    marked stops the start, naming it; the marks already placed go
+    ///    with the group. The state recorded here is what the first
+    ///    `FAN_ATTRIB` is compared with.
+    /// 3. Start the reader thread; changes from the first mark to here wait
+    ///    in the queue.
+    pub fn start(targets: &Targets, events: Sender<SecurityEvent>) -> Result<Self, WatchError> {
+        let group = init_group()?;
+        let mut watched: Vec<Watched> = Vec::new();
+        let mut handles: HashMap<(i32, Vec<u8>), Vec<usize>> = HashMap::new();
+        for (id, (path, expected)) in targets.files.iter().enumerate() {
+            let (w, ty, handle) = mark(&group, id, path)?;
+            if w.key != *expected {
+                log::warn!(
+                    "protected file {} was replaced since it was resolved; watching the file there now",
+                    path.display()
+                );
+            }
+            if let Some(first) = watched.iter().find(|o| o.key == w.key) {
+                // The same inode twice (a second name): one mark, judged as
+                // the first entry.
+                log::debug!(
+                    "{} is the inode of {}; watched once",
+                    path.display(),
+                    first.path.display()
+                );
+                continue;
+            }
+            handles.entry((ty, handle)).or_default().push(watched.len());
+            watched.push(w);
+        }
+        let wake = Arc::new(fanotify::eventfd().map_err(|source| WatchError::Thread {
+            what: "eventfd",
+            source,
+        })?);
+        let shared = Arc::new(Shared::default());
+        shared.running.store(true, Ordering::Relaxed);
+        let marked = watched.len();
+        let state = State {
+            shared: Arc::clone(&shared),
+            watched,
+            handles,
+            own_from: targets.own_from,
+            writers: targets
+                .writers
+                .iter()
+                .map(|(p, k)| (*k, p.display().to_string()))
+                .collect(),
+            service: targets.service.iter().map(|(_, k)| *k).collect(),
+            self_exe: targets.self_exe,
+            events,
+        };
+        let reader = Reader {
+            group,
+            wake: Arc::clone(&wake),
+            state,
+        };
+        let thread = std::thread::Builder::new()
+            .name("guardian-watch".to_owned())
+            .spawn(move || reader.run())
+            .map_err(|source| WatchError::Thread {
+                what: "spawn",
+                source,
+            })?;
+        Ok(Self {
+            shared,
+            wake,
+            thread: Some(thread),
+            marked,
+        })
+    }
+
+    /// How many inodes carry a mark.
+    pub fn marked(&self) -> usize {
+        self.marked
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> WatchStats {
+        self.shared.snapshot()
+    }
+
+    /// Stop the reader thread and close the group (the marks go with it).
+    /// Events still queued are not read. Returns the final counters.
+    pub fn stop(mut self) -> WatchStats {
+        self.shutdown();
+        self.shared.snapshot()
+    }
+
+    fn shutdown(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        if let Err(e) = fanotify::wake(&self.wake) {
+            // Without the wake-up the join below would never return.
+            log::error!("cannot wake the fanotify watch thread: {e}; leaving it running");
+            Shared::bump(&self.shared.errors);
+            return;
+        }
+        if thread.join().is_err() {
+            Shared::bump(&self.shared.errors);
+            log::error!("the fanotify watch thread panicked");
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// What `/proc` still says about the process an event names.
+#[derive(Default)]
+struct Actor {
+    status: fanotify::ProcStatus,
+    comm: String,
+    exe: Option<InodeKey>,
+    exe_link: Option<String>,
+}
+
+fn actor(pid: u32) -> Actor {
+    if pid == 0 {
+        return Actor::default();
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| parse_status(&s))
+        .unwrap_or_default();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end_matches('\n').to_owned())
+        .unwrap_or_default();
+    let exe_link = format!("/proc/{pid}/exe");
+    let exe = std::fs::metadata(&exe_link).ok().map(|m| inode_key(&m));
+    let exe_link = exe
+        .and_then(|_| std::fs::read_link(&exe_link).ok())
+        .map(|p| p.display().to_string());
+    Actor {
+        status,
+        comm,
+        exe,
+        exe_link,
+    }
+}
+
+/// The reader thread: the group, its wake-up, and what it knows.
+struct Reader {
+    group: OwnedFd,
+    wake: Arc<OwnedFd>,
+    state: State,
+}
+
+/// What the reader knows about the targets.
+struct State {
+    shared: Arc<Shared>,
+    watched: Vec<Watched>,
+    /// (handle type, handle) → indexes in `watched` (more than one only
+    /// when two filesystems encode the same handle; the fsid decides).
+    handles: HashMap<(i32, Vec<u8>), Vec<usize>>,
+    own_from: usize,
+    writers: HashMap<InodeKey, String>,
+    service: Vec<InodeKey>,
+    self_exe: InodeKey,
+    events: Sender<SecurityEvent>,
+}
+
+/// The kinds of change, in the order a record's bits are reported.
+const KINDS: [(u64, &str); 4] = [
+    (libc::FAN_MODIFY, HOOK_MODIFY),
+    (libc::FAN_ATTRIB, HOOK_ATTRIB),
+    (libc::FAN_MOVE_SELF, HOOK_MOVE_SELF),
+    (libc::FAN_DELETE_SELF, HOOK_DELETE_SELF),
+];
+
+impl Reader {
+    fn run(self) {
+        let Self {
+            group,
+            wake,
+            mut state,
+        } = self;
+        if let Err(e) = fanotify::read_loop(&group, &wake, |bytes| state.handle_all(bytes)) {
+            Shared::bump(&state.shared.errors);
+            log::error!(
+                "fanotify watch thread stopped: {e}; changes to protected files are no longer reported by fanotify"
+            );
+        }
+        state.shared.running.store(false, Ordering::Relaxed);
+        // Dropping `group` closes the group and removes the marks.
+    }
+}
+
+impl State {
+    fn handle_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let (records, err) = parse_records(bytes);
+        for r in &records {
+            self.handle(r);
+        }
+        match err {
+            None => Ok(()),
+            Some(ParseError::Version(v)) => Err(io::Error::other(format!(
+                "fanotify metadata version {v} (expected {})",
+                libc::FANOTIFY_METADATA_VERSION
+            ))),
+            Some(ParseError::Malformed(what)) => {
+                // Each read returns whole records, so the next one starts
+                // clean; only the rest of this one is lost.
+                Shared::bump(&self.shared.errors);
+                log::error!("fanotify watch: malformed event, rest of the read dropped: {what}");
+                Ok(())
+            }
+        }
+    }
+
+    fn find(&self, fid: &Fid) -> Option<usize> {
+        let candidates = self.handles.get(&(fid.handle_type, fid.handle.clone()))?;
+        candidates
+            .iter()
+            .copied()
+            .find(|&i| self.watched.get(i).is_some_and(|w| w.fsid == fid.fsid))
+            // A filesystem without a real fsid (6.8+ allows inode marks on
+            // one) may report another one than fstatfs; a single candidate
+            // is still unambiguous.
+            .or_else(|| (candidates.len() == 1).then(|| candidates[0]))
+    }
+
+    fn handle(&mut self, r: &Record) {
+        let s = Arc::clone(&self.shared);
+        if r.mask & libc::FAN_Q_OVERFLOW != 0 {
+            Shared::bump(&s.overflows);
+            log::error!(
+                "fanotify queue overflow: changes to protected files were dropped unreported"
+            );
+            return;
+        }
+        let Some(fid) = &r.fid else {
+            Shared::bump(&s.errors);
+            log::error!("fanotify event {:#x} without a file handle", r.mask);
+            return;
+        };
+        let Some(i) = self.find(fid) else {
+            Shared::bump(&s.unknown);
+            log::warn!(
+                "fanotify event {:#x} on a file handle that matches no protected file",
+                r.mask
+            );
+            return;
+        };
+        let pid = u32::try_from(r.pid).unwrap_or(0);
+        let actor = actor(pid);
+        let own = self.watched.get(i).is_some_and(|w| w.id >= self.own_from);
+        let verdict = judge(
+            own,
+            actor.exe.as_ref(),
+            |k| self.writers.contains_key(k),
+            &self.self_exe,
+        );
+        for (bit, hook) in KINDS {
+            if r.mask & bit == 0 {
+                continue;
+            }
+            let Some((event, text, name)) = self.change(i, bit) else {
+                continue;
+            };
+            Shared::bump(&s.events);
+            match verdict {
+                Verdict::Own => {
+                    Shared::bump(&s.own);
+                    continue;
+                }
+                Verdict::Allow => Shared::bump(&s.allowed),
+                Verdict::Alert => Shared::bump(&s.alerts),
+            }
+            let Some(w) = self.watched.get(i) else {
+                continue;
+            };
+            let exe_key = actor.exe.unwrap_or_default();
+            let ev = SecurityEvent {
+                time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+                event: event.to_owned(),
+                verdict: if verdict == Verdict::Allow {
+                    "allow"
+                } else {
+                    "alert"
+                }
+                .to_owned(),
+                mode: "detect".to_owned(),
+                hook: hook.to_owned(),
+                pid: if actor.status.tgid != 0 {
+                    actor.status.tgid
+                } else {
+                    pid
+                },
+                tid: pid,
+                ppid: actor.status.ppid,
+                uid: actor.status.uid,
+                gid: actor.status.gid,
+                exe: actor
+                    .exe
+                    .and_then(|k| self.writers.get(&k).cloned())
+                    .or_else(|| actor.exe_link.clone()),
+                exe_dev: format!("{}:{}", exe_key.major(), exe_key.minor()),
+                exe_ino: exe_key.ino,
+                comm: actor.comm.clone(),
+                service: exe_key.ino != 0 && self.service.contains(&exe_key),
+                file: Some(w.path.display().to_string()),
+                dev: Some(format!("{}:{}", w.key.major(), w.key.minor())),
+                ino: Some(w.key.ino),
+                flags_text: Some(text),
+                name,
+                ..SecurityEvent::default()
+            };
+            if self.events.send(ev).is_err() {
+                Shared::bump(&s.unreported);
+            }
+        }
+    }
+
+    /// What change `bit` made to watched file `i`: event name,
+    /// `flags_text` and the new name, updating the recorded state. None
+    /// (counted as an error) when the index is out of range.
+    fn change(&mut self, i: usize, bit: u64) -> Option<(&'static str, String, Option<String>)> {
+        let shared = Arc::clone(&self.shared);
+        let Some(w) = self.watched.get_mut(i) else {
+            Shared::bump(&shared.errors);
+            return None;
+        };
+        let now = match w.file.metadata() {
+            Ok(m) => Some(FileState::of(&m)),
+            Err(e) => {
+                Shared::bump(&shared.errors);
+                log::warn!("cannot fstat protected file {}: {e}", w.path.display());
+                None
+            }
+        };
+        Some(match bit {
+            libc::FAN_MODIFY => {
+                let text = match now {
+                    Some(n) => {
+                        let before = std::mem::replace(&mut w.state.size, n.size);
+                        if before == n.size {
+                            format!("size {}", n.size)
+                        } else {
+                            format!("size {before}→{}", n.size)
+                        }
+                    }
+                    None => "size unknown".to_owned(),
+                };
+                ("file_write", text, None)
+            }
+            libc::FAN_ATTRIB => match now {
+                Some(n) => {
+                    let after = FileState {
+                        size: w.state.size,
+                        ..n
+                    };
+                    let (event, text) = attrib_change(&w.state, &after);
+                    w.state = after;
+                    (event, text, None)
+                }
+                None => ("file_setattr", "cannot fstat the inode".to_owned(), None),
+            },
+            libc::FAN_MOVE_SELF => {
+                // Where the inode is now (as of reading the event).
+                let at = std::fs::read_link(format!("/proc/self/fd/{}", w.file.as_raw_fd()))
+                    .ok()
+                    .map(|p| p.display().to_string());
+                let text = match &at {
+                    Some(p) => format!("now at {p}"),
+                    None => "new name unknown".to_owned(),
+                };
+                ("file_rename", text, at)
+            }
+            _ => ("file_unlink", "inode deleted".to_owned(), None),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(len: u32, mask: u64, pid: i32) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&len.to_ne_bytes());
+        b.push(libc::FANOTIFY_METADATA_VERSION);
+        b.push(0);
+        b.extend_from_slice(&24u16.to_ne_bytes());
+        b.extend_from_slice(&mask.to_ne_bytes());
+        b.extend_from_slice(&(-1i32).to_ne_bytes());
+        b.extend_from_slice(&pid.to_ne_bytes());
+        b
+    }
+
+    fn fid_event(mask: u64, pid: i32, fsid: [u8; 8], ty: i32, handle: &[u8]) -> Vec<u8> {
+        // The kernel pads info records to 4 bytes.
+        let rec_len = (20 + handle.len()).div_ceil(4) * 4;
+        let mut b = meta((24 + rec_len) as u32, mask, pid);
+        b.push(libc::FAN_EVENT_INFO_TYPE_FID);
+        b.push(0);
+        b.extend_from_slice(&(rec_len as u16).to_ne_bytes());
+        b.extend_from_slice(&fsid);
+        b.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
+        b.extend_from_slice(&ty.to_ne_bytes());
+        b.extend_from_slice(handle);
+        b.resize(24 + rec_len, 0);
+        b
+    }
+
+    #[test]
+    fn parses_fid_records() {
+        let mut bytes = fid_event(
+            libc::FAN_MODIFY,
+            42,
+            [1; 8],
+            1,
+            &[9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
+        );
+        bytes.extend(meta(24, libc::FAN_Q_OVERFLOW, 0));
+        bytes.extend(fid_event(
+            libc::FAN_ATTRIB | libc::FAN_MODIFY,
+            7,
+            [2; 8],
+            -3,
+            &[1; 8],
+        ));
+        let (records, err) = parse_records(&bytes);
+        assert_eq!(err, None);
+        assert_eq!(
+            records,
+            vec![
+                Record {
+                    mask: libc::FAN_MODIFY,
+                    pid: 42,
+                    fid: Some(Fid {
+                        fsid: [1; 8],
+                        handle_type: 1,
+                        handle: vec![9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
+                    }),
+                },
+                Record {
+                    mask: libc::FAN_Q_OVERFLOW,
+                    pid: 0,
+                    fid: None,
+                },
+                Record {
+                    mask: libc::FAN_ATTRIB | libc::FAN_MODIFY,
+                    pid: 7,
+                    fid: Some(Fid {
+                        fsid: [2; 8],
+                        handle_type: -3,
+                        handle: vec![1; 8],
+                    }),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_lengths() {
+        let good = fid_event(libc::FAN_MODIFY, 1, [0; 8], 1, &[1; 8]);
+        // A handle longer than its record.
+        let mut bad = good.clone();
+        bad[24 + 12..24 + 16].copy_from_slice(&64u32.to_ne_bytes());
+        let mut bytes = good.clone();
+        bytes.extend(&bad);
+        let (records, err) = parse_records(&bytes);
+        assert_eq!(records.len(), 1);
+        assert!(matches!(err, Some(ParseError::Malformed(w)) if w.contains("64")));
+        // An event longer than the read.
+        let (records, err) = parse_records(&good[..good.len() - 1]);
+        assert!(records.is_empty());
+        assert!(matches!(err, Some(ParseError::Malformed(_))));
+        // An info header claiming less than itself.
+        let mut bad = good.clone();
+        bad[24 + 2..24 + 4].copy_from_slice(&2u16.to_ne_bytes());
+        assert!(matches!(
+            parse_records(&bad).1,
+            Some(ParseError::Malformed(_))
+        ));
+        // Another metadata version.
+        let mut bad = good;
+        bad[4] = libc::FANOTIFY_METADATA_VERSION + 1;
+        assert_eq!(
+            parse_records(&bad).1,
+            Some(ParseError::Version(libc::FANOTIFY_METADATA_VERSION + 1))
+        );
+    }
+
+    #[test]
+    fn classifies_attribute_changes() {
+        let before = FileState {
+            nlink: 1,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            size: 11,
+        };
+        let with = |f: fn(&mut FileState)| {
+            let mut s = before;
+            f(&mut s);
+            attrib_change(&before, &s)
+        };
+        assert_eq!(with(|s| s.nlink = 2), ("file_link", "nlink 1→2".to_owned()));
+        assert_eq!(
+            with(|s| s.nlink = 0),
+            ("file_unlink", "nlink 1→0".to_owned())
+        );
+        assert_eq!(
+            with(|s| s.mode = 0o100666),
+            ("file_setattr", "mode 0644→0666".to_owned())
+        );
+        assert_eq!(
+            with(|s| {
+                s.uid = 1000;
+                s.gid = 100;
+            }),
+            ("file_setattr", "uid 0→1000, gid 0→100".to_owned())
+        );
+        assert_eq!(
+            with(|s| {
+                s.nlink = 2;
+                s.mode = 0o104755;
+            }),
+            ("file_link", "nlink 1→2, mode 0644→4755".to_owned())
+        );
+        let (event, text) = with(|_| {});
+        assert_eq!(event, "file_setattr");
+        assert!(text.starts_with("no change"), "{text}");
+    }
+
+    #[test]
+    fn judges_like_the_other_rungs() {
+        let me = InodeKey::from_major_minor(8, 1, 10);
+        let writer = InodeKey::from_major_minor(8, 1, 11);
+        let other = InodeKey::from_major_minor(8, 1, 12);
+        let j = |own, exe: Option<&InodeKey>| judge(own, exe, |k| *k == writer, &me);
+        assert_eq!(j(true, Some(&me)), Verdict::Own);
+        assert_eq!(j(true, Some(&writer)), Verdict::Alert);
+        assert_eq!(j(true, Some(&other)), Verdict::Alert);
+        assert_eq!(j(false, Some(&writer)), Verdict::Allow);
+        assert_eq!(j(false, Some(&me)), Verdict::Alert);
+        assert_eq!(j(false, Some(&other)), Verdict::Alert);
+        assert_eq!(j(false, None), Verdict::Alert);
+        assert_eq!(j(true, None), Verdict::Alert);
+        assert_eq!(j(false, Some(&InodeKey::default())), Verdict::Alert);
+    }
+}
