@@ -128,7 +128,7 @@ scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-bo
     policy-before-swap policy-before-swap-event policy-swap-loaded policy-swap-allows-writer
     policy-swap-event policy-in-evidence
     stop-unload detect-rung-status detect-write-open detect-preopened-fd-write detect-ftruncate
-    detect-connect)
+    detect-connect detect-chmod detect-link)
 # A fresh nonce for the guest's quote, verified on the host afterwards.
 nonce="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 nonce2="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"

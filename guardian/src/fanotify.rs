@@ -188,10 +188,66 @@ impl Shared {
     }
 }
 
+/// A write-open the permission rung allowed: which process, which file,
+/// and the writer's executable as it was when the open was decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The opener's process (thread group) id.
+    pub tgid: u32,
+    /// The protected file.
+    pub file: InodeKey,
+    /// The allowed writer's executable.
+    pub exe: InodeKey,
+    /// Its path, as the allowlist names it.
+    pub exe_path: String,
+}
+
+/// The latest write-opens the permission rung allowed, for the
+/// notification rung ([`crate::watch`]): it learns who changed a file from
+/// a pid after the fact, and an allowed writer that has exited by then
+/// (an updater that writes and quits) has no executable left to show. A
+/// grant for the same process and file stands in for it. Bounded: the
+/// oldest grants go first.
+#[derive(Debug, Default)]
+pub struct Grants(std::sync::Mutex<std::collections::VecDeque<Grant>>);
+
+impl Grants {
+    /// How many grants are kept.
+    pub const MAX: usize = 1024;
+
+    /// Remember `g`.
+    pub fn record(&self, g: Grant) {
+        let mut q = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = q.iter().position(|o| o.tgid == g.tgid && o.file == g.file) {
+            q.remove(i);
+        }
+        if q.len() >= Self::MAX {
+            q.pop_front();
+        }
+        q.push_back(g);
+    }
+
+    /// The grant for process `tgid` and `file`, if any.
+    pub fn find(&self, tgid: u32, file: &InodeKey) -> Option<Grant> {
+        let q = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        q.iter()
+            .rev()
+            .find(|g| g.tgid == tgid && g.file == *file)
+            .cloned()
+    }
+}
+
 /// A running fanotify rung: the group with its marks and the decision
 /// thread. Dropping it stops it, like [`FanotifyGuard::stop`].
 pub struct FanotifyGuard {
     shared: Arc<Shared>,
+    grants: Arc<Grants>,
     wake: Arc<OwnedFd>,
     thread: Option<JoinHandle<()>>,
     marked: usize,
@@ -348,7 +404,8 @@ impl FanotifyGuard {
         let shared = Arc::new(Shared::default());
         shared.running.store(true, Ordering::Relaxed);
         let marked = files.len();
-        let decider = Decider::new(targets, files);
+        let grants = Arc::new(Grants::default());
+        let decider = Decider::new(targets, files, Arc::clone(&grants));
         let worker = Worker {
             group,
             wake: Arc::clone(&wake),
@@ -365,6 +422,7 @@ impl FanotifyGuard {
             })?;
         Ok(Self {
             shared,
+            grants,
             wake,
             thread: Some(thread),
             marked,
@@ -374,6 +432,11 @@ impl FanotifyGuard {
     /// How many inodes carry a mark.
     pub fn marked(&self) -> usize {
         self.marked
+    }
+
+    /// The write-opens allowed so far (see [`Grants`]).
+    pub fn grants(&self) -> Arc<Grants> {
+        Arc::clone(&self.grants)
     }
 
     /// The counters so far.
@@ -767,11 +830,13 @@ struct Decider {
     writers: HashMap<InodeKey, String>,
     service: Vec<InodeKey>,
     self_exe: InodeKey,
+    grants: Arc<Grants>,
 }
 
 impl Decider {
-    fn new(t: &Targets, files: HashMap<InodeKey, usize>) -> Self {
+    fn new(t: &Targets, files: HashMap<InodeKey, usize>, grants: Arc<Grants>) -> Self {
         Self {
+            grants,
             files,
             paths: t.files.iter().map(|(p, _)| p.clone()).collect(),
             own_from: t.own_from,
@@ -815,6 +880,16 @@ impl Decider {
             .map(|s| s.trim_end_matches('\n').to_owned())
             .unwrap_or_default();
         let exe_key = exe.unwrap_or_default();
+        if j == Judgement::Allow
+            && let (Some(file), Some(path)) = (key, self.writers.get(&exe_key))
+        {
+            self.grants.record(Grant {
+                tgid: if status.tgid != 0 { status.tgid } else { tid },
+                file,
+                exe: exe_key,
+                exe_path: path.clone(),
+            });
+        }
         let exe_name = exe.and_then(|k| {
             self.writers.get(&k).cloned().or_else(|| {
                 std::fs::read_link(&exe_link)

@@ -1010,9 +1010,16 @@ impl Guard {
                 attached,
                 note: Some(if detect {
                     format!("{why_not}; reported after the fact")
+                } else if skipped
+                    && (def.name == "file_write_open"
+                        || crate::watch::HOOKS.iter().any(|(h, _)| *h == def.name))
+                {
+                    format!(
+                        "{why_not}; no kernel program watches it (syscall_detect is off: a userspace rung covers it)"
+                    )
                 } else if skipped {
                     format!(
-                        "{why_not}; no kernel program watches it (syscall_detect is off: the userspace rungs cover it)"
+                        "{why_not}; NOT COVERED: syscall_detect is off ([guard] syscall_detect = true reports it, at a cost on every system call)"
                     )
                 } else {
                     format!("{why_not}; and this kernel offers no tracepoint for it: NOT COVERED")
@@ -1064,7 +1071,9 @@ impl Guard {
                 Mode::Detect,
                 format!(
                     "{}; operations are reported after the fact, not denied{}",
-                    lsm_blocker.unwrap_or_default(),
+                    lsm_blocker.unwrap_or_else(|| {
+                        "BPF LSM is active but no LSM program could attach (see hooks)".into()
+                    }),
                     if cgroup_deny {
                         " (but egress of the service is denied in the kernel by cgroup socket programs)"
                     } else {
@@ -1336,18 +1345,66 @@ impl Guard {
     pub fn note_fanotify(&mut self, marked: usize) {
         if let Some(h) = self.hooks.iter_mut().find(|h| h.hook == "file_write_open") {
             let why = h.note.take().unwrap_or_default();
+            let traced = h.mechanism == "tracepoint";
+            let why = why
+                .split("; reported after the fact")
+                .next()
+                .unwrap_or_default();
+            let why = why.split("; no kernel program").next().unwrap_or_default();
             h.mechanism = "fanotify".into();
             h.attached
                 .insert(0, format!("{} ({marked} file(s))", crate::fanotify::HOOK));
             h.note = Some(format!(
-                "{}; denied from userspace (fanotify) while the agent runs, the tracepoints report when it does not",
-                why.trim_end_matches("; reported after the fact")
+                "{why}; denied from userspace (fanotify) while the agent runs{}",
+                if traced {
+                    ", the raw syscall tracepoint reports when it does not"
+                } else {
+                    "; nothing when it does not"
+                }
             ));
         }
         self.reason = format!(
             "{}; write-opens of protected files are denied from userspace (fanotify permission events)",
             self.reason
         );
+    }
+
+    /// Record that the notification rung reports changes to protected
+    /// files (from userspace, while the agent runs) for the hooks no
+    /// kernel program covers; `mask` is what it asked fanotify for.
+    pub fn note_watch(&mut self, marked: usize, mask: u64) {
+        let mut covered = Vec::new();
+        for (hook, bits) in crate::watch::HOOKS {
+            if mask & bits == 0 {
+                continue;
+            }
+            let Some(h) = self.hooks.iter_mut().find(|h| h.hook == hook) else {
+                continue;
+            };
+            if h.mechanism != "none" {
+                continue;
+            }
+            let why = h.note.take().unwrap_or_default();
+            let why = why.split("; no kernel program").next().unwrap_or_default();
+            let why = why
+                .split("; and this kernel offers")
+                .next()
+                .unwrap_or_default();
+            h.mechanism = "notify".into();
+            h.attached
+                .insert(0, format!("fanotify notification ({marked} file(s))"));
+            h.note = Some(format!(
+                "{why}; reported after the fact by fanotify notification events, while the agent runs"
+            ));
+            covered.push(hook);
+        }
+        if !covered.is_empty() {
+            self.reason = format!(
+                "{}; {} of protected files reported through fanotify notification events",
+                self.reason,
+                covered.join(", ")
+            );
+        }
     }
 
     /// The mode in force.

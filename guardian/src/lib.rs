@@ -83,6 +83,9 @@ pub enum RunError {
     /// The guard did not start.
     #[error(transparent)]
     Guard(#[from] GuardError),
+    /// The notification rung could not mark a protected file.
+    #[error(transparent)]
+    Watch(watch::WatchError),
     /// The fanotify rung could not mark a protected file.
     #[error(transparent)]
     Fanotify(fanotify::FanotifyError),
@@ -163,6 +166,63 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
         &targets,
     )?;
+    // The userspace-deny rung: where BPF LSM could not take write-opens,
+    // fanotify permission events can (from userspace, while the agent
+    // runs). Not in detect mode, which asks for no denials.
+    let (fan_tx, mut fan_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut fanotify = None;
+    let open_hook = guard.hooks().iter().find(|h| h.hook == "file_write_open");
+    if config.guard.mode != config::ModeRequest::Detect
+        && open_hook.is_some_and(|h| h.mechanism != "lsm")
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        match fanotify::FanotifyGuard::start(&targets, tx) {
+            Ok(f) => {
+                log::warn!(
+                    "hook file_write_open: FANOTIFY — BPF LSM could not take it; write-opens of {} protected file(s) are denied from userspace while the agent runs",
+                    f.marked()
+                );
+                guard.note_fanotify(f.marked());
+                forward(rx, fan_tx.clone());
+                fanotify = Some(f);
+            }
+            Err(e) if e.is_unavailable() => {
+                log::warn!("hook file_write_open: no fanotify rung either: {e}");
+            }
+            Err(e) => return Err(RunError::Fanotify(e)),
+        }
+    }
+    // The notification rung: changes to protected files that neither BPF
+    // LSM nor a syscall tracepoint watches are reported through fanotify
+    // notification events (while the agent runs), in every mode.
+    let uncovered = |hook: &str| {
+        guard
+            .hooks()
+            .iter()
+            .any(|h| h.hook == hook && h.mechanism == "none")
+    };
+    let watch_mask = watch::mask_for(uncovered);
+    let mut watcher = None;
+    if watch_mask != 0 && !targets.files.is_empty() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let grants = fanotify.as_ref().map(fanotify::FanotifyGuard::grants);
+        match watch::Watcher::start_with(&targets, watch_mask, grants, tx) {
+            Ok(w) => {
+                guard.note_watch(w.marked(), watch_mask);
+                log::warn!(
+                    "file hooks without a kernel program: changes to {} protected file(s) are reported through fanotify notification events, after the fact, while the agent runs",
+                    w.marked()
+                );
+                forward(rx, fan_tx);
+                watcher = Some(w);
+            }
+            Err(e) if e.is_unavailable() => {
+                log::warn!("no fanotify notification rung either: {e}");
+            }
+            Err(e) => return Err(RunError::Watch(e)),
+        }
+    }
+    // What is in force, hook by hook, now that every rung has started.
     match guard.mode() {
         Mode::Enforce => log::info!("mode: ENFORCE — {}", guard.reason()),
         Mode::Detect => log::warn!(
@@ -182,32 +242,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             (m, None) => log::warn!("hook {}: {m}", h.hook),
         }
     }
-    // The userspace-deny rung: where BPF LSM could not take write-opens,
-    // fanotify permission events can (from userspace, while the agent
-    // runs). Not in detect mode, which asks for no denials.
-    let (fan_tx, mut fan_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut fanotify = None;
-    let open_hook = guard.hooks().iter().find(|h| h.hook == "file_write_open");
-    if config.guard.mode != config::ModeRequest::Detect
-        && open_hook.is_some_and(|h| h.mechanism != "lsm")
-    {
-        let (tx, rx) = std::sync::mpsc::channel();
-        match fanotify::FanotifyGuard::start(&targets, tx) {
-            Ok(f) => {
-                log::warn!(
-                    "hook file_write_open: FANOTIFY — BPF LSM could not take it; write-opens of {} protected file(s) are denied from userspace while the agent runs",
-                    f.marked()
-                );
-                guard.note_fanotify(f.marked());
-                forward(rx, fan_tx);
-                fanotify = Some(f);
-            }
-            Err(e) if e.is_unavailable() => {
-                log::warn!("hook file_write_open: no fanotify rung either: {e}");
-            }
-            Err(e) => return Err(RunError::Fanotify(e)),
-        }
-    }
+    let opens_traced = guard.hooks().iter().any(|h| {
+        h.hook == "file_write_open" && h.attached.iter().any(|a| a.starts_with("raw_tracepoint"))
+    });
     let mut decoder = Decoder::new(guard.mode(), &targets);
     // Continuous attestation: its own thread owns the TPM and the log.
     // The guard's state goes into the evidence first.
@@ -273,6 +310,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             policies: &engine.stats(),
             pstate,
             fanotify: fanotify.as_ref().map(fanotify::FanotifyGuard::stats),
+            watch: watcher.as_ref().map(watch::Watcher::stats),
         });
         // Lost events are part of the evidence too.
         let drops = st.counters.get("ringbuf_drops").copied().unwrap_or(0);
@@ -313,8 +351,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 ready.clear_ready();
             }
             Some(ev) = fan_rx.recv() => {
-                // The tracepoints report allowed write-opens already.
-                if ev.verdict != "allow" {
+                // With syscall_detect, the raw tracepoint reports allowed
+                // write-opens already.
+                if !(ev.verdict == "allow" && ev.hook == fanotify::HOOK && opens_traced) {
                     handle_event(ev, &mut sink, &mut counters, &attestor, config.guard.response, &engine);
                     let flushed = sink.flush();
                     count_written(&mut counters, flushed);
@@ -372,6 +411,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     if let Some(f) = fanotify.take() {
         f.stop();
+    }
+    if let Some(w) = watcher.take() {
+        w.stop();
     }
     attestor.stop();
     let _ = std::fs::remove_file(&config.status.path);
@@ -673,6 +715,7 @@ struct Parts<'a> {
     policies: &'a policy::PolicyStats,
     pstate: &'a PolicyState,
     fanotify: Option<fanotify::FanotifyStats>,
+    watch: Option<watch::WatchStats>,
 }
 
 fn snapshot(parts: &Parts<'_>) -> Status {
@@ -687,6 +730,7 @@ fn snapshot(parts: &Parts<'_>) -> Status {
         policies: pstats,
         pstate,
         ref fanotify,
+        ref watch,
     } = *parts;
     let mut counters: BTreeMap<String, u64> = BTreeMap::new();
     let mut warnings = Vec::new();
@@ -713,6 +757,31 @@ fn snapshot(parts: &Parts<'_>) -> Status {
         }
         if f.errors > 0 {
             warnings.push(format!("{} fanotify error(s)", f.errors));
+        }
+    }
+    if let Some(w) = watch {
+        for (name, v) in [
+            ("watch_events", w.events),
+            ("watch_alerts", w.alerts),
+            ("watch_allowed", w.allowed),
+            ("watch_overflows", w.overflows),
+            ("watch_unknown", w.unknown),
+            ("watch_errors", w.errors),
+            ("watch_unreported", w.unreported),
+        ] {
+            counters.insert(name.into(), v);
+        }
+        if !w.running {
+            warnings.push("the fanotify notification thread has stopped: changes to protected files are no longer reported from userspace".into());
+        }
+        if w.overflows > 0 {
+            warnings.push(format!(
+                "the fanotify notification queue overflowed {} time(s): changes to protected files were lost",
+                w.overflows
+            ));
+        }
+        if w.errors > 0 {
+            warnings.push(format!("{} fanotify notification error(s)", w.errors));
         }
     }
     counters.insert("responses_killed".into(), agent.killed);

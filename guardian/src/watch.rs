@@ -101,9 +101,29 @@ pub const HOOK_MOVE_SELF: &str = "fanotify/move_self";
 /// The hook name of events from `FAN_DELETE_SELF`.
 pub const HOOK_DELETE_SELF: &str = "fanotify/delete_self";
 
-/// The events asked for on every protected file.
+/// Every event this rung can ask for on a protected file.
 pub const MASK: u64 =
     libc::FAN_MODIFY | libc::FAN_ATTRIB | libc::FAN_MOVE_SELF | libc::FAN_DELETE_SELF;
+
+/// The guard's hooks this rung can report, and the events each needs.
+pub const HOOKS: [(&str, u64); 5] = [
+    ("file_write", libc::FAN_MODIFY),
+    // truncate(2) is a FAN_MODIFY; chmod, chown a FAN_ATTRIB.
+    ("file_setattr", libc::FAN_MODIFY | libc::FAN_ATTRIB),
+    // Moved away: FAN_MOVE_SELF; replaced: the link count (FAN_ATTRIB).
+    ("file_rename", libc::FAN_MOVE_SELF | libc::FAN_ATTRIB),
+    ("file_unlink", libc::FAN_ATTRIB | libc::FAN_DELETE_SELF),
+    ("file_link", libc::FAN_ATTRIB),
+];
+
+/// The events to ask for when the hooks for which `uncovered` is true
+/// have no other form (0: nothing to do).
+pub fn mask_for(uncovered: impl Fn(&str) -> bool) -> u64 {
+    HOOKS
+        .iter()
+        .filter(|(h, _)| uncovered(h))
+        .fold(0, |m, (_, bits)| m | bits)
+}
 
 /// `AT_HANDLE_FID` (kernel 6.5): encode the handle the way fanotify does,
 /// also on filesystems that cannot decode handles (`include/uapi/linux/fcntl.h`).
@@ -541,7 +561,12 @@ fn fsid_of(fd: &File) -> io::Result<[u8; 8]> {
 
 /// Open a protected file with `O_PATH`, learn its handle and filesystem
 /// id, and put the inode mark on it.
-fn mark(group: &OwnedFd, id: usize, path: &Path) -> Result<(Watched, i32, Vec<u8>), WatchError> {
+fn mark(
+    group: &OwnedFd,
+    id: usize,
+    path: &Path,
+    mask: u64,
+) -> Result<(Watched, i32, Vec<u8>), WatchError> {
     let err = |what| {
         move |source| WatchError::Mark {
             path: path.to_owned(),
@@ -576,7 +601,7 @@ fn mark(group: &OwnedFd, id: usize, path: &Path) -> Result<(Watched, i32, Vec<u8
         libc::fanotify_mark(
             group.as_raw_fd(),
             libc::FAN_MARK_ADD | libc::FAN_MARK_INODE,
-            MASK,
+            mask,
             libc::AT_FDCWD,
             proc_path.as_ptr(),
         )
@@ -631,11 +656,25 @@ impl Watcher {
     /// 3. Start the reader thread; changes from the first mark to here wait
     ///    in the queue.
     pub fn start(targets: &Targets, events: Sender<SecurityEvent>) -> Result<Self, WatchError> {
+        Self::start_with(targets, MASK, None, events)
+    }
+
+    /// [`Watcher::start`] asking only for the events of `mask` (a subset of
+    /// [`MASK`]; see [`mask_for`]), so that a change another form already
+    /// reports is not reported twice; with the permission rung's `grants`,
+    /// an allowed writer that has exited before its change is read is
+    /// still recognised (see [`fanotify::Grants`]).
+    pub fn start_with(
+        targets: &Targets,
+        mask: u64,
+        grants: Option<Arc<fanotify::Grants>>,
+        events: Sender<SecurityEvent>,
+    ) -> Result<Self, WatchError> {
         let group = init_group()?;
         let mut watched: Vec<Watched> = Vec::new();
         let mut handles: HashMap<(i32, Vec<u8>), Vec<usize>> = HashMap::new();
         for (id, (path, expected)) in targets.files.iter().enumerate() {
-            let (w, ty, handle) = mark(&group, id, path)?;
+            let (w, ty, handle) = mark(&group, id, path, mask & MASK)?;
             if w.key != *expected {
                 log::warn!(
                     "protected file {} was replaced since it was resolved; watching the file there now",
@@ -674,6 +713,7 @@ impl Watcher {
                 .collect(),
             service: targets.service.iter().map(|(_, k)| *k).collect(),
             self_exe: targets.self_exe,
+            grants,
             events,
         };
         let reader = Reader {
@@ -786,6 +826,8 @@ struct State {
     writers: HashMap<InodeKey, String>,
     service: Vec<InodeKey>,
     self_exe: InodeKey,
+    /// The permission rung's allowed write-opens, when it runs.
+    grants: Option<Arc<fanotify::Grants>>,
     events: Sender<SecurityEvent>,
 }
 
@@ -872,8 +914,18 @@ impl State {
             return;
         };
         let pid = u32::try_from(r.pid).unwrap_or(0);
-        let actor = actor(pid);
+        let mut actor = actor(pid);
         let own = self.watched.get(i).is_some_and(|w| w.id >= self.own_from);
+        // A writer gone before its change was read: the permission rung
+        // may have allowed its write-open, naming its executable then.
+        if actor.exe.is_none()
+            && !own
+            && let (Some(g), Some(w)) = (self.grants.as_ref(), self.watched.get(i))
+            && let Some(grant) = g.find(pid, &w.key)
+        {
+            actor.exe = Some(grant.exe);
+            actor.exe_link = Some(grant.exe_path);
+        }
         let verdict = judge(
             own,
             actor.exe.as_ref(),

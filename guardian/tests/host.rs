@@ -705,8 +705,9 @@ fn writes_through_old_descriptors_are_reported() {
     };
     assert_eq!(mech("file_write"), "tracepoint");
     assert_eq!(mech("file_mmap"), "tracepoint");
-    // No tracepoint can see a rename by inode: said, not hidden.
-    assert_eq!(mech("file_rename"), "none");
+    // No tracepoint can see a rename by inode: the notification rung
+    // reports it, and says so.
+    assert_eq!(mech("file_rename"), "notify");
     assert_eq!(mech("exec"), "off");
 
     use std::os::fd::AsRawFd as _;
@@ -856,6 +857,128 @@ fn service_egress_outside_allowlist_is_reported_and_killed() {
     wait_for(5, "the kill counter", || {
         (counter(&scene, "responses_killed") == 2).then_some(())
     });
+    agent.stop();
+}
+
+/// The default configuration on a kernel without BPF LSM: no syscall
+/// tracepoint, write-opens denied through fanotify permission events, and
+/// every other change to a protected file reported through fanotify
+/// notification events: a write through a descriptor opened before the
+/// agent, `chmod`, a hard link. The allowed writer's change is `allow`
+/// even when it has exited before the event is read.
+#[test]
+fn default_config_reports_file_changes_through_fanotify() {
+    let _k = exclusive();
+    let bin = tempfile::tempdir().unwrap();
+    let updater = bin.path().join("model-updater");
+    std::fs::copy("/bin/sh", &updater).unwrap();
+    let scene = Scene::new("auto", &[&updater]);
+    let mut old = std::fs::OpenOptions::new()
+        .append(true)
+        .open(scene.model())
+        .unwrap();
+    let agent = Agent::start(&scene);
+    let st = scene.status().unwrap();
+    let mech = |hook: &str| {
+        st["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["hook"] == hook)
+            .map(|h| h["mechanism"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    if mech("file_write_open") == "lsm" {
+        panic!("BPF LSM took the file hooks on this kernel; this test is for kernels without it");
+    }
+    assert_eq!(mech("file_write_open"), "fanotify", "{st:#}");
+    for hook in [
+        "file_write",
+        "file_setattr",
+        "file_rename",
+        "file_unlink",
+        "file_link",
+    ] {
+        assert_eq!(mech(hook), "notify", "{hook}: {st:#}");
+    }
+    // Shared writable mappings need BPF LSM or the syscall tracepoint.
+    assert_eq!(mech("file_mmap"), "none");
+    let attached = st["hooks"].to_string();
+    assert!(
+        !attached.contains("sys_exit") && !attached.contains("syscalls/"),
+        "{attached}"
+    );
+
+    let me = std::process::id();
+    old.write_all(b"tampered through an old descriptor\n")
+        .unwrap();
+    let ev = wait_for(10, "the write through the old descriptor", || {
+        scene
+            .events()
+            .into_iter()
+            .find(|e| e["pid"] == me && e["event"] == "file_write")
+    });
+    assert_eq!(ev["verdict"], "alert");
+    assert_eq!(ev["mode"], "detect");
+    assert_eq!(ev["hook"], "fanotify/modify");
+    assert_eq!(ev["file"], scene.model().display().to_string());
+    assert_eq!(
+        ev["exe_ino"],
+        std::fs::metadata("/proc/self/exe").unwrap().ino()
+    );
+
+    let chmod = Command::new("chmod")
+        .arg("600")
+        .arg(scene.model())
+        .status()
+        .unwrap();
+    assert!(chmod.success());
+    let ev = wait_for(10, "the chmod", || {
+        scene
+            .events()
+            .into_iter()
+            .find(|e| e["event"] == "file_setattr")
+    });
+    assert_eq!(ev["verdict"], "alert");
+    assert!(
+        ev["flags_text"].as_str().unwrap().contains("0600"),
+        "{ev:#}"
+    );
+    let link = scene.path("model-link");
+    std::fs::hard_link(scene.model(), &link).unwrap();
+    let ev = wait_for(10, "the hard link", || {
+        scene
+            .events()
+            .into_iter()
+            .find(|e| e["event"] == "file_link")
+    });
+    assert_eq!(ev["pid"], me);
+    assert_eq!(ev["verdict"], "alert");
+    std::fs::remove_file(&link).unwrap();
+
+    // The allowed updater: its write-open is allowed by the permission
+    // rung, and its write reported `allow`, though it is gone by then.
+    let good = shell(&updater, &format!("echo v2 >> {}", scene.model().display()));
+    let good_pid = good.id();
+    finish(good);
+    let evs = wait_for(10, "the updater's write", || {
+        let e: Vec<Value> = scene
+            .events()
+            .into_iter()
+            .filter(|e| e["pid"] == good_pid)
+            .collect();
+        e.iter().any(|e| e["event"] == "file_write").then_some(e)
+    });
+    for e in &evs {
+        assert_eq!(e["verdict"], "allow", "{e:#}");
+        assert_eq!(e["exe"], updater.display().to_string(), "{e:#}");
+    }
+    wait_for(5, "the notification counters", || {
+        (counter(&scene, "watch_alerts") >= 3 && counter(&scene, "watch_allowed") >= 1)
+            .then_some(())
+    });
+    assert_eq!(counter(&scene, "watch_overflows"), 0);
+    drop(old);
     agent.stop();
 }
 

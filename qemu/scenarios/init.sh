@@ -491,6 +491,10 @@ detect detect-ftruncate file_truncate raw_tracepoint/sys_exit guardian-attack ft
 # Egress goes to the cgroup programs first (report-only in detect mode):
 # they need no syscall tracepoint.
 detect detect-connect connect cgroup/connect4 guardian-attack connect 127.0.0.3 9999
+# No syscall tells an attribute change or a hard link by inode: fanotify
+# notification events report them (arm64 file handles, busybox's pid).
+detect detect-chmod file_setattr fanotify/attrib chmod 600 /opt/detect/model.bin
+detect detect-link file_link fanotify/attrib ln /opt/detect/model.bin /opt/detect/model.link
 exec 9>&-
 kill "$agent" 2>/dev/null
 wait "$agent" 2>/dev/null
