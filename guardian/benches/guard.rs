@@ -175,8 +175,8 @@ enum Side {
     Floor,
     /// The default configuration, as `guardian run` starts it on this
     /// kernel: `mode = "auto"`, a `[service]` with an egress allowlist,
-    /// no syscall tracepoints; plus the daemon's fanotify permission rung
-    /// on the protected file.
+    /// no syscall tracepoints; plus the daemon's fanotify permission and
+    /// notification rungs on the protected file.
     Default,
 }
 
@@ -219,8 +219,23 @@ fn start_default(dir: &Path, protected: &Path) -> Attached {
     .unwrap_or_else(|e| panic!("the guard did not start: {}", guardian::guard::chain(&e)));
     let mut rungs: Vec<Box<dyn std::any::Any>> = Vec::new();
     let (tx, rx) = std::sync::mpsc::channel();
-    let fan = guardian::fanotify::FanotifyGuard::start(&targets, tx).unwrap();
+    let fan = guardian::fanotify::FanotifyGuard::start(&targets, tx.clone()).unwrap();
+    // The notification rung, for the file hooks no kernel program took
+    // (as `guardian run` starts it).
+    let mask = guardian::watch::mask_for(|hook| {
+        guard
+            .hooks()
+            .iter()
+            .any(|h| h.hook == hook && h.mechanism == "none")
+    });
+    assert_ne!(
+        mask, 0,
+        "expected the file hooks to fall to the userspace rungs here"
+    );
+    let watch =
+        guardian::watch::Watcher::start_with(&targets, mask, Some(fan.grants()), tx).unwrap();
     rungs.push(Box::new(fan));
+    rungs.push(Box::new(watch));
     rungs.push(Box::new(rx));
     Attached {
         guard,
@@ -881,7 +896,7 @@ fn main() {
         (
             'd',
             Side::Default,
-            "The default configuration (`mode = \"auto\"`, a `[service]`, no syscall tracepoints, fanotify on the protected file)",
+            "The default configuration (`mode = \"auto\"`, a `[service]`, no syscall tracepoints, both fanotify rungs on the protected file)",
             "default config ns/op",
         ),
         (
