@@ -175,72 +175,121 @@ enum Side {
     Floor,
     /// The default configuration, as `guardian run` starts it on this
     /// kernel: `mode = "auto"`, a `[service]` with an egress allowlist,
-    /// no syscall tracepoints; plus the daemon's fanotify permission and
-    /// notification rungs on the protected file.
+    /// no syscall tracepoints, the fanotify permission and notification
+    /// rungs on the protected file: the real agent, in its own process.
     Default,
 }
 
 /// What the "with" side holds while it is measured.
-struct Attached {
-    guard: Guard,
-    _rungs: Vec<Box<dyn std::any::Any>>,
+enum Attached {
+    /// The guard loaded by this process (the syscall sides).
+    InProcess(Box<Guard>),
+    /// `guardian run` in a process of its own (the default side). Its
+    /// fanotify rungs run threads; in this process they would make every
+    /// `write` here take the file-position lock that a multi-threaded
+    /// process's writes take, a cost no other process pays.
+    Agent {
+        child: std::process::Child,
+        config: std::path::PathBuf,
+    },
 }
 
-/// The default configuration (see [`Side::Default`]).
+impl Attached {
+    /// Events the kernel programs submitted while attached.
+    fn submitted(&self) -> u64 {
+        match self {
+            Attached::InProcess(g) => counter(g, "events_submitted"),
+            Attached::Agent { config, .. } => {
+                let status = config.with_file_name("bench-status.json");
+                let text = std::fs::read_to_string(status).unwrap();
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                v["counters"]["events_submitted"].as_u64().unwrap_or(0)
+            }
+        }
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if let Attached::Agent { child, config } = self {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_guardian"))
+                .args(["stop", "--unload", "--config"])
+                .arg(&*config)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // The kernel frees unpinned programs asynchronously: wait, so
+            // that the next round does not see them and start over.
+            for _ in 0..100 {
+                if guardian_programs() == 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// The default configuration (see [`Side::Default`]): the real agent,
+/// started by `guardian run` with a config that sets nothing but the
+/// protected file, a `[service]` with an egress allowlist, and where its
+/// files go.
 fn start_default(dir: &Path, protected: &Path) -> Attached {
     let svc = dir.join("inference-service");
     if !svc.exists() {
         std::fs::copy("/bin/true", &svc).unwrap();
     }
-    let cfg = GuardConfig {
-        protected: vec![protected.to_owned()],
-        ..GuardConfig::default()
-    };
-    let service: ServiceConfig = toml::from_str(&format!(
-        "exe = [{:?}]\negress = [{{ cidr = \"127.0.0.2/32\", ports = [8080] }}]\n",
-        svc.display().to_string()
-    ))
-    .unwrap();
-    let targets = Targets::resolve(&cfg, &service, &[]).unwrap();
-    let features = KernelFeatures::probe();
-    let guard = Guard::start(
-        &StartOptions {
-            object: guardian::EBPF_OBJECT,
-            request: ModeRequest::Auto,
-            require: &[],
-            features: &features,
-            btf_path: Path::new(guardian::btf::VMLINUX_BTF),
-            ring_buffer_bytes: DEFAULT_RING,
-            pin_dir: None,
-            syscall_detect: false,
-        },
-        &targets,
+    let config = dir.join("bench-guardian.toml");
+    let status = dir.join("bench-status.json");
+    let _ = std::fs::remove_file(&status);
+    std::fs::write(
+        &config,
+        format!(
+            "[guard]\nprotected = [{:?}]\npin_dir = \"/sys/fs/bpf/guardian-bench\"\n\
+             [service]\nexe = [{:?}]\negress = [{{ cidr = \"127.0.0.2/32\", ports = [8080] }}]\n\
+             [events]\noutput = \"/dev/null\"\n[status]\npath = {:?}\ninterval_secs = 1\n\
+             [measure]\nlog = {:?}\nmanifest = {:?}\n[policy]\ndir = {:?}\n",
+            protected.display().to_string(),
+            svc.display().to_string(),
+            status.display().to_string(),
+            dir.join("bench-measurements.log").display().to_string(),
+            dir.join("bench-manifest.toml").display().to_string(),
+            dir.join("bench-policies").display().to_string(),
+        ),
     )
-    .unwrap_or_else(|e| panic!("the guard did not start: {}", guardian::guard::chain(&e)));
-    let mut rungs: Vec<Box<dyn std::any::Any>> = Vec::new();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let fan = guardian::fanotify::FanotifyGuard::start(&targets, tx.clone()).unwrap();
-    // The notification rung, for the file hooks no kernel program took
-    // (as `guardian run` starts it).
-    let mask = guardian::watch::mask_for(|hook| {
-        guard
-            .hooks()
-            .iter()
-            .any(|h| h.hook == hook && h.mechanism == "none")
-    });
-    assert_ne!(
-        mask, 0,
-        "expected the file hooks to fall to the userspace rungs here"
-    );
-    let watch =
-        guardian::watch::Watcher::start_with(&targets, mask, Some(fan.grants()), tx).unwrap();
-    rungs.push(Box::new(fan));
-    rungs.push(Box::new(watch));
-    rungs.push(Box::new(rx));
-    Attached {
-        guard,
-        _rungs: rungs,
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_guardian"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("GUARDIAN_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("bench-agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !status.exists() {
+        if let Some(code) = child.try_wait().unwrap() {
+            panic!(
+                "guardian run exited with {code}:\n{}",
+                std::fs::read_to_string(dir.join("bench-agent.log")).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "guardian run not ready in 60 s");
+        std::thread::sleep(Duration::from_millis(50));
     }
+    let text = std::fs::read_to_string(&status).unwrap();
+    assert!(
+        !text.contains("sys_exit") && !text.contains("syscalls/sys_enter"),
+        "the default configuration attached a syscall tracepoint: {text}"
+    );
+    Attached::Agent { child, config }
 }
 
 /// Start the guard the way `guardian run` does, in detect mode with the
@@ -403,23 +452,20 @@ fn overhead(dir: &Path, iters: u64, rounds: usize, side: Side) -> Vec<Overhead> 
                 if side == Side::Floor {
                     watch_nothing();
                 }
-                Attached {
-                    guard,
-                    _rungs: Vec::new(),
-                }
+                Attached::InProcess(Box::new(guard))
             }
         };
         let (without, with) = if guard_first {
             let a = start();
             let with = measure_all(&file);
-            assert_eq!(counter(&a.guard, "events_submitted"), 0);
+            assert_eq!(a.submitted(), 0);
             drop(a);
             (measure_all(&file), with)
         } else {
             let without = measure_all(&file);
             let a = start();
             let with = measure_all(&file);
-            assert_eq!(counter(&a.guard, "events_submitted"), 0);
+            assert_eq!(a.submitted(), 0);
             drop(a);
             (without, with)
         };
