@@ -111,7 +111,7 @@ openssl pkeyutl -sign -inkey "$out/files/vendor.pem" -rawin -in "$out/files/mani
 cp "$policy_wasm" "$out/files/model_writer.wasm"
 "$root/target/debug/guardian" policy sign --key "$out/files/vendor.pem" "$out/files/model_writer.wasm" >&2
 
-scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-boot pcr-equals-replay quote-evidence guardian-enforce deny-append deny-append-event
+scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-boot pcr-equals-replay quote-evidence guardian-enforce no-syscall-tracepoint deny-append deny-append-event
     deny-truncate deny-truncate-event deny-impostor allow-updater allow-updater-event
     read-allowed status-counters quote-after-tamper
     guarded-predictions flip-denied flip-denied-event predictions-unchanged measure-gate-blocks-service

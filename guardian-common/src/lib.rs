@@ -86,6 +86,12 @@ pub mod programs {
     pub const TP_ENTER_EXECVE: &str = "guardian_enter_execve";
     /// Same, for `execveat` (the environment is argument 3).
     pub const TP_ENTER_EXECVEAT: &str = "guardian_enter_execveat";
+    /// fentry on the `execve` syscall's wrapper: the same as
+    /// [`TP_ENTER_EXECVE`] without a syscall tracepoint (needs BPF
+    /// trampolines, like BPF LSM).
+    pub const FENTRY_EXECVE: &str = "guardian_fentry_execve";
+    /// The same for `execveat`.
+    pub const FENTRY_EXECVEAT: &str = "guardian_fentry_execveat";
     /// Tracepoint `sched/sched_process_exec`: detect-mode exec checks.
     pub const TP_PROCESS_EXEC: &str = "guardian_process_exec";
     /// cgroup `connect4`: egress of the service over IPv4 (denies without

@@ -27,9 +27,12 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
-    macros::{lsm, tracepoint},
-    programs::{LsmContext, TracePointContext},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes,
+    },
+    macros::{fentry, lsm, tracepoint},
+    programs::{FEntryContext, LsmContext, TracePointContext},
 };
 use guardian_common::{Counter, KernelConfig, forms, kind, preload, rules, source};
 
@@ -160,6 +163,42 @@ pub fn guardian_enter_execveat(ctx: TracePointContext) -> u32 {
         scan_env(envp);
     }
     0
+}
+
+/// `execve`/`execveat` on function entry: fentry on the syscall's wrapper
+/// (`__x64_sys_execve`, `__arm64_sys_execve`, ... named by the agent at
+/// load time), whose one argument is the caller's saved registers. It
+/// does what the `sys_enter_execve(at)` tracepoints do, but runs for
+/// these two syscalls only, where any syscall tracepoint puts every system
+/// call of every task on the kernel's slow path. fentry needs BPF
+/// trampolines, like BPF LSM: the agent uses these wherever the LSM hook
+/// attached, and the tracepoints if they do not load. `arg` is the
+/// position of `envp` (2 for `execve`, 3 for `execveat`).
+#[inline(always)]
+fn fentry_env(ctx: &FEntryContext, arg: usize) -> i32 {
+    let Some(cfg) = kernel::config() else {
+        return 0;
+    };
+    let s = &cfg.syscalls;
+    let regs: u64 = ctx.arg(0);
+    let at = regs + u64::from(s.regs_base) + 8 * u64::from(s.regs_arg[arg] & 7);
+    // SAFETY: kernel memory (the saved registers) through the fault-safe
+    // helper.
+    match unsafe { bpf_probe_read_kernel(at as *const u64) } {
+        Ok(envp) => scan_env(envp),
+        Err(_) => report::count(Counter::ReadErrors),
+    }
+    0
+}
+
+#[fentry]
+pub fn guardian_fentry_execve(ctx: FEntryContext) -> i32 {
+    fentry_env(&ctx, 2)
+}
+
+#[fentry]
+pub fn guardian_fentry_execveat(ctx: FEntryContext) -> i32 {
+    fentry_env(&ctx, 3)
 }
 
 #[lsm(hook = "bprm_check_security")]

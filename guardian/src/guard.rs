@@ -45,7 +45,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint,
+        CgroupAttachMode, CgroupSockAddr, FEntry, Lsm, RawTracePoint, TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
@@ -842,7 +842,9 @@ impl Guard {
             rules: targets.rules,
             forms: 0,
             self_exe: targets.self_exe,
-            syscalls: Syscalls::default(),
+            // The register layout is read by the fentry programs too;
+            // which syscalls the raw tracepoint handles is decided below.
+            syscalls: syscall_table(),
         };
         let service = !targets.service.is_empty();
         let try_lsm = opts.request != ModeRequest::Detect;
@@ -900,16 +902,34 @@ impl Guard {
                 match attach_lsm(&mut ebpf, prog, hook, btf) {
                     Ok(link) => {
                         any_lsm = true;
-                        for (prog, cat, names) in def.always {
-                            attach_tracepoints(
-                                &mut ebpf,
-                                prog,
-                                cat,
-                                names,
-                                def.name,
-                                &mut attached,
-                                &mut links,
-                            )?;
+                        // What feeds the LSM program: fentry where it loads
+                        // (no syscall tracepoint), else the tracepoints.
+                        let fed = !def.always.is_empty()
+                            && match attach_fentry_execve(&mut ebpf, btf, def.name, &mut links) {
+                                Ok(at) => {
+                                    attached.extend(at);
+                                    true
+                                }
+                                Err(e) => {
+                                    log::warn!(
+                                        "hook {}: fentry on the execve syscalls did not attach ({e}); the sys_enter_execve tracepoints read the environment instead, at a cost on every system call",
+                                        def.name
+                                    );
+                                    false
+                                }
+                            };
+                        if !fed {
+                            for (prog, cat, names) in def.always {
+                                attach_tracepoints(
+                                    &mut ebpf,
+                                    prog,
+                                    cat,
+                                    names,
+                                    def.name,
+                                    &mut attached,
+                                    &mut links,
+                                )?;
+                            }
                         }
                         attached.push(format!("lsm/{hook}"));
                         links.push((format!("{}-lsm-{hook}", def.name), link));
@@ -1221,6 +1241,7 @@ impl Guard {
             entry.1.push(match mech {
                 "lsm" => format!("lsm/{at}"),
                 "cgroup" => format!("cgroup/{at}"),
+                "fentry" => format!("fentry/{at}"),
                 _ => format!("tracepoint/{}", at.replacen('-', "/", 1)),
             });
         }
@@ -1729,6 +1750,45 @@ fn attach_tracepoints(
         }
     }
     Ok(())
+}
+
+/// The `execve` and `execveat` syscall wrappers of this architecture, with
+/// the fentry program for each.
+const EXECVE_FENTRY: [(&str, &str); 2] = [
+    #[cfg(target_arch = "x86_64")]
+    (prog_names::FENTRY_EXECVE, "__x64_sys_execve"),
+    #[cfg(target_arch = "x86_64")]
+    (prog_names::FENTRY_EXECVEAT, "__x64_sys_execveat"),
+    #[cfg(target_arch = "aarch64")]
+    (prog_names::FENTRY_EXECVE, "__arm64_sys_execve"),
+    #[cfg(target_arch = "aarch64")]
+    (prog_names::FENTRY_EXECVEAT, "__arm64_sys_execveat"),
+];
+
+/// Attach the fentry programs that read an exec's environment for the LSM
+/// `bprm_check_security` program. Both or neither: on an error the one
+/// already attached is dropped (detached) with its link.
+fn attach_fentry_execve(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    hook: &str,
+    links: &mut Vec<(String, FdLink)>,
+) -> Result<Vec<String>, String> {
+    let mut mine = Vec::new();
+    let mut attached = Vec::new();
+    for (name, function) in EXECVE_FENTRY {
+        let prog: &mut FEntry = program(ebpf, name).map_err(|e| chain(&e))?;
+        prog.load(function, btf)
+            .map_err(|e| format!("{name} on {function} did not load: {}", chain(&e)))?;
+        let id = prog
+            .attach()
+            .map_err(|e| format!("{name} on {function} did not attach: {}", chain(&e)))?;
+        let link: FdLink = prog.take_link(id).map_err(|e| chain(&e))?.into();
+        mine.push((format!("{hook}-fentry-{function}"), link));
+        attached.push(format!("fentry/{function}"));
+    }
+    links.extend(mine);
+    Ok(attached)
 }
 
 /// The cgroup socket programs and where they attach.

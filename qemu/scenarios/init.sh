@@ -180,6 +180,12 @@ if [ ! -s /run/guardian/status.json ]; then
 fi
 grep -q '"mode": "enforce"' /run/guardian/status.json
 check guardian-enforce $? "$(guardian status | sed -n 's/^mode: //p')"
+# No program on a system call: the environment of an exec is read by
+# fentry on the execve wrappers, not by a syscall tracepoint (which would
+# put every system call of every task on the slow path).
+grep -q 'fentry/__arm64_sys_execve' /run/guardian/status.json \
+    && ! grep -q 'sys_enter\|sys_exit' /run/guardian/status.json
+check no-syscall-tracepoint $? "$(grep -o '"[a-z_]*/[a-z0-9_/]*execve[a-z]*"' /run/guardian/status.json | tr '\n' ' ')"
 
 before="$(digest "$MODEL")"
 say "model $MODEL sha256 $before"
