@@ -456,22 +456,73 @@ impl FanotifyGuard {
         let Some(thread) = self.thread.take() else {
             return;
         };
-        if let Err(e) = wake(&self.wake) {
-            // Without the wake-up the join below would never return.
-            log::error!("cannot wake the fanotify decision thread: {e}; leaving it running");
-            Shared::bump(&self.shared.errors);
-            return;
-        }
-        if thread.join().is_err() {
-            Shared::bump(&self.shared.errors);
-            log::error!("the fanotify decision thread panicked");
-        }
+        stop_thread(thread, &self.wake, &self.shared.errors, "decision");
     }
 }
 
 impl Drop for FanotifyGuard {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// What `/proc` says about the process (or thread) an event names, read
+/// once: both rungs name the actor this way.
+#[derive(Default)]
+pub(crate) struct Actor {
+    /// `/proc/ID/status`: thread group, parent, ids.
+    pub status: ProcStatus,
+    /// `/proc/ID/comm` (settable by the process; never trusted).
+    pub comm: String,
+    /// The inode of `/proc/ID/exe`; None once the process has exited.
+    pub exe: Option<InodeKey>,
+    /// Where `/proc/ID/exe` points, when `exe` is known.
+    pub exe_link: Option<String>,
+}
+
+impl Actor {
+    /// Read it for `pid` (a process or thread id; 0: nothing).
+    pub(crate) fn of(pid: u32) -> Self {
+        if pid == 0 {
+            return Self::default();
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(|s| parse_status(&s))
+            .unwrap_or_default();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|s| s.trim_end_matches('\n').to_owned())
+            .unwrap_or_default();
+        let exe_link = format!("/proc/{pid}/exe");
+        let exe = std::fs::metadata(&exe_link).ok().map(|m| inode_key(&m));
+        let exe_link = exe
+            .and_then(|_| std::fs::read_link(&exe_link).ok())
+            .map(|p| p.display().to_string());
+        Self {
+            status,
+            comm,
+            exe,
+            exe_link,
+        }
+    }
+}
+
+/// Wake a rung's thread through `wake` and join it; a failure is counted
+/// in `errors` (`what` names the thread in the log).
+pub(crate) fn stop_thread(
+    thread: JoinHandle<()>,
+    wake_fd: &OwnedFd,
+    errors: &AtomicU64,
+    what: &str,
+) {
+    if let Err(e) = wake(wake_fd) {
+        // Without the wake-up the join below would never return.
+        log::error!("cannot wake the fanotify {what} thread: {e}; leaving it running");
+        errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if thread.join().is_err() {
+        errors.fetch_add(1, Ordering::Relaxed);
+        log::error!("the fanotify {what} thread panicked");
     }
 }
 
@@ -861,8 +912,8 @@ impl Decider {
         // An inode not in the table cannot carry our mark; if it ever does,
         // judge it as a model (writers only), never as guardian's own.
         let own = id.is_some_and(|i| i >= self.own_from);
-        let exe_link = format!("/proc/{tid}/exe");
-        let exe = std::fs::metadata(&exe_link).ok().map(|m| inode_key(&m));
+        let actor = Actor::of(tid);
+        let exe = actor.exe;
         let j = judge(
             &intent,
             own,
@@ -873,12 +924,12 @@ impl Decider {
         if j == Judgement::OwnWrite {
             return (j, intent, None);
         }
-        let status = std::fs::read_to_string(format!("/proc/{tid}/status"))
-            .map(|s| parse_status(&s))
-            .unwrap_or_default();
-        let comm = std::fs::read_to_string(format!("/proc/{tid}/comm"))
-            .map(|s| s.trim_end_matches('\n').to_owned())
-            .unwrap_or_default();
+        let Actor {
+            status,
+            comm,
+            exe_link,
+            ..
+        } = actor;
         let exe_key = exe.unwrap_or_default();
         if j == Judgement::Allow
             && let (Some(file), Some(path)) = (key, self.writers.get(&exe_key))
@@ -890,13 +941,7 @@ impl Decider {
                 exe_path: path.clone(),
             });
         }
-        let exe_name = exe.and_then(|k| {
-            self.writers.get(&k).cloned().or_else(|| {
-                std::fs::read_link(&exe_link)
-                    .ok()
-                    .map(|p| p.display().to_string())
-            })
-        });
+        let exe_name = exe.and_then(|k| self.writers.get(&k).cloned().or(exe_link));
         let (flags, text) = match &intent {
             Intent::Write(f) => (Some(*f), flags_text(*f)),
             Intent::Unknown(why) => (None, format!("unknown ({why})")),

@@ -919,17 +919,13 @@ impl Guard {
                                 }
                             };
                         if !fed {
-                            for (prog, cat, names) in def.always {
-                                attach_tracepoints(
-                                    &mut ebpf,
-                                    prog,
-                                    cat,
-                                    names,
-                                    def.name,
-                                    &mut attached,
-                                    &mut links,
-                                )?;
-                            }
+                            attach_tracepoints(
+                                &mut ebpf,
+                                def.always,
+                                def.name,
+                                &mut attached,
+                                &mut links,
+                            )?;
                         }
                         attached.push(format!("lsm/{hook}"));
                         links.push((format!("{}-lsm-{hook}", def.name), link));
@@ -987,17 +983,7 @@ impl Guard {
                 0
             };
             if opts.syscall_detect {
-                for (prog, cat, names) in def.always {
-                    attach_tracepoints(
-                        &mut ebpf,
-                        prog,
-                        cat,
-                        names,
-                        def.name,
-                        &mut attached,
-                        &mut links,
-                    )?;
-                }
+                attach_tracepoints(&mut ebpf, def.always, def.name, &mut attached, &mut links)?;
             } else if !def.always.is_empty() {
                 // sched_process_exec reads the environment itself; set
                 // before it is attached.
@@ -1011,17 +997,7 @@ impl Guard {
                     syscall_names(watched)
                 ));
             }
-            for (prog, cat, names) in def.detect {
-                attach_tracepoints(
-                    &mut ebpf,
-                    prog,
-                    cat,
-                    names,
-                    def.name,
-                    &mut attached,
-                    &mut links,
-                )?;
-            }
+            attach_tracepoints(&mut ebpf, def.detect, def.name, &mut attached, &mut links)?;
             let detect = attached.len() > before;
             let skipped = !opts.syscall_detect && def.syscalls != 0;
             hooks.push(HookState {
@@ -1704,12 +1680,13 @@ fn attach_lsm(
     Ok(link.into())
 }
 
-/// Attach one tracepoint program to each named tracepoint the kernel has.
+/// Tracepoint programs: program, tracepoint category, tracepoint names.
+type Tracepoints = [(&'static str, &'static str, &'static [&'static str])];
+
+/// Attach each program to each named tracepoint the kernel has.
 fn attach_tracepoints(
     ebpf: &mut Ebpf,
-    prog_name: &'static str,
-    category: &str,
-    names: &[&str],
+    entries: &Tracepoints,
     hook: &str,
     attached: &mut Vec<String>,
     links: &mut Vec<(String, FdLink)>,
@@ -1720,33 +1697,35 @@ fn attach_tracepoints(
     let Some(tracefs) = tracefs else {
         return Ok(());
     };
-    for tp in names {
-        if !Path::new(tracefs)
-            .join("events")
-            .join(category)
-            .join(tp)
-            .is_dir()
-        {
-            continue;
-        }
-        let err = |source| GuardError::Program {
-            name: prog_name,
-            source,
-        };
-        let prog: &mut TracePoint = program(ebpf, prog_name)?;
-        if prog.fd().is_err() {
-            prog.load().map_err(err)?;
-        }
-        let id = prog.attach(category, tp).map_err(err)?;
-        attached.push(format!("tracepoint/{category}/{tp}"));
-        // A perf-event link (Linux >= 5.15) can be pinned; an older
-        // kernel's cannot, and that tracepoint then lives with the agent.
-        let link = prog.take_link(id).map_err(err)?;
-        match FdLink::try_from(link) {
-            Ok(fd) => links.push((format!("{hook}-tp-{category}-{tp}"), fd)),
-            Err(e) => log::warn!(
-                "tracepoint {category}/{tp} cannot be pinned ({e}); it stops with the agent"
-            ),
+    for &(prog_name, category, names) in entries {
+        for tp in names {
+            if !Path::new(tracefs)
+                .join("events")
+                .join(category)
+                .join(tp)
+                .is_dir()
+            {
+                continue;
+            }
+            let err = |source| GuardError::Program {
+                name: prog_name,
+                source,
+            };
+            let prog: &mut TracePoint = program(ebpf, prog_name)?;
+            if prog.fd().is_err() {
+                prog.load().map_err(err)?;
+            }
+            let id = prog.attach(category, tp).map_err(err)?;
+            attached.push(format!("tracepoint/{category}/{tp}"));
+            // A perf-event link (Linux >= 5.15) can be pinned; an older
+            // kernel's cannot, and that tracepoint then lives with the agent.
+            let link = prog.take_link(id).map_err(err)?;
+            match FdLink::try_from(link) {
+                Ok(fd) => links.push((format!("{hook}-tp-{category}-{tp}"), fd)),
+                Err(e) => log::warn!(
+                    "tracepoint {category}/{tp} cannot be pinned ({e}); it stops with the agent"
+                ),
+            }
         }
     }
     Ok(())

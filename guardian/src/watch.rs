@@ -88,7 +88,7 @@ use serde::Serialize;
 
 use crate::{
     events::SecurityEvent,
-    fanotify::{self, os_err, owned, parse_status},
+    fanotify::{self, os_err, owned},
     guard::{Targets, inode_key},
 };
 
@@ -757,54 +757,13 @@ impl Watcher {
         let Some(thread) = self.thread.take() else {
             return;
         };
-        if let Err(e) = fanotify::wake(&self.wake) {
-            // Without the wake-up the join below would never return.
-            log::error!("cannot wake the fanotify watch thread: {e}; leaving it running");
-            Shared::bump(&self.shared.errors);
-            return;
-        }
-        if thread.join().is_err() {
-            Shared::bump(&self.shared.errors);
-            log::error!("the fanotify watch thread panicked");
-        }
+        fanotify::stop_thread(thread, &self.wake, &self.shared.errors, "watch");
     }
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// What `/proc` still says about the process an event names.
-#[derive(Default)]
-struct Actor {
-    status: fanotify::ProcStatus,
-    comm: String,
-    exe: Option<InodeKey>,
-    exe_link: Option<String>,
-}
-
-fn actor(pid: u32) -> Actor {
-    if pid == 0 {
-        return Actor::default();
-    }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map(|s| parse_status(&s))
-        .unwrap_or_default();
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim_end_matches('\n').to_owned())
-        .unwrap_or_default();
-    let exe_link = format!("/proc/{pid}/exe");
-    let exe = std::fs::metadata(&exe_link).ok().map(|m| inode_key(&m));
-    let exe_link = exe
-        .and_then(|_| std::fs::read_link(&exe_link).ok())
-        .map(|p| p.display().to_string());
-    Actor {
-        status,
-        comm,
-        exe,
-        exe_link,
     }
 }
 
@@ -914,7 +873,7 @@ impl State {
             return;
         };
         let pid = u32::try_from(r.pid).unwrap_or(0);
-        let mut actor = actor(pid);
+        let mut actor = fanotify::Actor::of(pid);
         let own = self.watched.get(i).is_some_and(|w| w.id >= self.own_from);
         // A writer gone before its change was read: the permission rung
         // may have allowed its write-open, naming its executable then.

@@ -12,16 +12,19 @@
 use std::{
     ffi::CString,
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
     sync::mpsc::{Receiver, channel},
     time::{Duration, Instant},
 };
 
+mod rungs;
+
+use rungs::Scene;
+
 use guardian::{
     events::SecurityEvent,
     fanotify::{FanotifyError, FanotifyGuard, HOOK},
-    guard::{Targets, inode_key},
 };
 use guardian_common::oflags;
 
@@ -31,55 +34,6 @@ fn root() {
         unsafe { libc::geteuid() } == 0,
         "the fanotify tests put permission marks on files and must run as root (./test.sh does)"
     );
-}
-
-/// A model, one of guardian's own files, and two private copies of the
-/// shell: one on the writer allowlist, one standing in for guardian's own
-/// executable.
-struct Scene {
-    dir: tempfile::TempDir,
-}
-
-impl Scene {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Self { dir };
-        std::fs::write(s.model(), b"weights v1\n").unwrap();
-        std::fs::write(s.own(), b"[guard]\n").unwrap();
-        for sh in ["writer-sh", "guardian-sh"] {
-            // Follows /bin/sh to the real shell; the copy is a new inode.
-            std::fs::copy("/bin/sh", s.path(sh)).unwrap();
-        }
-        s
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn model(&self) -> PathBuf {
-        self.path("model.onnx")
-    }
-    fn own(&self) -> PathBuf {
-        self.path("guardian.toml")
-    }
-    fn writer(&self) -> PathBuf {
-        self.path("writer-sh")
-    }
-    fn guardian(&self) -> PathBuf {
-        self.path("guardian-sh")
-    }
-    fn targets(&self) -> Targets {
-        let key = |p: &Path| inode_key(&std::fs::metadata(p).unwrap());
-        Targets {
-            files: vec![
-                (self.model(), key(&self.model())),
-                (self.own(), key(&self.own())),
-            ],
-            own_from: 1,
-            writers: vec![(self.writer(), key(&self.writer()))],
-            self_exe: key(&self.guardian()),
-            ..Targets::default()
-        }
-    }
 }
 
 /// Run `sh -c script`, failing the test if it hangs (an unanswered

@@ -217,6 +217,26 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The entry for `name` in a status file's `hooks`.
+fn hook(status: &Value, name: &str) -> Value {
+    status["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hook"] == name)
+        .unwrap_or_else(|| panic!("no hook {name} in {status:#}"))
+        .clone()
+}
+
+/// A private copy of python3 standing in for the inference service (its
+/// own inode), in a directory that lives as long as the returned guard.
+fn python_service() -> (tempfile::TempDir, PathBuf) {
+    let bin = tempfile::tempdir().unwrap();
+    let svc = bin.path().join("inference-service");
+    std::fs::copy(std::fs::canonicalize("/usr/bin/python3").unwrap(), &svc).unwrap();
+    (bin, svc)
+}
+
 /// Wait until `f` returns Some, or fail after `secs`.
 fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -694,15 +714,7 @@ fn writes_through_old_descriptors_are_reported() {
         .unwrap();
     let agent = Agent::start(&scene);
     let st = scene.status().unwrap();
-    let mech = |hook: &str| {
-        st["hooks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["hook"] == hook)
-            .map(|h| h["mechanism"].as_str().unwrap().to_owned())
-            .unwrap()
-    };
+    let mech = |h: &str| hook(&st, h)["mechanism"].as_str().unwrap().to_owned();
     assert_eq!(mech("file_write"), "tracepoint");
     assert_eq!(mech("file_mmap"), "tracepoint");
     // No tracepoint can see a rename by inode: the notification rung
@@ -769,9 +781,7 @@ fn writes_through_old_descriptors_are_reported() {
 #[test]
 fn service_egress_outside_allowlist_is_reported_and_killed() {
     let _k = exclusive();
-    let bin = tempfile::tempdir().unwrap();
-    let svc = bin.path().join("inference-service");
-    std::fs::copy(std::fs::canonicalize("/usr/bin/python3").unwrap(), &svc).unwrap();
+    let (_bin, svc) = python_service();
     let scene = Scene::with(
         "detect",
         &[],
@@ -879,15 +889,7 @@ fn default_config_reports_file_changes_through_fanotify() {
         .unwrap();
     let agent = Agent::start(&scene);
     let st = scene.status().unwrap();
-    let mech = |hook: &str| {
-        st["hooks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["hook"] == hook)
-            .map(|h| h["mechanism"].as_str().unwrap().to_owned())
-            .unwrap()
-    };
+    let mech = |h: &str| hook(&st, h)["mechanism"].as_str().unwrap().to_owned();
     if mech("file_write_open") == "lsm" {
         panic!("BPF LSM took the file hooks on this kernel; this test is for kernels without it");
     }
@@ -991,9 +993,7 @@ fn default_config_reports_file_changes_through_fanotify() {
 #[test]
 fn auto_mode_denies_service_egress_with_cgroup_programs() {
     let _k = exclusive();
-    let bin = tempfile::tempdir().unwrap();
-    let svc = bin.path().join("inference-service");
-    std::fs::copy(std::fs::canonicalize("/usr/bin/python3").unwrap(), &svc).unwrap();
+    let (_bin, svc) = python_service();
     let scene = Scene::with(
         "auto",
         &[],
@@ -1004,13 +1004,7 @@ fn auto_mode_denies_service_egress_with_cgroup_programs() {
     );
     let agent = Agent::start(&scene);
     let st = scene.status().unwrap();
-    let connect = st["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["hook"] == "connect")
-        .unwrap()
-        .clone();
+    let connect = hook(&st, "connect");
     if connect["mechanism"] == "lsm" {
         panic!("BPF LSM took connect on this kernel; this test is for kernels without it");
     }
@@ -1157,13 +1151,7 @@ fn auto_mode_denies_write_opens_through_fanotify() {
     let scene = Scene::new("auto", &[&updater]);
     let agent = Agent::start(&scene);
     let st = scene.status().unwrap();
-    let open = st["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["hook"] == "file_write_open")
-        .unwrap()
-        .clone();
+    let open = hook(&st, "file_write_open");
     assert_eq!(open["mechanism"], "fanotify", "{open:#}");
     assert!(
         st["mode_reason"].as_str().unwrap().contains("fanotify"),

@@ -11,16 +11,20 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc::{Receiver, channel},
     time::Duration,
 };
 
+mod rungs;
+
+use rungs::Scene;
+
 use guardian::{
     events::SecurityEvent,
-    guard::{Targets, inode_key},
+    guard::inode_key,
     watch::{HOOK_ATTRIB, HOOK_MODIFY, HOOK_MOVE_SELF, WatchError, Watcher},
 };
 
@@ -34,64 +38,6 @@ fn root() {
 
 fn getpid() -> u32 {
     std::process::id()
-}
-
-/// A model, one of guardian's own files, an unprotected file beside them,
-/// and two private copies of the shell: one on the writer allowlist, one
-/// standing in for guardian's own executable.
-struct Scene {
-    dir: tempfile::TempDir,
-}
-
-impl Scene {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Self { dir };
-        for (p, text) in [
-            (s.model(), &b"weights v1\n"[..]),
-            (s.own(), b"[guard]\n"),
-            (s.notes(), b"notes\n"),
-        ] {
-            std::fs::write(&p, text).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        }
-        for sh in ["writer-sh", "guardian-sh"] {
-            // Follows /bin/sh to the real shell; the copy is a new inode.
-            std::fs::copy("/bin/sh", s.path(sh)).unwrap();
-        }
-        s
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn model(&self) -> PathBuf {
-        self.path("model.onnx")
-    }
-    fn own(&self) -> PathBuf {
-        self.path("guardian.toml")
-    }
-    fn notes(&self) -> PathBuf {
-        self.path("notes.txt")
-    }
-    fn writer(&self) -> PathBuf {
-        self.path("writer-sh")
-    }
-    fn guardian(&self) -> PathBuf {
-        self.path("guardian-sh")
-    }
-    fn targets(&self) -> Targets {
-        let key = |p: &Path| inode_key(&std::fs::metadata(p).unwrap());
-        Targets {
-            files: vec![
-                (self.model(), key(&self.model())),
-                (self.own(), key(&self.own())),
-            ],
-            own_from: 1,
-            writers: vec![(self.writer(), key(&self.writer()))],
-            self_exe: key(&self.guardian()),
-            ..Targets::default()
-        }
-    }
 }
 
 fn ino(p: impl AsRef<Path>) -> u64 {
