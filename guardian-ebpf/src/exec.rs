@@ -131,11 +131,14 @@ fn pending_at_exec(cfg: &KernelConfig, task: u64) -> Result<u32, i64> {
     let off = &cfg.offsets;
     let mut found = 0;
     if cfg.rules & rules::NO_PRELOAD != 0 {
-        let sp = kernel::start_stack(off, task)?;
-        // SAFETY: user memory read through the fault-safe helper.
-        let argc = unsafe { bpf_probe_read_user(sp as *const u64) }.map_err(i64::from)?;
-        if argc < 1 << 20 {
-            found = loader_var(sp + 8 * (argc + 2));
+        // An unreadable stack is counted; the allowlist check goes on.
+        match kernel::start_stack(off, task)
+            // SAFETY: user memory read through the fault-safe helper.
+            .and_then(|sp| Ok((sp, unsafe { bpf_probe_read_user(sp as *const u64) }?)))
+        {
+            Ok((sp, argc)) if argc < 1 << 20 => found = loader_var(sp + 8 * (argc + 2)),
+            Ok(_) => {}
+            Err(_) => report::count(Counter::ReadErrors),
         }
     }
     let parent = kernel::exe_key(off, kernel::parent(off, task)?).unwrap_or_default();

@@ -79,11 +79,12 @@ pub struct GuardConfig {
     #[serde(default)]
     pub response: Response,
     /// Where BPF LSM cannot attach, also watch system calls (open, write,
-    /// ftruncate, mmap, connect, execve) with a raw tracepoint, reported
+    /// ftruncate, mmap, execve; connect where no cgroup v2 hierarchy is
+    /// mounted) with a raw tracepoint, reported
     /// after the fact. It sees what the userspace rungs cannot (writes
     /// through shared mappings, anything done while the agent is down),
     /// but puts every system call of every process on the kernel's slow
-    /// path: +13 % to +57 % per call on the reference machine
+    /// path: +19 % to +58 % per call on the reference machine
     /// (`docs/guard-benchmarks.md`). Off by default.
     #[serde(default)]
     pub syscall_detect: bool,

@@ -267,7 +267,14 @@ impl Decoder {
                 _ => "alert",
             }
             .to_owned(),
-            mode: self.mode.as_str().to_owned(),
+            // A denial is enforcement, whatever the guard's overall mode
+            // (the cgroup programs deny on kernels without BPF LSM).
+            mode: if ev.header.verdict == kverdict::DENY {
+                Mode::Enforce.as_str()
+            } else {
+                self.mode.as_str()
+            }
+            .to_owned(),
             hook: hook_name(ev.header.source).to_owned(),
             pid: ev.pid,
             tid: ev.tid,

@@ -984,9 +984,10 @@ impl Guard {
             };
             if opts.syscall_detect {
                 attach_tracepoints(&mut ebpf, def.always, def.name, &mut attached, &mut links)?;
-            } else if !def.always.is_empty() {
-                // sched_process_exec reads the environment itself; set
-                // before it is attached.
+            }
+            if !def.always.is_empty() && !attached.iter().any(|a| a.contains("sys_enter_execve")) {
+                // No entry tracepoint feeds it: sched_process_exec reads the
+                // environment itself. Set before it is attached.
                 config.forms |= forms::ENV_AT_EXEC;
                 set_config(&mut maps, config)?;
             }
@@ -1011,7 +1012,7 @@ impl Guard {
                         || crate::watch::HOOKS.iter().any(|(h, _)| *h == def.name))
                 {
                     format!(
-                        "{why_not}; no kernel program watches it (syscall_detect is off: a userspace rung covers it)"
+                        "{why_not}; syscall_detect is off: NOT COVERED in the kernel (a userspace rung may take it, see below)"
                     )
                 } else if skipped {
                     format!(
@@ -1347,7 +1348,10 @@ impl Guard {
                 .split("; reported after the fact")
                 .next()
                 .unwrap_or_default();
-            let why = why.split("; no kernel program").next().unwrap_or_default();
+            let why = why
+                .split("; syscall_detect is off")
+                .next()
+                .unwrap_or_default();
             h.mechanism = "fanotify".into();
             h.attached
                 .insert(0, format!("{} ({marked} file(s))", crate::fanotify::HOOK));
@@ -1382,7 +1386,10 @@ impl Guard {
                 continue;
             }
             let why = h.note.take().unwrap_or_default();
-            let why = why.split("; no kernel program").next().unwrap_or_default();
+            let why = why
+                .split("; syscall_detect is off")
+                .next()
+                .unwrap_or_default();
             let why = why
                 .split("; and this kernel offers")
                 .next()
@@ -1402,6 +1409,11 @@ impl Guard {
                 covered.join(", ")
             );
         }
+    }
+
+    /// Record that a userspace rung the hooks counted on did not start.
+    pub fn note_missing_rung(&mut self, why: &str) {
+        self.reason = format!("{}; {why}", self.reason);
     }
 
     /// The mode in force.
@@ -1810,9 +1822,28 @@ fn attach_cgroup(
     let dir = std::fs::File::open(&root).map_err(|e| format!("{}: {e}", root.display()))?;
     let deny = request != ModeRequest::Detect;
     if deny {
+        // Before the first program can run; taken back if one fails.
         config.forms |= forms::CGROUP_DENY;
         set_config(maps, *config).map_err(|e| e.to_string())?;
     }
+    match attach_cgroup_progs(ebpf, &dir, &root) {
+        Ok(mine) => links.extend(mine),
+        Err(e) => {
+            // The links made so far are dropped (detached) with `mine`.
+            config.forms &= !forms::CGROUP_DENY;
+            set_config(maps, *config).map_err(|e| e.to_string())?;
+            return Err(e);
+        }
+    }
+    Ok((root.display().to_string(), deny))
+}
+
+/// Load and attach the four cgroup programs to `dir`: all, or none.
+fn attach_cgroup_progs(
+    ebpf: &mut Ebpf,
+    dir: &std::fs::File,
+    root: &Path,
+) -> Result<Vec<(String, FdLink)>, String> {
     let mut mine = Vec::new();
     for (name, at) in CGROUP_PROGS {
         let prog: &mut CgroupSockAddr = program(ebpf, name).map_err(|e| chain(&e))?;
@@ -1822,7 +1853,7 @@ fn attach_cgroup(
             // Through a BPF link the kernel refuses attach flags: a link
             // always runs beside the cgroup's other programs, so `Single`
             // (flags 0) is what gives "multiple" here.
-            .attach(&dir, CgroupAttachMode::Single)
+            .attach(dir, CgroupAttachMode::Single)
             .map_err(|e| {
                 format!(
                     "program {name} did not attach to {}: {}",
@@ -1836,8 +1867,7 @@ fn attach_cgroup(
         })?;
         mine.push((format!("connect-cgroup-{at}"), link));
     }
-    links.extend(mine);
-    Ok((root.display().to_string(), deny))
+    Ok(mine)
 }
 
 /// The raw syscall tracepoint of the detect rung (`syscalls.rs` in the

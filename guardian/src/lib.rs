@@ -83,9 +83,6 @@ pub enum RunError {
     /// The guard did not start.
     #[error(transparent)]
     Guard(#[from] GuardError),
-    /// The notification rung could not mark a protected file.
-    #[error(transparent)]
-    Watch(watch::WatchError),
     /// The fanotify rung could not mark a protected file.
     #[error(transparent)]
     Fanotify(fanotify::FanotifyError),
@@ -216,10 +213,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 forward(rx, fan_tx);
                 watcher = Some(w);
             }
-            Err(e) if e.is_unavailable() => {
-                log::warn!("no fanotify notification rung either: {e}");
+            // Marks fail on filesystems that cannot encode file handles
+            // (some FUSE and overlay setups): the agent still runs, and
+            // the hooks stay NOT COVERED, loudly.
+            Err(e) => {
+                log::error!("no fanotify notification rung: {e}");
+                guard.note_missing_rung(&format!("fanotify notification rung unavailable: {e}"));
             }
-            Err(e) => return Err(RunError::Watch(e)),
         }
     }
     // What is in force, hook by hook, now that every rung has started.
