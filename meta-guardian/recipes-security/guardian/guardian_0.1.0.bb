@@ -1,7 +1,7 @@
 SUMMARY = "Integrity guardian for AI inference on edge boards"
 DESCRIPTION = "guardian protects deployed AI models: eBPF programs (BPF LSM, \
-               or syscall tracepoints where BPF LSM is missing) refuse or \
-               report write-opens of protected model files, a boot step \
+               or cgroup programs and fanotify where BPF LSM is missing) \
+               refuse or report changes to protected model files, a boot step \
                measures the models named in a signed manifest into a TPM \
                PCR, and TPM quotes let a remote verifier check them."
 HOMEPAGE = "https://github.com/guardian-edge/guardian"
