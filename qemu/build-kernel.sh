@@ -60,7 +60,8 @@ key="$(
     {
         for f in "${fragments[@]}"; do
             printf '== fragment %s\n' "$(basename "$f")"
-            cat "$f"
+            # Only the settings: a comment changes no Image.
+            grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$f"
         done
         printf '== %s %s\n' "$pkg" "$pkg_version"
         # The compiler decides DWARF version and ftrace features, pahole
