@@ -72,7 +72,7 @@ use std::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
         unix::fs::FileExt as _,
     },
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -312,7 +312,7 @@ fn init_group() -> Result<OwnedFd, FanotifyError> {
 
 /// Open a protected file, put the `FAN_OPEN_PERM` mark on its inode, and
 /// return the key of the inode marked.
-fn mark(group: &OwnedFd, path: &std::path::Path) -> Result<InodeKey, FanotifyError> {
+fn mark(group: &OwnedFd, path: &Path) -> Result<InodeKey, FanotifyError> {
     let err = |what| {
         move |source| FanotifyError::Mark {
             path: path.to_owned(),
@@ -468,7 +468,7 @@ impl Drop for FanotifyGuard {
 
 /// What `/proc` says about the process (or thread) an event names, read
 /// once: both rungs name the actor this way.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Actor {
     /// `/proc/ID/status`: thread group, parent, ids.
     pub status: ProcStatus,
@@ -872,15 +872,93 @@ pub fn judge(
     }
 }
 
+/// What both fanotify rungs know of the targets: the rule of the module
+/// table, and how an event names the actor and the file.
+pub(crate) struct Rules {
+    /// Index of the first of guardian's own files in `Targets::files`.
+    pub own_from: usize,
+    writers: HashMap<InodeKey, String>,
+    service: Vec<InodeKey>,
+    self_exe: InodeKey,
+}
+
+impl Rules {
+    pub(crate) fn new(t: &Targets) -> Self {
+        Self {
+            own_from: t.own_from,
+            writers: t
+                .writers
+                .iter()
+                .map(|(p, k)| (*k, p.display().to_string()))
+                .collect(),
+            service: t.service.iter().map(|(_, k)| *k).collect(),
+            self_exe: t.self_exe,
+        }
+    }
+
+    /// [`judge`] with these targets.
+    pub(crate) fn judge(&self, intent: &Intent, own: bool, exe: Option<&InodeKey>) -> Judgement {
+        judge(
+            intent,
+            own,
+            exe,
+            |k| self.writers.contains_key(k),
+            &self.self_exe,
+        )
+    }
+
+    /// The allowlist's name of writer `exe`, if it is one.
+    pub(crate) fn writer(&self, exe: &InodeKey) -> Option<&String> {
+        self.writers.get(exe)
+    }
+
+    /// An event with what both rungs say of every change: when, who
+    /// (thread or process `id`, as `actor` found it in `/proc`), and the
+    /// file. The caller sets what happened and the verdict.
+    pub(crate) fn event(
+        &self,
+        actor: Actor,
+        id: u32,
+        file: Option<&Path>,
+        key: Option<InodeKey>,
+    ) -> SecurityEvent {
+        let exe_key = actor.exe.unwrap_or_default();
+        SecurityEvent {
+            time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            pid: if actor.status.tgid != 0 {
+                actor.status.tgid
+            } else {
+                id
+            },
+            tid: id,
+            ppid: actor.status.ppid,
+            uid: actor.status.uid,
+            gid: actor.status.gid,
+            exe: actor
+                .exe
+                .and_then(|k| self.writers.get(&k).cloned())
+                .or(actor.exe_link),
+            exe_dev: format!("{}:{}", exe_key.major(), exe_key.minor()),
+            exe_ino: exe_key.ino,
+            comm: actor.comm,
+            service: exe_key.ino != 0 && self.service.contains(&exe_key),
+            file: Some(
+                file.map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "<unknown marked inode>".to_owned()),
+            ),
+            dev: key.map(|k| format!("{}:{}", k.major(), k.minor())),
+            ino: key.map(|k| k.ino),
+            ..SecurityEvent::default()
+        }
+    }
+}
+
 /// What the decision thread knows about the targets.
 struct Decider {
     /// Marked inode → index in `paths`.
     files: HashMap<InodeKey, usize>,
     paths: Vec<PathBuf>,
-    own_from: usize,
-    writers: HashMap<InodeKey, String>,
-    service: Vec<InodeKey>,
-    self_exe: InodeKey,
+    rules: Rules,
     grants: Arc<Grants>,
 }
 
@@ -890,14 +968,7 @@ impl Decider {
             grants,
             files,
             paths: t.files.iter().map(|(p, _)| p.clone()).collect(),
-            own_from: t.own_from,
-            writers: t
-                .writers
-                .iter()
-                .map(|(p, k)| (*k, p.display().to_string()))
-                .collect(),
-            service: t.service.iter().map(|(_, k)| *k).collect(),
-            self_exe: t.self_exe,
+            rules: Rules::new(t),
         }
     }
 
@@ -911,74 +982,44 @@ impl Decider {
         let id = key.and_then(|k| self.files.get(&k).copied());
         // An inode not in the table cannot carry our mark; if it ever does,
         // judge it as a model (writers only), never as guardian's own.
-        let own = id.is_some_and(|i| i >= self.own_from);
+        let own = id.is_some_and(|i| i >= self.rules.own_from);
         let actor = Actor::of(tid);
-        let exe = actor.exe;
-        let j = judge(
-            &intent,
-            own,
-            exe.as_ref(),
-            |k| self.writers.contains_key(k),
-            &self.self_exe,
-        );
+        let j = self.rules.judge(&intent, own, actor.exe.as_ref());
         if j == Judgement::OwnWrite {
             return (j, intent, None);
         }
-        let Actor {
-            status,
-            comm,
-            exe_link,
-            ..
-        } = actor;
-        let exe_key = exe.unwrap_or_default();
+        let exe = actor.exe;
+        let path = id.and_then(|i| self.paths.get(i));
+        let mut ev = self
+            .rules
+            .event(actor, tid, path.map(PathBuf::as_path), key);
         if j == Judgement::Allow
-            && let (Some(file), Some(path)) = (key, self.writers.get(&exe_key))
+            && let (Some(file), Some(exe)) = (key, exe)
+            && let Some(writer) = self.rules.writer(&exe)
         {
             self.grants.record(Grant {
-                tgid: if status.tgid != 0 { status.tgid } else { tid },
+                tgid: ev.pid,
                 file,
-                exe: exe_key,
-                exe_path: path.clone(),
+                exe,
+                exe_path: writer.clone(),
             });
         }
-        let exe_name = exe.and_then(|k| self.writers.get(&k).cloned().or(exe_link));
         let (flags, text) = match &intent {
             Intent::Write(f) => (Some(*f), flags_text(*f)),
             Intent::Unknown(why) => (None, format!("unknown ({why})")),
             Intent::Read => (None, String::new()),
         };
-        let ev = SecurityEvent {
-            time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            event: "file_write_open".to_owned(),
-            verdict: if j == Judgement::Deny {
-                "deny"
-            } else {
-                "allow"
-            }
-            .to_owned(),
-            mode: "enforce".to_owned(),
-            hook: HOOK.to_owned(),
-            pid: if status.tgid != 0 { status.tgid } else { tid },
-            tid,
-            ppid: status.ppid,
-            uid: status.uid,
-            gid: status.gid,
-            exe: exe_name,
-            exe_dev: format!("{}:{}", exe_key.major(), exe_key.minor()),
-            exe_ino: exe_key.ino,
-            comm,
-            service: exe_key.ino != 0 && self.service.contains(&exe_key),
-            file: Some(
-                id.and_then(|i| self.paths.get(i))
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "<unknown marked inode>".to_owned()),
-            ),
-            dev: key.map(|k| format!("{}:{}", k.major(), k.minor())),
-            ino: key.map(|k| k.ino),
-            flags,
-            flags_text: Some(text),
-            ..SecurityEvent::default()
-        };
+        ev.event = "file_write_open".to_owned();
+        ev.verdict = if j == Judgement::Deny {
+            "deny"
+        } else {
+            "allow"
+        }
+        .to_owned();
+        ev.mode = "enforce".to_owned();
+        ev.hook = HOOK.to_owned();
+        ev.flags = flags;
+        ev.flags_text = Some(text);
         (j, intent, Some(ev))
     }
 }

@@ -80,7 +80,6 @@ use std::{
         mpsc::Sender,
     },
     thread::JoinHandle,
-    time::SystemTime,
 };
 
 use guardian_common::InodeKey;
@@ -303,21 +302,29 @@ pub enum Verdict {
     Alert,
 }
 
-/// The rule of the other rungs, after the fact: may `exe` change the file
-/// (guardian's own when `own`)? An unknown executable may not.
+/// The permission rung's rule ([`fanotify::judge`]) for a change that
+/// has already happened: may `exe` change the file (guardian's own when
+/// `own`)? An unknown executable may not.
 pub fn judge(
     own: bool,
     exe: Option<&InodeKey>,
     is_writer: impl Fn(&InodeKey) -> bool,
     self_exe: &InodeKey,
 ) -> Verdict {
-    let Some(exe) = exe.filter(|e| e.ino != 0) else {
-        return Verdict::Alert;
-    };
-    match (own, exe == self_exe, is_writer(exe)) {
-        (true, true, _) => Verdict::Own,
-        (false, _, true) => Verdict::Allow,
-        _ => Verdict::Alert,
+    verdict(fanotify::judge(
+        &fanotify::Intent::Write(0),
+        own,
+        exe,
+        is_writer,
+        self_exe,
+    ))
+}
+
+fn verdict(j: fanotify::Judgement) -> Verdict {
+    match j {
+        fanotify::Judgement::OwnWrite => Verdict::Own,
+        fanotify::Judgement::Allow => Verdict::Allow,
+        fanotify::Judgement::Read | fanotify::Judgement::Deny => Verdict::Alert,
     }
 }
 
@@ -705,14 +712,7 @@ impl Watcher {
             shared: Arc::clone(&shared),
             watched,
             handles,
-            own_from: targets.own_from,
-            writers: targets
-                .writers
-                .iter()
-                .map(|(p, k)| (*k, p.display().to_string()))
-                .collect(),
-            service: targets.service.iter().map(|(_, k)| *k).collect(),
-            self_exe: targets.self_exe,
+            rules: fanotify::Rules::new(targets),
             grants,
             events,
         };
@@ -781,10 +781,7 @@ struct State {
     /// (handle type, handle) → indexes in `watched` (more than one only
     /// when two filesystems encode the same handle; the fsid decides).
     handles: HashMap<(i32, Vec<u8>), Vec<usize>>,
-    own_from: usize,
-    writers: HashMap<InodeKey, String>,
-    service: Vec<InodeKey>,
-    self_exe: InodeKey,
+    rules: fanotify::Rules,
     /// The permission rung's allowed write-opens, when it runs.
     grants: Option<Arc<fanotify::Grants>>,
     events: Sender<SecurityEvent>,
@@ -874,7 +871,10 @@ impl State {
         };
         let pid = u32::try_from(r.pid).unwrap_or(0);
         let mut actor = fanotify::Actor::of(pid);
-        let own = self.watched.get(i).is_some_and(|w| w.id >= self.own_from);
+        let own = self
+            .watched
+            .get(i)
+            .is_some_and(|w| w.id >= self.rules.own_from);
         // A writer gone before its change was read: the permission rung
         // may have allowed its write-open, naming its executable then.
         if actor.exe.is_none()
@@ -885,17 +885,18 @@ impl State {
             actor.exe = Some(grant.exe);
             actor.exe_link = Some(grant.exe_path);
         }
-        let verdict = judge(
+        let verdict = verdict(self.rules.judge(
+            &fanotify::Intent::Write(0),
             own,
             actor.exe.as_ref(),
-            |k| self.writers.contains_key(k),
-            &self.self_exe,
-        );
+        ));
+        // One fstat for every kind of change the record carries.
+        let now = self.watched.get(i).map(|w| w.file.metadata());
         for (bit, hook) in KINDS {
             if r.mask & bit == 0 {
                 continue;
             }
-            let Some((event, text, name)) = self.change(i, bit) else {
+            let Some((event, text, name)) = self.change(i, bit, &now) else {
                 continue;
             };
             Shared::bump(&s.events);
@@ -910,42 +911,20 @@ impl State {
             let Some(w) = self.watched.get(i) else {
                 continue;
             };
-            let exe_key = actor.exe.unwrap_or_default();
-            let ev = SecurityEvent {
-                time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-                event: event.to_owned(),
-                verdict: if verdict == Verdict::Allow {
-                    "allow"
-                } else {
-                    "alert"
-                }
-                .to_owned(),
-                mode: "detect".to_owned(),
-                hook: hook.to_owned(),
-                pid: if actor.status.tgid != 0 {
-                    actor.status.tgid
-                } else {
-                    pid
-                },
-                tid: pid,
-                ppid: actor.status.ppid,
-                uid: actor.status.uid,
-                gid: actor.status.gid,
-                exe: actor
-                    .exe
-                    .and_then(|k| self.writers.get(&k).cloned())
-                    .or_else(|| actor.exe_link.clone()),
-                exe_dev: format!("{}:{}", exe_key.major(), exe_key.minor()),
-                exe_ino: exe_key.ino,
-                comm: actor.comm.clone(),
-                service: exe_key.ino != 0 && self.service.contains(&exe_key),
-                file: Some(w.path.display().to_string()),
-                dev: Some(format!("{}:{}", w.key.major(), w.key.minor())),
-                ino: Some(w.key.ino),
-                flags_text: Some(text),
-                name,
-                ..SecurityEvent::default()
-            };
+            let mut ev = self
+                .rules
+                .event(actor.clone(), pid, Some(&w.path), Some(w.key));
+            ev.event = event.to_owned();
+            ev.verdict = if verdict == Verdict::Allow {
+                "allow"
+            } else {
+                "alert"
+            }
+            .to_owned();
+            ev.mode = "detect".to_owned();
+            ev.hook = hook.to_owned();
+            ev.flags_text = Some(text);
+            ev.name = name;
             if self.events.send(ev).is_err() {
                 Shared::bump(&s.unreported);
             }
@@ -955,19 +934,25 @@ impl State {
     /// What change `bit` made to watched file `i`: event name,
     /// `flags_text` and the new name, updating the recorded state. None
     /// (counted as an error) when the index is out of range.
-    fn change(&mut self, i: usize, bit: u64) -> Option<(&'static str, String, Option<String>)> {
+    fn change(
+        &mut self,
+        i: usize,
+        bit: u64,
+        stat: &Option<io::Result<std::fs::Metadata>>,
+    ) -> Option<(&'static str, String, Option<String>)> {
         let shared = Arc::clone(&self.shared);
         let Some(w) = self.watched.get_mut(i) else {
             Shared::bump(&shared.errors);
             return None;
         };
-        let now = match w.file.metadata() {
-            Ok(m) => Some(FileState::of(&m)),
-            Err(e) => {
+        let now = match stat {
+            Some(Ok(m)) => Some(FileState::of(m)),
+            Some(Err(e)) => {
                 Shared::bump(&shared.errors);
                 log::warn!("cannot fstat protected file {}: {e}", w.path.display());
                 None
             }
+            None => None,
         };
         Some(match bit {
             libc::FAN_MODIFY => {
