@@ -128,9 +128,17 @@ if [ ! -x "$bb" ]; then
     rm -rf "$tmp"
 fi
 
-# 5. Kernel interfaces the host tests use (tracepoints, LSM list, bpffs).
+# 5. Kernel interfaces the host tests use (tracepoints, LSM list, bpffs, and
+#    a cgroup v2 hierarchy for the cgroup socket programs).
 mountpoint -q /sys/kernel/tracing 2>/dev/null || $SUDO mount -t tracefs none /sys/kernel/tracing 2>/dev/null || true
 mountpoint -q /sys/kernel/security 2>/dev/null || $SUDO mount -t securityfs none /sys/kernel/security 2>/dev/null || true
 mountpoint -q /sys/fs/bpf 2>/dev/null || $SUDO mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
+if ! grep -q ' - cgroup2 ' /proc/self/mountinfo; then
+    # Without systemd nothing mounts it; beside a v1 hierarchy (a tmpfs on
+    # /sys/fs/cgroup) it goes where systemd's hybrid layout puts it.
+    if mountpoint -q /sys/fs/cgroup; then cg=/sys/fs/cgroup/unified; else cg=/sys/fs/cgroup; fi
+    $SUDO mkdir -p "$cg" 2>/dev/null || true
+    $SUDO mount -t cgroup2 none "$cg" 2>/dev/null || log "cannot mount cgroup2 on $cg: the egress tests will say so"
+fi
 
 log "ready (cache: $cache)"
