@@ -978,13 +978,11 @@ impl Guard {
             }
             let before = attached.len();
             let watched = if opts.syscall_detect {
+                attach_tracepoints(&mut ebpf, def.always, def.name, &mut attached, &mut links)?;
                 def.syscalls & present(&syscall_table)
             } else {
                 0
             };
-            if opts.syscall_detect {
-                attach_tracepoints(&mut ebpf, def.always, def.name, &mut attached, &mut links)?;
-            }
             if !def.always.is_empty() && !attached.iter().any(|a| a.contains("sys_enter_execve")) {
                 // No entry tracepoint feeds it: sched_process_exec reads the
                 // environment itself. Set before it is attached.
@@ -1039,7 +1037,8 @@ impl Guard {
             ));
         }
         if !any_lsm {
-            // Every program that runs is a tracepoint: nothing denies.
+            // No LSM program runs: the mode they read says detect (the
+            // cgroup programs read their own bit, `forms::CGROUP_DENY`).
             config.mode = kmode::DETECT;
             set_config(&mut maps, config)?;
         }
