@@ -117,7 +117,9 @@ pub fn choose_tcti(configured: Option<&str>, env: impl Fn(&str) -> Option<String
 
 /// An open TPM.
 pub struct Tpm {
-    ctx: Context,
+    /// The tss-esapi context (other TPM users in the crate, such as
+    /// enrolment, issue their own commands through it).
+    pub(crate) ctx: Context,
     tcti: String,
 }
 
