@@ -178,8 +178,12 @@ results="$out/results.log"
 tr -d '\r' <"$console" >"$results"
 sed -n '/^GUARDIAN-EVIDENCE-BEGIN$/,/^GUARDIAN-EVIDENCE-END$/p' "$results" | sed '1d;$d' >"$out/evidence.json"
 sed -n '/^GUARDIAN-AK-BEGIN$/,/^GUARDIAN-AK-END$/p' "$results" | sed '1d;$d' >"$out/ak.pem"
+# The verifier keeps a state for the guest (TPM counters, findings) across
+# both quotes, as a fleet verifier would.
+rm -f "$out/verifier-state.json"
 verdict="$("$root/target/debug/guardian" verify --evidence "$out/evidence.json" --ak "$out/ak.pem" \
-    --manifest "$out/files/manifest.toml" --nonce "$nonce" 2>&1)" && r=PASS || r=FAIL
+    --key "$out/files/vendor.pub" --manifest "$out/files/manifest.toml" --nonce "$nonce" \
+    --state "$out/verifier-state.json" 2>&1)" && r=PASS || r=FAIL
 echo "$verdict" | sed 's/^/verifier: /' >&2
 echo "GUARDIAN-SCENARIO host-verifies-guest-evidence $r $(echo "$verdict" | head -n 1)" >>"$results"
 scenarios+=(host-verifies-guest-evidence)
@@ -188,9 +192,10 @@ scenarios+=(host-verifies-guest-evidence)
 # still has the old digest), while the log still explains the PCR.
 sed -n '/^GUARDIAN-EVIDENCE2-BEGIN$/,/^GUARDIAN-EVIDENCE2-END$/p' "$results" | sed '1d;$d' >"$out/evidence2.json"
 verdict2="$("$root/target/debug/guardian" verify --evidence "$out/evidence2.json" --ak "$out/ak.pem" \
-    --manifest "$out/files/manifest.toml" --nonce "$nonce2" 2>&1)" || true
+    --key "$out/files/vendor.pub" --manifest "$out/files/manifest.toml" --nonce "$nonce2" \
+    --state "$out/verifier-state.json" 2>&1)" || true
 echo "$verdict2" | sed 's/^/verifier: /' >&2
-if echo "$verdict2" | grep -q '^  TAMPER tamper attempt denied' \
+if echo "$verdict2" | grep -qE '^  TAMPER record [0-9]+: tamper attempt denied' \
     && echo "$verdict2" | grep -q 'FAIL  model: /opt/models/model.onnx' \
     && echo "$verdict2" | grep -q 'ok    log_replay' \
     && echo "$verdict2" | grep -q 'ok    signature'; then r=PASS; else r=FAIL; fi

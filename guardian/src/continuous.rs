@@ -1,10 +1,10 @@
 //! Continuous attestation inside `guardian run`: the daemon keeps the TPM
 //! evidence current after boot.
 //!
-//! - **Tamper records.** Every denied or detected write-open of a protected
-//!   file is logged and extended into the measurement PCR (digest: SHA-256
-//!   of the event's JSON), so the attempt stays in every later quote even if
-//!   the attacker eventually wins. Rate-limited per (file, executable) to
+//! - **Tamper records.** Every denied or detected change of a protected
+//!   file is a tamper record carrying the security event itself, extended
+//!   into the measurement PCR, so the attempt stays in every later quote
+//!   even if the attacker eventually wins. Rate-limited per (file, executable) to
 //!   one record per [`TAMPER_WINDOW`]; suppressed attempts are counted and
 //!   the count goes into the next record.
 //! - **Re-measurement.** A write-open that happened (an allowed writer, or
@@ -12,16 +12,25 @@
 //!   been quiet for [`QUIET`]; a timer (`[attest] remeasure_secs`)
 //!   re-measures every model. A new record is extended only when the digest
 //!   changed since its last measurement.
-//! - **Guard state.** The mode and hooks in force at start, and every rise
-//!   of the kernel's drop counters, are extended as state records, so the
-//!   quote proves how the device was protected, not just what it ran.
+//! - **Guard state.** Every start, adoption, stop and unload of the guard
+//!   (with the mode and hooks in force), a guard found missing, every rise
+//!   of the kernel's drop counters, are guard records, so the quote proves
+//!   how the device was protected, and every window without enforcement.
+//! - **A new manifest.** When the manifest file changes (its signed
+//!   update, by the allowed updater), the attestor checks its signature and
+//!   that its serial is higher, records it, and re-measures every model
+//!   against it; a manifest that fails is refused and the one in force
+//!   stays.
 //!
 //! All of this is blocking work (hashing, TPM commands), so it runs on its
-//! own thread that owns the TPM context, fed through a bounded channel; a
-//! full channel is counted as a drop, never silent.
+//! own thread that owns the [`Ledger`] (the log kept open, and the TPM),
+//! fed through a bounded channel; a full channel is counted as a drop,
+//! never silent. A log whose lock another process holds does not freeze
+//! the thread: the record waits in a backlog, retried, and the stall is
+//! counted and shown by `guardian status` until it clears.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -35,10 +44,13 @@ use sha2::{Digest as _, Sha256};
 use crate::{
     config::Config,
     events::SecurityEvent,
-    manifest::{self, Manifest},
-    mlog::{Kind, Log, Record},
+    evidence::{
+        Event, Ledger, LedgerError, LogError,
+        event::{ManifestEvent, ModelEvent, TamperEvent},
+        ledger,
+    },
+    manifest::{self, Authenticity, Loaded},
     signing::TrustedKey,
-    tpm::{self, Tpm},
 };
 
 /// At most one tamper record per (file, executable) in this window.
@@ -52,8 +64,15 @@ pub const QUEUE: usize = 1024;
 pub enum Message {
     /// A security event.
     Event(Box<SecurityEvent>),
-    /// The guard's state, to be recorded (at start, and on drop increases).
-    State(String),
+    /// A change of the guard's state (see [`crate::evidence::event::GuardEvent`]).
+    Guard {
+        /// `start`, `adopt`, `stop`, `gap`, `drops`, …
+        action: &'static str,
+        /// The mode in force.
+        mode: String,
+        /// What, in words.
+        detail: String,
+    },
     /// A policy load to record and extend before its set is put in force;
     /// the answer (extended or not) goes back on `reply`.
     Policy {
@@ -113,6 +132,16 @@ pub struct Stats {
     pub queue_drops: u64,
     /// Records or extends that failed.
     pub errors: u64,
+    /// Records waiting because the log's lock was held by another process.
+    pub backlog: usize,
+    /// Since when (RFC 3339) the attestor has been unable to write, if it is.
+    pub stalled_since: Option<String>,
+    /// How many times a record had to wait for the log's lock.
+    pub stalls: u64,
+    /// New manifests put in force by the daemon.
+    pub manifest_updates: u64,
+    /// New manifests refused (bad signature, not newer, unreadable).
+    pub manifests_refused: u64,
     /// Why continuous attestation is degraded, if it is.
     pub degraded: Vec<String>,
 }
@@ -179,9 +208,12 @@ impl Attestor {
 }
 
 struct Worker {
-    log_path: PathBuf,
-    manifest: Option<Manifest>,
-    tpm: Option<Tpm>,
+    ledger: Option<Ledger>,
+    manifest_path: PathBuf,
+    signature_path: PathBuf,
+    trusted: Vec<TrustedKey>,
+    allow_unsigned: bool,
+    manifest: Option<(Loaded, String)>,
     pcr: u32,
     remeasure_every: Option<Duration>,
     stats: Arc<Mutex<Stats>>,
@@ -189,6 +221,8 @@ struct Worker {
     suppressed: HashMap<(String, u64), u64>,
     pending: HashMap<PathBuf, Instant>,
     last_digest: HashMap<PathBuf, String>,
+    backlog: VecDeque<(u32, Event)>,
+    stalled_since: Option<Instant>,
 }
 
 impl Worker {
@@ -208,27 +242,31 @@ impl Worker {
             .collect();
         let manifest =
             match manifest::load(&m.manifest, &m.signature_path(), &trusted, m.allow_unsigned) {
-                Ok(l) => Some(l.manifest),
+                Ok(l) => {
+                    let digest = hex::encode(Sha256::digest(&l.bytes));
+                    Some((l, digest))
+                }
                 Err(e) => {
                     degraded.push(format!("no re-measurement of models: {e}"));
                     None
                 }
             };
-        let tcti = tpm::choose_tcti(m.tcti.as_deref(), |k| std::env::var(k).ok());
-        let tpm = match Tpm::open(&tcti) {
-            Ok(mut t) => {
-                if t.is_software() {
-                    degraded.push(format!(
-                        "the TPM at {tcti} is a software TPM ({}): evidence is not rooted in hardware",
-                        t.vendor()
-                    ));
-                }
-                Some(t)
+        let tpm = match ledger::open_tpm(m.tcti.as_deref()) {
+            Ok(t) => {
+                degraded.extend(t.software);
+                Some(t.tpm)
             }
             Err(e) => {
                 degraded.push(format!(
-                    "tamper and state records are logged but NOT extended: {e}"
+                    "tamper and guard records are logged but NOT extended: {e}"
                 ));
+                None
+            }
+        };
+        let ledger = match Ledger::open(&m.log, tpm) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                degraded.push(format!("no evidence is recorded: {e}"));
                 None
             }
         };
@@ -241,20 +279,23 @@ impl Worker {
         // The last measured digest of each model this boot, so timers and
         // writes that change nothing extend nothing.
         let mut last_digest = HashMap::new();
-        if let Ok(c) = crate::mlog::read(&m.log) {
-            for r in c.extended_this_boot(&crate::mlog::boot_id()) {
-                if r.kind == Kind::Model
-                    && let Some(f) = &r.file
-                {
-                    last_digest.insert(PathBuf::from(f), r.digest.clone());
+        if let Some(l) = &ledger {
+            for r in l.contents().extended_this_boot(l.boot_id()) {
+                if let Event::Model(me) = &r.event {
+                    last_digest.insert(PathBuf::from(&me.file), me.sha256.clone());
                 }
             }
         }
         Self {
-            log_path: m.log.clone(),
-            pcr: manifest.as_ref().map_or(manifest::DEFAULT_PCR, |mf| mf.pcr),
+            ledger,
+            manifest_path: m.manifest.clone(),
+            signature_path: m.signature_path(),
+            trusted,
+            allow_unsigned: m.allow_unsigned,
+            pcr: manifest
+                .as_ref()
+                .map_or(manifest::DEFAULT_PCR, |(l, _)| l.manifest.pcr),
             manifest,
-            tpm,
             remeasure_every: (config.attest.remeasure_secs > 0)
                 .then(|| Duration::from_secs(config.attest.remeasure_secs)),
             stats,
@@ -262,6 +303,8 @@ impl Worker {
             suppressed: HashMap::new(),
             pending: HashMap::new(),
             last_digest,
+            backlog: VecDeque::new(),
+            stalled_since: None,
         }
     }
 
@@ -270,8 +313,16 @@ impl Worker {
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(Message::Event(ev)) => self.on_event(&ev),
-                Ok(Message::State(s)) => {
-                    self.record(Kind::State, s.as_bytes(), s.clone(), None);
+                Ok(Message::Guard {
+                    action,
+                    mode,
+                    detail,
+                }) => {
+                    let mut ev = ledger::guard_event(action, &mode, detail);
+                    if action == "start" || action == "adopt" {
+                        ev = self.lifecycle(action, ev);
+                    }
+                    self.record(ev);
                 }
                 Ok(Message::Policy {
                     info,
@@ -286,11 +337,17 @@ impl Worker {
                     self.flush_suppressed(Instant::now() + TAMPER_WINDOW);
                     let due: Vec<PathBuf> = self.pending.drain().map(|(p, _)| p).collect();
                     for p in due {
-                        self.remeasure(&p);
+                        self.remeasure(&p, "write");
+                    }
+                    // The backlog gets one last, bounded, chance.
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while !self.backlog.is_empty() && Instant::now() < deadline {
+                        self.drain_backlog();
                     }
                     return;
                 }
             }
+            self.drain_backlog();
             let now = Instant::now();
             self.flush_suppressed(now);
             let due: Vec<PathBuf> = self
@@ -301,18 +358,17 @@ impl Worker {
                 .collect();
             for p in due {
                 self.pending.remove(&p);
-                self.remeasure(&p);
+                self.remeasure(&p, "write");
             }
             if let (Some(at), Some(every)) = (next_timer, self.remeasure_every)
                 && now >= at
             {
-                let all: Vec<PathBuf> = self
-                    .manifest
-                    .iter()
-                    .flat_map(|m| m.models.iter().map(|e| e.path.clone()))
-                    .collect();
-                for p in all {
-                    self.remeasure(&p);
+                // A manifest replaced without an event reaching us is
+                // found here too.
+                let mp = self.manifest_path.clone();
+                self.remeasure(&mp, "timer");
+                for p in self.model_paths() {
+                    self.remeasure(&p, "timer");
                 }
                 next_timer = Some(now + every);
             }
@@ -345,26 +401,18 @@ impl Worker {
             } else {
                 let folded = self.suppressed.remove(&key).unwrap_or(0);
                 self.last_tamper.insert(key, now);
-                let json = serde_json::to_string(ev).unwrap_or_default();
-                let what = if ev.verdict == "deny" {
+                let outcome = if ev.verdict == "deny" {
                     "denied"
                 } else {
-                    "DETECTED (not prevented)"
+                    "detected"
                 };
-                let desc = format!(
-                    "tamper attempt {what}: {} of {} by {} (pid {}, uid {}){}",
-                    ev.event.trim_start_matches("file_").replace('_', " "),
-                    file,
-                    ev.exe.as_deref().unwrap_or("unknown executable"),
-                    ev.pid,
-                    ev.uid,
-                    if folded > 0 {
-                        format!(", plus {folded} similar attempt(s) rate-limited before it")
-                    } else {
-                        String::new()
-                    }
-                );
-                if self.record(Kind::Tamper, json.as_bytes(), desc, Some(file.clone())) {
+                let tamper = Event::Tamper(TamperEvent {
+                    file: file.clone(),
+                    outcome: outcome.to_owned(),
+                    folded,
+                    event: serde_json::to_value(ev).unwrap_or_default(),
+                });
+                if self.record(tamper) {
                     self.bump(|s| s.tamper_records += 1);
                 }
             }
@@ -390,25 +438,116 @@ impl Worker {
             .collect();
         for key in closed {
             let n = self.suppressed.remove(&key).unwrap_or(0);
-            let desc = format!(
-                "tamper attempts: {n} more write-open(s) of {} by the executable with inode {} within {} s of the last record (rate-limited)",
-                key.0,
-                key.1,
-                TAMPER_WINDOW.as_secs()
-            );
             self.last_tamper.insert(key.clone(), now);
-            if self.record(Kind::Tamper, desc.as_bytes(), desc.clone(), Some(key.0)) {
+            let tamper = Event::Tamper(TamperEvent {
+                file: key.0,
+                outcome: "attempted".to_owned(),
+                folded: n,
+                event: serde_json::Value::Null,
+            });
+            if self.record(tamper) {
                 self.bump(|s| s.tamper_records += 1);
             }
         }
     }
 
-    fn remeasure(&mut self, path: &PathBuf) {
-        let Some(m) = &self.manifest else { return };
-        let Some((i, entry)) = m.models.iter().enumerate().find(|(_, e)| &e.path == path) else {
+    fn model_paths(&self) -> Vec<PathBuf> {
+        self.manifest
+            .iter()
+            .flat_map(|(l, _)| l.manifest.models.iter().map(|e| e.path.clone()))
+            .collect()
+    }
+
+    /// The manifest file changed (or the timer looks): put a new signed,
+    /// newer manifest in force and re-measure every model against it;
+    /// refuse anything else and keep the one in force.
+    fn manifest_changed(&mut self) {
+        let loaded = match manifest::load(
+            &self.manifest_path,
+            &self.signature_path,
+            &self.trusted,
+            self.allow_unsigned,
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!("the manifest changed but is refused (the one in force stays): {e}");
+                self.bump(|s| s.manifests_refused += 1);
+                return;
+            }
+        };
+        let digest = hex::encode(Sha256::digest(&loaded.bytes));
+        let current = self.manifest.as_ref();
+        if current.is_some_and(|(_, d)| *d == digest) {
+            return;
+        }
+        let (old_serial, old_pcr) = current.map_or((0, loaded.manifest.pcr), |(l, _)| {
+            (l.manifest.serial, l.manifest.pcr)
+        });
+        if current.is_some() && loaded.manifest.serial <= old_serial {
+            log::error!(
+                "the manifest {} changed but its serial {} is not higher than the one in force ({old_serial}): refused, the one in force stays",
+                self.manifest_path.display(),
+                loaded.manifest.serial
+            );
+            self.bump(|s| s.manifests_refused += 1);
+            return;
+        }
+        if loaded.manifest.pcr != old_pcr {
+            log::error!(
+                "the new manifest {} names PCR {} but the evidence is in PCR {old_pcr}: refused",
+                self.manifest_path.display(),
+                loaded.manifest.pcr
+            );
+            self.bump(|s| s.manifests_refused += 1);
+            return;
+        }
+        let (signature, signer) = match (&loaded.authenticity, &loaded.signature) {
+            (Authenticity::Signed { fingerprint, .. }, Some(sig)) => {
+                (hex::encode(sig), fingerprint.clone())
+            }
+            _ => (String::new(), "UNSIGNED".to_owned()),
+        };
+        let ev = Event::Manifest(ManifestEvent {
+            file: self.manifest_path.display().to_string(),
+            sha256: digest.clone(),
+            serial: loaded.manifest.serial,
+            text: String::from_utf8_lossy(&loaded.bytes).into_owned(),
+            signature,
+            signer,
+            cause: "update".to_owned(),
+        });
+        log::info!(
+            "a new manifest is in force: serial {} (was {old_serial}); re-measuring every model",
+            loaded.manifest.serial
+        );
+        self.manifest = Some((loaded, digest));
+        if self.record(ev) {
+            self.bump(|s| s.manifest_updates += 1);
+        }
+        self.last_digest.clear();
+        for p in self.model_paths() {
+            self.remeasure(&p, "update");
+        }
+    }
+
+    fn remeasure(&mut self, path: &PathBuf, cause: &str) {
+        if *path == self.manifest_path || *path == self.signature_path {
+            self.manifest_changed();
+            return;
+        }
+        let Some((loaded, manifest_digest)) = &self.manifest else {
+            return;
+        };
+        let Some((i, entry)) = loaded
+            .manifest
+            .models
+            .iter()
+            .enumerate()
+            .find(|(_, e)| &e.path == path)
+        else {
             return; // protected, but not a manifest model
         };
-        let (expected, name) = (entry.sha256.clone(), entry.name.clone());
+        let (expected, manifest_digest) = (entry.sha256.clone(), manifest_digest.clone());
         let d = match crate::hashing::hash_file(path) {
             Ok(d) => d,
             Err(e) => {
@@ -421,120 +560,133 @@ impl Worker {
         if self.last_digest.get(path) == Some(&digest) {
             return;
         }
-        let matched = digest == expected;
-        if !matched {
+        if digest != expected {
             log::error!(
                 "re-measurement: model {} changed to sha256 {digest} (manifest: {expected})",
                 path.display()
             );
         }
-        let rec = Record {
-            kind: Kind::Model,
-            pcr: self.pcr,
-            digest: digest.clone(),
-            extended: self.tpm.is_some(),
-            description: format!(
-                "guardian model {} entry {i}{} re-measured after a change",
-                path.display(),
-                name.map(|n| format!(" ({n})")).unwrap_or_default()
-            ),
-            file: Some(path.display().to_string()),
-            entry: Some(i),
-            expected: Some(expected),
-            matched: Some(matched),
-            ..Record::blank()
-        };
-        if self.append_and_extend(rec, d.sha256) {
+        let ev = Event::Model(ModelEvent {
+            file: path.display().to_string(),
+            sha256: digest.clone(),
+            size: d.size,
+            manifest: manifest_digest,
+            entry: i,
+            cause: cause.to_owned(),
+        });
+        if self.record(ev) {
             self.last_digest.insert(path.clone(), digest);
             self.bump(|s| s.remeasured += 1);
         }
     }
 
-    /// Log and extend a record whose digest is SHA-256 of `content`.
-    fn record(
-        &mut self,
-        kind: Kind,
-        content: &[u8],
-        description: String,
-        file: Option<String>,
-    ) -> bool {
-        let digest: [u8; 32] = Sha256::digest(content).into();
-        let rec = Record {
-            kind,
-            pcr: self.pcr,
-            digest: hex::encode(digest),
-            extended: self.tpm.is_some(),
-            description,
-            file,
-            ..Record::blank()
+    /// A start or adoption: if the last lifecycle record of this boot says
+    /// a guard was running (no stop) and this agent had to load afresh, or
+    /// the last one stopped and the pins were gone, a window without
+    /// enforcement is recorded first, as a `gap`.
+    fn lifecycle(&mut self, action: &str, ev: Event) -> Event {
+        let Some(ledger) = &self.ledger else {
+            return ev;
         };
-        self.append_and_extend(rec, digest)
+        let last = ledger.last_guard().map(|g| g.action.clone());
+        let gap = match (last.as_deref(), action) {
+            (None | Some("unload" | "gap"), _) => None,
+            (Some("start" | "adopt"), "start") => Some(
+                "the previous agent ended without a stop record and its pinned programs were gone when this one started: nothing was enforced in between",
+            ),
+            (Some("stop"), "start") => Some(
+                "the guard stopped with its programs pinned, but the pins were gone when this agent started: they were removed without `guardian stop --unload`",
+            ),
+            _ => None,
+        };
+        if let Some(why) = gap {
+            log::error!("guard gap: {why}");
+            self.record(ledger::guard_event("gap", "", why));
+        }
+        ev
     }
 
-    /// A policy load: its record (digest: the module's SHA-256), then the
-    /// extend. `Ok(true)` extended, `Ok(false)` logged without a TPM.
+    /// Record an event in the ledger, behind anything already waiting.
+    /// Returns whether it was written now.
+    fn record(&mut self, event: Event) -> bool {
+        self.backlog.push_back((self.pcr, event));
+        let before = self.backlog.len();
+        self.drain_backlog();
+        self.backlog.len() < before
+    }
+
+    /// Write what waits, in order, until the log's lock is refused.
+    fn drain_backlog(&mut self) {
+        let Some(ledger) = self.ledger.as_mut() else {
+            if !self.backlog.is_empty() {
+                let n = self.backlog.len() as u64;
+                self.backlog.clear();
+                if let Ok(mut s) = self.stats.lock() {
+                    s.errors += n;
+                }
+            }
+            return;
+        };
+        while let Some((pcr, event)) = self.backlog.front().cloned() {
+            match ledger.record(pcr, event) {
+                Ok(_) => {
+                    self.backlog.pop_front();
+                }
+                Err(LedgerError::Log(LogError::Busy { .. })) => {
+                    if self.stalled_since.is_none() {
+                        log::error!(
+                            "continuous attestation: another process holds the measurement log's lock; {} record(s) wait",
+                            self.backlog.len()
+                        );
+                        self.stalled_since = Some(Instant::now());
+                        if let Ok(mut s) = self.stats.lock() {
+                            s.stalls += 1;
+                            s.stalled_since = Some(
+                                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                                    .to_string(),
+                            );
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    log::error!("continuous attestation: {e}");
+                    self.backlog.pop_front();
+                    if let Ok(mut s) = self.stats.lock() {
+                        s.errors += 1;
+                    }
+                }
+            }
+        }
+        if self.backlog.is_empty() && self.stalled_since.take().is_some() {
+            log::warn!("continuous attestation: the measurement log is writable again");
+            if let Ok(mut s) = self.stats.lock() {
+                s.stalled_since = None;
+            }
+        }
+        let n = self.backlog.len();
+        if let Ok(mut s) = self.stats.lock() {
+            s.backlog = n;
+        }
+    }
+
+    /// A policy load: its record, extended before the set is put in force.
+    /// `Ok(true)` extended, `Ok(false)` logged without a TPM.
     fn measure_policy(
         &mut self,
         p: &crate::policy::PolicyInfo,
         generation: u64,
     ) -> Result<bool, String> {
-        let mut digest = [0u8; 32];
-        hex::decode_to_slice(&p.sha256, &mut digest)
-            .map_err(|_| format!("policy digest {:?} is not 64 hex digits", p.sha256))?;
-        let rec = Record {
-            kind: Kind::Policy,
-            pcr: self.pcr,
-            digest: p.sha256.clone(),
-            extended: self.tpm.is_some(),
-            description: crate::policy::measure::description(p, generation),
-            file: Some(p.file.display().to_string()),
-            ..Record::blank()
-        };
-        if self.append_and_extend(rec, digest) {
-            Ok(self.tpm.is_some())
+        if self.record(crate::policy::measure::event(p, generation)) {
+            Ok(self.ledger.as_ref().is_some_and(Ledger::has_tpm))
         } else {
+            // Not recorded: the set will not be put in force, so its record
+            // must not be written later either.
+            self.backlog.pop_back();
             Err(format!(
-                "recording policy {} in {} failed (see the agent's log)",
-                p.name,
-                self.log_path.display()
+                "recording policy {} failed or waits for the measurement log (see the agent's log)",
+                p.name
             ))
         }
-    }
-
-    fn append_and_extend(&mut self, rec: Record, digest: [u8; 32]) -> bool {
-        // Open per batch: the lock is held only while writing, so a
-        // `guardian measure` re-run is never blocked for long.
-        let mut log = match Log::open(&self.log_path) {
-            Ok(l) => l,
-            Err(e) => {
-                log::error!("continuous attestation: {e}");
-                self.bump(|s| s.errors += 1);
-                return false;
-            }
-        };
-        let rec = match log.append(rec) {
-            Ok(r) => r,
-            Err(e) => {
-                log::error!("continuous attestation: {e}");
-                self.bump(|s| s.errors += 1);
-                return false;
-            }
-        };
-        if let Some(t) = self.tpm.as_mut()
-            && let Err(e) = t.extend(self.pcr, &digest)
-        {
-            log::error!("continuous attestation: {e}");
-            let _ = log.append(Record {
-                kind: Kind::Note,
-                pcr: self.pcr,
-                digest: "0".repeat(64),
-                description: format!("extend of record {} failed: {e}", rec.seq),
-                voids: Some(rec.seq),
-                ..Record::blank()
-            });
-            self.bump(|s| s.errors += 1);
-            return false;
-        }
-        true
     }
 }

@@ -23,7 +23,7 @@
 //! | [`manifest`] | the signed model manifest, and why PCR 14 |
 //! | [`signing`] | Ed25519 / ECDSA P-256 detached signatures, as openssl makes them |
 //! | [`hashing`] | streaming, parallel SHA-256 of model files |
-//! | [`mlog`] | the measurement log: append-only, replay, TCG and CEL exports |
+//! | [`evidence`] | what is measured, the measurement log, the ledger (log + TPM: append, extend, void), TCG and CEL exports |
 //! | [`tpm`] | the TPM through tss-esapi: PCR extend and read, attestation key, quote |
 //! | [`attest`] | evidence bundles for a verifier's nonce, and the offline verifier |
 //! | [`continuous`] | in the daemon: tamper records, re-measurement, guard state into the TPM |
@@ -42,13 +42,13 @@ pub mod btf;
 pub mod config;
 pub mod continuous;
 pub mod events;
+pub mod evidence;
 pub mod fanotify;
 pub mod guard;
 pub mod hashing;
 pub mod kernel;
 pub mod manifest;
 pub mod measure;
-pub mod mlog;
 pub mod policy;
 pub mod rules;
 pub mod signing;
@@ -102,6 +102,10 @@ pub enum RunError {
     #[error("reading events from the kernel: {0}")]
     Events(#[source] std::io::Error),
 }
+
+/// The warning `guardian status` shows while the attestor cannot write
+/// (also how `guardian quote` recognises it).
+pub const ATTESTOR_STALLED: &str = "continuous attestation is STALLED";
 
 /// Counters kept by the agent itself (the kernel keeps its own).
 #[derive(Default)]
@@ -249,17 +253,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Continuous attestation: its own thread owns the TPM and the log.
     // The guard's state goes into the evidence first.
     let attestor = continuous::Attestor::start(&config);
-    attestor.send(continuous::Message::State(format!(
-        "guard started: mode {}; {}; hooks: {}",
-        guard.mode().as_str(),
-        guard.reason(),
-        guard
-            .hooks()
-            .iter()
-            .map(|h| format!("{} via {} ({})", h.hook, h.mechanism, h.attached.join(" ")))
-            .collect::<Vec<_>>()
-            .join("; ")
-    )));
+    attestor.send(continuous::Message::Guard {
+        action: if guard.adopted() { "adopt" } else { "start" },
+        mode: guard.mode().as_str().to_owned(),
+        detail: format!(
+            "{}; hooks: {}",
+            guard.reason(),
+            guard
+                .hooks()
+                .iter()
+                .map(|h| format!("{} via {} ({})", h.hook, h.mechanism, h.attached.join(" ")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    });
     // 5. Policies: the signed set in the policy directory, each load
     //    measured into the TPM by the attestor before the set is put in
     //    force; their static rules widen the kernel's tables.
@@ -315,9 +322,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         // Lost events are part of the evidence too.
         let drops = st.counters.get("ringbuf_drops").copied().unwrap_or(0);
         if drops > last_drops {
-            attestor.send(continuous::Message::State(format!(
-                "kernel ring buffer full: {drops} event(s) lost in total"
-            )));
+            attestor.send(continuous::Message::Guard {
+                action: "drops",
+                mode: guard.mode().as_str().to_owned(),
+                detail: format!("kernel ring buffer full: {drops} event(s) lost in total"),
+            });
             last_drops = drops;
         }
         st.write(&config.status.path)?;
@@ -415,6 +424,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(w) = watcher.take() {
         w.stop();
     }
+    attestor.send(continuous::Message::Guard {
+        action: if guard.pinned().is_some() {
+            "stop"
+        } else {
+            "unload"
+        },
+        mode: guard.mode().as_str().to_owned(),
+        detail: match guard.pinned() {
+            Some(p) => format!(
+                "the agent stopped; its kernel programs stay attached, pinned in {}",
+                p.display()
+            ),
+            None => "the agent stopped; its kernel programs are detached".to_owned(),
+        },
+    });
     attestor.stop();
     let _ = std::fs::remove_file(&config.status.path);
     match guard.pinned() {
@@ -481,6 +505,17 @@ pub fn stop(config: &Config, unload: bool) -> anyhow::Result<Vec<String>> {
         _ => done.push("no guardian agent was running".to_owned()),
     }
     let dir = &config.guard.pin_dir;
+    if unload && dir.is_dir() {
+        // The window without enforcement starts now: it goes into the
+        // evidence before the programs go.
+        match record_unload(config) {
+            Ok(()) => done.push("recorded the unload in the measurement log and the TPM".into()),
+            Err(e) => {
+                log::error!("the unload could not be recorded in the evidence: {e}");
+                done.push(format!("the unload is NOT in the evidence: {e}"));
+            }
+        }
+    }
     if unload {
         let mut n = 0;
         if let Ok(entries) = std::fs::read_dir(dir) {
@@ -507,6 +542,26 @@ pub fn stop(config: &Config, unload: bool) -> anyhow::Result<Vec<String>> {
         ));
     }
     Ok(done)
+}
+
+/// Record `guardian stop --unload` in the ledger.
+fn record_unload(config: &Config) -> Result<(), evidence::LedgerError> {
+    let tpm = evidence::ledger::open_tpm(config.measure.tcti.as_deref())
+        .map(|t| t.tpm)
+        .map_err(evidence::LedgerError::Tpm)?;
+    let mut ledger = evidence::Ledger::open(&config.measure.log, Some(tpm))?;
+    let pcr = std::fs::read_to_string(&config.measure.manifest)
+        .ok()
+        .and_then(|t| manifest::Manifest::parse(&t).ok())
+        .map_or(manifest::DEFAULT_PCR, |m| m.pcr);
+    let who = format!(
+        "`guardian stop --unload` by uid {}: the pinned programs in {} are removed; nothing enforces until the next start",
+        // SAFETY: getuid has no preconditions.
+        unsafe { libc::getuid() },
+        config.guard.pin_dir.display()
+    );
+    ledger.record(pcr, evidence::ledger::guard_event("unload", "", who))?;
+    Ok(())
 }
 
 /// One decoded event: the policies, the response, the output, the
@@ -791,6 +846,22 @@ fn snapshot(parts: &Parts<'_>) -> Status {
     counters.insert("models_remeasured".into(), attest.remeasured);
     counters.insert("attest_queue_drops".into(), attest.queue_drops);
     counters.insert("attest_errors".into(), attest.errors);
+    counters.insert("attest_backlog".into(), attest.backlog as u64);
+    counters.insert("attest_stalls".into(), attest.stalls);
+    counters.insert("manifest_updates".into(), attest.manifest_updates);
+    counters.insert("manifests_refused".into(), attest.manifests_refused);
+    if let Some(since) = &attest.stalled_since {
+        warnings.push(format!(
+            "{ATTESTOR_STALLED} since {since}: another process holds the measurement log's lock; {} record(s) wait",
+            attest.backlog
+        ));
+    }
+    if attest.manifests_refused > 0 {
+        warnings.push(format!(
+            "continuous attestation: {} new manifest(s) refused (the one in force stays; see the log)",
+            attest.manifests_refused
+        ));
+    }
     for d in &attest.degraded {
         warnings.push(format!("continuous attestation: {d}"));
     }

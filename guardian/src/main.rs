@@ -67,11 +67,13 @@ enum Command {
     },
     /// Produce an evidence bundle for a verifier: a TPM quote over the
     /// measurement PCRs with the verifier's nonce, the PCR values, this
-    /// boot's measurement log and the attestation key's public part.
+    /// boot's measurement log up to the quote and the attestation key's
+    /// public part.
     ///
     /// The attestation key is created at [attest] ak_handle on first use.
     Quote {
-        /// The verifier's nonce, hex (1 to 64 bytes).
+        /// The verifier's nonce, hex (16 to 64 bytes; `guardian challenge`
+        /// on the verifier makes one).
         #[arg(long)]
         nonce: String,
         /// The config ([attest], [measure] log and tcti).
@@ -88,9 +90,26 @@ enum Command {
         #[arg(long)]
         raw: Option<PathBuf>,
     },
-    /// Check an evidence bundle offline: signature by the enrolled AK,
-    /// nonce, PCR digest, log replay, and every measured model against the
-    /// golden manifest. Exit status 0 trusted, 3 not trusted, 1 bad input.
+    /// On the verifier: issue a fresh nonce (32 random bytes) for a device,
+    /// remembered in its state file so the next `guardian verify --state`
+    /// accepts exactly one quote for it.
+    Challenge {
+        /// The device's verifier state (created on first use).
+        #[arg(long)]
+        state: PathBuf,
+        /// The device's enrolled AK public key (PEM); binds a new state to it.
+        #[arg(long)]
+        ak: PathBuf,
+    },
+    /// Check an evidence bundle: signature by the enrolled AK, the nonce,
+    /// exactly the judged PCRs quoted, every record since boot bound to its
+    /// content and replayed, every manifest signed and not older than the
+    /// one before, every model measurement against the manifest in force,
+    /// tamper, guard and attestor records, and (with --state) reboots, TPM
+    /// resets, clock rollback and findings still open.
+    ///
+    /// Exit status 0 trusted, 3 not trusted, 1 bad input (the state is then
+    /// left unchanged).
     Verify {
         /// The evidence bundle (from `guardian quote`).
         #[arg(long)]
@@ -98,12 +117,32 @@ enum Command {
         /// The enrolled AK public key (PEM).
         #[arg(long)]
         ak: PathBuf,
-        /// The golden manifest.
+        /// A key manifests must be signed by (PEM); repeatable.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Pin a golden manifest: the one in force must be it or newer.
         #[arg(long)]
-        manifest: PathBuf,
-        /// The nonce the verifier sent, hex.
+        manifest: Option<PathBuf>,
+        /// The PCRs the quote must cover, exactly (default: the golden
+        /// manifest's, else 14).
+        #[arg(long = "pcr")]
+        pcrs: Vec<u32>,
+        /// The nonce the verifier issued, hex (not needed with a --state
+        /// that holds one from `guardian challenge`).
         #[arg(long)]
-        nonce: String,
+        nonce: Option<String>,
+        /// The device's verifier state: the issued nonce, TPM counters,
+        /// open findings. Read and updated. Without it, reboots, resets and
+        /// rollbacks are not checked (said in the verdict).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Acknowledge an open finding in --state (its id, or `all`) before
+        /// judging; repeatable.
+        #[arg(long, requires = "state")]
+        ack: Vec<String>,
+        /// Fail when no runtime guard started this boot.
+        #[arg(long)]
+        require_guard: bool,
         /// Print the verdict as JSON.
         #[arg(long)]
         json: bool,
@@ -170,6 +209,11 @@ enum ManifestCommand {
         /// PCR to measure into (8-15).
         #[arg(long, default_value_t = guardian::manifest::DEFAULT_PCR)]
         pcr: u32,
+        /// The manifest's serial: higher than every manifest published
+        /// before it (verifiers refuse an older one). Default: the time
+        /// in seconds since 1970.
+        #[arg(long)]
+        serial: Option<u64>,
     },
     /// Check a manifest's format and signature; with --files, also that
     /// the files on this machine match it.
@@ -415,17 +459,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let cfg = Config::load(&config, |k| std::env::var(k).ok())?;
             let nonce = guardian::attest::parse_nonce(&nonce)?;
-            for p in &cfg.attest.pcrs {
-                anyhow::ensure!(*p < 24, "[attest] pcrs: {p} is not a PCR");
-            }
-            let tcti =
-                guardian::tpm::choose_tcti(cfg.measure.tcti.as_deref(), |k| std::env::var(k).ok());
-            let mut tpm = guardian::tpm::Tpm::open(&tcti)?;
-            let (ak, ak_pub) = tpm.ak(cfg.attest.ak_handle)?;
-            let quote = tpm.quote(ak, &nonce, &cfg.attest.pcrs)?;
-            let log = guardian::mlog::read(&cfg.measure.log)?;
-            let ev = guardian::attest::evidence(&nonce, &quote, &ak_pub, &log)
-                .map_err(anyhow::Error::msg)?;
+            let (ev, quote) = guardian::attest::bundle::quote(&cfg, &nonce)?;
             if let Some(p) = ak_out {
                 std::fs::write(&p, &ev.ak_public_pem)
                     .with_context(|| format!("writing {}", p.display()))?;
@@ -453,26 +487,94 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Challenge { state, ak } => {
+            use guardian::attest::DeviceState;
+            let key = guardian::attest::read_ak(&ak)?;
+            let mut st = match DeviceState::read(&state)? {
+                Some(st) => st,
+                None => DeviceState::new(key.to_encoded_point(false).as_bytes()),
+            };
+            let nonce = hex::encode(guardian::attest::bundle::fresh_nonce()?);
+            st.pending_nonce = Some(nonce.clone());
+            st.save(&state)?;
+            println!("{nonce}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Verify {
             evidence,
             ak,
+            keys,
             manifest,
+            pcrs,
             nonce,
+            state,
+            ack,
+            require_guard,
             json,
         } => {
+            use guardian::attest::DeviceState;
+            // Every input first: a bad one changes nothing.
             let ev = guardian::attest::read_evidence(&evidence)?;
             let ak = guardian::attest::read_ak(&ak)?;
-            let nonce = guardian::attest::parse_nonce(&nonce)?;
-            let golden = std::fs::read(&manifest)
-                .with_context(|| format!("cannot read {}", manifest.display()))?;
+            let manifest_keys = guardian::signing::TrustedKey::load_all(&keys)?;
+            let golden = match &manifest {
+                Some(p) => {
+                    let bytes =
+                        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+                    let text = std::str::from_utf8(&bytes)
+                        .map_err(|_| anyhow::anyhow!("{}: not UTF-8", p.display()))?;
+                    let m = guardian::manifest::Manifest::parse(text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                    Some((bytes, m.pcr))
+                }
+                None => None,
+            };
+            let pcrs = if !pcrs.is_empty() {
+                pcrs
+            } else {
+                vec![
+                    golden
+                        .as_ref()
+                        .map_or(guardian::manifest::DEFAULT_PCR, |g| g.1),
+                ]
+            };
+            for p in &pcrs {
+                guardian::manifest::check_pcr(*p).map_err(|e| anyhow::anyhow!("--pcr {p}: {e}"))?;
+            }
+            let mut st = match &state {
+                Some(path) => Some(match DeviceState::read(path)? {
+                    Some(st) => st,
+                    None => DeviceState::new(ak.to_encoded_point(false).as_bytes()),
+                }),
+                None => None,
+            };
+            if let (Some(st), Some(path)) = (st.as_mut(), &state) {
+                for id in &ack {
+                    let n = st.acknowledge(id, "acknowledged by the operator", path)?;
+                    eprintln!("acknowledged {n} finding(s) ({id})");
+                }
+            }
+            let nonce = match (nonce, st.as_ref().and_then(|s| s.pending_nonce.clone())) {
+                (Some(n), _) | (None, Some(n)) => guardian::attest::parse_nonce(&n)?,
+                (None, None) => anyhow::bail!(
+                    "no nonce: give --nonce, or issue one with `guardian challenge --state`"
+                ),
+            };
             let verdict = guardian::attest::verify(
                 &ev,
                 &guardian::attest::Trust {
                     ak: &ak,
-                    manifest_bytes: &golden,
                     nonce: &nonce,
+                    pcrs: &pcrs,
+                    manifest_keys: &manifest_keys,
+                    golden: golden.as_ref().map(|g| g.0.as_slice()),
+                    require_guard,
                 },
+                st.as_mut(),
             );
+            if let (Some(st), Some(path)) = (&st, &state) {
+                st.save(path)?;
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&verdict)?);
             } else {
@@ -535,8 +637,16 @@ fn manifest_cmd(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
             key,
             output,
             pcr,
+            serial,
         } => {
             manifest::check_pcr(pcr).map_err(anyhow::Error::msg)?;
+            let serial = match serial {
+                Some(s) => s,
+                None => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .context("the clock is before 1970")?
+                    .as_secs(),
+            };
             let key = guardian::signing::SigningKey::load(&key)?;
             let mut files = Vec::new();
             for p in &paths {
@@ -562,12 +672,13 @@ fn manifest_cmd(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
             let m = Manifest {
                 version: manifest::VERSION,
                 pcr,
+                serial,
                 models,
             };
             m.check().map_err(anyhow::Error::msg)?;
             let sig = manifest::write_signed(&m, &output, &key)?;
             println!(
-                "wrote {} ({} models, PCR {pcr}) and its signature {}",
+                "wrote {} ({} models, PCR {pcr}, serial {serial}) and its signature {}",
                 output.display(),
                 m.models.len(),
                 sig.display()
@@ -745,7 +856,7 @@ fn policy_cmd(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn log_cmd(cmd: LogCommand) -> anyhow::Result<ExitCode> {
-    use guardian::mlog;
+    use guardian::evidence;
     match cmd {
         LogCommand::Replay { config, pcr } => {
             let cfg = Config::load(&config, |k| std::env::var(k).ok())?;
@@ -760,7 +871,7 @@ fn log_cmd(cmd: LogCommand) -> anyhow::Result<ExitCode> {
                         .pcr
                 }
             };
-            let contents = mlog::read(&cfg.measure.log)?;
+            let contents = evidence::log::read(&cfg.measure.log)?;
             if contents.torn_bytes > 0 {
                 log::warn!(
                     "{}: torn last record of {} bytes ignored",
@@ -768,8 +879,8 @@ fn log_cmd(cmd: LogCommand) -> anyhow::Result<ExitCode> {
                     contents.torn_bytes
                 );
             }
-            let boot = mlog::boot_id();
-            let replay = contents.replay(pcr, &boot)?;
+            let boot = evidence::boot_id();
+            let replay = contents.replay(pcr, &boot);
             let tcti =
                 guardian::tpm::choose_tcti(cfg.measure.tcti.as_deref(), |k| std::env::var(k).ok());
             let actual = guardian::tpm::Tpm::open(&tcti)?.read(pcr)?;
@@ -799,12 +910,12 @@ fn log_cmd(cmd: LogCommand) -> anyhow::Result<ExitCode> {
             output,
         } => {
             let cfg = Config::load(&config, |k| std::env::var(k).ok())?;
-            let contents = mlog::read(&cfg.measure.log)?;
-            let boot = mlog::boot_id();
+            let contents = evidence::log::read(&cfg.measure.log)?;
+            let boot = evidence::boot_id();
             let bytes = if format == "tcg" {
-                mlog::export_tcg(&contents, &boot)?
+                evidence::export::tcg(&contents, &boot)
             } else {
-                mlog::export_cel(&contents, &boot)
+                evidence::export::cel(&contents, &boot)
             };
             match output {
                 Some(p) => {

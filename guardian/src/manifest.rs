@@ -6,6 +6,7 @@
 //! ```toml
 //! version = 1
 //! pcr = 14
+//! serial = 1764806400      # monotonic: a verifier refuses an older one
 //!
 //! [[model]]
 //! path = "/opt/models/classifier.onnx"
@@ -73,6 +74,13 @@ pub struct Manifest {
     pub version: u32,
     /// PCR index for the measurements.
     pub pcr: u32,
+    /// The manifest's serial number: each manifest a fleet publishes has a
+    /// higher one than the last (`guardian manifest create` uses the time
+    /// in seconds unless told otherwise), so a verifier can refuse a signed
+    /// but older manifest put back on a board. Manifests from before serials
+    /// read as 0.
+    #[serde(default)]
+    pub serial: u64,
     /// The models.
     #[serde(rename = "model")]
     pub models: Vec<Entry>,
@@ -143,6 +151,8 @@ pub struct Loaded {
     pub path: PathBuf,
     /// How it was authenticated.
     pub authenticity: Authenticity,
+    /// The detached signature's bytes, when there is one.
+    pub signature: Option<Vec<u8>>,
 }
 
 /// The default signature path for a manifest: `<manifest>.sig`.
@@ -253,8 +263,9 @@ pub fn load(
         path: path.to_owned(),
         message,
     })?;
-    let checked = match std::fs::read(signature) {
-        Ok(sig) => crate::signing::verify(&bytes, &sig, trusted, path, signature)
+    let sig_bytes = std::fs::read(signature);
+    let checked = match &sig_bytes {
+        Ok(sig) => crate::signing::verify(&bytes, sig, trusted, path, signature)
             .map(|k| Authenticity::Signed {
                 key: k.path.clone(),
                 fingerprint: k.fingerprint.clone(),
@@ -265,9 +276,9 @@ pub fn load(
             path: path.to_owned(),
             signature: signature.to_owned(),
         }),
-        Err(source) => Err(SignError::Read {
+        Err(e) => Err(SignError::Read {
             path: signature.to_owned(),
-            source,
+            source: std::io::Error::new(e.kind(), e.to_string()),
         }
         .into()),
     };
@@ -281,6 +292,7 @@ pub fn load(
         bytes,
         path: path.to_owned(),
         authenticity,
+        signature: sig_bytes.ok(),
     })
 }
 
@@ -320,6 +332,7 @@ mod tests {
         let m = Manifest {
             version: 1,
             pcr: DEFAULT_PCR,
+            serial: 7,
             models: vec![entry("/opt/models/a.onnx")],
         };
         assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m);

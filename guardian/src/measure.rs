@@ -8,15 +8,17 @@
 //! 2. Hash every model, in parallel. A file that cannot be read stops the
 //!    step here, before anything is extended: a partial measurement would
 //!    leave a PCR that matches no complete log.
-//! 3. Open the measurement log (a corrupt log stops the step, again before
-//!    any extend) and the TPM (absent: stop, unless `--no-tpm`).
+//! 3. Open the TPM (absent: stop, unless `--no-tpm`) and the ledger (a
+//!    corrupt log stops the step, again before any extend).
 //!    The TPM's PCR must equal the log's replay before anything is added.
 //! 4. If this boot already measured the same digests (the unit was
 //!    restarted), record that and extend nothing; if the digests changed
 //!    since, extend again. Never a silent double extend.
-//! 5. For the manifest, then each model: append the record (fsync), then
-//!    extend. A mismatching model is extended all the same: the PCR must
-//!    reflect what is on the disk, not what should be.
+//! 5. For the manifest (its whole text and signature), then each model
+//!    (its digest and the manifest entry it is judged against): the ledger
+//!    appends the record (fsync), then extends it. A mismatching model is
+//!    extended all the same: the PCR must reflect what is on the disk, not
+//!    what should be.
 //! 6. One JSON security event per mismatch on the event output; the exit
 //!    status says whether inference may start.
 
@@ -27,11 +29,15 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     config::MeasureConfig,
+    evidence::{
+        Contents, Event, Ledger, LedgerError, LogError,
+        event::{ManifestEvent, ModelEvent},
+        ledger,
+    },
     hashing::{self, HashError},
     manifest::{self, Authenticity, ManifestError},
-    mlog::{self, Kind, Log, LogError, Record},
     signing::{SignError, TrustedKey},
-    tpm::{self, Tpm, TpmError},
+    tpm::TpmError,
 };
 
 /// Errors that stop the measurement before (or, for a TPM failure, at) the
@@ -53,6 +59,9 @@ pub enum MeasureError {
     /// The TPM is unusable.
     #[error(transparent)]
     Tpm(#[from] TpmError),
+    /// A record could not be extended (it was voided in the log).
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
     /// The log does not explain the PCR's current value.
     #[error(
         "measurement log {} does not explain PCR {pcr}: it replays to {replay} but the TPM holds {tpm} (log truncated or lost, or another component extends PCR {pcr}); nothing was extended",
@@ -122,12 +131,7 @@ pub fn measure(
 ) -> Result<Outcome, MeasureError> {
     let mut warnings = Vec::new();
     // 1. Authenticate.
-    let trusted = cfg
-        .trusted_keys
-        .iter()
-        .map(|k| TrustedKey::load(k))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(MeasureError::Key)?;
+    let trusted = TrustedKey::load_all(&cfg.trusted_keys).map_err(MeasureError::Key)?;
     let loaded = manifest::load(
         &cfg.manifest,
         &cfg.signature_path(),
@@ -135,11 +139,7 @@ pub fn measure(
         cfg.allow_unsigned,
     )?;
     let signer = match &loaded.authenticity {
-        Authenticity::Signed {
-            fingerprint,
-            algorithm,
-            ..
-        } => format!("signed {algorithm} key {}", &fingerprint[..16]),
+        Authenticity::Signed { fingerprint, .. } => fingerprint.clone(),
         Authenticity::UnsignedAllowed { why } => {
             let w = format!("INSECURE: manifest accepted without a valid signature ({why})");
             log::warn!("{w}");
@@ -164,118 +164,82 @@ pub fn measure(
         total / (1 << 20),
         started.elapsed().as_secs_f64()
     );
-    let manifest_digest: [u8; 32] = Sha256::digest(&loaded.bytes).into();
 
-    // 3. Log, then TPM.
-    let mut log = Log::open(&cfg.log).map_err(MeasureError::Log)?;
-    let mut tpm = if no_tpm {
+    // 3. TPM, then the ledger (a corrupt log stops here, before any extend).
+    let (tpm, software) = if no_tpm {
         let w =
             "INSECURE: --no-tpm: measurements are logged but not extended into any TPM".to_owned();
         log::warn!("{w}");
         warnings.push(w);
-        None
+        (None, None)
     } else {
-        let tcti = tpm::choose_tcti(cfg.tcti.as_deref(), |k| std::env::var(k).ok());
-        let mut t = Tpm::open(&tcti)?;
-        if t.is_software() {
-            let w = format!(
-                "INSECURE: the TPM at {tcti} is a software TPM ({}); its measurements are not rooted in hardware",
-                t.vendor()
-            );
-            log::warn!("{w}");
-            log.append(Record {
-                kind: Kind::Note,
-                digest: "0".repeat(64),
-                description: w.clone(),
-                ..Record::blank()
-            })
-            .map_err(MeasureError::Log)?;
-            warnings.push(w);
-        }
-        Some(t)
+        let t = ledger::open_tpm(cfg.tcti.as_deref())?;
+        (Some(t.tpm), t.software)
     };
-    let boot = mlog::boot_id();
-
-    // The records this run would make.
-    let mut planned = vec![Record {
-        kind: Kind::Manifest,
-        pcr,
-        digest: hex::encode(manifest_digest),
-        extended: tpm.is_some(),
-        description: format!(
-            "guardian manifest {} ({signer}, {} models)",
-            loaded.path.display(),
-            m.models.len()
-        ),
-        file: Some(loaded.path.display().to_string()),
-        ..Record::blank()
-    }];
-    for (i, (e, d)) in m.models.iter().zip(&digests).enumerate() {
-        let actual = hex::encode(d.sha256);
-        let matched = actual == e.sha256 && d.size == e.size;
-        planned.push(Record {
-            kind: Kind::Model,
-            pcr,
-            digest: actual,
-            extended: tpm.is_some(),
-            description: format!(
-                "guardian model {} entry {i}{}",
-                e.path.display(),
-                e.name
-                    .as_ref()
-                    .map(|n| format!(" ({n})"))
-                    .unwrap_or_default()
-            ),
-            file: Some(e.path.display().to_string()),
-            entry: Some(i),
-            expected: Some(e.sha256.clone()),
-            matched: Some(matched),
-            ..Record::blank()
-        });
+    let mut ledger = Ledger::open(&cfg.log, tpm).map_err(MeasureError::Log)?;
+    let log_err = MeasureError::Log;
+    if let Some(w) = software {
+        ledger.note(w.clone()).map_err(log_err)?;
+        warnings.push(w);
     }
 
-    // 4. A re-run in the same boot.
-    let previous: Vec<Record> = last_run(log.contents(), &boot, pcr)
-        .into_iter()
-        .cloned()
+    // The records this run would make.
+    let manifest_event = ManifestEvent {
+        file: loaded.path.display().to_string(),
+        sha256: hex::encode(Sha256::digest(&loaded.bytes)),
+        serial: m.serial,
+        text: String::from_utf8_lossy(&loaded.bytes).into_owned(),
+        signature: match (&loaded.authenticity, &loaded.signature) {
+            (Authenticity::Signed { .. }, Some(sig)) => hex::encode(sig),
+            _ => String::new(),
+        },
+        signer,
+        cause: "boot".to_owned(),
+    };
+    let models: Vec<ModelEvent> = m
+        .models
+        .iter()
+        .zip(&digests)
+        .enumerate()
+        .map(|(i, (e, d))| ModelEvent {
+            file: e.path.display().to_string(),
+            sha256: hex::encode(d.sha256),
+            size: d.size,
+            manifest: manifest_event.sha256.clone(),
+            entry: i,
+            cause: "boot".to_owned(),
+        })
         .collect();
-    let unchanged = !previous.is_empty()
-        && previous.len() == planned.len()
-        && previous
-            .iter()
-            .zip(&planned)
-            .all(|(a, b)| a.digest == b.digest && a.file == b.file && a.kind == b.kind);
-    let log_err = MeasureError::Log;
-    if !previous.is_empty() {
-        let first = previous[0].seq;
+
+    // 4. A re-run in the same boot.
+    let previous = last_run(ledger.contents(), ledger.boot_id(), pcr);
+    let unchanged = previous.as_ref().is_some_and(|(mf, prev)| {
+        mf.sha256 == manifest_event.sha256
+            && prev.len() == models.len()
+            && prev
+                .iter()
+                .zip(&models)
+                .all(|((a, _), b)| a.sha256 == b.sha256 && a.file == b.file)
+    });
+    if let Some((_, prev)) = &previous {
         let note = if unchanged {
             format!(
-                "measure re-run in the same boot: all {} digests unchanged since record {first}; not extended again",
-                planned.len()
+                "measure re-run in the same boot: the manifest and all {} model digests are unchanged; not extended again",
+                prev.len()
             )
         } else {
-            format!(
-                "measure re-run in the same boot with changed digests (previous run from record {first}); extending again"
-            )
+            "measure re-run in the same boot with a changed manifest or model digests; extending again".to_owned()
         };
         log::warn!("{note}");
         warnings.push(note.clone());
-        log.append(Record {
-            kind: Kind::Note,
-            pcr,
-            digest: "0".repeat(64),
-            description: note,
-            ..Record::blank()
-        })
-        .map_err(log_err)?;
+        ledger.note(note).map_err(log_err)?;
     }
 
     // The PCR must hold what the log replays to before we add to it;
     // otherwise the log is truncated or lost, or something else extends
     // this PCR, and any further extend would be evidence nobody can check.
-    if let Some(t) = tpm.as_mut() {
-        let before = t.read(pcr)?;
-        let replay = log.contents().replay(pcr, &boot).map_err(log_err)?;
+    if let Some(before) = ledger.read_pcr(pcr)? {
+        let replay = ledger.replay(pcr);
         if before != replay {
             return Err(MeasureError::Unexplained {
                 log: cfg.log.clone(),
@@ -286,70 +250,62 @@ pub fn measure(
         }
     }
 
-    // 5. Record, then extend.
+    // 5. Record, then extend (the ledger does both, or voids).
     let mut extended = 0;
+    let mut seqs = vec![None; models.len()];
+    if !unchanged {
+        let cause = if previous.is_some() { "rerun" } else { "boot" };
+        let mut mf = manifest_event;
+        mf.cause = cause.to_owned();
+        ledger.record(pcr, Event::Manifest(mf))?;
+        extended += usize::from(ledger.has_tpm());
+        for (i, mut model) in models.into_iter().enumerate() {
+            model.cause = cause.to_owned();
+            let rec = ledger.record(pcr, Event::Model(model))?;
+            seqs[i] = Some(rec.seq);
+            extended += usize::from(ledger.has_tpm());
+        }
+    }
     let mut mismatches = Vec::new();
-    for (idx, rec) in planned.into_iter().enumerate() {
-        let (matched, entry) = (rec.matched, rec.entry);
-        let digest: [u8; 32] = rec.digest_bytes().map_err(log_err)?;
-        let rec = if unchanged {
-            None
-        } else {
-            Some(log.append(rec).map_err(log_err)?)
+    for (i, (e, d)) in m.models.iter().zip(&digests).enumerate() {
+        let actual = hex::encode(d.sha256);
+        if actual == e.sha256 && d.size == e.size {
+            continue;
+        }
+        let mm = Mismatch {
+            time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            event: "model_mismatch",
+            file: e.path.display().to_string(),
+            name: e.name.clone(),
+            expected: e.sha256.clone(),
+            actual,
+            expected_size: e.size,
+            actual_size: d.size,
+            pcr,
+            log_seq: seqs[i]
+                .or_else(|| {
+                    previous
+                        .as_ref()
+                        .and_then(|(_, p)| p.get(i))
+                        .map(|(_, seq)| *seq)
+                })
+                .unwrap_or(0),
         };
-        if let (Some(rec), Some(t)) = (&rec, tpm.as_mut()) {
-            if let Err(e) = t.extend(pcr, &digest) {
-                let _ = log.append(Record {
-                    kind: Kind::Note,
-                    pcr,
-                    digest: "0".repeat(64),
-                    description: format!("extend of record {} failed: {e}", rec.seq),
-                    voids: Some(rec.seq),
-                    ..Record::blank()
-                });
-                return Err(e.into());
-            }
-            extended += 1;
+        if let Ok(line) = serde_json::to_string(&mm) {
+            let _ = writeln!(events, "{line}");
         }
-        if matched == Some(false)
-            && let Some(i) = entry
-        {
-            let e = &m.models[i];
-            let mm = Mismatch {
-                time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
-                event: "model_mismatch",
-                file: e.path.display().to_string(),
-                name: e.name.clone(),
-                expected: e.sha256.clone(),
-                actual: hex::encode(digests[i].sha256),
-                expected_size: e.size,
-                actual_size: digests[i].size,
-                pcr,
-                log_seq: rec
-                    .as_ref()
-                    .map(|r| r.seq)
-                    .or_else(|| previous.get(idx).map(|r| r.seq))
-                    .unwrap_or(0),
-            };
-            if let Ok(line) = serde_json::to_string(&mm) {
-                let _ = writeln!(events, "{line}");
-            }
-            log::error!(
-                "model {} does not match the manifest: sha256 {} (expected {})",
-                mm.file,
-                mm.actual,
-                mm.expected
-            );
-            mismatches.push(mm);
-        }
+        log::error!(
+            "model {} does not match the manifest: sha256 {} (expected {})",
+            mm.file,
+            mm.actual,
+            mm.expected
+        );
+        mismatches.push(mm);
     }
     let _ = events.flush();
 
-    let replay = log.contents().replay(pcr, &boot).map_err(log_err)?;
-    let tpm_value = match tpm.as_mut() {
-        Some(t) => Some(t.read(pcr)?),
-        None => None,
-    };
+    let replay = ledger.replay(pcr);
+    let tpm_value = ledger.read_pcr(pcr)?;
     Ok(Outcome {
         pcr,
         models: m.models.len(),
@@ -361,21 +317,42 @@ pub fn measure(
     })
 }
 
-/// The records of the most recent measurement run of this boot into `pcr`
-/// (from its manifest record on), if any.
-fn last_run<'a>(contents: &'a mlog::Contents, boot: &'a str, pcr: u32) -> Vec<&'a Record> {
+/// A model record of an earlier run: what was measured, and its sequence
+/// number.
+struct Previous {
+    file: String,
+    sha256: String,
+}
+
+/// The most recent measurement run of this boot into `pcr`: its manifest
+/// and, in order, its model records with their sequence numbers.
+fn last_run(
+    contents: &Contents,
+    boot: &str,
+    pcr: u32,
+) -> Option<(ManifestEvent, Vec<(Previous, u64)>)> {
     // Extended or not (a --no-tpm run counts as a run), but not voided.
     let voided = contents.voided();
-    let recs: Vec<&Record> = contents
+    let mut run: Option<(ManifestEvent, Vec<(Previous, u64)>)> = None;
+    for r in contents
         .this_boot(boot)
-        .filter(|r| {
-            r.pcr == pcr
-                && matches!(r.kind, Kind::Manifest | Kind::Model)
-                && !voided.contains(&r.seq)
-        })
-        .collect();
-    match recs.iter().rposition(|r| r.kind == Kind::Manifest) {
-        Some(i) => recs[i..].to_vec(),
-        None => Vec::new(),
+        .filter(|r| r.pcr == pcr && !voided.contains(&r.seq))
+    {
+        match &r.event {
+            Event::Manifest(m) => run = Some((m.clone(), Vec::new())),
+            Event::Model(m) if m.cause == "boot" || m.cause == "rerun" => {
+                if let Some((_, models)) = run.as_mut() {
+                    models.push((
+                        Previous {
+                            file: m.file.clone(),
+                            sha256: m.sha256.clone(),
+                        },
+                        r.seq,
+                    ));
+                }
+            }
+            _ => {}
+        }
     }
+    run
 }

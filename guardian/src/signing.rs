@@ -114,6 +114,17 @@ impl TrustedKey {
         })
     }
 
+    /// Load every key in `paths`; the first that fails stops it, named.
+    pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Self>, SignError> {
+        paths.iter().map(|p| Self::load(p)).collect()
+    }
+
+    /// Whether `signature` (a detached signature file's bytes) over
+    /// `message` is this key's.
+    pub fn verifies_detached(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.verifies(message, signature)
+    }
+
     /// Algorithm name.
     pub fn algorithm(&self) -> &'static str {
         match self.key {

@@ -47,39 +47,58 @@ impl MeasuredBoot {
             log: path.display().to_string(),
             ..Self::default()
         };
-        let contents = match crate::mlog::read(path) {
+        let contents = match crate::evidence::log::read(path) {
             Ok(c) => c,
             Err(e) => {
                 mb.error = Some(e.to_string());
                 return mb;
             }
         };
-        let boot = crate::mlog::boot_id();
-        for r in contents.this_boot(&boot) {
-            mb.records += 1;
-            match r.kind {
-                crate::mlog::Kind::Manifest => {
-                    mb.unsigned = r.description.contains("UNSIGNED");
-                    mb.mismatches.clear();
-                    mb.without_tpm = !r.extended;
+        mb.add(&contents, &crate::evidence::boot_id());
+        mb
+    }
+
+    /// Summarise this boot's records in `contents`.
+    pub fn add(&mut self, contents: &crate::evidence::Contents, boot: &str) {
+        use crate::evidence::Event;
+        let mut golden: std::collections::HashMap<String, (String, u64)> = Default::default();
+        for r in contents.this_boot(boot) {
+            self.records += 1;
+            match &r.event {
+                Event::Manifest(m) => {
+                    self.unsigned = m.signature.is_empty();
+                    self.mismatches.clear();
+                    self.without_tpm = !r.extended;
+                    golden = crate::manifest::Manifest::parse(&m.text)
+                        .map(|mf| {
+                            mf.models
+                                .into_iter()
+                                .map(|e| (e.path.display().to_string(), (e.sha256, e.size)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
                 }
-                crate::mlog::Kind::Model => {
+                Event::Model(m) => {
                     if r.extended {
-                        mb.models_extended += 1;
+                        self.models_extended += 1;
                     }
-                    if r.matched == Some(false) {
-                        mb.mismatches.extend(r.file.clone());
+                    let ok = golden
+                        .get(&m.file)
+                        .is_some_and(|(d, size)| *d == m.sha256 && *size == m.size);
+                    self.mismatches.retain(|f| *f != m.file);
+                    if !ok {
+                        self.mismatches.push(m.file.clone());
                     }
                 }
-                crate::mlog::Kind::Tamper => mb.tamper_records += 1,
-                crate::mlog::Kind::Note => {
-                    mb.software_tpm |= r.description.contains("software TPM");
+                Event::Tamper(_) => self.tamper_records += 1,
+                Event::Note(n) => {
+                    self.software_tpm |= n.text.contains("software TPM");
                 }
-                // Policy loads are listed by the policy engine's own status.
-                crate::mlog::Kind::State | crate::mlog::Kind::Policy => {}
+                // Policy loads are listed by the policy engine's own status;
+                // the guard's by the guard's.
+                Event::Guard(_) | Event::Policy(_) => {}
             }
         }
-        mb
     }
 
     /// Conditions to warn about.
@@ -223,6 +242,22 @@ impl Status {
         Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 
+    /// What the evidence bundle says of the attestor.
+    pub fn attestor_state(&self) -> crate::attest::AgentState {
+        let c = |k: &str| self.counters.get(k).copied().unwrap_or(0);
+        crate::attest::AgentState {
+            running: self.agent_alive(),
+            backlog: c("attest_backlog"),
+            stalled_since: self.warnings.iter().find_map(|w| {
+                w.strip_prefix(crate::ATTESTOR_STALLED)
+                    .and_then(|rest| rest.strip_prefix(" since "))
+                    .and_then(|rest| rest.split(": another").next().map(str::to_owned))
+                    .or_else(|| w.starts_with(crate::ATTESTOR_STALLED).then(String::new))
+            }),
+            lost: c("attest_queue_drops") + c("attest_errors"),
+        }
+    }
+
     /// Human-readable rendering.
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -353,32 +388,47 @@ mod tests {
 
     #[test]
     fn measured_boot_summary_warns_about_what_matters() {
-        use crate::mlog::{Kind, Log, Record};
+        use crate::evidence::{
+            Event, Record,
+            event::{ManifestEvent, ModelEvent},
+            log::Log,
+        };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.log");
         let none = MeasuredBoot::from_log(&path);
         assert!(none.warnings()[0].contains("did not run"));
         let mut log = Log::open(&path).unwrap();
-        let z = "0".repeat(64);
-        log.append(Record {
-            kind: Kind::Manifest,
-            pcr: 14,
-            digest: z.clone(),
-            extended: true,
-            description: "guardian manifest m (UNSIGNED, 1 models)".into(),
-            ..Record::blank()
-        })
-        .unwrap();
-        log.append(Record {
-            kind: Kind::Model,
-            pcr: 14,
-            digest: z,
-            extended: true,
-            file: Some("/opt/models/m.onnx".into()),
-            matched: Some(false),
-            ..Record::blank()
-        })
-        .unwrap();
+        let text = "version = 1\npcr = 14\n[[model]]\npath = \"/opt/models/m.onnx\"\nsha256 = \""
+            .to_owned()
+            + &"ab".repeat(32)
+            + "\"\nsize = 1\n";
+        let mut r = Record::new(
+            14,
+            Event::Manifest(ManifestEvent {
+                file: "m".into(),
+                sha256: "cd".repeat(32),
+                serial: 1,
+                text,
+                signature: String::new(),
+                signer: "UNSIGNED".into(),
+                cause: "boot".into(),
+            }),
+        );
+        r.extended = true;
+        log.append(r).unwrap();
+        let mut r = Record::new(
+            14,
+            Event::Model(ModelEvent {
+                file: "/opt/models/m.onnx".into(),
+                sha256: "ef".repeat(32),
+                size: 1,
+                manifest: "cd".repeat(32),
+                entry: 0,
+                cause: "boot".into(),
+            }),
+        );
+        r.extended = true;
+        log.append(r).unwrap();
         let mb = MeasuredBoot::from_log(&path);
         assert_eq!(mb.models_extended, 1);
         let w = mb.warnings().join("\n");

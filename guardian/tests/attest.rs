@@ -46,6 +46,8 @@ fn verify(b: &Board, evidence: &str, nonce: &str) -> (Option<i32>, Value) {
         &b.s(evidence),
         "--ak",
         &b.s("ak.pem"),
+        "--key",
+        &b.s("vendor.pub"),
         "--manifest",
         &b.s("manifest.toml"),
         "--nonce",
@@ -93,8 +95,8 @@ fn failed_checks(v: &Value) -> Vec<String> {
 #[test]
 fn fresh_quote_verifies_and_tpm2_checkquote_agrees() {
     let (_tpm, b) = measured();
-    quote(&b, "a1b2c3d4e5f60718", "ev.json");
-    let (code, v) = verify(&b, "ev.json", "a1b2c3d4e5f60718");
+    quote(&b, "a1b2c3d4e5f60718a1b2c3d4e5f60718", "ev.json");
+    let (code, v) = verify(&b, "ev.json", "a1b2c3d4e5f60718a1b2c3d4e5f60718");
     assert_eq!(code, Some(0), "{v:#}");
     assert_eq!(v["trusted"], true);
     for check in [
@@ -110,33 +112,41 @@ fn fresh_quote_verifies_and_tpm2_checkquote_agrees() {
             "{check}: {v:#}"
         );
     }
-    assert!(checkquote(&b, "ev.json", "a1b2c3d4e5f60718"));
+    assert!(checkquote(
+        &b,
+        "ev.json",
+        "a1b2c3d4e5f60718a1b2c3d4e5f60718"
+    ));
     // The AK persists: a second quote uses the same key.
     let first_ak = std::fs::read_to_string(b.p("ak.pem")).unwrap();
-    quote(&b, "01", "ev2.json");
+    quote(&b, "0101010101010101010101010101010101", "ev2.json");
     assert_eq!(std::fs::read_to_string(b.p("ak.pem")).unwrap(), first_ak);
 }
 
 #[test]
 fn replayed_quote_with_an_old_nonce_fails() {
     let (_tpm, b) = measured();
-    quote(&b, "0101010101", "old.json");
-    let (code, v) = verify(&b, "old.json", "0202020202");
+    quote(&b, "01010101010101010101010101010101", "old.json");
+    let (code, v) = verify(&b, "old.json", "02020202020202020202020202020202");
     assert_eq!(code, Some(3));
     let f = failed_checks(&v);
     assert_eq!(f.len(), 1, "{f:?}");
     assert!(f[0].starts_with("nonce:"), "{f:?}");
     assert!(
-        !checkquote(&b, "old.json", "0202020202"),
+        !checkquote(&b, "old.json", "02020202020202020202020202020202"),
         "tpm2_checkquote must refuse too"
     );
-    assert!(checkquote(&b, "old.json", "0101010101"));
+    assert!(checkquote(
+        &b,
+        "old.json",
+        "01010101010101010101010101010101"
+    ));
 }
 
 #[test]
 fn modified_log_or_pcr_values_fail() {
     let (_tpm, b) = measured();
-    quote(&b, "cafe", "ev.json");
+    quote(&b, "cafecafecafecafecafecafecafecafe", "ev.json");
     let ev: Value =
         serde_json::from_str(&std::fs::read_to_string(b.p("ev.json")).unwrap()).unwrap();
 
@@ -145,7 +155,7 @@ fn modified_log_or_pcr_values_fail() {
     let mut forged = ev.clone();
     forged["measurement_log"][1]["digest"] = Value::String("ab".repeat(32));
     std::fs::write(b.p("forged.json"), serde_json::to_vec(&forged).unwrap()).unwrap();
-    let (code, v) = verify(&b, "forged.json", "cafe");
+    let (code, v) = verify(&b, "forged.json", "cafecafecafecafecafecafecafecafe");
     assert_eq!(code, Some(3));
     assert!(
         failed_checks(&v)
@@ -155,7 +165,11 @@ fn modified_log_or_pcr_values_fail() {
     );
     // The quote itself is untouched: tpm2_checkquote accepts it, and so
     // does our signature and nonce check; only the log is refused.
-    assert!(checkquote(&b, "ev.json", "cafe"));
+    assert!(checkquote(
+        &b,
+        "ev.json",
+        "cafecafecafecafecafecafecafecafe"
+    ));
     assert!(
         v["passed"]
             .as_array()
@@ -168,7 +182,7 @@ fn modified_log_or_pcr_values_fail() {
     let mut short = ev.clone();
     short["measurement_log"].as_array_mut().unwrap().pop();
     std::fs::write(b.p("short.json"), serde_json::to_vec(&short).unwrap()).unwrap();
-    let (_, v) = verify(&b, "short.json", "cafe");
+    let (_, v) = verify(&b, "short.json", "cafecafecafecafecafecafecafecafe");
     assert!(
         failed_checks(&v)
             .iter()
@@ -180,7 +194,7 @@ fn modified_log_or_pcr_values_fail() {
     let mut pcr = ev.clone();
     pcr["pcrs"]["14"] = Value::String("00".repeat(32));
     std::fs::write(b.p("pcr.json"), serde_json::to_vec(&pcr).unwrap()).unwrap();
-    let (_, v) = verify(&b, "pcr.json", "cafe");
+    let (_, v) = verify(&b, "pcr.json", "cafecafecafecafecafecafecafecafe");
     assert!(
         failed_checks(&v)
             .iter()
@@ -190,25 +204,25 @@ fn modified_log_or_pcr_values_fail() {
     let mut missing = ev.clone();
     missing["pcrs"].as_object_mut().unwrap().remove("14");
     std::fs::write(b.p("missing.json"), serde_json::to_vec(&missing).unwrap()).unwrap();
-    let (code, v) = verify(&b, "missing.json", "cafe");
+    let (code, v) = verify(&b, "missing.json", "cafecafecafecafecafecafecafecafe");
     assert_eq!(code, Some(3));
     assert!(
         failed_checks(&v)
             .iter()
-            .any(|f| f.contains("PCR 14 is quoted but missing")),
+            .any(|f| f.starts_with("pcr_digest:") && f.contains("missing")),
         "{v:#}"
     );
 
-    // An unknown algorithm in the log.
-    let mut alg = ev;
-    alg["measurement_log"][0]["alg"] = Value::String("sha1".into());
-    std::fs::write(b.p("alg.json"), serde_json::to_vec(&alg).unwrap()).unwrap();
-    let (code, v) = verify(&b, "alg.json", "cafe");
+    // An unknown record kind in the log.
+    let mut kind = ev;
+    kind["measurement_log"][0]["event"]["kind"] = Value::String("golden".into());
+    std::fs::write(b.p("kind.json"), serde_json::to_vec(&kind).unwrap()).unwrap();
+    let (code, v) = verify(&b, "kind.json", "cafecafecafecafecafecafecafecafe");
     assert_eq!(code, Some(3));
     assert!(
         failed_checks(&v)
             .iter()
-            .any(|f| f.contains("unknown hash algorithm")),
+            .any(|f| f.starts_with("log:") && f.contains("golden")),
         "{v:#}"
     );
 }
@@ -222,8 +236,8 @@ fn model_swapped_after_boot_is_named() {
     std::fs::write(&model, b"cat\nwolf\n").unwrap();
     let out = b.measure();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    quote(&b, "beef", "ev.json");
-    let (code, v) = verify(&b, "ev.json", "beef");
+    quote(&b, "beefbeefbeefbeefbeefbeefbeefbeef", "ev.json");
+    let (code, v) = verify(&b, "ev.json", "beefbeefbeefbeefbeefbeefbeefbeef");
     assert_eq!(code, Some(3));
     let f = failed_checks(&v);
     assert!(
@@ -233,7 +247,11 @@ fn model_swapped_after_boot_is_named() {
     );
     // The quote is genuine and tpm2_checkquote says so: the evidence is
     // honest about a dishonest model.
-    assert!(checkquote(&b, "ev.json", "beef"));
+    assert!(checkquote(
+        &b,
+        "ev.json",
+        "beefbeefbeefbeefbeefbeefbeefbeef"
+    ));
     assert!(
         v["passed"]
             .as_array()
@@ -248,7 +266,7 @@ fn model_swapped_after_boot_is_named() {
 #[test]
 fn bad_verifier_input_is_a_clear_error() {
     let (_tpm, b) = measured();
-    quote(&b, "10", "ev.json");
+    quote(&b, "10101010101010101010101010101010", "ev.json");
     let run = |evidence: &str, ak: &str, nonce: &str| {
         guardian(&[
             "verify",
@@ -256,6 +274,8 @@ fn bad_verifier_input_is_a_clear_error() {
             &b.s(evidence),
             "--ak",
             &b.s(ak),
+            "--key",
+            &b.s("vendor.pub"),
             "--manifest",
             &b.s("manifest.toml"),
             "--nonce",
@@ -264,30 +284,41 @@ fn bad_verifier_input_is_a_clear_error() {
     };
     // Malformed bundle: exit 1, the file named.
     std::fs::write(b.p("bad.json"), b"{\"version\": 1, \"quote\": ").unwrap();
-    let out = run("bad.json", "ak.pem", "10");
+    let out = run("bad.json", "ak.pem", "10101010101010101010101010101010");
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("malformed evidence bundle") && stderr(&out).contains("bad.json")
     );
     // An AK file that is not a key.
-    let out = run("ev.json", "manifest.toml", "10");
+    let out = run(
+        "ev.json",
+        "manifest.toml",
+        "10101010101010101010101010101010",
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("not an ECC P-256 public key"),
         "{}",
         stderr(&out)
     );
-    // A nonce that is not hex.
+    // A nonce that is not hex, or too short to be fresh.
     let out = run("ev.json", "ak.pem", "xyz");
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("is not hex"));
+    assert!(stderr(&out).contains("bytes of hex"), "{}", stderr(&out));
+    let out = run("ev.json", "ak.pem", "00");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("16 to 64 bytes"), "{}", stderr(&out));
     // The wrong AK (another device's): not trusted, signature named.
     let other = Swtpm::start();
     let b2 = Board::new(&other.tcti());
     assert!(b2.measure().status.success());
-    quote(&b2, "10", "other.json");
+    quote(&b2, "10101010101010101010101010101010", "other.json");
     std::fs::copy(b2.p("ak.pem"), b.p("other-ak.pem")).unwrap();
-    let out = run("ev.json", "other-ak.pem", "10");
+    let out = run(
+        "ev.json",
+        "other-ak.pem",
+        "10101010101010101010101010101010",
+    );
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL  signature"));
     assert!(
@@ -300,7 +331,7 @@ fn bad_verifier_input_is_a_clear_error() {
                 "-s",
                 &b.s("ev.json.sig")
             ])
-            .args(["-q", "10", "-g", "sha256"])
+            .args(["-q", "10101010101010101010101010101010", "-g", "sha256"])
             .output()
             .unwrap()
             .status

@@ -31,11 +31,14 @@ fn measure_matches_pcrread_and_tpm2_eventlog() {
 
     let pcr = tpm.pcrread(14);
     // Manifest first, then the models in manifest (sorted path) order.
-    let want = expected_pcr(&[
-        &b.p("manifest.toml"),
-        &b.p("models/classifier.onnx"),
-        &b.p("models/labels.txt"),
-    ]);
+    let want = expected_pcr(
+        &b.p("measurements.log"),
+        &[
+            &b.p("manifest.toml"),
+            &b.p("models/classifier.onnx"),
+            &b.p("models/labels.txt"),
+        ],
+    );
     assert_eq!(pcr, want);
 
     // Our replay agrees with the TPM.
@@ -129,7 +132,10 @@ fn flipped_byte_fails_names_the_file_and_changes_the_pcr() {
     assert_ne!(pcr, good_pcr);
     assert_eq!(
         pcr,
-        expected_pcr(&[&b.p("manifest.toml"), &model, &b.p("models/labels.txt")])
+        expected_pcr(
+            &b.p("measurements.log"),
+            &[&b.p("manifest.toml"), &model, &b.p("models/labels.txt")]
+        )
     );
     assert_eq!(
         events[0]["actual"],

@@ -16,14 +16,14 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
-use common::{Swtpm, expected_pcr, guardian, openssl, stderr};
+use common::{Swtpm, guardian, openssl, stderr};
 use guardian::{
-    mlog,
+    evidence::{self, Event, Ledger},
     policy::{
-        Actions, Decision, FailMode, JsonEvent, Limits, PolicyEngine, PolicySet, PolicySettings,
-        Runtime,
+        Actions, Decision, FailMode, JsonEvent, Limits, PolicyEngine, PolicyInfo, PolicySet,
+        PolicySettings, Runtime,
         engine::failure_alert,
-        measure::{LogMeasurer, NoMeasurer},
+        measure::{MeasureError, Measurer, NoMeasurer},
         set::{Bundle, LoadedPolicy},
     },
     signing::SigningKey,
@@ -695,6 +695,19 @@ fn hot_swap_under_a_stream_of_events_switches_at_one_point() {
     assert!(results.len() - switch >= 300);
 }
 
+/// What the daemon's attestor does with a policy load, without the
+/// daemon: record it in a ledger over a real TPM.
+struct LedgerMeasurer(Ledger);
+
+impl Measurer for LedgerMeasurer {
+    fn measure(&mut self, p: &PolicyInfo, generation: u64) -> Result<bool, MeasureError> {
+        self.0
+            .record(14, guardian::policy::measure::event(p, generation))
+            .map(|_| true)
+            .map_err(|e| MeasureError::Attestor(e.to_string()))
+    }
+}
+
 #[test]
 fn policy_loads_are_extended_into_the_pcr_and_logged() {
     let tpm = Swtpm::start();
@@ -702,31 +715,42 @@ fn policy_loads_are_extended_into_the_pcr_and_logged() {
     let a = d.put("model_writer", &example("model_writer"), Some("vendor.pem"));
     let b = d.put("no_ptrace", &example("no_ptrace"), Some("vendor.pem"));
     let log = d.dir.path().join("measurements.log");
-    let measurer = LogMeasurer::new(log.clone(), Some(Tpm::open(&tpm.tcti()).unwrap()), 14);
-    let engine = PolicyEngine::new(d.settings(FailMode::Closed), Box::new(measurer));
+    let ledger = Ledger::open(&log, Some(Tpm::open(&tpm.tcti()).unwrap())).unwrap();
+    let engine = PolicyEngine::new(
+        d.settings(FailMode::Closed),
+        Box::new(LedgerMeasurer(ledger)),
+    );
     let report = engine.reload().unwrap();
     assert_eq!(report.not_extended, 0);
-    assert_eq!(tpm.pcrread(14), expected_pcr(&[&a, &b]));
-    let records = mlog::read(&log).unwrap().records;
+    let records = evidence::log::read(&log).unwrap().records;
     assert_eq!(records.len(), 2);
+    let replay =
+        |records: &[evidence::Record]| hex::encode(evidence::log::replay(records.iter(), 14));
+    assert_eq!(tpm.pcrread(14), replay(&records));
     for (r, p) in records.iter().zip([&a, &b]) {
-        assert_eq!(r.kind, mlog::Kind::Policy);
+        let Event::Policy(pe) = &r.event else {
+            panic!("not a policy record: {r:?}")
+        };
         assert!(r.extended);
-        assert_eq!(r.file.as_deref(), Some(&*p.display().to_string()));
-        assert_eq!(r.digest, expected_pcr_digest(p));
-        assert!(r.description.contains("signed by"), "{}", r.description);
+        assert_eq!(pe.file, p.display().to_string());
+        assert_eq!(pe.sha256, expected_pcr_digest(p));
+        assert_ne!(pe.signer, "UNSIGNED");
+        // The extended digest is bound to the whole record.
+        assert_eq!(r.digest, hex::encode(evidence::event::digest(14, &r.event)));
     }
     // A reload measures the set again; a refused one measures nothing.
     engine.reload().unwrap();
-    assert_eq!(tpm.pcrread(14), expected_pcr(&[&a, &b, &a, &b]));
+    let records = evidence::log::read(&log).unwrap().records;
+    assert_eq!(records.len(), 4);
+    assert_eq!(tpm.pcrread(14), replay(&records));
     d.put("bad", b"\0asm", Some("vendor.pem"));
     assert!(engine.reload().is_err());
-    assert_eq!(tpm.pcrread(14), expected_pcr(&[&a, &b, &a, &b]));
-    assert_eq!(mlog::read(&log).unwrap().records.len(), 4);
+    assert_eq!(evidence::log::read(&log).unwrap().records.len(), 4);
+    assert_eq!(tpm.pcrread(14), replay(&records));
     // Replay of the log gives the PCR.
-    let c = mlog::read(&log).unwrap();
+    let c = evidence::log::read(&log).unwrap();
     assert_eq!(
-        hex::encode(c.replay(14, &mlog::boot_id()).unwrap()),
+        hex::encode(c.replay(14, &evidence::boot_id())),
         tpm.pcrread(14)
     );
 }

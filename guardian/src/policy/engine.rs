@@ -226,13 +226,7 @@ impl PolicyEngine {
     }
 
     fn prepare(&self, measurer: &mut dyn Measurer) -> Result<(PolicySet, usize), LoadError> {
-        let trusted = self
-            .settings
-            .trusted_keys
-            .iter()
-            .map(|k| TrustedKey::load(k))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(LoadError::Key)?;
+        let trusted = TrustedKey::load_all(&self.settings.trusted_keys).map_err(LoadError::Key)?;
         let (set, _) = PolicySet::load_dir(
             &self.runtime,
             &self.settings.dir,

@@ -1,40 +1,26 @@
-//! Policies are part of the attested state: every load of a policy appends
-//! a [`Kind::Policy`](crate::mlog::Kind::Policy) record (digest: SHA-256
-//! of the `.wasm`) to the measurement log and extends it into the PCR,
-//! before the set that contains it is put in force.
+//! Policies are part of the attested state: every load of a policy is a
+//! [`PolicyEvent`] record (the module's SHA-256, name, signer, ABI and set)
+//! in the evidence, extended into the PCR before the set that contains it
+//! is put in force.
+//!
+//! This module only says *what* is recorded; the policy engine hands each
+//! load to a [`Measurer`], and in the daemon that is the attestor, which
+//! owns the ledger (log and TPM). Policies never touch the TPM themselves.
 
-use std::path::PathBuf;
-
-use crate::{
-    mlog::{Kind, Log, LogError, Record},
-    tpm::{Tpm, TpmError},
-};
+use crate::evidence::{Event, event::PolicyEvent};
 
 use super::PolicyInfo;
 
 /// Why a policy could not be measured.
 #[derive(Debug, thiserror::Error)]
 pub enum MeasureError {
-    /// The measurement log failed.
-    #[error(transparent)]
-    Log(#[from] LogError),
-    /// The extend failed (the record was voided in the log).
-    #[error("extending PCR {pcr}: {source}")]
-    Extend {
-        /// The PCR.
-        pcr: u32,
-        /// Why.
-        #[source]
-        source: TpmError,
-    },
-    /// The daemon's attestor (which owns the log and the TPM) did not
-    /// record it.
+    /// Whoever records the evidence (in the daemon, the attestor thread,
+    /// which owns the measurement log and the TPM) did not record it.
     #[error("the attestor did not record the policy: {0}")]
     Attestor(String),
 }
 
-/// Records policy loads. The daemon's implementation writes the
-/// measurement log and extends the TPM; tests use swtpm.
+/// Records policy loads.
 pub trait Measurer: Send {
     /// Measure one loaded policy. `Ok(true)`: extended into a PCR;
     /// `Ok(false)`: recorded without a TPM (counted and reported).
@@ -51,77 +37,17 @@ impl Measurer for NoMeasurer {
     }
 }
 
-/// The measurement log plus, when there is one, the TPM.
-pub struct LogMeasurer {
-    log: PathBuf,
-    tpm: Option<Tpm>,
-    pcr: u32,
-}
-
-impl LogMeasurer {
-    /// Append to `log` and extend `pcr` of `tpm` (`None`: log only, every
-    /// record marked as not extended).
-    pub fn new(log: PathBuf, tpm: Option<Tpm>, pcr: u32) -> Self {
-        Self { log, tpm, pcr }
-    }
-}
-
-/// The log record's description of a policy load.
-pub fn description(p: &PolicyInfo, generation: u64) -> String {
-    let signer = match &p.signer {
-        Some(s) => format!(
-            "signed by {} ({})",
-            s.fingerprint.get(..16).unwrap_or(&s.fingerprint),
-            s.algorithm
-        ),
-        None => "UNSIGNED".to_owned(),
-    };
-    format!(
-        "guardian policy {} sha256 {} {signer} ABI {} loaded (set {generation})",
-        p.name, p.sha256, p.abi_version
-    )
-}
-
-impl Measurer for LogMeasurer {
-    fn measure(&mut self, p: &PolicyInfo, generation: u64) -> Result<bool, MeasureError> {
-        let mut digest = [0u8; 32];
-        hex::decode_to_slice(&p.sha256, &mut digest).map_err(|_| {
-            MeasureError::Log(LogError::Corrupt {
-                path: self.log.clone(),
-                line: 0,
-                problem: format!("policy digest {:?} is not 64 hex digits", p.sha256),
-            })
-        })?;
-        let mut log = Log::open(&self.log)?;
-        // Log first, then extend: a record without its extend is visible
-        // on replay (and voided below); an extend without a record is not
-        // explainable.
-        let rec = log.append(Record {
-            kind: Kind::Policy,
-            pcr: self.pcr,
-            digest: p.sha256.clone(),
-            extended: self.tpm.is_some(),
-            description: description(p, generation),
-            file: Some(p.file.display().to_string()),
-            ..Record::blank()
-        })?;
-        let Some(tpm) = self.tpm.as_mut() else {
-            return Ok(false);
-        };
-        if let Err(source) = tpm.extend(self.pcr, &digest) {
-            log.append(Record {
-                kind: Kind::Note,
-                pcr: self.pcr,
-                digest: "0".repeat(64),
-                description: format!("extend of record {} failed: {source}", rec.seq),
-                voids: Some(rec.seq),
-                ..Record::blank()
-            })?;
-            return Err(MeasureError::Extend {
-                pcr: self.pcr,
-                source,
-            });
-        }
-        Ok(true)
-    }
+/// The evidence record of a policy load.
+pub fn event(p: &PolicyInfo, generation: u64) -> Event {
+    Event::Policy(PolicyEvent {
+        name: p.name.clone(),
+        file: p.file.display().to_string(),
+        sha256: p.sha256.clone(),
+        signer: p
+            .signer
+            .as_ref()
+            .map_or_else(|| "UNSIGNED".to_owned(), |s| s.fingerprint.clone()),
+        abi: p.abi_version,
+        generation,
+    })
 }

@@ -9,7 +9,7 @@
 //! | [`module`] | one module in wasmi: limits, fuel, ABI checks, host functions |
 //! | [`set`] | signed bundles, a set of policies, deny-overrides, merged static rules |
 //! | [`engine`] | [`PolicyEngine`]: the set in force, atomic hot swap, counters |
-//! | [`measure`] | each loaded policy's SHA-256 into the measurement log and the TPM |
+//! | [`measure`] | what a policy load records in the evidence (the daemon's attestor writes it) |
 //! | [`event`] | the JSON events of `guardian run` → ABI events |
 //! | [`config`] | the `[policy]` section |
 //! | [`tools`] | what `guardian policy sign/inspect/test` do |
@@ -18,8 +18,8 @@
 //!
 //! 1. [`PolicySettings::from_config`] with the mode in force (fail-closed
 //!    when enforcing, unless configured otherwise);
-//! 2. [`PolicyEngine::new`] with a [`Measurer`] (the measurement log and
-//!    TPM: [`measure::LogMeasurer`]), then [`PolicyEngine::reload`]; the
+//! 2. [`PolicyEngine::new`] with a [`Measurer`] (in the daemon, the
+//!    attestor, which owns the ledger), then [`PolicyEngine::reload`]; the
 //!    report's [`StaticRules`] go into the kernel's maps;
 //! 3. every event: [`PolicyEngine::evaluate`] → [`Outcome`] (decision,
 //!    actions, which policy and rule, and each policy's failure if any);

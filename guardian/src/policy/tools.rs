@@ -121,10 +121,7 @@ pub fn inspect(wasm: &Path, trusted: &[PathBuf], limits: Limits) -> Result<Inspe
     } else if trusted.is_empty() {
         format!("{} present, not checked (no --key)", sig.display())
     } else {
-        let keys = trusted
-            .iter()
-            .map(|k| TrustedKey::load(k))
-            .collect::<Result<Vec<_>, _>>()?;
+        let keys = TrustedKey::load_all(trusted)?;
         match Bundle::read_signed(wasm, &keys, limits.module_bytes) {
             Ok(b) => match b.signer {
                 Some(s) => format!(

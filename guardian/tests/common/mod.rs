@@ -188,15 +188,41 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The PCR computed here from the files, with nothing of guardian's.
-pub fn expected_pcr(files: &[&Path]) -> String {
+/// The PCR computed here from `log`'s records, after checking, with
+/// digests computed here, that they measured exactly `files` in this order
+/// (the manifest's text, then each model) and that each record's digest is
+/// SHA-256 of its canonical event encoding, rebuilt here from the JSON.
+pub fn expected_pcr(log: &Path, files: &[&Path]) -> String {
+    let text = std::fs::read_to_string(log).unwrap();
     let mut pcr = [0u8; 32];
-    for f in files {
-        let d: [u8; 32] = Sha256::digest(std::fs::read(f).unwrap()).into();
+    let mut measured = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["event"]["kind"] == "note" || v["extended"] != true {
+            continue;
+        }
+        // The canonical encoding: format, pcr, then the event object with
+        // its fields as the log wrote them (declaration order).
+        let event_text = line
+            .split_once("\"event\":")
+            .map(|(_, e)| e.strip_suffix('}').unwrap())
+            .unwrap();
+        let canonical = format!(
+            "{{\"format\":\"guardian-event/1\",\"pcr\":{},\"event\":{event_text}}}",
+            v["pcr"]
+        );
+        let d: [u8; 32] = Sha256::digest(canonical.as_bytes()).into();
+        assert_eq!(v["digest"], hex::encode(d), "record digest of {line}");
+        measured.push(v["event"]["sha256"].as_str().unwrap().to_owned());
         let mut h = Sha256::new();
         h.update(pcr);
         h.update(d);
         pcr = h.finalize().into();
     }
+    let want: Vec<String> = files
+        .iter()
+        .map(|f| hex::encode(Sha256::digest(std::fs::read(f).unwrap())))
+        .collect();
+    assert_eq!(measured, want, "the records measured other content");
     hex::encode(pcr)
 }

@@ -1,0 +1,25 @@
+//! Evidence: what guardian measures, how it is recorded, and how it is
+//! bound into the TPM.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`event`] | what a record means, and its canonical encoding (the digest extended) |
+//! | [`log`] | the measurement log file: append-only, crash-safe, private, never blocking |
+//! | [`ledger`] | the log and the TPM together: append, extend, void on failure, in one place |
+//! | [`export`] | the TCG binary event log and CEL-JSON exports |
+//!
+//! Everything that produces evidence (the boot step in [`crate::measure`],
+//! the daemon's attestor in [`crate::continuous`], policy loads, `guardian
+//! stop --unload`) writes through a [`ledger::Ledger`]; nothing else
+//! extends a PCR. This folder knows nothing of the guard, the policies or
+//! the verifier: they hand it [`event::Event`]s, and the verifier in
+//! [`crate::attest`] reads the records back.
+
+pub mod event;
+pub mod export;
+pub mod ledger;
+pub mod log;
+
+pub use event::Event;
+pub use ledger::{Ledger, LedgerError};
+pub use log::{Contents, LogError, Record, boot_id};
