@@ -338,3 +338,388 @@ fn bad_verifier_input_is_a_clear_error() {
             .success()
     );
 }
+
+// ---------------------------------------------------------------------
+// The attacks a device root or a network attacker makes on the evidence.
+// ---------------------------------------------------------------------
+
+const N: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+fn flip_model(b: &Board) {
+    let model = b.p("models/classifier.onnx");
+    let mut bytes = std::fs::read(&model).unwrap();
+    bytes[1000] ^= 0x80;
+    std::fs::write(&model, bytes).unwrap();
+}
+
+fn read_json(b: &Board, name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(b.p(name)).unwrap()).unwrap()
+}
+
+fn write_json(b: &Board, name: &str, v: &Value) {
+    std::fs::write(b.p(name), serde_json::to_vec(v).unwrap()).unwrap();
+}
+
+/// Recompute a record's digest after editing its event, as an attacker who
+/// knows the encoding would.
+fn rebind(r: &mut Value) {
+    let rec: guardian::evidence::Record = serde_json::from_value(r.clone()).unwrap();
+    r["digest"] = Value::String(hex::encode(guardian::evidence::event::digest(
+        rec.pcr, &rec.event,
+    )));
+}
+
+fn has_failure(v: &Value, check: &str) -> bool {
+    failed_checks(v)
+        .iter()
+        .any(|f| f.starts_with(&format!("{check}:")))
+}
+
+#[test]
+fn attack_the_device_chooses_what_is_quoted() {
+    let (_tpm, b) = measured();
+    flip_model(&b);
+    assert_eq!(b.measure().status.code(), Some(3));
+    // The device quotes PCR 16 only, and fixes up the model record.
+    let mut cfg = std::fs::read_to_string(b.p("guardian.toml")).unwrap();
+    cfg += "[attest]\npcrs = [16]\n";
+    std::fs::write(b.p("guardian.toml"), cfg).unwrap();
+    quote(&b, N, "ev.json");
+    let mut ev = read_json(&b, "ev.json");
+    let golden = hex::encode(sha2::Sha256::digest(
+        std::fs::read(b.p("models/classifier.onnx")).unwrap(),
+    ));
+    for r in ev["measurement_log"].as_array_mut().unwrap() {
+        if r["event"]["kind"] == "model" {
+            r["event"]["sha256"] = Value::String(golden.clone());
+            rebind(r);
+        }
+    }
+    write_json(&b, "forged.json", &ev);
+    let (code, v) = verify(&b, "forged.json", N);
+    assert_eq!(code, Some(3), "{v:#}");
+    assert!(has_failure(&v, "selection"), "{v:#}");
+}
+
+use sha2::Digest as _;
+
+#[test]
+fn attack_only_the_last_run_counts() {
+    let (_tpm, b) = measured();
+    // A fresh board whose model is bad at boot, restored, then measured
+    // again in the same boot.
+    let tpm2 = Swtpm::start();
+    let b2 = Board::new(&tpm2.tcti());
+    let model = b2.p("models/classifier.onnx");
+    let good = std::fs::read(&model).unwrap();
+    flip_model(&b2);
+    assert_eq!(b2.measure().status.code(), Some(3));
+    std::fs::write(&model, good).unwrap();
+    assert_eq!(b2.measure().status.code(), Some(0));
+    quote(&b2, N, "ev.json");
+    let (code, v) = verify(&b2, "ev.json", N);
+    assert_eq!(code, Some(3), "{v:#}");
+    let f = failed_checks(&v);
+    assert!(
+        f.iter().any(|f| f.starts_with("model:")
+            && f.contains("classifier.onnx")
+            && f.contains("record 2")),
+        "the boot-time mismatch is named with its record: {f:?}"
+    );
+    drop(b);
+}
+
+#[test]
+fn attack_a_record_relabelled_or_rewritten() {
+    let (_tpm, b) = measured();
+    flip_model(&b);
+    assert_eq!(b.measure().status.code(), Some(3));
+    quote(&b, N, "ev.json");
+    let ev = read_json(&b, "ev.json");
+    let bad = ev["measurement_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rposition(|r| {
+            r["event"]["kind"] == "model"
+                && r["event"]["file"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("classifier.onnx")
+        })
+        .unwrap();
+    // The bad model's extend, logged as guard state (digest kept).
+    let mut relabelled = ev.clone();
+    relabelled["measurement_log"][bad]["event"] = serde_json::json!({
+        "kind": "guard", "action": "start", "mode": "enforce", "pid": 1, "detail": "x"
+    });
+    write_json(&b, "relabelled.json", &relabelled);
+    let (code, v) = verify(&b, "relabelled.json", N);
+    assert_eq!(code, Some(3));
+    assert!(has_failure(&v, "log"), "{v:#}");
+    // The same with the digest recomputed: the replay no longer matches.
+    rebind(&mut relabelled["measurement_log"][bad]);
+    write_json(&b, "rebound.json", &relabelled);
+    let (code, v) = verify(&b, "rebound.json", N);
+    assert_eq!(code, Some(3));
+    assert!(has_failure(&v, "log_replay"), "{v:#}");
+    // Every other mutation of every record: drop, duplicate, swap with the
+    // next, change each string field, mark not extended, void it.
+    let n = ev["measurement_log"].as_array().unwrap().len();
+    let mut cases = 0;
+    for i in 0..n {
+        let mut mutations: Vec<Value> = Vec::new();
+        let mut drop = ev.clone();
+        drop["measurement_log"].as_array_mut().unwrap().remove(i);
+        mutations.push(drop);
+        let mut dup = ev.clone();
+        let r = dup["measurement_log"][i].clone();
+        dup["measurement_log"].as_array_mut().unwrap().insert(i, r);
+        mutations.push(dup);
+        if i + 1 < n {
+            let mut swap = ev.clone();
+            swap["measurement_log"]
+                .as_array_mut()
+                .unwrap()
+                .swap(i, i + 1);
+            mutations.push(swap);
+        }
+        let fields: Vec<String> = ev["measurement_log"][i]["event"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, v)| v.is_string() && *k != "kind")
+            .map(|(k, _)| k.clone())
+            .collect();
+        for f in fields {
+            for rebound in [false, true] {
+                let mut m = ev.clone();
+                let cur = m["measurement_log"][i]["event"][&f]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                m["measurement_log"][i]["event"][&f] = Value::String(format!("{cur}x"));
+                if rebound {
+                    rebind(&mut m["measurement_log"][i]);
+                }
+                mutations.push(m);
+            }
+        }
+        if ev["measurement_log"][i]["extended"] == true {
+            let mut m = ev.clone();
+            m["measurement_log"][i]["extended"] = Value::Bool(false);
+            mutations.push(m);
+        }
+        for m in mutations {
+            write_json(&b, "m.json", &m);
+            let (code, v) = verify(&b, "m.json", N);
+            assert_ne!(code, Some(0), "record {i} mutated and still trusted: {v:#}");
+            cases += 1;
+        }
+    }
+    assert!(cases > 20, "only {cases} mutations tried");
+}
+
+#[test]
+fn a_legitimate_update_stays_trusted_and_a_rollback_does_not() {
+    let (_tpm, b) = measured();
+    let old_manifest = std::fs::read(b.p("manifest.toml")).unwrap();
+    let old_sig = std::fs::read(b.p("manifest.toml.sig")).unwrap();
+    let old_model = std::fs::read(b.p("models/classifier.onnx")).unwrap();
+    // The vendor ships a new model with a new signed manifest (a higher
+    // serial); the board installs both and measures them.
+    flip_model(&b);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = guardian(&[
+        "manifest",
+        "create",
+        &b.s("models"),
+        "--key",
+        &b.s("vendor.pem"),
+        "-o",
+        &b.s("manifest.toml"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(b.measure().status.code(), Some(0));
+    quote(&b, N, "ev.json");
+    let (code, v) = verify(&b, "ev.json", N);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["manifests"].as_array().unwrap().len(), 2, "{v:#}");
+    // The old (signed, genuine) manifest and model put back: a rollback.
+    std::fs::write(b.p("manifest.toml"), old_manifest).unwrap();
+    std::fs::write(b.p("manifest.toml.sig"), old_sig).unwrap();
+    std::fs::write(b.p("models/classifier.onnx"), old_model).unwrap();
+    assert_eq!(b.measure().status.code(), Some(0));
+    quote(&b, N, "ev2.json");
+    let (code, v) = verify(&b, "ev2.json", N);
+    assert_eq!(code, Some(3));
+    assert!(
+        failed_checks(&v)
+            .iter()
+            .any(|f| f.starts_with("manifest:") && f.contains("rollback")),
+        "{v:#}"
+    );
+    // A manifest signed by a key the verifier does not trust.
+    let tpm3 = Swtpm::start();
+    let b3 = Board::new(&tpm3.tcti());
+    assert!(b3.measure().status.success());
+    quote(&b3, N, "ev.json");
+    std::fs::copy(b.p("vendor.pub"), b3.p("vendor.pub")).unwrap();
+    let (code, v) = verify(&b3, "ev.json", N);
+    assert_eq!(code, Some(3));
+    assert!(has_failure(&v, "manifest"), "{v:#}");
+}
+
+fn verify_with_state(
+    b: &Board,
+    evidence: &str,
+    nonce: &str,
+    extra: &[&str],
+) -> (Option<i32>, Value) {
+    let mut args = vec![
+        "verify".to_owned(),
+        "--evidence".into(),
+        b.s(evidence),
+        "--ak".into(),
+        b.s("ak.pem"),
+        "--key".into(),
+        b.s("vendor.pub"),
+        "--nonce".into(),
+        nonce.into(),
+        "--state".into(),
+        b.s("state.json"),
+        "--json".into(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = guardian(&args);
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("no verdict: {}", stderr(&out)));
+    (out.status.code(), v)
+}
+
+/// What a reboot changes in a bundle that the TPM does not sign: the boot
+/// id the device reports (the host test cannot reboot the host).
+fn as_new_boot(b: &Board, name: &str, boot: &str) {
+    let mut ev = read_json(b, name);
+    ev["device"]["boot_id"] = Value::String(boot.into());
+    for r in ev["measurement_log"].as_array_mut().unwrap() {
+        r["boot_id"] = Value::String(boot.into());
+    }
+    write_json(b, name, &ev);
+}
+
+#[test]
+fn state_keeps_a_finding_across_a_reboot_and_sees_resets_go_back() {
+    let tpm = Swtpm::start();
+    let mut tpm = tpm;
+    let b = Board::new(&tpm.tcti());
+    let model = b.p("models/classifier.onnx");
+    let good = std::fs::read(&model).unwrap();
+    flip_model(&b);
+    assert_eq!(b.measure().status.code(), Some(3));
+    quote(&b, N, "boot1.json");
+    let (code, v) = verify_with_state(&b, "boot1.json", N, &[]);
+    assert_eq!(code, Some(3), "{v:#}");
+    assert!(has_failure(&v, "model"));
+    // The board reboots with the model restored: the log is gone with /run,
+    // the TPM's PCRs reset, its reset count goes up.
+    std::fs::write(&model, good).unwrap();
+    tpm.reboot();
+    std::fs::remove_file(b.p("measurements.log")).unwrap();
+    assert_eq!(b.measure().status.code(), Some(0));
+    let n2 = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b";
+    quote(&b, n2, "boot2.json");
+    as_new_boot(&b, "boot2.json", "second-boot");
+    // Stateless, the second boot looks clean; with the state it does not.
+    let (code, _) = verify(&b, "boot2.json", n2);
+    assert_eq!(code, Some(0));
+    let (code, v) = verify_with_state(&b, "boot2.json", n2, &[]);
+    assert_eq!(code, Some(3), "{v:#}");
+    assert!(has_failure(&v, "finding"), "{v:#}");
+    assert!(
+        v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("rebooted")),
+        "{v:#}"
+    );
+    // The first boot's bundle again: the TPM's reset count went back.
+    let (code, v) = verify_with_state(&b, "boot1.json", N, &[]);
+    assert_eq!(code, Some(3));
+    assert!(has_failure(&v, "reboot"), "{v:#}");
+    // A bundle claiming a new boot without a TPM reset.
+    let n3 = "7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c";
+    quote(&b, n3, "boot3.json");
+    as_new_boot(&b, "boot3.json", "third-boot");
+    let state_before = std::fs::read(b.p("state.json")).unwrap();
+    let (code, v) = verify_with_state(&b, "boot3.json", n3, &[]);
+    assert_eq!(code, Some(3));
+    assert!(has_failure(&v, "reboot"), "{v:#}");
+    // The operator acknowledges; the same boot's next quote is trusted.
+    let n4 = "8d8d8d8d8d8d8d8d8d8d8d8d8d8d8d8d";
+    quote(&b, n4, "boot2b.json");
+    as_new_boot(&b, "boot2b.json", "second-boot");
+    let (code, v) = verify_with_state(&b, "boot2b.json", n4, &["--ack", "all"]);
+    assert_eq!(code, Some(0), "{v:#}");
+    // Bad input leaves the state alone.
+    let state_now = std::fs::read(b.p("state.json")).unwrap();
+    std::fs::write(b.p("junk.json"), b"{").unwrap();
+    let (code, _) = (
+        guardian(&[
+            "verify",
+            "--evidence",
+            &b.s("junk.json"),
+            "--ak",
+            &b.s("ak.pem"),
+            "--key",
+            &b.s("vendor.pub"),
+            "--nonce",
+            n4,
+            "--state",
+            &b.s("state.json"),
+        ])
+        .status
+        .code(),
+        (),
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(std::fs::read(b.p("state.json")).unwrap(), state_now);
+    assert_ne!(state_before, state_now);
+}
+
+#[test]
+fn challenge_nonces_are_single_use() {
+    let (_tpm, b) = measured();
+    quote(&b, N, "ev.json");
+    let out = guardian(&[
+        "challenge",
+        "--state",
+        &b.s("state.json"),
+        "--ak",
+        &b.s("ak.pem"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let nonce = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(nonce.len(), 64);
+    quote(&b, &nonce, "fresh.json");
+    let run = || {
+        guardian(&[
+            "verify",
+            "--evidence",
+            &b.s("fresh.json"),
+            "--ak",
+            &b.s("ak.pem"),
+            "--key",
+            &b.s("vendor.pub"),
+            "--state",
+            &b.s("state.json"),
+        ])
+    };
+    assert_eq!(run().status.code(), Some(0), "{}", stderr(&run()));
+    // Used: the same bundle again has no nonce to match.
+    let again = run();
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    assert!(stderr(&again).contains("no nonce"), "{}", stderr(&again));
+}

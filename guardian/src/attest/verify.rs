@@ -841,13 +841,17 @@ fn finish(
                 });
             }
         }
-        state.last = Some(Seen {
-            clock: info.clock,
-            reset_count: info.reset_count,
-            restart_count: info.restart_count,
-            boot_id: boot,
-            at: when,
-        });
+        // Counters that went back are not adopted: the next quote is
+        // judged against the highest seen.
+        if reboot_ok {
+            state.last = Some(Seen {
+                clock: info.clock,
+                reset_count: info.reset_count,
+                restart_count: info.restart_count,
+                boot_id: boot,
+                at: when,
+            });
+        }
         if let Some(serial) = v.manifests.last().and_then(|_| last_serial(&v)) {
             state.manifest_serial = state.manifest_serial.max(serial);
         }

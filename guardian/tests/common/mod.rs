@@ -16,7 +16,7 @@ use sha2::{Digest as _, Sha256};
 pub struct Swtpm {
     child: Child,
     pub port: u16,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
 }
 
 impl Swtpm {
@@ -30,9 +30,14 @@ impl Swtpm {
                 break p;
             }
         };
+        let child = Self::spawn(state.path(), port);
+        Self { child, port, state }
+    }
+
+    fn spawn(state: &Path, port: u16) -> Child {
         let child = Command::new("swtpm")
             .args(["socket", "--tpm2", "--tpmstate"])
-            .arg(format!("dir={}", state.path().display()))
+            .arg(format!("dir={}", state.display()))
             .arg("--server")
             .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
             .arg("--ctrl")
@@ -46,11 +51,15 @@ impl Swtpm {
             assert!(Instant::now() < deadline, "swtpm did not listen on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self {
-            child,
-            port,
-            _state: state,
-        }
+        child
+    }
+
+    /// Power-cycle the TPM, keeping its state (keys, NV, clock): what a
+    /// reboot does to it. PCRs reset, the reset count goes up.
+    pub fn reboot(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.state.path(), self.port);
     }
     pub fn tcti(&self) -> String {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
