@@ -353,13 +353,16 @@ fn aes_cfb(key: &[u8], buf: &mut [u8], encrypt: bool) {
     }
 }
 
-/// Ephemeral ECDH with the EK's point: `(Z, Qe.x, Qe.y)`, coordinates at
-/// the curve's full width.
+/// The shared secret Z and the ephemeral point (x, y), coordinates at the
+/// curve's full width.
+type Ecdh = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// Ephemeral ECDH with the EK's point.
 fn ecdh<C>(
     x: &[u8],
     y: &[u8],
     rng: &mut (impl CryptoRng + RngCore),
-) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), CredentialError>
+) -> Result<Ecdh, CredentialError>
 where
     C: elliptic_curve::CurveArithmetic,
     elliptic_curve::FieldBytesSize<C>: elliptic_curve::sec1::ModulusSize,

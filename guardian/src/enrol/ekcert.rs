@@ -219,13 +219,17 @@ pub fn check_chain(
     let mut current = leaf.clone();
     let mut current_der = ek_der.to_vec();
     for _ in 0..MAX_DEPTH {
-        let issuer_name = &current.tbs_certificate.issuer;
+        // Names are compared in their RFC 4514 form, not as DER: issuers
+        // encode the same name as PrintableString in one certificate and
+        // UTF8String in another. The signature is what decides; the name
+        // only picks which keys to try.
+        let issuer_name = current.tbs_certificate.issuer.to_string();
         let mut tried = None;
         let mut found = None;
         for ca in cas
             .certs
             .iter()
-            .filter(|c| &c.tbs_certificate.subject == issuer_name)
+            .filter(|c| c.tbs_certificate.subject.to_string() == issuer_name)
         {
             match verify_signature(&current, &current_der, ca) {
                 Ok(()) => {
@@ -244,7 +248,7 @@ pub fn check_chain(
                 },
                 None => EkCertError::UnknownIssuer {
                     subject: subject_of(&current),
-                    issuer: issuer_name.to_string(),
+                    issuer: issuer_name,
                 },
             });
         };
@@ -253,7 +257,7 @@ pub fn check_chain(
         }
         valid_now(ca, now)?;
         chain.push(subject_of(ca));
-        if ca.tbs_certificate.subject == ca.tbs_certificate.issuer {
+        if ca.tbs_certificate.subject.to_string() == ca.tbs_certificate.issuer.to_string() {
             return Ok(CheckedEkCert {
                 fingerprint_sha256: hex::encode(Sha256::digest(ek_der)),
                 subject: subject_of(&leaf),
