@@ -180,7 +180,7 @@ fn enrol_fully(tpm: &Manufactured, kind: Option<EkKind>) -> (Request, enrol::Enr
 #[test]
 fn full_enrolment_with_the_rsa_ek() {
     let tpm = Manufactured::start();
-    let (req, rec) = enrol_fully(&tpm, None);
+    let (_, rec) = enrol_fully(&tpm, None);
     assert!(!rec.insecure_tofu);
     assert_eq!(rec.ek_issuer.as_deref(), Some("CN=swtpm-localca"));
     assert_eq!(
@@ -189,7 +189,6 @@ fn full_enrolment_with_the_rsa_ek() {
     );
     // The fingerprint is of the certificate tpm2-tools reads from NV
     // 0x01c00002 (swtpm's RSA EK index), trimmed to its DER length.
-    drop(req);
     let nv = tpm.p("ek.der");
     tpm.tools(&["tpm2_nvread", "0x01c00002", "-o", s(&nv)]);
     let raw = std::fs::read(&nv).unwrap();
