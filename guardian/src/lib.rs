@@ -26,6 +26,7 @@
 //! | [`evidence`] | what is measured, the measurement log, the ledger (log + TPM: append, extend, void), TCG and CEL exports |
 //! | [`tpm`] | the TPM through tss-esapi: PCR extend and read, attestation key, quote |
 //! | [`attest`] | evidence bundles for a verifier's nonce, and the offline verifier |
+//! | [`enrol`] | AK enrolment: EK certificate chain, software MakeCredential, ActivateCredential |
 //! | [`continuous`] | in the daemon: tamper records, re-measurement, guard state into the TPM |
 //! | [`policy`] | signed WebAssembly policies in wasmi: load, measure, evaluate, hot swap, static rules |
 //! | [`rules`] | the kernel's tables: the config widened by the policies' static rules |
@@ -41,6 +42,7 @@ pub mod attest;
 pub mod btf;
 pub mod config;
 pub mod continuous;
+pub mod enrol;
 pub mod events;
 pub mod evidence;
 pub mod fanotify;

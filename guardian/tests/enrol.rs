@@ -1,0 +1,521 @@
+//! Enrolment against real swtpm instances manufactured with EK
+//! certificates (`swtpm_setup --create-ek-cert`, signed by swtpm_localca):
+//! the full protocol succeeds, and each attack fails with the error that
+//! names it.
+//!
+//! What swtpm 0.7 provides, found by looking (the brief assumed otherwise):
+//! an RSA-2048 EK certificate at NV 0x01c00002 and an ECC **P-384** one at
+//! 0x01c00016 (template H-3, userWithAuth set); nothing at the P-256 index
+//! 0x01c0000a. The chain is swtpm-localca-rootca (self-signed, RSA-3072)
+//! -> swtpm-localca (the "issuercert", RSA-3072) -> EK certificate, all
+//! sha256WithRSAEncryption. The P-256 EK is therefore exercised without a
+//! certificate (`p256_ek_opens_our_credential`).
+
+// Tests panic on purpose: the failing line is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
+use guardian::{
+    enrol::{
+        self, CaCerts, DeviceError, EkCertError, EkKind, EnrolError, Request,
+        credential::{self, HashAlg},
+        tpmt::TpmtPublic,
+    },
+    tpm::Tpm,
+};
+use sha2::{Digest as _, Sha256};
+
+const AK: u32 = 0x8101_0002;
+
+/// A swtpm whose state swtpm_setup manufactured with EK certificates.
+struct Manufactured {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Manufactured {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let out = Command::new("swtpm_setup")
+            .args(["--tpm2", "--tpmstate"])
+            .arg(&state)
+            .args([
+                "--create-ek-cert",
+                "--create-platform-cert",
+                "--lock-nvram",
+                "--overwrite",
+            ])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("!!! swtpm_setup cannot run ({e}): enrolment is NOT tested against a TPM")
+            });
+        assert!(
+            out.status.success(),
+            "!!! swtpm_setup failed, enrolment is NOT tested: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = loop {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let p = l.local_addr().unwrap().port();
+            if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", state.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .args(["--flags", "not-need-init,startup-clear"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("swtpm");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "swtpm did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, dir }
+    }
+
+    fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    fn open(&self) -> Tpm {
+        Tpm::open(&self.tcti()).unwrap()
+    }
+
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// tpm2-tools against this TPM (no Tpm may be open: swtpm serves one
+    /// connection at a time).
+    fn tools(&self, args: &[&str]) -> String {
+        let out = Command::new(args[0])
+            .args(["-T", &self.tcti()])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Manufactured {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// swtpm_localca's CA files, from its config (statedir, issuercert).
+fn localca_files() -> (PathBuf, PathBuf) {
+    let conf = std::fs::read_to_string("/etc/swtpm-localca.conf")
+        .expect("!!! /etc/swtpm-localca.conf is missing: the EK chain cannot be checked");
+    let get = |key: &str| {
+        conf.lines()
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| PathBuf::from(v.trim()))
+            .unwrap_or_else(|| panic!("no {key} in /etc/swtpm-localca.conf"))
+    };
+    let root = get("statedir").join("swtpm-localca-rootca-cert.pem");
+    (root, get("issuercert"))
+}
+
+fn localca() -> CaCerts {
+    let (root, issuer) = localca_files();
+    let cas = enrol::load_ca_certs(&[root, issuer]).unwrap();
+    assert_eq!(cas.len(), 2);
+    cas
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The whole protocol, with the EK `kind`; returns the record.
+fn enrol_fully(tpm: &Manufactured, kind: Option<EkKind>) -> (Request, enrol::Enrolled) {
+    let mut dev = tpm.open();
+    let req = match kind {
+        Some(k) => enrol::request_with_ek(&mut dev, AK, k).unwrap(),
+        None => enrol::request(&mut dev, AK).unwrap(),
+    };
+    // Through JSON, as it travels.
+    let req: Request = serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+    let (challenge, pending) = enrol::challenge(&req, &localca()).unwrap();
+    let response = enrol::activate(&mut dev, AK, &challenge).unwrap();
+    let rec = enrol::finish(&req, pending, &response).unwrap();
+    (req, rec)
+}
+
+#[test]
+fn full_enrolment_with_the_rsa_ek() {
+    let tpm = Manufactured::start();
+    let (_, rec) = enrol_fully(&tpm, None);
+    assert!(!rec.insecure_tofu);
+    assert_eq!(rec.ek_issuer.as_deref(), Some("CN=swtpm-localca"));
+    assert_eq!(
+        rec.ek_chain,
+        vec!["CN=swtpm-localca", "CN=swtpm-localca-rootca"]
+    );
+    // The fingerprint is of the certificate tpm2-tools reads from NV
+    // 0x01c00002 (swtpm's RSA EK index), trimmed to its DER length.
+    let nv = tpm.p("ek.der");
+    tpm.tools(&["tpm2_nvread", "0x01c00002", "-o", s(&nv)]);
+    let raw = std::fs::read(&nv).unwrap();
+    let len = enrol::ekcert::der_len(&raw).unwrap();
+    assert_eq!(
+        rec.ek_certificate_sha256.as_deref(),
+        Some(hex::encode(Sha256::digest(&raw[..len])).as_str())
+    );
+    // The AK's name agrees with the TPM's own, as tpm2-tools reports it.
+    let out = tpm.tools(&["tpm2_readpublic", "-c", &format!("{AK:#x}")]);
+    let name = out
+        .lines()
+        .find_map(|l| l.strip_prefix("name: "))
+        .unwrap()
+        .trim();
+    assert_eq!(rec.ak_name, name);
+    assert!(rec.ak_public_pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+    let json = serde_json::to_string(&rec).unwrap();
+    assert!(json.contains("\"insecure_tofu\":false"), "{json}");
+}
+
+#[test]
+fn full_enrolment_with_the_p384_ek() {
+    let tpm = Manufactured::start();
+    let (req, rec) = enrol_fully(&tpm, Some(EkKind::EccP384));
+    let ek = B64.decode(&req.ek_public).unwrap();
+    let (ek, _) = TpmtPublic::parse_tpm2b(&ek).unwrap();
+    assert_eq!(EkKind::of(&ek), Some(EkKind::EccP384));
+    assert!(!rec.insecure_tofu);
+    assert_eq!(rec.ek_issuer.as_deref(), Some("CN=swtpm-localca"));
+}
+
+/// swtpm certifies no P-256 EK, so the P-256 path (ECDH, KDFe with
+/// SHA-256, AES-128, the PolicySecret session) is checked without a
+/// certificate: our credential for the TPM's P-256 EK opens in the TPM.
+#[test]
+fn p256_ek_opens_our_credential() {
+    let tpm = Manufactured::start();
+    let mut dev = tpm.open();
+    assert_eq!(
+        dev.ek_certificate(EkKind::EccP256).unwrap(),
+        None,
+        "swtpm now certifies a P-256 EK: extend full enrolment to it"
+    );
+    let ek = dev.ek_public(EkKind::EccP256).unwrap();
+    let (ek, _) = TpmtPublic::parse_tpm2b(&ek).unwrap();
+    let (ak, public) = dev.ak(AK).unwrap();
+    let name = credential::name(&public.tpm2b_public[2..], HashAlg::Sha256);
+    let secret = [0x42u8; 32];
+    let cred = credential::make_credential(&ek, &secret, &name, &mut rand_core::OsRng).unwrap();
+    let out = dev
+        .activate_credential(ak, EkKind::EccP256, &cred.id_object, &cred.encrypted_secret)
+        .unwrap();
+    assert_eq!(out, secret);
+}
+
+fn request_of(tpm: &Manufactured) -> Request {
+    enrol::request(&mut tpm.open(), AK).unwrap()
+}
+
+/// A CA that is not the manufacturer's: one that copies the real issuer's
+/// name (so the chain walk finds the real CA and its key refuses the
+/// signature), and one with its own name (no configured issuer).
+#[test]
+fn ek_certificate_from_an_untrusted_ca_is_refused() {
+    let tpm = Manufactured::start();
+    let req = request_of(&tpm);
+    let ek_der = tpm.p("ek.der");
+    std::fs::write(&ek_der, B64.decode(&req.ek_certificate).unwrap()).unwrap();
+    let ek_pub = tpm.p("ek.pub.pem");
+    openssl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        s(&ek_der),
+        "-pubkey",
+        "-noout",
+        "-out",
+        s(&ek_pub),
+    ]);
+    for (ca_name, expect_unknown) in [("/CN=swtpm-localca", false), ("/CN=evil-ca", true)] {
+        let key = tpm.p("rogue.key");
+        let ca = tpm.p("rogue.pem");
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            s(&key),
+            "-out",
+            s(&ca),
+            "-subj",
+            ca_name,
+            "-days",
+            "30",
+        ]);
+        let csr_key = tpm.p("csr.key");
+        let csr = tpm.p("csr.pem");
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            s(&csr_key),
+            "-out",
+            s(&csr),
+            "-subj",
+            "/CN=unknown",
+        ]);
+        let forged = tpm.p("forged.der");
+        // The forged certificate certifies the real EK's key.
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            s(&csr),
+            "-force_pubkey",
+            s(&ek_pub),
+            "-CA",
+            s(&ca),
+            "-CAkey",
+            s(&key),
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-outform",
+            "DER",
+            "-out",
+            s(&forged),
+        ]);
+        let mut bad = req.clone();
+        bad.ek_certificate = B64.encode(std::fs::read(&forged).unwrap());
+        let err = enrol::challenge(&bad, &localca()).unwrap_err();
+        eprintln!("{ca_name}: {err}");
+        match err {
+            EnrolError::EkCert {
+                source: EkCertError::UnknownIssuer { issuer, .. },
+            } if expect_unknown => assert_eq!(issuer, "CN=evil-ca"),
+            EnrolError::EkCert {
+                source: EkCertError::BadSignature { issuer, .. },
+            } if !expect_unknown => assert_eq!(issuer, "CN=swtpm-localca"),
+            other => panic!("{ca_name}: {other:?}"),
+        }
+    }
+}
+
+/// The intermediate alone is not a trust anchor: its root must be
+/// configured too.
+#[test]
+fn intermediate_alone_is_not_trusted() {
+    let tpm = Manufactured::start();
+    let req = request_of(&tpm);
+    let (_, issuer) = localca_files();
+    let only_intermediate = enrol::load_ca_certs(&[issuer]).unwrap();
+    match enrol::challenge(&req, &only_intermediate) {
+        Err(EnrolError::EkCert {
+            source: EkCertError::UnknownIssuer { issuer, .. },
+        }) => assert_eq!(issuer, "CN=swtpm-localca-rootca"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A genuine certificate, but of another TPM's EK: the credential would be
+/// encrypted to a key the request's EK is not.
+#[test]
+fn ek_certificate_of_another_tpm_is_refused() {
+    let (a, b) = (Manufactured::start(), Manufactured::start());
+    let mut req = request_of(&a);
+    req.ek_certificate = request_of(&b).ek_certificate;
+    match enrol::challenge(&req, &localca()) {
+        Err(EnrolError::EkCert {
+            source: EkCertError::KeyMismatch(why),
+        }) => assert_eq!(why, "RSA moduli differ"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An unrestricted signing key in the right TPM: it could sign a forged
+/// TPMS_ATTEST, so it is refused before any credential is made.
+#[test]
+fn unrestricted_ak_is_refused() {
+    let tpm = Manufactured::start();
+    let ctx = tpm.p("key.ctx");
+    tpm.tools(&[
+        "tpm2_createprimary",
+        "-C",
+        "o",
+        "-G",
+        "ecc256:ecdsa-sha256",
+        "-a",
+        "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign",
+        "-c",
+        s(&ctx),
+    ]);
+    tpm.tools(&["tpm2_evictcontrol", "-C", "o", "-c", s(&ctx), "0x81010030"]);
+    tpm.tools(&["tpm2_flushcontext", "-t"]);
+    let req = enrol::request(&mut tpm.open(), 0x8101_0030).unwrap();
+    match enrol::challenge(&req, &localca()) {
+        Err(e @ EnrolError::AkAttribute { .. }) => {
+            assert_eq!(
+                e.to_string(),
+                "the AK is refused: objectAttributes.restricted must be set"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A device that presents a certified EK with an AK that lives in ANOTHER
+/// TPM (or in software: to the verifier both are a public area it cannot
+/// place): the challenge is made, but neither TPM can open it, and a
+/// guessed secret is refused.
+#[test]
+fn ak_from_another_tpm_cannot_enrol() {
+    let (a, b) = (Manufactured::start(), Manufactured::start());
+    let mut req = request_of(&a);
+    req.ak_public = request_of(&b).ak_public;
+    let (challenge, pending) = enrol::challenge(&req, &localca()).unwrap();
+    // B holds the AK but not the certified EK.
+    let err = enrol::activate(&mut b.open(), AK, &challenge).unwrap_err();
+    eprintln!("on the AK's TPM: {err}");
+    assert!(
+        matches!(
+            err,
+            DeviceError::Tpm {
+                what: "ActivateCredential",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // A holds the EK, but its own AK has another name.
+    let err = enrol::activate(&mut a.open(), AK, &challenge).unwrap_err();
+    eprintln!("on the EK's TPM: {err}");
+    assert!(
+        matches!(
+            err,
+            DeviceError::Tpm {
+                what: "ActivateCredential",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let guess = enrol::Response {
+        version: enrol::protocol::VERSION,
+        challenge_id: challenge.id.clone(),
+        secret: B64.encode([0u8; 32]),
+    };
+    assert!(matches!(
+        enrol::finish(&req, pending, &guess),
+        Err(EnrolError::SecretMismatch)
+    ));
+}
+
+/// A response from an earlier challenge: refused for its id, and, with the
+/// id rewritten, for its secret.
+#[test]
+fn replayed_response_is_refused() {
+    let tpm = Manufactured::start();
+    let mut dev = tpm.open();
+    let req = enrol::request(&mut dev, AK).unwrap();
+    let (c1, p1) = enrol::challenge(&req, &localca()).unwrap();
+    let r1 = enrol::activate(&mut dev, AK, &c1).unwrap();
+    enrol::finish(&req, p1, &r1).unwrap();
+    let (c2, p2) = enrol::challenge(&req, &localca()).unwrap();
+    assert_ne!(c1.id, c2.id);
+    match enrol::finish(&req, p2.clone(), &r1) {
+        Err(EnrolError::WrongChallenge { expected, got }) => {
+            assert_eq!(expected, c2.id);
+            assert_eq!(got, c1.id);
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut rewritten = r1.clone();
+    rewritten.challenge_id = c2.id.clone();
+    assert!(matches!(
+        enrol::finish(&req, p2, &rewritten),
+        Err(EnrolError::SecretMismatch)
+    ));
+}
+
+/// A credential blob or encrypted seed changed in transit: the TPM's
+/// integrity check (or the seed's decryption) fails, nothing is released.
+#[test]
+fn tampered_credential_is_refused_by_the_tpm() {
+    let tpm = Manufactured::start();
+    let mut dev = tpm.open();
+    let req = enrol::request(&mut dev, AK).unwrap();
+    let (challenge, _pending) = enrol::challenge(&req, &localca()).unwrap();
+    let blob = B64.decode(&challenge.credential_blob).unwrap();
+    let seed = B64.decode(&challenge.encrypted_secret).unwrap();
+    // In the HMAC, in the encrypted credential, in the encrypted seed.
+    for (what, at) in [
+        ("hmac", 5usize),
+        ("credential", blob.len() - 1),
+        ("seed", 17),
+    ] {
+        let mut c = challenge.clone();
+        if what == "seed" {
+            let mut s = seed.clone();
+            s[at] ^= 0x01;
+            c.encrypted_secret = B64.encode(s);
+        } else {
+            let mut b = blob.clone();
+            b[at] ^= 0x01;
+            c.credential_blob = B64.encode(b);
+        }
+        let err = enrol::activate(&mut dev, AK, &c).unwrap_err();
+        eprintln!("tampered {what}: {err}");
+        assert!(
+            matches!(
+                err,
+                DeviceError::Tpm {
+                    what: "ActivateCredential",
+                    ..
+                }
+            ),
+            "{what}: {err:?}"
+        );
+    }
+    // The untampered challenge still opens: the failures above are the
+    // tampering, not the setup.
+    enrol::activate(&mut dev, AK, &challenge).unwrap();
+}
