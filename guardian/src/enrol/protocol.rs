@@ -364,7 +364,7 @@ fn check_ak(tpm2b: &[u8]) -> Result<CheckedAk, EnrolError> {
     sec1.extend(x);
     sec1.extend(std::iter::repeat_n(0, 32 - y.len()));
     sec1.extend(y);
-    let pem = crate::attest::ak_pem(&sec1).map_err(|_| EnrolError::AkPoint)?;
+    let pem = crate::attest::bundle::ak_pem(&sec1).map_err(|_| EnrolError::AkPoint)?;
     Ok(CheckedAk {
         name: credential::name(tpmt_bytes, HashAlg::Sha256),
         pem,
