@@ -636,8 +636,9 @@ fn tamper_is_recorded_and_the_model_remeasured_into_the_quote() {
     assert!(agent.0.wait().unwrap().success());
     let log = std::fs::read_to_string(board.p("measurements.log")).unwrap();
     assert!(
-        log.contains("\"kind\":\"state\""),
-        "guard state recorded: {log}"
+        log.contains("\"kind\":\"guard\",\"action\":\"start\"")
+            && log.contains("\"kind\":\"guard\",\"action\":\"stop\""),
+        "guard start and stop recorded: {log}"
     );
     assert!(log.contains("\"kind\":\"tamper\""), "{log}");
 
@@ -653,7 +654,7 @@ fn tamper_is_recorded_and_the_model_remeasured_into_the_quote() {
         "-c",
         &board.s("guardian.toml"),
         "--nonce",
-        "77",
+        "77777777777777777777777777777777",
         "-o",
         &board.s("ev.json"),
         "--ak-out",
@@ -666,10 +667,12 @@ fn tamper_is_recorded_and_the_model_remeasured_into_the_quote() {
         &board.s("ev.json"),
         "--ak",
         &board.s("ak.pem"),
+        "--key",
+        &board.s("vendor.pub"),
         "--manifest",
         &board.s("manifest.toml"),
         "--nonce",
-        "77",
+        "77777777777777777777777777777777",
         "--json",
     ]);
     assert_eq!(out.status.code(), Some(3));
@@ -690,10 +693,10 @@ fn tamper_is_recorded_and_the_model_remeasured_into_the_quote() {
     assert_eq!(tampers.len(), 1, "{v:#}");
     assert!(tampers[0].as_str().unwrap().contains("DETECTED"), "{v:#}");
     assert!(
-        v["guard_state"][0]
+        v["guard"][0]
             .as_str()
             .unwrap()
-            .contains("mode detect"),
+            .contains("guard start (detect)"),
         "{v:#}"
     );
 }

@@ -212,7 +212,11 @@ impl Event {
                 } else {
                     format!(
                         "tamper attempt {}: {} of {} by {} (pid {})",
-                        t.outcome,
+                        if t.outcome == "detected" {
+                            "DETECTED (not prevented)"
+                        } else {
+                            &t.outcome
+                        },
                         field("event"),
                         t.file,
                         ev.get("exe")
