@@ -318,11 +318,10 @@ impl Worker {
                     mode,
                     detail,
                 }) => {
-                    let mut ev = ledger::guard_event(action, &mode, detail);
                     if action == "start" || action == "adopt" {
-                        ev = self.lifecycle(action, ev);
+                        self.record_gap(action);
                     }
-                    self.record(ev);
+                    self.record(ledger::guard_event(action, &mode, detail));
                 }
                 Ok(Message::Policy {
                     info,
@@ -580,13 +579,13 @@ impl Worker {
         }
     }
 
-    /// A start or adoption: if the last lifecycle record of this boot says
-    /// a guard was running (no stop) and this agent had to load afresh, or
-    /// the last one stopped and the pins were gone, a window without
-    /// enforcement is recorded first, as a `gap`.
-    fn lifecycle(&mut self, action: &str, ev: Event) -> Event {
+    /// Before a start or adoption: if the last lifecycle record of this
+    /// boot says a guard was running (no stop) and this agent had to load
+    /// afresh, or the last one stopped and the pins were gone, a window
+    /// without enforcement is recorded first, as a `gap`.
+    fn record_gap(&mut self, action: &str) {
         let Some(ledger) = &self.ledger else {
-            return ev;
+            return;
         };
         let last = ledger.last_guard().map(|g| g.action.clone());
         let gap = match (last.as_deref(), action) {
@@ -603,7 +602,6 @@ impl Worker {
             log::error!("guard gap: {why}");
             self.record(ledger::guard_event("gap", "", why));
         }
-        ev
     }
 
     /// Record an event in the ledger, behind anything already waiting.
@@ -658,10 +656,22 @@ impl Worker {
                 }
             }
         }
-        if self.backlog.is_empty() && self.stalled_since.take().is_some() {
-            log::warn!("continuous attestation: the measurement log is writable again");
+        if self.backlog.is_empty()
+            && let Some(since) = self.stalled_since.take()
+        {
+            // The stall itself is evidence: records were late by this much.
+            let why = format!(
+                "another process held the measurement log's lock; records waited {} s",
+                since.elapsed().as_secs()
+            );
+            log::warn!("continuous attestation: the measurement log is writable again ({why})");
             if let Ok(mut s) = self.stats.lock() {
                 s.stalled_since = None;
+            }
+            if let Some(ledger) = self.ledger.as_mut()
+                && let Err(e) = ledger.record(self.pcr, ledger::guard_event("stalled", "", why))
+            {
+                log::error!("continuous attestation: recording the stall: {e}");
             }
         }
         let n = self.backlog.len();

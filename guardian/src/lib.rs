@@ -105,10 +105,6 @@ pub enum RunError {
     Events(#[source] std::io::Error),
 }
 
-/// The warning `guardian status` shows while the attestor cannot write
-/// (also how `guardian quote` recognises it).
-pub const ATTESTOR_STALLED: &str = "continuous attestation is STALLED";
-
 /// Counters kept by the agent itself (the kernel keeps its own).
 #[derive(Default)]
 struct AgentCounters {
@@ -854,7 +850,7 @@ fn snapshot(parts: &Parts<'_>) -> Status {
     counters.insert("manifests_refused".into(), attest.manifests_refused);
     if let Some(since) = &attest.stalled_since {
         warnings.push(format!(
-            "{ATTESTOR_STALLED} since {since}: another process holds the measurement log's lock; {} record(s) wait",
+            "continuous attestation is STALLED since {since}: another process holds the measurement log's lock; {} record(s) wait",
             attest.backlog
         ));
     }
@@ -933,6 +929,12 @@ fn snapshot(parts: &Parts<'_>) -> Status {
         protected_files: targets.files.len(),
         allowed_writers: targets.writers.len(),
         measured_boot: Some(measured_boot),
+        attestor: Some(attest::AgentState {
+            running: true,
+            backlog: parts.attest.backlog as u64,
+            stalled_since: parts.attest.stalled_since.clone(),
+            lost: parts.attest.queue_drops + parts.attest.errors,
+        }),
         policies: serde_json::to_value(pstats).ok(),
         counters,
         warnings,

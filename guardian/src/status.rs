@@ -171,6 +171,10 @@ pub struct Status {
     pub counters: BTreeMap<String, u64>,
     /// Degraded or insecure conditions, in words.
     pub warnings: Vec<String>,
+    /// The attestor (the thread that records evidence): what an evidence
+    /// bundle reports of it.
+    #[serde(default)]
+    pub attestor: Option<crate::attest::AgentState>,
 }
 
 /// Errors reading or writing the status file.
@@ -242,20 +246,12 @@ impl Status {
         Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 
-    /// What the evidence bundle says of the attestor.
+    /// What the evidence bundle says of the attestor: as published, and
+    /// whether the agent is still alive.
     pub fn attestor_state(&self) -> crate::attest::AgentState {
-        let c = |k: &str| self.counters.get(k).copied().unwrap_or(0);
-        crate::attest::AgentState {
-            running: self.agent_alive(),
-            backlog: c("attest_backlog"),
-            stalled_since: self.warnings.iter().find_map(|w| {
-                w.strip_prefix(crate::ATTESTOR_STALLED)
-                    .and_then(|rest| rest.strip_prefix(" since "))
-                    .and_then(|rest| rest.split(": another").next().map(str::to_owned))
-                    .or_else(|| w.starts_with(crate::ATTESTOR_STALLED).then(String::new))
-            }),
-            lost: c("attest_queue_drops") + c("attest_errors"),
-        }
+        let mut a = self.attestor.clone().unwrap_or_default();
+        a.running = self.agent_alive();
+        a
     }
 
     /// Human-readable rendering.
@@ -368,6 +364,7 @@ mod tests {
             measured_boot: None,
             counters: BTreeMap::from([("ringbuf_drops".into(), 3)]),
             warnings: vec!["detect-only".into()],
+            attestor: None,
         }
     }
 

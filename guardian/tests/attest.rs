@@ -40,20 +40,26 @@ fn quote(b: &Board, nonce: &str, name: &str) -> Output {
 }
 
 fn verify(b: &Board, evidence: &str, nonce: &str) -> (Option<i32>, Value) {
-    let out = guardian(&[
+    verify_with(b, evidence, nonce, &["--manifest", &b.s("manifest.toml")])
+}
+
+/// `guardian verify --json` with the board's AK and vendor key, plus `extra`.
+fn verify_with(b: &Board, evidence: &str, nonce: &str, extra: &[&str]) -> (Option<i32>, Value) {
+    let (evidence, ak, key) = (b.s(evidence), b.s("ak.pem"), b.s("vendor.pub"));
+    let mut args = vec![
         "verify",
         "--evidence",
-        &b.s(evidence),
+        &evidence,
         "--ak",
-        &b.s("ak.pem"),
+        &ak,
         "--key",
-        &b.s("vendor.pub"),
-        "--manifest",
-        &b.s("manifest.toml"),
+        &key,
         "--nonce",
         nonce,
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = guardian(&args);
     let v = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("no verdict: {}", stderr(&out)));
     (out.status.code(), v)
@@ -405,7 +411,6 @@ use sha2::Digest as _;
 
 #[test]
 fn attack_only_the_last_run_counts() {
-    let (_tpm, b) = measured();
     // A fresh board whose model is bad at boot, restored, then measured
     // again in the same boot.
     let tpm2 = Swtpm::start();
@@ -426,7 +431,6 @@ fn attack_only_the_last_run_counts() {
             && f.contains("record 2")),
         "the boot-time mismatch is named with its record: {f:?}"
     );
-    drop(b);
 }
 
 #[test]
@@ -576,26 +580,10 @@ fn verify_with_state(
     nonce: &str,
     extra: &[&str],
 ) -> (Option<i32>, Value) {
-    let mut args = vec![
-        "verify".to_owned(),
-        "--evidence".into(),
-        b.s(evidence),
-        "--ak".into(),
-        b.s("ak.pem"),
-        "--key".into(),
-        b.s("vendor.pub"),
-        "--nonce".into(),
-        nonce.into(),
-        "--state".into(),
-        b.s("state.json"),
-        "--json".into(),
-    ];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = guardian(&args);
-    let v = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("no verdict: {}", stderr(&out)));
-    (out.status.code(), v)
+    let state = b.s("state.json");
+    let mut args = vec!["--state", &state];
+    args.extend_from_slice(extra);
+    verify_with(b, evidence, nonce, &args)
 }
 
 /// What a reboot changes in a bundle that the TPM does not sign: the boot

@@ -14,12 +14,14 @@
 // Tests panic on purpose: the failing line is the report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::{
-    net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
 };
+
+use common::openssl;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use guardian::{
@@ -34,65 +36,23 @@ use sha2::{Digest as _, Sha256};
 
 const AK: u32 = 0x8101_0002;
 
-/// A swtpm whose state swtpm_setup manufactured with EK certificates.
+/// A swtpm whose state swtpm_setup manufactured with EK certificates, and
+/// a scratch directory beside it.
 struct Manufactured {
-    child: Child,
-    port: u16,
+    tpm: common::Swtpm,
     dir: tempfile::TempDir,
 }
 
 impl Manufactured {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        std::fs::create_dir(&state).unwrap();
-        let out = Command::new("swtpm_setup")
-            .args(["--tpm2", "--tpmstate"])
-            .arg(&state)
-            .args([
-                "--create-ek-cert",
-                "--create-platform-cert",
-                "--lock-nvram",
-                "--overwrite",
-            ])
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("!!! swtpm_setup cannot run ({e}): enrolment is NOT tested against a TPM")
-            });
-        assert!(
-            out.status.success(),
-            "!!! swtpm_setup failed, enrolment is NOT tested: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = loop {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let p = l.local_addr().unwrap().port();
-            if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-                break p;
-            }
-        };
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--tpmstate"])
-            .arg(format!("dir={}", state.display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-            .args(["--flags", "not-need-init,startup-clear"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("swtpm");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "swtpm did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
+        Self {
+            tpm: common::Swtpm::manufactured(),
+            dir: tempfile::tempdir().unwrap(),
         }
-        Self { child, port, dir }
     }
 
     fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
+        self.tpm.tcti()
     }
 
     fn open(&self) -> Tpm {
@@ -120,13 +80,6 @@ impl Manufactured {
     }
 }
 
-impl Drop for Manufactured {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// swtpm_localca's CA files, from its config (statedir, issuercert).
 fn localca_files() -> (PathBuf, PathBuf) {
     let conf = std::fs::read_to_string("/etc/swtpm-localca.conf")
@@ -147,15 +100,6 @@ fn localca() -> CaCerts {
     let cas = enrol::load_ca_certs(&[root, issuer]).unwrap();
     assert_eq!(cas.len(), 2);
     cas
-}
-
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn s(p: &Path) -> &str {

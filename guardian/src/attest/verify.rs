@@ -180,13 +180,13 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>, state: Option<&mut DeviceS
             "quote or signature is not base64".into(),
             None,
         );
-        return finish(v, state, None, false, trust);
+        return finish(v, state, None, None, false, trust);
     };
     let info = match quote::parse_quote(&quote_bytes) {
         Ok(i) => i,
         Err(e) => {
             fail(&mut v, "format", format!("quote: {e}"), None);
-            return finish(v, state, None, false, trust);
+            return finish(v, state, None, None, false, trust);
         }
     };
     let mut authentic = true;
@@ -659,7 +659,8 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>, state: Option<&mut DeviceS
                 .into(),
         );
     }
-    finish(v, state, Some(&info), authentic, trust)
+    let serial = manifests.last().map(|m| m.serial);
+    finish(v, state, Some(&info), serial, authentic, trust)
 }
 
 /// A manifest record's content: its digest, text, PCR and signature.
@@ -704,6 +705,7 @@ fn finish(
     mut v: Verdict,
     state: Option<&mut DeviceState>,
     info: Option<&quote::QuoteInfo>,
+    serial: Option<u64>,
     authentic: bool,
     trust: &Trust<'_>,
 ) -> Verdict {
@@ -852,21 +854,11 @@ fn finish(
                 at: when,
             });
         }
-        if let Some(serial) = v.manifests.last().and_then(|_| last_serial(&v)) {
+        if let Some(serial) = serial {
             state.manifest_serial = state.manifest_serial.max(serial);
         }
         state.quotes += 1;
     }
     v.trusted = v.failures.is_empty();
     v
-}
-
-fn last_serial(v: &Verdict) -> Option<u64> {
-    // "record N: manifest FILE serial S sha256 …"
-    v.manifests.last().and_then(|m| {
-        m.split(" serial ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|s| s.parse().ok())
-    })
 }

@@ -96,19 +96,9 @@ impl Ledger {
         self.log.contents()
     }
 
-    /// The log file.
-    pub fn path(&self) -> &Path {
-        self.log.path()
-    }
-
     /// This boot's id.
     pub fn boot_id(&self) -> &str {
         &self.boot
-    }
-
-    /// Read what other writers appended since.
-    pub fn refresh(&mut self) -> Result<(), LogError> {
-        self.log.refresh()
     }
 
     /// Replay this boot's records of `pcr`.

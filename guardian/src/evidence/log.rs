@@ -464,13 +464,6 @@ impl Log {
         &self.path
     }
 
-    /// Read what other writers appended since.
-    pub fn refresh(&mut self) -> Result<(), LogError> {
-        let lock = self.lock()?;
-        drop(lock);
-        Ok(())
-    }
-
     /// Take the lock (never blocking longer than [`LOCK_WAIT`]) and read
     /// anything appended by another writer.
     fn lock(&mut self) -> Result<Locked, LogError> {

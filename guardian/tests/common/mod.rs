@@ -21,7 +21,36 @@ pub struct Swtpm {
 
 impl Swtpm {
     pub fn start() -> Self {
+        Self::start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// A swtpm whose state `swtpm_setup` first manufactured with EK
+    /// certificates signed by swtpm's local CA (as a TPM vendor would).
+    pub fn manufactured() -> Self {
         let state = tempfile::tempdir().unwrap();
+        let out = Command::new("swtpm_setup")
+            .args(["--tpm2", "--tpmstate"])
+            .arg(state.path())
+            .args([
+                "--create-ek-cert",
+                "--create-platform-cert",
+                "--lock-nvram",
+                "--overwrite",
+            ])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("!!! swtpm_setup cannot run ({e}): enrolment is NOT tested against a TPM")
+            });
+        assert!(
+            out.status.success(),
+            "!!! swtpm_setup failed, enrolment is NOT tested: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self::start_in(state)
+    }
+
+    fn start_in(state: tempfile::TempDir) -> Self {
         // Two consecutive free ports: server and control.
         let port = loop {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
