@@ -103,6 +103,32 @@ pub mod programs {
     pub const CGROUP_SENDMSG4: &str = "guardian_sendmsg4";
     /// cgroup `sendmsg6`: the same over IPv6.
     pub const CGROUP_SENDMSG6: &str = "guardian_sendmsg6";
+    /// LSM `inode_rmdir`: removal of a protected directory.
+    pub const LSM_INODE_RMDIR: &str = "guardian_inode_rmdir";
+    /// LSM `inode_mkdir`: a directory made in a protected tree.
+    pub const LSM_INODE_MKDIR: &str = "guardian_inode_mkdir";
+    /// LSM `inode_symlink`: a symlink made in a protected tree, or as a
+    /// protected name.
+    pub const LSM_INODE_SYMLINK: &str = "guardian_inode_symlink";
+    /// LSM `inode_mknod`: a device node, FIFO or socket made in a
+    /// protected tree, or as a protected name.
+    pub const LSM_INODE_MKNOD: &str = "guardian_inode_mknod";
+    /// LSM `sb_mount`: a mount on a protected path.
+    pub const LSM_SB_MOUNT: &str = "guardian_sb_mount";
+    /// LSM `move_mount`: a mount moved onto or away from a protected path.
+    pub const LSM_MOVE_MOUNT: &str = "guardian_move_mount";
+    /// LSM `sb_umount`: unmounting a filesystem a protected path lies on.
+    pub const LSM_SB_UMOUNT: &str = "guardian_sb_umount";
+    /// LSM `bpf`: link detach and update on guardian's links.
+    pub const LSM_BPF: &str = "guardian_bpf";
+    /// LSM `bpf_map`: descriptors for guardian's maps.
+    pub const LSM_BPF_MAP: &str = "guardian_bpf_map";
+    /// LSM `bpf_prog`: descriptors for guardian's programs.
+    pub const LSM_BPF_PROG: &str = "guardian_bpf_prog";
+    /// LSM `task_prctl`: changing a process's recorded executable.
+    pub const LSM_TASK_PRCTL: &str = "guardian_task_prctl";
+    /// LSM `ptrace_traceme`: the service asking to be traced.
+    pub const LSM_PTRACE_TRACEME: &str = "guardian_ptrace_traceme";
 }
 
 /// A file identity as the kernel sees it: `inode->i_sb->s_dev` (the
@@ -161,6 +187,18 @@ impl ProtectedFile {
     /// One of guardian's own files (binary, config, keys, policies, pins):
     /// only guardian's own executable may change it, not the model writers.
     pub const SELF: u32 = 1;
+    /// A directory on the path to a protected file, from the root down:
+    /// nobody renames or removes it, and nothing is mounted on it, so the
+    /// name the service opens keeps leading to the measured inode.
+    pub const PATH: u32 = 2;
+    /// A directory inside a protected tree: only the allowed writers (for
+    /// guardian's own directories, guardian) create, rename or remove
+    /// entries in it, and a file created in it is protected like the
+    /// others before the agent has even seen it.
+    pub const TREE: u32 = 4;
+    /// `id` of the first directory entry (see [`ProtectedFile::PATH`]):
+    /// directories are numbered from here, files and pins below it.
+    pub const DIR_ID_BASE: u32 = 1 << 24;
 }
 
 /// Byte offsets of the kernel struct fields the programs read, taken from
@@ -216,6 +254,27 @@ pub struct KernelOffsets {
     /// `struct mm_struct`, `start_stack`: where a new program's `argc`,
     /// `argv[]` and `envp[]` begin.
     pub mm_start_stack: u32,
+    /// `struct dentry`, `d_parent`.
+    pub dentry_d_parent: u32,
+    /// `struct path`, `dentry`.
+    pub path_dentry: u32,
+    /// `struct vfsmount`, `mnt_root`.
+    pub vfsmount_mnt_root: u32,
+    /// `struct file`, `private_data` (a `struct bpf_link *` for a link's
+    /// descriptor).
+    pub file_private_data: u32,
+    /// `struct bpf_map`, `name`.
+    pub bpf_map_name: u32,
+    /// `struct bpf_prog`, `aux`.
+    pub bpf_prog_aux: u32,
+    /// `struct bpf_prog_aux`, `name`.
+    pub bpf_prog_aux_name: u32,
+    /// `struct bpf_link`, `prog`.
+    pub bpf_link_prog: u32,
+    /// `struct task_struct`, `ptrace` (`PT_PTRACED` while traced).
+    pub task_ptrace: u32,
+    /// `struct file`, `f_path` (a `struct path`).
+    pub file_f_path: u32,
 }
 
 /// Enforcement mode, as the programs see it.
@@ -356,6 +415,10 @@ pub mod rules {
     /// Loader variables (`LD_PRELOAD`, ...) are refused on exec of, or by,
     /// the service.
     pub const NO_PRELOAD: u32 = 1 << 4;
+    /// guardian's own executable gets the service's protections whatever
+    /// the config says: no loader variables and no tracer at its exec, no
+    /// `ptrace` attach. Always set by the agent.
+    pub const GUARD_SELF: u32 = 1 << 5;
 }
 
 /// Key of the protected-names map: a directory and one name in it.
@@ -414,11 +477,14 @@ pub enum Counter {
     ProcessDenied = 7,
     /// Process-rule violations seen after the fact (detect mode).
     ProcessDetected = 8,
+    /// Hook calls that found the config map empty (never filled, or
+    /// cleared behind the agent's back): the hook could not judge.
+    Unconfigured = 9,
 }
 
 impl Counter {
     /// Number of counter slots.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     /// Every counter, in slot order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::EventsSubmitted,
@@ -430,6 +496,7 @@ impl Counter {
         Counter::PendingDrops,
         Counter::ProcessDenied,
         Counter::ProcessDetected,
+        Counter::Unconfigured,
     ];
 
     /// Stable snake_case name, used in status output.
@@ -444,6 +511,7 @@ impl Counter {
             Counter::PendingDrops => "pending_open_drops",
             Counter::ProcessDenied => "process_denied",
             Counter::ProcessDetected => "process_detected",
+            Counter::Unconfigured => "unconfigured_hook_calls",
         }
     }
 }
@@ -479,6 +547,16 @@ pub mod kind {
     pub const PTRACE: u16 = 13;
     /// The service connected to an address not on the egress allowlist.
     pub const CONNECT: u16 = 14;
+    /// A mount on, a move of, or an unmount of a protected path.
+    pub const MOUNT: u16 = 15;
+    /// Another program reaching for guardian's own BPF maps, programs or
+    /// links (`name` is the object's name, `flags` the `bpf(2)` command
+    /// or the map's `fmode`).
+    pub const BPF_OBJECT: u16 = 16;
+    /// `prctl(PR_SET_MM, PR_SET_MM_EXE_FILE | PR_SET_MM_MAP)`: changing
+    /// the executable the kernel records for a process (`flags` is the
+    /// sub-command).
+    pub const PRCTL_EXE: u16 = 17;
 }
 
 /// Which program produced an event.
@@ -525,6 +603,30 @@ pub mod source {
     pub const CGROUP_SENDMSG4: u16 = 20;
     /// cgroup `sendmsg6`.
     pub const CGROUP_SENDMSG6: u16 = 21;
+    /// LSM `inode_rmdir`.
+    pub const LSM_INODE_RMDIR: u16 = 22;
+    /// LSM `inode_mkdir`.
+    pub const LSM_INODE_MKDIR: u16 = 23;
+    /// LSM `inode_symlink`.
+    pub const LSM_INODE_SYMLINK: u16 = 24;
+    /// LSM `inode_mknod`.
+    pub const LSM_INODE_MKNOD: u16 = 25;
+    /// LSM `sb_mount`.
+    pub const LSM_SB_MOUNT: u16 = 26;
+    /// LSM `move_mount`.
+    pub const LSM_MOVE_MOUNT: u16 = 27;
+    /// LSM `sb_umount`.
+    pub const LSM_SB_UMOUNT: u16 = 28;
+    /// LSM `bpf` (the `bpf(2)` command).
+    pub const LSM_BPF: u16 = 29;
+    /// LSM `bpf_map` (a descriptor for a map).
+    pub const LSM_BPF_MAP: u16 = 30;
+    /// LSM `bpf_prog` (a descriptor for a program).
+    pub const LSM_BPF_PROG: u16 = 31;
+    /// LSM `task_prctl`.
+    pub const LSM_TASK_PRCTL: u16 = 32;
+    /// LSM `ptrace_traceme`.
+    pub const LSM_PTRACE_TRACEME: u16 = 33;
 }
 
 /// Loader variables looked for in an exec's environment (value of
@@ -536,6 +638,10 @@ pub mod preload {
     pub const LD_LIBRARY_PATH: u32 = 2;
     /// `LD_AUDIT=`.
     pub const LD_AUDIT: u32 = 3;
+    /// The environment could not be read to its end (more entries than
+    /// the programs look at, or an entry in memory they could not read):
+    /// a loader variable may be hiding there, so it counts as one.
+    pub const UNREAD: u32 = 4;
 
     /// The variable's name.
     pub const fn name(v: u32) -> &'static str {
@@ -543,6 +649,7 @@ pub mod preload {
             LD_PRELOAD => "LD_PRELOAD",
             LD_LIBRARY_PATH => "LD_LIBRARY_PATH",
             LD_AUDIT => "LD_AUDIT",
+            UNREAD => "environment not fully readable",
             _ => "?",
         }
     }
@@ -653,8 +760,8 @@ pub mod oflags {
 const _: () = {
     assert!(core::mem::size_of::<InodeKey>() == 16);
     assert!(core::mem::size_of::<ProtectedFile>() == 8);
-    assert!(core::mem::size_of::<KernelOffsets>() == 22 * 4);
-    assert!(core::mem::size_of::<KernelConfig>() == 22 * 4 + 16 + 16 + 88);
+    assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
+    assert!(core::mem::size_of::<KernelConfig>() == 32 * 4 + 16 + 16 + 88);
     assert!(core::mem::size_of::<NameKey>() == 16 + NameKey::LEN);
     assert!(core::mem::size_of::<EgressRule>() == 4 * EgressRule::MAX_PORTS + 4);
     assert!(core::mem::size_of::<EventHeader>() == 16);

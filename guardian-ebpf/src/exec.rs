@@ -42,10 +42,12 @@ use crate::{
     report,
 };
 
-/// Environment entries looked at (the verifier needs a bound; a loader
-/// variable hidden after this many entries is still caught by the
-/// library allowlist).
-const MAX_ENV: u32 = 128;
+/// Environment entries looked at (the verifier needs a bound). An
+/// environment longer than this, or one with an entry the program cannot
+/// read (a page not yet faulted in: BPF cannot wait for it), counts as a
+/// loader variable ([`preload::UNREAD`]): what is not seen is not assumed
+/// clean.
+const MAX_ENV: u32 = 256;
 /// In the pending value: the exec was made by the service.
 const BY_SERVICE: u32 = 1 << 8;
 
@@ -65,7 +67,8 @@ fn starts_with(s: &[u8], prefix: &[u8]) -> bool {
 }
 
 /// The first loader variable (a [`preload`] value) in the `envp` array at
-/// `envp` in the current task's memory, or 0.
+/// `envp` in the current task's memory, 0 if the whole array was read and
+/// has none, [`preload::UNREAD`] if it could not be read to its end.
 #[inline(always)]
 fn loader_var(envp: u64) -> u32 {
     let mut buf = [0u8; 17];
@@ -75,14 +78,14 @@ fn loader_var(envp: u64) -> u32 {
     for i in 0..MAX_ENV {
         // SAFETY: user memory read through the fault-safe helper.
         let Ok(ptr) = (unsafe { bpf_probe_read_user((envp + 8 * i as u64) as *const u64) }) else {
-            break;
+            return preload::UNREAD;
         };
         if ptr == 0 {
-            break;
+            return 0;
         }
         // SAFETY: as above, bounded by buf.
         let Ok(s) = (unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, &mut buf) }) else {
-            continue;
+            return preload::UNREAD;
         };
         if starts_with(s, b"LD_PRELOAD=") {
             return preload::LD_PRELOAD;
@@ -94,7 +97,7 @@ fn loader_var(envp: u64) -> u32 {
             return preload::LD_AUDIT;
         }
     }
-    0
+    preload::UNREAD
 }
 
 /// Scan the `envp` array of an exec in flight and record the result.
@@ -103,7 +106,7 @@ fn scan_env(envp: u64) {
     let Some(cfg) = kernel::config() else {
         return;
     };
-    if cfg.rules & rules::NO_PRELOAD == 0 && cfg.rules & rules::EXEC_ALLOWLIST == 0 {
+    if cfg.rules & (rules::NO_PRELOAD | rules::EXEC_ALLOWLIST | rules::GUARD_SELF) == 0 {
         return;
     }
     let id = bpf_get_current_pid_tgid();
@@ -217,7 +220,10 @@ pub fn guardian_bprm_check(ctx: LsmContext) -> i32 {
 }
 
 fn try_bprm_check(cfg: &KernelConfig, bprm: u64) -> Result<i32, i64> {
-    if cfg.rules & (rules::NO_PRELOAD | rules::EXEC_ALLOWLIST) == 0 {
+    if cfg.rules
+        & (rules::NO_PRELOAD | rules::EXEC_ALLOWLIST | rules::NO_PTRACE | rules::GUARD_SELF)
+        == 0
+    {
         return Ok(0);
     }
     let off = &cfg.offsets;
@@ -226,14 +232,22 @@ fn try_bprm_check(cfg: &KernelConfig, bprm: u64) -> Result<i32, i64> {
     let by_service = report::is_service(&exe);
     let file = kernel::bprm_file(off, bprm)?;
     let target = kernel::file_key(off, file)?;
+    let of_service = report::is_service(&target);
+    let of_guardian =
+        cfg.rules & rules::GUARD_SELF != 0 && target.ino != 0 && target == cfg.self_exe;
     // SAFETY: the value is copied out at once.
     let var = unsafe { PENDING_PRELOAD.get(bpf_get_current_pid_tgid()) }
         .copied()
         .unwrap_or(0)
         & 0xff;
-    let k = if cfg.rules & rules::NO_PRELOAD != 0
-        && var != 0
-        && (by_service || report::is_service(&target))
+    // A process already traced (PTRACE_TRACEME, or attached before the
+    // exec) would carry its tracer into the service or guardian.
+    let traced_into = (of_guardian || (cfg.rules & rules::NO_PTRACE != 0 && of_service))
+        && kernel::ptraced(off, task)?;
+    let k = if traced_into {
+        kind::PTRACE
+    } else if var != 0
+        && (of_guardian || (cfg.rules & rules::NO_PRELOAD != 0 && (by_service || of_service)))
     {
         kind::EXEC_PRELOAD
     // SAFETY: presence check only.
@@ -249,7 +263,7 @@ fn try_bprm_check(cfg: &KernelConfig, bprm: u64) -> Result<i32, i64> {
     report::emit(off, task, k, source::LSM_BPRM_CHECK, v, |ev| {
         ev.file = target;
         ev.exe = exe;
-        ev.aux = var;
+        ev.aux = if k == kind::PTRACE { ev.pid } else { var };
         let _ = kernel::bprm_filename(off, bprm, &mut ev.name);
     });
     Ok(ret)

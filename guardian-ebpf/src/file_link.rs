@@ -24,8 +24,16 @@ fn try_link(old_dentry: u64, dir: u64, new_dentry: u64) -> Result<i32, i64> {
         return Ok(0);
     };
     let off = &cfg.offsets;
-    let key = kernel::dentry_key(off, old_dentry)?.unwrap_or_default();
-    let protected = report::protected(&key);
+    let mut key = kernel::dentry_key(off, old_dentry)?.unwrap_or_default();
+    let mut protected = report::protected(&key);
+    // A new name in a protected tree is the tree's writers' to make.
+    if protected.is_none()
+        && let Ok(d) = kernel::inode_key(off, dir)
+        && let Some(p) = report::tree(&d)
+    {
+        key = d;
+        protected = Some(p);
+    }
     let name = if protected.is_none() {
         match report::protected_name(off, dir, new_dentry)? {
             Some(n) => Some(n),

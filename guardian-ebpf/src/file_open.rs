@@ -11,9 +11,13 @@
 //! | opened for | file protected | writer exe on allowlist | result |
 //! |---|---|---|---|
 //! | read only, no `O_TRUNC` | any | any | 0, no event |
-//! | write or `O_TRUNC` | no | any | 0, no event |
+//! | write or `O_TRUNC` | no, and not in a protected tree | any | 0, no event |
 //! | write or `O_TRUNC` | yes | yes | 0, event `allow` |
 //! | write or `O_TRUNC` | yes | no | `-EPERM`, event `deny` (enforce) / 0, event `alert` (mode detect) |
+//!
+//! A file not in the table yet but in a protected tree (created there by
+//! an allowed writer since the agent last filled the table) counts as
+//! protected, by its directory's entry.
 //!
 //! The writer is identified by the inode of its executable
 //! (`current->mm->exe_file`), never by `comm`, which any process can set.
@@ -45,9 +49,18 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i64> {
     if fmode & FMODE_WRITE == 0 && flags & oflags::O_TRUNC == 0 {
         return Ok(0);
     }
-    let key = kernel::file_key(off, file)?;
-    let Some(protected) = report::protected(&key) else {
-        return Ok(0);
+    let mut key = kernel::file_key(off, file)?;
+    let protected = match report::protected(&key) {
+        Some(p) => p,
+        // A file the table does not know yet, in a protected tree (made
+        // since the agent last filled it): the tree's rule applies.
+        None => match report::governing(off, kernel::file_dentry(off, file)?)? {
+            Some((k, p)) => {
+                key = k;
+                p
+            }
+            None => return Ok(0),
+        },
     };
     let task = kernel::current_task();
     let exe = kernel::exe_key(off, task)?;

@@ -1,6 +1,8 @@
 //! LSM `inode_rename`: a rename that would move a protected file away (or
-//! exchange it), put another file over a protected one, or create a
-//! protected name.
+//! exchange it), put another file over a protected one, move a directory
+//! on a protected path (the model's directory, or any above it), move a
+//! name into, out of or within a protected tree, or create a protected
+//! name.
 //!
 //! Kernel prototype: `LSM_HOOK(int, 0, inode_rename, struct inode *old_dir,
 //! struct dentry *old_dentry, struct inode *new_dir, struct dentry
@@ -8,7 +10,7 @@
 //! exist yet.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use guardian_common::{Event, kind, source};
+use guardian_common::{Event, InodeKey, kind, source};
 
 use crate::{kernel, report};
 
@@ -26,18 +28,22 @@ fn try_rename(old_dentry: u64, new_dir: u64, new_dentry: u64) -> Result<i32, i64
         return Ok(0);
     };
     let off = &cfg.offsets;
-    // The protected file concerned: the one moved, else the one replaced,
-    // else (a rename creating a protected name) none.
-    let mut key = kernel::dentry_key(off, old_dentry)?.unwrap_or_default();
-    let mut protected = report::protected(&key);
-    if protected.is_none()
-        && let Some(replaced) = kernel::dentry_key(off, new_dentry)?
+    // What is concerned: the name moved (a protected file, a directory on
+    // a protected path, a name in a protected tree), else the name
+    // replaced or created (the same, in the target directory), else a
+    // protected name created by the rename.
+    let mut found = report::governing(off, old_dentry)?;
+    if found.is_none() {
+        found = report::governing(off, new_dentry)?;
+    }
+    if found.is_none()
+        && let Ok(dir) = kernel::inode_key(off, new_dir)
+        && let Some(p) = report::tree(&dir)
     {
-        key = replaced;
-        protected = report::protected(&key);
+        found = Some((dir, p));
     }
     let mut name = None;
-    if protected.is_none() {
+    if found.is_none() {
         name = report::protected_name(off, new_dir, new_dentry)?;
         if name.is_none() {
             return Ok(0);
@@ -46,15 +52,20 @@ fn try_rename(old_dentry: u64, new_dir: u64, new_dentry: u64) -> Result<i32, i64
     let task = kernel::current_task();
     let exe = kernel::exe_key(off, task)?;
     // A protected name may be created by nobody; a protected file changed
-    // only by its writers.
-    let allowed = match &protected {
-        Some(p) => report::may_write(cfg, &exe, p),
+    // only by its writers; a directory on a protected path by nobody.
+    let allowed = match &found {
+        Some((_, p)) => report::may_write(cfg, &exe, p),
         None => false,
     };
+    if let Some((_, p)) = &found
+        && report::own_write(cfg, &exe, p)
+    {
+        return Ok(0);
+    }
     let (v, ret) = report::judge_file(cfg, allowed);
-    let id = match &protected {
-        Some(p) => p.id,
-        None => Event::NOT_PROTECTED,
+    let (key, id) = match &found {
+        Some((k, p)) => (*k, p.id),
+        None => (InodeKey::default(), Event::NOT_PROTECTED),
     };
     report::emit(
         off,

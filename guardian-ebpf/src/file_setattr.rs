@@ -45,10 +45,7 @@ fn try_setattr(dentry: u64, attr: u64) -> Result<i32, i64> {
         return Ok(0);
     };
     let off = &cfg.offsets;
-    let Some(key) = kernel::dentry_key(off, dentry)? else {
-        return Ok(0);
-    };
-    let Some(protected) = report::protected(&key) else {
+    let Some((key, protected)) = report::governing(off, dentry)? else {
         return Ok(0);
     };
     let valid = kernel::iattr_valid(off, attr)?;

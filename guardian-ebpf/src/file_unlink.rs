@@ -1,7 +1,9 @@
-//! LSM `inode_unlink`: removing a protected file's name.
+//! LSM `inode_unlink` and `inode_rmdir`: removing a protected file's name,
+//! a name in a protected tree, or a directory on a protected path.
 //!
-//! Kernel prototype: `LSM_HOOK(int, 0, inode_unlink, struct inode *dir,
-//! struct dentry *dentry)`.
+//! Kernel prototypes: `LSM_HOOK(int, 0, inode_unlink, struct inode *dir,
+//! struct dentry *dentry)`, `LSM_HOOK(int, 0, inode_rmdir, struct inode
+//! *dir, struct dentry *dentry)`.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use guardian_common::{kind, source};
@@ -14,18 +16,25 @@ pub fn guardian_inode_unlink(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    report::finish(try_unlink(ctx.arg(1)))
+    report::finish(try_unlink(ctx.arg(1), source::LSM_INODE_UNLINK))
 }
 
-fn try_unlink(dentry: u64) -> Result<i32, i64> {
+#[lsm(hook = "inode_rmdir")]
+pub fn guardian_inode_rmdir(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    report::finish(try_unlink(ctx.arg(1), source::LSM_INODE_RMDIR))
+}
+
+#[inline(always)]
+fn try_unlink(dentry: u64, src: u16) -> Result<i32, i64> {
     let Some(cfg) = kernel::config() else {
         return Ok(0);
     };
     let off = &cfg.offsets;
-    let Some(key) = kernel::dentry_key(off, dentry)? else {
-        return Ok(0);
-    };
-    let Some(protected) = report::protected(&key) else {
+    let Some((key, protected)) = report::governing(off, dentry)? else {
         return Ok(0);
     };
     let task = kernel::current_task();
@@ -34,18 +43,11 @@ fn try_unlink(dentry: u64) -> Result<i32, i64> {
         return Ok(0);
     }
     let (v, ret) = report::judge_file(cfg, report::may_write(cfg, &exe, &protected));
-    report::emit(
-        off,
-        task,
-        kind::FILE_UNLINK,
-        source::LSM_INODE_UNLINK,
-        v,
-        |ev| {
-            ev.file = key;
-            ev.exe = exe;
-            ev.protected_id = protected.id;
-            let _ = kernel::dentry_name(off, dentry, &mut ev.name);
-        },
-    );
+    report::emit(off, task, kind::FILE_UNLINK, src, v, |ev| {
+        ev.file = key;
+        ev.exe = exe;
+        ev.protected_id = protected.id;
+        let _ = kernel::dentry_name(off, dentry, &mut ev.name);
+    });
     Ok(ret)
 }

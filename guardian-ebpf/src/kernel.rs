@@ -11,11 +11,21 @@ use guardian_common::{InodeKey, KernelConfig, KernelOffsets};
 
 use crate::maps::CONFIG;
 
-/// The agent's config, once it has been filled in.
+/// The agent's config, once it has been filled in. A hook that finds it
+/// missing cannot judge anything (it has no struct offsets) and says so in
+/// a counter the agent reports; the agent fills the entry before it
+/// attaches anything, and under BPF LSM no other program can reach the map
+/// (see `bpf.rs`), so outside of tampering on a kernel without BPF LSM
+/// this count stays at zero.
 #[inline(always)]
 pub fn config() -> Option<&'static KernelConfig> {
-    let cfg = CONFIG.get(0)?;
-    if cfg.ready == 0 { None } else { Some(cfg) }
+    match CONFIG.get(0) {
+        Some(cfg) if cfg.ready != 0 => Some(cfg),
+        _ => {
+            crate::report::count(guardian_common::Counter::Unconfigured);
+            None
+        }
+    }
 }
 
 #[inline(always)]
@@ -178,4 +188,42 @@ pub fn bprm_filename(off: &KernelOffsets, bprm: u64, out: &mut [u8]) -> Result<u
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(name as *const u8, out) }
         .map(|s| s.len())
         .map_err(|e| e as i64)
+}
+
+/// `dentry->d_parent` (a dentry is its own parent at a filesystem's root).
+#[inline(always)]
+pub fn dentry_parent(off: &KernelOffsets, dentry: u64) -> Result<u64, i64> {
+    read(dentry, off.dentry_d_parent)
+}
+
+/// `path->dentry` of a `struct path *`.
+#[inline(always)]
+pub fn path_dentry(off: &KernelOffsets, path: u64) -> Result<u64, i64> {
+    read(path, off.path_dentry)
+}
+
+/// `file->f_path.dentry`.
+#[inline(always)]
+pub fn file_dentry(off: &KernelOffsets, file: u64) -> Result<u64, i64> {
+    read(file, off.file_f_path + off.path_dentry)
+}
+
+/// `mnt->mnt_root` of a `struct vfsmount *`.
+#[inline(always)]
+pub fn mnt_root(off: &KernelOffsets, mnt: u64) -> Result<u64, i64> {
+    read(mnt, off.vfsmount_mnt_root)
+}
+
+/// Is `task` traced (`task->ptrace & PT_PTRACED`)?
+#[inline(always)]
+pub fn ptraced(off: &KernelOffsets, task: u64) -> Result<bool, i64> {
+    let flags: u32 = read(task, off.task_ptrace)?;
+    Ok(flags & 1 != 0)
+}
+
+/// The name of a BPF object (`bpf_map.name`, `bpf_prog_aux.name`: a
+/// 16-byte array, NUL-padded) at `addr`.
+#[inline(always)]
+pub fn object_name(addr: u64) -> Result<[u8; 16], i64> {
+    read(addr, 0)
 }

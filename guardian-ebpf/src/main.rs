@@ -12,12 +12,15 @@
 //! | `file_write.rs` | `guardian_file_permission` | LSM `file_permission`; write family and `ftruncate` on syscall entry | writes through descriptors opened earlier |
 //! | `file_setattr.rs` | `guardian_inode_setattr` | LSM `inode_setattr` | truncate, chmod, chown of protected files |
 //! | `file_rename.rs` | `guardian_inode_rename` | LSM `inode_rename` | rename onto, away from, or into a protected name |
-//! | `file_unlink.rs` | `guardian_inode_unlink` | LSM `inode_unlink` | unlink of protected files |
+//! | `file_unlink.rs` | `guardian_inode_unlink`, `guardian_inode_rmdir` | LSM `inode_unlink`, `inode_rmdir` | removal of protected files, of names in protected trees, of directories on protected paths |
 //! | `file_link.rs` | `guardian_inode_link` | LSM `inode_link` | hard links to protected files |
-//! | `file_create.rs` | `guardian_inode_create` | LSM `inode_create` | creation of protected names (`/etc/ld.so.preload`) |
+//! | `file_create.rs` | `guardian_inode_create`, `_mkdir`, `_symlink`, `_mknod` | LSM `inode_create`, `inode_mkdir`, `inode_symlink`, `inode_mknod` | new names in protected trees; protected names (`/etc/ld.so.preload`) |
+//! | `mount.rs` | `guardian_sb_mount`, `guardian_move_mount`, `guardian_sb_umount` | LSM `sb_mount`, `move_mount`, `sb_umount` | mounts on, moves of and unmounts under protected paths |
+//! | `bpf.rs` | `guardian_bpf`, `guardian_bpf_map`, `guardian_bpf_prog` | LSM `bpf`, `bpf_map`, `bpf_prog` | guardian's own maps, programs and links, for guardian only |
+//! | `prctl.rs` | `guardian_task_prctl` | LSM `task_prctl` | `PR_SET_MM_EXE_FILE`: borrowing another executable's identity |
 //! | `file_mmap.rs` | `guardian_mmap_file` | LSM `mmap_file`; `mmap` on syscall entry | shared writable maps; libraries outside the service's allowlist |
 //! | `exec.rs` | `guardian_bprm_check`, `guardian_enter_execve(at)`, `guardian_process_exec` | LSM `bprm_check_security`; tracepoints | unexpected exec by the service; `LD_PRELOAD` and friends |
-//! | `ptrace.rs` | `guardian_ptrace` | LSM `ptrace_access_check` | ptrace and `/proc/PID/mem` of the service |
+//! | `ptrace.rs` | `guardian_ptrace`, `guardian_ptrace_traceme` | LSM `ptrace_access_check`, `ptrace_traceme` | ptrace and `/proc/PID/mem` of the service and of guardian |
 //! | `connect.rs` | `guardian_socket_connect` | LSM `socket_connect`; `connect` on syscall entry | egress of the service outside the allowlist |
 //!
 //! Shared pieces: `maps.rs` (every map, names from `guardian_common::maps`),
@@ -25,11 +28,12 @@
 //! in the running kernel's BTF), `report.rs` (events and counters).
 //!
 //! Everything is filtered here, in the kernel: only operations on protected
-//! inodes and names, and rule violations by or against the inference
+//! inodes, trees, paths and names, and rule violations by or against the inference
 //! service, ever reach the ring buffer.
 #![no_std]
 #![no_main]
 
+mod bpf;
 mod connect;
 mod exec;
 mod file_create;
@@ -42,6 +46,8 @@ mod file_unlink;
 mod file_write;
 mod kernel;
 mod maps;
+mod mount;
+mod prctl;
 mod ptrace;
 mod report;
 mod sys_open;

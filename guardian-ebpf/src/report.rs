@@ -49,10 +49,11 @@ pub fn protected(key: &InodeKey) -> Option<ProtectedFile> {
 
 /// May the executable `exe` change the protected file `p`? guardian's own
 /// files only by guardian; every other protected file by the allowlisted
-/// writers.
+/// writers; a directory on a protected path by nobody (the path is what
+/// the service opens, see [`ProtectedFile::PATH`]).
 #[inline(always)]
 pub fn may_write(cfg: &KernelConfig, exe: &InodeKey, p: &ProtectedFile) -> bool {
-    if exe.ino == 0 {
+    if exe.ino == 0 || p.flags & ProtectedFile::PATH != 0 {
         return false;
     }
     if p.flags & ProtectedFile::SELF != 0 {
@@ -60,6 +61,46 @@ pub fn may_write(cfg: &KernelConfig, exe: &InodeKey, p: &ProtectedFile) -> bool 
     }
     // SAFETY: presence check only.
     unsafe { WRITERS.get(exe) }.is_some()
+}
+
+/// The entry of a protected tree's directory, by its inode key, if the
+/// directory is one ([`ProtectedFile::TREE`]): what governs creating,
+/// renaming and removing names in it. The entry returned stands for a
+/// file of that tree (guardian's own or a model's), not for the directory
+/// itself, so the writers of the tree may change it.
+#[inline(always)]
+pub fn tree(dir: &InodeKey) -> Option<ProtectedFile> {
+    let p = protected(dir)?;
+    if p.flags & ProtectedFile::TREE == 0 {
+        return None;
+    }
+    Some(ProtectedFile {
+        id: p.id,
+        flags: p.flags & ProtectedFile::SELF,
+    })
+}
+
+/// What governs a change to the name `dentry`: its inode's own entry when
+/// it is protected (a file, or a directory on a protected path), else the
+/// entry of the protected tree its directory belongs to (a file created
+/// since the agent last filled the table, or a name not yet taken).
+/// Returns the key to report with it.
+#[inline(always)]
+pub fn governing(
+    off: &KernelOffsets,
+    dentry: u64,
+) -> Result<Option<(InodeKey, ProtectedFile)>, i64> {
+    let key = kernel::dentry_key(off, dentry)?;
+    if let Some(k) = key
+        && let Some(p) = protected(&k)
+    {
+        return Ok(Some((k, p)));
+    }
+    let parent = kernel::dentry_parent(off, dentry)?;
+    let Some(dir) = kernel::dentry_key(off, parent)? else {
+        return Ok(None);
+    };
+    Ok(tree(&dir).map(|p| (key.unwrap_or(dir), p)))
 }
 
 /// If the name `dentry` would get in directory `dir` (a `struct inode *`)

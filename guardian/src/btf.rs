@@ -345,6 +345,16 @@ impl Btf {
                 .or_else(|_| self.param_index("security_inode_setattr", "dentry"))
                 .unwrap_or(u32::MAX),
             mm_start_stack: self.field_offset("mm_struct", "start_stack")?,
+            dentry_d_parent: self.field_offset("dentry", "d_parent")?,
+            path_dentry: self.field_offset("path", "dentry")?,
+            vfsmount_mnt_root: self.field_offset("vfsmount", "mnt_root")?,
+            file_private_data: self.field_offset("file", "private_data")?,
+            bpf_map_name: self.field_offset("bpf_map", "name")?,
+            bpf_prog_aux: self.field_offset("bpf_prog", "aux")?,
+            bpf_prog_aux_name: self.field_offset("bpf_prog_aux", "name")?,
+            bpf_link_prog: self.field_offset("bpf_link", "prog")?,
+            task_ptrace: self.field_offset("task_struct", "ptrace")?,
+            file_f_path: self.field_offset("file", "f_path")?,
         })
     }
 }

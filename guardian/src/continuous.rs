@@ -381,10 +381,10 @@ impl Worker {
     }
 
     fn on_event(&mut self, ev: &SecurityEvent) {
-        // Tamper records are about files; process events (exec, ptrace,
-        // connect) are reported, and reach the evidence through the
-        // guard's state and counters.
-        let Some(file) = ev.file.clone().filter(|_| ev.is_file()) else {
+        // Tamper records are about files, their paths and the guard
+        // itself; process events (exec, ptrace, connect) are reported, and
+        // reach the evidence through the guard's state and counters.
+        let Some(file) = ev.tamper_subject() else {
             return;
         };
         if ev.verdict == "deny" || ev.verdict == "alert" {
@@ -416,8 +416,11 @@ impl Worker {
                 }
             }
         }
-        // The write happened: the model may have changed.
-        if ev.verdict == "allow" || ev.verdict == "alert" {
+        // The write happened: the model may have changed (or the name the
+        // service opens now leads elsewhere).
+        if (ev.is_file() || ev.event == "path_changed")
+            && (ev.verdict == "allow" || ev.verdict == "alert")
+        {
             self.pending.insert(PathBuf::from(&file), Instant::now());
         }
     }
@@ -534,6 +537,22 @@ impl Worker {
             self.manifest_changed();
             return;
         }
+        // A directory on the models' path changed: every model below it.
+        let below: Vec<PathBuf> = self
+            .model_paths()
+            .into_iter()
+            .filter(|m| m != path && m.starts_with(path))
+            .collect();
+        if !below.is_empty() {
+            for m in below {
+                self.remeasure_one(&m, cause);
+            }
+            return;
+        }
+        self.remeasure_one(path, cause);
+    }
+
+    fn remeasure_one(&mut self, path: &PathBuf, cause: &str) {
         let Some((loaded, manifest_digest)) = &self.manifest else {
             return;
         };

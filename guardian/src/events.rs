@@ -9,7 +9,7 @@ use std::{
 };
 
 use guardian_common::{
-    Event, EventHeader, InodeKey, NameKey, kind, oflags, preload, source as src,
+    Event, EventHeader, InodeKey, NameKey, ProtectedFile, kind, oflags, preload, source as src,
     verdict as kverdict,
 };
 use serde::{Deserialize, Serialize};
@@ -130,9 +130,29 @@ pub struct PolicyNote {
 }
 
 impl SecurityEvent {
-    /// A file event (the kind guardian keeps tamper records for).
+    /// A file event.
     pub fn is_file(&self) -> bool {
         self.event.starts_with("file_")
+    }
+
+    /// What a tamper record is about, for the events guardian keeps tamper
+    /// records for: changes to protected files and to the paths that lead
+    /// to them, and attempts on the guard itself (its kernel objects, the
+    /// identities it trusts). Process events against the service (exec,
+    /// ptrace, connect) are reported and counted, not recorded.
+    pub fn tamper_subject(&self) -> Option<String> {
+        match self.event.as_str() {
+            e if e.starts_with("file_") || e == "mount" || e == "path_changed" => {
+                self.file.clone().or_else(|| self.name.clone())
+            }
+            "bpf_object" => Some(format!(
+                "guardian's BPF object {}",
+                self.name.as_deref().unwrap_or("?")
+            )),
+            "prctl_exe" => Some("the executable identity of a process".to_owned()),
+            "tables_changed" => Some("guardian's kernel tables".to_owned()),
+            _ => None,
+        }
     }
 }
 
@@ -140,6 +160,9 @@ impl SecurityEvent {
 pub struct Decoder {
     mode: Mode,
     files: Vec<PathBuf>,
+    /// Directories guarded for the files' sake, by
+    /// `id - ProtectedFile::DIR_ID_BASE`.
+    dirs: Vec<PathBuf>,
     names: Vec<(PathBuf, NameKey)>,
     /// Executable paths by inode: the allowed writers, the service, its
     /// allowlist, plus every executable seen through `/proc` (short-lived
@@ -192,6 +215,18 @@ fn hook_name(source: u16) -> &'static str {
         src::CGROUP_CONNECT6 => "cgroup/connect6",
         src::CGROUP_SENDMSG4 => "cgroup/sendmsg4",
         src::CGROUP_SENDMSG6 => "cgroup/sendmsg6",
+        src::LSM_INODE_RMDIR => "lsm/inode_rmdir",
+        src::LSM_INODE_MKDIR => "lsm/inode_mkdir",
+        src::LSM_INODE_SYMLINK => "lsm/inode_symlink",
+        src::LSM_INODE_MKNOD => "lsm/inode_mknod",
+        src::LSM_SB_MOUNT => "lsm/sb_mount",
+        src::LSM_MOVE_MOUNT => "lsm/move_mount",
+        src::LSM_SB_UMOUNT => "lsm/sb_umount",
+        src::LSM_BPF => "lsm/bpf",
+        src::LSM_BPF_MAP => "lsm/bpf_map",
+        src::LSM_BPF_PROG => "lsm/bpf_prog",
+        src::LSM_TASK_PRCTL => "lsm/task_prctl",
+        src::LSM_PTRACE_TRACEME => "lsm/ptrace_traceme",
         _ => "unknown",
     }
 }
@@ -212,6 +247,9 @@ fn kind_name(k: u16) -> Option<&'static str> {
         kind::LIBRARY_LOAD => "library_load",
         kind::PTRACE => "ptrace",
         kind::CONNECT => "connect",
+        kind::MOUNT => "mount",
+        kind::BPF_OBJECT => "bpf_object",
+        kind::PRCTL_EXE => "prctl_exe",
         _ => return None,
     })
 }
@@ -231,6 +269,7 @@ impl Decoder {
         Self {
             mode,
             files: targets.files.iter().map(|(p, _)| p.clone()).collect(),
+            dirs: targets.dirs.iter().map(|(p, _, _)| p.clone()).collect(),
             names: targets.names.clone(),
             exes,
             service: targets.service.iter().map(|(_, k)| *k).collect(),
@@ -291,6 +330,13 @@ impl Decoder {
         let name = cstr(&ev.name);
         let name = (!name.is_empty()).then_some(name);
         match header.kind {
+            kind::FILE_CREATE if ev.protected_id != Event::NOT_PROTECTED => {
+                // A name made in a protected tree: the tree's directory.
+                out.file = Some(self.protected_path(ev.protected_id));
+                out.dev = Some(format!("{}:{}", ev.file.major(), ev.file.minor()));
+                out.ino = Some(ev.file.ino);
+                out.name = name;
+            }
             kind::FILE_CREATE => {
                 out.file = self
                     .names
@@ -298,6 +344,13 @@ impl Decoder {
                     .find(|(_, k)| k.dir == ev.file && k.name == ev.name)
                     .map(|(p, _)| p.display().to_string());
                 out.name = name;
+            }
+            kind::BPF_OBJECT => {
+                out.name = name;
+                out.flags = Some(ev.flags);
+            }
+            kind::PRCTL_EXE => {
+                out.flags = Some(ev.flags);
             }
             kind::EXEC | kind::EXEC_PRELOAD | kind::LIBRARY_LOAD => {
                 out.path = self.exes.get(&ev.file).cloned().or(name);
@@ -331,12 +384,7 @@ impl Decoder {
                         .find(|(_, k)| k.dir == ev.file && k.name == ev.name)
                         .map(|(p, _)| p.display().to_string())
                 } else {
-                    Some(
-                        self.files
-                            .get(ev.protected_id as usize)
-                            .map(|p| p.display().to_string())
-                            .unwrap_or_else(|| format!("<guardian pin #{}>", ev.protected_id)),
-                    )
+                    Some(self.protected_path(ev.protected_id))
                 };
                 out.dev = Some(format!("{}:{}", ev.file.major(), ev.file.minor()));
                 out.ino = Some(ev.file.ino);
@@ -350,6 +398,22 @@ impl Decoder {
             }
         }
         Ok(out)
+    }
+
+    /// The path of a protected file or directory, by the id the kernel
+    /// reports.
+    fn protected_path(&self, id: u32) -> String {
+        if id >= ProtectedFile::DIR_ID_BASE {
+            return self
+                .dirs
+                .get((id - ProtectedFile::DIR_ID_BASE) as usize)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| format!("<guardian pin directory #{id}>"));
+        }
+        self.files
+            .get(id as usize)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("<guardian pin #{id}>"))
     }
 
     fn exe_path(&mut self, pid: u32, exe: &InodeKey) -> Option<String> {

@@ -83,7 +83,7 @@ impl Mode {
 }
 
 /// The hooks, by the names `status`, events and `[guard] require` use.
-pub const HOOKS: [&str; 11] = [
+pub const HOOKS: [&str; 14] = [
     "file_write_open",
     "file_write",
     "file_setattr",
@@ -92,9 +92,12 @@ pub const HOOKS: [&str; 11] = [
     "file_link",
     "file_create",
     "file_mmap",
+    "mount",
     "exec",
     "ptrace",
+    "prctl",
     "connect",
+    "bpf_objects",
 ];
 
 /// Errors starting the guard. Each says which step failed and why.
@@ -224,6 +227,125 @@ pub struct Targets {
     pub rules: u32,
     /// guardian's own executable.
     pub self_exe: InodeKey,
+    /// Directories guarded for the files' sake, with their
+    /// `ProtectedFile` flags: every directory on the path to a protected
+    /// file (`PATH`), every directory inside a protected tree (`TREE`),
+    /// every symlink met on the way to one (`PATH`: it may not be
+    /// replaced). Events name them by `ProtectedFile::DIR_ID_BASE + index`.
+    pub dirs: Vec<(PathBuf, InodeKey, u32)>,
+}
+
+/// Symlinks followed while resolving one path, at most (as the kernel's
+/// `MAXSYMLINKS`).
+const MAX_LINKS: usize = 40;
+
+/// Resolve `path` to an absolute path without symlinks, component by
+/// component, and collect every symlink met on the way (by its own
+/// inode): each is a name the path depends on.
+fn resolve_links(path: &Path) -> Result<(PathBuf, Vec<(PathBuf, InodeKey)>), GuardError> {
+    use std::path::Component;
+    let err = |problem| GuardError::PathKind {
+        what: "protected path",
+        path: path.to_owned(),
+        problem,
+    };
+    let mut links = Vec::new();
+    let mut todo: Vec<std::ffi::OsString> = Vec::new();
+    let abs = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .map_err(io_err("protected path", path))?
+            .join(path)
+    };
+    for c in abs.components().rev() {
+        match c {
+            Component::Normal(n) => todo.push(n.to_owned()),
+            Component::ParentDir => todo.push("..".into()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    let mut at = PathBuf::from("/");
+    while let Some(name) = todo.pop() {
+        if name == ".." {
+            at.pop();
+            continue;
+        }
+        let next = at.join(&name);
+        let meta = std::fs::symlink_metadata(&next).map_err(io_err("protected path", &next))?;
+        if !meta.file_type().is_symlink() {
+            at = next;
+            continue;
+        }
+        if links.len() >= MAX_LINKS {
+            return Err(err("too many levels of symbolic links"));
+        }
+        links.push((next.clone(), inode_key(&meta)));
+        let target = std::fs::read_link(&next).map_err(io_err("protected path", &next))?;
+        if target.is_absolute() {
+            at = PathBuf::from("/");
+        }
+        for c in target.components().rev() {
+            match c {
+                Component::Normal(n) => todo.push(n.to_owned()),
+                Component::ParentDir => todo.push("..".into()),
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            }
+        }
+    }
+    Ok((at, links))
+}
+
+/// Add `flags` to the directory entry of `path` in `dirs` (by inode).
+fn add_dir(
+    dirs: &mut BTreeMap<InodeKey, (PathBuf, u32)>,
+    path: &Path,
+    flags: u32,
+) -> Result<(), GuardError> {
+    let meta = std::fs::symlink_metadata(path).map_err(io_err("protected path", path))?;
+    let e = dirs
+        .entry(inode_key(&meta))
+        .or_insert_with(|| (path.to_owned(), 0));
+    e.1 |= flags;
+    Ok(())
+}
+
+/// Guard the path to `target` (already free of symlinks): every directory
+/// above it but the root, which nothing can rename and whose mounts do
+/// not change what running processes see. `own`: guardian's own path
+/// (only guardian may change it, and only where no model needs it).
+fn add_path(
+    dirs: &mut BTreeMap<InodeKey, (PathBuf, u32)>,
+    target: &Path,
+    own: bool,
+) -> Result<(), GuardError> {
+    let mut at = target.parent();
+    while let Some(dir) = at {
+        if dir.parent().is_none() {
+            break;
+        }
+        let flags = ProtectedFile::PATH | if own { ProtectedFile::SELF } else { 0 };
+        add_dir(dirs, dir, flags)?;
+        at = dir.parent();
+    }
+    Ok(())
+}
+
+/// Settle the flags of directories guarded for several reasons: guardian's
+/// own mark is dropped where a model's path or tree needs the directory
+/// too (the stricter rule wins).
+fn settle_dirs(
+    dirs: BTreeMap<InodeKey, (PathBuf, u32)>,
+    model: &std::collections::BTreeSet<InodeKey>,
+) -> Vec<(PathBuf, InodeKey, u32)> {
+    dirs.into_iter()
+        .map(|(k, (p, mut f))| {
+            if model.contains(&k) {
+                f &= !ProtectedFile::SELF;
+            }
+            (p, k, f)
+        })
+        .collect()
 }
 
 /// The kernel-encoded key of a file's metadata (`st_dev` uses glibc's
@@ -273,10 +395,22 @@ impl Targets {
             return Err(GuardError::NothingProtected);
         }
         let mut seen = BTreeMap::new();
+        let mut dirs = BTreeMap::new();
+        let mut model_dirs = std::collections::BTreeSet::new();
         for p in &cfg.protected {
             let meta = std::fs::metadata(p).map_err(io_err("protected path", p))?;
+            // The name the service opens: every symlink and directory on
+            // it is guarded, so it keeps leading to the measured inodes.
+            let (real, links) = resolve_links(p)?;
+            for (l, k) in links {
+                add_path(&mut dirs, &l, false)?;
+                dirs.entry(k).or_insert((l, 0)).1 |= ProtectedFile::PATH;
+                model_dirs.insert(k);
+            }
+            add_path(&mut dirs, &real, false)?;
             if meta.is_dir() {
-                walk(p, &mut seen)?;
+                add_dir(&mut dirs, &real, ProtectedFile::PATH | ProtectedFile::TREE)?;
+                walk(&real, &mut seen, &mut dirs)?;
             } else if meta.is_file() {
                 seen.entry(inode_key(&meta)).or_insert_with(|| p.clone());
             } else {
@@ -321,6 +455,7 @@ impl Targets {
                 Err(e) => return Err(io_err("protected name", n)(e)),
             }
         }
+        model_dirs.extend(dirs.keys().copied());
         let mut files: Vec<_> = seen.into_iter().map(|(k, p)| (p, k)).collect();
         let own_from = files.len();
         if cfg.protect_self {
@@ -332,9 +467,20 @@ impl Targets {
                     if !files.iter().any(|(_, k)| *k == key) {
                         files.push((p.clone(), key));
                     }
+                    // Its path too: a directory of guardian's renamed away
+                    // and rebuilt would hand the next start another config.
+                    if let Ok((real, links)) = resolve_links(p) {
+                        for (l, k) in links {
+                            add_path(&mut dirs, &l, true)?;
+                            dirs.entry(k).or_insert((l, 0)).1 |=
+                                ProtectedFile::PATH | ProtectedFile::SELF;
+                        }
+                        add_path(&mut dirs, &real, true)?;
+                    }
                 }
             }
         }
+        let dirs = settle_dirs(dirs, &model_dirs);
         if files.len() > MAX_PROTECTED {
             return Err(GuardError::TooMany {
                 count: files.len(),
@@ -354,12 +500,20 @@ impl Targets {
         let self_exe = std::fs::metadata("/proc/self/exe")
             .map(|m| inode_key(&m))
             .unwrap_or_default();
+        if files.len() + dirs.len() > MAX_PROTECTED {
+            return Err(GuardError::TooMany {
+                count: files.len() + dirs.len(),
+                limit: MAX_PROTECTED,
+            });
+        }
         let mut t = Self {
             files,
             own_from,
             writers,
             names,
             self_exe,
+            dirs,
+            rules: rules::GUARD_SELF,
             ..Self::default()
         };
         t.resolve_service(service)?;
@@ -529,7 +683,11 @@ fn walk_following(
     Ok(())
 }
 
-fn walk(dir: &Path, out: &mut BTreeMap<InodeKey, PathBuf>) -> Result<(), GuardError> {
+fn walk(
+    dir: &Path,
+    out: &mut BTreeMap<InodeKey, PathBuf>,
+    dirs: &mut BTreeMap<InodeKey, (PathBuf, u32)>,
+) -> Result<(), GuardError> {
     let err = |source| GuardError::Path {
         what: "protected path",
         path: dir.to_owned(),
@@ -548,7 +706,10 @@ fn walk(dir: &Path, out: &mut BTreeMap<InodeKey, PathBuf>) -> Result<(), GuardEr
             source,
         })?;
         if meta.is_dir() {
-            walk(&path, out)?;
+            dirs.entry(inode_key(&meta))
+                .or_insert_with(|| (path.clone(), 0))
+                .1 |= ProtectedFile::TREE;
+            walk(&path, out, dirs)?;
         } else if meta.is_file() {
             out.entry(inode_key(&meta)).or_insert(path);
         }
@@ -574,8 +735,8 @@ pub struct HookState {
 /// What a hook can attach to.
 struct HookDef {
     name: &'static str,
-    /// LSM program and hook.
-    lsm: Option<(&'static str, &'static str)>,
+    /// LSM programs and their hooks (all or none attach).
+    lsm: &'static [(&'static str, &'static str)],
     /// Detect form: the syscalls (bits of `guardian_common::sys`) the raw
     /// `sys_exit` program watches for this hook.
     syscalls: u32,
@@ -603,10 +764,10 @@ const EXECVE: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-const DEFS: [HookDef; 11] = [
+const DEFS: [HookDef; 14] = [
     HookDef {
         name: "file_write_open",
-        lsm: Some((prog_names::LSM_FILE_OPEN, "file_open")),
+        lsm: &[(prog_names::LSM_FILE_OPEN, "file_open")],
         syscalls: sys::OPENS,
         detect: &[],
         always: &[],
@@ -615,7 +776,7 @@ const DEFS: [HookDef; 11] = [
     },
     HookDef {
         name: "file_write",
-        lsm: Some((prog_names::LSM_FILE_PERMISSION, "file_permission")),
+        lsm: &[(prog_names::LSM_FILE_PERMISSION, "file_permission")],
         syscalls: sys::WRITES,
         detect: &[],
         always: &[],
@@ -624,7 +785,7 @@ const DEFS: [HookDef; 11] = [
     },
     HookDef {
         name: "file_setattr",
-        lsm: Some((prog_names::LSM_INODE_SETATTR, "inode_setattr")),
+        lsm: &[(prog_names::LSM_INODE_SETATTR, "inode_setattr")],
         syscalls: 1 << sys::FTRUNCATE,
         detect: &[],
         always: &[],
@@ -633,7 +794,7 @@ const DEFS: [HookDef; 11] = [
     },
     HookDef {
         name: "file_rename",
-        lsm: Some((prog_names::LSM_INODE_RENAME, "inode_rename")),
+        lsm: &[(prog_names::LSM_INODE_RENAME, "inode_rename")],
         syscalls: 0,
         detect: &[],
         always: &[],
@@ -642,7 +803,10 @@ const DEFS: [HookDef; 11] = [
     },
     HookDef {
         name: "file_unlink",
-        lsm: Some((prog_names::LSM_INODE_UNLINK, "inode_unlink")),
+        lsm: &[
+            (prog_names::LSM_INODE_UNLINK, "inode_unlink"),
+            (prog_names::LSM_INODE_RMDIR, "inode_rmdir"),
+        ],
         syscalls: 0,
         detect: &[],
         always: &[],
@@ -651,7 +815,7 @@ const DEFS: [HookDef; 11] = [
     },
     HookDef {
         name: "file_link",
-        lsm: Some((prog_names::LSM_INODE_LINK, "inode_link")),
+        lsm: &[(prog_names::LSM_INODE_LINK, "inode_link")],
         syscalls: 0,
         detect: &[],
         always: &[],
@@ -660,7 +824,12 @@ const DEFS: [HookDef; 11] = [
     },
     HookDef {
         name: "file_create",
-        lsm: Some((prog_names::LSM_INODE_CREATE, "inode_create")),
+        lsm: &[
+            (prog_names::LSM_INODE_CREATE, "inode_create"),
+            (prog_names::LSM_INODE_MKDIR, "inode_mkdir"),
+            (prog_names::LSM_INODE_SYMLINK, "inode_symlink"),
+            (prog_names::LSM_INODE_MKNOD, "inode_mknod"),
+        ],
         syscalls: 0,
         detect: &[],
         always: &[],
@@ -669,7 +838,7 @@ const DEFS: [HookDef; 11] = [
     },
     HookDef {
         name: "file_mmap",
-        lsm: Some((prog_names::LSM_MMAP_FILE, "mmap_file")),
+        lsm: &[(prog_names::LSM_MMAP_FILE, "mmap_file")],
         syscalls: 1 << sys::MMAP,
         detect: &[],
         always: &[],
@@ -677,8 +846,21 @@ const DEFS: [HookDef; 11] = [
         cgroup: false,
     },
     HookDef {
+        name: "mount",
+        lsm: &[
+            (prog_names::LSM_SB_MOUNT, "sb_mount"),
+            (prog_names::LSM_MOVE_MOUNT, "move_mount"),
+            (prog_names::LSM_SB_UMOUNT, "sb_umount"),
+        ],
+        syscalls: 0,
+        detect: &[],
+        always: &[],
+        service: false,
+        cgroup: false,
+    },
+    HookDef {
         name: "exec",
-        lsm: Some((prog_names::LSM_BPRM_CHECK, "bprm_check_security")),
+        lsm: &[(prog_names::LSM_BPRM_CHECK, "bprm_check_security")],
         syscalls: 0,
         detect: &[(
             prog_names::TP_PROCESS_EXEC,
@@ -691,21 +873,47 @@ const DEFS: [HookDef; 11] = [
     },
     HookDef {
         name: "ptrace",
-        lsm: Some((prog_names::LSM_PTRACE, "ptrace_access_check")),
+        lsm: &[
+            (prog_names::LSM_PTRACE, "ptrace_access_check"),
+            (prog_names::LSM_PTRACE_TRACEME, "ptrace_traceme"),
+        ],
         syscalls: 0,
         detect: &[],
         always: &[],
-        service: true,
+        // Guards guardian's own processes too.
+        service: false,
+        cgroup: false,
+    },
+    HookDef {
+        name: "prctl",
+        lsm: &[(prog_names::LSM_TASK_PRCTL, "task_prctl")],
+        syscalls: 0,
+        detect: &[],
+        always: &[],
+        service: false,
         cgroup: false,
     },
     HookDef {
         name: "connect",
-        lsm: Some((prog_names::LSM_SOCKET_CONNECT, "socket_connect")),
+        lsm: &[(prog_names::LSM_SOCKET_CONNECT, "socket_connect")],
         syscalls: 1 << sys::CONNECT,
         detect: &[],
         always: &[],
         service: true,
         cgroup: true,
+    },
+    HookDef {
+        name: "bpf_objects",
+        lsm: &[
+            (prog_names::LSM_BPF_MAP, "bpf_map"),
+            (prog_names::LSM_BPF_PROG, "bpf_prog"),
+            (prog_names::LSM_BPF, "bpf"),
+        ],
+        syscalls: 0,
+        detect: &[],
+        always: &[],
+        service: false,
+        cgroup: false,
     },
 ];
 
@@ -739,6 +947,10 @@ pub struct Guard {
     hooks: Vec<HookState>,
     pins: Option<PathBuf>,
     adopted: bool,
+    /// What the agent last wrote to its tables.
+    written: Written,
+    /// The config entry as the agent last wrote it.
+    config: KernelConfig,
 }
 
 fn load_error(e: aya::EbpfError) -> GuardError {
@@ -833,7 +1045,7 @@ impl Guard {
                 maps.insert(name, m);
             }
         }
-        fill_tables(&mut maps, targets, &[])?;
+        let written = fill_tables(&mut maps, targets, &[], &[])?;
 
         let mut config = KernelConfig {
             offsets,
@@ -890,54 +1102,71 @@ impl Guard {
             }
             // inode_setattr lost its first argument before Linux 6.3: a
             // program per layout.
-            let lsm = match def.lsm {
-                Some((prog_names::LSM_INODE_SETATTR, hook)) if offsets.setattr_dentry_arg == 0 => {
-                    Some((prog_names::LSM_INODE_SETATTR_OLD, hook))
-                }
-                other => other,
-            };
+            let lsm: Vec<(&'static str, &'static str)> = def
+                .lsm
+                .iter()
+                .map(|&(prog, hook)| {
+                    if prog == prog_names::LSM_INODE_SETATTR && offsets.setattr_dentry_arg == 0 {
+                        (prog_names::LSM_INODE_SETATTR_OLD, hook)
+                    } else {
+                        (prog, hook)
+                    }
+                })
+                .collect();
             if why_not.is_none()
-                && let (Some((prog, hook)), Some(Ok(btf))) = (lsm, btf.as_ref())
+                && !lsm.is_empty()
+                && let Some(Ok(btf)) = btf.as_ref()
             {
-                match attach_lsm(&mut ebpf, prog, hook, btf) {
-                    Ok(link) => {
-                        any_lsm = true;
-                        // What feeds the LSM program: fentry where it loads
-                        // (no syscall tracepoint), else the tracepoints.
-                        let fed = !def.always.is_empty()
-                            && match attach_fentry_execve(&mut ebpf, btf, def.name, &mut links) {
-                                Ok(at) => {
-                                    attached.extend(at);
-                                    true
-                                }
-                                Err(e) => {
-                                    log::warn!(
-                                        "hook {}: fentry on the execve syscalls did not attach ({e}); the sys_enter_execve tracepoints read the environment instead, at a cost on every system call",
-                                        def.name
-                                    );
-                                    false
-                                }
-                            };
-                        if !fed {
-                            attach_tracepoints(
-                                &mut ebpf,
-                                def.always,
-                                def.name,
-                                &mut attached,
-                                &mut links,
-                            )?;
+                // All of a hook's programs or none: a hook half attached
+                // would be reported as enforcing what it does not.
+                let mut got = Vec::new();
+                for (prog, hook) in &lsm {
+                    match attach_lsm(&mut ebpf, prog, hook, btf) {
+                        Ok(link) => got.push((*hook, link)),
+                        Err(e) => {
+                            why_not = Some(e);
+                            break;
                         }
+                    }
+                }
+                if why_not.is_none() {
+                    any_lsm = true;
+                    // What feeds the LSM program: fentry where it loads
+                    // (no syscall tracepoint), else the tracepoints.
+                    let fed = !def.always.is_empty()
+                        && match attach_fentry_execve(&mut ebpf, btf, def.name, &mut links) {
+                            Ok(at) => {
+                                attached.extend(at);
+                                true
+                            }
+                            Err(e) => {
+                                log::warn!(
+                                    "hook {}: fentry on the execve syscalls did not attach ({e}); the sys_enter_execve tracepoints read the environment instead, at a cost on every system call",
+                                    def.name
+                                );
+                                false
+                            }
+                        };
+                    if !fed {
+                        attach_tracepoints(
+                            &mut ebpf,
+                            def.always,
+                            def.name,
+                            &mut attached,
+                            &mut links,
+                        )?;
+                    }
+                    for (hook, link) in got {
                         attached.push(format!("lsm/{hook}"));
                         links.push((format!("{}-lsm-{hook}", def.name), link));
-                        hooks.push(HookState {
-                            hook: def.name.into(),
-                            mechanism: "lsm".into(),
-                            attached,
-                            note: None,
-                        });
-                        continue;
                     }
-                    Err(e) => why_not = Some(e),
+                    hooks.push(HookState {
+                        hook: def.name.into(),
+                        mechanism: "lsm".into(),
+                        attached,
+                        note: None,
+                    });
+                    continue;
                 }
             } else if let Some(Err(e)) = btf.as_ref()
                 && why_not.is_none()
@@ -1089,6 +1318,8 @@ impl Guard {
             hooks,
             pins: None,
             adopted: false,
+            written,
+            config,
         };
         match opts.pin_dir {
             Some(dir) if is_bpffs(dir.parent().unwrap_or(dir)) => {
@@ -1293,12 +1524,15 @@ impl Guard {
             hooks,
             pins: Some(mine.to_owned()),
             adopted: true,
+            written: Written::default(),
+            config,
         };
         // Rules may have changed with the config.
         let mut cfg = config;
         cfg.rules = targets.rules;
         cfg.self_exe = targets.self_exe;
         set_config(&mut g.maps, cfg)?;
+        g.config = cfg;
         g.refresh(targets)?;
         log::info!("adopted the pinned guard in {}", mine.display());
         Ok(g)
@@ -1320,7 +1554,24 @@ impl Guard {
                 }
             }
         }
-        fill_tables(&mut self.maps, targets, &pins)?;
+        // The pin directories are guardian's: only guardian makes or
+        // removes pins in them, and the path down to them stays (an
+        // unmounted or renamed bpffs would take the pins out of sight).
+        let mut pin_dirs = Vec::new();
+        if let Some(dir) = &self.pins {
+            let mut dirs = BTreeMap::new();
+            for sub in ["maps", "links"] {
+                let _ = add_dir(
+                    &mut dirs,
+                    &dir.join(sub),
+                    ProtectedFile::TREE | ProtectedFile::SELF,
+                );
+            }
+            let _ = add_dir(&mut dirs, dir, ProtectedFile::PATH | ProtectedFile::SELF);
+            let _ = add_path(&mut dirs, dir, true);
+            pin_dirs = dirs.into_iter().map(|(k, (p, f))| (p, k, f)).collect();
+        }
+        self.written = fill_tables(&mut self.maps, targets, &pins, &pin_dirs)?;
         // The process rules may have changed with the tables.
         let m = self
             .maps
@@ -1334,7 +1585,63 @@ impl Guard {
             cfg.self_exe = targets.self_exe;
             set_config(&mut self.maps, cfg)?;
         }
+        self.config = cfg;
         Ok(())
+    }
+
+    /// Compare the kernel's tables with what the agent wrote, put back
+    /// what differs, and name each difference. Under BPF LSM no other
+    /// program can reach the maps (the `bpf_objects` hook), so a
+    /// difference there means that hook failed; without it, this is how a
+    /// root shell editing the pinned maps (adding itself as a writer,
+    /// clearing the config) is found.
+    pub fn check_tables(&mut self, targets: &Targets) -> Result<Vec<String>, GuardError> {
+        let mut out = Vec::new();
+        let w = &self.written;
+        diff_hash(
+            &self.maps,
+            map_names::PROTECTED_FILES,
+            &w.protected,
+            &mut out,
+        )?;
+        diff_hash(&self.maps, map_names::ALLOWED_WRITERS, &w.writers, &mut out)?;
+        diff_hash(&self.maps, map_names::SERVICE_EXES, &w.service, &mut out)?;
+        diff_hash(&self.maps, map_names::ALLOWED_EXEC, &w.exec, &mut out)?;
+        diff_hash(&self.maps, map_names::PROTECTED_NAMES, &w.names, &mut out)?;
+        let m = self
+            .maps
+            .get(map_names::CONFIG)
+            .ok_or_else(|| missing_map(map_names::CONFIG))?;
+        let arr: Array<&MapData, KernelConfig> =
+            Array::try_from(m).map_err(map_err(map_names::CONFIG))?;
+        let cfg = arr.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
+        if cfg != self.config {
+            out.push(if cfg.ready == 0 {
+                format!(
+                    "{}: the config entry was cleared (every hook would allow)",
+                    map_names::CONFIG
+                )
+            } else {
+                format!(
+                    "{}: mode {} rules {:#x} where guardian wrote mode {} rules {:#x}{}",
+                    map_names::CONFIG,
+                    cfg.mode,
+                    cfg.rules,
+                    self.config.mode,
+                    self.config.rules,
+                    if cfg.self_exe != self.config.self_exe || cfg.offsets != self.config.offsets {
+                        ", and its identity or offsets changed"
+                    } else {
+                        ""
+                    }
+                )
+            });
+            set_config(&mut self.maps, self.config)?;
+        }
+        if !out.is_empty() {
+            self.refresh(targets)?;
+        }
+        Ok(out)
     }
 
     /// Record that the fanotify rung denies write-opens of protected files
@@ -1571,12 +1878,25 @@ fn indexed<K: Copy>(entries: &[(PathBuf, K)]) -> Vec<(K, u32)> {
         .collect()
 }
 
-/// Write every table from `targets`; `pins` are added as guardian's own.
+/// What the agent last wrote to the tables it owns: what the kernel's
+/// copies must still hold when [`Guard::check_tables`] looks.
+#[derive(Clone, Debug, Default)]
+struct Written {
+    protected: Vec<(InodeKey, ProtectedFile)>,
+    writers: Vec<(InodeKey, u32)>,
+    service: Vec<(InodeKey, u32)>,
+    exec: Vec<(InodeKey, u32)>,
+    names: Vec<(NameKey, u32)>,
+}
+
+/// Write every table from `targets`; `pins` are added as guardian's own
+/// files, `pin_dirs` as guardian's own directories.
 fn fill_tables(
     maps: &mut std::collections::HashMap<&'static str, Map>,
     targets: &Targets,
     pins: &[(PathBuf, InodeKey)],
-) -> Result<(), GuardError> {
+    pin_dirs: &[(PathBuf, InodeKey, u32)],
+) -> Result<Written, GuardError> {
     let mut files: Vec<(InodeKey, ProtectedFile)> = targets
         .files
         .iter()
@@ -1606,13 +1926,80 @@ fn fill_tables(
             },
         )
     }));
-    sync_hash(maps, map_names::PROTECTED_FILES, &files)?;
-    sync_hash(maps, map_names::ALLOWED_WRITERS, &indexed(&targets.writers))?;
-    sync_hash(maps, map_names::SERVICE_EXES, &indexed(&targets.service))?;
-    sync_hash(maps, map_names::ALLOWED_EXEC, &indexed(&targets.exec))?;
-    sync_hash(maps, map_names::PROTECTED_NAMES, &indexed(&targets.names))?;
+    // Directories after files: a file's own entry wins over a directory
+    // entry for the same inode (there is none: one is a file, the other
+    // a directory or symlink).
+    let mut seen: std::collections::HashSet<InodeKey> = files.iter().map(|(k, _)| *k).collect();
+    let all_dirs = targets.dirs.iter().chain(pin_dirs);
+    for (i, (_, key, flags)) in all_dirs.enumerate() {
+        if seen.insert(*key) {
+            files.push((
+                *key,
+                ProtectedFile {
+                    id: ProtectedFile::DIR_ID_BASE + i as u32,
+                    flags: *flags,
+                },
+            ));
+        }
+    }
+    if files.len() > MAX_PROTECTED {
+        return Err(GuardError::TooMany {
+            count: files.len(),
+            limit: MAX_PROTECTED,
+        });
+    }
+    let w = Written {
+        protected: files,
+        writers: indexed(&targets.writers),
+        service: indexed(&targets.service),
+        exec: indexed(&targets.exec),
+        names: indexed(&targets.names),
+    };
+    sync_hash(maps, map_names::PROTECTED_FILES, &w.protected)?;
+    sync_hash(maps, map_names::ALLOWED_WRITERS, &w.writers)?;
+    sync_hash(maps, map_names::SERVICE_EXES, &w.service)?;
+    sync_hash(maps, map_names::ALLOWED_EXEC, &w.exec)?;
+    sync_hash(maps, map_names::PROTECTED_NAMES, &w.names)?;
     sync_lpm(maps, map_names::EGRESS_V4, &targets.egress4)?;
     sync_lpm(maps, map_names::EGRESS_V6, &targets.egress6)?;
+    Ok(w)
+}
+
+/// Compare a hash map with what was written: every difference, named.
+fn diff_hash<K, V>(
+    maps: &std::collections::HashMap<&'static str, Map>,
+    name: &'static str,
+    want: &[(K, V)],
+    out: &mut Vec<String>,
+) -> Result<(), GuardError>
+where
+    K: aya::Pod + Eq + std::hash::Hash + std::fmt::Debug,
+    V: aya::Pod + PartialEq + std::fmt::Debug,
+{
+    let m = maps.get(name).ok_or_else(|| missing_map(name))?;
+    let h: HashMap<&MapData, K, V> = HashMap::try_from(m).map_err(map_err(name))?;
+    let want_map: std::collections::HashMap<&K, &V> = want.iter().map(|(k, v)| (k, v)).collect();
+    let mut found = 0usize;
+    for item in h.iter() {
+        let (k, v) = item.map_err(map_err(name))?;
+        found += 1;
+        match want_map.get(&k) {
+            None => out.push(format!("{name}: entry {k:?} added behind guardian's back")),
+            Some(w) if **w != v => {
+                out.push(format!("{name}: entry {k:?} changed from {w:?} to {v:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    if found < want.len() {
+        for (k, _) in want {
+            if h.get(k, 0).is_err() {
+                out.push(format!(
+                    "{name}: entry {k:?} removed behind guardian's back"
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -2004,7 +2391,8 @@ mod tests {
         let t = Targets::resolve(&cfg, &svc, &[]).unwrap();
         assert_eq!(
             t.rules,
-            rules::NO_PTRACE
+            rules::GUARD_SELF
+                | rules::NO_PTRACE
                 | rules::NO_PRELOAD
                 | rules::EXEC_ALLOWLIST
                 | rules::LIBRARY_ALLOWLIST
@@ -2101,7 +2489,11 @@ mod tests {
         assert_eq!(t.own_from, 2, "{:?}", t.files);
         assert_eq!(t.files.len(), 3);
         assert_eq!(t.files[2].0, own[0]);
-        assert_eq!(t.rules, 0, "no [service]: no process rules");
+        assert_eq!(
+            t.rules,
+            rules::GUARD_SELF,
+            "no [service]: no process rules but guardian's own"
+        );
         let names: Vec<_> = t
             .files
             .iter()

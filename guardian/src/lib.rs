@@ -18,6 +18,7 @@
 //! | [`events`] | decoding kernel records into JSON-line security events |
 //! | [`fanotify`] | the userspace-deny rung: fanotify permission events where BPF LSM cannot attach |
 //! | [`watch`] | the notification rung: fanotify reports changes to protected files where no kernel program watches them |
+//! | [`pathcheck`] | the names the service opens still lead to the guarded inodes and mounts (after the fact, on the status timer) |
 //! | [`status`] | the state `guardian status` shows |
 //! | [`measure`] | the boot step: measure the manifest's models into a TPM PCR |
 //! | [`manifest`] | the signed model manifest, and why PCR 14 |
@@ -51,6 +52,7 @@ pub mod hashing;
 pub mod kernel;
 pub mod manifest;
 pub mod measure;
+pub mod pathcheck;
 pub mod policy;
 pub mod rules;
 pub mod signing;
@@ -113,6 +115,11 @@ struct AgentCounters {
     undecodable: u64,
     killed: u64,
     kill_failures: u64,
+    /// Differences found between the kernel's tables and what guardian
+    /// wrote (each one put back).
+    tables_tampered: u64,
+    /// Guarded names found leading elsewhere by the path check.
+    path_changes: u64,
 }
 
 /// Run the daemon until `shutdown` completes.
@@ -283,6 +290,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             config.policy.dir.display()
         );
     }
+    // Where the guarded names lead now: what the path check compares with.
+    let mut paths = pathcheck::PathCheck::new(&targets);
     pstate.fingerprint = dir_fingerprint(&config.policy.dir);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(RunError::Events)?;
@@ -299,6 +308,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut counters = AgentCounters::default();
     let started = status::now();
     let mut last_drops = 0u64;
+    let mut last_unconfigured = 0u64;
     let mut publish = |guard: &Guard,
                        targets: &Targets,
                        counters: &AgentCounters,
@@ -317,6 +327,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             fanotify: fanotify.as_ref().map(fanotify::FanotifyGuard::stats),
             watch: watcher.as_ref().map(watch::Watcher::stats),
         });
+        // A hook that found no config could judge nothing: evidence too.
+        let unconfigured = st
+            .counters
+            .get("unconfigured_hook_calls")
+            .copied()
+            .unwrap_or(0);
+        if unconfigured > last_unconfigured {
+            log::error!(
+                "{unconfigured} hook call(s) found guardian's config entry missing: they allowed without judging"
+            );
+            attestor.send(continuous::Message::Guard {
+                action: "tables",
+                mode: guard.mode().as_str().to_owned(),
+                detail: format!("{unconfigured} hook call(s) found the config entry missing"),
+            });
+            last_unconfigured = unconfigured;
+        }
         // Lost events are part of the evidence too.
         let drops = st.counters.get("ringbuf_drops").copied().unwrap_or(0);
         if drops > last_drops {
@@ -382,12 +409,45 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }, if reloading.is_some() => {
                 reloading = None;
                 match done {
-                    Ok(result) => pstate.apply(result, &config, &mut guard, &mut targets, &mut decoder),
+                    Ok(result) => {
+                        pstate.apply(result, &config, &mut guard, &mut targets, &mut decoder);
+                        // The policies may guard more paths: report what
+                        // changed so far, then watch the new set.
+                        for ev in paths.check() {
+                            counters.path_changes += u64::from(ev.verdict == "alert");
+                            handle_event(ev, &mut sink, &mut counters, &attestor, config.guard.response, &engine);
+                        }
+                        count_written(&mut counters, sink.flush());
+                        paths = pathcheck::PathCheck::new(&targets);
+                    }
                     Err(e) => log::error!("policies: the reload task failed: {e}"),
                 }
                 publish(&guard, &targets, &counters, &pstate)?;
             }
             _ = tick.tick() => {
+                // The names still lead where they did?
+                for ev in paths.check() {
+                    counters.path_changes += u64::from(ev.verdict == "alert");
+                    log::error!("{}: {}", ev.file.as_deref().unwrap_or("?"), ev.name.as_deref().unwrap_or(""));
+                    handle_event(ev, &mut sink, &mut counters, &attestor, config.guard.response, &engine);
+                    count_written(&mut counters, sink.flush());
+                }
+                // The kernel's tables still hold what guardian wrote?
+                match guard.check_tables(&targets) {
+                    Ok(diffs) if !diffs.is_empty() => {
+                        counters.tables_tampered += diffs.len() as u64;
+                        for d in &diffs {
+                            log::error!("guard tables changed behind guardian's back, put back: {d}");
+                        }
+                        attestor.send(continuous::Message::Guard {
+                            action: "tables",
+                            mode: guard.mode().as_str().to_owned(),
+                            detail: diffs.join("; "),
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::warn!("cannot check the guard's tables: {e}"),
+                }
                 // A change in the policy directory is a reload too.
                 let fp = dir_fingerprint(&config.policy.dir);
                 if fp != pstate.fingerprint && reloading.is_none() {
@@ -794,6 +854,8 @@ fn snapshot(parts: &Parts<'_>) -> Status {
     counters.insert("events_written".into(), agent.written);
     counters.insert("event_write_errors".into(), agent.write_errors);
     counters.insert("events_undecodable".into(), agent.undecodable);
+    counters.insert("tables_tampered".into(), agent.tables_tampered);
+    counters.insert("path_changes".into(), agent.path_changes);
     if let Some(f) = fanotify {
         for (name, v) in [
             ("fanotify_decisions", f.decisions),

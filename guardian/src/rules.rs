@@ -113,7 +113,7 @@ mod tests {
         let none = targets(&config, &StaticRules::default()).unwrap();
         assert_eq!(none.files.len(), 1);
         assert!(none.writers.is_empty());
-        assert_eq!(none.rules, 0);
+        assert_eq!(none.rules, guardian_common::rules::GUARD_SELF);
 
         let rules = StaticRules {
             protected: vec![format!("{}", dir.path().join("extra.bin").display())],

@@ -507,7 +507,7 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>, state: Option<&mut DeviceS
                         ),
                         finding(r, "guard"),
                     ),
-                    "drops" | "stalled" => fail(
+                    "drops" | "stalled" | "tables" => fail(
                         &mut v,
                         "guard",
                         format!("record {}: {}", r.seq, r.event.describe()),

@@ -132,7 +132,9 @@ pub struct GuardEvent {
     /// `stop` (the agent ended; pinned programs stay), `unload` (the
     /// programs were removed: nothing enforces), `gap` (the agent found
     /// that a previous guard ended without a record), `drops` (events
-    /// lost), `stalled` (the attestor could not record in time).
+    /// lost), `stalled` (the attestor could not record in time), `tables`
+    /// (the kernel's tables were found changed behind guardian's back, and
+    /// put back).
     pub action: String,
     /// `enforce` or `detect`, or empty when nothing runs.
     pub mode: String,
