@@ -124,6 +124,21 @@ scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-bo
     exec-unlisted exec-unlisted-event library-load library-load-event
     ptrace-attach ptrace-attach-event ptrace-target connect-denied connect-denied-event connect-allowed
     self-config self-config-event self-pins self-pins-event self-pins-kept
+    rename-model-dir rename-model-dir-event rename-parent-dir rename-parent-dir-event
+    rmdir-model-dir rmdir-model-dir-event create-in-tree create-in-tree-event
+    mkdir-in-tree mkdir-in-tree-event symlink-in-tree symlink-in-tree-event
+    mount-over-dir mount-over-dir-event mount-over-parent mount-over-parent-event
+    bind-over-model bind-over-model-event ns-mount-over-dir ns-mount-over-dir-event
+    tree-move-over-dir tree-move-over-dir-event umount-under-model umount-under-model-event
+    umount-lazy-under-model umount-lazy-under-model-event self-bind-allowed path-unchanged
+    predictions-after-path-attacks
+    prctl-exe prctl-exe-event service-traceme service-traceme-event
+    traced-exec-of-service traced-exec-of-service-event ptrace-guardian ptrace-guardian-event
+    preload-guardian preload-guardian-event env-overflow env-overflow-event
+    bpf-map-pin bpf-map-pin-event bpf-maps-by-id bpf-maps-by-id-event
+    bpf-link-detach bpf-link-detach-event bpffs-umount bpffs-umount-event
+    still-enforcing still-enforcing-event guard-intact
+    detect-move-mount detect-move-mount-in-evidence move-mount-back
     kill9-still-denied restart-adopts events-kept-while-down model-unchanged
     policy-before-swap policy-before-swap-event policy-swap-loaded policy-swap-allows-writer
     policy-swap-event policy-in-evidence

@@ -47,6 +47,10 @@ pub mod maps {
     /// LRU hash `pid_tgid -> u32`: an `execve` in flight whose environment
     /// sets a loader variable (`LD_PRELOAD`, ...); value: which one.
     pub const PENDING_PRELOAD: &str = "GUARDIAN_PENDING_PRELOAD";
+    /// LRU hash `pid_tgid -> u64`: the `envp` of an `execve` in flight
+    /// whose environment could not be read without faulting; the exec
+    /// check reads it again where it may fault.
+    pub const PENDING_ENVP: &str = "GUARDIAN_PENDING_ENVP";
 }
 
 /// Names of the eBPF programs in the object.

@@ -28,7 +28,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_copy_from_user, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         bpf_probe_read_user_str_bytes,
     },
     macros::{fentry, lsm, tracepoint},
@@ -38,7 +38,7 @@ use guardian_common::{Counter, KernelConfig, forms, kind, preload, rules, source
 
 use crate::{
     kernel,
-    maps::{EXEC, PENDING_PRELOAD},
+    maps::{EXEC, PENDING_ENVP, PENDING_PRELOAD},
     report,
 };
 
@@ -114,6 +114,9 @@ fn scan_env(envp: u64) {
     let exe = kernel::exe_key(&cfg.offsets, kernel::current_task()).unwrap_or_default();
     if report::is_service(&exe) {
         found |= BY_SERVICE;
+    }
+    if found & 0xff == preload::UNREAD && PENDING_ENVP.insert(id, envp, 0).is_err() {
+        report::count(Counter::PendingDrops);
     }
     if found == 0 {
         let _ = PENDING_PRELOAD.remove(id);
@@ -207,7 +210,69 @@ pub fn guardian_fentry_execveat(ctx: FEntryContext) -> i32 {
     fentry_env(&ctx, 3)
 }
 
-#[lsm(hook = "bprm_check_security")]
+/// Up to 8 bytes as the low bytes of a little-endian word.
+#[inline(always)]
+const fn word(b: &[u8]) -> u64 {
+    let mut w = 0u64;
+    let mut i = 0;
+    while i < b.len() && i < 8 {
+        w |= (b[i] as u64) << (8 * i);
+        i += 1;
+    }
+    w
+}
+
+/// The environment at `envp` read again with `bpf_copy_from_user`, which
+/// may fault pages in (sleepable programs only): what [`loader_var`] could
+/// not read without faulting. Each entry's first 16 bytes are read (enough
+/// for the longest prefix looked for); an entry shorter than that at the
+/// very end of a mapping cannot be read so, and still counts as unread.
+#[inline(always)]
+fn loader_var_faulting(envp: u64) -> u32 {
+    for i in 0..MAX_ENV {
+        let mut ptr = 0u64;
+        // SAFETY: copies 8 bytes of user memory into `ptr`, faulting in
+        // what is needed; fails cleanly on an unmapped address.
+        let rc = unsafe {
+            bpf_copy_from_user(
+                (&mut ptr as *mut u64).cast(),
+                8,
+                (envp + 8 * i as u64) as *const core::ffi::c_void,
+            )
+        };
+        if rc != 0 {
+            return preload::UNREAD;
+        }
+        if ptr == 0 {
+            return 0;
+        }
+        // Two little-endian words, compared whole: a handful of
+        // instructions per entry, where byte loops would make the verifier
+        // walk every branch of every iteration.
+        let mut w = [0u64; 2];
+        // SAFETY: as above, into `w`.
+        let rc = unsafe {
+            bpf_copy_from_user(w.as_mut_ptr().cast(), 16, ptr as *const core::ffi::c_void)
+        };
+        if rc != 0 {
+            return preload::UNREAD;
+        }
+        if w[0] == u64::from_le_bytes(*b"LD_PRELO") && w[1] & 0xff_ffff == word(b"AD=") {
+            return preload::LD_PRELOAD;
+        }
+        if w[0] == u64::from_le_bytes(*b"LD_LIBRA") && w[1] == u64::from_le_bytes(*b"RY_PATH=") {
+            return preload::LD_LIBRARY_PATH;
+        }
+        if w[0] == u64::from_le_bytes(*b"LD_AUDIT") && w[1] & 0xff == word(b"=") {
+            return preload::LD_AUDIT;
+        }
+    }
+    preload::UNREAD
+}
+
+/// Sleepable: an environment the syscall-entry program could not read
+/// without faulting is read again here, where faults are allowed.
+#[lsm(hook = "bprm_check_security", sleepable)]
 pub fn guardian_bprm_check(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(1);
     if previous != 0 {
@@ -235,11 +300,16 @@ fn try_bprm_check(cfg: &KernelConfig, bprm: u64) -> Result<i32, i64> {
     let of_service = report::is_service(&target);
     let of_guardian =
         cfg.rules & rules::GUARD_SELF != 0 && target.ino != 0 && target == cfg.self_exe;
+    let id = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out at once.
-    let var = unsafe { PENDING_PRELOAD.get(bpf_get_current_pid_tgid()) }
-        .copied()
-        .unwrap_or(0)
-        & 0xff;
+    let mut var = unsafe { PENDING_PRELOAD.get(id) }.copied().unwrap_or(0) & 0xff;
+    if var == preload::UNREAD && (of_service || of_guardian || by_service) {
+        // SAFETY: copied out at once.
+        if let Some(envp) = unsafe { PENDING_ENVP.get(id) }.copied() {
+            var = loader_var_faulting(envp);
+        }
+        let _ = PENDING_ENVP.remove(id);
+    }
     // A process already traced (PTRACE_TRACEME, or attached before the
     // exec) would carry its tracer into the service or guardian.
     let traced_into = (of_guardian || (cfg.rules & rules::NO_PTRACE != 0 && of_service))

@@ -54,13 +54,14 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i64> {
         Some(p) => p,
         // A file the table does not know yet, in a protected tree (made
         // since the agent last filled it): the tree's rule applies.
-        None => match report::governing(off, kernel::file_dentry(off, file)?)? {
-            Some((k, p)) => {
-                key = k;
-                p
+        None => {
+            let g = report::governing(off, kernel::file_dentry(off, file)?)?;
+            if !g.found {
+                return Ok(0);
             }
-            None => return Ok(0),
-        },
+            key = g.key;
+            g.entry
+        }
     };
     let task = kernel::current_task();
     let exe = kernel::exe_key(off, task)?;

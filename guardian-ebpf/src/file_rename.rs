@@ -32,18 +32,22 @@ fn try_rename(old_dentry: u64, new_dir: u64, new_dentry: u64) -> Result<i32, i64
     // a protected path, a name in a protected tree), else the name
     // replaced or created (the same, in the target directory), else a
     // protected name created by the rename.
-    let mut found = report::governing(off, old_dentry)?;
-    if found.is_none() {
-        found = report::governing(off, new_dentry)?;
+    let mut g = report::governing(off, old_dentry)?;
+    if !g.found {
+        g = report::governing(off, new_dentry)?;
     }
-    if found.is_none()
+    if !g.found
         && let Ok(dir) = kernel::inode_key(off, new_dir)
         && let Some(p) = report::tree(&dir)
     {
-        found = Some((dir, p));
+        g = report::Governed {
+            key: dir,
+            entry: p,
+            found: true,
+        };
     }
     let mut name = None;
-    if found.is_none() {
+    if !g.found {
         name = report::protected_name(off, new_dir, new_dentry)?;
         if name.is_none() {
             return Ok(0);
@@ -53,19 +57,15 @@ fn try_rename(old_dentry: u64, new_dir: u64, new_dentry: u64) -> Result<i32, i64
     let exe = kernel::exe_key(off, task)?;
     // A protected name may be created by nobody; a protected file changed
     // only by its writers; a directory on a protected path by nobody.
-    let allowed = match &found {
-        Some((_, p)) => report::may_write(cfg, &exe, p),
-        None => false,
-    };
-    if let Some((_, p)) = &found
-        && report::own_write(cfg, &exe, p)
-    {
+    let allowed = g.found && report::may_write(cfg, &exe, &g.entry);
+    if g.found && report::own_write(cfg, &exe, &g.entry) {
         return Ok(0);
     }
     let (v, ret) = report::judge_file(cfg, allowed);
-    let (key, id) = match &found {
-        Some((k, p)) => (*k, p.id),
-        None => (InodeKey::default(), Event::NOT_PROTECTED),
+    let (key, id) = if g.found {
+        (g.key, g.entry.id)
+    } else {
+        (InodeKey::default(), Event::NOT_PROTECTED)
     };
     report::emit(
         off,

@@ -45,9 +45,11 @@ fn try_setattr(dentry: u64, attr: u64) -> Result<i32, i64> {
         return Ok(0);
     };
     let off = &cfg.offsets;
-    let Some((key, protected)) = report::governing(off, dentry)? else {
+    let g = report::governing(off, dentry)?;
+    if !g.found {
         return Ok(0);
-    };
+    }
+    let (key, protected) = (g.key, g.entry);
     let valid = kernel::iattr_valid(off, attr)?;
     let task = kernel::current_task();
     let exe = kernel::exe_key(off, task)?;

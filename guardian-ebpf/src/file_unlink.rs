@@ -34,9 +34,11 @@ fn try_unlink(dentry: u64, src: u16) -> Result<i32, i64> {
         return Ok(0);
     };
     let off = &cfg.offsets;
-    let Some((key, protected)) = report::governing(off, dentry)? else {
+    let g = report::governing(off, dentry)?;
+    if !g.found {
         return Ok(0);
-    };
+    }
+    let (key, protected) = (g.key, g.entry);
     let task = kernel::current_task();
     let exe = kernel::exe_key(off, task)?;
     if report::own_write(cfg, &exe, &protected) {

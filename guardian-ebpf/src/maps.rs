@@ -51,6 +51,11 @@ pub static EGRESS6: LpmTrie<[u8; 16], EgressRule> = LpmTrie::with_max_entries(10
 #[map(name = "GUARDIAN_PENDING_PRELOAD")]
 pub static PENDING_PRELOAD: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 
+/// `envp` of an `execve` in flight whose environment was not fully
+/// readable, by pid_tgid.
+#[map(name = "GUARDIAN_PENDING_ENVP")]
+pub static PENDING_ENVP: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
 /// Open files already reported, by `struct file *` (see
 /// `guardian_common::maps::REPORTED_FILES`).
 #[map(name = "GUARDIAN_REPORTED")]
@@ -71,6 +76,7 @@ const _: () = {
     assert!(eq(m::EGRESS_V4, "GUARDIAN_EGRESS4"));
     assert!(eq(m::EGRESS_V6, "GUARDIAN_EGRESS6"));
     assert!(eq(m::PENDING_PRELOAD, "GUARDIAN_PENDING_PRELOAD"));
+    assert!(eq(m::PENDING_ENVP, "GUARDIAN_PENDING_ENVP"));
     assert!(eq(m::REPORTED_FILES, "GUARDIAN_REPORTED"));
 };
 

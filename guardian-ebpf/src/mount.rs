@@ -70,6 +70,7 @@ pub fn guardian_sb_mount(ctx: LsmContext) -> i32 {
         kernel::path_dentry(&cfg.offsets, path)
             .and_then(|d| judge(cfg, d, source::LSM_SB_MOUNT, flags as u32)),
     )
+    // (The event names the mount point; `flags` tells a bind or a move.)
 }
 
 #[lsm(hook = "move_mount")]
@@ -141,8 +142,10 @@ fn self_bind(dev_name: *const u8, path: *mut aya_ebpf::bindings::path) -> bool {
     if len + 1 != n as usize || len >= at.len() {
         return false;
     }
+    // Only the first `n` bytes: `d_path` builds the string at the end of
+    // the buffer and the helper moves it to the front, leaving the tail.
     let mut i = 0;
-    while i < at.len() {
+    while i < at.len() && i < len {
         if at[i] != from[i] {
             return false;
         }
@@ -157,9 +160,11 @@ fn self_bind(dev_name: *const u8, path: *mut aya_ebpf::bindings::path) -> bool {
 #[inline(always)]
 fn judge(cfg: &KernelConfig, dentry: u64, src: u16, flags: u32) -> Result<i32, i64> {
     let off = &cfg.offsets;
-    let Some((key, protected)) = report::governing(off, dentry)? else {
+    let g = report::governing(off, dentry)?;
+    if !g.found {
         return Ok(0);
-    };
+    }
+    let (key, protected) = (g.key, g.entry);
     let task = kernel::current_task();
     let exe = kernel::exe_key(off, task)?;
     let (v, ret) = report::judge_file(cfg, false);

@@ -49,12 +49,16 @@ pub fn protected(key: &InodeKey) -> Option<ProtectedFile> {
 
 /// May the executable `exe` change the protected file `p`? guardian's own
 /// files only by guardian; every other protected file by the allowlisted
-/// writers; a directory on a protected path by nobody (the path is what
-/// the service opens, see [`ProtectedFile::PATH`]).
+/// writers; a directory on a protected path by nobody but, on guardian's
+/// own paths, guardian (the path is what the service opens, see
+/// [`ProtectedFile::PATH`]).
 #[inline(always)]
 pub fn may_write(cfg: &KernelConfig, exe: &InodeKey, p: &ProtectedFile) -> bool {
-    if exe.ino == 0 || p.flags & ProtectedFile::PATH != 0 {
+    if exe.ino == 0 {
         return false;
+    }
+    if p.flags & ProtectedFile::PATH != 0 {
+        return p.flags & ProtectedFile::SELF != 0 && *exe == cfg.self_exe;
     }
     if p.flags & ProtectedFile::SELF != 0 {
         return *exe == cfg.self_exe;
@@ -80,27 +84,49 @@ pub fn tree(dir: &InodeKey) -> Option<ProtectedFile> {
     })
 }
 
+/// What governs a change to a name: the key to report and the entry that
+/// decides. `found` is false when nothing does. (A plain struct rather than
+/// an `Option`: moving a `None` may copy its uninitialised payload, which
+/// the verifier refuses to read.)
+#[derive(Clone, Copy, Default)]
+pub struct Governed {
+    /// The inode to report.
+    pub key: InodeKey,
+    /// The entry that decides.
+    pub entry: ProtectedFile,
+    /// Whether anything governs the name at all.
+    pub found: bool,
+}
+
 /// What governs a change to the name `dentry`: its inode's own entry when
 /// it is protected (a file, or a directory on a protected path), else the
 /// entry of the protected tree its directory belongs to (a file created
 /// since the agent last filled the table, or a name not yet taken).
-/// Returns the key to report with it.
 #[inline(always)]
-pub fn governing(
-    off: &KernelOffsets,
-    dentry: u64,
-) -> Result<Option<(InodeKey, ProtectedFile)>, i64> {
+pub fn governing(off: &KernelOffsets, dentry: u64) -> Result<Governed, i64> {
+    let mut g = Governed::default();
     let key = kernel::dentry_key(off, dentry)?;
-    if let Some(k) = key
-        && let Some(p) = protected(&k)
-    {
-        return Ok(Some((k, p)));
+    if let Some(k) = key {
+        g.key = k;
+        // SAFETY: the value is copied out before the map can change.
+        if let Some(p) = unsafe { PROTECTED.get(k) } {
+            g.entry = *p;
+            g.found = true;
+            return Ok(g);
+        }
     }
     let parent = kernel::dentry_parent(off, dentry)?;
     let Some(dir) = kernel::dentry_key(off, parent)? else {
-        return Ok(None);
+        return Ok(g);
     };
-    Ok(tree(&dir).map(|p| (key.unwrap_or(dir), p)))
+    if let Some(t) = tree(&dir) {
+        if key.is_none() {
+            g.key = dir;
+        }
+        g.entry = t;
+        g.found = true;
+    }
+    Ok(g)
 }
 
 /// If the name `dentry` would get in directory `dir` (a `struct inode *`)

@@ -918,7 +918,7 @@ const DEFS: [HookDef; 14] = [
 ];
 
 /// Every map the agent reads or writes, by name.
-const MAP_NAMES: [&str; 12] = [
+const MAP_NAMES: [&str; 13] = [
     map_names::PROTECTED_FILES,
     map_names::ALLOWED_WRITERS,
     map_names::CONFIG,
@@ -930,6 +930,7 @@ const MAP_NAMES: [&str; 12] = [
     map_names::EGRESS_V4,
     map_names::EGRESS_V6,
     map_names::PENDING_PRELOAD,
+    map_names::PENDING_ENVP,
     map_names::REPORTED_FILES,
 ];
 
@@ -2049,7 +2050,17 @@ fn attach_lsm(
         let text = chain(&e);
         // The verifier's log is long; its last lines say why.
         let (head, log) = text.split_once("Verifier output:").unwrap_or((&text, ""));
-        let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        // (Its last lines are statistics; the reason comes before them.)
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                let l = l.trim();
+                !l.is_empty()
+                    && !l.starts_with("verification time")
+                    && !l.starts_with("stack depth")
+                    && !l.starts_with("processed ")
+            })
+            .collect();
         let why = tail[tail.len().saturating_sub(3)..].join(" / ");
         let hint = if text.contains("os error 524") || text.contains("Invalid argument") {
             " (kernels without BPF trampolines refuse LSM programs; arm64 needs Linux >= 6.4)"

@@ -171,6 +171,12 @@ fi
 # will be checked again for them.
 exec 7>>"$MODEL" 8<>"$MODEL"
 ip link set lo up 2>/dev/null
+# A model on a filesystem of its own, mounted before guardian starts: the
+# mount it lies on is part of its path.
+mkdir -p /srv /mnt
+mount -t tmpfs srv /srv
+mkdir -p /srv/models
+echo "extra weights" >/srv/models/extra.bin
 say "starting guardian: protecting /opt/models, allowed writer $UPDATER"
 start_agent
 sed 's/^/demo: agent: /' /run/guardian/agent.log
@@ -200,6 +206,8 @@ else
     pg="not started"
 fi
 say "  predictions: $pg"
+[ -s /tmp/infer.err ] && say "  service stderr: $(head -c 400 /tmp/infer.err)" \
+    && say "  events: $(grep -v '"verdict":"allow"' "$EVENTS" | tail -n 2)"
 [ "$pg" = "$expected" ]
 check guarded-predictions $? "expected [$expected] got [$pg]"
 cdigest="$(digest "$CLASSIFIER")"
@@ -401,6 +409,85 @@ attack self-pins file_unlink rm -f "$pin"
 [ -e "$pin" ]
 check self-pins-kept $? "$pin"
 
+# --- around the file: the names, the mounts, the guard's own objects -----------
+# The service opens its model by name: every directory on the way, and what
+# is mounted there, is guarded too, in every mount namespace.
+after="$(digest "$MODEL")"
+echo "forged weights" >/tmp/evil.onnx
+say "the attacker goes after the model's path instead of the file"
+attack rename-model-dir file_rename guardian-attack rename /opt/models /opt/models.old
+attack rename-parent-dir file_rename guardian-attack rename /opt /opt.old
+attack rmdir-model-dir file_unlink rmdir /opt/models
+attack create-in-tree file_create guardian-attack create /opt/models/extra.onnx
+attack mkdir-in-tree file_create mkdir /opt/models/sub
+attack symlink-in-tree file_create ln -s /tmp/evil.onnx /opt/models/evil.onnx
+attack mount-over-dir mount guardian-attack mount-tmpfs /opt/models
+attack mount-over-parent mount guardian-attack mount-tmpfs /opt
+attack bind-over-model mount guardian-attack bind /tmp/evil.onnx "$MODEL"
+attack ns-mount-over-dir mount guardian-attack ns-mount-tmpfs /opt/models
+attack tree-move-over-dir mount guardian-attack tree-move /tmp /opt/models
+attack umount-under-model mount guardian-attack umount /srv
+attack umount-lazy-under-model mount guardian-attack umount /srv lazy
+# What systemd's ProtectSystem= does in a service's namespace: a directory
+# bound onto itself changes no name, and is let through.
+spawn guardian-attack ns-self-bind /opt
+[ "$rc" -eq 0 ]
+check self-bind-allowed $? "$(cat /tmp/out) $(events_of "$pid" | head -n 1 | cut -c1-300)"
+[ "$(digest "$MODEL")" = "$after" ] && [ -f /srv/models/extra.bin ] \
+    && [ "$(ls /opt/models | tr '\n' ' ')" = "classifier.onnx model.onnx " ]
+check path-unchanged $? "/opt/models holds: $(ls /opt/models | tr '\n' ' ')"
+pp="$(predict "$CLASSIFIER")"
+[ "$pp" = "$expected" ]
+check predictions-after-path-attacks $? "expected [$expected] got [$pp]"
+
+say "the attacker borrows identities"
+attack prctl-exe prctl_exe guardian-attack prctl-exe /opt/updater/busybox
+attack service-traceme ptrace guardian-attack traceme
+attack traced-exec-of-service ptrace /usr/sbin/model-updater traceme-exec "$INFER" --help
+attack ptrace-guardian ptrace /usr/sbin/model-updater ptrace "$agent"
+attack preload-guardian exec_preload env LD_PRELOAD=/tmp/evil.so guardian status
+# A loader variable placed past what the kernel program reads: an
+# environment not read to its end counts as one.
+bigenv="$(i=0; while [ "$i" -lt 300 ]; do printf 'FILLER_%d=x ' "$i"; i=$((i + 1)); done)"
+# shellcheck disable=SC2086
+attack env-overflow exec_preload env $bigenv LD_PRELOAD=/tmp/evil.so guardian-attack sleep 0
+
+say "the attacker goes after guardian's own kernel objects (root, bpf(2))"
+cfgpin="$(ls -d /sys/fs/bpf/guardian/*/maps/GUARDIAN_CONFIG | head -n 1)"
+attack bpf-map-pin bpf_object guardian-attack bpf-obj-get "$cfgpin"
+attack bpf-maps-by-id bpf_object guardian-attack bpf-maps-by-id
+link="$(ls -d /sys/fs/bpf/guardian/*/links/* | head -n 1)"
+attack bpf-link-detach bpf_object guardian-attack bpf-link-detach "$link"
+attack bpffs-umount mount guardian-attack umount /sys/fs/bpf lazy
+attack still-enforcing file_write_open sh -c ": >> $MODEL"
+grep -q '"mode": "enforce"' /run/guardian/status.json && grep -qE '"tables_tampered": 0,?$' /run/guardian/status.json
+check guard-intact $? "$(grep -E '"(tables_tampered|unconfigured_hook_calls)"' /run/guardian/status.json | tr -d ' \n')"
+
+# Detected, not denied: mount(2)'s MS_MOVE names the mount it moves by a
+# string the hook cannot resolve. The agent's path check finds the name
+# leading elsewhere, reports it and records it in the evidence.
+spawn guardian-attack move-mount /srv /mnt
+n=0
+until grep '"event":"path_changed"' "$EVENTS" 2>/dev/null | grep -q '"file":"/srv'; do
+    [ "$n" -ge 50 ] && break
+    sleep 0.1
+    n=$((n + 1))
+done
+grep '"event":"path_changed"' "$EVENTS" | grep -q '"file":"/srv'
+check detect-move-mount $? "exit $rc; $(grep '"event":"path_changed"' "$EVENTS" | head -n 1 | cut -c1-200)"
+n=0
+until grep '"kind":"tamper"' /run/guardian/measurements.log | grep -q 'path_changed'; do
+    [ "$n" -ge 50 ] && break
+    sleep 0.1
+    n=$((n + 1))
+done
+grep '"kind":"tamper"' /run/guardian/measurements.log | grep -q 'path_changed'
+check detect-move-mount-in-evidence $? "$(grep -c '"kind":"tamper"' /run/guardian/measurements.log) tamper record(s)"
+# (Moved back, so the model is where the rest of the test expects it.)
+guardian-attack move-mount /mnt /srv >/dev/null 2>&1
+[ -f /srv/models/extra.bin ]
+check move-mount-back $? "$(ls /srv/models 2>&1)"
+
 # --- enforcement survives the agent ------------------------------------------
 say "kill -9 guardian: the kernel keeps enforcing"
 kill -9 "$agent"
@@ -417,6 +504,7 @@ say "restarting guardian: it adopts the pinned programs instead of loading twice
 start_agent
 grep -q '"adopted": true' /run/guardian/status.json && [ "$(ls /sys/fs/bpf/guardian | wc -l)" -eq 1 ]
 check restart-adopts $? "$(guardian status | grep '^pinned')"
+[ -s /run/guardian/status.json ] || tail -n 5 /run/guardian/agent.log | sed 's/^/demo: agent: /' 
 # The denial made while no agent ran waited in the pinned ring buffer.
 wait_event "$down_pid" deny file_write_open
 check events-kept-while-down $? "$(events_of "$down_pid" | head -n 1)"

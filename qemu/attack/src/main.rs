@@ -27,7 +27,20 @@ fn usage() -> ExitCode {
   exec PATH [ARGS...]      execv(2)
   ptrace PID               ptrace(PTRACE_ATTACH, PID)
   connect ADDR PORT        TCP connect to ADDR:PORT (IPv4 or IPv6)
-  sleep SECONDS            sleep (a process to attack)"
+  sleep SECONDS            sleep (a process to attack)
+  mount-tmpfs DIR          mount(2) a tmpfs on DIR
+  bind FROM TO             mount(2) FROM on TO with MS_BIND
+  move-mount FROM TO       mount(2) with MS_MOVE (the old API)
+  tree-move FROM TO        open_tree(2) a clone of FROM, move_mount(2) it onto TO
+  umount DIR [lazy]        umount2(2) DIR (MNT_DETACH with lazy)
+  ns-mount-tmpfs DIR       unshare(2) a mount namespace, then mount a tmpfs on DIR
+  ns-self-bind DIR         unshare(2) a mount namespace, then bind DIR onto itself
+  bpf-obj-get PIN          BPF_OBJ_GET on a pinned map or program
+  bpf-maps-by-id           BPF_MAP_GET_FD_BY_ID on every map: fails if any refused
+  bpf-link-detach PIN      BPF_OBJ_GET on a pinned link, then BPF_LINK_DETACH
+  prctl-exe PATH           prctl(PR_SET_MM, PR_SET_MM_EXE_FILE) to PATH
+  traceme                  ptrace(PTRACE_TRACEME)
+  traceme-exec PATH [ARGS] ptrace(PTRACE_TRACEME), then execv(2)"
     );
     ExitCode::from(2)
 }
@@ -49,6 +62,56 @@ fn report(rc: i64) -> ExitCode {
         println!("ok");
         ExitCode::SUCCESS
     }
+}
+
+/// `bpf(2)` with an attribute buffer.
+fn bpf(cmd: i64, attr: &mut [u64; 16]) -> i64 {
+    // SAFETY: attr is a zeroed 128-byte `union bpf_attr` that outlives
+    // the call; the size passed is its size.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) }
+}
+
+const BPF_OBJ_GET: i64 = 7;
+const BPF_MAP_GET_NEXT_ID: i64 = 12;
+const BPF_MAP_GET_FD_BY_ID: i64 = 14;
+const BPF_LINK_DETACH: i64 = 34;
+
+fn obj_get(pin: &str) -> i64 {
+    let path = c(pin);
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    bpf(BPF_OBJ_GET, &mut attr)
+}
+
+/// mount(2); `src`/`fstype` may be empty.
+fn mount(src: &str, dst: &str, fstype: &str, flags: u64) -> i64 {
+    let (s, d, t) = (c(src), c(dst), c(fstype));
+    // SAFETY: NUL-terminated strings that outlive the call.
+    unsafe {
+        libc::mount(
+            if src.is_empty() {
+                std::ptr::null()
+            } else {
+                s.as_ptr()
+            },
+            d.as_ptr(),
+            if fstype.is_empty() {
+                std::ptr::null()
+            } else {
+                t.as_ptr()
+            },
+            flags,
+            std::ptr::null(),
+        )
+    }
+    .into()
+}
+
+/// A private mount namespace (its mounts do not propagate back).
+fn private_ns() -> bool {
+    // SAFETY: a plain system call.
+    let unshared = unsafe { libc::unshare(libc::CLONE_NEWNS) } == 0;
+    unshared && mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE) == 0
 }
 
 fn main() -> ExitCode {
@@ -186,6 +249,130 @@ fn main() -> ExitCode {
         ["sleep", secs] => {
             std::thread::sleep(std::time::Duration::from_secs(secs.parse().unwrap_or(30)));
             ExitCode::SUCCESS
+        }
+        ["mount-tmpfs", dir] => report(mount("tmpfs", dir, "tmpfs", 0)),
+        ["bind", from, to] => report(mount(from, to, "", libc::MS_BIND)),
+        ["move-mount", from, to] => report(mount(from, to, "", libc::MS_MOVE)),
+        ["tree-move", from, to] => {
+            // open_tree(2) and move_mount(2): 428 and 429 on every
+            // architecture (the unified syscall table).
+            let f = c(from);
+            // SAFETY: NUL-terminated path; flags OPEN_TREE_CLONE (1) | O_CLOEXEC.
+            let fd = unsafe { libc::syscall(428, libc::AT_FDCWD, f.as_ptr(), 1 | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return report(-1);
+            }
+            let (empty, t) = (c(""), c(to));
+            // SAFETY: as above; MOVE_MOUNT_F_EMPTY_PATH (4).
+            report(unsafe { libc::syscall(429, fd, empty.as_ptr(), libc::AT_FDCWD, t.as_ptr(), 4) })
+        }
+        ["umount", dir, rest @ ..] => {
+            let flags = if rest.first() == Some(&"lazy") {
+                libc::MNT_DETACH
+            } else {
+                0
+            };
+            report(unsafe { libc::umount2(c(dir).as_ptr(), flags) }.into())
+        }
+        ["ns-mount-tmpfs", dir] => {
+            if !private_ns() {
+                return report(-1);
+            }
+            report(mount("tmpfs", dir, "tmpfs", 0))
+        }
+        ["ns-self-bind", dir] => {
+            if !private_ns() {
+                return report(-1);
+            }
+            report(mount(dir, dir, "", libc::MS_BIND | libc::MS_REC))
+        }
+        ["bpf-obj-get", pin] => report(obj_get(pin)),
+        ["bpf-maps-by-id"] => {
+            // Every map the kernel has: any it refuses is a refusal.
+            let (mut id, mut refused, mut reached) = (0u64, 0, 0);
+            loop {
+                let mut attr = [0u64; 16];
+                attr[0] = id;
+                if bpf(BPF_MAP_GET_NEXT_ID, &mut attr) < 0 {
+                    break;
+                }
+                id = attr[0] >> 32;
+                let mut attr = [0u64; 16];
+                attr[0] = id;
+                let fd = bpf(BPF_MAP_GET_FD_BY_ID, &mut attr);
+                if fd < 0 {
+                    refused += 1;
+                } else {
+                    reached += 1;
+                    unsafe { libc::close(fd as i32) };
+                }
+            }
+            if refused > 0 {
+                println!(
+                    "error: {} ({refused} map(s) refused, {reached} reached)",
+                    std::io::Error::from_raw_os_error(libc::EPERM)
+                );
+                ExitCode::FAILURE
+            } else {
+                println!("ok ({reached} map(s) reached)");
+                ExitCode::SUCCESS
+            }
+        }
+        ["bpf-link-detach", pin] => {
+            let fd = obj_get(pin);
+            if fd < 0 {
+                return report(-1);
+            }
+            let mut attr = [0u64; 16];
+            attr[0] = fd as u64;
+            report(bpf(BPF_LINK_DETACH, &mut attr))
+        }
+        ["prctl-exe", p] => {
+            let f = unsafe { libc::open(c(p).as_ptr(), libc::O_RDONLY) };
+            if f < 0 {
+                return report(-1);
+            }
+            report(
+                unsafe {
+                    libc::prctl(
+                        libc::PR_SET_MM,
+                        libc::PR_SET_MM_EXE_FILE as libc::c_ulong,
+                        f as libc::c_ulong,
+                        0 as libc::c_ulong,
+                        0 as libc::c_ulong,
+                    )
+                }
+                .into(),
+            )
+        }
+        ["traceme"] => report(unsafe {
+            libc::ptrace(
+                libc::PTRACE_TRACEME,
+                0,
+                std::ptr::null_mut::<libc::c_void>(),
+                std::ptr::null_mut::<libc::c_void>(),
+            )
+        }),
+        ["traceme-exec", path, rest @ ..] => {
+            let rc = unsafe {
+                libc::ptrace(
+                    libc::PTRACE_TRACEME,
+                    0,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    std::ptr::null_mut::<libc::c_void>(),
+                )
+            };
+            if rc < 0 {
+                return report(-1);
+            }
+            let argv: Vec<CString> = std::iter::once(*path)
+                .chain(rest.iter().copied())
+                .map(c)
+                .collect();
+            let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+            ptrs.push(std::ptr::null());
+            unsafe { libc::execv(c(path).as_ptr(), ptrs.as_ptr()) };
+            report(-1)
         }
         _ => usage(),
     }
