@@ -1199,3 +1199,107 @@ fn auto_mode_denies_write_opens_through_fanotify() {
         .unwrap();
     assert!(out.status.success());
 }
+
+/// A root shell that cannot be stopped from reaching guardian's pinned maps
+/// (no BPF LSM here: the `bpf_objects` hook does not load) edits them: adds
+/// itself as an allowed writer, then clears the config entry so every hook
+/// would allow. The agent's table check finds each edit on its timer, puts
+/// back what it wrote, counts it and says so.
+#[test]
+fn edits_to_the_pinned_tables_are_found_and_undone() {
+    use aya::maps::{Array, HashMap, Map, MapData};
+    use guardian_common::{InodeKey, KernelConfig, maps as names};
+
+    let _k = exclusive();
+    let scene = Scene::new("detect", &[]);
+    let agent = Agent::start(&scene);
+    let pins: Vec<_> = std::fs::read_dir(scene.pin_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(pins.len(), 1, "{pins:?}");
+    let maps = pins[0].join("maps");
+
+    // 1. A writer that guardian never wrote.
+    let forged = guardian::guard::inode_key(&std::fs::metadata("/bin/sh").unwrap());
+    {
+        let data = MapData::from_pin(maps.join(names::ALLOWED_WRITERS)).unwrap();
+        let mut writers: HashMap<MapData, InodeKey, u32> =
+            HashMap::try_from(Map::HashMap(data)).unwrap();
+        writers.insert(forged, 7, 0).unwrap();
+    }
+    wait_for(10, "the forged writer to be found", || {
+        (counter(&scene, "tables_tampered") >= 1).then_some(())
+    });
+    let data = MapData::from_pin(maps.join(names::ALLOWED_WRITERS)).unwrap();
+    let writers: HashMap<MapData, InodeKey, u32> = HashMap::try_from(Map::HashMap(data)).unwrap();
+    assert!(
+        writers.get(&forged, 0).is_err(),
+        "the forged writer is still in the table"
+    );
+
+    // 2. The config entry cleared: every hook would allow.
+    let before = counter(&scene, "tables_tampered");
+    {
+        let data = MapData::from_pin(maps.join(names::CONFIG)).unwrap();
+        let mut cfg: Array<MapData, KernelConfig> = Array::try_from(Map::Array(data)).unwrap();
+        cfg.set(0, KernelConfig::default(), 0).unwrap();
+    }
+    wait_for(10, "the cleared config to be found", || {
+        (counter(&scene, "tables_tampered") > before).then_some(())
+    });
+    let data = MapData::from_pin(maps.join(names::CONFIG)).unwrap();
+    let cfg: Array<MapData, KernelConfig> = Array::try_from(Map::Array(data)).unwrap();
+    let now = cfg.get(&0, 0).unwrap();
+    assert_eq!(now.ready, 1, "the config entry was not put back");
+    assert_ne!(now.offsets.file_f_inode, 0, "offsets not restored");
+    let log = agent.stop();
+    assert!(
+        log.contains("guard tables changed behind guardian's back"),
+        "{log}"
+    );
+    assert!(log.contains("GUARDIAN_WRITERS"), "{log}");
+    assert!(log.contains("the config entry was cleared"), "{log}");
+}
+
+/// The model's directory renamed away and replaced by a forged one (no
+/// BPF LSM here to refuse it): the path check reports the name leading
+/// elsewhere, as an alert naming the directory, and counts it.
+#[test]
+fn a_replaced_model_directory_is_reported_by_the_path_check() {
+    let _k = exclusive();
+    let scene = Scene::new("detect", &[]);
+    let models = scene.path("models");
+    std::fs::create_dir(&models).unwrap();
+    std::fs::write(models.join("m.onnx"), b"weights\n").unwrap();
+    let cfg = std::fs::read_to_string(scene.config()).unwrap();
+    let cfg = cfg.replacen(
+        &format!("protected = [{:?}]", scene.model().display().to_string()),
+        &format!("protected = [{:?}]", models.display().to_string()),
+        1,
+    );
+    std::fs::write(scene.config(), cfg).unwrap();
+    let agent = Agent::start(&scene);
+    assert_eq!(counter(&scene, "path_changes"), 0);
+
+    std::fs::rename(&models, scene.path("models.old")).unwrap();
+    std::fs::create_dir(&models).unwrap();
+    std::fs::write(models.join("m.onnx"), b"forged\n").unwrap();
+    let ev = wait_for(10, "the path_changed event", || {
+        scene
+            .events()
+            .into_iter()
+            .find(|e| e["event"] == "path_changed" && e["file"] == models.display().to_string())
+    });
+    assert_eq!(ev["verdict"], "alert", "{ev:#}");
+    assert_eq!(ev["hook"], "agent/path-check", "{ev:#}");
+    assert!(
+        ev["name"].as_str().unwrap().contains("now leads to inode"),
+        "{ev:#}"
+    );
+    wait_for(5, "the counter", || {
+        (counter(&scene, "path_changes") >= 1).then_some(())
+    });
+    agent.stop();
+}
