@@ -418,7 +418,7 @@ impl Worker {
         }
         // The write happened: the model may have changed (or the name the
         // service opens now leads elsewhere).
-        if (ev.is_file() || ev.event == "path_changed")
+        if (ev.is_file() || ev.event == "path_changed" || ev.event == "preexisting_writer")
             && (ev.verdict == "allow" || ev.verdict == "alert")
         {
             self.pending.insert(PathBuf::from(&file), Instant::now());

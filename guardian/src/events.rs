@@ -142,7 +142,11 @@ impl SecurityEvent {
     /// ptrace, connect) are reported and counted, not recorded.
     pub fn tamper_subject(&self) -> Option<String> {
         match self.event.as_str() {
-            e if e.starts_with("file_") || e == "mount" || e == "path_changed" => {
+            e if e.starts_with("file_")
+                || e == "mount"
+                || e == "path_changed"
+                || e == "preexisting_writer" =>
+            {
                 self.file.clone().or_else(|| self.name.clone())
             }
             "bpf_object" => Some(format!(

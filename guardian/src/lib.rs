@@ -18,6 +18,7 @@
 //! | [`events`] | decoding kernel records into JSON-line security events |
 //! | [`fanotify`] | the userspace-deny rung: fanotify permission events where BPF LSM cannot attach |
 //! | [`watch`] | the notification rung: fanotify reports changes to protected files where no kernel program watches them |
+//! | [`prescan`] | writers that were there before the guard: writable descriptors and shared writable mappings of protected files, found in `/proc` at start |
 //! | [`pathcheck`] | the names the service opens still lead to the guarded inodes and mounts (after the fact, on the status timer) |
 //! | [`status`] | the state `guardian status` shows |
 //! | [`measure`] | the boot step: measure the manifest's models into a TPM PCR |
@@ -54,6 +55,7 @@ pub mod manifest;
 pub mod measure;
 pub mod pathcheck;
 pub mod policy;
+pub mod prescan;
 pub mod rules;
 pub mod signing;
 pub mod status;
@@ -120,6 +122,8 @@ struct AgentCounters {
     tables_tampered: u64,
     /// Guarded names found leading elsewhere by the path check.
     path_changes: u64,
+    /// Writers of protected files found holding them at start.
+    prewriters: u64,
 }
 
 /// Run the daemon until `shutdown` completes.
@@ -292,6 +296,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     // Where the guarded names lead now: what the path check compares with.
     let mut paths = pathcheck::PathCheck::new(&targets);
+    // Writers from before the guard: no hook judged their opens or maps.
+    let mut prewriters = Vec::new();
+    let proc = Path::new("/proc");
+    for found in prescan::search(proc, &targets, std::process::id()) {
+        log::error!(
+            "pid {} already holds {} on {}: opened before the guard started",
+            found.pid,
+            found.what,
+            found.file.display()
+        );
+        prewriters.push(found.event(proc));
+    }
     pstate.fingerprint = dir_fingerprint(&config.policy.dir);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(RunError::Events)?;
@@ -305,7 +321,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| RunError::Events(e.into()))?;
 
-    let mut counters = AgentCounters::default();
+    // (Writers found at start are reported before readiness: the first
+    // status counts them.)
+    let mut counters = AgentCounters {
+        prewriters: prewriters.len() as u64,
+        ..AgentCounters::default()
+    };
+    for ev in prewriters {
+        handle_event(
+            ev,
+            &mut sink,
+            &mut counters,
+            &attestor,
+            config.guard.response,
+            &engine,
+        );
+    }
+    count_written(&mut counters, sink.flush());
     let started = status::now();
     let mut last_drops = 0u64;
     let mut last_unconfigured = 0u64;
@@ -856,6 +888,7 @@ fn snapshot(parts: &Parts<'_>) -> Status {
     counters.insert("events_undecodable".into(), agent.undecodable);
     counters.insert("tables_tampered".into(), agent.tables_tampered);
     counters.insert("path_changes".into(), agent.path_changes);
+    counters.insert("preexisting_writers".into(), agent.prewriters);
     if let Some(f) = fanotify {
         for (name, v) in [
             ("fanotify_decisions", f.decisions),

@@ -177,6 +177,10 @@ mkdir -p /srv /mnt
 mount -t tmpfs srv /srv
 mkdir -p /srv/models
 echo "extra weights" >/srv/models/extra.bin
+# ... and one maps the model shared and writable, and waits.
+guardian-attack mmap-hold "$MODEL" 600 >/dev/null 2>&1 &
+holder=$!
+sleep 0.2
 say "starting guardian: protecting /opt/models, allowed writer $UPDATER"
 start_agent
 sed 's/^/demo: agent: /' /run/guardian/agent.log
@@ -193,6 +197,14 @@ grep -q 'fentry/__arm64_sys_execve' /run/guardian/status.json \
     && ! grep -q 'sys_enter\|sys_exit' /run/guardian/status.json
 check no-syscall-tracepoint $? "$(grep -o '"[a-z_]*/[a-z0-9_/]*execve[a-z]*"' /run/guardian/status.json | tr '\n' ' ')"
 
+# The writers from before the guard are found at start, reported, and in
+# the evidence (no hook judged their opens or maps).
+pre="$(grep '"event":"preexisting_writer"' "$EVENTS")"
+echo "$pre" | grep '"pid":1,' | grep -q 'open for writing' \
+    && echo "$pre" | grep "\"pid\":$holder," | grep -q 'shared writable mapping' \
+    && grep -qE '"preexisting_writers": [2-9]' /run/guardian/status.json
+check preexisting-writers $? "$(echo "$pre" | grep -o '"pid":[0-9]*,.*"name":"[^"]*"' | sed 's/"tid.*"file"/ "file"/' | tr '\n' ';' | cut -c1-300)"
+kill "$holder" 2>/dev/null
 before="$(digest "$MODEL")"
 say "model $MODEL sha256 $before"
 

@@ -40,7 +40,8 @@ fn usage() -> ExitCode {
   bpf-link-detach PIN      BPF_OBJ_GET on a pinned link, then BPF_LINK_DETACH
   prctl-exe PATH           prctl(PR_SET_MM, PR_SET_MM_EXE_FILE) to PATH
   traceme                  ptrace(PTRACE_TRACEME)
-  traceme-exec PATH [ARGS] ptrace(PTRACE_TRACEME), then execv(2)"
+  traceme-exec PATH [ARGS] ptrace(PTRACE_TRACEME), then execv(2)
+  mmap-hold PATH SECONDS   map PATH shared and writable, then sleep (writes nothing)"
     );
     ExitCode::from(2)
 }
@@ -345,6 +346,26 @@ fn main() -> ExitCode {
                 .into(),
             )
         }
+        ["mmap-hold", p, secs] => unsafe {
+            let f = libc::open(c(p).as_ptr(), libc::O_RDWR);
+            if f < 0 {
+                return report(-1);
+            }
+            let m = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f,
+                0,
+            );
+            if m == libc::MAP_FAILED {
+                return report(-1);
+            }
+            println!("ok");
+            std::thread::sleep(std::time::Duration::from_secs(secs.parse().unwrap_or(60)));
+            ExitCode::SUCCESS
+        },
         ["traceme"] => report(unsafe {
             libc::ptrace(
                 libc::PTRACE_TRACEME,
