@@ -89,6 +89,11 @@ head -c 4096 < <(yes 'weights v1') >"$out/files/model.onnx"
 # pipeline might: openssl, Ed25519, a key that exists only for this run.
 openssl genpkey -algorithm ed25519 -out "$out/files/vendor.pem" 2>/dev/null
 openssl pkey -in "$out/files/vendor.pem" -pubout -out "$out/files/vendor.pub"
+# The operator's key: only its tokens may switch the guest's guard off.
+# (Its private half goes into the guest too, at /opt/operator, standing in
+# for the operator's own machine.)
+openssl genpkey -algorithm ed25519 -out "$out/files/operator.pem" 2>/dev/null
+openssl pkey -in "$out/files/operator.pem" -pubout -out "$out/files/operator.pub"
 cat >"$out/files/manifest.toml" <<EOF
 version = 1
 pcr = 14
@@ -142,7 +147,7 @@ scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-bo
     kill9-still-denied restart-adopts events-kept-while-down model-unchanged
     policy-before-swap policy-before-swap-event policy-swap-loaded policy-swap-allows-writer
     policy-swap-event policy-in-evidence
-    stop-unload detect-rung-status detect-write-open detect-preopened-fd-write detect-ftruncate
+    reconfigure-refused unload-needs-token unload-other-boot stop-unload detect-rung-status detect-write-open detect-preopened-fd-write detect-ftruncate
     detect-connect detect-chmod detect-link)
 # A fresh nonce for the guest's quote, verified on the host afterwards.
 nonce="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -161,6 +166,8 @@ log "initramfs"
     "$out/files/manifest.toml:/etc/guardian/manifest.toml" \
     "$out/files/manifest.toml.sig:/etc/guardian/manifest.toml.sig" \
     "$out/files/vendor.pub:/etc/guardian/vendor.pub" \
+    "$out/files/operator.pub:/etc/guardian/operator.pub" \
+    "$out/files/operator.pem:/opt/operator/operator.pem" \
     "$cache/busybox-arm64/bin/busybox:/opt/updater/busybox" \
     "$attack_bin:/usr/bin/guardian-attack" \
     "$attack_bin:/usr/sbin/model-updater" \

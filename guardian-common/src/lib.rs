@@ -51,6 +51,10 @@ pub mod maps {
     /// whose environment could not be read without faulting; the exec
     /// check reads it again where it may fault.
     pub const PENDING_ENVP: &str = "GUARDIAN_PENDING_ENVP";
+    /// Array of `[u8; 32]`: what the guard was loaded with (a digest of the
+    /// agent's effective config, flags, the operator keys that may unload
+    /// it). Read and written by the agent only; no program uses it.
+    pub const AUTH: &str = "GUARDIAN_AUTH";
 }
 
 /// Names of the eBPF programs in the object.

@@ -56,6 +56,11 @@ pub static PENDING_PRELOAD: LruHashMap<u64, u32> = LruHashMap::with_max_entries(
 #[map(name = "GUARDIAN_PENDING_ENVP")]
 pub static PENDING_ENVP: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
+/// What the guard was loaded with (see `guardian_common::maps::AUTH`):
+/// kept in the kernel, where only guardian's executable can reach it.
+#[map(name = "GUARDIAN_AUTH")]
+pub static AUTH: Array<[u8; 32]> = Array::with_max_entries(10, 0);
+
 /// Open files already reported, by `struct file *` (see
 /// `guardian_common::maps::REPORTED_FILES`).
 #[map(name = "GUARDIAN_REPORTED")]
@@ -77,6 +82,7 @@ const _: () = {
     assert!(eq(m::EGRESS_V6, "GUARDIAN_EGRESS6"));
     assert!(eq(m::PENDING_PRELOAD, "GUARDIAN_PENDING_PRELOAD"));
     assert!(eq(m::PENDING_ENVP, "GUARDIAN_PENDING_ENVP"));
+    assert!(eq(m::AUTH, "GUARDIAN_AUTH"));
     assert!(eq(m::REPORTED_FILES, "GUARDIAN_REPORTED"));
 };
 

@@ -252,7 +252,7 @@ fn start_default(dir: &Path, protected: &Path) -> Attached {
     std::fs::write(
         &config,
         format!(
-            "[guard]\nprotected = [{:?}]\npin_dir = \"/sys/fs/bpf/guardian-bench\"\n\
+            "[guard]\nprotected = [{:?}]\npin_dir = \"/sys/fs/bpf/guardian-bench\"\nunload_without_token = true\n\
              [service]\nexe = [{:?}]\negress = [{{ cidr = \"127.0.0.2/32\", ports = [8080] }}]\n\
              [events]\noutput = \"/dev/null\"\n[status]\npath = {:?}\ninterval_secs = 1\n\
              [measure]\nlog = {:?}\nmanifest = {:?}\n[policy]\ndir = {:?}\n",
@@ -312,6 +312,7 @@ fn start_guard(protected: &Path, ring_bytes: u32) -> (Guard, Targets) {
             ring_buffer_bytes: ring_bytes,
             pin_dir: None,
             syscall_detect: true,
+            auth: None,
         },
         &targets,
     )

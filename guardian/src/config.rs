@@ -92,6 +92,17 @@ pub struct GuardConfig {
     /// the agent (a bpffs directory).
     #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
+    /// Public keys (PEM) of the operators who may switch the guard off:
+    /// `guardian stop --unload` needs a token signed by one of them for
+    /// this boot of this device (`guardian unload-token`). Fixed when the
+    /// guard is loaded; changing them takes an unload.
+    #[serde(default)]
+    pub unload_keys: Vec<PathBuf>,
+    /// Maintenance mode: anyone with root may unload the guard without a
+    /// token. For development images only; said at start, in `guardian
+    /// status` and in the evidence.
+    #[serde(default)]
+    pub unload_without_token: bool,
 }
 
 impl Default for GuardConfig {
@@ -106,6 +117,8 @@ impl Default for GuardConfig {
             response: Response::default(),
             syscall_detect: false,
             pin_dir: default_pin_dir(),
+            unload_keys: Vec::new(),
+            unload_without_token: false,
         }
     }
 }
@@ -468,6 +481,7 @@ impl Config {
         own.push(m.manifest.clone());
         own.push(m.signature_path());
         own.extend(m.trusted_keys.iter().cloned());
+        own.extend(self.guard.unload_keys.iter().cloned());
         own.push(m.log.clone());
         own
     }

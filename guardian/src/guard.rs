@@ -191,6 +191,19 @@ pub enum GuardError {
         /// What failed.
         message: String,
     },
+    /// The running guard was loaded with another configuration: taking it
+    /// over would change what it enforces.
+    #[error(
+        "the running guard pinned in {pins} was loaded with another configuration (sha256 {running}…; this one's is {ours}…): taking it over would change what it enforces. Unload it first (`guardian stop --unload --token TOKEN`, see `guardian unload-token`), or start with the configuration it was loaded with"
+    )]
+    Reconfigured {
+        /// The pinned guard.
+        pins: PathBuf,
+        /// Its config digest (hex, shortened).
+        running: String,
+        /// Ours (hex, shortened).
+        ours: String,
+    },
     /// Detection needs syscall tracepoints.
     #[error("no syscall tracepoints to attach to: {0}")]
     NoTracepoints(String),
@@ -918,7 +931,7 @@ const DEFS: [HookDef; 14] = [
 ];
 
 /// Every map the agent reads or writes, by name.
-const MAP_NAMES: [&str; 13] = [
+const MAP_NAMES: [&str; 14] = [
     map_names::PROTECTED_FILES,
     map_names::ALLOWED_WRITERS,
     map_names::CONFIG,
@@ -932,6 +945,7 @@ const MAP_NAMES: [&str; 13] = [
     map_names::PENDING_PRELOAD,
     map_names::PENDING_ENVP,
     map_names::REPORTED_FILES,
+    map_names::AUTH,
 ];
 
 /// A running guard. Dropping it detaches the programs unless they are
@@ -1002,6 +1016,52 @@ pub struct StartOptions<'a> {
     /// Attach the raw syscall tracepoint (and the `execve` entry
     /// tracepoints) as detect forms where nothing stronger is in force.
     pub syscall_detect: bool,
+    /// What to fix into a fresh guard, and what a pinned one must have been
+    /// loaded with to be adopted (see [`crate::unload`]). `None`: neither
+    /// (tests and benchmarks that own their guard).
+    pub auth: Option<&'a crate::unload::Auth>,
+}
+
+/// What the pinned guard in `mine` (an object's pin directory) was loaded
+/// with; `None` when it has no such record (an older guard, or no pins).
+pub fn pinned_auth(mine: &Path) -> Option<crate::unload::Auth> {
+    let data = MapData::from_pin(mine.join("maps").join(map_names::AUTH)).ok()?;
+    let arr: Array<MapData, [u8; 32]> = Array::try_from(Map::Array(data)).ok()?;
+    let entries: Vec<[u8; 32]> = (0..crate::unload::AUTH_ENTRIES)
+        .map(|i| arr.get(&i, 0).unwrap_or([0; 32]))
+        .collect();
+    crate::unload::Auth::from_entries(&entries)
+}
+
+/// Refuse to take over (or replace) the guard pinned in `mine` if it was
+/// loaded with another configuration.
+fn same_config(mine: &Path, auth: Option<&crate::unload::Auth>) -> Result<(), GuardError> {
+    let (Some(ours), Some(running)) = (auth, pinned_auth(mine)) else {
+        return Ok(());
+    };
+    if ours.config == running.config {
+        return Ok(());
+    }
+    Err(GuardError::Reconfigured {
+        pins: mine.to_owned(),
+        running: hex::encode(&running.config[..6]),
+        ours: hex::encode(&ours.config[..6]),
+    })
+}
+
+fn write_auth(
+    maps: &mut std::collections::HashMap<&'static str, Map>,
+    auth: &crate::unload::Auth,
+) -> Result<(), GuardError> {
+    let m = maps
+        .get_mut(map_names::AUTH)
+        .ok_or_else(|| missing_map(map_names::AUTH))?;
+    let mut arr: Array<&mut MapData, [u8; 32]> =
+        Array::try_from(m).map_err(map_err(map_names::AUTH))?;
+    for (i, e) in auth.entries().iter().enumerate() {
+        arr.set(i as u32, e, 0).map_err(map_err(map_names::AUTH))?;
+    }
+    Ok(())
 }
 
 impl Guard {
@@ -1018,6 +1078,13 @@ impl Guard {
             if opts.syscall_detect { "-sys" } else { "" }
         );
         if let Some(dir) = opts.pin_dir {
+            // A guard loaded with another configuration is neither taken
+            // over nor replaced: that would change what it enforces.
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    same_config(&e.path(), opts.auth)?;
+                }
+            }
             let mine = dir.join(&id);
             if mine.join("links").is_dir() {
                 match Self::adopt(&mine, targets) {
@@ -1047,6 +1114,9 @@ impl Guard {
             }
         }
         let written = fill_tables(&mut maps, targets, &[], &[])?;
+        if let Some(auth) = opts.auth {
+            write_auth(&mut maps, auth)?;
+        }
 
         let mut config = KernelConfig {
             offsets,

@@ -29,6 +29,7 @@
 //! | [`tpm`] | the TPM through tss-esapi: PCR extend and read, attestation key, quote |
 //! | [`attest`] | evidence bundles for a verifier's nonce, and the offline verifier |
 //! | [`enrol`] | AK enrolment: EK certificate chain, software MakeCredential, ActivateCredential |
+//! | [`unload`] | who may switch the guard off: operator-signed unload tokens for one boot, and what the running guard was loaded with |
 //! | [`continuous`] | in the daemon: tamper records, re-measurement, guard state into the TPM |
 //! | [`policy`] | signed WebAssembly policies in wasmi: load, measure, evaluate, hot swap, static rules |
 //! | [`rules`] | the kernel's tables: the config widened by the policies' static rules |
@@ -60,6 +61,7 @@ pub mod rules;
 pub mod signing;
 pub mod status;
 pub mod tpm;
+pub mod unload;
 pub mod watch;
 
 use std::{collections::BTreeMap, future::Future, path::Path, sync::Arc, time::Duration};
@@ -107,6 +109,9 @@ pub enum RunError {
     /// Waiting on the ring buffer failed.
     #[error("reading events from the kernel: {0}")]
     Events(#[source] std::io::Error),
+    /// The unload keys could not be loaded.
+    #[error(transparent)]
+    Unload(#[from] unload::UnloadError),
 }
 
 /// Counters kept by the agent itself (the kernel keeps its own).
@@ -162,7 +167,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     })?;
     // 3. Kernel features decide what the guard can do.
     let features = KernelFeatures::probe();
-    // 4. Load, fill, attach.
+    // 4. Who may unload it, fixed into the guard with a digest of this
+    //    config (a pinned guard loaded with another config is not taken
+    //    over).
+    let auth = unload::auth_for(&config)?;
+    if auth.without_token {
+        log::warn!(
+            "INSECURE: maintenance mode ([guard] unload_without_token): anyone with root can switch the guard off"
+        );
+    } else if auth.keys.is_empty() {
+        log::info!(
+            "no [guard] unload_keys: `guardian stop --unload` is refused; only a boot without the guard removes it"
+        );
+    } else {
+        log::info!(
+            "unloading the guard takes a token signed by one of {} operator key(s)",
+            auth.keys.len()
+        );
+    }
+    // 5. Load, fill, attach.
     let mut guard = Guard::start(
         &StartOptions {
             object: EBPF_OBJECT,
@@ -173,6 +196,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             ring_buffer_bytes: config.events.ring_buffer_kib * 1024,
             pin_dir: Some(&config.guard.pin_dir),
             syscall_detect: config.guard.syscall_detect,
+            auth: Some(&auth),
         },
         &targets,
     )?;
@@ -571,8 +595,14 @@ fn drain(
 /// `guardian stop`: SIGTERM the running agent (found through its status
 /// file) and wait up to 10 s for it to go; with `unload`, remove the pins,
 /// which detaches the kernel programs. Returns what was done, line by line.
-pub fn stop(config: &Config, unload: bool) -> anyhow::Result<Vec<String>> {
+pub fn stop(config: &Config, unload: bool, token: Option<&Path>) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
+    // Unloading ends enforcement: it needs the authorisation the guard was
+    // loaded with, checked before anything is touched.
+    let mut why = String::new();
+    if unload {
+        why = authorise_unload(config, token, &mut done)?;
+    }
     match status::Status::read(&config.status.path) {
         Ok(st) if st.agent_alive() => {
             let pid = st.pid as libc::pid_t;
@@ -598,7 +628,7 @@ pub fn stop(config: &Config, unload: bool) -> anyhow::Result<Vec<String>> {
     if unload && dir.is_dir() {
         // The window without enforcement starts now: it goes into the
         // evidence before the programs go.
-        match record_unload(config) {
+        match record_unload(config, &why) {
             Ok(()) => done.push("recorded the unload in the measurement log and the TPM".into()),
             Err(e) => {
                 log::error!("the unload could not be recorded in the evidence: {e}");
@@ -635,7 +665,68 @@ pub fn stop(config: &Config, unload: bool) -> anyhow::Result<Vec<String>> {
 }
 
 /// Record `guardian stop --unload` in the ledger.
-fn record_unload(config: &Config) -> Result<(), evidence::LedgerError> {
+/// Who may unload the guard, for `guardian status`.
+fn unload_words(config: &Config) -> String {
+    let g = &config.guard;
+    if g.unload_without_token {
+        "MAINTENANCE MODE: any root may unload without a token".to_owned()
+    } else if g.unload_keys.is_empty() {
+        "refused (no [guard] unload_keys): only a boot without the guard removes it".to_owned()
+    } else {
+        format!(
+            "with a token signed by one of {} operator key(s), for this boot",
+            g.unload_keys.len()
+        )
+    }
+}
+
+/// May the pinned guard be unloaded? Checks `token` against every pinned
+/// guard's record of who may; returns the words for the evidence.
+fn authorise_unload(
+    config: &Config,
+    token: Option<&Path>,
+    done: &mut Vec<String>,
+) -> anyhow::Result<String> {
+    let dir = &config.guard.pin_dir;
+    let auths: Vec<(std::path::PathBuf, unload::Auth)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.path(), guard::pinned_auth(&e.path())?)))
+        .collect();
+    if auths.is_empty() {
+        return Ok("no record of who may unload it (an older guard)".to_owned());
+    }
+    if auths.iter().all(|(_, a)| a.without_token) {
+        log::warn!("maintenance mode: unloading without a token");
+        done.push("maintenance mode: unloaded without a token".to_owned());
+        return Ok("maintenance mode, no token".to_owned());
+    }
+    let here = unload::boot_id()?;
+    let Some(path) = token else {
+        anyhow::bail!(
+            "unloading the guard takes a token signed by an operator key it was loaded with ([guard] unload_keys): `guardian unload-token --key OPERATOR.pem --boot-id {here} -o unload.json` on the operator's machine, then `guardian stop --unload --token unload.json` (the device's boot id is {here})"
+        );
+    };
+    let mut reason = String::new();
+    for (pins, auth) in auths.iter().filter(|(_, a)| !a.without_token) {
+        let t = unload::check(path, auth, &here, unload::now())
+            .map_err(|e| anyhow::anyhow!("{e} (guard pinned in {})", pins.display()))?;
+        let signer = signing::TrustedKey::from_pem(&t.signer, path)
+            .map(|k| k.fingerprint)
+            .unwrap_or_default();
+        reason = format!(
+            "token signed by key {}…, issued {}, reason: {}",
+            &signer[..signer.len().min(16)],
+            t.issued,
+            t.reason
+        );
+    }
+    done.push(format!("unload authorised: {reason}"));
+    Ok(reason)
+}
+
+fn record_unload(config: &Config, why: &str) -> Result<(), evidence::LedgerError> {
     let tpm = evidence::ledger::open_tpm(config.measure.tcti.as_deref())
         .map(|t| t.tpm)
         .map_err(evidence::LedgerError::Tpm)?;
@@ -645,7 +736,7 @@ fn record_unload(config: &Config) -> Result<(), evidence::LedgerError> {
         .and_then(|t| manifest::Manifest::parse(&t).ok())
         .map_or(manifest::DEFAULT_PCR, |m| m.pcr);
     let who = format!(
-        "`guardian stop --unload` by uid {}: the pinned programs in {} are removed; nothing enforces until the next start",
+        "`guardian stop --unload` by uid {} ({why}): the pinned programs in {} are removed; nothing enforces until the next start",
         // SAFETY: getuid has no preconditions.
         unsafe { libc::getuid() },
         config.guard.pin_dir.display()
@@ -1021,6 +1112,8 @@ fn snapshot(parts: &Parts<'_>) -> Status {
         hooks: guard.hooks().to_vec(),
         pinned: guard.pinned().map(|p| p.display().to_string()),
         adopted: guard.adopted(),
+        unload: unload_words(config),
+        boot_id: unload::boot_id().unwrap_or_default(),
         protected_files: targets.files.len(),
         allowed_writers: targets.writers.len(),
         measured_boot: Some(measured_boot),

@@ -179,7 +179,14 @@ enum Command {
     /// removed too, which detaches the programs: the only way to switch the
     /// guard off (for an upgrade of guardian itself, say).
     ///
-    /// Exit status: 0 stopped (or was not running), 1 it did not stop.
+    /// Unloading takes a token signed by one of the operator keys the
+    /// guard was loaded with ([guard] unload_keys), made for this boot of
+    /// this device by `guardian unload-token`; a root shell alone cannot.
+    /// The unload is recorded in the measurement log and the TPM first, so
+    /// the next quote shows the window without enforcement.
+    ///
+    /// Exit status: 0 stopped (or was not running), 1 it did not stop or
+    /// the unload was refused (nothing is touched then).
     Stop {
         /// The config file ([status] path, [guard] pin_dir).
         #[arg(long, short, env = "GUARDIAN_CONFIG", default_value = guardian::config::DEFAULT_PATH)]
@@ -187,6 +194,35 @@ enum Command {
         /// Also remove the pins: the kernel stops enforcing.
         #[arg(long)]
         unload: bool,
+        /// The unload token (its signature beside it, TOKEN.sig).
+        #[arg(long, value_name = "TOKEN", requires = "unload")]
+        token: Option<PathBuf>,
+    },
+    /// Make an unload token: permission to switch the guard off on one
+    /// device, for one boot, for a short time (run by the operator, with a
+    /// key named in the device's [guard] unload_keys).
+    ///
+    /// Writes OUTPUT and OUTPUT.sig. The device's boot id is in `guardian
+    /// status` (and /proc/sys/kernel/random/boot_id on the device).
+    UnloadToken {
+        /// The operator's private key (PEM; Ed25519 or ECDSA P-256).
+        #[arg(long)]
+        key: PathBuf,
+        /// Its public key (PEM), carried in the token.
+        #[arg(long = "pub", value_name = "PUBLIC_KEY")]
+        public: PathBuf,
+        /// The device's boot id.
+        #[arg(long)]
+        boot_id: String,
+        /// How long the token is good for, in seconds (at most a day).
+        #[arg(long, default_value_t = 900)]
+        valid_secs: u64,
+        /// Why, in words: goes into the device's evidence with the unload.
+        #[arg(long, default_value = "maintenance")]
+        reason: String,
+        /// Where to write the token.
+        #[arg(long, short)]
+        output: PathBuf,
     },
 }
 
@@ -589,9 +625,47 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manifest(cmd) => manifest_cmd(cmd),
         Command::Log(cmd) => log_cmd(cmd),
         Command::Policy(cmd) => policy_cmd(cmd),
-        Command::Stop { config, unload } => {
+        Command::UnloadToken {
+            key,
+            public,
+            boot_id,
+            valid_secs,
+            reason,
+            output,
+        } => {
+            let sk = guardian::signing::SigningKey::load(&key)?;
+            let pem = std::fs::read_to_string(&public)
+                .with_context(|| format!("reading {}", public.display()))?;
+            let pk = guardian::signing::TrustedKey::from_pem(&pem, &public)?;
+            let (bytes, sig) = guardian::unload::create(&sk, &pem, &boot_id, valid_secs, &reason);
+            if !pk.verifies_detached(&bytes, &sig) {
+                anyhow::bail!(
+                    "{} is not the public half of {}",
+                    public.display(),
+                    key.display()
+                );
+            }
+            std::fs::write(&output, &bytes)
+                .with_context(|| format!("writing {}", output.display()))?;
+            let sig_path = guardian::manifest::signature_path(&output);
+            std::fs::write(&sig_path, &sig)
+                .with_context(|| format!("writing {}", sig_path.display()))?;
+            eprintln!(
+                "wrote {} and {}: unload permission for boot {boot_id}, good for {} s, signed by key {}",
+                output.display(),
+                sig_path.display(),
+                valid_secs.min(guardian::unload::MAX_VALID),
+                pk.fingerprint
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stop {
+            config,
+            unload,
+            token,
+        } => {
             let config = Config::load(&config, |k| std::env::var(k).ok())?;
-            let report = guardian::stop(&config, unload)?;
+            let report = guardian::stop(&config, unload, token.as_deref())?;
             for line in report {
                 eprintln!("{line}");
             }

@@ -95,11 +95,17 @@ fn fingerprint_of_pem(pem: &str) -> String {
 impl TrustedKey {
     /// Load a PEM public key.
     pub fn load(path: &Path) -> Result<Self, SignError> {
-        use ed25519_dalek::pkcs8::DecodePublicKey as _;
         let pem = read(path)?;
-        let key = if let Ok(k) = ed25519_dalek::VerifyingKey::from_public_key_pem(&pem) {
+        Self::from_pem(&pem, path)
+    }
+
+    /// A PEM public key given as text; `origin` names where it came from.
+    pub fn from_pem(pem: &str, origin: &Path) -> Result<Self, SignError> {
+        use ed25519_dalek::pkcs8::DecodePublicKey as _;
+        let path = origin;
+        let key = if let Ok(k) = ed25519_dalek::VerifyingKey::from_public_key_pem(pem) {
             PublicKey::Ed25519(k)
-        } else if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(&pem) {
+        } else if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(pem) {
             PublicKey::P256(k)
         } else {
             return Err(SignError::BadKey {
@@ -109,7 +115,7 @@ impl TrustedKey {
         };
         Ok(Self {
             path: path.to_owned(),
-            fingerprint: fingerprint_of_pem(&pem),
+            fingerprint: fingerprint_of_pem(pem),
             key,
         })
     }

@@ -155,6 +155,12 @@ pub struct Status {
     /// The agent adopted a guard left pinned by an earlier agent.
     #[serde(default)]
     pub adopted: bool,
+    /// Who may unload the guard, in words.
+    #[serde(default)]
+    pub unload: String,
+    /// This boot's id (what an unload token is made for).
+    #[serde(default)]
+    pub boot_id: String,
     /// Number of protected files.
     pub protected_files: usize,
     /// Number of allowed writer executables.
@@ -301,6 +307,9 @@ impl Status {
             ),
             None => "pinned: NO (enforcement stops with the agent)\n".to_owned(),
         };
+        if !self.unload.is_empty() {
+            s += &format!("unload: {} (boot id {})\n", self.unload, self.boot_id);
+        }
         s += &format!(
             "protected files: {}   allowed writers: {}\n",
             self.protected_files, self.allowed_writers
@@ -358,6 +367,8 @@ mod tests {
             hooks: vec![],
             pinned: None,
             adopted: false,
+            unload: String::new(),
+            boot_id: String::new(),
             policies: None,
             protected_files: 2,
             allowed_writers: 1,

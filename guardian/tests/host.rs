@@ -68,13 +68,30 @@ impl Scene {
             .iter()
             .map(|w| format!("{:?}", w.display().to_string()))
             .collect();
+        // The operator's key pair, whose tokens may unload this scene's guard.
+        common::openssl(&[
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            &s.path("operator.pem").display().to_string(),
+        ]);
+        common::openssl(&[
+            "pkey",
+            "-in",
+            &s.path("operator.pem").display().to_string(),
+            "-pubout",
+            "-out",
+            &s.path("operator.pub").display().to_string(),
+        ]);
         let cfg = format!(
-            "[guard]\nmode = \"{mode}\"\nprotected = [{:?}]\nallowed_writers = [{}]\npin_dir = {:?}\n\
+            "[guard]\nmode = \"{mode}\"\nprotected = [{:?}]\nallowed_writers = [{}]\npin_dir = {:?}\nunload_keys = [{:?}]\n\
              [events]\noutput = {:?}\n[status]\npath = {:?}\ninterval_secs = 1\n\
              [measure]\nlog = {:?}\nmanifest = {:?}\n{extra}",
             s.model().display().to_string(),
             writers.join(", "),
             s.pin_dir().display().to_string(),
+            s.path("operator.pub").display().to_string(),
             s.path("events.jsonl").display().to_string(),
             s.path("status.json").display().to_string(),
             s.path("measurements.log").display().to_string(),
@@ -119,6 +136,26 @@ impl Scene {
     }
     fn model(&self) -> PathBuf {
         self.path("model.onnx")
+    }
+    /// An unload token for this boot, signed by the scene's operator key.
+    fn unload_token(&self) -> PathBuf {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        let out = guardian()
+            .arg("unload-token")
+            .arg("--key")
+            .arg(self.path("operator.pem"))
+            .arg("--pub")
+            .arg(self.path("operator.pub"))
+            .args(["--boot-id", boot.trim(), "--reason", "test teardown", "-o"])
+            .arg(self.path("unload.json"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.path("unload.json")
     }
     fn config(&self) -> PathBuf {
         self.path("guardian.toml")
@@ -349,13 +386,52 @@ fn tracepoint_reports_write_open_of_protected_file_only() {
         !our_programs(&before).is_empty(),
         "the pinned programs went away with the agent"
     );
+    // A root shell alone cannot switch it off: that takes a token.
     let out = guardian()
         .args(["stop", "--unload", "--config"])
         .arg(scene.config())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "unloaded without a token: {err}");
+    assert!(err.contains("takes a token"), "{err}");
+    assert!(
+        !our_programs(&before).is_empty(),
+        "the programs went away on a refused unload"
+    );
+    // A token for another boot is refused too.
+    let token = scene.unload_token();
+    let text = std::fs::read_to_string(&token).unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    std::fs::write(
+        scene.path("other.json"),
+        text.replace(boot.trim(), "00000000-0000-0000-0000-000000000000"),
+    )
+    .unwrap();
+    std::fs::copy(scene.path("unload.json.sig"), scene.path("other.json.sig")).unwrap();
+    let out = guardian()
+        .args(["stop", "--unload", "--config"])
+        .arg(scene.config())
+        .arg("--token")
+        .arg(scene.path("other.json"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "unloaded with another boot's token: {err}"
+    );
+    assert!(err.contains("for boot"), "{err}");
+    let out = guardian()
+        .args(["stop", "--unload", "--config"])
+        .arg(scene.config())
+        .arg("--token")
+        .arg(&token)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
+    assert!(err.contains("unload authorised"), "{err}");
     assert!(
         err.contains("no guardian agent was running") && err.contains("detached"),
         "{err}"
@@ -746,13 +822,13 @@ fn writes_through_old_descriptors_are_reported() {
         libc::munmap(p, 4);
     }
     let me = std::process::id();
-    let events = wait_for(10, "three events", || {
+    let events = wait_for(10, "four events", || {
         let e: Vec<Value> = scene
             .events()
             .into_iter()
             .filter(|e| e["pid"] == me)
             .collect();
-        (e.len() >= 3).then_some(e)
+        (e.len() >= 4).then_some(e)
     });
     let kinds: Vec<(&str, &str)> = events
         .iter()
@@ -761,11 +837,21 @@ fn writes_through_old_descriptors_are_reported() {
     assert_eq!(
         kinds,
         [
+            // The descriptor held from before the agent, found at start.
+            ("preexisting_writer", "agent/start-scan"),
             ("file_write", "raw_tracepoint/sys_exit (write)"),
             ("file_truncate", "raw_tracepoint/sys_exit (ftruncate)"),
             ("file_mmap_write", "raw_tracepoint/sys_exit (mmap)"),
         ],
         "{events:#?}"
+    );
+    assert!(
+        events[0]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("fd {fd} open for writing")),
+        "{:#}",
+        events[0]
     );
     for e in &events {
         assert_eq!(e["verdict"], "alert");
@@ -1301,5 +1387,48 @@ fn a_replaced_model_directory_is_reported_by_the_path_check() {
     wait_for(5, "the counter", || {
         (counter(&scene, "path_changes") >= 1).then_some(())
     });
+    agent.stop();
+}
+
+/// A root shell runs `guardian run` with another config while a guard is
+/// pinned: taking it over would change what it enforces (here: one more
+/// allowed writer), so the new agent refuses, and leaves the running guard
+/// as it was. With the config the guard was loaded with, it adopts.
+#[test]
+fn another_config_does_not_take_over_the_running_guard() {
+    let _k = exclusive();
+    let scene = Scene::new("detect", &[]);
+    let mut agent = Agent::start(&scene);
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    drop(agent);
+    let good = std::fs::read_to_string(scene.config()).unwrap();
+    let sh = PathBuf::from("/bin/sh").canonicalize().unwrap();
+    std::fs::write(
+        scene.config(),
+        good.replacen(
+            "allowed_writers = []",
+            &format!("allowed_writers = [{:?}]", sh.display().to_string()),
+            1,
+        ),
+    )
+    .unwrap();
+    std::fs::remove_file(scene.path("status.json")).unwrap();
+    let out = guardian()
+        .args(["run", "--config"])
+        .arg(scene.config())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "took over with another config: {err}"
+    );
+    assert!(err.contains("loaded with another configuration"), "{err}");
+    assert!(scene.status().is_none(), "it published a status");
+
+    std::fs::write(scene.config(), good).unwrap();
+    let agent = Agent::start(&scene);
+    assert_eq!(scene.status().unwrap()["adopted"], true);
     agent.stop();
 }

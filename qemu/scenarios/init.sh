@@ -571,8 +571,35 @@ guardian status | sed 's/^/demo:   /'
 # registers. It cannot deny; each attempt must be reported, with the right
 # descriptor (argument 0 is orig_x0 on arm64 once x0 holds the result).
 say "the detect rung: guardian restarted in detect mode on a scratch file"
+# Taking over the running guard with another config would change what it
+# enforces: refused.
+sed 's|^allowed_writers = \[|allowed_writers = ["/bin/busybox", |' /etc/guardian/guardian.toml >/tmp/evil.toml
+guardian run --config /tmp/evil.toml >/dev/null 2>/tmp/evil.err
+rc=$?
+[ "$rc" -ne 0 ] && grep -q 'loaded with another configuration' /tmp/evil.err \
+    && [ "$(ls /sys/fs/bpf/guardian | wc -l)" -eq 1 ]
+check reconfigure-refused $? "exit $rc: $(grep -o 'the running guard[^:]*' /tmp/evil.err | head -n 1)"
+# A root shell alone cannot switch the guard off ...
 guardian stop --unload --config /etc/guardian/guardian.toml >/tmp/out 2>&1
-check stop-unload $? "$(tail -n 1 /tmp/out); pins left: $(ls /sys/fs/bpf/guardian 2>/dev/null | wc -l)"
+rc=$?
+[ "$rc" -ne 0 ] && grep -q 'takes a token' /tmp/out && [ "$(ls /sys/fs/bpf/guardian | wc -l)" -eq 1 ]
+check unload-needs-token $? "exit $rc: $(head -c 160 /tmp/out)"
+# ... nor with the operator's token for another boot ...
+boot="$(cat /proc/sys/kernel/random/boot_id)"
+guardian unload-token --key /opt/operator/operator.pem --pub /etc/guardian/operator.pub \
+    --boot-id 00000000-0000-0000-0000-000000000000 --reason "wrong boot" -o /tmp/other.json 2>/dev/null
+guardian stop --unload --config /etc/guardian/guardian.toml --token /tmp/other.json >/tmp/out 2>&1
+rc=$?
+[ "$rc" -ne 0 ] && grep -q 'is for boot' /tmp/out && [ "$(ls /sys/fs/bpf/guardian | wc -l)" -eq 1 ]
+check unload-other-boot $? "exit $rc: $(head -c 160 /tmp/out)"
+# ... only with a token for this boot, signed by the operator's key.
+guardian unload-token --key /opt/operator/operator.pem --pub /etc/guardian/operator.pub \
+    --boot-id "$boot" --reason "switch to the detect rung" -o /tmp/unload.json 2>/dev/null
+guardian stop --unload --config /etc/guardian/guardian.toml --token /tmp/unload.json >/tmp/out 2>&1
+rc=$?
+[ "$rc" -eq 0 ] && grep -q 'unload authorised' /tmp/out && [ "$(ls /sys/fs/bpf/guardian 2>/dev/null | wc -l)" -eq 0 ] \
+    && grep '"action":"unload"' /run/guardian/measurements.log | grep -q 'switch to the detect rung'
+check stop-unload $? "exit $rc: $(grep -o 'unload authorised[^;]*' /tmp/out | cut -c1-120); pins left: $(ls /sys/fs/bpf/guardian 2>/dev/null | wc -l)"
 mkdir -p /opt/detect
 echo "weights" >/opt/detect/model.bin
 EVENTS=/run/guardian/detect-events.jsonl
