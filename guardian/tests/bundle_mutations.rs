@@ -187,7 +187,7 @@ fn change(v: &mut Value) {
 }
 
 /// Apply `m`; false when it does not apply to this bundle (skipped).
-fn apply(ev: &mut Evidence, nonce: &mut Vec<u8>, m: &Mutation) -> bool {
+fn apply(ev: &mut Evidence, nonce: &mut [u8], m: &Mutation) -> bool {
     let ext = extended(ev);
     let log = &mut ev.measurement_log;
     match m {
@@ -333,7 +333,9 @@ fn apply(ev: &mut Evidence, nonce: &mut Vec<u8>, m: &Mutation) -> bool {
 
 /// What a trusted verdict vouches for: the quote's bytes, the PCR values,
 /// and the records in the PCR (PCR, digest, event), in order.
-fn core(ev: &Evidence) -> Option<(Vec<u8>, Vec<(u32, String)>, Vec<(u32, String, Event)>)> {
+type Core = (Vec<u8>, Vec<(u32, String)>, Vec<(u32, String, Event)>);
+
+fn core(ev: &Evidence) -> Option<Core> {
     let recs: Vec<Record> = ev
         .measurement_log
         .iter()
