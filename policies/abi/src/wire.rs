@@ -9,8 +9,12 @@
 //! one-byte fast path for varints (every enum tag, most ids and lengths).
 //!
 //! Differences from postcard, only on input guardian never produces: a
-//! string or sequence length must fit in `u32` (postcard allows `usize`),
-//! and an unknown `kind` is an error (as it is for postcard).
+//! string or sequence length is a `u32` varint, so it must fit in `u32`
+//! and be encoded in at most five bytes. That is postcard's own rule for
+//! `usize` on wasm32, where modules run; postcard on a 64-bit host also
+//! takes lengths of six to ten bytes (zero written as `80 80 80 80 80 00`,
+//! say), which guardian's encoder never writes (it writes the shortest
+//! varint). An unknown `kind` is an error, as it is for postcard.
 
 use crate::{Detail, Dev, Event, HEADER_SIZE, IpAddr, KernelVerdict, Kind, Mode, StaticRules};
 
