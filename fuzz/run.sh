@@ -45,11 +45,13 @@ for t in "${targets[@]}"; do
     corpus="$here/corpus/$t"
     mkdir -p "$corpus" "$here/artifacts/$t"
     seeds=()
+    opts=()
     [ "$t" = verify ] && seeds+=("$here/fixtures")
+    case "$t" in log | verify) opts+=(-dict="$here/dicts/evidence.dict") ;; esac
     t1=$SECONDS
     # -rss_limit_mb: the parsers read bounded inputs; a blow-up is a bug.
     if cargo +"$toolchain" fuzz run $FUZZ_FLAGS "$t" "$corpus" "${seeds[@]}" -- \
-        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 "${opts[@]}" \
         >"$here/artifacts/$t/run.log" 2>&1; then
         execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$here/artifacts/$t/run.log")"
         echo "fuzz: $t: no crash in $((SECONDS - t1)) s (${execs:-?} inputs)" >&2

@@ -4,7 +4,8 @@
 //! `fuzz/fixtures/`, a real bundle from swtpm (`fuzz/seeds.sh --fixture`
 //! makes it; `guardian/tests/fuzz_seeds.rs` checks it is still trusted).
 //!
-//! Never a panic, stateless or with a verifier state. And never a trusted
+//! Never a panic, stateless or with a verifier state and the fixture's
+//! manifest pinned as golden. And never a trusted
 //! verdict for evidence the TPM did not vouch for: when the verdict is
 //! trusted, the quote's bytes, the quoted PCR values and every record in
 //! the PCR (its PCR, digest and whole event, in order) must be the
@@ -33,6 +34,8 @@ struct Fixture {
     keys: Vec<TrustedKey>,
     nonce: Vec<u8>,
     golden: Core,
+    /// The fixture's manifest, pinned as the verifier's golden one.
+    manifest: Vec<u8>,
 }
 
 /// What a trusted verdict vouches for.
@@ -78,6 +81,15 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         .ok()
         .and_then(|e| core(&e))
         .unwrap_or_else(|| panic!("the fixture bundle does not parse"));
+    let manifest = golden
+        .records
+        .iter()
+        .rev()
+        .find_map(|(_, _, e)| match e {
+            Event::Manifest(m) => Some(m.text.clone().into_bytes()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the fixture has no manifest record"));
     let ak_sec1 = ak.to_encoded_point(false).as_bytes().to_vec();
     Fixture {
         ak,
@@ -85,6 +97,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         keys,
         nonce,
         golden,
+        manifest,
     }
 });
 
@@ -99,8 +112,13 @@ fn judge(ev: &Evidence) {
         require_guard: false,
     };
     let stateless = verify(ev, &trust, None);
+    // With a state and the fixture's manifest pinned as golden.
+    let pinned = Trust {
+        golden: Some(&f.manifest),
+        ..trust
+    };
     let mut state = DeviceState::new(&f.ak_sec1);
-    let stateful = verify(ev, &trust, Some(&mut state));
+    let stateful = verify(ev, &pinned, Some(&mut state));
     let _ = stateless.render();
     for v in [&stateless, &stateful] {
         assert_eq!(v.trusted, v.failures.is_empty());
