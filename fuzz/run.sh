@@ -38,7 +38,7 @@ if ! cargo +"$toolchain" fuzz build $FUZZ_FLAGS >"$here/build.log" 2>&1; then
     tail -n 40 "$here/build.log" >&2
     exit 1
 fi
-echo "fuzz: built ${#targets[@]} targets in $((SECONDS - t0)) s" >&2
+echo "fuzz: built the targets in $((SECONDS - t0)) s" >&2
 
 failed=()
 for t in "${targets[@]}"; do
