@@ -48,6 +48,12 @@ for t in "${targets[@]}"; do
     opts=()
     [ "$t" = verify ] && seeds+=("$here/fixtures")
     case "$t" in log | verify) opts+=(-dict="$here/dicts/evidence.dict") ;; esac
+    # The corpus carries over from run to run (each run goes on from the
+    # last); keep it to what adds coverage once it grows large.
+    if [ "$(find "$corpus" -type f | wc -l)" -gt 10000 ]; then
+        cargo +"$toolchain" fuzz cmin $FUZZ_FLAGS "$t" "$corpus" >"$here/artifacts/$t/cmin.log" 2>&1 \
+            || { echo "fuzz: $t: minimising the corpus failed, see fuzz/artifacts/$t/cmin.log" >&2; exit 1; }
+    fi
     t1=$SECONDS
     # -rss_limit_mb: the parsers read bounded inputs; a blow-up is a bug.
     if cargo +"$toolchain" fuzz run $FUZZ_FLAGS "$t" "$corpus" "${seeds[@]}" -- \
