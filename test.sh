@@ -4,6 +4,8 @@
 #
 #   ./test.sh            everything
 #   ./test.sh --no-qemu  skip the arm64 boot test (quicker local loop)
+#
+# GUARDIAN_FUZZ_SECS sets how long each fuzz target runs (default 20 s).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 . cross/versions.sh
@@ -24,6 +26,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 step "format and lints"
 cargo fmt --all --check
+cargo fmt --check --manifest-path fuzz/Cargo.toml
 cargo clippy --locked --all-targets -- -D warnings
 cargo +"$EBPF_TOOLCHAIN" clippy --locked -p guardian-ebpf --target bpfel-unknown-none \
     -Z build-std=core -- -D warnings
@@ -37,6 +40,11 @@ cargo +"$MSRV" check --locked --all-targets
 
 step "unit and host integration tests (real eBPF on this kernel)"
 cargo test --locked
+
+fuzz_secs="${GUARDIAN_FUZZ_SECS:-20}"
+step "fuzz: every target for $fuzz_secs s from seeds made on a real board (cargo-fuzz, $EBPF_TOOLCHAIN)"
+fuzz/seeds.sh
+fuzz/run.sh "$fuzz_secs"
 
 step "policies: the ABI crate, and the example policies built and linted for wasm32"
 cargo test --locked -p guardian-policy-abi --features alloc

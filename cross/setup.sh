@@ -114,6 +114,15 @@ else
     log "bpf-linker: $want present"
 fi
 
+# 3b. cargo-fuzz, for the fuzz targets in fuzz/ (built with the pinned
+#     nightly above; fuzz/run.sh). Installed only when missing.
+if ! command -v cargo-fuzz >/dev/null; then
+    log "installing cargo-fuzz (about a minute)"
+    cargo install --locked cargo-fuzz 2>&1 | tail -n 3 >&2
+else
+    log "cargo-fuzz: $(cargo-fuzz --version 2>/dev/null || echo present)"
+fi
+
 # 4. busybox for the aarch64 test initramfs. Not installed (it would replace
 #    the host's busybox): the .deb is downloaded and unpacked into the cache.
 bb="$cache/busybox-arm64/bin/busybox"

@@ -279,24 +279,26 @@ pub fn read_evidence(path: &Path) -> Result<Evidence, BundleError> {
         .take(MAX_BUNDLE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(io)?;
-    if bytes.len() as u64 > MAX_BUNDLE_BYTES {
-        return Err(BundleError::Bundle {
-            path: path.to_owned(),
-            message: format!("larger than {} MiB", MAX_BUNDLE_BYTES >> 20),
-        });
-    }
-    let ev: Evidence = serde_json::from_slice(&bytes).map_err(|e| BundleError::Bundle {
+    parse_evidence(&bytes).map_err(|message| BundleError::Bundle {
         path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+        message,
+    })
+}
+
+/// Parse a bundle's bytes (what [`read_evidence`] read): at most
+/// [`MAX_BUNDLE_BYTES`], JSON, version [`BUNDLE_VERSION`]. The error says
+/// what is wrong; the caller names the file. Everything in the result is
+/// still the device's word until [`super::verify`] judges it.
+pub fn parse_evidence(bytes: &[u8]) -> Result<Evidence, String> {
+    if bytes.len() as u64 > MAX_BUNDLE_BYTES {
+        return Err(format!("larger than {} MiB", MAX_BUNDLE_BYTES >> 20));
+    }
+    let ev: Evidence = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if ev.version != BUNDLE_VERSION {
-        return Err(BundleError::Bundle {
-            path: path.to_owned(),
-            message: format!(
-                "version {} is not supported (this verifier reads version {BUNDLE_VERSION})",
-                ev.version
-            ),
-        });
+        return Err(format!(
+            "version {} is not supported (this verifier reads version {BUNDLE_VERSION})",
+            ev.version
+        ));
     }
     Ok(ev)
 }

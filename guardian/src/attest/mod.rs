@@ -21,6 +21,8 @@ pub mod quote;
 pub mod state;
 pub mod verify;
 
-pub use bundle::{AgentState, BundleError, Device, Evidence, parse_nonce, read_ak, read_evidence};
+pub use bundle::{
+    AgentState, BundleError, Device, Evidence, parse_evidence, parse_nonce, read_ak, read_evidence,
+};
 pub use state::DeviceState;
 pub use verify::{Failure, Trust, Verdict, verify};

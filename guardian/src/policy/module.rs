@@ -458,9 +458,18 @@ fn read_rules(packed: i64, memory: &[u8]) -> Result<OwnedStaticRules, ModuleErro
             "{len} bytes, over the limit of {RULES_MAX_BYTES}"
         )));
     }
-    let bytes = memory
-        .get(ptr..ptr + len as usize)
+    let bytes = ptr
+        .checked_add(len as usize)
+        .and_then(|end| memory.get(ptr..end))
         .ok_or_else(|| ModuleError::Rules(format!("{len} bytes at {ptr} are outside memory")))?;
+    decode_static_rules(bytes)
+}
+
+/// Decode and check a module's static rules from the bytes it pointed at
+/// (postcard `StaticRules`, nothing after them, absolute paths, sane
+/// egress entries). The module is untrusted until its rules pass this;
+/// public so the fuzz targets and property tests reach the real decoder.
+pub fn decode_static_rules(bytes: &[u8]) -> Result<OwnedStaticRules, ModuleError> {
     let (rules, rest): (OwnedStaticRules, _) = postcard::take_from_bytes(bytes)
         .map_err(|e| ModuleError::Rules(format!("not a postcard StaticRules: {e}")))?;
     if !rest.is_empty() {

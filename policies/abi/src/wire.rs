@@ -9,8 +9,12 @@
 //! one-byte fast path for varints (every enum tag, most ids and lengths).
 //!
 //! Differences from postcard, only on input guardian never produces: a
-//! string or sequence length must fit in `u32` (postcard allows `usize`),
-//! and an unknown `kind` is an error (as it is for postcard).
+//! string or sequence length is a `u32` varint, so it must fit in `u32`
+//! and be encoded in at most five bytes. That is postcard's own rule for
+//! `usize` on wasm32, where modules run; postcard on a 64-bit host also
+//! takes lengths of six to ten bytes (zero written as `80 80 80 80 80 00`,
+//! say), which guardian's encoder never writes (it writes the shortest
+//! varint). An unknown `kind` is an error, as it is for postcard.
 
 use crate::{Detail, Dev, Event, HEADER_SIZE, IpAddr, KernelVerdict, Kind, Mode, StaticRules};
 
@@ -1466,6 +1470,29 @@ mod tests {
             let n = r.encode(&mut buf).unwrap();
             assert_eq!(&buf[..n], &postcard::to_allocvec(&r).unwrap()[..]);
             assert_eq!(r.encode(&mut buf[..n - 1]), None);
+        }
+    }
+
+    /// The documented difference from postcard (module docs), found by
+    /// the `policy_event` fuzz target: a zero-length hook written as a
+    /// nine-byte varint is refused here (as postcard does on wasm32);
+    /// written in five bytes or fewer it reads as postcard reads it.
+    #[test]
+    fn a_length_varint_over_five_bytes_is_refused() {
+        let tail = [0u8; 12]; // ids, exe, exe_dev, exe_ino, comm, service, detail
+        let mut long = Vec::from([0u8, 0, 0, 0]);
+        long.extend_from_slice(&[0x80; 8]);
+        long.push(0);
+        long.extend_from_slice(&tail);
+        assert_eq!(Event::decode(&long), None);
+        for n in 0..=4 {
+            let mut short = Vec::from([0u8, 0, 0, 0]);
+            short.extend(core::iter::repeat_n(0x80, n));
+            short.push(0);
+            short.extend_from_slice(&tail);
+            let e = Event::decode(&short);
+            assert_eq!(e.map(|e| e.hook), Some(&b""[..]), "{n}");
+            assert_eq!(e, postcard::from_bytes::<Event<'_>>(&short).ok(), "{n}");
         }
     }
 }
