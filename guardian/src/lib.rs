@@ -705,7 +705,7 @@ fn authorise_unload(
     let here = unload::boot_id()?;
     let Some(path) = token else {
         anyhow::bail!(
-            "unloading the guard takes a token signed by an operator key it was loaded with ([guard] unload_keys): `guardian unload-token --key OPERATOR.pem --boot-id {here} -o unload.json` on the operator's machine, then `guardian stop --unload --token unload.json` (the device's boot id is {here})"
+            "unloading the guard takes a token signed by an operator key it was loaded with ([guard] unload_keys): `guardian unload-token --key OPERATOR.pem --pub OPERATOR.pub --boot-id {here} -o unload.json` on the operator's machine, then `guardian stop --unload --token unload.json` (the device's boot id is {here})"
         );
     };
     let mut reason = String::new();

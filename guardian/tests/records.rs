@@ -606,14 +606,36 @@ fn stop_unload_records_the_unload_before_the_programs_go() {
         "/sys/fs/bpf/guardian-test-unload-{}",
         std::process::id()
     )));
+    // The operator key whose token authorises the unload.
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            &*b.s("operator.pem"),
+        ],
+        vec![
+            "pkey",
+            "-in",
+            &*b.s("operator.pem"),
+            "-pubout",
+            "-out",
+            &*b.s("operator.pub"),
+        ],
+    ] {
+        let out = Command::new("openssl").args(&args).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+    }
     let cfg = std::fs::read_to_string(b.p("guardian.toml")).unwrap();
     std::fs::write(
         b.p("guardian.toml"),
         format!(
-            "[guard]\nmode = \"detect\"\nsyscall_detect = true\nprotected = [{:?}]\npin_dir = {:?}\n\
+            "[guard]\nmode = \"detect\"\nsyscall_detect = true\nprotected = [{:?}]\npin_dir = {:?}\nunload_keys = [{:?}]\n\
              [events]\noutput = \"events.jsonl\"\n[status]\npath = \"status.json\"\ninterval_secs = 1\n{cfg}",
             b.s("models"),
             pins.0.display().to_string(),
+            b.s("operator.pub"),
         ),
     )
     .unwrap();
@@ -645,7 +667,29 @@ fn stop_unload_records_the_unload_before_the_programs_go() {
     let mut agent = agent;
     let pid = agent.0.id();
     let reaped = std::thread::spawn(move || agent.0.wait().map(|s| s.success()));
-    let out = guardian(&["stop", "--unload", "-c", &b.s("guardian.toml")]);
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let out = guardian(&[
+        "unload-token",
+        "--key",
+        &b.s("operator.pem"),
+        "--pub",
+        &b.s("operator.pub"),
+        "--boot-id",
+        boot.trim(),
+        "--reason",
+        "records test",
+        "-o",
+        &b.s("unload.json"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = guardian(&[
+        "stop",
+        "--unload",
+        "-c",
+        &b.s("guardian.toml"),
+        "--token",
+        &b.s("unload.json"),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let said = stderr(&out);
     assert!(
@@ -670,6 +714,7 @@ fn stop_unload_records_the_unload_before_the_programs_go() {
     };
     assert!(
         g.detail.contains("`guardian stop --unload` by uid 0")
+            && g.detail.contains("reason: records test")
             && g.detail.contains(&*pins.0.to_string_lossy()),
         "{}",
         g.detail
