@@ -20,6 +20,7 @@
 //! | [`watch`] | the notification rung: fanotify reports changes to protected files where no kernel program watches them |
 //! | [`prescan`] | writers that were there before the guard: writable descriptors and shared writable mappings of protected files, found in `/proc` at start |
 //! | [`pathcheck`] | the names the service opens still lead to the guarded inodes and mounts (after the fact, on the status timer) |
+//! | [`systemd`] | readiness and the watchdog for `guardian.service` (`sd_notify`) |
 //! | [`status`] | the state `guardian status` shows |
 //! | [`measure`] | the boot step: measure the manifest's models into a TPM PCR |
 //! | [`manifest`] | the signed model manifest, and why PCR 14 |
@@ -60,6 +61,7 @@ pub mod prescan;
 pub mod rules;
 pub mod signing;
 pub mod status;
+pub mod systemd;
 pub mod tpm;
 pub mod unload;
 pub mod watch;
@@ -300,7 +302,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 .join("; ")
         ),
     });
-    // 5. Policies: the signed set in the policy directory, each load
+    // 6. Policies: the signed set in the policy directory, each load
     //    measured into the TPM by the attestor before the set is put in
     //    force; their static rules widen the kernel's tables.
     let engine = Arc::new(policy::PolicyEngine::new(
@@ -413,8 +415,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         st.write(&config.status.path)?;
         Ok(())
     };
-    // 6. Publishing the status file is the readiness signal.
+    // 7. Publishing the status file is the readiness signal (and, under
+    //    systemd, READY=1: the inference service is ordered after it).
     publish(&guard, &targets, &counters, &pstate)?;
+    let notify = systemd::Notifier::from_env();
+    notify.ready(&format!("{}: {}", guard.mode().as_str(), guard.reason()));
+    let mut dog = tokio::time::interval(notify.ping_every().unwrap_or(Duration::from_secs(3600)));
     log::info!(
         "ready; events to {}, status in {}",
         if config.events.output == "-" {
@@ -515,13 +521,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 publish(&guard, &targets, &counters, &pstate)?;
                 dirty = false;
             }
+            _ = dog.tick(), if notify.ping_every().is_some() => {
+                // Alive only if every part that answers the kernel is.
+                if fanotify.as_ref().is_none_or(|f| f.stats().running) {
+                    notify.ping();
+                } else {
+                    log::error!("the fanotify decision thread has stopped: the watchdog is no longer fed, so systemd restarts the agent");
+                }
+            }
             _ = soon.tick(), if dirty => {
                 publish(&guard, &targets, &counters, &pstate)?;
                 dirty = false;
             }
         }
     }
-    // 6. Last events, then withdraw the status so `guardian status` does
+    notify.stopping();
+    // 8. Last events, then withdraw the status so `guardian status` does
     //    not report a guard that is gone.
     drain(
         ring.get_mut(),

@@ -1432,3 +1432,71 @@ fn another_config_does_not_take_over_the_running_guard() {
     assert_eq!(scene.status().unwrap()["adopted"], true);
     agent.stop();
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): the agent says READY=1
+/// once the guard is up, then feeds the watchdog; stopped (`SIGSTOP`, as a
+/// debugger would hold it), it stops feeding it, which is what lets
+/// systemd kill and restart a hung agent instead of leaving opens of
+/// protected files waiting on the fanotify rung.
+#[test]
+fn the_agent_feeds_the_systemd_watchdog_only_while_it_runs() {
+    let _k = exclusive();
+    let scene = Scene::new("auto", &[]);
+    let sock_path = scene.path("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let child = guardian()
+        .args(["run", "--config"])
+        .arg(scene.config())
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "600000")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(scene.path("agent.stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
+    let mut buf = [0u8; 1024];
+    let recv = |buf: &mut [u8]| -> String {
+        let n = sock.recv(buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = recv(&mut buf);
+    assert!(first.starts_with("READY=1\n"), "{first}");
+    assert!(scene.status().is_some(), "READY before the status file");
+    // Pings every 300 ms.
+    for _ in 0..3 {
+        assert_eq!(recv(&mut buf), "WATCHDOG=1\n");
+    }
+    let pid = child.0.id() as i32;
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // Drain what was already queued, then nothing for well over the
+    // watchdog timeout.
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    while sock.recv(&mut buf).is_ok() {}
+    sock.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let quiet = sock.recv(&mut buf);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(quiet.is_err(), "a stopped agent fed the watchdog");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(recv(&mut buf), "WATCHDOG=1\n", "no pings after SIGCONT");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let mut child = child;
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let rest = {
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut all = String::new();
+        while let Ok(n) = sock.recv(&mut buf) {
+            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        all
+    };
+    assert!(rest.contains("STOPPING=1"), "{rest}");
+}
