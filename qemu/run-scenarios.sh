@@ -143,6 +143,8 @@ scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-bo
     bpf-map-pin bpf-map-pin-event bpf-maps-by-id bpf-maps-by-id-event
     bpf-link-detach bpf-link-detach-event bpffs-umount bpffs-umount-event
     still-enforcing still-enforcing-event guard-intact
+    service-copy-egress service-copy-egress-event service-copy-recognised
+    service-copy-preload service-copy-preload-event guardian-copy-powerless
     detect-move-mount detect-move-mount-in-evidence move-mount-back preexisting-writers
     kill9-still-denied restart-adopts events-kept-while-down model-unchanged
     policy-before-swap policy-before-swap-event policy-swap-loaded policy-swap-allows-writer

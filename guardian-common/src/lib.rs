@@ -55,6 +55,10 @@ pub mod maps {
     /// agent's effective config, flags, the operator keys that may unload
     /// it). Read and written by the agent only; no program uses it.
     pub const AUTH: &str = "GUARDIAN_AUTH";
+    /// Array of [`ServiceDigest`](crate::ServiceDigest): the service's
+    /// executables by content (size and SHA-256), so that a copy of one at
+    /// another inode is recognised as the service when it runs.
+    pub const SERVICE_DIGESTS: &str = "GUARDIAN_SERVICE_DIGESTS";
 }
 
 /// Names of the eBPF programs in the object.
@@ -137,6 +141,9 @@ pub mod programs {
     pub const LSM_TASK_PRCTL: &str = "guardian_task_prctl";
     /// LSM `ptrace_traceme`: the service asking to be traced.
     pub const LSM_PTRACE_TRACEME: &str = "guardian_ptrace_traceme";
+    /// LSM `bprm_creds_from_file`: a copy of the service's executable
+    /// recognised by content.
+    pub const LSM_BPRM_CREDS_FROM_FILE: &str = "guardian_bprm_creds";
 }
 
 /// A file identity as the kernel sees it: `inode->i_sb->s_dev` (the
@@ -283,6 +290,11 @@ pub struct KernelOffsets {
     pub task_ptrace: u32,
     /// `struct file`, `f_path` (a `struct path`).
     pub file_f_path: u32,
+    /// `struct inode`, `i_size`.
+    pub inode_i_size: u32,
+    /// Always zero (keeps the struct a multiple of 8 bytes, so that
+    /// [`KernelConfig`] has no implicit padding).
+    pub _pad: u32,
 }
 
 /// Enforcement mode, as the programs see it.
@@ -427,6 +439,32 @@ pub mod rules {
     /// the config says: no loader variables and no tracer at its exec, no
     /// `ptrace` attach. Always set by the agent.
     pub const GUARD_SELF: u32 = 1 << 5;
+    /// A file with the content of one of the service's executables (same
+    /// size and SHA-256, as IMA computes it) is the service when it runs,
+    /// whatever its inode.
+    pub const SERVICE_BY_CONTENT: u32 = 1 << 6;
+}
+
+/// One of the service's executables by content: an entry of the
+/// service-digests map (all zero: unused).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceDigest {
+    /// File size in bytes (compared first: hashing is only done for a file
+    /// of a service executable's size).
+    pub size: u64,
+    /// SHA-256 of the content.
+    pub sha256: [u8; 32],
+}
+
+impl ServiceDigest {
+    /// Entries of the map.
+    pub const MAX: u32 = 8;
+    /// In the service and exec tables, the value of an entry the kernel
+    /// added itself (a copy recognised by content), ORed with the digest's
+    /// index: the agent keeps such entries when it brings the tables in
+    /// line.
+    pub const KERNEL_ADDED: u32 = 1 << 31;
 }
 
 /// Key of the protected-names map: a directory and one name in it.
@@ -565,6 +603,10 @@ pub mod kind {
     /// the executable the kernel records for a process (`flags` is the
     /// sub-command).
     pub const PRCTL_EXE: u16 = 17;
+    /// A file with the content of a service executable, at another inode,
+    /// ran: from now on it is the service (`file` is its inode, `name` the
+    /// path it was run by).
+    pub const SERVICE_COPY: u16 = 18;
 }
 
 /// Which program produced an event.
@@ -635,6 +677,8 @@ pub mod source {
     pub const LSM_TASK_PRCTL: u16 = 32;
     /// LSM `ptrace_traceme`.
     pub const LSM_PTRACE_TRACEME: u16 = 33;
+    /// LSM `bprm_creds_from_file`.
+    pub const LSM_BPRM_CREDS_FROM_FILE: u16 = 34;
 }
 
 /// Loader variables looked for in an exec's environment (value of
@@ -768,9 +812,10 @@ pub mod oflags {
 const _: () = {
     assert!(core::mem::size_of::<InodeKey>() == 16);
     assert!(core::mem::size_of::<ProtectedFile>() == 8);
-    assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
-    assert!(core::mem::size_of::<KernelConfig>() == 32 * 4 + 16 + 16 + 88);
+    assert!(core::mem::size_of::<KernelOffsets>() == 34 * 4);
+    assert!(core::mem::size_of::<KernelConfig>() == 34 * 4 + 16 + 16 + 88);
     assert!(core::mem::size_of::<NameKey>() == 16 + NameKey::LEN);
+    assert!(core::mem::size_of::<ServiceDigest>() == 40);
     assert!(core::mem::size_of::<EgressRule>() == 4 * EgressRule::MAX_PORTS + 4);
     assert!(core::mem::size_of::<EventHeader>() == 16);
     assert!(core::mem::size_of::<Event>() == 16 + 16 + 16 + 10 * 4 + 16 + 16 + NameKey::LEN);
@@ -787,6 +832,7 @@ mod user {
     unsafe impl aya::Pod for super::KernelConfig {}
     unsafe impl aya::Pod for super::NameKey {}
     unsafe impl aya::Pod for super::EgressRule {}
+    unsafe impl aya::Pod for super::ServiceDigest {}
 }
 
 #[cfg(test)]

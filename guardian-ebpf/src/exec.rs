@@ -28,17 +28,17 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_copy_from_user, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_probe_read_user_str_bytes,
+        bpf_copy_from_user, bpf_get_current_pid_tgid, bpf_ima_file_hash, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_probe_read_user_str_bytes,
     },
     macros::{fentry, lsm, tracepoint},
     programs::{FEntryContext, LsmContext, TracePointContext},
 };
-use guardian_common::{Counter, KernelConfig, forms, kind, preload, rules, source};
+use guardian_common::{Counter, KernelConfig, ServiceDigest, forms, kind, preload, rules, source};
 
 use crate::{
     kernel,
-    maps::{EXEC, PENDING_ENVP, PENDING_PRELOAD},
+    maps::{EXEC, PENDING_ENVP, PENDING_PRELOAD, SERVICE, SERVICE_DIGESTS},
     report,
 };
 
@@ -405,4 +405,139 @@ fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
         };
     });
     Ok(())
+}
+
+/// LSM `bprm_creds_from_file`: the service recognised by content.
+///
+/// The service is known by the inode of its executable; a byte-identical
+/// copy at another path would not be, and would run without the
+/// service's rules (egress, libraries, loader variables). Here, once the
+/// kernel has opened the file to run and before the exec is past the
+/// point of no return, a file of the size of one of the service's
+/// executables is hashed by IMA (`bpf_ima_file_hash`, SHA-256 when IMA is
+/// built with it; IMA caches the digest per inode version) and, if the
+/// digest is a service executable's, its inode joins the service's table:
+/// this process and every later run of the file are the service. The
+/// exec checks the service gets (no loader variable, no tracer) are then
+/// applied to this exec too, since `bprm_check_security` ran before the
+/// copy was known.
+///
+/// Sleepable: `bpf_ima_file_hash` may sleep. Without IMA (or with IMA
+/// hashing with another algorithm) the helper fails, which is counted,
+/// and identity stays by inode.
+///
+/// Kernel prototype: `LSM_HOOK(int, 0, bprm_creds_from_file, struct
+/// linux_binprm *bprm, const struct file *file)`.
+#[lsm(hook = "bprm_creds_from_file", sleepable)]
+pub fn guardian_bprm_creds(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(cfg) = kernel::config() else {
+        return 0;
+    };
+    if cfg.rules & rules::SERVICE_BY_CONTENT == 0 {
+        return 0;
+    }
+    let bprm: u64 = ctx.arg(0);
+    let file: *mut aya_ebpf::bindings::file = ctx.arg(1);
+    report::finish(try_bprm_creds(cfg, bprm, file))
+}
+
+#[inline(always)]
+fn try_bprm_creds(
+    cfg: &KernelConfig,
+    bprm: u64,
+    file: *mut aya_ebpf::bindings::file,
+) -> Result<i32, i64> {
+    let off = &cfg.offsets;
+    let key = kernel::file_key(off, file as u64)?;
+    if report::is_service(&key) {
+        return Ok(0);
+    }
+    let size = kernel::file_size(off, file as u64)?;
+    let mut candidate = false;
+    for i in 0..ServiceDigest::MAX {
+        if let Some(d) = SERVICE_DIGESTS.get(i)
+            && d.size != 0
+            && d.size as i64 == size
+        {
+            candidate = true;
+        }
+    }
+    if !candidate {
+        return Ok(0);
+    }
+    let mut digest = [0u64; 4];
+    // SAFETY: `file` is the hook's argument as the verifier typed it; the
+    // helper writes at most 32 bytes into `digest`.
+    let n = unsafe { bpf_ima_file_hash(file, digest.as_mut_ptr().cast(), 32) };
+    if n != 32 {
+        report::count(Counter::ReadErrors);
+        return Ok(0);
+    }
+    let mut id = u32::MAX;
+    for i in 0..ServiceDigest::MAX {
+        if let Some(d) = SERVICE_DIGESTS.get(i) {
+            let w = |j: usize| {
+                u64::from_le_bytes([
+                    d.sha256[8 * j],
+                    d.sha256[8 * j + 1],
+                    d.sha256[8 * j + 2],
+                    d.sha256[8 * j + 3],
+                    d.sha256[8 * j + 4],
+                    d.sha256[8 * j + 5],
+                    d.sha256[8 * j + 6],
+                    d.sha256[8 * j + 7],
+                ])
+            };
+            if d.size as i64 == size
+                && w(0) == digest[0]
+                && w(1) == digest[1]
+                && w(2) == digest[2]
+                && w(3) == digest[3]
+            {
+                id = i;
+            }
+        }
+    }
+    if id == u32::MAX {
+        return Ok(0);
+    }
+    // The same content: the service, from this exec on.
+    let tag = id | ServiceDigest::KERNEL_ADDED;
+    if SERVICE.insert(key, tag, 0).is_err() || EXEC.insert(key, tag, 0).is_err() {
+        report::count(Counter::PendingDrops);
+    }
+    let task = kernel::current_task();
+    let exe = kernel::exe_key(off, task)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: copied out at once.
+    let mut var = unsafe { PENDING_PRELOAD.get(pid_tgid) }
+        .copied()
+        .unwrap_or(0)
+        & 0xff;
+    if var == preload::UNREAD {
+        // SAFETY: copied out at once.
+        if let Some(envp) = unsafe { PENDING_ENVP.get(pid_tgid) }.copied() {
+            var = loader_var_faulting(envp);
+        }
+    }
+    let (k, v, ret) = if cfg.rules & rules::NO_PTRACE != 0 && kernel::ptraced(off, task)? {
+        let (v, r) = report::judge_process(cfg);
+        (kind::PTRACE, v, r)
+    } else if cfg.rules & rules::NO_PRELOAD != 0 && var != 0 {
+        let (v, r) = report::judge_process(cfg);
+        (kind::EXEC_PRELOAD, v, r)
+    } else {
+        (kind::SERVICE_COPY, guardian_common::verdict::ALLOW, 0)
+    };
+    report::emit(off, task, k, source::LSM_BPRM_CREDS_FROM_FILE, v, |ev| {
+        ev.file = key;
+        ev.exe = exe;
+        ev.aux = if k == kind::PTRACE { ev.pid } else { var };
+        let _ = kernel::bprm_filename(off, bprm, &mut ev.name);
+    });
+    Ok(ret)
 }

@@ -227,3 +227,10 @@ pub fn ptraced(off: &KernelOffsets, task: u64) -> Result<bool, i64> {
 pub fn object_name(addr: u64) -> Result<[u8; 16], i64> {
     read(addr, 0)
 }
+
+/// `inode->i_size` of a `struct file *`'s inode.
+#[inline(always)]
+pub fn file_size(off: &KernelOffsets, file: u64) -> Result<i64, i64> {
+    let inode: u64 = read(file, off.file_f_inode)?;
+    read(inode, off.inode_i_size)
+}

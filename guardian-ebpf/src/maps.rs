@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use guardian_common::{Counter, EgressRule, InodeKey, KernelConfig, NameKey, ProtectedFile};
+use guardian_common::{
+    Counter, EgressRule, InodeKey, KernelConfig, NameKey, ProtectedFile, ServiceDigest,
+};
 
 /// Protected files by inode.
 #[map(name = "GUARDIAN_PROTECTED")]
@@ -61,6 +63,10 @@ pub static PENDING_ENVP: LruHashMap<u64, u64> = LruHashMap::with_max_entries(409
 #[map(name = "GUARDIAN_AUTH")]
 pub static AUTH: Array<[u8; 32]> = Array::with_max_entries(10, 0);
 
+/// The service's executables by content.
+#[map(name = "GUARDIAN_SERVICE_DIGESTS")]
+pub static SERVICE_DIGESTS: Array<ServiceDigest> = Array::with_max_entries(ServiceDigest::MAX, 0);
+
 /// Open files already reported, by `struct file *` (see
 /// `guardian_common::maps::REPORTED_FILES`).
 #[map(name = "GUARDIAN_REPORTED")]
@@ -83,6 +89,7 @@ const _: () = {
     assert!(eq(m::PENDING_PRELOAD, "GUARDIAN_PENDING_PRELOAD"));
     assert!(eq(m::PENDING_ENVP, "GUARDIAN_PENDING_ENVP"));
     assert!(eq(m::AUTH, "GUARDIAN_AUTH"));
+    assert!(eq(m::SERVICE_DIGESTS, "GUARDIAN_SERVICE_DIGESTS"));
     assert!(eq(m::REPORTED_FILES, "GUARDIAN_REPORTED"));
 };
 

@@ -355,6 +355,8 @@ impl Btf {
             bpf_link_prog: self.field_offset("bpf_link", "prog")?,
             task_ptrace: self.field_offset("task_struct", "ptrace")?,
             file_f_path: self.field_offset("file", "f_path")?,
+            inode_i_size: self.field_offset("inode", "i_size")?,
+            _pad: 0,
         })
     }
 }

@@ -231,6 +231,7 @@ fn hook_name(source: u16) -> &'static str {
         src::LSM_BPF_PROG => "lsm/bpf_prog",
         src::LSM_TASK_PRCTL => "lsm/task_prctl",
         src::LSM_PTRACE_TRACEME => "lsm/ptrace_traceme",
+        src::LSM_BPRM_CREDS_FROM_FILE => "lsm/bprm_creds_from_file",
         _ => "unknown",
     }
 }
@@ -254,6 +255,7 @@ fn kind_name(k: u16) -> Option<&'static str> {
         kind::MOUNT => "mount",
         kind::BPF_OBJECT => "bpf_object",
         kind::PRCTL_EXE => "prctl_exe",
+        kind::SERVICE_COPY => "service_copy",
         _ => return None,
     })
 }
@@ -356,7 +358,7 @@ impl Decoder {
             kind::PRCTL_EXE => {
                 out.flags = Some(ev.flags);
             }
-            kind::EXEC | kind::EXEC_PRELOAD | kind::LIBRARY_LOAD => {
+            kind::EXEC | kind::EXEC_PRELOAD | kind::LIBRARY_LOAD | kind::SERVICE_COPY => {
                 out.path = self.exes.get(&ev.file).cloned().or(name);
                 out.dev = Some(format!("{}:{}", ev.file.major(), ev.file.minor()));
                 out.ino = Some(ev.file.ino);

@@ -50,8 +50,8 @@ use aya::{
     },
 };
 use guardian_common::{
-    Counter, EgressRule, InodeKey, KernelConfig, NameKey, ProtectedFile, Syscalls, forms,
-    maps as map_names, mode as kmode, programs as prog_names, rules, sys,
+    Counter, EgressRule, InodeKey, KernelConfig, NameKey, ProtectedFile, ServiceDigest, Syscalls,
+    forms, maps as map_names, mode as kmode, programs as prog_names, rules, sys,
 };
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -246,6 +246,9 @@ pub struct Targets {
     /// every symlink met on the way to one (`PATH`: it may not be
     /// replaced). Events name them by `ProtectedFile::DIR_ID_BASE + index`.
     pub dirs: Vec<(PathBuf, InodeKey, u32)>,
+    /// The service's executables by content (size and SHA-256), for
+    /// recognising a copy at another inode.
+    pub service_digests: Vec<ServiceDigest>,
 }
 
 /// Symlinks followed while resolving one path, at most (as the kernel's
@@ -541,6 +544,26 @@ impl Targets {
             self.service
                 .push((e.clone(), executable("service exe", e)?));
         }
+        // The same executables by content: a copy at another path is the
+        // service too (the kernel hashes a file of one of these sizes with
+        // IMA when it is run).
+        for (p, _) in &self.service {
+            if self.service_digests.len() >= ServiceDigest::MAX as usize {
+                break;
+            }
+            let d = crate::hashing::hash_file(p).map_err(|_| GuardError::PathKind {
+                what: "service exe",
+                path: p.clone(),
+                problem: "cannot be read to hash it",
+            })?;
+            if !self.service_digests.iter().any(|s| s.sha256 == d.sha256) {
+                self.service_digests.push(ServiceDigest {
+                    size: d.size,
+                    sha256: d.sha256,
+                });
+            }
+        }
+        self.rules |= rules::SERVICE_BY_CONTENT;
         if svc.deny_ptrace {
             self.rules |= rules::NO_PTRACE;
         }
@@ -873,7 +896,10 @@ const DEFS: [HookDef; 14] = [
     },
     HookDef {
         name: "exec",
-        lsm: &[(prog_names::LSM_BPRM_CHECK, "bprm_check_security")],
+        lsm: &[
+            (prog_names::LSM_BPRM_CHECK, "bprm_check_security"),
+            (prog_names::LSM_BPRM_CREDS_FROM_FILE, "bprm_creds_from_file"),
+        ],
         syscalls: 0,
         detect: &[(
             prog_names::TP_PROCESS_EXEC,
@@ -931,7 +957,7 @@ const DEFS: [HookDef; 14] = [
 ];
 
 /// Every map the agent reads or writes, by name.
-const MAP_NAMES: [&str; 14] = [
+const MAP_NAMES: [&str; 15] = [
     map_names::PROTECTED_FILES,
     map_names::ALLOWED_WRITERS,
     map_names::CONFIG,
@@ -946,6 +972,7 @@ const MAP_NAMES: [&str; 14] = [
     map_names::PENDING_ENVP,
     map_names::REPORTED_FILES,
     map_names::AUTH,
+    map_names::SERVICE_DIGESTS,
 ];
 
 /// A running guard. Dropping it detaches the programs unless they are
@@ -1023,20 +1050,36 @@ pub struct StartOptions<'a> {
 }
 
 /// What the pinned guard in `mine` (an object's pin directory) was loaded
-/// with; `None` when it has no such record (an older guard, or no pins).
-pub fn pinned_auth(mine: &Path) -> Option<crate::unload::Auth> {
-    let data = MapData::from_pin(mine.join("maps").join(map_names::AUTH)).ok()?;
-    let arr: Array<MapData, [u8; 32]> = Array::try_from(Map::Array(data)).ok()?;
-    let entries: Vec<[u8; 32]> = (0..crate::unload::AUTH_ENTRIES)
-        .map(|i| arr.get(&i, 0).unwrap_or([0; 32]))
-        .collect();
-    crate::unload::Auth::from_entries(&entries)
+/// with: `Ok(None)` when it keeps no such record (an older guard, or no
+/// pins), an error when the record is there but cannot be read (under BPF
+/// LSM, by any program but guardian's own executable: a copy of guardian
+/// is not guardian).
+pub fn pinned_auth(mine: &Path) -> Result<Option<crate::unload::Auth>, GuardError> {
+    let pin = mine.join("maps").join(map_names::AUTH);
+    if !pin.exists() {
+        return Ok(None);
+    }
+    let perr = |message: String| GuardError::Pin {
+        path: pin.clone(),
+        message,
+    };
+    let data = MapData::from_pin(&pin).map_err(|e| perr(format!("cannot open: {e}")))?;
+    let arr: Array<MapData, [u8; 32]> =
+        Array::try_from(Map::Array(data)).map_err(|e| perr(e.to_string()))?;
+    let mut entries = Vec::new();
+    for i in 0..crate::unload::AUTH_ENTRIES {
+        entries.push(arr.get(&i, 0).map_err(|e| perr(e.to_string()))?);
+    }
+    Ok(crate::unload::Auth::from_entries(&entries))
 }
 
 /// Refuse to take over (or replace) the guard pinned in `mine` if it was
 /// loaded with another configuration.
 fn same_config(mine: &Path, auth: Option<&crate::unload::Auth>) -> Result<(), GuardError> {
-    let (Some(ours), Some(running)) = (auth, pinned_auth(mine)) else {
+    let Some(ours) = auth else {
+        return Ok(());
+    };
+    let Some(running) = pinned_auth(mine)? else {
         return Ok(());
     };
     if ours.config == running.config {
@@ -1113,7 +1156,7 @@ impl Guard {
                 maps.insert(name, m);
             }
         }
-        let written = fill_tables(&mut maps, targets, &[], &[])?;
+        let written = fill_tables(&mut maps, targets, &[], &[], false)?;
         if let Some(auth) = opts.auth {
             write_auth(&mut maps, auth)?;
         }
@@ -1642,7 +1685,10 @@ impl Guard {
             let _ = add_path(&mut dirs, dir, true);
             pin_dirs = dirs.into_iter().map(|(k, (p, f))| (p, k, f)).collect();
         }
-        self.written = fill_tables(&mut self.maps, targets, &pins, &pin_dirs)?;
+        // Service copies the kernel recognised by content stay, where only
+        // the kernel can have put them there.
+        let keep_kernel = self.kernel_adds();
+        self.written = fill_tables(&mut self.maps, targets, &pins, &pin_dirs, keep_kernel)?;
         // The process rules may have changed with the tables.
         let m = self
             .maps
@@ -1660,6 +1706,15 @@ impl Guard {
         Ok(())
     }
 
+    /// Entries the kernel adds itself (service copies) are trusted only
+    /// where nothing else can write the maps: with the bpf_objects hook in
+    /// the kernel.
+    fn kernel_adds(&self) -> bool {
+        self.hooks
+            .iter()
+            .any(|h| h.hook == "bpf_objects" && h.mechanism == "lsm")
+    }
+
     /// Compare the kernel's tables with what the agent wrote, put back
     /// what differs, and name each difference. Under BPF LSM no other
     /// program can reach the maps (the `bpf_objects` hook), so a
@@ -1669,16 +1724,19 @@ impl Guard {
     pub fn check_tables(&mut self, targets: &Targets) -> Result<Vec<String>, GuardError> {
         let mut out = Vec::new();
         let w = &self.written;
+        let kernel_adds = self.kernel_adds();
+        let m = &self.maps;
+        diff_hash(m, map_names::PROTECTED_FILES, &w.protected, false, &mut out)?;
+        diff_hash(m, map_names::ALLOWED_WRITERS, &w.writers, false, &mut out)?;
         diff_hash(
-            &self.maps,
-            map_names::PROTECTED_FILES,
-            &w.protected,
+            m,
+            map_names::SERVICE_EXES,
+            &w.service,
+            kernel_adds,
             &mut out,
         )?;
-        diff_hash(&self.maps, map_names::ALLOWED_WRITERS, &w.writers, &mut out)?;
-        diff_hash(&self.maps, map_names::SERVICE_EXES, &w.service, &mut out)?;
-        diff_hash(&self.maps, map_names::ALLOWED_EXEC, &w.exec, &mut out)?;
-        diff_hash(&self.maps, map_names::PROTECTED_NAMES, &w.names, &mut out)?;
+        diff_hash(m, map_names::ALLOWED_EXEC, &w.exec, kernel_adds, &mut out)?;
+        diff_hash(m, map_names::PROTECTED_NAMES, &w.names, false, &mut out)?;
         let m = self
             .maps
             .get(map_names::CONFIG)
@@ -1888,12 +1946,30 @@ fn set_config(
     arr.set(0, cfg, 0).map_err(map_err(map_names::CONFIG))
 }
 
+/// An entry the kernel added itself: a copy of a service executable
+/// recognised by content (`exec.rs`), in the service and exec tables.
+fn kernel_added<V: aya::Pod>(name: &str, v: &V) -> bool {
+    if name != map_names::SERVICE_EXES && name != map_names::ALLOWED_EXEC {
+        return false;
+    }
+    // SAFETY: V is a Pod of at least 4 bytes for these two maps (u32).
+    let bytes = unsafe {
+        std::slice::from_raw_parts((v as *const V).cast::<u8>(), std::mem::size_of::<V>())
+    };
+    bytes.len() == 4
+        && u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+            & ServiceDigest::KERNEL_ADDED
+            != 0
+}
+
 /// Make a hash map hold exactly `want`: insert (or overwrite) every entry,
-/// then remove the keys that are no longer wanted.
+/// then remove the keys that are no longer wanted (but the entries the
+/// kernel added itself, see [`kernel_added`]).
 fn sync_hash<K, V>(
     maps: &mut std::collections::HashMap<&'static str, Map>,
     name: &'static str,
     want: &[(K, V)],
+    keep_kernel: bool,
 ) -> Result<(), GuardError>
 where
     K: aya::Pod + Eq + std::hash::Hash,
@@ -1906,9 +1982,10 @@ where
     }
     let keep: std::collections::HashSet<&K> = want.iter().map(|(k, _)| k).collect();
     let stale: Vec<K> = h
-        .keys()
+        .iter()
         .filter_map(Result::ok)
-        .filter(|k| !keep.contains(k))
+        .filter(|(k, v)| !(keep.contains(k) || (keep_kernel && kernel_added(name, v))))
+        .map(|(k, _)| k)
         .collect();
     for k in stale {
         h.remove(&k).map_err(map_err(name))?;
@@ -1967,6 +2044,7 @@ fn fill_tables(
     targets: &Targets,
     pins: &[(PathBuf, InodeKey)],
     pin_dirs: &[(PathBuf, InodeKey, u32)],
+    keep_kernel: bool,
 ) -> Result<Written, GuardError> {
     let mut files: Vec<(InodeKey, ProtectedFile)> = targets
         .files
@@ -2026,14 +2104,30 @@ fn fill_tables(
         exec: indexed(&targets.exec),
         names: indexed(&targets.names),
     };
-    sync_hash(maps, map_names::PROTECTED_FILES, &w.protected)?;
-    sync_hash(maps, map_names::ALLOWED_WRITERS, &w.writers)?;
-    sync_hash(maps, map_names::SERVICE_EXES, &w.service)?;
-    sync_hash(maps, map_names::ALLOWED_EXEC, &w.exec)?;
-    sync_hash(maps, map_names::PROTECTED_NAMES, &w.names)?;
+    sync_hash(maps, map_names::PROTECTED_FILES, &w.protected, false)?;
+    sync_hash(maps, map_names::ALLOWED_WRITERS, &w.writers, false)?;
+    sync_hash(maps, map_names::SERVICE_EXES, &w.service, keep_kernel)?;
+    sync_hash(maps, map_names::ALLOWED_EXEC, &w.exec, keep_kernel)?;
+    sync_hash(maps, map_names::PROTECTED_NAMES, &w.names, false)?;
+    sync_digests(maps, &targets.service_digests)?;
     sync_lpm(maps, map_names::EGRESS_V4, &targets.egress4)?;
     sync_lpm(maps, map_names::EGRESS_V6, &targets.egress6)?;
     Ok(w)
+}
+
+/// Write the service's executables by content (unused slots zeroed).
+fn sync_digests(
+    maps: &mut std::collections::HashMap<&'static str, Map>,
+    digests: &[ServiceDigest],
+) -> Result<(), GuardError> {
+    let name = map_names::SERVICE_DIGESTS;
+    let m = maps.get_mut(name).ok_or_else(|| missing_map(name))?;
+    let mut arr: Array<&mut MapData, ServiceDigest> = Array::try_from(m).map_err(map_err(name))?;
+    for i in 0..ServiceDigest::MAX {
+        let d = digests.get(i as usize).copied().unwrap_or_default();
+        arr.set(i, d, 0).map_err(map_err(name))?;
+    }
+    Ok(())
 }
 
 /// Compare a hash map with what was written: every difference, named.
@@ -2041,6 +2135,7 @@ fn diff_hash<K, V>(
     maps: &std::collections::HashMap<&'static str, Map>,
     name: &'static str,
     want: &[(K, V)],
+    kernel_adds: bool,
     out: &mut Vec<String>,
 ) -> Result<(), GuardError>
 where
@@ -2055,6 +2150,7 @@ where
         let (k, v) = item.map_err(map_err(name))?;
         found += 1;
         match want_map.get(&k) {
+            None if kernel_added(name, &v) && kernel_adds => {}
             None => out.push(format!("{name}: entry {k:?} added behind guardian's back")),
             Some(w) if **w != v => {
                 out.push(format!("{name}: entry {k:?} changed from {w:?} to {v:?}"))
@@ -2473,6 +2569,7 @@ mod tests {
         assert_eq!(
             t.rules,
             rules::GUARD_SELF
+                | rules::SERVICE_BY_CONTENT
                 | rules::NO_PTRACE
                 | rules::NO_PRELOAD
                 | rules::EXEC_ALLOWLIST

@@ -703,12 +703,13 @@ fn authorise_unload(
     done: &mut Vec<String>,
 ) -> anyhow::Result<String> {
     let dir = &config.guard.pin_dir;
-    let auths: Vec<(std::path::PathBuf, unload::Auth)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| Some((e.path(), guard::pinned_auth(&e.path())?)))
-        .collect();
+    let mut auths: Vec<(std::path::PathBuf, unload::Auth)> = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        // A record that is there but cannot be read refuses the unload.
+        if let Some(a) = guard::pinned_auth(&e.path())? {
+            auths.push((e.path(), a));
+        }
+    }
     if auths.is_empty() {
         return Ok("no record of who may unload it (an older guard)".to_owned());
     }

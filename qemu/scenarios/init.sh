@@ -455,7 +455,10 @@ check predictions-after-path-attacks $? "expected [$expected] got [$pp]"
 say "the attacker borrows identities"
 attack prctl-exe prctl_exe guardian-attack prctl-exe /opt/updater/busybox
 attack service-traceme ptrace guardian-attack traceme
-attack traced-exec-of-service ptrace /usr/sbin/model-updater traceme-exec "$INFER" --help
+# (A tracer that is not the service: guardian-attack with one more byte, so
+# neither its inode nor its content is the service's.)
+cp /usr/bin/guardian-attack /tmp/tracer && printf 'x' >>/tmp/tracer
+attack traced-exec-of-service ptrace /tmp/tracer traceme-exec "$INFER" --help
 attack ptrace-guardian ptrace /usr/sbin/model-updater ptrace "$agent"
 attack preload-guardian exec_preload env LD_PRELOAD=/tmp/evil.so guardian status
 # A loader variable placed past what the kernel program reads: an
@@ -463,6 +466,21 @@ attack preload-guardian exec_preload env LD_PRELOAD=/tmp/evil.so guardian status
 bigenv="$(i=0; while [ "$i" -lt 300 ]; do printf 'FILLER_%d=x ' "$i"; i=$((i + 1)); done)"
 # shellcheck disable=SC2086
 attack env-overflow exec_preload env $bigenv LD_PRELOAD=/tmp/evil.so guardian-attack sleep 0
+
+# A copy of the service's binary at another path is the service: the
+# kernel hashes it (IMA) when it runs and finds the service's digest.
+cp /usr/bin/guardian-attack /tmp/svc-copy
+attack service-copy-egress connect /tmp/svc-copy connect 127.0.0.3 9999
+grep '"event":"service_copy"' "$EVENTS" | grep -q '"path":"/tmp/svc-copy"'
+check service-copy-recognised $? "$(grep '"event":"service_copy"' "$EVENTS" | head -n 1 | cut -c1-260)"
+cp /usr/bin/guardian-attack /tmp/svc-copy2
+attack service-copy-preload exec_preload env LD_PRELOAD=/tmp/evil.so /tmp/svc-copy2 sleep 0
+# guardian's own identity is its inode: a copy of guardian is not guardian.
+cp /usr/bin/guardian /tmp/guardian-copy
+cfgpin="$(ls -d /sys/fs/bpf/guardian/*/maps/GUARDIAN_CONFIG | head -n 1)"
+/tmp/guardian-copy stop --unload --config /etc/guardian/guardian.toml --token /dev/null >/tmp/out 2>&1
+[ "$(ls /sys/fs/bpf/guardian | wc -l)" -eq 1 ] && kill -0 "$agent" && grep -q 'cannot open' /tmp/out
+check guardian-copy-powerless $? "$(head -c 200 /tmp/out)"
 
 say "the attacker goes after guardian's own kernel objects (root, bpf(2))"
 cfgpin="$(ls -d /sys/fs/bpf/guardian/*/maps/GUARDIAN_CONFIG | head -n 1)"
