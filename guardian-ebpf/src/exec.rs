@@ -407,6 +407,9 @@ fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+/// `HASH_ALGO_SHA256` in `include/uapi/linux/hash_info.h`.
+const HASH_ALGO_SHA256: i64 = 4;
+
 /// LSM `bprm_creds_from_file`: the service recognised by content.
 ///
 /// The service is known by the inode of its executable; a byte-identical
@@ -472,8 +475,10 @@ fn try_bprm_creds(
     let mut digest = [0u64; 4];
     // SAFETY: `file` is the hook's argument as the verifier typed it; the
     // helper writes at most 32 bytes into `digest`.
-    let n = unsafe { bpf_ima_file_hash(file, digest.as_mut_ptr().cast(), 32) };
-    if n != 32 {
+    let algo = unsafe { bpf_ima_file_hash(file, digest.as_mut_ptr().cast(), 32) };
+    // The helper answers with the algorithm (`enum hash_algo`), not a
+    // length: anything but SHA-256 cannot be compared.
+    if algo != HASH_ALGO_SHA256 {
         report::count(Counter::ReadErrors);
         return Ok(0);
     }
