@@ -63,6 +63,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Manufactured like a real TPM: EK certificates (RSA-2048, ECC P-384) in
+# its NV, signed by swtpm's local CA, which the guest's enrolment checks.
+if ! swtpm_setup --tpm2 --tpmstate "$tpm_dir" --create-ek-cert --create-platform-cert \
+    --lock-nvram --overwrite >"$tpm_dir/setup.log" 2>&1; then
+    cat "$tpm_dir/setup.log" >&2
+    die "swtpm_setup could not manufacture the guest's TPM"
+fi
 swtpm socket --tpmstate dir="$tpm_dir" --tpm2 \
     --ctrl type=unixio,path="$tpm_dir/sock" \
     --flags startup-clear \

@@ -92,6 +92,11 @@ openssl pkey -in "$out/files/vendor.pem" -pubout -out "$out/files/vendor.pub"
 # The operator's key: only its tokens may switch the guest's guard off.
 # (Its private half goes into the guest too, at /opt/operator, standing in
 # for the operator's own machine.)
+# The TPM manufacturer's CA, as the guest's enrolment trusts it: swtpm's
+# local CA (root and issuer), which signs the guest TPM's EK certificates.
+localca() { sed -n "s/^$1 *= *//p" /etc/swtpm-localca.conf; }
+cp "$(localca statedir)/swtpm-localca-rootca-cert.pem" "$out/files/ek-root.pem"
+cp "$(localca issuercert)" "$out/files/ek-issuer.pem"
 openssl genpkey -algorithm ed25519 -out "$out/files/operator.pem" 2>/dev/null
 openssl pkey -in "$out/files/operator.pem" -pubout -out "$out/files/operator.pub"
 cat >"$out/files/manifest.toml" <<EOF
@@ -146,6 +151,7 @@ scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-bo
     service-copy-egress service-copy-egress-event service-copy-recognised
     service-copy-preload service-copy-preload-event guardian-copy-powerless
     detect-move-mount detect-move-mount-in-evidence move-mount-back preexisting-writers
+    enrol-ak
     kill9-still-denied restart-adopts events-kept-while-down model-unchanged
     policy-before-swap policy-before-swap-event policy-swap-loaded policy-swap-allows-writer
     policy-swap-event policy-in-evidence
@@ -170,6 +176,8 @@ log "initramfs"
     "$out/files/vendor.pub:/etc/guardian/vendor.pub" \
     "$out/files/operator.pub:/etc/guardian/operator.pub" \
     "$out/files/operator.pem:/opt/operator/operator.pem" \
+    "$out/files/ek-root.pem:/etc/guardian/ek-ca/root.pem" \
+    "$out/files/ek-issuer.pem:/etc/guardian/ek-ca/issuer.pem" \
     "$cache/busybox-arm64/bin/busybox:/opt/updater/busybox" \
     "$attack_bin:/usr/bin/guardian-attack" \
     "$attack_bin:/usr/sbin/model-updater" \
@@ -202,10 +210,20 @@ results="$out/results.log"
 tr -d '\r' <"$console" >"$results"
 sed -n '/^GUARDIAN-EVIDENCE-BEGIN$/,/^GUARDIAN-EVIDENCE-END$/p' "$results" | sed '1d;$d' >"$out/evidence.json"
 sed -n '/^GUARDIAN-AK-BEGIN$/,/^GUARDIAN-AK-END$/p' "$results" | sed '1d;$d' >"$out/ak.pem"
+sed -n '/^GUARDIAN-DEVICE-BEGIN$/,/^GUARDIAN-DEVICE-END$/p' "$results" | sed '1d;$d' >"$out/device.json"
+sed -n '/^GUARDIAN-ENROL-REQUEST-BEGIN$/,/^GUARDIAN-ENROL-REQUEST-END$/p' "$results" | sed '1d;$d' >"$out/request.json"
+# The verifier checks the arm64 TPM's EK certificate chain and the AK's
+# attributes on its own side too (the challenge it makes goes unanswered:
+# the guest answered the one made inside it).
+if "$root/target/debug/guardian" enrol challenge --request "$out/request.json" \
+    --ca "$out/files/ek-root.pem" --ca "$out/files/ek-issuer.pem" \
+    -o "$out/host-challenge.json" --pending "$out/host-pending.json" 2>"$out/host-challenge.log"; then r=PASS; else r=FAIL; fi
+echo "GUARDIAN-SCENARIO host-checks-guest-ek-chain $r $(tail -n 1 "$out/host-challenge.log")" >>"$results"
+scenarios+=(host-checks-guest-ek-chain)
 # The verifier keeps a state for the guest (TPM counters, findings) across
 # both quotes, as a fleet verifier would.
 rm -f "$out/verifier-state.json"
-verdict="$("$root/target/debug/guardian" verify --evidence "$out/evidence.json" --ak "$out/ak.pem" \
+verdict="$("$root/target/debug/guardian" verify --evidence "$out/evidence.json" --device "$out/device.json" \
     --key "$out/files/vendor.pub" --manifest "$out/files/manifest.toml" --nonce "$nonce" \
     --state "$out/verifier-state.json" 2>&1)" && r=PASS || r=FAIL
 echo "$verdict" | sed 's/^/verifier: /' >&2
@@ -215,7 +233,7 @@ scenarios+=(host-verifies-guest-evidence)
 # records, and must name the model the updater changed (the golden manifest
 # still has the old digest), while the log still explains the PCR.
 sed -n '/^GUARDIAN-EVIDENCE2-BEGIN$/,/^GUARDIAN-EVIDENCE2-END$/p' "$results" | sed '1d;$d' >"$out/evidence2.json"
-verdict2="$("$root/target/debug/guardian" verify --evidence "$out/evidence2.json" --ak "$out/ak.pem" \
+verdict2="$("$root/target/debug/guardian" verify --evidence "$out/evidence2.json" --device "$out/device.json" \
     --key "$out/files/vendor.pub" --manifest "$out/files/manifest.toml" --nonce "$nonce2" \
     --state "$out/verifier-state.json" 2>&1)" || true
 echo "$verdict2" | sed 's/^/verifier: /' >&2

@@ -114,9 +114,13 @@ enum Command {
         /// The evidence bundle (from `guardian quote`).
         #[arg(long)]
         evidence: PathBuf,
-        /// The enrolled AK public key (PEM).
+        /// The AK public key (PEM) the device showed, trusted as it is.
+        #[arg(long, required_unless_present = "device", conflicts_with = "device")]
+        ak: Option<PathBuf>,
+        /// The device's enrolment record (`guardian enrol finish`): its AK,
+        /// proven resident in a TPM whose EK a trusted CA certifies.
         #[arg(long)]
-        ak: PathBuf,
+        device: Option<PathBuf>,
         /// A key manifests must be signed by (PEM); repeatable.
         #[arg(long = "key", required = true)]
         keys: Vec<PathBuf>,
@@ -147,6 +151,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Enrol the device's attestation key: prove to a verifier, with the
+    /// TPM's manufacturer-certified endorsement key, that the AK lives in
+    /// that TPM (credential activation). Two steps on the device, two on
+    /// the verifier; the verifier's steps need no TPM. See
+    /// docs/enrolment.md.
+    #[command(subcommand)]
+    Enrol(EnrolCommand),
     /// Create, sign and verify model manifests.
     #[command(subcommand)]
     Manifest(ManifestCommand),
@@ -221,6 +232,71 @@ enum Command {
         #[arg(long, default_value = "maintenance")]
         reason: String,
         /// Where to write the token.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnrolCommand {
+    /// Device, step 1: the enrolment request (EK certificate, EK and AK
+    /// public areas, device identity). Creates the AK if there is none.
+    Request {
+        /// The config ([measure] tcti, [attest] ak_handle).
+        #[arg(long, short, env = "GUARDIAN_CONFIG", default_value = guardian::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Where to write the request (JSON).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Verifier, step 2: check a request (EK certificate chain to a CA
+    /// given here, AK attributes) and make a credential only that TPM can
+    /// open. Writes the challenge for the device, and the pending secret
+    /// to keep (mode 0600, never sent).
+    Challenge {
+        /// The device's request.
+        #[arg(long)]
+        request: PathBuf,
+        /// A trusted EK CA certificate (PEM; roots and intermediates);
+        /// repeatable.
+        #[arg(long = "ca", required = true)]
+        cas: Vec<PathBuf>,
+        /// Where to write the challenge (JSON).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Where to keep the pending secret (JSON).
+        #[arg(long)]
+        pending: PathBuf,
+    },
+    /// Device, step 3: answer the challenge (TPM2_ActivateCredential with
+    /// the AK and the EK).
+    Activate {
+        /// The config ([measure] tcti, [attest] ak_handle).
+        #[arg(long, short, env = "GUARDIAN_CONFIG", default_value = guardian::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The verifier's challenge.
+        #[arg(long)]
+        challenge: PathBuf,
+        /// Where to write the response (JSON).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Verifier, step 4: check the device's answer against the pending
+    /// secret and write the enrolment record `guardian verify --device`
+    /// takes.
+    ///
+    /// Exit status: 0 enrolled, 1 refused (the record is not written).
+    Finish {
+        /// The device's request (the one challenged).
+        #[arg(long)]
+        request: PathBuf,
+        /// The pending secret from `enrol challenge`.
+        #[arg(long)]
+        pending: PathBuf,
+        /// The device's response.
+        #[arg(long)]
+        response: PathBuf,
+        /// Where to write the enrolment record (JSON).
         #[arg(long, short)]
         output: PathBuf,
     },
@@ -539,6 +615,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify {
             evidence,
             ak,
+            device,
             keys,
             manifest,
             pcrs,
@@ -551,7 +628,29 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             use guardian::attest::DeviceState;
             // Every input first: a bad one changes nothing.
             let ev = guardian::attest::read_evidence(&evidence)?;
-            let ak = guardian::attest::read_ak(&ak)?;
+            let ak = match (&ak, &device) {
+                (Some(p), _) => {
+                    eprintln!(
+                        "guardian: warning: --ak {}: the AK is trusted as given; `guardian enrol` proves it is in a certified TPM",
+                        p.display()
+                    );
+                    guardian::attest::read_ak(p)?
+                }
+                (None, Some(p)) => {
+                    let rec: guardian::enrol::Enrolled = read_json(p)?;
+                    if rec.insecure_tofu {
+                        eprintln!(
+                            "guardian: warning: {}: enrolled on first use, without proof of a certified TPM",
+                            p.display()
+                        );
+                    }
+                    use p256::pkcs8::DecodePublicKey as _;
+                    p256::ecdsa::VerifyingKey::from_public_key_pem(&rec.ak_public_pem).map_err(
+                        |_| anyhow::anyhow!("{}: ak_public_pem is not a P-256 key", p.display()),
+                    )?
+                }
+                (None, None) => anyhow::bail!("--ak or --device is needed"),
+            };
             let manifest_keys = guardian::signing::TrustedKey::load_all(&keys)?;
             let golden = match &manifest {
                 Some(p) => {
@@ -622,6 +721,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
+        Command::Enrol(cmd) => enrol_cmd(cmd),
         Command::Manifest(cmd) => manifest_cmd(cmd),
         Command::Log(cmd) => log_cmd(cmd),
         Command::Policy(cmd) => policy_cmd(cmd),
@@ -701,6 +801,114 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// Read a JSON file, naming it in the error.
+fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a valid message", path.display()))
+}
+
+/// Write a JSON file (0600 when `secret`), naming it in the error.
+fn write_json<T: serde::Serialize>(
+    path: &std::path::Path,
+    value: &T,
+    secret: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut text = serde_json::to_vec_pretty(value)?;
+    text.push(b'\n');
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(&text)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn enrol_cmd(cmd: EnrolCommand) -> anyhow::Result<ExitCode> {
+    use guardian::enrol;
+    let device_tpm = |config: &std::path::Path| -> anyhow::Result<(guardian::tpm::Tpm, u32)> {
+        let cfg = Config::load(config, |k| std::env::var(k).ok())?;
+        let tcti =
+            guardian::tpm::choose_tcti(cfg.measure.tcti.as_deref(), |k| std::env::var(k).ok());
+        Ok((guardian::tpm::Tpm::open(&tcti)?, cfg.attest.ak_handle))
+    };
+    match cmd {
+        EnrolCommand::Request { config, output } => {
+            let (mut tpm, handle) = device_tpm(&config)?;
+            let req = enrol::request(&mut tpm, handle)?;
+            write_json(&output, &req, false)?;
+            eprintln!(
+                "wrote the enrolment request to {} (AK at handle {handle:#010x}): send it to the verifier",
+                output.display()
+            );
+        }
+        EnrolCommand::Challenge {
+            request,
+            cas,
+            output,
+            pending,
+        } => {
+            let req: enrol::Request = read_json(&request)?;
+            let cas = enrol::load_ca_certs(&cas)?;
+            let (ch, secret) = enrol::challenge(&req, &cas)
+                .map_err(|e| anyhow::anyhow!("{}: refused: {e}", request.display()))?;
+            write_json(&pending, &secret, true)?;
+            write_json(&output, &ch, false)?;
+            eprintln!(
+                "{}: EK certified by {} ({}); challenge {} written to {}, secret kept in {}",
+                request.display(),
+                secret.ek_issuer,
+                secret.ek_subject,
+                ch.id,
+                output.display(),
+                pending.display()
+            );
+        }
+        EnrolCommand::Activate {
+            config,
+            challenge,
+            output,
+        } => {
+            let (mut tpm, handle) = device_tpm(&config)?;
+            let ch: enrol::Challenge = read_json(&challenge)?;
+            let resp = enrol::activate(&mut tpm, handle, &ch)?;
+            write_json(&output, &resp, false)?;
+            eprintln!("wrote the response to {}", output.display());
+        }
+        EnrolCommand::Finish {
+            request,
+            pending,
+            response,
+            output,
+        } => {
+            let req: enrol::Request = read_json(&request)?;
+            let secret: enrol::PendingSecret = read_json(&pending)?;
+            let resp: enrol::Response = read_json(&response)?;
+            let rec = match enrol::finish(&req, secret, &resp) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("guardian: enrolment refused: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            write_json(&output, &rec, false)?;
+            eprintln!(
+                "enrolled: AK {} of {} is resident in the TPM whose EK {} certifies; record in {}",
+                rec.ak_name,
+                rec.device.hostname,
+                rec.ek_issuer.as_deref().unwrap_or("?"),
+                output.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn manifest_cmd(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {

@@ -463,3 +463,151 @@ fn tampered_credential_is_refused_by_the_tpm() {
     // tampering, not the setup.
     enrol::activate(&mut dev, AK, &challenge).unwrap();
 }
+
+/// The four `guardian enrol` commands end to end against a manufactured
+/// swtpm (two on the "device", two on the "verifier"), then a real quote
+/// verified with `--device` (the enrolment record) instead of `--ak`; a
+/// record enrolled by another TPM does not verify this device's quote.
+#[test]
+fn enrol_commands_then_verify_with_the_record() {
+    let m = Manufactured::start();
+    let b = common::Board::new(&m.tcti());
+    let (root, issuer) = localca_files();
+    let run = |args: &[&str]| {
+        let out = common::guardian(args);
+        assert!(
+            out.status.success(),
+            "guardian {args:?}: {}",
+            common::stderr(&out)
+        );
+        common::stderr(&out)
+    };
+    run(&[
+        "enrol",
+        "request",
+        "-c",
+        &b.s("guardian.toml"),
+        "-o",
+        &b.s("request.json"),
+    ]);
+    let said = run(&[
+        "enrol",
+        "challenge",
+        "--request",
+        &b.s("request.json"),
+        "--ca",
+        s(&root),
+        "--ca",
+        s(&issuer),
+        "-o",
+        &b.s("challenge.json"),
+        "--pending",
+        &b.s("pending.json"),
+    ]);
+    assert!(said.contains("EK certified by"), "{said}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(b.p("pending.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the pending secret is readable by others: {mode:o}"
+    );
+    run(&[
+        "enrol",
+        "activate",
+        "-c",
+        &b.s("guardian.toml"),
+        "--challenge",
+        &b.s("challenge.json"),
+        "-o",
+        &b.s("response.json"),
+    ]);
+    let said = run(&[
+        "enrol",
+        "finish",
+        "--request",
+        &b.s("request.json"),
+        "--pending",
+        &b.s("pending.json"),
+        "--response",
+        &b.s("response.json"),
+        "-o",
+        &b.s("device.json"),
+    ]);
+    assert!(said.contains("enrolled"), "{said}");
+    let rec: enrol::Enrolled =
+        serde_json::from_slice(&std::fs::read(b.p("device.json")).unwrap()).unwrap();
+    assert!(!rec.insecure_tofu);
+
+    // A wrong answer is refused and writes no record.
+    let mut resp: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.p("response.json")).unwrap()).unwrap();
+    resp["secret"] = serde_json::Value::String(B64.encode([0u8; 32]));
+    std::fs::write(b.p("bad-response.json"), resp.to_string()).unwrap();
+    let out = common::guardian(&[
+        "enrol",
+        "finish",
+        "--request",
+        &b.s("request.json"),
+        "--pending",
+        &b.s("pending.json"),
+        "--response",
+        &b.s("bad-response.json"),
+        "-o",
+        &b.s("bad-device.json"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("refused"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert!(!b.p("bad-device.json").exists());
+
+    // A quote from this TPM verifies against the record.
+    let out = b.measure();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let nonce = "11".repeat(16);
+    run(&[
+        "quote",
+        "-c",
+        &b.s("guardian.toml"),
+        "--nonce",
+        &nonce,
+        "-o",
+        &b.s("evidence.json"),
+    ]);
+    let verify = |device: &str| {
+        common::guardian(&[
+            "verify",
+            "--evidence",
+            &b.s("evidence.json"),
+            "--device",
+            device,
+            "--key",
+            &b.s("vendor.pub"),
+            "--nonce",
+            &nonce,
+        ])
+    };
+    let out = verify(&b.s("device.json"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", common::stderr(&out));
+    assert!(text.contains("TRUSTED"), "{text}");
+    assert!(!common::stderr(&out).contains("trusted as given"));
+
+    // Another TPM's record: its AK did not sign this quote.
+    let other = Manufactured::start();
+    let (_, rec2) = enrol_fully(&other, None);
+    std::fs::write(b.p("other-device.json"), serde_json::to_vec(&rec2).unwrap()).unwrap();
+    let out = verify(&b.s("other-device.json"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "another TPM's record verified: {text}"
+    );
+    assert!(text.contains("NOT TRUSTED"), "{text}");
+}

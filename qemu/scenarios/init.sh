@@ -149,6 +149,28 @@ check pcr-equals-replay $? "sysfs pcr-sha256/14 = $pcr"
 # The host passes a fresh nonce on the kernel command line and verifies what
 # comes back with its own (x86_64) guardian: the aarch64 agent and the
 # verifier must interoperate.
+# --- enrolment: the AK proven resident in this certified TPM ----------------
+# The device's two steps, with the verifier's two in between (they need no
+# TPM; there is no channel back to the host during the boot, so they run
+# here, with the TPM maker's CA the image carries, and the host checks the
+# request's EK chain again on its side).
+C=/etc/guardian/guardian.toml
+guardian enrol request -c $C -o /tmp/request.json 2>/tmp/enrol.err \
+    && guardian enrol challenge --request /tmp/request.json --ca /etc/guardian/ek-ca/root.pem \
+        --ca /etc/guardian/ek-ca/issuer.pem -o /tmp/challenge.json --pending /tmp/pending.json 2>>/tmp/enrol.err \
+    && guardian enrol activate -c $C --challenge /tmp/challenge.json -o /tmp/response.json 2>>/tmp/enrol.err \
+    && guardian enrol finish --request /tmp/request.json --pending /tmp/pending.json \
+        --response /tmp/response.json -o /tmp/device.json 2>>/tmp/enrol.err
+rc=$?
+sed 's/^/demo:   /' /tmp/enrol.err
+check enrol-ak $rc "$(grep -o 'EK certified by [^;]*' /tmp/enrol.err | head -n 1 | cut -c1-120)"
+echo "GUARDIAN-ENROL-REQUEST-BEGIN"
+cat /tmp/request.json
+echo "GUARDIAN-ENROL-REQUEST-END"
+echo "GUARDIAN-DEVICE-BEGIN"
+cat /tmp/device.json
+echo "GUARDIAN-DEVICE-END"
+
 nonce="$(sed -n 's/.*guardian\.nonce=\([0-9a-f]*\).*/\1/p' /proc/cmdline)"
 if [ -n "$nonce" ]; then
     say "quoting PCR 14 for the verifier's nonce $nonce"
