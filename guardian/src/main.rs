@@ -97,9 +97,12 @@ enum Command {
         /// The device's verifier state (created on first use).
         #[arg(long)]
         state: PathBuf,
-        /// The device's enrolled AK public key (PEM); binds a new state to it.
+        /// The device's AK public key (PEM); binds a new state to it.
+        #[arg(long, required_unless_present = "device", conflicts_with = "device")]
+        ak: Option<PathBuf>,
+        /// The device's enrolment record (`guardian enrol finish`).
         #[arg(long)]
-        ak: PathBuf,
+        device: Option<PathBuf>,
     },
     /// Check an evidence bundle: signature by the enrolled AK, the nonce,
     /// exactly the judged PCRs quoted, every record since boot bound to its
@@ -599,9 +602,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Challenge { state, ak } => {
+        Command::Challenge { state, ak, device } => {
             use guardian::attest::DeviceState;
-            let key = guardian::attest::read_ak(&ak)?;
+            let key = ak_of(ak.as_deref(), device.as_deref())?;
             let mut st = match DeviceState::read(&state)? {
                 Some(st) => st,
                 None => DeviceState::new(key.to_encoded_point(false).as_bytes()),
@@ -628,29 +631,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             use guardian::attest::DeviceState;
             // Every input first: a bad one changes nothing.
             let ev = guardian::attest::read_evidence(&evidence)?;
-            let ak = match (&ak, &device) {
-                (Some(p), _) => {
-                    eprintln!(
-                        "guardian: warning: --ak {}: the AK is trusted as given; `guardian enrol` proves it is in a certified TPM",
-                        p.display()
-                    );
-                    guardian::attest::read_ak(p)?
-                }
-                (None, Some(p)) => {
-                    let rec: guardian::enrol::Enrolled = read_json(p)?;
-                    if rec.insecure_tofu {
-                        eprintln!(
-                            "guardian: warning: {}: enrolled on first use, without proof of a certified TPM",
-                            p.display()
-                        );
-                    }
-                    use p256::pkcs8::DecodePublicKey as _;
-                    p256::ecdsa::VerifyingKey::from_public_key_pem(&rec.ak_public_pem).map_err(
-                        |_| anyhow::anyhow!("{}: ak_public_pem is not a P-256 key", p.display()),
-                    )?
-                }
-                (None, None) => anyhow::bail!("--ak or --device is needed"),
-            };
+            let ak = ak_of(ak.as_deref(), device.as_deref())?;
             let manifest_keys = guardian::signing::TrustedKey::load_all(&keys)?;
             let golden = match &manifest {
                 Some(p) => {
@@ -800,6 +781,36 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
+    }
+}
+
+/// The AK to verify with: given as a PEM key (trusted as given, said so),
+/// or from an enrolment record.
+fn ak_of(
+    ak: Option<&std::path::Path>,
+    device: Option<&std::path::Path>,
+) -> anyhow::Result<p256::ecdsa::VerifyingKey> {
+    match (ak, device) {
+        (Some(p), _) => {
+            eprintln!(
+                "guardian: warning: --ak {}: the AK is trusted as given; `guardian enrol` proves it is in a certified TPM",
+                p.display()
+            );
+            Ok(guardian::attest::read_ak(p)?)
+        }
+        (None, Some(p)) => {
+            let rec: guardian::enrol::Enrolled = read_json(p)?;
+            if rec.insecure_tofu {
+                eprintln!(
+                    "guardian: warning: {}: enrolled on first use, without proof of a certified TPM",
+                    p.display()
+                );
+            }
+            use p256::pkcs8::DecodePublicKey as _;
+            p256::ecdsa::VerifyingKey::from_public_key_pem(&rec.ak_public_pem)
+                .map_err(|_| anyhow::anyhow!("{}: ak_public_pem is not a P-256 key", p.display()))
+        }
+        (None, None) => anyhow::bail!("--ak or --device is needed"),
     }
 }
 
