@@ -31,6 +31,9 @@ cargo clippy --locked --all-targets -- -D warnings
 cargo +"$EBPF_TOOLCHAIN" clippy --locked -p guardian-ebpf --target bpfel-unknown-none \
     -Z build-std=core -- -D warnings
 
+step "the agent's module graph: no import circle, and docs/architecture.md shows it as it is"
+python3 guardian/scripts/module-graph.py --check | tail -n 1
+
 step "meta-guardian: offline layer checks, and each check catches its planted defect"
 meta-guardian/scripts/check-layer.sh
 meta-guardian/scripts/test-check-layer.sh

@@ -90,7 +90,47 @@ fn main() -> anyhow::Result<()> {
     if !dst.exists() {
         return Err(anyhow!("aya-build produced no {}", dst.display()));
     }
+    strip_debug(&dst);
     Ok(())
+}
+
+/// Drop the object's DWARF (about 1.8 MB of the agent's binary; the kernel
+/// never reads it): `rust-objcopy --strip-debug`, the llvm-objcopy every
+/// rustup toolchain carries. `.BTF` and `.BTF.ext`, which the loader and
+/// the verifier use, are not debug sections and stay. Best effort: without
+/// the tool the object is embedded as built, and the build says so.
+fn strip_debug(obj: &Path) {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let host = env::var("HOST").unwrap_or_default();
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let Some(sysroot) = sysroot else {
+        println!(
+            "cargo:warning=cannot find the toolchain's sysroot: the eBPF object keeps its debug info"
+        );
+        return;
+    };
+    let tool = Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(&host)
+        .join("bin/rust-objcopy");
+    let stripped = obj.with_extension("stripped");
+    let ok = Command::new(&tool)
+        .arg("--strip-debug")
+        .arg(obj)
+        .arg(&stripped)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok || fs::rename(&stripped, obj).is_err() {
+        println!(
+            "cargo:warning={} did not strip the eBPF object: it keeps its debug info",
+            tool.display()
+        );
+    }
 }
 
 fn toolchain_installed(name: &str) -> bool {

@@ -91,7 +91,7 @@ use crate::{
 };
 
 /// The hook name in events and status.
-pub const HOOK: &str = "fanotify/open_perm";
+pub const HOOK: &str = crate::hooks::FANOTIFY_PERM;
 
 /// Why the rung could not start. [`FanotifyError::is_unavailable`] tells a
 /// kernel or privilege that cannot do it apart from a bad target.

@@ -58,7 +58,7 @@ use sha2::Digest as _;
 
 use crate::{
     btf::{Btf, BtfError},
-    config::{EgressEntry, GuardConfig, ModeRequest, PortSpec, ServiceConfig},
+    config::{GuardConfig, ModeRequest, ServiceConfig},
     kernel::KernelFeatures,
 };
 
@@ -82,23 +82,7 @@ impl Mode {
     }
 }
 
-/// The hooks, by the names `status`, events and `[guard] require` use.
-pub const HOOKS: [&str; 14] = [
-    "file_write_open",
-    "file_write",
-    "file_setattr",
-    "file_rename",
-    "file_unlink",
-    "file_link",
-    "file_create",
-    "file_mmap",
-    "mount",
-    "exec",
-    "ptrace",
-    "prctl",
-    "connect",
-    "bpf_objects",
-];
+pub use crate::hooks::HOOKS;
 
 /// Errors starting the guard. Each says which step failed and why.
 #[derive(Debug, thiserror::Error)]
@@ -619,76 +603,7 @@ impl Targets {
     }
 }
 
-/// Parse one egress entry: the network (address bits past the prefix must
-/// be zero) and its ports.
-pub fn parse_egress(e: &EgressEntry) -> Result<(std::net::IpAddr, u32, EgressRule), String> {
-    let (addr, len) = match e.cidr.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (e.cidr.as_str(), None),
-    };
-    let ip: std::net::IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{:?}: not an IPv4 or IPv6 address", e.cidr))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        None => max,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("{:?}: prefix length must be 0..={max}", e.cidr))?,
-    };
-    let bits: u128 = match ip {
-        std::net::IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
-        std::net::IpAddr::V6(a) => u128::from(a),
-    };
-    let host = if len == 0 { bits } else { bits << len };
-    if host != 0 {
-        return Err(format!(
-            "{:?}: address has bits set past the /{len} prefix",
-            e.cidr
-        ));
-    }
-    let mut rule = EgressRule::default();
-    if e.ports.is_empty() {
-        rule.ports[0] = [0, u16::MAX];
-        rule.count = 1;
-    }
-    if e.ports.len() > EgressRule::MAX_PORTS {
-        return Err(format!(
-            "{:?}: {} port entries, at most {}",
-            e.cidr,
-            e.ports.len(),
-            EgressRule::MAX_PORTS
-        ));
-    }
-    for p in &e.ports {
-        let bad = || {
-            format!(
-                "{:?}: port {p:?} must be a number 1-65535 or a \"low-high\" string",
-                e.cidr
-            )
-        };
-        let range = match p {
-            PortSpec::Port(n) => {
-                let n = u16::try_from(*n).ok().filter(|n| *n > 0).ok_or_else(bad)?;
-                [n, n]
-            }
-            PortSpec::Range(s) => {
-                let (lo, hi) = s.split_once('-').unwrap_or((s, s));
-                let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-                let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-                if lo == 0 || lo > hi {
-                    return Err(bad());
-                }
-                [lo, hi]
-            }
-        };
-        rule.ports[rule.count as usize] = range;
-        rule.count += 1;
-    }
-    Ok((ip, len, rule))
-}
+pub use crate::config::parse_egress;
 
 /// Every regular file under `dir`, following symlinks (library
 /// directories are full of them, and what the loader maps is the target),
@@ -1350,7 +1265,7 @@ impl Guard {
                     format!("{why_not}; reported after the fact")
                 } else if skipped
                     && (def.name == "file_write_open"
-                        || crate::watch::HOOKS.iter().any(|(h, _)| *h == def.name))
+                        || crate::hooks::NOTIFY.iter().any(|(h, _)| *h == def.name))
                 {
                     format!(
                         "{why_not}; syscall_detect is off: NOT COVERED in the kernel (a userspace rung may take it, see below)"
@@ -1788,8 +1703,10 @@ impl Guard {
                 .next()
                 .unwrap_or_default();
             h.mechanism = "fanotify".into();
-            h.attached
-                .insert(0, format!("{} ({marked} file(s))", crate::fanotify::HOOK));
+            h.attached.insert(
+                0,
+                format!("{} ({marked} file(s))", crate::hooks::FANOTIFY_PERM),
+            );
             h.note = Some(format!(
                 "{why}; denied from userspace (fanotify) while the agent runs{}",
                 if traced {
@@ -1810,7 +1727,7 @@ impl Guard {
     /// kernel program covers; `mask` is what it asked fanotify for.
     pub fn note_watch(&mut self, marked: usize, mask: u64) {
         let mut covered = Vec::new();
-        for (hook, bits) in crate::watch::HOOKS {
+        for (hook, bits) in crate::hooks::NOTIFY {
             if mask & bits == 0 {
                 continue;
             }
@@ -2539,6 +2456,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{EgressEntry, PortSpec};
 
     #[test]
     fn service_rules_and_egress() {

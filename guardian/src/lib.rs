@@ -14,6 +14,7 @@
 //! | [`config`] | the TOML config, environment overrides, validation |
 //! | [`kernel`] | probing the running kernel (BTF, LSM list, tracepoints) |
 //! | [`btf`] | reading struct offsets from the kernel's BTF for the eBPF programs |
+//! | [`hooks`] | the names of the hooks and rung forms (a leaf everyone may use) |
 //! | [`guard`] | loading (or adopting) the pinned eBPF object, filling its maps, the per-hook ladder |
 //! | [`events`] | decoding kernel records into JSON-line security events |
 //! | [`fanotify`] | the userspace-deny rung: fanotify permission events where BPF LSM cannot attach |
@@ -52,6 +53,7 @@ pub mod evidence;
 pub mod fanotify;
 pub mod guard;
 pub mod hashing;
+pub mod hooks;
 pub mod kernel;
 pub mod manifest;
 pub mod measure;

@@ -180,7 +180,7 @@ pub struct Status {
     /// The attestor (the thread that records evidence): what an evidence
     /// bundle reports of it.
     #[serde(default)]
-    pub attestor: Option<crate::attest::AgentState>,
+    pub attestor: Option<AgentState>,
 }
 
 /// Errors reading or writing the status file.
@@ -254,7 +254,7 @@ impl Status {
 
     /// What the evidence bundle says of the attestor: as published, and
     /// whether the agent is still alive.
-    pub fn attestor_state(&self) -> crate::attest::AgentState {
+    pub fn attestor_state(&self) -> AgentState {
         let mut a = self.attestor.clone().unwrap_or_default();
         a.running = self.agent_alive();
         a
@@ -348,6 +348,21 @@ impl Status {
 /// RFC 3339 of now, second precision.
 pub fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// The daemon's attestor as `guardian status` sees it (the device's word;
+/// a stalled attestor is a reason not to trust the quote's completeness).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentState {
+    /// Whether `guardian run` is running.
+    pub running: bool,
+    /// Records waiting for the log.
+    pub backlog: u64,
+    /// Since when the attestor cannot write, if it cannot.
+    pub stalled_since: Option<String>,
+    /// Records lost (queue full, write errors).
+    pub lost: u64,
 }
 
 #[cfg(test)]

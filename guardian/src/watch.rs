@@ -105,15 +105,7 @@ pub const MASK: u64 =
     libc::FAN_MODIFY | libc::FAN_ATTRIB | libc::FAN_MOVE_SELF | libc::FAN_DELETE_SELF;
 
 /// The guard's hooks this rung can report, and the events each needs.
-pub const HOOKS: [(&str, u64); 5] = [
-    ("file_write", libc::FAN_MODIFY),
-    // truncate(2) is a FAN_MODIFY; chmod, chown a FAN_ATTRIB.
-    ("file_setattr", libc::FAN_MODIFY | libc::FAN_ATTRIB),
-    // Moved away: FAN_MOVE_SELF; replaced: the link count (FAN_ATTRIB).
-    ("file_rename", libc::FAN_MOVE_SELF | libc::FAN_ATTRIB),
-    ("file_unlink", libc::FAN_ATTRIB | libc::FAN_DELETE_SELF),
-    ("file_link", libc::FAN_ATTRIB),
-];
+pub const HOOKS: [(&str, u64); 5] = crate::hooks::NOTIFY;
 
 /// The events to ask for when the hooks for which `uncovered` is true
 /// have no other form (0: nothing to do).

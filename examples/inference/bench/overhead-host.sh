@@ -17,7 +17,8 @@
 # (docs/inference-overhead.md explains them).
 #
 # Environment: OVH_KERNEL_ONLY=1 also measures the programs attached with
-# the agent stopped; CARGO_TARGET_DIR for guardian (default /work/target-ovh),
+# the agent stopped; CARGO_TARGET_DIR for guardian (default target/ovh in the
+# repository; the inference service always builds in examples/inference/target),
 # OVH_OUT for the results directory (default a new temp dir), OVH_NO_BUILD=1
 # to use the binaries already built there and in examples/inference/target.
 set -euo pipefail
@@ -30,13 +31,16 @@ log() { printf 'overhead: %s\n' "$*" >&2; }
 die() { printf 'overhead: error: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root: guardian loads eBPF programs"
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-ovh}"
+guardian_target="${CARGO_TARGET_DIR:-$root/target/ovh}"
 if [ "${OVH_NO_BUILD:-0}" != 1 ]; then
-    log "building guardian (release, $CARGO_TARGET_DIR) and the inference service"
-    (cd "$root" && cargo build --release -p guardian >&2)
-    (cd "$demo" && cargo build --locked --release >&2)
+    log "building guardian (release, $guardian_target) and the inference service"
+    (cd "$root" && CARGO_TARGET_DIR="$guardian_target" cargo build --release -p guardian >&2)
+    # Its own target directory, where $bindir below looks for it.
+    (cd "$demo" && CARGO_TARGET_DIR="$demo/target" cargo build --locked --release >&2)
 fi
-guardian="$CARGO_TARGET_DIR/release/guardian"
+[ -x "$guardian_target/release/guardian" ] || die "no guardian binary in $guardian_target/release (OVH_NO_BUILD=1 needs one)"
+[ -x "$demo/target/release/inference-service" ] || die "no inference-service in $demo/target/release (OVH_NO_BUILD=1 needs one)"
+guardian="$guardian_target/release/guardian"
 bindir="$demo/target/release"
 
 out="${OVH_OUT:-$(mktemp -d /tmp/inference-overhead.XXXXXX)}"
@@ -54,6 +58,8 @@ cat >"$config" <<EOF
 mode = "auto"
 protected = ["$out/models"]
 pin_dir = "$pin_dir"
+# A benchmark unloads its guard between rounds: no operator token.
+unload_without_token = true
 
 [service]
 exe = ["$bindir/inference-service"]

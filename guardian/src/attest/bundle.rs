@@ -59,20 +59,7 @@ pub struct Evidence {
     pub agent: Option<AgentState>,
 }
 
-/// The daemon's attestor as `guardian status` sees it (the device's word;
-/// a stalled attestor is a reason not to trust the quote's completeness).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AgentState {
-    /// Whether `guardian run` is running.
-    pub running: bool,
-    /// Records waiting for the log.
-    pub backlog: u64,
-    /// Since when the attestor cannot write, if it cannot.
-    pub stalled_since: Option<String>,
-    /// Records lost (queue full, write errors).
-    pub lost: u64,
-}
+pub use crate::status::AgentState;
 
 /// Who the device says it is.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -19,12 +19,14 @@ use serde::Serialize;
 
 use super::{
     FailMode, Limits, Measurer, Outcome, PolicyInfo, PolicySet, Runtime, StaticRules,
-    config::FailModeSetting,
     event::{EventError, JsonEvent},
     module::CallError,
     set::LoadError,
 };
-use crate::{config::Config, signing::TrustedKey};
+use crate::{
+    config::{Config, FailModeSetting},
+    signing::TrustedKey,
+};
 use guardian_policy_abi::{Decision, Event};
 
 /// Everything the engine needs, resolved from the config.

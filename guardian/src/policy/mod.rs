@@ -26,7 +26,6 @@
 //! 4. on SIGHUP or a change of the directory: [`PolicyEngine::reload`]
 //!    again. A failed reload leaves the previous set in force and says why.
 
-pub mod config;
 pub mod engine;
 pub mod event;
 pub mod measure;
@@ -34,7 +33,7 @@ pub mod module;
 pub mod set;
 pub mod tools;
 
-pub use config::PolicyConfig;
+pub use crate::config::{FailModeSetting, PolicyConfig};
 pub use engine::{PolicyEngine, PolicySettings, PolicyStats, ReloadReport};
 pub use event::{EventError, JsonEvent};
 pub use guardian_policy_abi::{Actions, Decision, Event, Verdict};

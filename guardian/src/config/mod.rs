@@ -4,6 +4,9 @@
 //! then command-line flags. Unknown keys are errors, not ignored, so a typo
 //! cannot silently disable protection.
 
+mod policy;
+pub use policy::{FailModeSetting, PolicyConfig};
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -426,7 +429,7 @@ pub struct Config {
     pub kernel: KernelSettings,
     /// `[policy]`.
     #[serde(default)]
-    pub policy: crate::policy::PolicyConfig,
+    pub policy: PolicyConfig,
     /// The file this was loaded from (not a key of the file).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -567,10 +570,10 @@ impl Config {
             return Err("[status] interval_secs must be at least 1".to_owned());
         }
         for name in &self.guard.require {
-            if !crate::guard::HOOKS.contains(&name.as_str()) {
+            if !crate::hooks::HOOKS.contains(&name.as_str()) {
                 return Err(format!(
                     "[guard] require: unknown hook {name:?} (known: {})",
-                    crate::guard::HOOKS.join(", ")
+                    crate::hooks::HOOKS.join(", ")
                 ));
             }
         }
@@ -599,11 +602,84 @@ impl Config {
             }
         }
         for e in self.service.egress.iter().flatten() {
-            crate::guard::parse_egress(e).map_err(|m| format!("[service] egress: {m}"))?;
+            parse_egress(e).map_err(|m| format!("[service] egress: {m}"))?;
         }
         self.policy.validate()?;
         Ok(())
     }
+}
+
+/// Parse one egress entry: the network (address bits past the prefix must
+/// be zero) and its ports.
+pub fn parse_egress(
+    e: &EgressEntry,
+) -> Result<(std::net::IpAddr, u32, guardian_common::EgressRule), String> {
+    let (addr, len) = match e.cidr.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (e.cidr.as_str(), None),
+    };
+    let ip: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{:?}: not an IPv4 or IPv6 address", e.cidr))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{:?}: prefix length must be 0..={max}", e.cidr))?,
+    };
+    let bits: u128 = match ip {
+        std::net::IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+        std::net::IpAddr::V6(a) => u128::from(a),
+    };
+    let host = if len == 0 { bits } else { bits << len };
+    if host != 0 {
+        return Err(format!(
+            "{:?}: address has bits set past the /{len} prefix",
+            e.cidr
+        ));
+    }
+    let mut rule = guardian_common::EgressRule::default();
+    if e.ports.is_empty() {
+        rule.ports[0] = [0, u16::MAX];
+        rule.count = 1;
+    }
+    if e.ports.len() > guardian_common::EgressRule::MAX_PORTS {
+        return Err(format!(
+            "{:?}: {} port entries, at most {}",
+            e.cidr,
+            e.ports.len(),
+            guardian_common::EgressRule::MAX_PORTS
+        ));
+    }
+    for p in &e.ports {
+        let bad = || {
+            format!(
+                "{:?}: port {p:?} must be a number 1-65535 or a \"low-high\" string",
+                e.cidr
+            )
+        };
+        let range = match p {
+            PortSpec::Port(n) => {
+                let n = u16::try_from(*n).ok().filter(|n| *n > 0).ok_or_else(bad)?;
+                [n, n]
+            }
+            PortSpec::Range(s) => {
+                let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+                let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+                let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+                if lo == 0 || lo > hi {
+                    return Err(bad());
+                }
+                [lo, hi]
+            }
+        };
+        rule.ports[rule.count as usize] = range;
+        rule.count += 1;
+    }
+    Ok((ip, len, rule))
 }
 
 #[cfg(test)]
@@ -630,7 +706,7 @@ mod tests {
 
     #[test]
     fn sample_config_parses() {
-        let text = include_str!("../guardian.toml.sample");
+        let text = include_str!("../../guardian.toml.sample");
         let c = Config::parse(text).unwrap();
         assert!(!c.guard.protected.is_empty());
     }

@@ -1,4 +1,5 @@
-//! The `[policy]` section of the config.
+//! The `[policy]` section of the config (the policy engine reads it; the
+//! config owns it, so that the config depends on nothing it configures).
 
 use std::path::PathBuf;
 

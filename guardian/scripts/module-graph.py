@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""The agent's module graph, from its sources: which top-level module of
+guardian/src uses which (`crate::X` paths and `use crate::{X, ...}`), as a
+Mermaid block for docs/architecture.md, and every import circle.
+
+    guardian/scripts/module-graph.py            print the graph and the circles
+    guardian/scripts/module-graph.py --check    also exit 1 on an import circle, or if
+                                                 docs/architecture.md's graph block
+                                                 differs from this one
+
+A module is a file or folder directly under guardian/src (main.rs and
+lib.rs excluded: they are the roots). Tests (`#[cfg(test)] mod tests`) are
+left out: a test may use anything.
+"""
+import pathlib
+import re
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SRC = ROOT / "guardian" / "src"
+DOC = ROOT / "docs" / "architecture.md"
+BEGIN, END = "<!-- module-graph:begin -->", "<!-- module-graph:end -->"
+
+
+def modules():
+    mods = {}
+    for p in sorted(SRC.iterdir()):
+        if p.name in ("main.rs", "lib.rs"):
+            continue
+        if p.is_dir():
+            mods[p.name] = sorted(p.rglob("*.rs"))
+        elif p.suffix == ".rs":
+            mods[p.stem] = [p]
+    return mods
+
+
+def strip_tests(text):
+    # Drop `#[cfg(test)] mod tests { ... }` (to the end of the file: the
+    # house puts it last), and comments (doc links are not dependencies).
+    m = re.search(r"#\[cfg\(test\)\]\s*mod tests", text)
+    text = text[: m.start()] if m else text
+    return "\n".join(re.sub(r"//.*$", "", line) for line in text.splitlines())
+
+
+def uses(text, names):
+    found = set()
+    for m in re.finditer(r"crate::(\w+)", text):
+        found.add(m.group(1))
+    for m in re.finditer(r"use crate::\{([^;]*)\}", text, re.S):
+        for part in re.split(r"[,\s]+", m.group(1)):
+            head = part.split("::")[0].strip("{} ")
+            if head:
+                found.add(head)
+    return {n for n in found if n in names}
+
+
+def graph():
+    mods = modules()
+    names = set(mods)
+    edges = {}
+    for name, files in mods.items():
+        deps = set()
+        for f in files:
+            deps |= uses(strip_tests(f.read_text()), names)
+        deps.discard(name)
+        edges[name] = sorted(deps)
+    return edges
+
+
+def circles(edges):
+    # Strongly connected components of more than one module (Tarjan).
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, []):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10000)
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def mermaid(edges):
+    lines = ["```mermaid", "graph LR"]
+    for a, deps in edges.items():
+        if not deps:
+            lines.append(f"    {a}")
+        for b in deps:
+            lines.append(f"    {a} --> {b}")
+    lines.append("```")
+    return "\n".join(lines)
+
+
+def main():
+    edges = graph()
+    block = mermaid(edges)
+    cyc = circles(edges)
+    print(block)
+    if cyc:
+        print("\nimport circles:")
+        for c in cyc:
+            print("  " + " <-> ".join(c))
+    else:
+        print("\nno import circle")
+    if "--check" in sys.argv:
+        if cyc:
+            print("import circles among the agent's modules: cut them", file=sys.stderr)
+            return 1
+        text = DOC.read_text() if DOC.exists() else ""
+        if BEGIN not in text or END not in text:
+            print(f"{DOC}: no {BEGIN} ... {END} block", file=sys.stderr)
+            return 1
+        current = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+        if current != block:
+            print(
+                f"{DOC}: the module graph is out of date; run "
+                "guardian/scripts/module-graph.py and paste its block",
+                file=sys.stderr,
+            )
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
