@@ -9,10 +9,11 @@ use guardian::config::{Config, ModeRequest};
 
 /// Integrity guardian for AI inference on edge boards.
 ///
-/// guardian protects model files and the inference process: eBPF programs
-/// in the kernel deny (BPF LSM) or report (tracepoints) every attempt to
-/// open a protected file for writing by a process that is not an allowed
-/// writer, and each attempt becomes a JSON security event.
+/// guardian measures model files into a TPM at boot, guards them and the
+/// inference process at runtime with eBPF (denied in the kernel with BPF
+/// LSM; denied from userspace or reported without it), judges every event
+/// with signed WebAssembly policies, and proves its state to a verifier
+/// with TPM quotes.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -28,10 +29,16 @@ enum Command {
     /// Run the guard daemon: load the eBPF programs, protect the configured
     /// files, print security events as JSON lines until SIGINT/SIGTERM.
     ///
-    /// On a kernel with BPF LSM the kernel denies unauthorised write-opens
-    /// with EPERM (mode enforce); otherwise they are reported after the fact
-    /// from syscall tracepoints (mode detect), and guardian says why.
-    /// Needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN).
+    /// With BPF LSM the kernel refuses every change to a protected file, to
+    /// the directories and mounts on its path, to guardian's own files and
+    /// kernel objects, and the service's rule breaks (mode enforce).
+    /// Without it, each hook falls back, and says so in `guardian status`:
+    /// write-opens denied from userspace by fanotify permission events,
+    /// other changes reported by fanotify notification events and the path
+    /// check, egress denied by cgroup programs (mode detect); syscall
+    /// tracepoints only with `[guard] syscall_detect = true`. Under systemd
+    /// it signals readiness and feeds the watchdog. Needs root (or CAP_BPF,
+    /// CAP_PERFMON, CAP_SYS_ADMIN).
     Run {
         /// The config file.
         #[arg(long, short, env = "GUARDIAN_CONFIG", default_value = guardian::config::DEFAULT_PATH)]
