@@ -44,7 +44,16 @@ done_re='GUARDIAN-SCENARIOS-DONE'$'\r''?$'
 # One swtpm per boot: it serves a single connection and exits when qemu
 # disconnects, and a fresh state directory gives every boot a fresh TPM.
 # Kept short (/tmp) because unix socket paths are limited to 108 bytes.
-tpm_dir="$(mktemp -d /tmp/guardian-swtpm.XXXXXX)"
+# GUARDIAN_TPM_STATE=DIR keeps the TPM's state there instead, across boots
+# (manufactured on first use): the same TPM, powered off and on again.
+keep_tpm=0
+if [ -n "${GUARDIAN_TPM_STATE:-}" ]; then
+    mkdir -p "$GUARDIAN_TPM_STATE"
+    tpm_dir="$(cd "$GUARDIAN_TPM_STATE" && pwd)"
+    keep_tpm=1
+else
+    tpm_dir="$(mktemp -d /tmp/guardian-swtpm.XXXXXX)"
+fi
 qemu_pid=""
 # shellcheck disable=SC2317  # invoked through the EXIT trap
 cleanup() {
@@ -58,15 +67,15 @@ cleanup() {
     if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "swtpm" ]; then
         kill -TERM "$pid" 2>/dev/null || true
     fi
-    rm -rf "$tpm_dir"
+    if [ "$keep_tpm" -eq 0 ]; then rm -rf "$tpm_dir"; else rm -f "$tpm_dir/sock" "$tpm_dir/swtpm.pid"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Manufactured like a real TPM: EK certificates (RSA-2048, ECC P-384) in
 # its NV, signed by swtpm's local CA, which the guest's enrolment checks.
-if ! swtpm_setup --tpm2 --tpmstate "$tpm_dir" --create-ek-cert --create-platform-cert \
-    --lock-nvram --overwrite >"$tpm_dir/setup.log" 2>&1; then
+if [ ! -e "$tpm_dir/tpm2-00.permall" ] && ! swtpm_setup --tpm2 --tpmstate "$tpm_dir" --create-ek-cert \
+    --create-platform-cert --lock-nvram --overwrite >"$tpm_dir/setup.log" 2>&1; then
     cat "$tpm_dir/setup.log" >&2
     die "swtpm_setup could not manufacture the guest's TPM"
 fi

@@ -92,7 +92,7 @@ openssl pkey -in "$out/files/vendor.pem" -pubout -out "$out/files/vendor.pub"
 # The operator's key: only its tokens may switch the guest's guard off.
 # (Its private half goes into the guest too, at /opt/operator, standing in
 # for the operator's own machine.)
-# The TPM manufacturer's CA, as the guest's enrolment trusts it: swtpm's
+# The TPM manufacturer's CA, as the host verifier trusts it: swtpm's
 # local CA (root and issuer), which signs the guest TPM's EK certificates.
 localca() { sed -n "s/^$1 *= *//p" /etc/swtpm-localca.conf; }
 cp "$(localca statedir)/swtpm-localca-rootca-cert.pem" "$out/files/ek-root.pem"
@@ -151,7 +151,7 @@ scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-bo
     service-copy-egress service-copy-egress-event service-copy-recognised
     service-copy-preload service-copy-preload-event guardian-copy-powerless
     detect-move-mount detect-move-mount-in-evidence move-mount-back preexisting-writers
-    enrol-ak
+    enrol-request
     kill9-still-denied restart-adopts events-kept-while-down model-unchanged
     policy-before-swap policy-before-swap-event policy-swap-loaded policy-swap-allows-writer
     policy-swap-event policy-in-evidence
@@ -176,8 +176,6 @@ log "initramfs"
     "$out/files/vendor.pub:/etc/guardian/vendor.pub" \
     "$out/files/operator.pub:/etc/guardian/operator.pub" \
     "$out/files/operator.pem:/opt/operator/operator.pem" \
-    "$out/files/ek-root.pem:/etc/guardian/ek-ca/root.pem" \
-    "$out/files/ek-issuer.pem:/etc/guardian/ek-ca/issuer.pem" \
     "$cache/busybox-arm64/bin/busybox:/opt/updater/busybox" \
     "$attack_bin:/usr/bin/guardian-attack" \
     "$attack_bin:/usr/sbin/model-updater" \
@@ -189,6 +187,11 @@ log "initramfs"
     "$out/files/model_writer.wasm.sig:/opt/policies/model_writer.wasm.sig" \
     "$here/scenarios/detect.toml:/etc/guardian/detect.toml"
 
+# One TPM for both boots (the scenarios, then the enrolment answer): its
+# state is kept between them, as a board's TPM is across a power cycle.
+tpm_state="$(mktemp -d /tmp/guardian-tpm.XXXXXX)"
+trap 'rm -rf "$tpm_state"' EXIT
+export GUARDIAN_TPM_STATE="$tpm_state"
 log "booting the arm64 guest (TCG; functional timing only)"
 console="$out/console.log"
 boot_status=0
@@ -210,16 +213,29 @@ results="$out/results.log"
 tr -d '\r' <"$console" >"$results"
 sed -n '/^GUARDIAN-EVIDENCE-BEGIN$/,/^GUARDIAN-EVIDENCE-END$/p' "$results" | sed '1d;$d' >"$out/evidence.json"
 sed -n '/^GUARDIAN-AK-BEGIN$/,/^GUARDIAN-AK-END$/p' "$results" | sed '1d;$d' >"$out/ak.pem"
-sed -n '/^GUARDIAN-DEVICE-BEGIN$/,/^GUARDIAN-DEVICE-END$/p' "$results" | sed '1d;$d' >"$out/device.json"
 sed -n '/^GUARDIAN-ENROL-REQUEST-BEGIN$/,/^GUARDIAN-ENROL-REQUEST-END$/p' "$results" | sed '1d;$d' >"$out/request.json"
-# The verifier checks the arm64 TPM's EK certificate chain and the AK's
-# attributes on its own side too (the challenge it makes goes unanswered:
-# the guest answered the one made inside it).
+# Enrolment with the host as the verifier: step 2 here (the arm64 TPM's EK
+# certificate chain against the TPM maker's CA, the AK's attributes, a
+# credential only that TPM can open), step 3 in a second boot of the guest
+# with the same TPM, step 4 here; the record then verifies both quotes.
+rm -f "$out/device.json"
 if "$root/target/debug/guardian" enrol challenge --request "$out/request.json" \
     --ca "$out/files/ek-root.pem" --ca "$out/files/ek-issuer.pem" \
-    -o "$out/host-challenge.json" --pending "$out/host-pending.json" 2>"$out/host-challenge.log"; then r=PASS; else r=FAIL; fi
-echo "GUARDIAN-SCENARIO host-checks-guest-ek-chain $r $(tail -n 1 "$out/host-challenge.log")" >>"$results"
-scenarios+=(host-checks-guest-ek-chain)
+    -o "$out/challenge.json" --pending "$out/pending.json" 2>"$out/enrol-host.log"; then r=PASS; else r=FAIL; fi
+echo "GUARDIAN-SCENARIO host-enrol-challenge $r $(tail -n 1 "$out/enrol-host.log")" >>"$results"
+scenarios+=(host-enrol-challenge)
+if [ "$r" = PASS ]; then
+    log "second boot: the guest answers the enrolment challenge"
+    GUARDIAN_KERNEL_APPEND="guardian.phase=activate guardian.challenge=$(base64 -w0 "$out/challenge.json")" \
+        "$here/boot.sh" "$image" "$out/initrd.cpio.gz" "$out/console-enrol.log" 120 >/dev/null 2>&1 || true
+    tr -d '\r' <"$out/console-enrol.log" | grep '^GUARDIAN-SCENARIO enrol-activate' >>"$results"
+    tr -d '\r' <"$out/console-enrol.log" \
+        | sed -n '/^GUARDIAN-ENROL-RESPONSE-BEGIN$/,/^GUARDIAN-ENROL-RESPONSE-END$/p' | sed '1d;$d' >"$out/response.json"
+    if "$root/target/debug/guardian" enrol finish --request "$out/request.json" --pending "$out/pending.json" \
+        --response "$out/response.json" -o "$out/device.json" 2>>"$out/enrol-host.log"; then r=PASS; else r=FAIL; fi
+fi
+echo "GUARDIAN-SCENARIO host-enrols-guest $r $(tail -n 1 "$out/enrol-host.log")" >>"$results"
+scenarios+=(enrol-activate host-enrols-guest)
 # The verifier keeps a state for the guest (TPM counters, findings) across
 # both quotes, as a fleet verifier would.
 rm -f "$out/verifier-state.json"

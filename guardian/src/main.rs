@@ -104,12 +104,17 @@ enum Command {
         /// The device's verifier state (created on first use).
         #[arg(long)]
         state: PathBuf,
-        /// The device's AK public key (PEM); binds a new state to it.
+        /// The device's AK public key (PEM), trusted as given: needs
+        /// --insecure-tofu. Binds a new state to it.
         #[arg(long, required_unless_present = "device", conflicts_with = "device")]
         ak: Option<PathBuf>,
         /// The device's enrolment record (`guardian enrol finish`).
         #[arg(long)]
         device: Option<PathBuf>,
+        /// Accept an AK given with --ak without proof that a certified TPM
+        /// holds it (trust on first use).
+        #[arg(long, requires = "ak")]
+        insecure_tofu: bool,
     },
     /// Check an evidence bundle: signature by the enrolled AK, the nonce,
     /// exactly the judged PCRs quoted, every record since boot bound to its
@@ -124,13 +129,18 @@ enum Command {
         /// The evidence bundle (from `guardian quote`).
         #[arg(long)]
         evidence: PathBuf,
-        /// The AK public key (PEM) the device showed, trusted as it is.
+        /// The AK public key (PEM) the device showed, trusted as it is:
+        /// needs --insecure-tofu, and the verdict says so.
         #[arg(long, required_unless_present = "device", conflicts_with = "device")]
         ak: Option<PathBuf>,
         /// The device's enrolment record (`guardian enrol finish`): its AK,
         /// proven resident in a TPM whose EK a trusted CA certifies.
         #[arg(long)]
         device: Option<PathBuf>,
+        /// Accept an AK given with --ak without proof that a certified TPM
+        /// holds it (trust on first use); recorded in the verdict.
+        #[arg(long, requires = "ak")]
+        insecure_tofu: bool,
         /// A key manifests must be signed by (PEM); repeatable.
         #[arg(long = "key", required = true)]
         keys: Vec<PathBuf>,
@@ -609,9 +619,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Challenge { state, ak, device } => {
+        Command::Challenge {
+            state,
+            ak,
+            device,
+            insecure_tofu,
+        } => {
             use guardian::attest::DeviceState;
-            let key = ak_of(ak.as_deref(), device.as_deref())?;
+            let (key, _) = ak_of(ak.as_deref(), device.as_deref(), insecure_tofu)?;
             let mut st = match DeviceState::read(&state)? {
                 Some(st) => st,
                 None => DeviceState::new(key.to_encoded_point(false).as_bytes()),
@@ -626,6 +641,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             evidence,
             ak,
             device,
+            insecure_tofu,
             keys,
             manifest,
             pcrs,
@@ -638,7 +654,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             use guardian::attest::DeviceState;
             // Every input first: a bad one changes nothing.
             let ev = guardian::attest::read_evidence(&evidence)?;
-            let ak = ak_of(ak.as_deref(), device.as_deref())?;
+            let (ak, insecure_ak) = ak_of(ak.as_deref(), device.as_deref(), insecure_tofu)?;
             let manifest_keys = guardian::signing::TrustedKey::load_all(&keys)?;
             let golden = match &manifest {
                 Some(p) => {
@@ -683,7 +699,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     "no nonce: give --nonce, or issue one with `guardian challenge --state`"
                 ),
             };
-            let verdict = guardian::attest::verify(
+            let mut verdict = guardian::attest::verify(
                 &ev,
                 &guardian::attest::Trust {
                     ak: &ak,
@@ -695,6 +711,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 st.as_mut(),
             );
+            if let Some(why) = &insecure_ak {
+                verdict.warnings.push(format!("INSECURE: {why}"));
+            }
             if let (Some(st), Some(path)) = (&st, &state) {
                 st.save(path)?;
             }
@@ -791,31 +810,45 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The AK to verify with: given as a PEM key (trusted as given, said so),
-/// or from an enrolment record.
+/// The AK to verify with: given as a PEM key (trusted as given, only with
+/// `insecure_tofu`), or from an enrolment record; and, when it was not
+/// proven, why (for the verdict).
 fn ak_of(
     ak: Option<&std::path::Path>,
     device: Option<&std::path::Path>,
-) -> anyhow::Result<p256::ecdsa::VerifyingKey> {
+    insecure_tofu: bool,
+) -> anyhow::Result<(p256::ecdsa::VerifyingKey, Option<String>)> {
     match (ak, device) {
         (Some(p), _) => {
-            eprintln!(
-                "guardian: warning: --ak {}: the AK is trusted as given; `guardian enrol` proves it is in a certified TPM",
-                p.display()
-            );
-            Ok(guardian::attest::read_ak(p)?)
-        }
-        (None, Some(p)) => {
-            let rec: guardian::enrol::Enrolled = read_json(p)?;
-            if rec.insecure_tofu {
-                eprintln!(
-                    "guardian: warning: {}: enrolled on first use, without proof of a certified TPM",
+            if !insecure_tofu {
+                anyhow::bail!(
+                    "--ak {}: an AK given as a key is trusted on first use, without proof that a certified TPM holds it; enrol the device (`guardian enrol`) and pass --device, or say --insecure-tofu",
                     p.display()
                 );
             }
+            let why = format!(
+                "AK {} trusted on first use (--insecure-tofu), not enrolled",
+                p.display()
+            );
+            eprintln!("guardian: warning: {why}");
+            Ok((guardian::attest::read_ak(p)?, Some(why)))
+        }
+        (None, Some(p)) => {
+            let rec: guardian::enrol::Enrolled = read_json(p)?;
+            let why = rec.insecure_tofu.then(|| {
+                format!(
+                    "{}: enrolled on first use, without proof of a certified TPM",
+                    p.display()
+                )
+            });
+            if let Some(w) = &why {
+                eprintln!("guardian: warning: {w}");
+            }
             use p256::pkcs8::DecodePublicKey as _;
-            p256::ecdsa::VerifyingKey::from_public_key_pem(&rec.ak_public_pem)
-                .map_err(|_| anyhow::anyhow!("{}: ak_public_pem is not a P-256 key", p.display()))
+            let key = p256::ecdsa::VerifyingKey::from_public_key_pem(&rec.ak_public_pem).map_err(
+                |_| anyhow::anyhow!("{}: ak_public_pem is not a P-256 key", p.display()),
+            )?;
+            Ok((key, why))
         }
         (None, None) => anyhow::bail!("--ak or --device is needed"),
     }

@@ -599,6 +599,40 @@ fn enrol_commands_then_verify_with_the_record() {
     assert!(text.contains("TRUSTED"), "{text}");
     assert!(!common::stderr(&out).contains("trusted as given"));
 
+    // The same AK given as a bare key: refused without --insecure-tofu,
+    // and with it the verdict says the AK was not proven.
+    std::fs::write(b.p("ak.pem"), &rec.ak_public_pem).unwrap();
+    let bare = |extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "--evidence",
+            &*b.s("evidence.json"),
+            "--ak",
+            &*b.s("ak.pem"),
+            "--key",
+            &*b.s("vendor.pub"),
+            "--nonce",
+            &*nonce,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::guardian(&refs)
+    };
+    let out = bare(&[]);
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("--insecure-tofu"),
+        "{}",
+        common::stderr(&out)
+    );
+    let out = bare(&["--insecure-tofu"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", common::stderr(&out));
+    assert!(text.contains("INSECURE"), "{text}");
+
     // Another TPM's record: its AK did not sign this quote.
     let other = Manufactured::start();
     let (_, rec2) = enrol_fully(&other, None);

@@ -741,6 +741,7 @@ fn tamper_is_recorded_and_the_model_remeasured_into_the_quote() {
         "verify",
         "--evidence",
         &board.s("ev.json"),
+        "--insecure-tofu",
         "--ak",
         &board.s("ak.pem"),
         "--key",

@@ -127,6 +127,7 @@ fn quote_and_verify(b: &Board, nonce: &str) -> Value {
         "verify",
         "--evidence",
         &b.s("ev.json"),
+        "--insecure-tofu",
         "--ak",
         &b.s("ak.pem"),
         "--key",
