@@ -702,6 +702,27 @@ struct HookDef {
     cgroup: bool,
 }
 
+impl HookDef {
+    /// A hook with LSM programs only (and, for the detect rung, the
+    /// syscalls the raw `sys_exit` program watches for it): no tracepoint
+    /// of its own, not tied to the service, no cgroup form.
+    const fn plain(
+        name: &'static str,
+        lsm: &'static [(&'static str, &'static str)],
+        syscalls: u32,
+    ) -> Self {
+        Self {
+            name,
+            lsm,
+            syscalls,
+            detect: &[],
+            always: &[],
+            service: false,
+            cgroup: false,
+        }
+    }
+}
+
 const EXECVE: &[(&str, &str, &[&str])] = &[
     (
         prog_names::TP_ENTER_EXECVE,
@@ -716,99 +737,63 @@ const EXECVE: &[(&str, &str, &[&str])] = &[
 ];
 
 const DEFS: [HookDef; 14] = [
-    HookDef {
-        name: "file_write_open",
-        lsm: &[(prog_names::LSM_FILE_OPEN, "file_open")],
-        syscalls: sys::OPENS,
-        detect: &[],
-        always: &[],
-        service: false,
-        cgroup: false,
-    },
-    HookDef {
-        name: "file_write",
-        lsm: &[(prog_names::LSM_FILE_PERMISSION, "file_permission")],
-        syscalls: sys::WRITES,
-        detect: &[],
-        always: &[],
-        service: false,
-        cgroup: false,
-    },
-    HookDef {
-        name: "file_setattr",
-        lsm: &[(prog_names::LSM_INODE_SETATTR, "inode_setattr")],
-        syscalls: 1 << sys::FTRUNCATE,
-        detect: &[],
-        always: &[],
-        service: false,
-        cgroup: false,
-    },
-    HookDef {
-        name: "file_rename",
-        lsm: &[(prog_names::LSM_INODE_RENAME, "inode_rename")],
-        syscalls: 0,
-        detect: &[],
-        always: &[],
-        service: false,
-        cgroup: false,
-    },
-    HookDef {
-        name: "file_unlink",
-        lsm: &[
+    HookDef::plain(
+        "file_write_open",
+        &[(prog_names::LSM_FILE_OPEN, "file_open")],
+        sys::OPENS,
+    ),
+    HookDef::plain(
+        "file_write",
+        &[(prog_names::LSM_FILE_PERMISSION, "file_permission")],
+        sys::WRITES,
+    ),
+    HookDef::plain(
+        "file_setattr",
+        &[(prog_names::LSM_INODE_SETATTR, "inode_setattr")],
+        1 << sys::FTRUNCATE,
+    ),
+    HookDef::plain(
+        "file_rename",
+        &[(prog_names::LSM_INODE_RENAME, "inode_rename")],
+        0,
+    ),
+    HookDef::plain(
+        "file_unlink",
+        &[
             (prog_names::LSM_INODE_UNLINK, "inode_unlink"),
             (prog_names::LSM_INODE_RMDIR, "inode_rmdir"),
         ],
-        syscalls: 0,
-        detect: &[],
-        always: &[],
-        service: false,
-        cgroup: false,
-    },
-    HookDef {
-        name: "file_link",
-        lsm: &[(prog_names::LSM_INODE_LINK, "inode_link")],
-        syscalls: 0,
-        detect: &[],
-        always: &[],
-        service: false,
-        cgroup: false,
-    },
-    HookDef {
-        name: "file_create",
-        lsm: &[
+        0,
+    ),
+    HookDef::plain(
+        "file_link",
+        &[(prog_names::LSM_INODE_LINK, "inode_link")],
+        0,
+    ),
+    HookDef::plain(
+        "file_create",
+        &[
             (prog_names::LSM_INODE_CREATE, "inode_create"),
             (prog_names::LSM_INODE_MKDIR, "inode_mkdir"),
             (prog_names::LSM_INODE_SYMLINK, "inode_symlink"),
             (prog_names::LSM_INODE_MKNOD, "inode_mknod"),
         ],
-        syscalls: 0,
-        detect: &[],
-        always: &[],
-        service: false,
-        cgroup: false,
-    },
-    HookDef {
-        name: "file_mmap",
-        lsm: &[(prog_names::LSM_MMAP_FILE, "mmap_file")],
-        syscalls: 1 << sys::MMAP,
-        detect: &[],
-        always: &[],
-        service: false,
-        cgroup: false,
-    },
-    HookDef {
-        name: "mount",
-        lsm: &[
+        0,
+    ),
+    HookDef::plain(
+        "file_mmap",
+        &[(prog_names::LSM_MMAP_FILE, "mmap_file")],
+        1 << sys::MMAP,
+    ),
+    HookDef::plain(
+        "mount",
+        &[
             (prog_names::LSM_SB_MOUNT, "sb_mount"),
             (prog_names::LSM_MOVE_MOUNT, "move_mount"),
             (prog_names::LSM_SB_UMOUNT, "sb_umount"),
         ],
-        syscalls: 0,
-        detect: &[],
-        always: &[],
-        service: false,
-        cgroup: false,
-    },
+        0,
+    ),
     HookDef {
         name: "exec",
         lsm: &[
@@ -825,28 +810,16 @@ const DEFS: [HookDef; 14] = [
         service: true,
         cgroup: false,
     },
-    HookDef {
-        name: "ptrace",
-        lsm: &[
+    // Not tied to the service: it guards guardian's own processes too.
+    HookDef::plain(
+        "ptrace",
+        &[
             (prog_names::LSM_PTRACE, "ptrace_access_check"),
             (prog_names::LSM_PTRACE_TRACEME, "ptrace_traceme"),
         ],
-        syscalls: 0,
-        detect: &[],
-        always: &[],
-        // Guards guardian's own processes too.
-        service: false,
-        cgroup: false,
-    },
-    HookDef {
-        name: "prctl",
-        lsm: &[(prog_names::LSM_TASK_PRCTL, "task_prctl")],
-        syscalls: 0,
-        detect: &[],
-        always: &[],
-        service: false,
-        cgroup: false,
-    },
+        0,
+    ),
+    HookDef::plain("prctl", &[(prog_names::LSM_TASK_PRCTL, "task_prctl")], 0),
     HookDef {
         name: "connect",
         lsm: &[(prog_names::LSM_SOCKET_CONNECT, "socket_connect")],
@@ -856,19 +829,15 @@ const DEFS: [HookDef; 14] = [
         service: true,
         cgroup: true,
     },
-    HookDef {
-        name: "bpf_objects",
-        lsm: &[
+    HookDef::plain(
+        "bpf_objects",
+        &[
             (prog_names::LSM_BPF_MAP, "bpf_map"),
             (prog_names::LSM_BPF_PROG, "bpf_prog"),
             (prog_names::LSM_BPF, "bpf"),
         ],
-        syscalls: 0,
-        detect: &[],
-        always: &[],
-        service: false,
-        cgroup: false,
-    },
+        0,
+    ),
 ];
 
 /// Every map the agent reads or writes, by name.

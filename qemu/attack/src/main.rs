@@ -65,6 +65,20 @@ fn report(rc: i64) -> ExitCode {
     }
 }
 
+/// execv(2) PATH with PATH and ARGS as its argv; returns only on failure.
+fn execv(path: &str, args: &[&str]) -> ExitCode {
+    let argv: Vec<CString> = std::iter::once(path)
+        .chain(args.iter().copied())
+        .map(c)
+        .collect();
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: NUL-terminated strings and a NULL-terminated array that
+    // outlive the call.
+    unsafe { libc::execv(c(path).as_ptr(), ptrs.as_ptr()) };
+    report(-1)
+}
+
 /// `bpf(2)` with an attribute buffer.
 fn bpf(cmd: i64, attr: &mut [u64; 16]) -> i64 {
     // SAFETY: attr is a zeroed 128-byte `union bpf_attr` that outlives
@@ -196,16 +210,7 @@ fn main() -> ExitCode {
             );
             report(if m == libc::MAP_FAILED { -1 } else { 0 })
         },
-        ["exec", path, rest @ ..] => {
-            let argv: Vec<CString> = std::iter::once(*path)
-                .chain(rest.iter().copied())
-                .map(c)
-                .collect();
-            let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
-            ptrs.push(std::ptr::null());
-            unsafe { libc::execv(c(path).as_ptr(), ptrs.as_ptr()) };
-            report(-1)
-        }
+        ["exec", path, rest @ ..] => execv(path, rest),
         ["ptrace", pid] => {
             let pid: libc::pid_t = pid.parse().unwrap_or(0);
             let rc = unsafe {
@@ -386,14 +391,7 @@ fn main() -> ExitCode {
             if rc < 0 {
                 return report(-1);
             }
-            let argv: Vec<CString> = std::iter::once(*path)
-                .chain(rest.iter().copied())
-                .map(c)
-                .collect();
-            let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
-            ptrs.push(std::ptr::null());
-            unsafe { libc::execv(c(path).as_ptr(), ptrs.as_ptr()) };
-            report(-1)
+            execv(path, rest)
         }
         _ => usage(),
     }
