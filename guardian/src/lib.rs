@@ -612,7 +612,7 @@ fn drain(
 /// `guardian stop`: SIGTERM the running agent (found through its status
 /// file) and wait up to 10 s for it to go; with `unload`, remove the pins,
 /// which detaches the kernel programs. Returns what was done, line by line.
-pub fn stop(config: &Config, unload: bool, token: Option<&Path>) -> anyhow::Result<Vec<String>> {
+pub fn stop(config: &Config, unload: bool, token: Option<&Path>) -> Result<Vec<String>, StopError> {
     let mut done = Vec::new();
     // Unloading ends enforcement: it needs the authorisation the guard was
     // loaded with, checked before anything is touched.
@@ -625,15 +625,15 @@ pub fn stop(config: &Config, unload: bool, token: Option<&Path>) -> anyhow::Resu
             let pid = st.pid as libc::pid_t;
             // SAFETY: plain kill(2).
             if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-                anyhow::bail!(
-                    "cannot signal guardian (pid {pid}): {}",
-                    std::io::Error::last_os_error()
-                );
+                return Err(StopError::Signal {
+                    pid,
+                    source: std::io::Error::last_os_error(),
+                });
             }
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while std::path::Path::new(&format!("/proc/{pid}")).exists() {
                 if std::time::Instant::now() > deadline {
-                    anyhow::bail!("guardian (pid {pid}) did not stop within 10 s");
+                    return Err(StopError::Timeout { pid });
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -657,8 +657,9 @@ pub fn stop(config: &Config, unload: bool, token: Option<&Path>) -> anyhow::Resu
         let mut n = 0;
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
-                guard::remove_pins(&e.path()).map_err(|err| {
-                    anyhow::anyhow!("cannot remove {}: {err}", e.path().display())
+                guard::remove_pins(&e.path()).map_err(|source| StopError::Pins {
+                    path: e.path(),
+                    source,
                 })?;
                 n += 1;
             }
@@ -681,7 +682,59 @@ pub fn stop(config: &Config, unload: bool, token: Option<&Path>) -> anyhow::Resu
     Ok(done)
 }
 
-/// Record `guardian stop --unload` in the ledger.
+/// Why `guardian stop` failed. Nothing is touched when an unload is
+/// refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    /// The agent could not be signalled.
+    #[error("cannot signal guardian (pid {pid})")]
+    Signal {
+        /// Its pid.
+        pid: libc::pid_t,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent did not go in time.
+    #[error("guardian (pid {pid}) did not stop within 10 s")]
+    Timeout {
+        /// Its pid.
+        pid: libc::pid_t,
+    },
+    /// A pin directory could not be removed.
+    #[error("cannot remove the pins in {path}")]
+    Pins {
+        /// The object's pin directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The record of who may unload a pinned guard could not be read.
+    #[error(transparent)]
+    Guard(#[from] GuardError),
+    /// This boot's id could not be read.
+    #[error(transparent)]
+    Unload(#[from] unload::UnloadError),
+    /// No token was given where one is needed.
+    #[error(
+        "unloading the guard takes a token signed by an operator key it was loaded with ([guard] unload_keys): `guardian unload-token --key OPERATOR.pem --pub OPERATOR.pub --boot-id {boot_id} -o unload.json` on the operator's machine, then `guardian stop --unload --token unload.json` (the device's boot id is {boot_id})"
+    )]
+    TokenNeeded {
+        /// This boot's id.
+        boot_id: String,
+    },
+    /// The token does not authorise unloading a pinned guard.
+    #[error("the unload of the guard pinned in {pins} is refused")]
+    Refused {
+        /// The guard's pin directory.
+        pins: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: unload::UnloadError,
+    },
+}
+
 /// Who may unload the guard, for `guardian status`.
 fn unload_words(config: &Config) -> String {
     let g = &config.guard;
@@ -703,7 +756,7 @@ fn authorise_unload(
     config: &Config,
     token: Option<&Path>,
     done: &mut Vec<String>,
-) -> anyhow::Result<String> {
+) -> Result<String, StopError> {
     let dir = &config.guard.pin_dir;
     let mut auths: Vec<(std::path::PathBuf, unload::Auth)> = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -722,14 +775,16 @@ fn authorise_unload(
     }
     let here = unload::boot_id()?;
     let Some(path) = token else {
-        anyhow::bail!(
-            "unloading the guard takes a token signed by an operator key it was loaded with ([guard] unload_keys): `guardian unload-token --key OPERATOR.pem --pub OPERATOR.pub --boot-id {here} -o unload.json` on the operator's machine, then `guardian stop --unload --token unload.json` (the device's boot id is {here})"
-        );
+        return Err(StopError::TokenNeeded { boot_id: here });
     };
     let mut reason = String::new();
     for (pins, auth) in auths.iter().filter(|(_, a)| !a.without_token) {
-        let t = unload::check(path, auth, &here, unload::now())
-            .map_err(|e| anyhow::anyhow!("{e} (guard pinned in {})", pins.display()))?;
+        let t = unload::check(path, auth, &here, unload::now()).map_err(|source| {
+            StopError::Refused {
+                pins: pins.clone(),
+                source,
+            }
+        })?;
         let signer = signing::TrustedKey::from_pem(&t.signer, path)
             .map(|k| k.fingerprint)
             .unwrap_or_default();
@@ -744,6 +799,7 @@ fn authorise_unload(
     Ok(reason)
 }
 
+/// Record `guardian stop --unload` in the ledger.
 fn record_unload(config: &Config, why: &str) -> Result<(), evidence::LedgerError> {
     let tpm = evidence::ledger::open_tpm(config.measure.tcti.as_deref())
         .map(|t| t.tpm)
