@@ -19,7 +19,8 @@
 # Options:
 #   --release R   a release to check (repeatable; default: every name in
 #                 LAYERSERIES_COMPAT_guardian)
-#   --scenario S  readme, nofeature, corefeature (repeatable; default all)
+#   --scenario S  readme, nofeature, corefeature, kas (repeatable; default
+#                 all)
 #   --work DIR    work area, reused between runs so bitbake's parse cache
 #                 is (default /var/tmp/guardian-check-bitbake)
 #   --user NAME   when run as root, the unprivileged user bitbake runs as
@@ -50,6 +51,14 @@
 #                fragment in its SRC_URI).
 #   corefeature  oe-core + meta-guardian only, the feature on: bitbake -p
 #                must stop with our message naming meta-oe.
+#   kas          each kas/*.yml whose openembedded-core branch is the
+#                release, with kas (pinned, in WORK/kas-venv, from PyPI the
+#                first time) and an overlay pointing each of its repos' url
+#                at the local git repository (same branches): `kas dump`
+#                (schema, includes, checkouts), its bitbake branch equal to
+#                the one BB_MIN_VERSION picks, and `kas shell -c
+#                'bitbake-layers show-layers'` (layer dependencies) as the
+#                unprivileged user.
 #
 # A step fails on a non-zero exit, any ERROR line, and any WARNING line that
 # comes from our layer (names it, its path or a guardian recipe) or from
@@ -84,7 +93,8 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$SOURCES" ] || { echo "usage: $0 [options] SOURCES_DIR (see $0 --help)" >&2; exit 2; }
 SOURCES="$(readlink -f "$SOURCES")"
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(readme nofeature corefeature)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(readme nofeature corefeature kas)
+KAS_PIN=kas==5.5
 if [ ${#RELEASES[@]} -eq 0 ]; then
     read -r -a RELEASES <<<"$(sed -n 's/^LAYERSERIES_COMPAT_guardian *= *"\(.*\)"/\1/p' "$layer/conf/layer.conf")"
 fi
@@ -165,6 +175,17 @@ SUMMARY="$WORK/logs/summary-$(date +%Y%m%d-%H%M%S).txt"
 : >"$SUMMARY"
 failed=0
 
+# as_user CMD: a shell string as the unprivileged user (when root)
+as_user() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u "$RUNAS" -- env -i HOME="$(getent passwd "$RUNAS" | cut -d: -f6)" USER="$RUNAS" \
+            PATH="$CLEAN_PATH" LANG=en_US.UTF-8 LC_ALL=en_US.UTF-8 TERM=dumb \
+            GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0='*' nice -n 10 bash -c "$1"
+    else
+        bash -c "$1"
+    fi
+}
+
 # in_env REL BUILD CMD: CMD (a shell string) in oe-core's build environment,
 # as the unprivileged user when run as root.
 in_env() {
@@ -178,6 +199,85 @@ in_env() {
         env -i HOME="$HOME" USER="${USER:-$(id -un)}" PATH="$CLEAN_PATH" LANG=en_US.UTF-8 \
             LC_ALL=en_US.UTF-8 TERM=dumb nice -n 10 bash -c "$script"
     fi
+}
+
+# kas_check REL BBBRANCH: the kas files of release REL against local repos.
+kas_check() {
+    local rel="$1" bbbr="$2" kw="$WORK/kas" venv="$WORK/kas-venv" kf b ov rc dumped
+    if ! "$venv/bin/pip" freeze 2>/dev/null | grep -qixF "$KAS_PIN"; then
+        rm -rf "$venv"
+        # The system's python3: a venv's interpreter must be readable by the
+        # unprivileged user (not one under root's home, e.g. pyenv's).
+        if ! { PATH="$CLEAN_PATH" python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check "$KAS_PIN"; }; then
+            say "FAIL  [$rel/kas] cannot install $KAS_PIN (PyPI)"; failed=1; return 1
+        fi
+    fi
+    # The kas files' own repository ("guardian", no url): a git repository
+    # holding a copy of the layer, owned by the user kas shell runs as.
+    rm -rf "$kw/guardian" && mkdir -p "$kw/guardian"
+    cp -a "$layer" "$kw/guardian/meta-guardian"
+    G -C "$kw/guardian" init -q && G -C "$kw/guardian" add -A \
+        && G -C "$kw/guardian" -c user.name=check -c user.email=check@localhost commit -q -m layer || return 1
+    for kf in "$kw/guardian/meta-guardian/kas/"*.yml; do
+        b="$(basename "$kf" .yml)"
+        # The overlay: each repo of the file (with its includes) at the
+        # local repository; the file's own choice of branches is kept.
+        ov="$kw/guardian/local-urls-$b.yml"
+        "$venv/bin/python3" - "$kw/guardian" "meta-guardian/kas/$b.yml" "$ov" "$SOURCES" >/dev/null <<'PY' || { say "FAIL  [$rel/kas] $b.yml: unreadable"; failed=1; continue; }
+import glob, os, sys, yaml
+root, top, out, sources = sys.argv[1:5]
+repos, oe = {}, None
+def load(path):
+    d = yaml.safe_load(open(os.path.join(root, path))) or {}
+    for inc in (d.get("header", {}) or {}).get("includes") or []:
+        load(inc if isinstance(inc, str) else inc.get("file"))
+    for k, v in (d.get("repos") or {}).items():
+        repos.setdefault(k, {}).update(v or {})
+load(top)
+over = {}
+for name, r in repos.items():
+    if not r.get("url"):
+        continue
+    for c in [os.path.join(sources, name), os.path.join(sources, name + ".git")] + \
+             glob.glob(os.path.join(sources, "*+" + name, "repo")):
+        if os.path.exists(c):
+            over[name] = {"url": os.path.realpath(c)}
+            break
+    else:
+        sys.exit(f"no local repository for {name}")
+yaml.safe_dump({"header": {"version": 14}, "repos": over}, open(out, "w"))
+print(repos.get("openembedded-core", {}).get("branch", ""))
+PY
+
+        [ -s "$ov" ] || continue
+        # kas runs git with a filtered environment (no safe.directory), so
+        # each url is a small clone owned by the unprivileged user that
+        # borrows the objects of the repository in SOURCES_DIR (--shared).
+        mkdir -p "$kw/repos"
+        while read -r url; do
+            local_url="$kw/repos/$(basename "$(dirname "$url")")-$(basename "$url").git"
+            [ -d "$local_url" ] || G clone -q --bare --shared "$url" "$local_url" || return 1
+            sed -i "s|url: $url\$|url: $local_url|" "$ov"
+        done < <(sed -n 's/^ *url: //p' "$ov")
+        [ "$(id -u)" = 0 ] && chown -R "$RUNAS:" "$kw"
+        log="$WORK/logs/$rel/kas/$b-dump.log"; mkdir -p "$(dirname "$log")"
+        as_user "cd '$kw/guardian' && KAS_WORK_DIR='$kw/w-$b' '$venv/bin/kas' dump 'meta-guardian/kas/$b.yml:local-urls-$b.yml'" >"$log" 2>&1
+        rc=$?
+        dumped="$(sed -n '/^repos:/,$p' "$log")"
+        oebr="$(awk '/^  openembedded-core:/{f=1} f&&/^    branch:/{gsub(/[" '"'"']/,"",$2); print $2; exit}' "$log")"
+        [ "$oebr" = "$rel" ] || { [ "$rc" -eq 0 ] && continue; }
+        [ "$rc" -eq 0 ] && [ -n "$dumped" ]
+        assert "$rel" kas "$b.yml: kas dump with local urls" $? "$(grep -E 'ERROR|rror' "$log" | head -n 5)"
+        [ "$rc" -eq 0 ] || continue
+        kbb="$(awk '/^  bitbake:/{f=1} f&&/^    branch:/{gsub(/[" '"'"']/,"",$2); print $2; exit}' "$log")"
+        [ "$kbb" = "$bbbr" ]
+        assert "$rel" kas "$b.yml: bitbake branch $kbb is the one BB_MIN_VERSION picks ($bbbr)" $?
+        log="$WORK/logs/$rel/kas/$b-show-layers.log"
+        as_user "cd '$kw/guardian' && KAS_WORK_DIR='$kw/w-$b' GUARDIAN_SRCREV=0123456789abcdef0123456789abcdef01234567 '$venv/bin/kas' shell 'meta-guardian/kas/$b.yml:local-urls-$b.yml' -c 'bitbake-layers show-layers'" >"$log" 2>&1
+        rc=$?
+        [ "$rc" -eq 0 ] && ! grep -qE '^(ERROR|CRITICAL):| - ERROR ' "$log" && grep -q '^guardian ' "$log"
+        assert "$rel" kas "$b.yml: kas shell -c 'bitbake-layers show-layers'" $? "$(grep -E '^(ERROR|CRITICAL):| - ERROR ' "$log" | head -n 5)"
+    done
 }
 
 # step REL SCEN NAME CMD: run, log, judge. Sets LAST_LOG.
@@ -352,6 +452,7 @@ $(readme_block policies)"
                     "$(grep -m3 '^ERROR' "$log")"
             fi
             ;;
+        kas) kas_check "$rel" "${bbref#refs/heads/}" ;;
         *) say "unknown scenario $scen"; exit 2 ;;
         esac
     done
