@@ -17,7 +17,9 @@
 #   - a recipe that fails to parse: the guardian recipe inherits a class that
 #     does not exist;
 #   - the kernel include without its meta-oe guard: the "guardian" feature
-#     with oe-core alone is no longer refused by name.
+#     with oe-core alone is no longer refused by name;
+#   - an unknown key in a kas file, and a kas file on a bitbake branch that
+#     does not exist (the old "2.14").
 # The copies share check-bitbake.sh's work area (same paths for the layer),
 # so bitbake reparses only the files a defect touched. Run it after
 # check-bitbake.sh, never at the same time (one work area).
@@ -68,8 +70,8 @@ expect_fail() { # name "FAIL line substring" copy scenario...
 }
 
 d="$(fresh clean)"
-if out="$(run_check "$d" readme corefeature)"; then
-    echo "ok    clean copy passes (readme up to bitbake -p, corefeature)"
+if out="$(run_check "$d" readme corefeature kas)"; then
+    echo "ok    clean copy passes (readme up to bitbake -p, corefeature, kas)"
 else
     echo "the clean copy of the layer fails check-bitbake.sh:"
     printf '%s\n' "$out" | sed 's/^/      /'
@@ -93,6 +95,14 @@ t = re.sub(r"python __anonymous\(\) \{.*?\n\}\n", "", t, flags=re.S)
 open(p, "w").write(t)
 PY
 expect_fail "feature without meta-oe not refused" "parse refused naming meta-oe" "$d" corefeature
+
+d="$(fresh kas-unknown-key)"
+printf 'local_conf_headers:\n  typo: |\n    FOO = "1"\n' >>"$d/kas/qemuarm64.yml"
+expect_fail "unknown key in a kas file" "qemuarm64.yml: kas dump" "$d" kas
+
+d="$(fresh kas-bitbake-2.14)"
+sed -i 's/^    branch: "2.16"$/    branch: "2.14"/' "$d/kas/include/base.yml"
+expect_fail "kas file on bitbake branch 2.14" "qemuarm64.yml: kas dump" "$d" kas
 
 if [ "$failures" -ne 0 ]; then
     echo "$failures planted defect(s) not caught"
