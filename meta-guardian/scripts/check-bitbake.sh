@@ -45,7 +45,9 @@
 #                kernel), bitbake -p, bitbake -e of each of our recipes
 #                (with the kernel fragments in linux-yocto's SRC_URI and
 #                pahole-native in its DEPENDS), bitbake -g and bitbake -n
-#                of guardian-image-qemuarm64.
+#                of guardian-image-qemuarm64; bitbake guardian-policies -c
+#                unpack of the README's file:// tarball and do_install's
+#                signing command run on the S bitbake unpacked.
 #   nofeature    oe-core + meta-guardian only, no "guardian" distro
 #                feature: bitbake -p, and linux-yocto untouched (no guardian
 #                fragment in its SRC_URI).
@@ -413,6 +415,7 @@ $(readme_block policies)"
             done
             for r in guardian guardian-policies guardian-example-model packagegroup-guardian guardian-image-qemuarm64 linux-yocto; do
                 step "$rel" "$scen" "env-$r" "bitbake -e $r"
+                [ "$r" = guardian-policies ] && pol_env="$LAST_LOG"
                 [ "$r" = linux-yocto ] || continue
                 src="$(getvar "$LAST_LOG" SRC_URI)"
                 grep -q 'guardian-bpf.cfg' <<<"$src" && grep -q 'guardian-tpm.cfg' <<<"$src"
@@ -420,6 +423,22 @@ $(readme_block policies)"
                 grep -qw 'pahole-native' <<<"$(getvar "$LAST_LOG" DEPENDS)"
                 assert "$rel" "$scen" "linux-yocto: pahole-native in DEPENDS" $?
             done
+            # The README's file:// policy tarball, fetched and unpacked by
+            # bitbake, then guardian-policies' do_install command (the
+            # layer's signing tool; the host's openssl stands in for
+            # openssl-native, which would need a native build) on that S.
+            if step "$rel" "$scen" unpack-policies "bitbake guardian-policies -c unpack"; then
+                pol_s="$(getvar "$pol_env" S)"
+                key="$WORK/artifacts/policy-signing.pem"
+                [ -f "$key" ] || openssl genpkey -algorithm ed25519 -out "$key" 2>/dev/null
+                rm -rf "$WORK/artifacts/policies-root"
+                out="$(python3 "$our/scripts/guardian-manifest.py" policies --tarball "$pol_s" \
+                    --sha256 "$pol_sha" --key "$key" --key-variable GUARDIAN_POLICY_SIGNING_KEY \
+                    --root "$WORK/artifacts/policies-root" --dir /etc/guardian/policies \
+                    --pubkey /etc/guardian/keys/policy-signing.pub model_writer 2>&1)"
+                [ -f "$WORK/artifacts/policies-root/etc/guardian/policies/model_writer.wasm.sig" ]
+                assert "$rel" "$scen" "guardian-policies: do_install's command finds the file:// tarball bitbake unpacked under S ($(cd "$pol_s" 2>/dev/null && find . -type f | head -n1))" $? "$out"
+            fi
             step "$rel" "$scen" graph-image "bitbake -g guardian-image-qemuarm64" && {
                 n_recipes="$(wc -l <"$build/pn-buildlist")"
                 n_tasks="$(grep -c -- '->' "$build/task-depends.dot" 2>/dev/null || echo '?')"
