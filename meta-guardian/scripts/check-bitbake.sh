@@ -19,8 +19,8 @@
 # Options:
 #   --release R   a release to check (repeatable; default: every name in
 #                 LAYERSERIES_COMPAT_guardian)
-#   --scenario S  readme, nofeature, corefeature, kas (repeatable; default
-#                 all)
+#   --scenario S  readme, boards, nofeature, corefeature, kas (repeatable;
+#                 default all)
 #   --work DIR    work area, reused between runs so bitbake's parse cache
 #                 is (default /var/tmp/guardian-check-bitbake)
 #   --user NAME   when run as root, the unprivileged user bitbake runs as
@@ -48,6 +48,11 @@
 #                of guardian-image-qemuarm64; bitbake guardian-policies -c
 #                unpack of the README's file:// tarball and do_install's
 #                signing command run on the S bitbake unpacked.
+#   boards       docs/boards.md's qemuarm64 bblayers.conf and local.conf
+#                blocks (marked like the README's), placeholders filled:
+#                bitbake-layers show-layers (every layer dependency met) and
+#                DISTRO_FEATURES with guardian and tpm2 (configuration only,
+#                no second full parse).
 #   nofeature    oe-core + meta-guardian only, no "guardian" distro
 #                feature: bitbake -p, and linux-yocto untouched (no guardian
 #                fragment in its SRC_URI).
@@ -95,7 +100,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$SOURCES" ] || { echo "usage: $0 [options] SOURCES_DIR (see $0 --help)" >&2; exit 2; }
 SOURCES="$(readlink -f "$SOURCES")"
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(readme nofeature corefeature kas)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(readme boards nofeature corefeature kas)
 KAS_PIN=kas==5.5
 if [ ${#RELEASES[@]} -eq 0 ]; then
     read -r -a RELEASES <<<"$(sed -n 's/^LAYERSERIES_COMPAT_guardian *= *"\(.*\)"/\1/p' "$layer/conf/layer.conf")"
@@ -164,12 +169,22 @@ bitbake_ref() {
     return 1
 }
 
-# readme_block MARKER: the fenced block following <!-- check-bitbake: MARKER
+# readme_block MARKER [FILE]: the fenced block following
+# <!-- check-bitbake: MARKER in FILE (default README.md)
 readme_block() {
-    awk -v m="<!-- check-bitbake: $1" '
+    awk -v m="<!-- check-bitbake: $1 " '
         index($0, m) == 1 { armed = 1; next }
         armed && /^```/ { if (inside) exit; inside = 1; next }
-        inside { print }' "$layer/README.md"
+        inside { print }' "$layer/${2:-README.md}"
+}
+
+# fill: the documented placeholders replaced by the dummy artifacts
+fill() {
+    sed -e "s|^GUARDIAN_SRCREV = .*|GUARDIAN_SRCREV = \"0123456789abcdef0123456789abcdef01234567\"|" \
+        -e "s|^GUARDIAN_EBPF_URI = .*|GUARDIAN_EBPF_URI = \"file://$art/guardian-ebpf-0.1.0.o\"|" \
+        -e "s|^GUARDIAN_EBPF_SHA256 = .*|GUARDIAN_EBPF_SHA256 = \"$ebpf_sha\"|" \
+        -e "s|^GUARDIAN_POLICIES_URI = .*|GUARDIAN_POLICIES_URI = \"file://$art/guardian-policies-0.1.0.tar.gz\"|" \
+        -e "s|^GUARDIAN_POLICIES_SHA256 = .*|GUARDIAN_POLICIES_SHA256 = \"$pol_sha\"|"
 }
 
 say() { printf '%s\n' "$*" | tee -a "$SUMMARY"; }
@@ -393,12 +408,7 @@ $(readme_block policies)"
                 local_conf_common
                 echo 'INIT_MANAGER = "systemd"'
                 echo "# --- README.md's local.conf block, placeholders filled ---"
-                printf '%s\n' "$conf_block" | sed \
-                    -e "s|^GUARDIAN_SRCREV = .*|GUARDIAN_SRCREV = \"0123456789abcdef0123456789abcdef01234567\"|" \
-                    -e "s|^GUARDIAN_EBPF_URI = .*|GUARDIAN_EBPF_URI = \"file://$art/guardian-ebpf-0.1.0.o\"|" \
-                    -e "s|^GUARDIAN_EBPF_SHA256 = .*|GUARDIAN_EBPF_SHA256 = \"$ebpf_sha\"|" \
-                    -e "s|^GUARDIAN_POLICIES_URI = .*|GUARDIAN_POLICIES_URI = \"file://$art/guardian-policies-0.1.0.tar.gz\"|" \
-                    -e "s|^GUARDIAN_POLICIES_SHA256 = .*|GUARDIAN_POLICIES_SHA256 = \"$pol_sha\"|"
+                printf '%s\n' "$conf_block" | fill
             } >>"$build/conf/local.conf"
             step "$rel" "$scen" add-bsp-layers \
                 "bitbake-layers add-layer ../meta-raspberrypi ../meta-tegra" || continue
@@ -470,6 +480,21 @@ $(readme_block policies)"
                 assert "$rel" "$scen" "feature on without meta-oe: parse refused naming meta-oe (rc=$rc)" $? \
                     "$(grep -m3 '^ERROR' "$log")"
             fi
+            ;;
+        boards)
+            blayers="$(readme_block boards-bblayers docs/boards.md)"
+            bconf="$(readme_block boards-local.conf docs/boards.md)"
+            if [ -z "$blayers" ] || [ -z "$bconf" ]; then
+                assert "$rel" "$scen" "docs/boards.md has the marked bblayers and local.conf blocks" 1; continue
+            fi
+            step "$rel" "$scen" init "true" || continue
+            # shellcheck disable=SC2016 # bitbake expands ${TOPDIR}
+            printf 'BBPATH = "${TOPDIR}"\nBBFILES ?= ""\n%s\n' "$blayers" >"$build/conf/bblayers.conf"
+            { local_conf_common; printf '%s\n' "$bconf" | fill; } >>"$build/conf/local.conf"
+            step "$rel" "$scen" show-layers "bitbake-layers show-layers" || continue
+            step "$rel" "$scen" distro-features "bitbake-getvar --value DISTRO_FEATURES" || continue
+            grep -qw guardian "$LAST_LOG" && grep -qw tpm2 "$LAST_LOG"
+            assert "$rel" "$scen" "DISTRO_FEATURES has guardian and tpm2" $?
             ;;
         kas) kas_check "$rel" "${bbref#refs/heads/}" ;;
         *) say "unknown scenario $scen"; exit 2 ;;

@@ -12,8 +12,8 @@
 # check-bitbake.sh (--quick: the README's blocks up to bitbake -p, and the
 # oe-core-alone scenarios) and requires it to pass, then plants one defect
 # per copy and requires the check to fail on the step that owns it:
-#   - a missing layer dependency: the README's layer block without
-#     meta-python, which meta-tpm depends on;
+#   - a missing layer dependency: the README's layer block, and
+#     docs/boards.md's BBLAYERS, without meta-python, which meta-tpm needs;
 #   - a recipe that fails to parse: the guardian recipe inherits a class that
 #     does not exist;
 #   - the kernel include without its meta-oe guard: the "guardian" feature
@@ -70,8 +70,8 @@ expect_fail() { # name "FAIL line substring" copy scenario...
 }
 
 d="$(fresh clean)"
-if out="$(run_check "$d" readme corefeature kas)"; then
-    echo "ok    clean copy passes (readme up to bitbake -p, corefeature, kas)"
+if out="$(run_check "$d" readme boards corefeature kas)"; then
+    echo "ok    clean copy passes (readme up to bitbake -p, boards, corefeature, kas)"
 else
     echo "the clean copy of the layer fails check-bitbake.sh:"
     printf '%s\n' "$out" | sed 's/^/      /'
@@ -81,6 +81,10 @@ fi
 d="$(fresh no-meta-python)"
 sed -i '/^bitbake-layers add-layer ..\/meta-openembedded\/meta-python$/d' "$d/README.md"
 expect_fail "missing layer dependency (meta-python)" "readme-add-layers" "$d" readme
+
+d="$(fresh boards-no-meta-python)"
+sed -i '/^  ${TOPDIR}\/..\/meta-openembedded\/meta-python \\$/d' "$d/docs/boards.md"
+expect_fail "docs/boards.md's BBLAYERS without meta-python" "boards] show-layers" "$d" boards
 
 d="$(fresh unparsable)"
 printf '\ninherit guardian_no_such_class\n' >>"$d/recipes-security/guardian/guardian_0.1.0.bb"
