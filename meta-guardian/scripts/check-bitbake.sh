@@ -311,11 +311,12 @@ step() {
     LAST_LOG="$log"
     # Ours: a WARNING naming our layer's path or a guardian recipe, once
     # the work area's own path (which may say "guardian") is taken out.
-    bad="$(grep -E '^(ERROR|FATAL|CRITICAL):' "$log"
-           grep -E '^WARNING:' "$log" | sed "s|$WORK|WORK|g" | grep -iE "guardian|tpm or tpm2' has not been enabled")"
+    # (bitbake may print a message on its "Parsing recipes..." line.)
+    bad="$(grep -E '(^|\.\.\.)(ERROR|FATAL|CRITICAL):' "$log"
+           grep -E '(^|\.\.\.)WARNING:' "$log" | sed "s|$WORK|WORK|g" | grep -iE "guardian|tpm or tpm2' has not been enabled")"
     if [ "$rc" -eq 0 ] && [ -z "$bad" ]; then
         say "PASS  [$rel/$scen] $name ($((SECONDS - t0)) s)"
-        grep -E '^WARNING:' "$log" | sed 's/^/      other layer: /' | head -n 10 | tee -a "$SUMMARY"
+        grep -E '(^|\.\.\.)WARNING:' "$log" | sed 's/^/      other layer: /' | head -n 10 | tee -a "$SUMMARY"
         return 0
     fi
     say "FAIL  [$rel/$scen] $name: rc=$rc ($log)"
@@ -478,7 +479,7 @@ $(readme_block policies)"
                 mkdir -p "$(dirname "$log")"
                 in_env "$rel" "$build" "bitbake -p" >"$log" 2>&1
                 rc=$?
-                [ "$rc" -ne 0 ] && grep -q "^ERROR:.*needs pahole-native.*add meta-openembedded/meta-oe" "$log"
+                [ "$rc" -ne 0 ] && grep -qE "(^|\.\.\.)ERROR: .*needs pahole-native.*add meta-openembedded/meta-oe" "$log"
                 assert "$rel" "$scen" "feature on without meta-oe: parse refused naming meta-oe (rc=$rc)" $? \
                     "$(grep -m3 '^ERROR' "$log")"
             fi
