@@ -38,6 +38,21 @@ step "meta-guardian: offline layer checks, and each check catches its planted de
 meta-guardian/scripts/check-layer.sh
 meta-guardian/scripts/test-check-layer.sh
 
+step "meta-guardian: the layer under a real bitbake (README's layer steps, parses, image task graph)"
+if [ -n "${GUARDIAN_OE_SOURCES:-}" ]; then
+    meta-guardian/scripts/check-bitbake.sh "$GUARDIAN_OE_SOURCES"
+    meta-guardian/scripts/test-check-bitbake.sh "$GUARDIAN_OE_SOURCES"
+else
+    printf '\033[1;33m%s\033[0m\n' \
+        "SKIPPED: meta-guardian/scripts/check-bitbake.sh (real bitbake + oe-core) did NOT run." \
+        "  Why: it needs local git checkouts of bitbake, openembedded-core, meta-openembedded," \
+        "  meta-security, meta-raspberrypi and meta-tegra; CI has no network and no such checkouts." \
+        "  To run it: GUARDIAN_OE_SOURCES=/path/to/sources ./test.sh, or directly:" \
+        "    meta-guardian/scripts/check-bitbake.sh /path/to/sources" \
+        "    meta-guardian/scripts/test-check-bitbake.sh /path/to/sources" \
+        "  (/path/to/sources holds NAME, NAME.git or OWNER+NAME/repo for each; see its --help)"
+fi
+
 step "builds with the minimum supported Rust ($MSRV, Yocto whinlatter)"
 cargo +"$MSRV" check --locked --all-targets
 

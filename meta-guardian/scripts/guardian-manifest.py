@@ -368,14 +368,16 @@ POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def policy_tarball(path):
-    """The tarball itself, or the one file in a directory (the recipe's
-    fetch subdir)."""
+    """The tarball itself, or the one file anywhere under a directory (the
+    recipe's fetch subdir: bitbake unpacks a remote URI's file at its top,
+    but a file:// URI with the directories of its path kept, e.g.
+    S/srv/artifacts/guardian-policies-0.1.0.tar.gz)."""
     p = pathlib.Path(path)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file())
+        files = sorted(f for f in p.rglob("*") if f.is_file())
         if len(files) != 1:
             raise Failure(f"expected exactly one policy tarball in {p}, found: "
-                          f"{', '.join(f.name for f in files) or 'none'}")
+                          f"{', '.join(str(f.relative_to(p)) for f in files) or 'none'}")
         p = files[0]
     if not p.is_file():
         raise Failure(f"{p}: no such policy tarball (GUARDIAN_POLICIES_URI)")

@@ -210,6 +210,12 @@ def check_dynamic(layer):
             problems.append(f"{conf}: BBFILES_DYNAMIC entry {entry} is not collection:${{LAYERDIR}}/...")
             continue
         rel = pattern[len("${LAYERDIR}/"):]
+        if "${LAYERSERIES_CORENAMES}" in rel:
+            problems.append(f"{conf}: BBFILES_DYNAMIC entry {entry}: ${{LAYERSERIES_CORENAMES}} "
+                            "holds two names on oe-core master and splits the entry; use "
+                            "${GUARDIAN_TEGRA_SERIES} (one name, with a directory)")
+            continue
+        rel = rel.replace("${GUARDIAN_TEGRA_SERIES}", "${LAYERSERIES_CORENAMES}")
         expansions = ([rel.replace("${LAYERSERIES_CORENAMES}", s) for s in series]
                       if "${LAYERSERIES_CORENAMES}" in rel else [rel])
         if "$" in " ".join(expansions):
@@ -233,7 +239,7 @@ def check_dynamic(layer):
                                 "so bitbake never reads it")
         for coll in sorted(d for d in dyn.iterdir() if d.is_dir()):
             uses_series = any(pat.startswith(f"dynamic-layers/{coll.name}/") and
-                              "${LAYERSERIES_CORENAMES}" in e
+                              "${GUARDIAN_TEGRA_SERIES}" in e
                               for e in entries for _, pat in patterns
                               if e.startswith(coll.name + ":"))
             if uses_series:

@@ -148,6 +148,11 @@ cp "$d/meta-guardian/dynamic-layers/raspberrypi/recipes-kernel/linux/linux-raspb
     "$d/meta-guardian/dynamic-layers/raspberrypi/linux/"
 expect_fail "dynamic-layer append not read" "dynamic layers" "$d"
 
+d="$(fresh dynamic-corenames)"
+sed -i 's|dynamic-layers/tegra/${GUARDIAN_TEGRA_SERIES}/|dynamic-layers/tegra/${LAYERSERIES_CORENAMES}/|' \
+    "$d/meta-guardian/conf/layer.conf"
+expect_fail "BBFILES_DYNAMIC on LAYERSERIES_CORENAMES" "dynamic layers" "$d"
+
 d="$(fresh toolcall)"
 sed -i 's/--digests-dir/--digest-dir/' "$d/meta-guardian/classes/guardian_manifest.bbclass"
 expect_fail "class passes an unknown option" "call guardian-manifest.py" "$d"

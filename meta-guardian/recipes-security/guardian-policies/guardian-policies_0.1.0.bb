@@ -25,6 +25,9 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7ca
 # A remote URI is verified by the fetcher; bitbake does not checksum file://
 # URIs, so do_install checks the digest again itself whatever the URI. The
 # tarball is not unpacked by the fetcher, so that check sees its bytes.
+# Where it lands under S depends on the URI (a file:// URI keeps its
+# directories: S/srv/artifacts/NAME.tar.gz), so do_install takes the one
+# file anywhere under S.
 GUARDIAN_POLICIES_URI ?= ""
 GUARDIAN_POLICIES_SHA256 ?= ""
 

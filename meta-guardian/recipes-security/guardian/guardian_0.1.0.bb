@@ -70,6 +70,12 @@ CARGO_SRC_DIR = "guardian"
 # place a recipe can skip itself with a message.
 # nooelint: oelint.task.noanonpython
 python __anonymous() {
+    # tpm2-tss comes from meta-tpm, only recommended by layer.conf (which
+    # bitbake does not warn about): say so here rather than "Nothing
+    # PROVIDES tpm2-tss" at build time.
+    if "tpm-layer" not in (d.getVar("BBFILE_COLLECTIONS") or "").split():
+        raise bb.parse.SkipRecipe("needs meta-security/meta-tpm (tpm2-tss) in BBLAYERS, "
+                                  "with meta-oe and meta-python, which meta-tpm needs")
     missing = [v for v in ("GUARDIAN_SRCREV", "GUARDIAN_EBPF_URI", "GUARDIAN_EBPF_SHA256")
                if not d.getVar(v)]
     if missing:
