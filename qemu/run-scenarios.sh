@@ -95,6 +95,14 @@ openssl pkey -in "$out/files/vendor.pem" -pubout -out "$out/files/vendor.pub"
 # The TPM manufacturer's CA, as the host verifier trusts it: swtpm's
 # local CA (root and issuer), which signs the guest TPM's EK certificates.
 localca() { sed -n "s/^$1 *= *//p" /etc/swtpm-localca.conf; }
+# (swtpm_localca makes its CA on first use: on a fresh machine, manufacture
+# a throwaway TPM first so that there is one to copy.)
+if [ ! -f "$(localca statedir)/swtpm-localca-rootca-cert.pem" ]; then
+    scratch_tpm="$(mktemp -d)"
+    swtpm_setup --tpm2 --tpmstate "$scratch_tpm" --create-ek-cert --overwrite >/dev/null 2>&1 \
+        || die "swtpm_setup could not create swtpm's local CA"
+    rm -rf "$scratch_tpm"
+fi
 cp "$(localca statedir)/swtpm-localca-rootca-cert.pem" "$out/files/ek-root.pem"
 cp "$(localca issuercert)" "$out/files/ek-issuer.pem"
 openssl genpkey -algorithm ed25519 -out "$out/files/operator.pem" 2>/dev/null
@@ -146,6 +154,7 @@ scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-bo
     traced-exec-of-service traced-exec-of-service-event ptrace-guardian ptrace-guardian-event
     preload-guardian preload-guardian-event env-overflow env-overflow-event
     bpf-map-pin bpf-map-pin-event bpf-maps-by-id bpf-maps-by-id-event
+    bpf-progs-by-id bpf-progs-by-id-event
     bpf-link-detach bpf-link-detach-event bpffs-umount bpffs-umount-event
     still-enforcing still-enforcing-event guard-intact
     service-copy-egress service-copy-egress-event service-copy-recognised

@@ -157,15 +157,20 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// This boot's id.
+/// This boot's id (read once: it does not change until the next boot).
 pub fn boot_id() -> Result<String, UnloadError> {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(id) = ID.get() {
+        return Ok(id.clone());
+    }
     let p = Path::new("/proc/sys/kernel/random/boot_id");
-    std::fs::read_to_string(p)
+    let id = std::fs::read_to_string(p)
         .map(|s| s.trim().to_owned())
         .map_err(|source| UnloadError::Io {
             path: p.to_owned(),
             source,
-        })
+        })?;
+    Ok(ID.get_or_init(|| id).clone())
 }
 
 /// SHA-256 of the effective config (file, then environment overrides), as

@@ -1326,6 +1326,29 @@ fn edits_to_the_pinned_tables_are_found_and_undone() {
         "the forged writer is still in the table"
     );
 
+    // 1b. A service entry dressed as one the kernel added itself (a copy
+    // of the service recognised by content): only trusted where the
+    // bpf_objects hook keeps everyone else out of the maps, which it cannot
+    // here, so it is found and removed like any other.
+    let before = counter(&scene, "tables_tampered");
+    {
+        let data = MapData::from_pin(maps.join(names::SERVICE_EXES)).unwrap();
+        let mut service: HashMap<MapData, InodeKey, u32> =
+            HashMap::try_from(Map::HashMap(data)).unwrap();
+        service
+            .insert(forged, guardian_common::ServiceDigest::KERNEL_ADDED, 0)
+            .unwrap();
+    }
+    wait_for(10, "the forged kernel-added entry to be found", || {
+        (counter(&scene, "tables_tampered") > before).then_some(())
+    });
+    let data = MapData::from_pin(maps.join(names::SERVICE_EXES)).unwrap();
+    let service: HashMap<MapData, InodeKey, u32> = HashMap::try_from(Map::HashMap(data)).unwrap();
+    assert!(
+        service.get(&forged, 0).is_err(),
+        "a forged kernel-added entry stayed in the service table"
+    );
+
     // 2. The config entry cleared: every hook would allow.
     let before = counter(&scene, "tables_tampered");
     {

@@ -511,6 +511,7 @@ say "the attacker goes after guardian's own kernel objects (root, bpf(2))"
 cfgpin="$(ls -d /sys/fs/bpf/guardian/*/maps/GUARDIAN_CONFIG | head -n 1)"
 attack bpf-map-pin bpf_object guardian-attack bpf-obj-get "$cfgpin"
 attack bpf-maps-by-id bpf_object guardian-attack bpf-maps-by-id
+attack bpf-progs-by-id bpf_object guardian-attack bpf-progs-by-id
 link="$(ls -d /sys/fs/bpf/guardian/*/links/* | head -n 1)"
 attack bpf-link-detach bpf_object guardian-attack bpf-link-detach "$link"
 attack bpffs-umount mount guardian-attack umount /sys/fs/bpf lazy

@@ -37,6 +37,7 @@ fn usage() -> ExitCode {
   ns-self-bind DIR         unshare(2) a mount namespace, then bind DIR onto itself
   bpf-obj-get PIN          BPF_OBJ_GET on a pinned map or program
   bpf-maps-by-id           BPF_MAP_GET_FD_BY_ID on every map: fails if any refused
+  bpf-progs-by-id          BPF_PROG_GET_FD_BY_ID on every program: fails if any refused
   bpf-link-detach PIN      BPF_OBJ_GET on a pinned link, then BPF_LINK_DETACH
   prctl-exe PATH           prctl(PR_SET_MM, PR_SET_MM_EXE_FILE) to PATH
   traceme                  ptrace(PTRACE_TRACEME)
@@ -89,6 +90,8 @@ fn bpf(cmd: i64, attr: &mut [u64; 16]) -> i64 {
 const BPF_OBJ_GET: i64 = 7;
 const BPF_MAP_GET_NEXT_ID: i64 = 12;
 const BPF_MAP_GET_FD_BY_ID: i64 = 14;
+const BPF_PROG_GET_NEXT_ID: i64 = 11;
+const BPF_PROG_GET_FD_BY_ID: i64 = 13;
 const BPF_LINK_DETACH: i64 = 34;
 
 fn obj_get(pin: &str) -> i64 {
@@ -96,6 +99,40 @@ fn obj_get(pin: &str) -> i64 {
     let mut attr = [0u64; 16];
     attr[0] = path.as_ptr() as u64;
     bpf(BPF_OBJ_GET, &mut attr)
+}
+
+/// A descriptor for every BPF object of one kind, by id (`next`: the
+/// GET_NEXT_ID command, `get`: GET_FD_BY_ID): any refused is a refusal.
+fn by_id(next: i64, get: i64, what: &str) -> ExitCode {
+    let (mut id, mut refused, mut reached) = (0u64, 0, 0);
+    loop {
+        let mut attr = [0u64; 16];
+        attr[0] = id;
+        if bpf(next, &mut attr) < 0 {
+            break;
+        }
+        id = attr[0] >> 32;
+        let mut attr = [0u64; 16];
+        attr[0] = id;
+        let fd = bpf(get, &mut attr);
+        if fd < 0 {
+            refused += 1;
+        } else {
+            reached += 1;
+            // SAFETY: a descriptor this process just got.
+            unsafe { libc::close(fd as i32) };
+        }
+    }
+    if refused > 0 {
+        println!(
+            "error: {} ({refused} {what}(s) refused, {reached} reached)",
+            std::io::Error::from_raw_os_error(libc::EPERM)
+        );
+        ExitCode::FAILURE
+    } else {
+        println!("ok ({reached} {what}(s) reached)");
+        ExitCode::SUCCESS
+    }
 }
 
 /// mount(2); `src`/`fstype` may be empty.
@@ -293,37 +330,8 @@ fn main() -> ExitCode {
             report(mount(dir, dir, "", libc::MS_BIND | libc::MS_REC))
         }
         ["bpf-obj-get", pin] => report(obj_get(pin)),
-        ["bpf-maps-by-id"] => {
-            // Every map the kernel has: any it refuses is a refusal.
-            let (mut id, mut refused, mut reached) = (0u64, 0, 0);
-            loop {
-                let mut attr = [0u64; 16];
-                attr[0] = id;
-                if bpf(BPF_MAP_GET_NEXT_ID, &mut attr) < 0 {
-                    break;
-                }
-                id = attr[0] >> 32;
-                let mut attr = [0u64; 16];
-                attr[0] = id;
-                let fd = bpf(BPF_MAP_GET_FD_BY_ID, &mut attr);
-                if fd < 0 {
-                    refused += 1;
-                } else {
-                    reached += 1;
-                    unsafe { libc::close(fd as i32) };
-                }
-            }
-            if refused > 0 {
-                println!(
-                    "error: {} ({refused} map(s) refused, {reached} reached)",
-                    std::io::Error::from_raw_os_error(libc::EPERM)
-                );
-                ExitCode::FAILURE
-            } else {
-                println!("ok ({reached} map(s) reached)");
-                ExitCode::SUCCESS
-            }
-        }
+        ["bpf-maps-by-id"] => by_id(BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_FD_BY_ID, "map"),
+        ["bpf-progs-by-id"] => by_id(BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, "program"),
         ["bpf-link-detach", pin] => {
             let fd = obj_get(pin);
             if fd < 0 {
