@@ -1,0 +1,23 @@
+//! guardian's fleet link, device side: every security event, measurement
+//! result and status summary leaves the board through a durable spool and
+//! reaches the fleet's NATS JetStream exactly as often as the fleet's
+//! deduplication needs (at least once on the wire, once in the store).
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | [`spool`] | the on-disk spool: segments, CRCs, the fsync policy, the size bound and its drop rule, acknowledgement marks |
+//! | [`wire`] | the batch format both the device and `guardian-fleet` read |
+//! | [`nats`] | one connection to a NATS server: publish into JetStream, read the acknowledgements |
+//! | [`reporter`] | the tasks tying them together: queue → spool → link, reconnect with backoff, status |
+//!
+//! This crate knows nothing of the agent (no TPM, no eBPF): the agent and
+//! the fleet's device simulator both run it, so the simulator exercises
+//! the same code a board runs.
+
+pub mod nats;
+pub mod reporter;
+pub mod spool;
+pub mod wire;
+
+pub use reporter::{LinkConfig, ReportStatus, Reporter};
+pub use spool::{Class, Fsync, Spool, SpoolConfig};

@@ -1,0 +1,462 @@
+//! The device's link to the fleet: just enough of the NATS client protocol
+//! to publish into a JetStream stream and read the stream's acknowledgement.
+//!
+//! Owns one connection. Why not a general client: the device needs four
+//! verbs (CONNECT, HPUB with a reply subject, SUB to its inbox, PING/PONG),
+//! and needs to match each acknowledgement to the spool records it covers;
+//! a dependency the size of a full client would not earn its bytes on a
+//! board (see `docs/fleet.md`, "The device link").
+//!
+//! Protocol reference: the NATS client protocol (`INFO`, `CONNECT`,
+//! `HPUB`, `MSG`/`HMSG`, `PING`/`PONG`, `+OK`/`-ERR`), and JetStream's
+//! publish acknowledgement (`{"stream":..,"seq":..,"duplicate":..}` or
+//! `{"error":{..}}` on the reply subject; a `503` status header when no
+//! stream listens).
+
+use std::time::Duration;
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+    sync::mpsc,
+};
+
+/// What went wrong on the link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The TCP connection failed or broke.
+    #[error("{op} {server}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// Which server.
+        server: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server said something this client does not accept.
+    #[error("protocol error from {server}: {what}")]
+    Protocol {
+        /// Which server.
+        server: String,
+        /// What.
+        what: String,
+    },
+    /// The server refused us (`-ERR`).
+    #[error("{server} refused: {what}")]
+    Refused {
+        /// Which server.
+        server: String,
+        /// Its words.
+        what: String,
+    },
+    /// No answer in time.
+    #[error("no answer from {server} within {after:?} ({during})")]
+    Timeout {
+        /// Which server.
+        server: String,
+        /// How long we waited.
+        after: Duration,
+        /// During what.
+        during: &'static str,
+    },
+    /// The server requires TLS and this link has none configured.
+    #[error("{server} requires TLS; configure [report] with a tls section")]
+    TlsRequired {
+        /// Which server.
+        server: String,
+    },
+}
+
+/// Credentials sent in `CONNECT` (per-device user and password: the
+/// server's authorization limits what each may publish).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// User name.
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+}
+
+/// A JetStream publish acknowledgement, or why there was none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PubAck {
+    /// Stored (or a duplicate of a stored message, still stored once).
+    Stored {
+        /// Stream sequence.
+        seq: u64,
+        /// The stream dropped it as a duplicate of one already stored.
+        duplicate: bool,
+    },
+    /// The stream refused it, or no stream listens.
+    Refused(String),
+}
+
+/// Something the server sent us on our inbox.
+#[derive(Debug)]
+pub struct Reply {
+    /// The token after the inbox prefix (what we put in the reply subject).
+    pub token: String,
+    /// The acknowledgement it carries.
+    pub ack: PubAck,
+}
+
+/// What the reader task passes on.
+#[derive(Debug)]
+pub enum Incoming {
+    /// An acknowledgement on our inbox.
+    Reply(Reply),
+    /// The server pinged: answer with [`Conn::pong`].
+    Ping,
+}
+
+/// A connection: the writer half here, the reader in a task that sends
+/// replies and errors on a channel.
+#[derive(Debug)]
+pub struct Conn {
+    server: String,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    inbox: String,
+    /// Replies (and the reason the reader stopped, last).
+    pub replies: mpsc::Receiver<Result<Incoming, LinkError>>,
+}
+
+fn io<'a>(op: &'static str, server: &'a str) -> impl FnOnce(std::io::Error) -> LinkError + 'a {
+    move |source| LinkError::Io {
+        op,
+        server: server.to_owned(),
+        source,
+    }
+}
+
+/// `nats://host:port` or `host:port` to `host:port`.
+pub fn host_port(server: &str) -> &str {
+    server.strip_prefix("nats://").unwrap_or(server)
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 12];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    hex::encode(b)
+}
+
+impl Conn {
+    /// Connect, say who we are, and wait for the server's PONG.
+    pub async fn connect(
+        server: &str,
+        name: &str,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<Conn, LinkError> {
+        let fut = Self::connect_inner(server, name, creds);
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| LinkError::Timeout {
+                server: server.to_owned(),
+                after: timeout,
+                during: "connect",
+            })?
+    }
+
+    async fn connect_inner(
+        server: &str,
+        name: &str,
+        creds: &Credentials,
+    ) -> Result<Conn, LinkError> {
+        let stream = TcpStream::connect(host_port(server))
+            .await
+            .map_err(io("connect to", server))?;
+        stream
+            .set_nodelay(true)
+            .map_err(io("set TCP_NODELAY on", server))?;
+        let (read, mut writer) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .await
+            .map_err(io("read INFO from", server))?;
+        let Some(info) = line.strip_prefix("INFO ") else {
+            return Err(LinkError::Protocol {
+                server: server.to_owned(),
+                what: format!("expected INFO, got {:?}", line.trim_end()),
+            });
+        };
+        let info: serde_json::Value =
+            serde_json::from_str(info.trim_end()).map_err(|e| LinkError::Protocol {
+                server: server.to_owned(),
+                what: format!("INFO is not JSON: {e}"),
+            })?;
+        if info.get("tls_required").and_then(|v| v.as_bool()) == Some(true) {
+            return Err(LinkError::TlsRequired {
+                server: server.to_owned(),
+            });
+        }
+        if info.get("headers").and_then(|v| v.as_bool()) != Some(true) {
+            return Err(LinkError::Protocol {
+                server: server.to_owned(),
+                what: "server does not support headers (needs nats-server 2.2 or later)".to_owned(),
+            });
+        }
+        let mut connect = serde_json::json!({
+            "verbose": false, "pedantic": false, "headers": true, "no_responders": true,
+            "lang": "guardian-report", "version": env!("CARGO_PKG_VERSION"), "protocol": 1,
+            "name": name,
+        });
+        if let Some(u) = &creds.user {
+            connect["user"] = u.clone().into();
+        }
+        if let Some(p) = &creds.password {
+            connect["pass"] = p.clone().into();
+        }
+        let inbox = format!("_INBOX.{}", random_token());
+        let hello = format!("CONNECT {connect}\r\nPING\r\nSUB {inbox}.* 1\r\n");
+        writer
+            .write_all(hello.as_bytes())
+            .await
+            .map_err(io("send CONNECT to", server))?;
+        // Until the PONG, an -ERR is the answer to our CONNECT (bad
+        // credentials, say).
+        loop {
+            line.clear();
+            let n = reader
+                .read_line(&mut line)
+                .await
+                .map_err(io("read from", server))?;
+            if n == 0 {
+                return Err(LinkError::Refused {
+                    server: server.to_owned(),
+                    what: "closed the connection after CONNECT".to_owned(),
+                });
+            }
+            let l = line.trim_end();
+            if l == "PONG" {
+                break;
+            } else if let Some(e) = l.strip_prefix("-ERR ") {
+                return Err(LinkError::Refused {
+                    server: server.to_owned(),
+                    what: e.trim_matches('\'').to_owned(),
+                });
+            } else if l == "PING" {
+                writer
+                    .write_all(b"PONG\r\n")
+                    .await
+                    .map_err(io("write to", server))?;
+            }
+        }
+        let (tx, replies) = mpsc::channel(1024);
+        let prefix = format!("{inbox}.");
+        let srv = server.to_owned();
+        tokio::spawn(read_loop(reader, srv, prefix, tx));
+        Ok(Conn {
+            server: server.to_owned(),
+            writer,
+            inbox,
+            replies,
+        })
+    }
+
+    /// The server this connection goes to.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Publish `payload` on `subject` with a message id; the stream's
+    /// acknowledgement comes back as a [`Reply`] whose token is `token`.
+    pub async fn publish(
+        &mut self,
+        subject: &str,
+        msg_id: &str,
+        token: &str,
+        payload: &[u8],
+    ) -> Result<(), LinkError> {
+        let headers = format!("NATS/1.0\r\nNats-Msg-Id: {msg_id}\r\n\r\n");
+        let total = headers.len() + payload.len();
+        let mut buf = Vec::with_capacity(total + 128);
+        buf.extend_from_slice(
+            format!(
+                "HPUB {subject} {}.{token} {} {total}\r\n",
+                self.inbox,
+                headers.len()
+            )
+            .as_bytes(),
+        );
+        buf.extend_from_slice(headers.as_bytes());
+        buf.extend_from_slice(payload);
+        buf.extend_from_slice(b"\r\n");
+        self.writer
+            .write_all(&buf)
+            .await
+            .map_err(io("publish to", &self.server))
+    }
+
+    /// Answer the server's PING.
+    pub async fn pong(&mut self) -> Result<(), LinkError> {
+        self.writer
+            .write_all(b"PONG\r\n")
+            .await
+            .map_err(io("answer PING of", &self.server))
+    }
+}
+
+/// Parse a JetStream publish acknowledgement.
+pub fn parse_ack(headers: Option<&[u8]>, payload: &[u8]) -> PubAck {
+    if let Some(h) = headers {
+        // "NATS/1.0 503" and the like: a status, not an ack.
+        let first = h.split(|&b| b == b'\n').next().unwrap_or_default();
+        let first = String::from_utf8_lossy(first);
+        let mut parts = first.trim_end().splitn(3, ' ');
+        let _ = parts.next();
+        if let Some(code) = parts.next() {
+            let text = parts.next().unwrap_or("");
+            return PubAck::Refused(if code == "503" {
+                "no stream listens on the subject (503 no responders)".to_owned()
+            } else {
+                format!("status {code} {text}").trim_end().to_owned()
+            });
+        }
+    }
+    let v: serde_json::Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(e) => return PubAck::Refused(format!("acknowledgement is not JSON: {e}")),
+    };
+    if let Some(err) = v.get("error") {
+        return PubAck::Refused(
+            err.get("description")
+                .and_then(|d| d.as_str())
+                .unwrap_or("stream error")
+                .to_owned(),
+        );
+    }
+    match v.get("seq").and_then(|s| s.as_u64()) {
+        Some(seq) => PubAck::Stored {
+            seq,
+            duplicate: v.get("duplicate").and_then(|d| d.as_bool()) == Some(true),
+        },
+        None => PubAck::Refused(format!("acknowledgement without a sequence: {v}")),
+    }
+}
+
+async fn read_loop(
+    mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    server: String,
+    prefix: String,
+    tx: mpsc::Sender<Result<Incoming, LinkError>>,
+) {
+    let err = loop {
+        match read_one(&mut reader, &server, &prefix).await {
+            Ok(Some(incoming)) => {
+                if tx.send(Ok(incoming)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => break e,
+        }
+    };
+    let _ = tx.send(Err(err)).await;
+}
+
+/// Read one protocol line (and its payload). `Ok(None)` for lines that need
+/// nothing from the caller.
+async fn read_one(
+    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    server: &str,
+    prefix: &str,
+) -> Result<Option<Incoming>, LinkError> {
+    let mut line = String::new();
+    let n = reader
+        .read_line(&mut line)
+        .await
+        .map_err(io("read from", server))?;
+    if n == 0 {
+        return Err(LinkError::Io {
+            op: "read from",
+            server: server.to_owned(),
+            source: std::io::ErrorKind::UnexpectedEof.into(),
+        });
+    }
+    let l = line.trim_end();
+    let proto = |what: String| LinkError::Protocol {
+        server: server.to_owned(),
+        what,
+    };
+    let mut words = l.split_ascii_whitespace();
+    match words.next() {
+        Some("PING") => Ok(Some(Incoming::Ping)),
+        Some("PONG") | Some("+OK") | Some("INFO") => Ok(None),
+        Some("-ERR") => Err(LinkError::Refused {
+            server: server.to_owned(),
+            what: l.trim_start_matches("-ERR ").trim_matches('\'').to_owned(),
+        }),
+        Some(verb @ ("MSG" | "HMSG")) => {
+            let args: Vec<&str> = words.collect();
+            let (subject, sizes) = match (verb, args.len()) {
+                ("MSG", 3) => (args[0], (0usize, args[2])),
+                ("MSG", 4) => (args[0], (0, args[3])),
+                ("HMSG", 4) => (args[0], (parse_size(args[2]).map_err(&proto)?, args[3])),
+                ("HMSG", 5) => (args[0], (parse_size(args[3]).map_err(&proto)?, args[4])),
+                _ => return Err(proto(format!("malformed {verb} line {l:?}"))),
+            };
+            let total = parse_size(sizes.1).map_err(&proto)?;
+            if sizes.0 > total || total > 8 * 1024 * 1024 {
+                return Err(proto(format!("implausible sizes in {l:?}")));
+            }
+            let mut body = vec![0u8; total + 2];
+            reader
+                .read_exact(&mut body)
+                .await
+                .map_err(io("read a message from", server))?;
+            body.truncate(total);
+            let (headers, payload) = body.split_at(sizes.0);
+            let Some(token) = subject.strip_prefix(prefix) else {
+                return Ok(None);
+            };
+            let headers = (sizes.0 > 0).then_some(headers);
+            Ok(Some(Incoming::Reply(Reply {
+                token: token.to_owned(),
+                ack: parse_ack(headers, payload),
+            })))
+        }
+        _ => Err(proto(format!("unexpected line {l:?}"))),
+    }
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    s.parse().map_err(|_| format!("bad size {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_parse() {
+        assert_eq!(
+            parse_ack(None, br#"{"stream":"S","seq":7}"#),
+            PubAck::Stored {
+                seq: 7,
+                duplicate: false
+            }
+        );
+        assert_eq!(
+            parse_ack(None, br#"{"stream":"S","seq":7,"duplicate":true}"#),
+            PubAck::Stored {
+                seq: 7,
+                duplicate: true
+            }
+        );
+        assert_eq!(
+            parse_ack(
+                None,
+                br#"{"error":{"code":503,"description":"stream full"}}"#
+            ),
+            PubAck::Refused("stream full".to_owned())
+        );
+        assert!(
+            matches!(parse_ack(Some(b"NATS/1.0 503\r\n\r\n"), b""), PubAck::Refused(m) if m.contains("no stream"))
+        );
+        assert!(matches!(parse_ack(None, b"garbage"), PubAck::Refused(_)));
+    }
+}

@@ -1,0 +1,499 @@
+//! The reporter: takes records from the agent without ever blocking it,
+//! appends them to the [`Spool`], and sends what is on disk to the fleet's
+//! JetStream stream, deleting records only when the stream acknowledged
+//! them.
+//!
+//! Owns three tasks on the caller's tokio runtime: the writer (queue to
+//! spool), the syncer (the [`Fsync::Interval`] policy) and the sender
+//! (spool to broker, reconnecting with backoff). It may not decide what a
+//! record means; the agent gives each record its [`Class`].
+//!
+//! Ordering and duplicates: the sender sends in sequence order and, after
+//! any failure, reconnects and sends again everything not acknowledged.
+//! The stream drops an identical resend within its duplicate window
+//! (`Nats-Msg-Id`); anything else the fleet deduplicates by (device,
+//! epoch, sequence).
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use tokio::{
+    sync::{Notify, mpsc, watch},
+    task::JoinHandle,
+};
+
+use crate::{
+    nats::{Conn, Credentials, Incoming, LinkError, PubAck},
+    spool::{Class, Fsync, Spool, SpoolError, SpoolStats},
+    wire,
+};
+
+/// How the reporter reaches the fleet.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// NATS servers, tried in turn (`nats://host:port` or `host:port`).
+    pub servers: Vec<String>,
+    /// This device's id (1-64 of `A-Z a-z 0-9 _ -`).
+    pub device: String,
+    /// Subject prefix; the device publishes on `<prefix>.<device>`.
+    pub subject_prefix: String,
+    /// Per-device credentials.
+    pub credentials: Credentials,
+    /// Batches sent and not yet acknowledged, at most.
+    pub window: usize,
+    /// Records per batch, at most.
+    pub batch_records: usize,
+    /// Payload bytes per batch, about (one record may exceed it).
+    pub batch_bytes: usize,
+    /// A batch not acknowledged in this time drops the connection.
+    pub ack_timeout: Duration,
+    /// Connecting may take this long.
+    pub connect_timeout: Duration,
+    /// First wait after a failure; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// Longest wait between attempts.
+    pub backoff_max: Duration,
+    /// Records waiting in memory for the spool writer, at most. More are
+    /// dropped, counted and reported (the agent never waits).
+    pub queue: usize,
+}
+
+impl LinkConfig {
+    /// Defaults for `device` reporting to `servers`.
+    pub fn new(device: &str, servers: Vec<String>) -> LinkConfig {
+        LinkConfig {
+            servers,
+            device: device.to_owned(),
+            subject_prefix: "guardian.in".to_owned(),
+            credentials: Credentials::default(),
+            window: 32,
+            batch_records: 256,
+            batch_bytes: 64 * 1024,
+            ack_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            queue: 4096,
+        }
+    }
+}
+
+/// The link's state, as `guardian status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    /// Trying to connect.
+    Connecting,
+    /// Connected; sending.
+    Connected,
+    /// Waiting before the next attempt.
+    Disconnected,
+    /// Stopped (the agent is shutting down).
+    Stopped,
+}
+
+/// What the link has done.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkStatus {
+    /// The state now.
+    pub state: LinkState,
+    /// The server connected to (or last tried).
+    pub server: Option<String>,
+    /// When the state last changed (ms since the Unix epoch).
+    pub since_ms: u64,
+    /// Why the last connection failed or ended.
+    pub last_error: Option<String>,
+    /// Connections made after the first.
+    pub reconnects: u64,
+    /// Batches sent.
+    pub batches_sent: u64,
+    /// Records acknowledged by the stream.
+    pub records_acked: u64,
+    /// Batches the stream reported as duplicates (a resend it already had).
+    pub duplicates: u64,
+    /// When the last acknowledgement came.
+    pub last_ack_ms: Option<u64>,
+    /// Records dropped because the in-memory queue before the spool was full.
+    pub queue_drops: u64,
+    /// Records lost because the spool could not be written.
+    pub spool_errors: u64,
+}
+
+/// The spool and the link together.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportStatus {
+    /// The device id.
+    pub device: String,
+    /// The spool.
+    pub spool: SpoolStats,
+    /// The link.
+    pub link: LinkStatus,
+}
+
+/// A reporter that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The device id is not valid.
+    #[error("invalid device id {0:?} (1-64 of A-Z a-z 0-9 _ -)")]
+    DeviceId(String),
+    /// No server to report to.
+    #[error("no fleet server configured")]
+    NoServer,
+}
+
+#[derive(Debug)]
+struct Shared {
+    spool: Mutex<Spool>,
+    link: Mutex<LinkStatus>,
+    wake: Notify,
+    queue_drops: AtomicU64,
+    epoch: u64,
+}
+
+impl Shared {
+    fn spool(&self) -> std::sync::MutexGuard<'_, Spool> {
+        // A panic while holding the lock cannot leave the spool's files
+        // inconsistent (every change is a synced append or an atomic
+        // rename), so a poisoned lock is still usable.
+        self.spool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn link(&self) -> std::sync::MutexGuard<'_, LinkStatus> {
+        self.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn set_state(&self, state: LinkState, server: Option<&str>, error: Option<String>) {
+        let mut l = self.link();
+        l.state = state;
+        if let Some(s) = server {
+            l.server = Some(s.to_owned());
+        }
+        if error.is_some() {
+            l.last_error = error;
+        }
+        l.since_ms = now_ms();
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The running reporter. Dropping it stops nothing; call
+/// [`Reporter::shutdown`].
+#[derive(Debug)]
+pub struct Reporter {
+    tx: mpsc::Sender<(Class, Vec<u8>)>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    device: String,
+}
+
+impl Reporter {
+    /// Start reporting from `spool` over `cfg` on the current tokio runtime.
+    pub fn start(spool: Spool, cfg: LinkConfig) -> Result<Reporter, StartError> {
+        if !wire::valid_device_id(&cfg.device) {
+            return Err(StartError::DeviceId(cfg.device));
+        }
+        if cfg.servers.is_empty() {
+            return Err(StartError::NoServer);
+        }
+        let fsync = spool.fsync();
+        let shared = Arc::new(Shared {
+            epoch: spool.epoch(),
+            spool: Mutex::new(spool),
+            link: Mutex::new(LinkStatus {
+                state: LinkState::Connecting,
+                server: None,
+                since_ms: now_ms(),
+                last_error: None,
+                reconnects: 0,
+                batches_sent: 0,
+                records_acked: 0,
+                duplicates: 0,
+                last_ack_ms: None,
+                queue_drops: 0,
+                spool_errors: 0,
+            }),
+            wake: Notify::new(),
+            queue_drops: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+        let (stop, stopped) = watch::channel(false);
+        let device = cfg.device.clone();
+        let mut tasks = vec![
+            tokio::spawn(writer(shared.clone(), rx)),
+            tokio::spawn(sender(shared.clone(), cfg, stopped.clone())),
+        ];
+        if let Fsync::Interval(every) = fsync {
+            tasks.push(tokio::spawn(syncer(shared.clone(), every, stopped)));
+        }
+        Ok(Reporter {
+            tx,
+            shared,
+            stop,
+            tasks,
+            device,
+        })
+    }
+
+    /// Hand a record over. Never waits: if the queue before the spool is
+    /// full the record is dropped, counted, and a drop notice follows it
+    /// into the spool. Returns whether it was queued.
+    pub fn submit(&self, class: Class, payload: Vec<u8>) -> bool {
+        match self.tx.try_send((class, payload)) {
+            Ok(()) => true,
+            Err(_) => {
+                self.shared.queue_drops.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// The spool and the link now.
+    pub fn status(&self) -> ReportStatus {
+        let spool = self.shared.spool().stats();
+        let mut link = self.shared.link().clone();
+        link.queue_drops = self.shared.queue_drops.load(Ordering::Relaxed);
+        ReportStatus {
+            device: self.device.clone(),
+            spool,
+            link,
+        }
+    }
+
+    /// Stop: the queue is written to the spool and synced; what was not
+    /// acknowledged stays there for the next start.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        drop(self.tx);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.spool().sync()).await;
+    }
+}
+
+async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Class, Vec<u8>)>) {
+    let mut buf = Vec::with_capacity(512);
+    let mut reported_queue_drops = 0u64;
+    while rx.recv_many(&mut buf, 512).await > 0 {
+        let items = std::mem::take(&mut buf);
+        let drops = shared.queue_drops.load(Ordering::Relaxed);
+        let new_drops = drops - reported_queue_drops;
+        reported_queue_drops = drops;
+        let sh = shared.clone();
+        let res = tokio::task::spawn_blocking(move || -> (u64, Option<SpoolError>) {
+            let mut spool = sh.spool();
+            let mut failed = 0;
+            let mut last_err = None;
+            if new_drops > 0 {
+                let body = serde_json::json!({"by_class": {"queue_full": new_drops}, "seqs": [], "more": false});
+                if let Err(e) = spool.append(Class::Drop, body.to_string().as_bytes()) {
+                    last_err = Some(e);
+                }
+            }
+            for (class, payload) in items {
+                if let Err(e) = spool.append(class, &payload) {
+                    failed += 1;
+                    last_err = Some(e);
+                }
+            }
+            (failed, last_err)
+        })
+        .await;
+        match res {
+            Ok((failed, err)) => {
+                if let Some(e) = err {
+                    log::error!("report spool: {failed} record(s) lost: {e}");
+                    let mut l = shared.link();
+                    l.spool_errors += failed;
+                    l.last_error = Some(format!("spool: {e}"));
+                }
+            }
+            Err(e) => log::error!("report spool writer failed: {e}"),
+        }
+        shared.wake.notify_one();
+    }
+}
+
+async fn syncer(shared: Arc<Shared>, every: Duration, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped.changed() => return,
+        }
+        let sh = shared.clone();
+        match tokio::task::spawn_blocking(move || sh.spool().sync()).await {
+            Ok(Ok(())) => shared.wake.notify_one(),
+            Ok(Err(e)) => log::error!("report spool: {e}"),
+            Err(e) => log::error!("report spool syncer failed: {e}"),
+        }
+    }
+}
+
+async fn sender(shared: Arc<Shared>, cfg: LinkConfig, mut stopped: watch::Receiver<bool>) {
+    let mut backoff = cfg.backoff_min;
+    let mut idx = 0usize;
+    let mut connected_before = false;
+    loop {
+        if *stopped.borrow() {
+            break;
+        }
+        let server = cfg.servers[idx % cfg.servers.len()].clone();
+        shared.set_state(LinkState::Connecting, Some(&server), None);
+        match Conn::connect(&server, &cfg.device, &cfg.credentials, cfg.connect_timeout).await {
+            Ok(mut conn) => {
+                log::info!("report link: connected to {server}");
+                backoff = cfg.backoff_min;
+                if connected_before {
+                    shared.link().reconnects += 1;
+                }
+                connected_before = true;
+                shared.set_state(LinkState::Connected, Some(&server), None);
+                match session(&shared, &cfg, &mut conn, &mut stopped).await {
+                    Ok(()) => break,
+                    Err(why) => {
+                        log::warn!(
+                            "report link to {server} lost: {why}; records stay in the spool"
+                        );
+                        shared.set_state(LinkState::Disconnected, None, Some(why));
+                    }
+                }
+            }
+            Err(e) => {
+                log::warn!("report link: {e}");
+                shared.set_state(LinkState::Disconnected, None, Some(e.to_string()));
+                idx += 1;
+            }
+        }
+        // Jitter keeps a fleet that lost its broker from returning in step.
+        let jitter = Duration::from_millis(u64::from(
+            rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 250,
+        ));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = stopped.changed() => break,
+        }
+        backoff = (backoff * 2).min(cfg.backoff_max);
+    }
+    shared.set_state(LinkState::Stopped, None, None);
+}
+
+struct InFlight {
+    seqs: Vec<u64>,
+    sent: Instant,
+}
+
+/// One connection's life: send, take acknowledgements, until it fails (the
+/// reason) or the reporter stops.
+async fn session(
+    shared: &Arc<Shared>,
+    cfg: &LinkConfig,
+    conn: &mut Conn,
+    stopped: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    let subject = format!("{}.{}", cfg.subject_prefix, cfg.device);
+    let mut inflight: BTreeMap<u64, InFlight> = BTreeMap::new();
+    let mut next_token = 0u64;
+    let mut sent_upto = 0u64;
+    loop {
+        while inflight.len() < cfg.window {
+            let sh = shared.clone();
+            let (after, n, b) = (sent_upto, cfg.batch_records, cfg.batch_bytes);
+            let recs = tokio::task::spawn_blocking(move || sh.spool().pending(after, n, b))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let (Some(first), Some(last)) = (recs.first(), recs.last()) else {
+                break;
+            };
+            let (first, last) = (first.seq, last.seq);
+            let payload =
+                wire::encode(&cfg.device, shared.epoch, &recs).map_err(|e| e.to_string())?;
+            let id = wire::msg_id(&cfg.device, shared.epoch, first, last);
+            let token = next_token;
+            next_token += 1;
+            conn.publish(&subject, &id, &token.to_string(), &payload)
+                .await
+                .map_err(|e| e.to_string())?;
+            sent_upto = last;
+            inflight.insert(
+                token,
+                InFlight {
+                    seqs: recs.iter().map(|r| r.seq).collect(),
+                    sent: Instant::now(),
+                },
+            );
+            shared.link().batches_sent += 1;
+        }
+        let deadline = inflight
+            .values()
+            .map(|f| f.sent)
+            .min()
+            .map(|t| tokio::time::Instant::from_std(t + cfg.ack_timeout));
+        tokio::select! {
+            _ = stopped.changed() => return Ok(()),
+            _ = shared.wake.notified() => {}
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                return Err(format!("no acknowledgement within {:?}", cfg.ack_timeout));
+            }
+            inc = conn.replies.recv() => match inc {
+                None => return Err("connection reader ended".to_owned()),
+                Some(Err(e)) => return Err(link_error(&e)),
+                Some(Ok(Incoming::Ping)) => conn.pong().await.map_err(|e| e.to_string())?,
+                Some(Ok(Incoming::Reply(r))) => {
+                    let Some(f) = r.token.parse::<u64>().ok().and_then(|t| inflight.remove(&t)) else {
+                        continue;
+                    };
+                    match r.ack {
+                        PubAck::Stored { duplicate, .. } => {
+                            let n = f.seqs.len() as u64;
+                            let sh = shared.clone();
+                            tokio::task::spawn_blocking(move || {
+                                let mut spool = sh.spool();
+                                f.seqs.iter().try_for_each(|&s| spool.ack(s))
+                            })
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| format!("spool: {e}"))?;
+                            let mut l = shared.link();
+                            l.records_acked += n;
+                            l.last_ack_ms = Some(now_ms());
+                            if duplicate {
+                                l.duplicates += 1;
+                            }
+                        }
+                        PubAck::Refused(why) => return Err(format!("stream refused a batch: {why}")),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn link_error(e: &LinkError) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
