@@ -7,6 +7,8 @@
 //! Without it these tests fail, saying so: they are the proof the link
 //! works, and must not pass by not running.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::{
     collections::BTreeMap,
     net::TcpListener,
@@ -34,10 +36,9 @@ fn nats_server() -> PathBuf {
     if let Ok(out) = Command::new("sh")
         .args(["-c", "command -v nats-server"])
         .output()
+        && out.status.success()
     {
-        if out.status.success() {
-            return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        }
+        return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     }
     panic!(
         "nats-server NOT FOUND: these tests need a real NATS server with JetStream. \
