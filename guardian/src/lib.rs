@@ -4,8 +4,9 @@
 //! the kernel deny (BPF LSM) or report (tracepoints) any attempt to modify a
 //! protected model or tamper with the inference process, every decision is
 //! a JSON security event judged again by signed policies, and what is in
-//! force for each hook is always visible. This crate is the agent; `main.rs` only parses
-//! the command line and calls into it.
+//! force for each hook is always visible. This crate is the agent and does
+//! every subcommand's work; the binary (`main.rs` and its `cli/` modules)
+//! only parses the command line, calls into it and prints what it returns.
 //!
 //! Where things are:
 //!
