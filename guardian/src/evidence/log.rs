@@ -227,11 +227,10 @@ impl Contents {
             .filter(move |r| r.extended && !voided.contains(&r.seq))
     }
 
+    /// Parse what follows the records held (whoever calls this has no
+    /// torn tail left: a fresh read, or a writer that just cut it off).
     fn push_parsed(&mut self, bytes: &[u8]) -> Result<(), (usize, String)> {
-        let torn = parse_into(bytes, self)?;
-        if torn > 0 {
-            self.torn_bytes = torn;
-        }
+        self.torn_bytes = parse_into(bytes, self)?;
         Ok(())
     }
 }
@@ -251,9 +250,8 @@ impl Sequence for Contents {
     }
 }
 
-/// What the parser appends checked records to: the whole log in memory
-/// ([`Contents`]), or only what a reader that follows the log needs to
-/// check the records after them ([`super::tail::Tail`]).
+/// What the parser appends checked records to: the whole log
+/// ([`Contents`]), or what [`super::tail::Tail`] keeps.
 pub(super) trait Sequence {
     /// Records so far (the sequence number of the next one).
     fn len(&self) -> u64;
