@@ -1,4 +1,4 @@
-//! The policy event wire format (`policies/abi/src/wire.rs`): the
+//! The policy event wire format (`policies/abi/src/wire/`): the
 //! hand-written decoder every policy module runs on the bytes guardian
 //! writes into its memory, its in-place [`EventView`] and the version 2
 //! [`Header`]. Never a panic, on any bytes.
@@ -64,7 +64,7 @@ fn fields<'a>(e: &Event<'a>) -> Fields<'a> {
     )
 }
 
-/// The one documented difference (`wire.rs`): a length varint of more
+/// The one documented difference (`wire/mod.rs`): a length varint of more
 /// than five bytes, which postcard takes on a 64-bit host (not on wasm32)
 /// and the module's decoder refuses. Such a varint needs at least five
 /// continuation bytes (high bit set) in a row among the bytes postcard

@@ -4,8 +4,9 @@
 //! the kernel deny (BPF LSM) or report (tracepoints) any attempt to modify a
 //! protected model or tamper with the inference process, every decision is
 //! a JSON security event judged again by signed policies, and what is in
-//! force for each hook is always visible. This crate is the agent; `main.rs` only parses
-//! the command line and calls into it.
+//! force for each hook is always visible. This crate is the agent and does
+//! every subcommand's work; the binary (`main.rs` and its `cli/` modules)
+//! only parses the command line, calls into it and prints what it returns.
 //!
 //! Where things are:
 //!
@@ -369,6 +370,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let started = status::now();
     let mut last_drops = 0u64;
     let mut last_unconfigured = 0u64;
+    let mut measured_boot = status::MeasuredBootWatch::new(&config.measure.log);
     let mut publish = |guard: &Guard,
                        targets: &Targets,
                        counters: &AgentCounters,
@@ -386,6 +388,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             pstate,
             fanotify: fanotify.as_ref().map(fanotify::FanotifyGuard::stats),
             watch: watcher.as_ref().map(watch::Watcher::stats),
+            measured_boot: measured_boot.refresh(),
         });
         // A hook that found no config could judge nothing: evidence too.
         let unconfigured = st
@@ -1026,6 +1029,8 @@ struct Parts<'a> {
     pstate: &'a PolicyState,
     fanotify: Option<fanotify::FanotifyStats>,
     watch: Option<watch::WatchStats>,
+    /// This boot's measurements, read as the log grows.
+    measured_boot: &'a status::MeasuredBoot,
 }
 
 fn snapshot(parts: &Parts<'_>) -> Status {
@@ -1041,6 +1046,7 @@ fn snapshot(parts: &Parts<'_>) -> Status {
         pstate,
         ref fanotify,
         ref watch,
+        measured_boot,
     } = *parts;
     let mut counters: BTreeMap<String, u64> = BTreeMap::new();
     let mut warnings = Vec::new();
@@ -1143,7 +1149,6 @@ fn snapshot(parts: &Parts<'_>) -> Status {
             pstats.loads_not_extended
         ));
     }
-    let measured_boot = status::MeasuredBoot::from_log(&config.measure.log);
     warnings.extend(measured_boot.warnings());
     if guard.mode() == Mode::Detect {
         warnings.push(format!(
@@ -1190,7 +1195,7 @@ fn snapshot(parts: &Parts<'_>) -> Status {
         boot_id: unload::boot_id().unwrap_or_default(),
         protected_files: targets.files.len(),
         allowed_writers: targets.writers.len(),
-        measured_boot: Some(measured_boot),
+        measured_boot: Some(measured_boot.clone()),
         attestor: Some(attest::AgentState {
             running: true,
             backlog: parts.attest.backlog as u64,

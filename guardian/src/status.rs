@@ -41,63 +41,58 @@ pub struct MeasuredBoot {
 }
 
 impl MeasuredBoot {
-    /// Summarise this boot's part of a measurement log.
+    /// Summarise this boot's part of a measurement log (read whole; the
+    /// daemon keeps a [`MeasuredBootWatch`] instead).
     pub fn from_log(path: &Path) -> Self {
-        let mut mb = Self {
-            log: path.display().to_string(),
-            ..Self::default()
-        };
-        let contents = match crate::evidence::log::read(path) {
-            Ok(c) => c,
-            Err(e) => {
-                mb.error = Some(e.to_string());
-                return mb;
-            }
-        };
-        mb.add(&contents, &crate::evidence::boot_id());
-        mb
+        MeasuredBootWatch::new(path).refresh().clone()
     }
 
     /// Summarise this boot's records in `contents`.
     pub fn add(&mut self, contents: &crate::evidence::Contents, boot: &str) {
-        use crate::evidence::Event;
-        let mut golden: std::collections::HashMap<String, (String, u64)> = Default::default();
+        let mut golden = Golden::default();
         for r in contents.this_boot(boot) {
-            self.records += 1;
-            match &r.event {
-                Event::Manifest(m) => {
-                    self.unsigned = m.signature.is_empty();
-                    self.mismatches.clear();
-                    self.without_tpm = !r.extended;
-                    golden = crate::manifest::Manifest::parse(&m.text)
-                        .map(|mf| {
-                            mf.models
-                                .into_iter()
-                                .map(|e| (e.path.display().to_string(), (e.sha256, e.size)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                }
-                Event::Model(m) => {
-                    if r.extended {
-                        self.models_extended += 1;
-                    }
-                    let ok = golden
-                        .get(&m.file)
-                        .is_some_and(|(d, size)| *d == m.sha256 && *size == m.size);
-                    self.mismatches.retain(|f| *f != m.file);
-                    if !ok {
-                        self.mismatches.push(m.file.clone());
-                    }
-                }
-                Event::Tamper(_) => self.tamper_records += 1,
-                Event::Note(n) => {
-                    self.software_tpm |= n.text.contains("software TPM");
-                }
-                // Policy loads are listed by the policy engine's own status;
-                // the guard's by the guard's.
-                Event::Guard(_) | Event::Policy(_) => {}
+            self.add_record(&mut golden, r);
+        }
+    }
+
+    /// Count one record of this boot; `golden` is the manifest in force,
+    /// as the records before it left it.
+    fn add_record(&mut self, golden: &mut Golden, r: &crate::evidence::Record) {
+        use crate::evidence::Event;
+        self.records += 1;
+        match &r.event {
+            Event::Manifest(m) => {
+                self.unsigned = m.signature.is_empty();
+                self.mismatches.clear();
+                self.without_tpm = !r.extended;
+                *golden = crate::manifest::Manifest::parse(&m.text)
+                    .map(|mf| {
+                        mf.models
+                            .into_iter()
+                            .map(|e| (e.path.display().to_string(), (e.sha256, e.size)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
             }
+            Event::Model(m) => {
+                if r.extended {
+                    self.models_extended += 1;
+                }
+                let ok = golden
+                    .get(&m.file)
+                    .is_some_and(|(d, size)| *d == m.sha256 && *size == m.size);
+                self.mismatches.retain(|f| *f != m.file);
+                if !ok {
+                    self.mismatches.push(m.file.clone());
+                }
+            }
+            Event::Tamper(_) => self.tamper_records += 1,
+            Event::Note(n) => {
+                self.software_tpm |= n.text.contains("software TPM");
+            }
+            // Policy loads are listed by the policy engine's own status;
+            // the guard's by the guard's.
+            Event::Guard(_) | Event::Policy(_) => {}
         }
     }
 
@@ -125,6 +120,69 @@ impl MeasuredBoot {
             w.push(format!("measured boot: {m} does not match the manifest"));
         }
         w
+    }
+}
+
+/// The golden digest and size of each model of the manifest in force.
+type Golden = std::collections::HashMap<String, (String, u64)>;
+
+/// This boot's [`MeasuredBoot`] summary, kept current from what the log
+/// gains: each [`refresh`](Self::refresh) reads only the records appended
+/// since the last one (an [`evidence::tail::Tail`](crate::evidence::tail::Tail)),
+/// so publishing the status costs the same on the first day as after a
+/// month of tamper records.
+#[derive(Debug)]
+pub struct MeasuredBootWatch {
+    tail: crate::evidence::tail::Tail,
+    boot: String,
+    summary: MeasuredBoot,
+    golden: Golden,
+}
+
+impl MeasuredBootWatch {
+    /// Follow the log at `path`; nothing is read before the first
+    /// [`refresh`](Self::refresh).
+    pub fn new(path: &Path) -> Self {
+        Self {
+            tail: crate::evidence::tail::Tail::new(path),
+            boot: crate::evidence::boot_id(),
+            summary: Self::empty(path),
+            golden: Golden::default(),
+        }
+    }
+
+    fn empty(path: &Path) -> MeasuredBoot {
+        MeasuredBoot {
+            log: path.display().to_string(),
+            ..MeasuredBoot::default()
+        }
+    }
+
+    /// Read what was appended and give the summary. A log that cannot be
+    /// read gives a summary that only says why (as a whole read would);
+    /// the next refresh reads it again from the start.
+    pub fn refresh(&mut self) -> &MeasuredBoot {
+        if self.summary.error.is_some() {
+            self.tail.reset();
+            self.summary = Self::empty(self.tail.path());
+            self.golden.clear();
+        }
+        match self.tail.read_new() {
+            Ok(new) => {
+                if new.restarted {
+                    self.summary = Self::empty(self.tail.path());
+                    self.golden.clear();
+                }
+                for r in new.records.iter().filter(|r| r.boot_id == self.boot) {
+                    self.summary.add_record(&mut self.golden, r);
+                }
+            }
+            Err(e) => {
+                self.summary = Self::empty(self.tail.path());
+                self.summary.error = Some(e.to_string());
+            }
+        }
+        &self.summary
     }
 }
 
@@ -459,6 +517,60 @@ mod tests {
             w.contains("UNSIGNED") && w.contains("/opt/models/m.onnx does not match"),
             "{w}"
         );
+    }
+
+    #[test]
+    fn the_watch_reads_only_new_records_and_agrees_with_a_whole_read() {
+        use crate::evidence::{
+            Event, Record,
+            event::{NoteEvent, TamperEvent},
+            log::Log,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.log");
+        let mut watch = MeasuredBootWatch::new(&path);
+        assert_eq!(watch.refresh(), &MeasuredBoot::from_log(&path));
+        let mut log = Log::open(&path).unwrap();
+        let tamper = || {
+            let mut r = Record::new(
+                14,
+                Event::Tamper(TamperEvent {
+                    file: "/opt/models/m.onnx".into(),
+                    outcome: "denied".into(),
+                    folded: 0,
+                    event: serde_json::json!({"kind": "file_write_open"}),
+                }),
+            );
+            r.extended = true;
+            r
+        };
+        for round in 1..=3 {
+            log.append(tamper()).unwrap();
+            log.append(Record::new(
+                0,
+                Event::Note(NoteEvent {
+                    text: "a software TPM".into(),
+                }),
+            ))
+            .unwrap();
+            let now = watch.refresh().clone();
+            assert_eq!(now, MeasuredBoot::from_log(&path));
+            assert_eq!(now.tamper_records, round);
+            assert_eq!(now.records, 2 * round);
+            assert!(now.software_tpm);
+        }
+        // A log cut behind guardian's back is read again from its start.
+        drop(log);
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(watch.refresh().records, 0);
+        // A corrupt one says why, and is read again once it is whole.
+        std::fs::write(&path, b"{}\n").unwrap();
+        assert!(watch.refresh().error.is_some());
+        std::fs::write(&path, b"").unwrap();
+        let mut log = Log::open(&path).unwrap();
+        log.append(tamper()).unwrap();
+        let now = watch.refresh();
+        assert_eq!((now.error.as_deref(), now.tamper_records), (None, 1));
     }
 
     #[test]

@@ -141,6 +141,32 @@ pub enum UnloadError {
     /// A key could not be loaded.
     #[error(transparent)]
     Key(#[from] crate::signing::SignError),
+    /// The public key given is not the signing key's.
+    #[error("{} is not the public half of {}", public.display(), key.display())]
+    NotThePair {
+        /// The public key file.
+        public: PathBuf,
+        /// The private key file.
+        key: PathBuf,
+    },
+    /// A key file could not be read.
+    #[error("reading {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An output could not be written.
+    #[error("writing {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Too many keys for the map.
     #[error("[guard] unload_keys names {count} keys, at most {MAX_KEYS}")]
     TooManyKeys {
@@ -249,6 +275,57 @@ pub fn create(
     bytes.push(b'\n');
     let sig = key.sign(&bytes);
     (bytes, sig)
+}
+
+/// A token written by [`write_token`].
+#[derive(Debug)]
+pub struct Written {
+    /// Its signature file.
+    pub signature: PathBuf,
+    /// How long it is good for, seconds (at most [`MAX_VALID`]).
+    pub valid_secs: u64,
+    /// The signer's fingerprint.
+    pub fingerprint: String,
+}
+
+/// `guardian unload-token`: make a token for `boot_id` (see [`create`])
+/// with the private key at `key`, whose public half is at `public`, and
+/// write it to `output` and its signature beside it.
+pub fn write_token(
+    key: &Path,
+    public: &Path,
+    boot_id: &str,
+    valid_secs: u64,
+    reason: &str,
+    output: &Path,
+) -> Result<Written, UnloadError> {
+    let sk = SigningKey::load(key)?;
+    let pem = std::fs::read_to_string(public).map_err(|source| UnloadError::Read {
+        path: public.to_owned(),
+        source,
+    })?;
+    let pk = TrustedKey::from_pem(&pem, public)?;
+    let (bytes, sig) = create(&sk, &pem, boot_id, valid_secs, reason);
+    if !pk.verifies_detached(&bytes, &sig) {
+        return Err(UnloadError::NotThePair {
+            public: public.to_owned(),
+            key: key.to_owned(),
+        });
+    }
+    let write = |path: &Path, bytes: &[u8]| {
+        std::fs::write(path, bytes).map_err(|source| UnloadError::Write {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    write(output, &bytes)?;
+    let signature = crate::manifest::signature_path(output);
+    write(&signature, &sig)?;
+    Ok(Written {
+        signature,
+        valid_secs: valid_secs.min(MAX_VALID),
+        fingerprint: pk.fingerprint,
+    })
 }
 
 /// Check the token at `path` (signature at `path.sig`) for an unload of a

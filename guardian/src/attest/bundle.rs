@@ -133,6 +133,18 @@ pub enum BundleError {
     /// The AK's public part could not be encoded.
     #[error("encoding the AK public key: {0}")]
     AkEncoding(String),
+    /// The bundle could not be encoded.
+    #[error("encoding the evidence bundle")]
+    Encode(#[source] serde_json::Error),
+    /// An output could not be written.
+    #[error("writing {what}")]
+    Write {
+        /// The file, or what it holds.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The AK public key as PEM, from its SEC1 point.
@@ -251,6 +263,58 @@ pub fn quote(config: &Config, nonce: &[u8]) -> Result<(Evidence, Quote), BundleE
         .map(|st| st.attestor_state());
     let ev = build(nonce, &q, &ak_pub, &log, agent)?;
     Ok((ev, q))
+}
+
+/// Where `guardian quote` puts what it made, besides the bundle.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QuoteFiles<'a> {
+    /// The bundle (`None`: it is returned, for stdout).
+    pub bundle: Option<&'a Path>,
+    /// The AK public key (PEM), for enrolment.
+    pub ak: Option<&'a Path>,
+    /// `PREFIX.msg` and `PREFIX.sig`: the raw quote and signature, for
+    /// `tpm2_checkquote`.
+    pub raw: Option<&'a Path>,
+}
+
+/// Write the outputs of a quote; returns the bundle's JSON when it has no
+/// file of its own.
+pub fn save(
+    evidence: &Evidence,
+    quote: &Quote,
+    files: QuoteFiles<'_>,
+) -> Result<Option<Vec<u8>>, BundleError> {
+    let write = |path: &Path, what: &dyn Fn() -> String, bytes: &[u8]| {
+        std::fs::write(path, bytes).map_err(|source| BundleError::Write {
+            what: what(),
+            source,
+        })
+    };
+    if let Some(p) = files.ak {
+        write(
+            p,
+            &|| p.display().to_string(),
+            evidence.ak_public_pem.as_bytes(),
+        )?;
+    }
+    if let Some(prefix) = files.raw {
+        let with = |ext: &str| {
+            let mut s = prefix.as_os_str().to_owned();
+            s.push(ext);
+            std::path::PathBuf::from(s)
+        };
+        write(&with(".msg"), &|| "the raw quote".into(), &quote.attest)?;
+        write(
+            &with(".sig"),
+            &|| "the raw signature".into(),
+            &quote.signature,
+        )?;
+    }
+    let json = serde_json::to_vec_pretty(evidence).map_err(BundleError::Encode)?;
+    match files.bundle {
+        Some(p) => write(p, &|| p.display().to_string(), &json).map(|()| None),
+        None => Ok(Some(json)),
+    }
 }
 
 /// Read a bundle file (at most [`MAX_BUNDLE_BYTES`]).

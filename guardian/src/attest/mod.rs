@@ -7,6 +7,7 @@
 //! | [`bundle`] | the evidence bundle: building it on the device, reading it on the verifier, nonces |
 //! | [`verify`] | the verdict: what is checked and why each check exists |
 //! | [`state`] | what the verifier remembers of a device between quotes |
+//! | [`verifier`] | `guardian challenge` and `guardian verify` on files: the inputs, the findings acknowledged, the verdict, the state saved |
 //!
 //! The verifier trusts only what it holds itself: the enrolled AK, the
 //! nonce it issued, the PCRs it judges, the keys manifests must be signed
@@ -19,6 +20,7 @@
 pub mod bundle;
 pub mod quote;
 pub mod state;
+pub mod verifier;
 pub mod verify;
 
 pub use bundle::{

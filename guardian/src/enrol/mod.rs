@@ -32,12 +32,16 @@
 //!
 //! [`tofu`] skips 2-4 and says so in the record (`insecure_tofu`).
 //!
+//! [`files`] runs each step on files, as `guardian enrol` does, and gives
+//! a verifier the AK to trust for a device ([`files::trusted_ak`]).
+//!
 //! `docs/enrolment.md` has what each check stops and how to run it with
 //! swtpm.
 
 pub mod credential;
 pub mod device;
 pub mod ekcert;
+pub mod files;
 pub mod protocol;
 pub mod tpmt;
 

@@ -227,51 +227,84 @@ impl Contents {
             .filter(move |r| r.extended && !voided.contains(&r.seq))
     }
 
+    /// Parse what follows the records held (whoever calls this has no
+    /// torn tail left: a fresh read, or a writer that just cut it off).
     fn push_parsed(&mut self, bytes: &[u8]) -> Result<(), (usize, String)> {
-        let first_line = self.records.len();
-        let mut offset = 0usize;
-        let mut line_no = first_line;
-        while offset < bytes.len() {
-            line_no += 1;
-            let rest = &bytes[offset..];
-            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
-                // No newline: the last write did not complete. That is the
-                // one damage a crash can cause; report it, do not fail.
-                self.torn_bytes = rest.len();
-                break;
-            };
-            let record: Record = serde_json::from_slice(&rest[..nl])
-                .map_err(|e| (line_no, format!("not a measurement record: {e}")))?;
-            if record.seq != self.records.len() as u64 {
-                return Err((
-                    line_no,
-                    format!(
-                        "sequence number {} where {} was expected (records missing or reordered)",
-                        record.seq,
-                        self.records.len()
-                    ),
-                ));
-            }
-            record
-                .check()
-                .map_err(|p| (line_no, format!("record {}: {p}", record.seq)))?;
-            if let Some(v) = record.voids
-                && !self.records.get(v as usize).is_some_and(|r| r.extended)
-            {
-                return Err((
-                    line_no,
-                    format!(
-                        "record {} voids record {v}, which is not an earlier extended record",
-                        record.seq
-                    ),
-                ));
-            }
-            self.records.push(record);
-            offset += nl + 1;
-            self.good_len += (nl + 1) as u64;
-        }
+        self.torn_bytes = parse_into(bytes, self)?;
         Ok(())
     }
+}
+
+impl Sequence for Contents {
+    fn len(&self) -> u64 {
+        self.records.len() as u64
+    }
+
+    fn extended(&self, seq: u64) -> bool {
+        self.records.get(seq as usize).is_some_and(|r| r.extended)
+    }
+
+    fn push(&mut self, record: Record, line_len: u64) {
+        self.records.push(record);
+        self.good_len += line_len;
+    }
+}
+
+/// What the parser appends checked records to: the whole log
+/// ([`Contents`]), or what [`super::tail::Tail`] keeps.
+pub(super) trait Sequence {
+    /// Records so far (the sequence number of the next one).
+    fn len(&self) -> u64;
+    /// Whether record `seq` exists and was extended.
+    fn extended(&self, seq: u64) -> bool;
+    /// Take a checked record and the length of its line, newline included.
+    fn push(&mut self, record: Record, line_len: u64);
+}
+
+/// Parse and check the complete lines of `bytes`, which continue `seq`,
+/// pushing each record; returns the length of a torn last line (0 if the
+/// bytes end with a newline). Errors are (1-based line, problem).
+pub(super) fn parse_into(bytes: &[u8], seq: &mut impl Sequence) -> Result<usize, (usize, String)> {
+    let mut offset = 0usize;
+    let mut line_no = seq.len() as usize;
+    while offset < bytes.len() {
+        line_no += 1;
+        let rest = &bytes[offset..];
+        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+            // No newline: the last write did not complete. That is the
+            // one damage a crash can cause; report it, do not fail.
+            return Ok(rest.len());
+        };
+        let record: Record = serde_json::from_slice(&rest[..nl])
+            .map_err(|e| (line_no, format!("not a measurement record: {e}")))?;
+        if record.seq != seq.len() {
+            return Err((
+                line_no,
+                format!(
+                    "sequence number {} where {} was expected (records missing or reordered)",
+                    record.seq,
+                    seq.len()
+                ),
+            ));
+        }
+        record
+            .check()
+            .map_err(|p| (line_no, format!("record {}: {p}", record.seq)))?;
+        if let Some(v) = record.voids
+            && !seq.extended(v)
+        {
+            return Err((
+                line_no,
+                format!(
+                    "record {} voids record {v}, which is not an earlier extended record",
+                    record.seq
+                ),
+            ));
+        }
+        seq.push(record, (nl + 1) as u64);
+        offset += nl + 1;
+    }
+    Ok(0)
 }
 
 /// Replay `records`' extends of `pcr` from the all-zero reset value.

@@ -6,6 +6,7 @@
 //! | [`event`] | what a record means, and its canonical encoding (the digest extended) |
 //! | [`log`] | the measurement log file: append-only, crash-safe, private, never blocking |
 //! | [`ledger`] | the log and the TPM together: append, extend, void on failure, in one place |
+//! | [`tail`] | a reader that follows the log, reading only what was appended (the daemon's status) |
 //! | [`export`] | the TCG binary event log and CEL-JSON exports |
 //!
 //! Everything that produces evidence (the boot step in [`crate::measure`],
@@ -19,6 +20,7 @@ pub mod event;
 pub mod export;
 pub mod ledger;
 pub mod log;
+pub mod tail;
 
 pub use event::Event;
 pub use ledger::{Ledger, LedgerError};

@@ -1,5 +1,5 @@
 //! What `guardian policy sign`, `inspect` and `test` do, for policy
-//! authors. `main.rs` only parses arguments and prints.
+//! authors. `cli/policy.rs` only parses arguments and prints.
 
 use std::{
     io::{BufRead as _, Write},
@@ -40,6 +40,15 @@ pub enum ToolError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The module limits the tools check against: `config`'s `[policy]`
+/// section (as an enforcing agent would apply it), else the defaults.
+pub fn limits(config: Option<&crate::config::Config>) -> Limits {
+    match config {
+        Some(c) => super::PolicySettings::from_config(c, true).limits,
+        None => Limits::default(),
+    }
 }
 
 /// Check that `wasm` loads as a policy, then sign it: writes and returns

@@ -21,6 +21,11 @@
 //!    what should be.
 //! 6. One JSON security event per mismatch on the event output; the exit
 //!    status says whether inference may start.
+//!
+//! [`tools`] holds the other measured-boot commands: signed manifests made
+//! and checked, the log replayed against the TPM and exported.
+
+pub mod tools;
 
 use std::{io::Write, path::PathBuf};
 

@@ -1,0 +1,127 @@
+//! `guardian policy`: the policy author's tools (sign, inspect, test).
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Subcommand;
+use guardian::policy::{FailMode, tools};
+
+use super::load_config;
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Check that a module loads as a policy (ABI, exports, limits), then
+    /// write its detached signature (POLICY.sig unless --output).
+    ///
+    /// Ed25519 or ECDSA P-256 PEM private key; `openssl pkeyutl -sign
+    /// -rawin` or `openssl dgst -sha256 -sign` make the same signatures.
+    Sign {
+        /// The policy module (.wasm).
+        policy: PathBuf,
+        /// Signing key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the signature.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Take the module limits from this config's [policy] section.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Show a module's ABI version, exports, imports, static rules, digest
+    /// and signer.
+    Inspect {
+        /// The policy module (.wasm).
+        policy: PathBuf,
+        /// Trusted public key (PEM) to check POLICY.sig with; repeatable.
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Take the module limits from this config's [policy] section.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Replay recorded events (the JSON lines `guardian run` prints)
+    /// through a policy and print each verdict. The module need not be
+    /// signed. Exit status 0, or 1 if a line was not an event.
+    Test {
+        /// The policy module (.wasm).
+        policy: PathBuf,
+        /// JSON event lines.
+        #[arg(long)]
+        events: PathBuf,
+        /// What a policy failure counts as: closed (deny) or open (alert).
+        #[arg(long, default_value = "closed", value_parser = ["closed", "open"])]
+        fail_mode: String,
+        /// One JSON object per verdict.
+        #[arg(long)]
+        json: bool,
+        /// Take the module limits (fuel, memory, size) from this config.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// The module limits: from `config`'s `[policy]`, else the defaults.
+fn limits(config: Option<&std::path::Path>) -> anyhow::Result<guardian::policy::Limits> {
+    let config = config.map(load_config).transpose()?;
+    Ok(tools::limits(config.as_ref()))
+}
+
+/// `guardian policy …`.
+pub fn policy(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Sign {
+            policy,
+            key,
+            output,
+            config,
+        } => {
+            let limits = limits(config.as_deref())?;
+            let sig = tools::sign(&policy, &key, output.as_deref(), limits)?;
+            println!("signed {} -> {}", policy.display(), sig.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Inspect {
+            policy,
+            keys,
+            json,
+            config,
+        } => {
+            let limits = limits(config.as_deref())?;
+            let i = tools::inspect(&policy, &keys, limits)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                print!("{i}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Test {
+            policy,
+            events,
+            fail_mode,
+            json,
+            config,
+        } => {
+            let limits = limits(config.as_deref())?;
+            let mode = if fail_mode == "open" {
+                FailMode::Open
+            } else {
+                FailMode::Closed
+            };
+            let mut out = std::io::stdout().lock();
+            let s = tools::test(&policy, &events, limits, mode, json, &mut out)?;
+            eprintln!(
+                "{} events: {} denied, {} alerted, {} policy failures; {} lines not evaluated",
+                s.events, s.denied, s.alerted, s.failures, s.bad_lines
+            );
+            Ok(if s.bad_lines > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
