@@ -9,6 +9,7 @@
 //! | `intent.rs` | what an open is for, learnt from the blocked opener's `/proc/TID/syscall` |
 //! | `notify.rs` | the notification rung: changes to protected files reported after the fact ([`notify::Watcher`]) |
 //! | `fid.rs` | the notification rung's event records and file handles |
+//! | `change.rs` | what a reported change was (`nlink 1→2`, `mode 0644→0666`) and the rule's verdict on it |
 //! | `mod.rs` | what both share: the rule ([`judge`]), the actor from `/proc`, the event they make, the reader loop |
 //!
 //! Both rungs follow the targets: [`FanotifyGuard::refresh`] and
@@ -19,6 +20,7 @@
 //! does not decide which hook a rung stands in for ([`crate::enforce`]
 //! does); it reports events, it does not print or record them.
 
+mod change;
 mod fid;
 pub mod intent;
 pub mod notify;
