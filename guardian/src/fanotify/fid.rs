@@ -200,8 +200,6 @@ pub(super) fn fsid_of(fd: &File) -> io::Result<[u8; 8]> {
     Ok(unsafe { std::mem::transmute::<libc::fsid_t, [u8; 8]>(st.f_fsid) })
 }
 
-/// Open a protected file with `O_PATH`, learn its handle and filesystem
-
 #[cfg(test)]
 mod tests {
     use super::*;

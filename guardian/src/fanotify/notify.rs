@@ -279,6 +279,8 @@ fn init_group() -> Result<OwnedFd, WatchError> {
         _ => WatchError::Init(e),
     })
 }
+
+/// Open a protected file with `O_PATH`, learn its handle and filesystem
 /// id, and put the inode mark on it.
 fn mark(group: &OwnedFd, id: usize, path: &Path, mask: u64) -> Result<Watched, WatchError> {
     let err = |what| {

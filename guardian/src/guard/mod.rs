@@ -444,8 +444,6 @@ impl Guard {
         Ok(out)
     }
 
-    /// Record that the fanotify rung denies write-opens of protected files
-
     /// The mode in force.
     pub fn mode(&self) -> Mode {
         self.mode
