@@ -7,6 +7,8 @@ Mermaid block for docs/architecture.md, and every import circle.
     guardian/scripts/module-graph.py --check    also exit 1 on an import circle, or if
                                                  docs/architecture.md's graph block
                                                  differs from this one
+    guardian/scripts/module-graph.py --write    put this graph into docs/architecture.md's
+                                                 block
 
 A module is a file or folder directly under guardian/src (main.rs and
 lib.rs excluded: they are the roots). Tests (`#[cfg(test)] mod tests`) are
@@ -129,6 +131,14 @@ def main():
             print("  " + " <-> ".join(c))
     else:
         print("\nno import circle")
+    if "--write" in sys.argv:
+        text = DOC.read_text()
+        if BEGIN not in text or END not in text:
+            print(f"{DOC}: no {BEGIN} ... {END} block", file=sys.stderr)
+            return 1
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        DOC.write_text(f"{head}{BEGIN}\n{block}\n{END}{tail}")
     if "--check" in sys.argv:
         if cyc:
             print("import circles among the agent's modules: cut them", file=sys.stderr)
@@ -141,7 +151,7 @@ def main():
         if current != block:
             print(
                 f"{DOC}: the module graph is out of date; run "
-                "guardian/scripts/module-graph.py and paste its block",
+                "guardian/scripts/module-graph.py --write",
                 file=sys.stderr,
             )
             return 1

@@ -49,6 +49,7 @@ use crate::{
         event::{ManifestEvent, ModelEvent, TamperEvent},
         ledger,
     },
+    hooks::Verdict,
     manifest::{self, Authenticity, Loaded},
     signing::TrustedKey,
 };
@@ -387,7 +388,7 @@ impl Worker {
         let Some(file) = ev.tamper_subject() else {
             return;
         };
-        if ev.verdict == "deny" || ev.verdict == "alert" {
+        if ev.verdict == Verdict::Deny || ev.verdict == Verdict::Alert {
             let key = (file.clone(), ev.exe_ino);
             let now = Instant::now();
             let recent = self
@@ -400,7 +401,7 @@ impl Worker {
             } else {
                 let folded = self.suppressed.remove(&key).unwrap_or(0);
                 self.last_tamper.insert(key, now);
-                let outcome = if ev.verdict == "deny" {
+                let outcome = if ev.verdict == Verdict::Deny {
                     "denied"
                 } else {
                     "detected"
@@ -419,7 +420,7 @@ impl Worker {
         // The write happened: the model may have changed (or the name the
         // service opens now leads elsewhere).
         if (ev.is_file() || ev.event == "path_changed" || ev.event == "preexisting_writer")
-            && (ev.verdict == "allow" || ev.verdict == "alert")
+            && (ev.verdict == Verdict::Allow || ev.verdict == Verdict::Alert)
         {
             self.pending.insert(PathBuf::from(&file), Instant::now());
         }

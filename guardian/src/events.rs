@@ -14,7 +14,10 @@ use guardian_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::guard::{Mode, Targets};
+use crate::{
+    hooks::{Mode, Verdict},
+    targets::Targets,
+};
 
 /// One security event, as printed: one JSON object per line. The fields up
 /// to `comm` are on every event; the rest depend on `event`:
@@ -36,9 +39,9 @@ pub struct SecurityEvent {
     pub event: String,
     /// `deny` (the kernel refused), `allow` (allowlisted writer) or `alert`
     /// (not allowed, but it happened: detect mode).
-    pub verdict: String,
+    pub verdict: Verdict,
     /// `enforce` or `detect`.
-    pub mode: String,
+    pub mode: Mode,
     /// The program that saw it.
     pub hook: String,
     /// Process id (thread group).
@@ -307,19 +310,17 @@ impl Decoder {
             time: wall_clock(ev.header.ktime_ns),
             event: event.to_owned(),
             verdict: match ev.header.verdict {
-                kverdict::ALLOW => "allow",
-                kverdict::DENY => "deny",
-                _ => "alert",
-            }
-            .to_owned(),
+                kverdict::ALLOW => Verdict::Allow,
+                kverdict::DENY => Verdict::Deny,
+                _ => Verdict::Alert,
+            },
             // A denial is enforcement, whatever the guard's overall mode
             // (the cgroup programs deny on kernels without BPF LSM).
             mode: if ev.header.verdict == kverdict::DENY {
-                Mode::Enforce.as_str()
+                Mode::Enforce
             } else {
-                self.mode.as_str()
-            }
-            .to_owned(),
+                self.mode
+            },
             hook: hook_name(ev.header.source).to_owned(),
             pid: ev.pid,
             tid: ev.tid,
@@ -466,7 +467,7 @@ impl Decoder {
 fn proc_exe_if(pid: u32, exe: &InodeKey) -> Option<String> {
     let link = PathBuf::from(format!("/proc/{pid}/exe"));
     let meta = std::fs::metadata(&link).ok()?;
-    if crate::guard::inode_key(&meta) != *exe {
+    if crate::targets::inode_key(&meta) != *exe {
         return None;
     }
     std::fs::read_link(&link)
@@ -729,7 +730,7 @@ mod tests {
         // Our own executable, reported for a pid that does not exist: the
         // decoder finds it through this (running) test process.
         let me = std::fs::metadata("/proc/self/exe").unwrap();
-        let key = crate::guard::inode_key(&me);
+        let key = crate::targets::inode_key(&me);
         let mut d = Decoder::new(Mode::Detect, &Targets::default());
         let want = std::fs::read_link("/proc/self/exe").unwrap();
         assert_eq!(

@@ -15,11 +15,12 @@
 //! | [`config`] | the TOML config, environment overrides, validation |
 //! | [`kernel`] | probing the running kernel (BTF, LSM list, tracepoints) |
 //! | [`btf`] | reading struct offsets from the kernel's BTF for the eBPF programs |
-//! | [`hooks`] | the names of the hooks and rung forms (a leaf everyone may use) |
-//! | [`guard`] | loading (or adopting) the pinned eBPF object, filling its maps, the per-hook ladder |
+//! | [`hooks`] | hooks, mechanisms, modes and verdicts as types (a leaf everyone may use) |
+//! | [`targets`] | what is protected, allowed and recognised, resolved from the config to inodes and prefixes |
+//! | [`enforce`] | one owner for every rung: starts, refreshes and stops them, and says what is in force |
+//! | [`guard`] | loading (or adopting) the pinned eBPF object, filling its maps, the kernel's ladder |
 //! | [`events`] | decoding kernel records into JSON-line security events |
-//! | [`fanotify`] | the userspace-deny rung: fanotify permission events where BPF LSM cannot attach |
-//! | [`watch`] | the notification rung: fanotify reports changes to protected files where no kernel program watches them |
+//! | [`fanotify`] | the userspace rungs: permission events deny write-opens, notification events report changes, where BPF LSM cannot attach |
 //! | [`prescan`] | writers that were there before the guard: writable descriptors and shared writable mappings of protected files, found in `/proc` at start |
 //! | [`pathcheck`] | the names the service opens still lead to the guarded inodes and mounts (after the fact, on the status timer) |
 //! | [`systemd`] | readiness and the watchdog for `guardian.service` (`sd_notify`) |
@@ -48,6 +49,7 @@ pub mod attest;
 pub mod btf;
 pub mod config;
 pub mod continuous;
+pub mod enforce;
 pub mod enrol;
 pub mod events;
 pub mod evidence;
@@ -65,9 +67,9 @@ pub mod rules;
 pub mod signing;
 pub mod status;
 pub mod systemd;
+pub mod targets;
 pub mod tpm;
 pub mod unload;
-pub mod watch;
 
 use std::{collections::BTreeMap, future::Future, path::Path, sync::Arc, time::Duration};
 
@@ -76,10 +78,13 @@ use tokio::io::{Interest, unix::AsyncFd};
 use crate::{
     config::Config,
     config::Response,
+    enforce::{EnforceError, Enforcement},
     events::{Decoder, Sink},
-    guard::{Guard, GuardError, Mode, StartOptions, Targets},
+    guard::{GuardError, StartOptions},
+    hooks::{Mechanism, Mode, Verdict},
     kernel::KernelFeatures,
     status::{Status, StatusError},
+    targets::{Targets, TargetsError},
 };
 
 /// The eBPF object, built by `build.rs` (empty if this binary was built
@@ -93,12 +98,15 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The guard did not start.
+    /// The config's paths could not be resolved.
+    #[error(transparent)]
+    Targets(#[from] TargetsError),
+    /// The guard failed.
     #[error(transparent)]
     Guard(#[from] GuardError),
-    /// The fanotify rung could not mark a protected file.
+    /// A rung did not start.
     #[error(transparent)]
-    Fanotify(fanotify::FanotifyError),
+    Enforce(#[from] EnforceError),
     /// The event output could not be opened.
     #[error("cannot open event output {path}: {source}")]
     Sink {
@@ -190,8 +198,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             auth.keys.len()
         );
     }
-    // 5. Load, fill, attach.
-    let mut guard = Guard::start(
+    // 5. Every rung, strongest first: load, fill and attach the guard,
+    //    then the userspace rungs for what the kernel could not take.
+    let (fan_tx, mut fan_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut enforcement = Enforcement::start(
         &StartOptions {
             object: EBPF_OBJECT,
             request: config.guard.mode,
@@ -204,101 +215,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             auth: Some(&auth),
         },
         &targets,
+        &tx,
     )?;
-    // The userspace-deny rung: where BPF LSM could not take write-opens,
-    // fanotify permission events can (from userspace, while the agent
-    // runs). Not in detect mode, which asks for no denials.
-    let (fan_tx, mut fan_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut fanotify = None;
-    let open_hook = guard.hooks().iter().find(|h| h.hook == "file_write_open");
-    if config.guard.mode != config::ModeRequest::Detect
-        && open_hook.is_some_and(|h| h.mechanism != "lsm")
-    {
-        let (tx, rx) = std::sync::mpsc::channel();
-        match fanotify::FanotifyGuard::start(&targets, tx) {
-            Ok(f) => {
-                log::warn!(
-                    "hook file_write_open: FANOTIFY — BPF LSM could not take it; write-opens of {} protected file(s) are denied from userspace while the agent runs",
-                    f.marked()
-                );
-                guard.note_fanotify(f.marked());
-                forward(rx, fan_tx.clone());
-                fanotify = Some(f);
-            }
-            Err(e) if e.is_unavailable() => {
-                log::warn!("hook file_write_open: no fanotify rung either: {e}");
-            }
-            Err(e) => return Err(RunError::Fanotify(e)),
-        }
-    }
-    // The notification rung: changes to protected files that neither BPF
-    // LSM nor a syscall tracepoint watches are reported through fanotify
-    // notification events (while the agent runs), in every mode.
-    let uncovered = |hook: &str| {
-        guard
-            .hooks()
-            .iter()
-            .any(|h| h.hook == hook && h.mechanism == "none")
-    };
-    let watch_mask = watch::mask_for(uncovered);
-    let mut watcher = None;
-    if watch_mask != 0 && !targets.files.is_empty() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let grants = fanotify.as_ref().map(fanotify::FanotifyGuard::grants);
-        match watch::Watcher::start_with(&targets, watch_mask, grants, tx) {
-            Ok(w) => {
-                guard.note_watch(w.marked(), watch_mask);
-                log::warn!(
-                    "file hooks without a kernel program: changes to {} protected file(s) are reported through fanotify notification events, after the fact, while the agent runs",
-                    w.marked()
-                );
-                forward(rx, fan_tx);
-                watcher = Some(w);
-            }
-            // Marks fail on filesystems that cannot encode file handles
-            // (some FUSE and overlay setups): the agent still runs, and
-            // the hooks stay NOT COVERED, loudly.
-            Err(e) => {
-                log::error!("no fanotify notification rung: {e}");
-                guard.note_missing_rung(&format!("fanotify notification rung unavailable: {e}"));
-            }
-        }
-    }
-    // What is in force, hook by hook, now that every rung has started.
-    match guard.mode() {
-        Mode::Enforce => log::info!("mode: ENFORCE — {}", guard.reason()),
-        Mode::Detect => log::warn!(
-            "mode: DETECT-ONLY — tampering is reported, not prevented: {}",
-            guard.reason()
-        ),
-    }
-    for h in guard.hooks() {
-        match (h.mechanism.as_str(), &h.note) {
-            ("lsm", _) => log::info!(
-                "hook {}: denied in the kernel ({})",
-                h.hook,
-                h.attached.join(" ")
-            ),
-            ("off", Some(n)) => log::info!("hook {}: off ({n})", h.hook),
-            (m, Some(n)) => log::warn!("hook {}: {} — {n}", h.hook, m.to_uppercase()),
-            (m, None) => log::warn!("hook {}: {m}", h.hook),
-        }
-    }
-    let opens_traced = guard.hooks().iter().any(|h| {
-        h.hook == "file_write_open" && h.attached.iter().any(|a| a.starts_with("raw_tracepoint"))
-    });
-    let mut decoder = Decoder::new(guard.mode(), &targets);
+    drop(tx);
+    forward(rx, fan_tx);
+    log_coverage(enforcement.coverage());
+    let opens_traced = enforcement.opens_traced();
+    let mut decoder = Decoder::new(enforcement.mode(), &targets);
     // Continuous attestation: its own thread owns the TPM and the log.
     // The guard's state goes into the evidence first.
     let attestor = continuous::Attestor::start(&config);
     attestor.send(continuous::Message::Guard {
-        action: if guard.adopted() { "adopt" } else { "start" },
-        mode: guard.mode().as_str().to_owned(),
+        action: if enforcement.guard().adopted() {
+            "adopt"
+        } else {
+            "start"
+        },
+        mode: enforcement.mode().as_str().to_owned(),
         detail: format!(
             "{}; hooks: {}",
-            guard.reason(),
-            guard
-                .hooks()
+            enforcement.coverage().reason,
+            enforcement
+                .coverage()
+                .hooks
                 .iter()
                 .map(|h| format!("{} via {} ({})", h.hook, h.mechanism, h.attached.join(" ")))
                 .collect::<Vec<_>>()
@@ -309,14 +248,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     //    measured into the TPM by the attestor before the set is put in
     //    force; their static rules widen the kernel's tables.
     let engine = Arc::new(policy::PolicyEngine::new(
-        policy::PolicySettings::from_config(&config, guard.mode() == Mode::Enforce),
+        policy::PolicySettings::from_config(&config, enforcement.mode() == Mode::Enforce),
         Box::new(attestor.measurer()),
     ));
     let mut targets = targets;
     let mut pstate = PolicyState::default();
     if config.policy.dir.is_dir() {
         let result = engine.reload();
-        pstate.apply(result, &config, &mut guard, &mut targets, &mut decoder);
+        pstate.apply(
+            result,
+            &config,
+            &mut enforcement,
+            &mut targets,
+            &mut decoder,
+        );
     } else {
         log::info!(
             "no policy directory {}: no policies; the kernel tables come from the config alone",
@@ -344,7 +289,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::task::JoinHandle<Result<policy::ReloadReport, policy::LoadError>>,
     > = None;
 
-    let ring = guard.take_events()?;
+    let ring = enforcement.take_events()?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
     // for as long as the AsyncFd owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -371,7 +316,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut last_drops = 0u64;
     let mut last_unconfigured = 0u64;
     let mut measured_boot = status::MeasuredBootWatch::new(&config.measure.log);
-    let mut publish = |guard: &Guard,
+    let mut publish = |enforcement: &Enforcement,
                        targets: &Targets,
                        counters: &AgentCounters,
                        pstate: &PolicyState|
@@ -380,14 +325,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             config: &config,
             features: &features,
             targets,
-            guard,
+            enforcement,
             agent: counters,
             attest: &attestor.stats(),
             started: &started,
             policies: &engine.stats(),
             pstate,
-            fanotify: fanotify.as_ref().map(fanotify::FanotifyGuard::stats),
-            watch: watcher.as_ref().map(watch::Watcher::stats),
             measured_boot: measured_boot.refresh(),
         });
         // A hook that found no config could judge nothing: evidence too.
@@ -402,7 +345,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             );
             attestor.send(continuous::Message::Guard {
                 action: "tables",
-                mode: guard.mode().as_str().to_owned(),
+                mode: enforcement.mode().as_str().to_owned(),
                 detail: format!("{unconfigured} hook call(s) found the config entry missing"),
             });
             last_unconfigured = unconfigured;
@@ -412,7 +355,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         if drops > last_drops {
             attestor.send(continuous::Message::Guard {
                 action: "drops",
-                mode: guard.mode().as_str().to_owned(),
+                mode: enforcement.mode().as_str().to_owned(),
                 detail: format!("kernel ring buffer full: {drops} event(s) lost in total"),
             });
             last_drops = drops;
@@ -422,9 +365,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     // 7. Publishing the status file is the readiness signal (and, under
     //    systemd, READY=1: the inference service is ordered after it).
-    publish(&guard, &targets, &counters, &pstate)?;
+    publish(&enforcement, &targets, &counters, &pstate)?;
     let notify = systemd::Notifier::from_env();
-    notify.ready(&format!("{}: {}", guard.mode().as_str(), guard.reason()));
+    notify.ready(&format!(
+        "{}: {}",
+        enforcement.mode(),
+        enforcement.coverage().reason
+    ));
     let mut dog = tokio::time::interval(notify.ping_every().unwrap_or(Duration::from_secs(3600)));
     log::info!(
         "ready; events to {}, status in {}",
@@ -454,7 +401,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             Some(ev) = fan_rx.recv() => {
                 // With syscall_detect, the raw tracepoint reports allowed
                 // write-opens already.
-                if !(ev.verdict == "allow" && ev.hook == fanotify::HOOK && opens_traced) {
+                if !(ev.verdict == Verdict::Allow && ev.hook == fanotify::HOOK && opens_traced) {
                     handle_event(ev, &mut sink, &mut counters, &attestor, config.guard.response, &engine);
                     let flushed = sink.flush();
                     count_written(&mut counters, flushed);
@@ -477,11 +424,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 reloading = None;
                 match done {
                     Ok(result) => {
-                        pstate.apply(result, &config, &mut guard, &mut targets, &mut decoder);
+                        pstate.apply(result, &config, &mut enforcement, &mut targets, &mut decoder);
                         // The policies may guard more paths: report what
                         // changed so far, then watch the new set.
                         for ev in paths.check() {
-                            counters.path_changes += u64::from(ev.verdict == "alert");
+                            counters.path_changes += u64::from(ev.verdict == Verdict::Alert);
                             handle_event(ev, &mut sink, &mut counters, &attestor, config.guard.response, &engine);
                         }
                         count_written(&mut counters, sink.flush());
@@ -489,18 +436,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     }
                     Err(e) => log::error!("policies: the reload task failed: {e}"),
                 }
-                publish(&guard, &targets, &counters, &pstate)?;
+                publish(&enforcement, &targets, &counters, &pstate)?;
             }
             _ = tick.tick() => {
                 // The names still lead where they did?
                 for ev in paths.check() {
-                    counters.path_changes += u64::from(ev.verdict == "alert");
+                    counters.path_changes += u64::from(ev.verdict == Verdict::Alert);
                     log::error!("{}: {}", ev.file.as_deref().unwrap_or("?"), ev.name.as_deref().unwrap_or(""));
                     handle_event(ev, &mut sink, &mut counters, &attestor, config.guard.response, &engine);
                     count_written(&mut counters, sink.flush());
                 }
                 // The kernel's tables still hold what guardian wrote?
-                match guard.check_tables(&targets) {
+                match enforcement.check_tables(&targets) {
                     Ok(diffs) if !diffs.is_empty() => {
                         counters.tables_tampered += diffs.len() as u64;
                         for d in &diffs {
@@ -508,7 +455,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                         }
                         attestor.send(continuous::Message::Guard {
                             action: "tables",
-                            mode: guard.mode().as_str().to_owned(),
+                            mode: enforcement.mode().as_str().to_owned(),
                             detail: diffs.join("; "),
                         });
                     }
@@ -523,19 +470,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     let e = Arc::clone(&engine);
                     reloading = Some(tokio::task::spawn_blocking(move || e.reload()));
                 }
-                publish(&guard, &targets, &counters, &pstate)?;
+                publish(&enforcement, &targets, &counters, &pstate)?;
                 dirty = false;
             }
             _ = dog.tick(), if notify.ping_every().is_some() => {
                 // Alive only if every part that answers the kernel is.
-                if fanotify.as_ref().is_none_or(|f| f.stats().running) {
+                if enforcement.alive() {
                     notify.ping();
                 } else {
                     log::error!("the fanotify decision thread has stopped: the watchdog is no longer fed, so systemd restarts the agent");
                 }
             }
             _ = soon.tick(), if dirty => {
-                publish(&guard, &targets, &counters, &pstate)?;
+                publish(&enforcement, &targets, &counters, &pstate)?;
                 dirty = false;
             }
         }
@@ -552,20 +499,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.guard.response,
         &engine,
     );
-    if let Some(f) = fanotify.take() {
-        f.stop();
-    }
-    if let Some(w) = watcher.take() {
-        w.stop();
-    }
+    let mode = enforcement.mode();
+    let pinned = enforcement.stop();
     attestor.send(continuous::Message::Guard {
-        action: if guard.pinned().is_some() {
-            "stop"
-        } else {
-            "unload"
-        },
-        mode: guard.mode().as_str().to_owned(),
-        detail: match guard.pinned() {
+        action: if pinned.is_some() { "stop" } else { "unload" },
+        mode: mode.as_str().to_owned(),
+        detail: match &pinned {
             Some(p) => format!(
                 "the agent stopped; its kernel programs stay attached, pinned in {}",
                 p.display()
@@ -575,7 +514,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     });
     attestor.stop();
     let _ = std::fs::remove_file(&config.status.path);
-    match guard.pinned() {
+    match &pinned {
         Some(p) => log::info!(
             "stopped; the kernel programs stay attached (pinned in {}); `guardian stop --unload` removes them",
             p.display()
@@ -861,8 +800,8 @@ fn handle_event(
         }
     }
     // Nothing to answer when the kernel refused: nothing happened.
-    let happened = ev.verdict != "deny";
-    if happened && ((ev.verdict == "alert" && response == Response::Kill) || policy_kill) {
+    let happened = ev.verdict != Verdict::Deny;
+    if happened && ((ev.verdict == Verdict::Alert && response == Response::Kill) || policy_kill) {
         ev.response = Some(respond_kill(&ev, counters));
     }
     let written = sink.write(&ev);
@@ -877,6 +816,29 @@ fn count_written(counters: &mut AgentCounters, result: Result<u64, events::SinkE
         Err(e) => {
             counters.write_errors += e.lost;
             log::error!("cannot write events: {e}");
+        }
+    }
+}
+
+/// Say what is in force, hook by hook, now that every rung has started.
+fn log_coverage(c: &enforce::Coverage) {
+    match c.mode {
+        Mode::Enforce => log::info!("mode: ENFORCE — {}", c.reason),
+        Mode::Detect => log::warn!(
+            "mode: DETECT-ONLY — tampering is reported, not prevented: {}",
+            c.reason
+        ),
+    }
+    for h in &c.hooks {
+        match (h.mechanism, &h.note) {
+            (Mechanism::Lsm, _) => log::info!(
+                "hook {}: denied in the kernel ({})",
+                h.hook,
+                h.attached.join(" ")
+            ),
+            (Mechanism::Off, Some(n)) => log::info!("hook {}: off ({n})", h.hook),
+            (m, Some(n)) => log::warn!("hook {}: {} — {n}", h.hook, m.as_str().to_uppercase()),
+            (m, None) => log::warn!("hook {}: {m}", h.hook),
         }
     }
 }
@@ -917,7 +879,7 @@ impl PolicyState {
         &mut self,
         result: Result<policy::ReloadReport, policy::LoadError>,
         config: &Config,
-        guard: &mut Guard,
+        enforcement: &mut Enforcement,
         targets: &mut Targets,
         decoder: &mut Decoder,
     ) {
@@ -950,11 +912,17 @@ impl PolicyState {
                 String::new()
             }
         );
-        let applied =
-            rules::targets(config, &report.rules).and_then(|t| guard.refresh(&t).map(|()| t));
+        let applied = rules::targets(config, &report.rules)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                enforcement
+                    .refresh(&t)
+                    .map(|()| t)
+                    .map_err(|e| e.to_string())
+            });
         match applied {
             Ok(t) => {
-                *decoder = Decoder::new(guard.mode(), &t);
+                *decoder = Decoder::new(enforcement.mode(), &t);
                 *targets = t;
                 self.rules_error = None;
             }
@@ -998,7 +966,7 @@ fn respond_kill(ev: &events::SecurityEvent, counters: &mut AgentCounters) -> Str
         return format!("not killed: pid {pid} is exempt");
     }
     let same = std::fs::metadata(format!("/proc/{pid}/exe"))
-        .map(|m| guard::inode_key(&m).ino == ev.exe_ino)
+        .map(|m| targets::inode_key(&m).ino == ev.exe_ino)
         .unwrap_or(false);
     if !same {
         counters.kill_failures += 1;
@@ -1021,14 +989,12 @@ struct Parts<'a> {
     config: &'a Config,
     features: &'a KernelFeatures,
     targets: &'a Targets,
-    guard: &'a Guard,
+    enforcement: &'a Enforcement,
     agent: &'a AgentCounters,
     attest: &'a continuous::Stats,
     started: &'a str,
     policies: &'a policy::PolicyStats,
     pstate: &'a PolicyState,
-    fanotify: Option<fanotify::FanotifyStats>,
-    watch: Option<watch::WatchStats>,
     /// This boot's measurements, read as the log grows.
     measured_boot: &'a status::MeasuredBoot,
 }
@@ -1038,16 +1004,18 @@ fn snapshot(parts: &Parts<'_>) -> Status {
         config,
         features,
         targets,
-        guard,
+        enforcement,
         agent,
         attest,
         started,
         policies: pstats,
         pstate,
-        ref fanotify,
-        ref watch,
         measured_boot,
     } = *parts;
+    let guard = enforcement.guard();
+    let coverage = enforcement.coverage();
+    let fanotify = enforcement.perm_stats();
+    let watch = enforcement.notify_stats();
     let mut counters: BTreeMap<String, u64> = BTreeMap::new();
     let mut warnings = Vec::new();
     match guard.counters() {
@@ -1060,7 +1028,7 @@ fn snapshot(parts: &Parts<'_>) -> Status {
     counters.insert("tables_tampered".into(), agent.tables_tampered);
     counters.insert("path_changes".into(), agent.path_changes);
     counters.insert("preexisting_writers".into(), agent.prewriters);
-    if let Some(f) = fanotify {
+    if let Some(f) = &fanotify {
         for (name, v) in [
             ("fanotify_decisions", f.decisions),
             ("fanotify_denied", f.denied),
@@ -1078,7 +1046,7 @@ fn snapshot(parts: &Parts<'_>) -> Status {
             warnings.push(format!("{} fanotify error(s)", f.errors));
         }
     }
-    if let Some(w) = watch {
+    if let Some(w) = &watch {
         for (name, v) in [
             ("watch_events", w.events),
             ("watch_alerts", w.alerts),
@@ -1150,10 +1118,10 @@ fn snapshot(parts: &Parts<'_>) -> Status {
         ));
     }
     warnings.extend(measured_boot.warnings());
-    if guard.mode() == Mode::Detect {
+    if coverage.mode == Mode::Detect {
         warnings.push(format!(
             "detect-only: tampering is reported after the fact, not prevented ({})",
-            guard.reason()
+            coverage.reason
         ));
     }
     for (name, what) in [
@@ -1185,10 +1153,10 @@ fn snapshot(parts: &Parts<'_>) -> Status {
         started: started.to_owned(),
         updated: status::now(),
         requested_mode: format!("{:?}", config.guard.mode).to_lowercase(),
-        mode: guard.mode(),
-        mode_reason: guard.reason().to_owned(),
+        mode: coverage.mode,
+        mode_reason: coverage.reason.clone(),
         kernel: features.clone(),
-        hooks: guard.hooks().to_vec(),
+        hooks: coverage.hooks.clone(),
         pinned: guard.pinned().map(|p| p.display().to_string()),
         adopted: guard.adopted(),
         unload: unload_words(config),

@@ -30,7 +30,8 @@ use guardian_common::{InodeKey, ProtectedFile};
 
 use crate::{
     events::SecurityEvent,
-    guard::{Targets, inode_key},
+    hooks::{Mode, Verdict},
+    targets::{Targets, inode_key},
 };
 
 /// Where a name leads: its inode and the mount it is on.
@@ -185,8 +186,8 @@ impl PathCheck {
             out.push(SecurityEvent {
                 time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
                 event: "path_changed".to_owned(),
-                verdict: if back { "allow" } else { "alert" }.to_owned(),
-                mode: "detect".to_owned(),
+                verdict: if back { Verdict::Allow } else { Verdict::Alert },
+                mode: Mode::Detect,
                 hook: "agent/path-check".to_owned(),
                 file: Some(w.path.display().to_string()),
                 dev: Some(format!("{}:{}", now.key.major(), now.key.minor())),

@@ -32,7 +32,8 @@ use guardian_common::InodeKey;
 
 use crate::{
     events::SecurityEvent,
-    guard::{Targets, inode_key},
+    hooks::{Mode, Verdict},
+    targets::{Targets, inode_key},
 };
 
 /// One writer found.
@@ -148,8 +149,8 @@ impl Found {
         SecurityEvent {
             time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
             event: "preexisting_writer".to_owned(),
-            verdict: "alert".to_owned(),
-            mode: "detect".to_owned(),
+            verdict: Verdict::Alert,
+            mode: Mode::Detect,
             hook: "agent/start-scan".to_owned(),
             pid: self.pid,
             tid: self.pid,

@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use crate::{
     config::{Config, EgressEntry, PortSpec},
     events::PolicyNote,
-    guard::{GuardError, Targets},
     policy::{Actions, Outcome, StaticRules},
+    targets::{Targets, TargetsError},
 };
 
 fn path_of(rule: &str) -> PathBuf {
@@ -29,7 +29,7 @@ fn path_of(rule: &str) -> PathBuf {
 }
 
 /// The tables for the kernel: the config's, widened by `rules`.
-pub fn targets(config: &Config, rules: &StaticRules) -> Result<Targets, GuardError> {
+pub fn targets(config: &Config, rules: &StaticRules) -> Result<Targets, TargetsError> {
     let mut guard = config.guard.clone();
     let mut service = config.service.clone();
     guard

@@ -11,7 +11,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    guard::{HookState, Mode},
+    hooks::{HookState, Mode},
     kernel::KernelFeatures,
 };
 
@@ -351,7 +351,7 @@ impl Status {
             s += &format!(
                 "  {:<16} {:<11} {}\n",
                 h.hook,
-                h.mechanism.to_uppercase(),
+                h.mechanism.as_str().to_uppercase(),
                 h.attached.join(" ")
             );
             if let Some(n) = &h.note {

@@ -1524,3 +1524,193 @@ fn the_agent_feeds_the_systemd_watchdog_only_while_it_runs() {
     };
     assert!(rest.contains("STOPPING=1"), "{rest}");
 }
+
+/// A signed WAT policy that allows every event and whose static rules
+/// protect `protected` and allow `writers` (`policies/ABI.md` §5: the
+/// postcard encoding, written here byte by byte).
+fn static_rules_policy(protected: &[&Path], writers: &[&Path]) -> Vec<u8> {
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    fn strings(list: &[&Path], out: &mut Vec<u8>) {
+        varint(list.len(), out);
+        for p in list {
+            let s = p.display().to_string();
+            varint(s.len(), out);
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+    let mut rules = Vec::new();
+    strings(protected, &mut rules);
+    rules.push(1); // writers: Some
+    strings(writers, &mut rules);
+    rules.extend_from_slice(&[0, 0, 0]); // egress, service_exec, library_dirs: None
+    let data: String = rules.iter().map(|b| format!("\\{b:02x}")).collect();
+    let at: u64 = 16384;
+    wat::parse_str(format!(
+        r#"(module
+             (memory (export "memory") 1)
+             (data (i32.const {at}) "{data}")
+             (func (export "guardian_abi_version") (result i32) (i32.const 1))
+             (func (export "guardian_buffer") (result i32) (i32.const 1024))
+             (func (export "guardian_buffer_size") (result i32) (i32.const 8192))
+             (func (export "guardian_static_rules") (result i64) (i64.const {}))
+             (func (export "guardian_evaluate") (param i32 i32) (result i64) (i64.const 0)))"#,
+        (at << 32) | rules.len() as u64
+    ))
+    .unwrap()
+}
+
+/// On a kernel without BPF LSM the fanotify rungs are all that deny
+/// write-opens and report changes: a policy reload must reach them. A
+/// policy whose static rules add an allowed writer and a protected file
+/// is put in force with SIGHUP; from then on the permission rung lets that
+/// writer write the model (event `allow`), denies a write-open of the new
+/// file by anyone else (event `deny`), and the notification rung reports a
+/// change to the new file (event `alert`).
+#[test]
+fn a_policy_reload_reaches_the_fanotify_rungs() {
+    let _k = exclusive();
+    let bin = tempfile::tempdir().unwrap();
+    let updater = bin.path().join("model-updater");
+    std::fs::copy("/bin/sh", &updater).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let vendor = keys.path().join("vendor.pem");
+    let vendor_pub = keys.path().join("vendor.pub");
+    common::openssl(&[
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-out",
+        &vendor.display().to_string(),
+    ]);
+    common::openssl(&[
+        "pkey",
+        "-in",
+        &vendor.display().to_string(),
+        "-pubout",
+        "-out",
+        &vendor_pub.display().to_string(),
+    ]);
+    let policies = tempfile::tempdir().unwrap();
+    let scene = Scene::with(
+        "auto",
+        &[],
+        &format!(
+            "[policy]\ndir = {:?}\ntrusted_keys = [{:?}]\n",
+            policies.path().display().to_string(),
+            vendor_pub.display().to_string()
+        ),
+    );
+    let extra = scene.path("extra.bin");
+    std::fs::write(&extra, b"extra v1\n").unwrap();
+    let agent = Agent::start(&scene);
+    let st = scene.status().unwrap();
+    if hook(&st, "file_write_open")["mechanism"] == "lsm" {
+        panic!("BPF LSM took the file hooks on this kernel; this test is for kernels without it");
+    }
+    assert_eq!(
+        hook(&st, "file_write_open")["mechanism"],
+        "fanotify",
+        "{st:#}"
+    );
+    assert_eq!(hook(&st, "file_setattr")["mechanism"], "notify", "{st:#}");
+    assert_eq!(st["allowed_writers"], 0, "{st:#}");
+    let append = |exe: &Path, file: &Path| {
+        Command::new(exe)
+            .args(["-c", &format!("echo more >> {}", file.display())])
+            .output()
+            .unwrap()
+    };
+    // Before the policy: the updater is nobody, the extra file nothing.
+    let out = append(&updater, &scene.model());
+    assert!(
+        !out.status.success(),
+        "the updater wrote before the policy allowed it"
+    );
+    let out = append(Path::new("/bin/sh"), &extra);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let wasm = static_rules_policy(&[&extra], &[&updater]);
+    std::fs::write(policies.path().join("updater.wasm"), &wasm).unwrap();
+    let sig = guardian::signing::SigningKey::load(&vendor)
+        .unwrap()
+        .sign(&wasm);
+    std::fs::write(policies.path().join("updater.wasm.sig"), sig).unwrap();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    wait_for(20, "the policy's static rules in force", || {
+        let st = scene.status()?;
+        (st["allowed_writers"] == 1 && st["policies"]["generation"].as_u64()? >= 2).then_some(())
+    });
+    let st = scene.status().unwrap();
+    assert!(
+        !st["warnings"]
+            .to_string()
+            .contains("static rules not in the kernel"),
+        "{st:#}"
+    );
+
+    // The writer the policy added writes the model, through the
+    // permission rung.
+    let good = shell(&updater, &format!("echo v2 >> {}", scene.model().display()));
+    let good_pid = good.id();
+    finish(good);
+    assert!(
+        std::fs::read_to_string(scene.model())
+            .unwrap()
+            .ends_with("v2\n")
+    );
+    let ev = wait_for(10, "the updater's allowed write-open", || {
+        scene
+            .events()
+            .into_iter()
+            .find(|e| e["pid"] == good_pid && e["hook"] == "fanotify/open_perm")
+    });
+    assert_eq!(ev["verdict"], "allow", "{ev:#}");
+    assert_eq!(ev["exe"], updater.display().to_string(), "{ev:#}");
+
+    // The file the policy added: a write-open by anyone else is denied.
+    let before = std::fs::read(&extra).unwrap();
+    let out = append(Path::new("/bin/sh"), &extra);
+    assert!(!out.status.success(), "the new protected file was written");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&extra).unwrap(), before);
+    let ev = wait_for(10, "the denied write-open of the new file", || {
+        scene
+            .events()
+            .into_iter()
+            .find(|e| e["hook"] == "fanotify/open_perm" && e["file"] == extra.display().to_string())
+    });
+    assert_eq!(ev["verdict"], "deny", "{ev:#}");
+    assert_eq!(ev["event"], "file_write_open", "{ev:#}");
+
+    // And a change to it is reported by the notification rung.
+    let chmod = Command::new("chmod")
+        .arg("600")
+        .arg(&extra)
+        .status()
+        .unwrap();
+    assert!(chmod.success());
+    let ev = wait_for(10, "the chmod of the new file", || {
+        scene
+            .events()
+            .into_iter()
+            .find(|e| e["event"] == "file_setattr" && e["file"] == extra.display().to_string())
+    });
+    assert_eq!(ev["verdict"], "alert", "{ev:#}");
+    assert_eq!(ev["hook"], "fanotify/attrib", "{ev:#}");
+    agent.stop();
+}

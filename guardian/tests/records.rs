@@ -33,6 +33,7 @@ use guardian::{
     continuous::{Attestor, Message, Stats},
     events::SecurityEvent,
     evidence::{Event, Ledger, Record, ledger, log},
+    hooks::{Mode, Verdict},
     manifest::{self, Manifest},
     signing::SigningKey,
 };
@@ -374,8 +375,8 @@ fn tamper_event(file: &str) -> SecurityEvent {
     SecurityEvent {
         time: "2026-12-04T10:00:00Z".into(),
         event: "file_write_open".into(),
-        verdict: "deny".into(),
-        mode: "enforce".into(),
+        verdict: Verdict::Deny,
+        mode: Mode::Enforce,
         hook: "lsm/file_open".into(),
         pid: 4242,
         exe: Some("/usr/bin/dd".into()),
@@ -422,7 +423,7 @@ fn a_local_user_cannot_hold_the_log_lock() {
 /// reports): the attestor looks at it once writes are quiet.
 fn manifest_written(b: &Board) -> Message {
     let mut ev = tamper_event(&b.s("manifest.toml"));
-    ev.verdict = "allow".into();
+    ev.verdict = Verdict::Allow;
     Message::Event(Box::new(ev))
 }
 
@@ -519,7 +520,7 @@ fn a_newer_signed_manifest_replaces_the_one_in_force_and_others_are_refused() {
     let model = b.p("models/labels.txt");
     std::fs::write(&model, b"cat\nwolf\n").unwrap();
     let mut ev = tamper_event(&model.display().to_string());
-    ev.verdict = "allow".into();
+    ev.verdict = Verdict::Allow;
     a.send(Message::Event(Box::new(ev)));
     wait_stats(&a, 10, "the re-measurement", |s| s.remeasured == 3);
     a.stop();

@@ -24,8 +24,8 @@ use rungs::Scene;
 
 use guardian::{
     events::SecurityEvent,
+    fanotify::notify::{HOOK_ATTRIB, HOOK_MODIFY, HOOK_MOVE_SELF, WatchError, Watcher},
     guard::inode_key,
-    watch::{HOOK_ATTRIB, HOOK_MODIFY, HOOK_MOVE_SELF, WatchError, Watcher},
 };
 
 fn root() {

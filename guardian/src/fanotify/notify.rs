@@ -29,7 +29,7 @@
 //! `FAN_ATTRIB` with the link count going to 0.
 //!
 //! The verdict follows the rule of the other rungs, by the inode of the
-//! writer's executable ([`crate::guard::inode_key`] of `/proc/PID/exe`):
+//! writer's executable ([`crate::targets::inode_key`] of `/proc/PID/exe`):
 //! guardian's own executable changing guardian's own files is counted and
 //! not reported; an allowed writer changing a model is `allow`; anything
 //! else is `alert`. fanotify reports the group owner's own changes like any
@@ -66,16 +66,15 @@
 
 use std::{
     collections::HashMap,
-    ffi::c_int,
     fs::File,
     io,
     os::{
         fd::{AsRawFd as _, OwnedFd},
-        unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+        unix::fs::OpenOptionsExt as _,
     },
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::Sender,
     },
@@ -85,10 +84,18 @@ use std::{
 use guardian_common::InodeKey;
 use serde::Serialize;
 
+pub use super::change::{FileState, Verdict, attrib_change, judge};
+use super::{
+    Actor, Grants, Intent, Rules,
+    change::verdict,
+    eventfd,
+    fid::{Fid, ParseError, Record, fsid_of, handle_of, parse_records},
+    os_err, owned, read_loop, stop_thread,
+};
 use crate::{
     events::SecurityEvent,
-    fanotify::{self, os_err, owned},
-    guard::{Targets, inode_key},
+    hooks::{self, Hook, Mode},
+    targets::{Targets, inode_key},
 };
 
 /// The hook name of events from `FAN_MODIFY`.
@@ -105,23 +112,16 @@ pub const MASK: u64 =
     libc::FAN_MODIFY | libc::FAN_ATTRIB | libc::FAN_MOVE_SELF | libc::FAN_DELETE_SELF;
 
 /// The guard's hooks this rung can report, and the events each needs.
-pub const HOOKS: [(&str, u64); 5] = crate::hooks::NOTIFY;
+pub const HOOKS: [(Hook, u64); 5] = hooks::NOTIFY;
 
 /// The events to ask for when the hooks for which `uncovered` is true
 /// have no other form (0: nothing to do).
-pub fn mask_for(uncovered: impl Fn(&str) -> bool) -> u64 {
+pub fn mask_for(uncovered: impl Fn(Hook) -> bool) -> u64 {
     HOOKS
         .iter()
-        .filter(|(h, _)| uncovered(h))
+        .filter(|(h, _)| uncovered(*h))
         .fold(0, |m, (_, bits)| m | bits)
 }
-
-/// `AT_HANDLE_FID` (kernel 6.5): encode the handle the way fanotify does,
-/// also on filesystems that cannot decode handles (`include/uapi/linux/fcntl.h`).
-const AT_HANDLE_FID: c_int = 0x200;
-
-/// `MAX_HANDLE_SZ`: the largest `f_handle` the kernel encodes.
-const MAX_HANDLE: usize = 128;
 
 /// Why the rung could not start. [`WatchError::is_unavailable`] tells a
 /// kernel or privilege that cannot do it apart from a bad target.
@@ -133,6 +133,9 @@ pub enum WatchError {
     /// `fanotify_init` failed for another reason.
     #[error("fanotify_init: {0}")]
     Init(#[source] io::Error),
+    /// The reader thread has stopped: there is no group to mark.
+    #[error("the fanotify watch thread has stopped")]
+    Stopped,
     /// A protected file could not be opened or marked.
     #[error("protected file {path}: {what}: {source}")]
     Mark {
@@ -223,232 +226,6 @@ impl Shared {
     }
 }
 
-/// The attributes a `FAN_ATTRIB` (and a `FAN_MODIFY`, for the size) is
-/// judged by.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FileState {
-    /// Hard links.
-    pub nlink: u64,
-    /// Type and permission bits.
-    pub mode: u32,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Size in bytes.
-    pub size: u64,
-}
-
-impl FileState {
-    fn of(meta: &std::fs::Metadata) -> Self {
-        Self {
-            nlink: meta.nlink(),
-            mode: meta.mode(),
-            uid: meta.uid(),
-            gid: meta.gid(),
-            size: meta.size(),
-        }
-    }
-}
-
-/// What a `FAN_ATTRIB` was, from the state before and after: the event
-/// name and the differences, for `flags_text`. A change in the link count
-/// names the event; every difference is listed.
-pub fn attrib_change(before: &FileState, after: &FileState) -> (&'static str, String) {
-    let mut diffs = Vec::new();
-    if before.nlink != after.nlink {
-        diffs.push(format!("nlink {}→{}", before.nlink, after.nlink));
-    }
-    let (m0, m1) = (before.mode & 0o7777, after.mode & 0o7777);
-    if m0 != m1 {
-        diffs.push(format!("mode {m0:04o}→{m1:04o}"));
-    }
-    if before.uid != after.uid {
-        diffs.push(format!("uid {}→{}", before.uid, after.uid));
-    }
-    if before.gid != after.gid {
-        diffs.push(format!("gid {}→{}", before.gid, after.gid));
-    }
-    let event = match after.nlink.cmp(&before.nlink) {
-        std::cmp::Ordering::Greater => "file_link",
-        std::cmp::Ordering::Less => "file_unlink",
-        std::cmp::Ordering::Equal => "file_setattr",
-    };
-    let text = if diffs.is_empty() {
-        "no change in nlink, mode, uid or gid (times, extended attributes, or a change already undone)"
-            .to_owned()
-    } else {
-        diffs.join(", ")
-    };
-    (event, text)
-}
-
-/// What the rule says about one change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// guardian changing its own file: counted, no event.
-    Own,
-    /// An allowed writer changing a model: event `allow`.
-    Allow,
-    /// Anything else: event `alert`.
-    Alert,
-}
-
-/// The permission rung's rule ([`fanotify::judge`]) for a change that
-/// has already happened: may `exe` change the file (guardian's own when
-/// `own`)? An unknown executable may not.
-pub fn judge(
-    own: bool,
-    exe: Option<&InodeKey>,
-    is_writer: impl Fn(&InodeKey) -> bool,
-    self_exe: &InodeKey,
-) -> Verdict {
-    verdict(fanotify::judge(
-        &fanotify::Intent::Write(0),
-        own,
-        exe,
-        is_writer,
-        self_exe,
-    ))
-}
-
-fn verdict(j: fanotify::Judgement) -> Verdict {
-    match j {
-        fanotify::Judgement::OwnWrite => Verdict::Own,
-        fanotify::Judgement::Allow => Verdict::Allow,
-        fanotify::Judgement::Read | fanotify::Judgement::Deny => Verdict::Alert,
-    }
-}
-
-/// A file handle as fanotify reports it in a FID record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fid {
-    /// The filesystem's id (`statfs` `f_fsid`).
-    pub fsid: [u8; 8],
-    /// `file_handle.handle_type`.
-    pub handle_type: i32,
-    /// `file_handle.f_handle`.
-    pub handle: Vec<u8>,
-}
-
-/// One fanotify event record, as far as this rung needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    /// `FAN_*` bits.
-    pub mask: u64,
-    /// The process (thread group id), 0 when outside our pid namespace.
-    pub pid: i32,
-    /// The file, from the `FAN_EVENT_INFO_TYPE_FID` record.
-    pub fid: Option<Fid>,
-}
-
-/// A record that could not be parsed.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ParseError {
-    /// The metadata version is not the one this code knows: nothing read
-    /// from this group can be trusted.
-    Version(u8),
-    /// A length that does not fit; the rest of the read is dropped (the
-    /// next read starts at a record again).
-    Malformed(String),
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
-/// Parse the FID record among the info records of one event (the bytes
-/// after the metadata, up to `event_len`).
-fn parse_info(mut info: &[u8]) -> Result<Option<Fid>, ParseError> {
-    let bad = |what: String| Err(ParseError::Malformed(what));
-    let mut fid = None;
-    while !info.is_empty() {
-        // struct fanotify_event_info_header { u8 info_type; u8 pad; u16 len; }
-        let (Some(&kind), Some(len)) = (info.first(), u16_at(info, 2)) else {
-            return bad(format!("info header cut at {} bytes", info.len()));
-        };
-        let len = usize::from(len);
-        if len < 4 || len > info.len() {
-            return bad(format!("info record of {len} bytes in {}", info.len()));
-        }
-        let rec = &info[..len];
-        if kind == libc::FAN_EVENT_INFO_TYPE_FID {
-            // Then __kernel_fsid_t (8 bytes) and struct file_handle
-            // { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }.
-            let (Some(fsid), Some(bytes), Some(ty)) =
-                (rec.get(4..12), u32_at(rec, 12), u32_at(rec, 16))
-            else {
-                return bad(format!("FID record of {len} bytes"));
-            };
-            let Some(handle) = rec.get(20..20 + bytes as usize) else {
-                return bad(format!(
-                    "file handle of {bytes} bytes in a {len}-byte record"
-                ));
-            };
-            let mut f = [0u8; 8];
-            f.copy_from_slice(fsid);
-            fid = Some(Fid {
-                fsid: f,
-                handle_type: ty as i32,
-                handle: handle.to_vec(),
-            });
-        }
-        info = &info[len..];
-    }
-    Ok(fid)
-}
-
-/// Parse the event records of one `read` of the group. Records before a
-/// malformed one are returned with the error.
-pub fn parse_records(mut bytes: &[u8]) -> (Vec<Record>, Option<ParseError>) {
-    // struct fanotify_event_metadata { u32 event_len; u8 vers; u8 reserved;
-    // u16 metadata_len; u64 mask; i32 fd; i32 pid; }
-    const META: usize = size_of::<libc::fanotify_event_metadata>();
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let fields = (
-            u32_at(bytes, 0),
-            bytes.get(4).copied(),
-            u16_at(bytes, 6),
-            u64_at(bytes, 8),
-            u32_at(bytes, 20),
-        );
-        let (Some(len), Some(vers), Some(meta_len), Some(mask), Some(pid)) = fields else {
-            let e = format!("event record cut at {} bytes", bytes.len());
-            return (out, Some(ParseError::Malformed(e)));
-        };
-        if vers != libc::FANOTIFY_METADATA_VERSION {
-            return (out, Some(ParseError::Version(vers)));
-        }
-        let (len, meta_len) = (len as usize, usize::from(meta_len));
-        if len > bytes.len() || meta_len < META || meta_len > len {
-            let e = format!(
-                "event of {len} bytes with {meta_len} of metadata in a read of {}",
-                bytes.len()
-            );
-            return (out, Some(ParseError::Malformed(e)));
-        }
-        match parse_info(&bytes[meta_len..len]) {
-            Ok(fid) => out.push(Record {
-                mask,
-                pid: pid as i32,
-                fid,
-            }),
-            Err(e) => return (out, Some(e)),
-        }
-        bytes = &bytes[len..];
-    }
-    (out, None)
-}
-
 /// One protected inode and what the reader knows about it.
 struct Watched {
     /// Index in `Targets::files`.
@@ -461,6 +238,8 @@ struct Watched {
     /// `/proc/self/fd/N` where a `FAN_MOVE_SELF` took it.
     file: File,
     state: FileState,
+    /// Its file handle: type and bytes, as FID records carry it.
+    handle: (i32, Vec<u8>),
 }
 
 /// `fanotify_init` with the flags the rung needs, with a reason when the
@@ -501,71 +280,9 @@ fn init_group() -> Result<OwnedFd, WatchError> {
     })
 }
 
-/// The file handle of the inode `fd` refers to, encoded as fanotify
-/// encodes the handles it reports.
-fn handle_of(fd: &File) -> io::Result<(i32, Vec<u8>)> {
-    #[repr(C)]
-    struct Buf {
-        handle_bytes: u32,
-        handle_type: i32,
-        f_handle: [u8; MAX_HANDLE],
-    }
-    let mut last = None;
-    // AT_HANDLE_FID first (what fanotify uses since 6.5: it also works on
-    // filesystems that cannot decode handles); older kernels reject the
-    // flag, and there fanotify encodes plain handles.
-    for flags in [libc::AT_EMPTY_PATH | AT_HANDLE_FID, libc::AT_EMPTY_PATH] {
-        let mut buf = Buf {
-            handle_bytes: MAX_HANDLE as u32,
-            handle_type: 0,
-            f_handle: [0; MAX_HANDLE],
-        };
-        let mut mount_id: c_int = 0;
-        // SAFETY: a valid descriptor, an empty C string, and a buffer with
-        // room for MAX_HANDLE bytes after the header, as handle_bytes says.
-        let r = unsafe {
-            libc::name_to_handle_at(
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                (&raw mut buf).cast::<libc::file_handle>(),
-                &mut mount_id,
-                flags,
-            )
-        };
-        if r == 0 {
-            let n = (buf.handle_bytes as usize).min(MAX_HANDLE);
-            return Ok((buf.handle_type, buf.f_handle[..n].to_vec()));
-        }
-        let e = os_err();
-        if e.raw_os_error() != Some(libc::EINVAL) {
-            return Err(e);
-        }
-        last = Some(e);
-    }
-    Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
-}
-
-/// The filesystem id fanotify puts in its FID records for `fd`'s inode.
-fn fsid_of(fd: &File) -> io::Result<[u8; 8]> {
-    // SAFETY: all-zero is a valid statfs.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid descriptor and buffer.
-    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(os_err());
-    }
-    // SAFETY: fsid_t is two c_ints (8 bytes) with private fields; read as
-    // the bytes the kernel also copies into the event.
-    Ok(unsafe { std::mem::transmute::<libc::fsid_t, [u8; 8]>(st.f_fsid) })
-}
-
 /// Open a protected file with `O_PATH`, learn its handle and filesystem
 /// id, and put the inode mark on it.
-fn mark(
-    group: &OwnedFd,
-    id: usize,
-    path: &Path,
-    mask: u64,
-) -> Result<(Watched, i32, Vec<u8>), WatchError> {
+fn mark(group: &OwnedFd, id: usize, path: &Path, mask: u64) -> Result<Watched, WatchError> {
     let err = |what| {
         move |source| WatchError::Mark {
             path: path.to_owned(),
@@ -586,7 +303,7 @@ fn mark(
             "not a regular file",
         )));
     }
-    let (handle_type, handle) = handle_of(&file).map_err(err(
+    let handle = handle_of(&file).map_err(err(
         "name_to_handle_at (fanotify FID events need a filesystem that encodes file handles)",
     ))?;
     let fsid = fsid_of(&file).map_err(err("fstatfs"))?;
@@ -628,8 +345,94 @@ fn mark(
         fsid,
         file,
         state: FileState::of(&meta),
+        handle,
     };
-    Ok((w, handle_type, handle))
+    Ok(w)
+}
+
+/// Take the marks of `mask` off a watched inode, through its descriptor.
+fn unmark(group: &OwnedFd, w: &Watched, mask: u64) -> io::Result<()> {
+    let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{}", w.file.as_raw_fd()))
+        .map_err(io::Error::other)?;
+    // SAFETY: valid descriptor and C string.
+    let r = unsafe {
+        libc::fanotify_mark(
+            group.as_raw_fd(),
+            libc::FAN_MARK_REMOVE | libc::FAN_MARK_INODE,
+            mask,
+            libc::AT_FDCWD,
+            proc_path.as_ptr(),
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(os_err()) }
+}
+
+/// Index watched inodes by file handle.
+fn index(watched: &[Watched]) -> HashMap<(i32, Vec<u8>), Vec<usize>> {
+    let mut handles: HashMap<(i32, Vec<u8>), Vec<usize>> = HashMap::new();
+    for (i, w) in watched.iter().enumerate() {
+        handles.entry(w.handle.clone()).or_default().push(i);
+    }
+    handles
+}
+
+/// Mark what `targets` protect: each inode once (a second name is judged
+/// as the first entry), reusing the entries of `known` (already marked)
+/// and marking the rest. On an error the marks placed here are taken off
+/// again.
+fn mark_all(
+    group: &OwnedFd,
+    targets: &Targets,
+    mask: u64,
+    known: &mut HashMap<InodeKey, Watched>,
+) -> Result<Vec<Watched>, WatchError> {
+    let mut watched: Vec<Watched> = Vec::new();
+    let mut fresh = Vec::new();
+    for (id, (path, expected)) in targets.files.iter().enumerate() {
+        let w = match known.remove(expected) {
+            Some(mut w) => {
+                w.id = id;
+                w.path = path.clone();
+                w
+            }
+            None => match mark(group, id, path, mask) {
+                Ok(w) => {
+                    fresh.push(w.key);
+                    w
+                }
+                Err(e) => {
+                    // Back as they were: the entries reused stay known
+                    // (and marked), the marks placed here come off.
+                    for w in watched {
+                        if fresh.contains(&w.key) {
+                            let _ = unmark(group, &w, mask);
+                        } else {
+                            known.insert(w.key, w);
+                        }
+                    }
+                    return Err(e);
+                }
+            },
+        };
+        if w.key != *expected {
+            log::warn!(
+                "protected file {} was replaced since it was resolved; watching the file there now",
+                path.display()
+            );
+        }
+        if let Some(first) = watched.iter().find(|o| o.key == w.key) {
+            // The same inode twice (a second name): one mark, judged as
+            // the first entry.
+            log::debug!(
+                "{} is the inode of {}; watched once",
+                path.display(),
+                first.path.display()
+            );
+            continue;
+        }
+        watched.push(w);
+    }
+    Ok(watched)
 }
 
 /// A running notification rung: the group with its marks and the reader
@@ -638,7 +441,13 @@ pub struct Watcher {
     shared: Arc<Shared>,
     wake: Arc<OwnedFd>,
     thread: Option<JoinHandle<()>>,
-    marked: usize,
+    /// The group, owned by the reader thread (its marks go with it).
+    group: std::sync::Weak<OwnedFd>,
+    /// What the reader knows, shared so that a refresh can change it
+    /// between two reads.
+    state: Arc<Mutex<State>>,
+    /// The events asked for on each file.
+    mask: u64,
 }
 
 impl Watcher {
@@ -662,56 +471,36 @@ impl Watcher {
     /// [`MASK`]; see [`mask_for`]), so that a change another form already
     /// reports is not reported twice; with the permission rung's `grants`,
     /// an allowed writer that has exited before its change is read is
-    /// still recognised (see [`fanotify::Grants`]).
+    /// still recognised (see [`Grants`]).
     pub fn start_with(
         targets: &Targets,
         mask: u64,
-        grants: Option<Arc<fanotify::Grants>>,
+        grants: Option<Arc<Grants>>,
         events: Sender<SecurityEvent>,
     ) -> Result<Self, WatchError> {
+        let mask = mask & MASK;
         let group = init_group()?;
-        let mut watched: Vec<Watched> = Vec::new();
-        let mut handles: HashMap<(i32, Vec<u8>), Vec<usize>> = HashMap::new();
-        for (id, (path, expected)) in targets.files.iter().enumerate() {
-            let (w, ty, handle) = mark(&group, id, path, mask & MASK)?;
-            if w.key != *expected {
-                log::warn!(
-                    "protected file {} was replaced since it was resolved; watching the file there now",
-                    path.display()
-                );
-            }
-            if let Some(first) = watched.iter().find(|o| o.key == w.key) {
-                // The same inode twice (a second name): one mark, judged as
-                // the first entry.
-                log::debug!(
-                    "{} is the inode of {}; watched once",
-                    path.display(),
-                    first.path.display()
-                );
-                continue;
-            }
-            handles.entry((ty, handle)).or_default().push(watched.len());
-            watched.push(w);
-        }
-        let wake = Arc::new(fanotify::eventfd().map_err(|source| WatchError::Thread {
+        let watched = mark_all(&group, targets, mask, &mut HashMap::new())?;
+        let wake = Arc::new(eventfd().map_err(|source| WatchError::Thread {
             what: "eventfd",
             source,
         })?);
         let shared = Arc::new(Shared::default());
         shared.running.store(true, Ordering::Relaxed);
-        let marked = watched.len();
-        let state = State {
+        let state = Arc::new(Mutex::new(State {
             shared: Arc::clone(&shared),
+            handles: index(&watched),
             watched,
-            handles,
-            rules: fanotify::Rules::new(targets),
+            rules: Rules::new(targets),
             grants,
             events,
-        };
+        }));
+        let group = Arc::new(group);
+        let weak = Arc::downgrade(&group);
         let reader = Reader {
             group,
             wake: Arc::clone(&wake),
-            state,
+            state: Arc::clone(&state),
         };
         let thread = std::thread::Builder::new()
             .name("guardian-watch".to_owned())
@@ -724,13 +513,55 @@ impl Watcher {
             shared,
             wake,
             thread: Some(thread),
-            marked,
+            group: weak,
+            state,
+            mask,
         })
+    }
+
+    /// Follow new targets (a policy reload): mark the files they add,
+    /// judge by their writers from now on, then unmark the files they no
+    /// longer protect. A file watched before and after keeps its mark and
+    /// the state its next `FAN_ATTRIB` is compared with.
+    pub fn refresh(&mut self, targets: &Targets) -> Result<(), WatchError> {
+        let group = self.group.upgrade().ok_or(WatchError::Stopped)?;
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut known: HashMap<InodeKey, Watched> =
+            st.watched.drain(..).map(|w| (w.key, w)).collect();
+        let result = mark_all(&group, targets, self.mask, &mut known);
+        let watched = match result {
+            Ok(w) => w,
+            Err(e) => {
+                // The previous set stays watched, as it was.
+                let mut back: Vec<Watched> = known.into_values().collect();
+                back.sort_by_key(|w| w.id);
+                st.handles = index(&back);
+                st.watched = back;
+                return Err(e);
+            }
+        };
+        st.handles = index(&watched);
+        st.watched = watched;
+        st.rules = Rules::new(targets);
+        drop(st);
+        for w in known.into_values() {
+            if let Err(e) = unmark(&group, &w, self.mask) {
+                log::warn!(
+                    "fanotify watch: {} is no longer protected but keeps its mark: {e}",
+                    w.path.display()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// How many inodes carry a mark.
     pub fn marked(&self) -> usize {
-        self.marked
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .watched
+            .len()
     }
 
     /// The counters so far.
@@ -749,7 +580,7 @@ impl Watcher {
         let Some(thread) = self.thread.take() else {
             return;
         };
-        fanotify::stop_thread(thread, &self.wake, &self.shared.errors, "watch");
+        stop_thread(thread, &self.wake, &self.shared.errors, "watch");
     }
 }
 
@@ -761,9 +592,10 @@ impl Drop for Watcher {
 
 /// The reader thread: the group, its wake-up, and what it knows.
 struct Reader {
-    group: OwnedFd,
+    /// The only strong reference to the group: it closes with the thread.
+    group: Arc<OwnedFd>,
     wake: Arc<OwnedFd>,
-    state: State,
+    state: Arc<Mutex<State>>,
 }
 
 /// What the reader knows about the targets.
@@ -773,9 +605,9 @@ struct State {
     /// (handle type, handle) → indexes in `watched` (more than one only
     /// when two filesystems encode the same handle; the fsid decides).
     handles: HashMap<(i32, Vec<u8>), Vec<usize>>,
-    rules: fanotify::Rules,
+    rules: Rules,
     /// The permission rung's allowed write-opens, when it runs.
-    grants: Option<Arc<fanotify::Grants>>,
+    grants: Option<Arc<Grants>>,
     events: Sender<SecurityEvent>,
 }
 
@@ -789,18 +621,15 @@ const KINDS: [(u64, &str); 4] = [
 
 impl Reader {
     fn run(self) {
-        let Self {
-            group,
-            wake,
-            mut state,
-        } = self;
-        if let Err(e) = fanotify::read_loop(&group, &wake, |bytes| state.handle_all(bytes)) {
-            Shared::bump(&state.shared.errors);
+        let Self { group, wake, state } = self;
+        let lock = || state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = read_loop(&group, &wake, |bytes| lock().handle_all(bytes)) {
+            Shared::bump(&lock().shared.errors);
             log::error!(
                 "fanotify watch thread stopped: {e}; changes to protected files are no longer reported by fanotify"
             );
         }
-        state.shared.running.store(false, Ordering::Relaxed);
+        lock().shared.running.store(false, Ordering::Relaxed);
         // Dropping `group` closes the group and removes the marks.
     }
 }
@@ -862,7 +691,7 @@ impl State {
             return;
         };
         let pid = u32::try_from(r.pid).unwrap_or(0);
-        let mut actor = fanotify::Actor::of(pid);
+        let mut actor = Actor::of(pid);
         let own = self
             .watched
             .get(i)
@@ -877,11 +706,7 @@ impl State {
             actor.exe = Some(grant.exe);
             actor.exe_link = Some(grant.exe_path);
         }
-        let verdict = verdict(self.rules.judge(
-            &fanotify::Intent::Write(0),
-            own,
-            actor.exe.as_ref(),
-        ));
+        let verdict = verdict(self.rules.judge(&Intent::Write(0), own, actor.exe.as_ref()));
         // One fstat for every kind of change the record carries.
         let now = self.watched.get(i).map(|w| w.file.metadata());
         for (bit, hook) in KINDS {
@@ -908,12 +733,11 @@ impl State {
                 .event(actor.clone(), pid, Some(&w.path), Some(w.key));
             ev.event = event.to_owned();
             ev.verdict = if verdict == Verdict::Allow {
-                "allow"
+                hooks::Verdict::Allow
             } else {
-                "alert"
-            }
-            .to_owned();
-            ev.mode = "detect".to_owned();
+                hooks::Verdict::Alert
+            };
+            ev.mode = Mode::Detect;
             ev.hook = hook.to_owned();
             ev.flags_text = Some(text);
             ev.name = name;
@@ -986,176 +810,5 @@ impl State {
             }
             _ => ("file_unlink", "inode deleted".to_owned(), None),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn meta(len: u32, mask: u64, pid: i32) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&len.to_ne_bytes());
-        b.push(libc::FANOTIFY_METADATA_VERSION);
-        b.push(0);
-        b.extend_from_slice(&24u16.to_ne_bytes());
-        b.extend_from_slice(&mask.to_ne_bytes());
-        b.extend_from_slice(&(-1i32).to_ne_bytes());
-        b.extend_from_slice(&pid.to_ne_bytes());
-        b
-    }
-
-    fn fid_event(mask: u64, pid: i32, fsid: [u8; 8], ty: i32, handle: &[u8]) -> Vec<u8> {
-        // The kernel pads info records to 4 bytes.
-        let rec_len = (20 + handle.len()).div_ceil(4) * 4;
-        let mut b = meta((24 + rec_len) as u32, mask, pid);
-        b.push(libc::FAN_EVENT_INFO_TYPE_FID);
-        b.push(0);
-        b.extend_from_slice(&(rec_len as u16).to_ne_bytes());
-        b.extend_from_slice(&fsid);
-        b.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
-        b.extend_from_slice(&ty.to_ne_bytes());
-        b.extend_from_slice(handle);
-        b.resize(24 + rec_len, 0);
-        b
-    }
-
-    #[test]
-    fn parses_fid_records() {
-        let mut bytes = fid_event(
-            libc::FAN_MODIFY,
-            42,
-            [1; 8],
-            1,
-            &[9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
-        );
-        bytes.extend(meta(24, libc::FAN_Q_OVERFLOW, 0));
-        bytes.extend(fid_event(
-            libc::FAN_ATTRIB | libc::FAN_MODIFY,
-            7,
-            [2; 8],
-            -3,
-            &[1; 8],
-        ));
-        let (records, err) = parse_records(&bytes);
-        assert_eq!(err, None);
-        assert_eq!(
-            records,
-            vec![
-                Record {
-                    mask: libc::FAN_MODIFY,
-                    pid: 42,
-                    fid: Some(Fid {
-                        fsid: [1; 8],
-                        handle_type: 1,
-                        handle: vec![9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
-                    }),
-                },
-                Record {
-                    mask: libc::FAN_Q_OVERFLOW,
-                    pid: 0,
-                    fid: None,
-                },
-                Record {
-                    mask: libc::FAN_ATTRIB | libc::FAN_MODIFY,
-                    pid: 7,
-                    fid: Some(Fid {
-                        fsid: [2; 8],
-                        handle_type: -3,
-                        handle: vec![1; 8],
-                    }),
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn rejects_bad_lengths() {
-        let good = fid_event(libc::FAN_MODIFY, 1, [0; 8], 1, &[1; 8]);
-        // A handle longer than its record.
-        let mut bad = good.clone();
-        bad[24 + 12..24 + 16].copy_from_slice(&64u32.to_ne_bytes());
-        let mut bytes = good.clone();
-        bytes.extend(&bad);
-        let (records, err) = parse_records(&bytes);
-        assert_eq!(records.len(), 1);
-        assert!(matches!(err, Some(ParseError::Malformed(w)) if w.contains("64")));
-        // An event longer than the read.
-        let (records, err) = parse_records(&good[..good.len() - 1]);
-        assert!(records.is_empty());
-        assert!(matches!(err, Some(ParseError::Malformed(_))));
-        // An info header claiming less than itself.
-        let mut bad = good.clone();
-        bad[24 + 2..24 + 4].copy_from_slice(&2u16.to_ne_bytes());
-        assert!(matches!(
-            parse_records(&bad).1,
-            Some(ParseError::Malformed(_))
-        ));
-        // Another metadata version.
-        let mut bad = good;
-        bad[4] = libc::FANOTIFY_METADATA_VERSION + 1;
-        assert_eq!(
-            parse_records(&bad).1,
-            Some(ParseError::Version(libc::FANOTIFY_METADATA_VERSION + 1))
-        );
-    }
-
-    #[test]
-    fn classifies_attribute_changes() {
-        let before = FileState {
-            nlink: 1,
-            mode: 0o100644,
-            uid: 0,
-            gid: 0,
-            size: 11,
-        };
-        let with = |f: fn(&mut FileState)| {
-            let mut s = before;
-            f(&mut s);
-            attrib_change(&before, &s)
-        };
-        assert_eq!(with(|s| s.nlink = 2), ("file_link", "nlink 1→2".to_owned()));
-        assert_eq!(
-            with(|s| s.nlink = 0),
-            ("file_unlink", "nlink 1→0".to_owned())
-        );
-        assert_eq!(
-            with(|s| s.mode = 0o100666),
-            ("file_setattr", "mode 0644→0666".to_owned())
-        );
-        assert_eq!(
-            with(|s| {
-                s.uid = 1000;
-                s.gid = 100;
-            }),
-            ("file_setattr", "uid 0→1000, gid 0→100".to_owned())
-        );
-        assert_eq!(
-            with(|s| {
-                s.nlink = 2;
-                s.mode = 0o104755;
-            }),
-            ("file_link", "nlink 1→2, mode 0644→4755".to_owned())
-        );
-        let (event, text) = with(|_| {});
-        assert_eq!(event, "file_setattr");
-        assert!(text.starts_with("no change"), "{text}");
-    }
-
-    #[test]
-    fn judges_like_the_other_rungs() {
-        let me = InodeKey::from_major_minor(8, 1, 10);
-        let writer = InodeKey::from_major_minor(8, 1, 11);
-        let other = InodeKey::from_major_minor(8, 1, 12);
-        let j = |own, exe: Option<&InodeKey>| judge(own, exe, |k| *k == writer, &me);
-        assert_eq!(j(true, Some(&me)), Verdict::Own);
-        assert_eq!(j(true, Some(&writer)), Verdict::Alert);
-        assert_eq!(j(true, Some(&other)), Verdict::Alert);
-        assert_eq!(j(false, Some(&writer)), Verdict::Allow);
-        assert_eq!(j(false, Some(&me)), Verdict::Alert);
-        assert_eq!(j(false, Some(&other)), Verdict::Alert);
-        assert_eq!(j(false, None), Verdict::Alert);
-        assert_eq!(j(true, None), Verdict::Alert);
-        assert_eq!(j(false, Some(&InodeKey::default())), Verdict::Alert);
     }
 }
