@@ -1,0 +1,19 @@
+//! guardian-fleet: the central half of guardian. Every device's reports
+//! arrive on a NATS JetStream cluster; this service stores each record
+//! exactly once and keeps each device's state, so a security team sees the
+//! whole fleet in one place.
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | [`store`] | the exactly-once rule: per-device summaries, what is new in a batch |
+//! | [`service`] | the JetStream objects, the shared durable consumer, checking batches, storing them, device state in key-value |
+//! | [`query`] | reading the fleet back: device states, a device's events |
+//!
+//! No TPM, no eBPF: it runs anywhere a NATS client can. The device side of
+//! the link (spool, wire format, NATS link) is the `guardian-report` crate,
+//! which this crate reads the wire format from and whose reporter the
+//! device simulator runs.
+
+pub mod query;
+pub mod service;
+pub mod store;

@@ -1,0 +1,157 @@
+//! `guardian-fleet`: parse the command line, install the logger, dispatch,
+//! map errors to an exit code. The work is in the library.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use guardian_fleet::{query, service};
+
+/// guardian's fleet service: stores every device's reports exactly once on
+/// NATS JetStream and shows the fleet.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// NATS servers (any node of the cluster; comma-separated or repeated).
+    #[arg(
+        long,
+        env = "GUARDIAN_FLEET_NATS",
+        default_value = "nats://127.0.0.1:4222",
+        value_delimiter = ',',
+        global = true
+    )]
+    nats: Vec<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the service: consume the ingest stream (shared with any other
+    /// instance), store each record once, keep device state.
+    Serve {
+        /// Replicas for the streams and bucket it creates (3 for a
+        /// three-node cluster, 1 for a lab).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        /// A batch not acknowledged by an instance in this time goes to
+        /// another instance (how fast a dead instance's work is taken over).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        ack_wait: Duration,
+        /// This instance's name in logs and in the server's connection list.
+        #[arg(long, default_value = "fleet-1")]
+        instance: String,
+        /// How long stored records are kept.
+        #[arg(long, default_value = "90days", value_parser = humantime::parse_duration)]
+        retention: Duration,
+    },
+    /// Every device: last seen, records, alerts, drops, duplicates.
+    Status {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One device's stored records.
+    Events {
+        /// The device id.
+        #[arg(long)]
+        device: String,
+        /// How far back (e.g. 10m, 2h, 7days).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// JSON lines (one record each) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("guardian-fleet: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("guardian-fleet: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Serve {
+            replicas,
+            ack_wait,
+            instance,
+            retention,
+        } => {
+            let mut cfg = service::ServiceConfig::new(cli.nats);
+            cfg.replicas = replicas;
+            cfg.ack_wait = ack_wait;
+            cfg.retention = retention;
+            let counters = Arc::new(service::Counters::default());
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            service::serve(cfg, &instance, counters, shutdown)
+                .await
+                .context("serving")?;
+        }
+        Cmd::Status { json } => {
+            let client = service::connect(&cli.nats, "guardian-fleet status").await?;
+            let js = async_nats::jetstream::new(client);
+            let devices = query::devices(&js).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&devices)?);
+            } else {
+                print!("{}", guardian_fleet::query::table(&devices, now_ms()));
+            }
+        }
+        Cmd::Events {
+            device,
+            since,
+            json,
+        } => {
+            let client = service::connect(&cli.nats, "guardian-fleet events").await?;
+            let js = async_nats::jetstream::new(client);
+            let from = std::time::SystemTime::now() - since;
+            for stored in query::events(&js, &device, from).await? {
+                for r in &stored.records {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"device": stored.device, "epoch": stored.epoch, "seq": r.seq,
+                                "time_ms": r.time_ms, "class": r.class, "body": r.body})
+                        );
+                    } else {
+                        println!(
+                            "{:>8}  {:<11}  {}  {}",
+                            r.seq,
+                            r.class,
+                            r.time_ms,
+                            r.body.get()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,111 @@
+//! Reading the fleet back: every device's state from key-value, and one
+//! device's stored records from the store stream.
+//!
+//! Owns nothing; reads only. May not write to any stream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use futures_util::StreamExt;
+
+use crate::{
+    service::{DEVICES_BUCKET, DeviceState, STORE_STREAM, ServiceError},
+    store::{Stored, store_subject},
+};
+
+fn err(what: impl Into<String>) -> impl FnOnce(async_nats::Error) -> ServiceError {
+    let what = what.into();
+    move |source| ServiceError::JetStream { what, source }
+}
+
+/// Every device's state, sorted by id.
+pub async fn devices(js: &jetstream::Context) -> Result<Vec<DeviceState>, ServiceError> {
+    let kv = js
+        .get_key_value(DEVICES_BUCKET)
+        .await
+        .map_err(|e| err(format!("open bucket {DEVICES_BUCKET}"))(e.into()))?;
+    let mut keys = kv.keys().await.map_err(|e| err("list devices")(e.into()))?;
+    let mut out = Vec::new();
+    while let Some(k) = keys.next().await {
+        let k = k.map_err(|e| err("list devices")(e.into()))?;
+        if let Some(v) = kv
+            .get(&k)
+            .await
+            .map_err(|e| err(format!("read device {k}"))(e.into()))?
+        {
+            let v: &[u8] = &v;
+            match serde_json::from_slice::<DeviceState>(v) {
+                Ok(s) => out.push(s),
+                Err(e) => log::warn!("device {k}: unreadable state: {e}"),
+            }
+        }
+    }
+    out.sort_by(|a, b| a.device.cmp(&b.device));
+    Ok(out)
+}
+
+/// One device's stored messages since `since` (fleet clock), oldest first.
+pub async fn events(
+    js: &jetstream::Context,
+    device: &str,
+    since: std::time::SystemTime,
+) -> Result<Vec<Stored>, ServiceError> {
+    let stream = js
+        .get_stream(STORE_STREAM)
+        .await
+        .map_err(|e| err(format!("open stream {STORE_STREAM}"))(e.into()))?;
+    let start = time::OffsetDateTime::from(since);
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: store_subject(device),
+            deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err("read the store")(e.into()))?;
+    let mut msgs = consumer
+        .messages()
+        .await
+        .map_err(|e| err("read the store")(e.into()))?;
+    let mut out = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await;
+        let Ok(Some(m)) = next else { break };
+        let m = m.map_err(|e| err("read the store")(e.into()))?;
+        let pending = m.info().map(|i| i.pending).unwrap_or(0);
+        match serde_json::from_slice::<Stored>(&m.payload) {
+            Ok(s) => out.push(s),
+            Err(e) => log::warn!("store message for {device}: unreadable: {e}"),
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The status table: one line per device.
+pub fn table(devices: &[DeviceState], now_ms: u64) -> String {
+    let mut out = format!(
+        "{:<24} {:>10} {:>9} {:>7} {:>8} {:>10} {:>12}  {}\n",
+        "DEVICE", "LAST SEEN", "RECORDS", "ALERTS", "DROPPED", "DUPLICATES", "UNEXPLAINED", "EPOCH"
+    );
+    for d in devices {
+        let s = &d.summary;
+        let epoch = s.current_epoch.clone().unwrap_or_default();
+        let e = s.epochs.get(&epoch).cloned().unwrap_or_default();
+        let ago = now_ms.saturating_sub(s.last_seen_ms) / 1000;
+        out.push_str(&format!(
+            "{:<24} {:>9}s {:>9} {:>7} {:>8} {:>10} {:>12}  {}\n",
+            d.device,
+            ago,
+            e.count(),
+            e.by_class.get("alert").copied().unwrap_or(0),
+            e.dropped(),
+            s.duplicates,
+            e.unexplained(),
+            epoch
+        ));
+    }
+    out
+}

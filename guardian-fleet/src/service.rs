@@ -1,0 +1,589 @@
+//! The fleet service: consumes every device's batches from the ingest
+//! stream through one durable consumer shared by any number of instances,
+//! checks them, stores each record once ([`crate::store`]), and keeps each
+//! device's state in key-value.
+//!
+//! Owns the JetStream objects (created idempotently at start: any instance
+//! may be first) and the per-instance counters. May not trust a batch's
+//! own word for who sent it: the subject (which the broker's per-device
+//! permissions fix) must name the same device.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{self, AckKind, consumer::pull, context::PublishErrorKind, stream},
+};
+use futures_util::StreamExt;
+use guardian_report::wire::{self, Batch};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::store::{self, Stored, Summary};
+
+/// The ingest stream: what devices publish.
+pub const INGEST_STREAM: &str = "GUARDIAN_IN";
+/// Its subjects: `guardian.in.<device>`.
+pub const INGEST_SUBJECTS: &str = "guardian.in.*";
+/// The store stream.
+pub const STORE_STREAM: &str = "GUARDIAN_STORE";
+/// The key-value bucket of per-device state.
+pub const DEVICES_BUCKET: &str = "guardian_devices";
+/// The durable consumer all instances share.
+pub const CONSUMER: &str = "fleet";
+
+/// How the service runs.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// NATS servers (any node of the cluster).
+    pub servers: Vec<String>,
+    /// Replicas of every stream and bucket (3 in production, 1 in a lab).
+    pub replicas: usize,
+    /// An ingest message not acknowledged in this time goes to another
+    /// instance (a dead instance's work is taken over after this).
+    pub ack_wait: Duration,
+    /// Devices handled concurrently by this instance (each device's
+    /// batches one after another).
+    pub lanes: usize,
+    /// How long stored records are kept.
+    pub retention: Duration,
+}
+
+impl ServiceConfig {
+    /// Defaults for `servers`.
+    pub fn new(servers: Vec<String>) -> ServiceConfig {
+        ServiceConfig {
+            servers,
+            replicas: 1,
+            ack_wait: Duration::from_secs(30),
+            lanes: 32,
+            retention: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
+/// What this instance has done (for logs now, `/metrics` later).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Ingest messages taken.
+    pub batches_in: AtomicU64,
+    /// Records stored.
+    pub records_stored: AtomicU64,
+    /// Records not stored again.
+    pub duplicates: AtomicU64,
+    /// Batches refused, by reason.
+    pub rejected_malformed: AtomicU64,
+    /// Batches whose subject names another device than the batch.
+    pub rejected_wrong_device: AtomicU64,
+    /// Batches over the size limit.
+    pub rejected_oversize: AtomicU64,
+    /// Store publishes retried because another instance stored first.
+    pub store_conflicts: AtomicU64,
+    /// Store attempts that failed (the ingest message comes back).
+    pub store_errors: AtomicU64,
+}
+
+/// Per-device state in key-value: a cache of the newest summary, for the
+/// CLI and the web page (the summary in the store stream is the truth).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceState {
+    /// The device.
+    pub device: String,
+    /// Store stream sequence of the summary this reflects.
+    pub store_seq: u64,
+    /// The summary.
+    pub summary: Summary,
+}
+
+/// A failure to start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Could not connect.
+    #[error("connect to NATS at {servers}")]
+    Connect {
+        /// The servers tried.
+        servers: String,
+        /// Why.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// A JetStream object could not be made or read.
+    #[error("{what}")]
+    JetStream {
+        /// What was being done.
+        what: String,
+        /// Why.
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+fn js_err(what: impl Into<String>) -> impl FnOnce(async_nats::Error) -> ServiceError {
+    let what = what.into();
+    move |source| ServiceError::JetStream { what, source }
+}
+
+/// Connect to the cluster.
+pub async fn connect(servers: &[String], name: &str) -> Result<async_nats::Client, ServiceError> {
+    let joined = servers.join(",");
+    let mut addrs = Vec::with_capacity(servers.len());
+    for s in servers {
+        let a: async_nats::ServerAddr =
+            s.parse()
+                .map_err(|e: std::io::Error| ServiceError::Connect {
+                    servers: joined.clone(),
+                    source: async_nats::ConnectError::with_source(
+                        async_nats::ConnectErrorKind::ServerParse,
+                        e,
+                    ),
+                })?;
+        addrs.push(a);
+    }
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(addrs.as_slice())
+        .await
+        .map_err(|source| ServiceError::Connect {
+            servers: joined,
+            source,
+        })
+}
+
+/// The JetStream objects the fleet uses, made if missing (same config from
+/// every instance, so whichever starts first makes them).
+pub async fn ensure(js: &jetstream::Context, cfg: &ServiceConfig) -> Result<(), ServiceError> {
+    js.get_or_create_stream(stream::Config {
+        name: INGEST_STREAM.to_owned(),
+        subjects: vec![INGEST_SUBJECTS.to_owned()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        duplicate_window: Duration::from_secs(120),
+        max_message_size: wire::MAX_BATCH_BYTES as i32 + 4096,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| js_err(format!("create stream {INGEST_STREAM}"))(e.into()))?;
+    js.get_or_create_stream(stream::Config {
+        name: STORE_STREAM.to_owned(),
+        subjects: vec![format!("{}.*", store::STORE_PREFIX)],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        max_age: cfg.retention,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| js_err(format!("create stream {STORE_STREAM}"))(e.into()))?;
+    if js.get_key_value(DEVICES_BUCKET).await.is_err() {
+        js.create_key_value(jetstream::kv::Config {
+            bucket: DEVICES_BUCKET.to_owned(),
+            history: 1,
+            num_replicas: cfg.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err(format!("create bucket {DEVICES_BUCKET}"))(e.into()))?;
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why a batch was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a valid batch (the reason).
+    Malformed(String),
+    /// Over the size limit.
+    Oversize(usize),
+    /// The subject names another device.
+    WrongDevice {
+        /// From the subject.
+        subject: String,
+        /// From the batch.
+        claimed: String,
+    },
+}
+
+/// Check an ingest message: a valid batch, from the device its subject
+/// names.
+pub fn check(subject: &str, payload: &[u8]) -> Result<Batch, Refusal> {
+    let from = subject.rsplit('.').next().unwrap_or_default();
+    let batch = wire::decode(payload).map_err(|e| match e {
+        wire::WireError::TooLarge(n) => Refusal::Oversize(n),
+        other => Refusal::Malformed(other.to_string()),
+    })?;
+    if batch.device != from {
+        return Err(Refusal::WrongDevice {
+            subject: from.to_owned(),
+            claimed: batch.device,
+        });
+    }
+    Ok(batch)
+}
+
+/// Store what is new in `batch`. Returns (records stored, duplicates).
+pub async fn store_batch(
+    js: &jetstream::Context,
+    store_stream: &stream::Stream,
+    cache: &DeviceCache,
+    batch: &Batch,
+    counters: &Counters,
+) -> Result<(u64, u64), async_nats::Error> {
+    let subject = store::store_subject(&batch.device);
+    for _ in 0..50 {
+        let (last, summary) = match store_stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => {
+                let s: Stored = serde_json::from_slice(&m.payload)?;
+                (m.sequence, s.summary)
+            }
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                (0, Summary::default())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let fresh = store::new_records(&summary, batch);
+        let dups = (batch.records.len() - fresh.len()) as u64;
+        if fresh.is_empty() {
+            return Ok((0, dups));
+        }
+        let now = now_ms();
+        let summary = store::updated(&summary, batch, &fresh, now);
+        let records = fresh
+            .iter()
+            .map(|&i| {
+                let r = &batch.records[i];
+                wire::WireRecord {
+                    seq: r.seq,
+                    time_ms: r.time_ms,
+                    class: r.class.clone(),
+                    body: r.body.clone(),
+                }
+            })
+            .collect();
+        let stored = Stored {
+            device: batch.device.clone(),
+            epoch: batch.epoch.clone(),
+            stored_ms: now,
+            records,
+            summary: summary.clone(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            last.to_string().as_str(),
+        );
+        let ack = js
+            .publish_with_headers(
+                subject.clone(),
+                headers,
+                serde_json::to_vec(&stored)?.into(),
+            )
+            .await?;
+        match ack.await {
+            Ok(a) => {
+                cache.note(&batch.device, a.sequence, summary);
+                return Ok((fresh.len() as u64, dups));
+            }
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                // Another instance stored for this device in between: read
+                // again.
+                counters.store_conflicts.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err("gave up after 50 store conflicts for one device".into())
+}
+
+/// The per-device key-value cache, written beside the lanes, not in them:
+/// during a leader election a write may take seconds, and the store is
+/// already right. Holds the newest state per device not yet written; one
+/// task writes them, and keeps trying until each is in.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceCache {
+    dirty: Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, Summary)>>>,
+}
+
+impl DeviceCache {
+    /// The store holds `summary` for `device` at `store_seq`.
+    pub fn note(&self, device: &str, store_seq: u64, summary: Summary) {
+        let mut d = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let e = d
+            .entry(device.to_owned())
+            .or_insert((0, Summary::default()));
+        if store_seq > e.0 {
+            *e = (store_seq, summary);
+        }
+    }
+
+    /// Devices whose state is not written yet.
+    pub fn lagging(&self) -> usize {
+        self.dirty.lock().map(|d| d.len()).unwrap_or(0)
+    }
+
+    /// Write what is dirty, until `stop`.
+    pub async fn run(self, kv: jetstream::kv::Store, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let batch: Vec<(String, (u64, Summary))> = {
+                let mut d = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+                d.drain().collect()
+            };
+            let mut failed = 0;
+            for (device, (seq, summary)) in batch {
+                if let Err(e) = write_device(&kv, &device, seq, &summary).await {
+                    log::debug!("device state {device}: {e}; will retry");
+                    failed += 1;
+                    self.note(&device, seq, summary);
+                }
+            }
+            if failed > 0 {
+                log::info!(
+                    "device state: {failed} device(s) not written yet (the store is right; the cache lags)"
+                );
+            }
+            if *stop.borrow() {
+                // One last pass was just made.
+                return;
+            }
+            let pause = if failed > 0 {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_millis(100)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}
+
+/// Write one device's state, never going backwards (compare-and-set on the
+/// key's revision).
+async fn write_device(
+    kv: &jetstream::kv::Store,
+    device: &str,
+    store_seq: u64,
+    summary: &Summary,
+) -> Result<(), String> {
+    let state = DeviceState {
+        device: device.to_owned(),
+        store_seq,
+        summary: summary.clone(),
+    };
+    let value = serde_json::to_vec(&state).map_err(|e| e.to_string())?;
+    match kv.entry(device).await.map_err(|e| e.to_string())? {
+        Some(e) => {
+            let newer = serde_json::from_slice::<DeviceState>(&e.value)
+                .map(|old| old.store_seq >= store_seq)
+                .unwrap_or(false);
+            if newer {
+                return Ok(());
+            }
+            kv.update(device, value.into(), e.revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        None => kv
+            .create(device, value.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Run the service until `shutdown` completes.
+pub async fn serve(
+    cfg: ServiceConfig,
+    instance: &str,
+    counters: Arc<Counters>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServiceError> {
+    let client = connect(&cfg.servers, &format!("guardian-fleet {instance}")).await?;
+    let js = jetstream::new(client);
+    ensure(&js, &cfg).await?;
+    let ingest = js
+        .get_stream(INGEST_STREAM)
+        .await
+        .map_err(|e| js_err(format!("open stream {INGEST_STREAM}"))(e.into()))?;
+    let store_stream = js
+        .get_stream(STORE_STREAM)
+        .await
+        .map_err(|e| js_err(format!("open stream {STORE_STREAM}"))(e.into()))?;
+    let kv = js
+        .get_key_value(DEVICES_BUCKET)
+        .await
+        .map_err(|e| js_err(format!("open bucket {DEVICES_BUCKET}"))(e.into()))?;
+    let cache = DeviceCache::default();
+    let (cache_stop, cache_stopped) = tokio::sync::watch::channel(false);
+    let cache_task = tokio::spawn(cache.clone().run(kv, cache_stopped));
+    let consumer: jetstream::consumer::PullConsumer = ingest
+        .get_or_create_consumer(
+            CONSUMER,
+            pull::Config {
+                durable_name: Some(CONSUMER.to_owned()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: cfg.ack_wait,
+                max_ack_pending: 20_000,
+                num_replicas: cfg.replicas,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| js_err(format!("create consumer {CONSUMER}"))(e.into()))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| js_err("pull from the ingest consumer")(e.into()))?;
+    log::info!("guardian-fleet {instance}: consuming {INGEST_STREAM} as {CONSUMER}");
+
+    // Lanes: a device's batches go to one lane, handled in order, so this
+    // instance never races itself on a device.
+    let mut lanes = Vec::with_capacity(cfg.lanes.max(1));
+    for _ in 0..cfg.lanes.max(1) {
+        let (tx, mut rx) = mpsc::channel::<jetstream::Message>(256);
+        let (js, store_stream, cache, counters) = (
+            js.clone(),
+            store_stream.clone(),
+            cache.clone(),
+            counters.clone(),
+        );
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                handle(&js, &store_stream, &cache, &counters, msg).await;
+            }
+        });
+        lanes.push(tx);
+    }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            next = messages.next() => match next {
+                None => break,
+                Some(Err(e)) => {
+                    log::warn!("ingest consumer: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Some(Ok(msg)) => {
+                    counters.batches_in.fetch_add(1, Ordering::Relaxed);
+                    let lane = lane_of(&msg.subject, lanes.len());
+                    if lanes[lane].send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let _ = cache_stop.send(true);
+    let _ = cache_task.await;
+    Ok(())
+}
+
+fn lane_of(subject: &str, lanes: usize) -> usize {
+    // FNV-1a: stable and cheap; any spread will do.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in subject.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % lanes as u64) as usize
+}
+
+async fn handle(
+    js: &jetstream::Context,
+    store_stream: &stream::Stream,
+    cache: &DeviceCache,
+    counters: &Counters,
+    msg: jetstream::Message,
+) {
+    match check(&msg.subject, &msg.payload) {
+        Err(refusal) => {
+            match &refusal {
+                Refusal::Malformed(_) => {
+                    counters.rejected_malformed.fetch_add(1, Ordering::Relaxed)
+                }
+                Refusal::Oversize(_) => counters.rejected_oversize.fetch_add(1, Ordering::Relaxed),
+                Refusal::WrongDevice { .. } => counters
+                    .rejected_wrong_device
+                    .fetch_add(1, Ordering::Relaxed),
+            };
+            log::warn!("refused a batch on {}: {refusal:?}", msg.subject);
+            // Terminated, not acknowledged as handled: it stays visible as
+            // such in the consumer's state and is never stored.
+            let _ = msg.ack_with(AckKind::Term).await;
+        }
+        Ok(batch) => match store_batch(js, store_stream, cache, &batch, counters).await {
+            Ok((stored, dups)) => {
+                counters.records_stored.fetch_add(stored, Ordering::Relaxed);
+                counters.duplicates.fetch_add(dups, Ordering::Relaxed);
+                if let Err(e) = msg.ack().await {
+                    // It comes back after ack_wait and is then a duplicate.
+                    log::warn!("ack of a stored batch from {}: {e}", batch.device);
+                }
+            }
+            Err(e) => {
+                counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "storing a batch from {}: {e}; it will be retried",
+                    batch.device
+                );
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                    .await;
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_must_come_from_the_device_it_names() {
+        let recs = vec![guardian_report::spool::Record {
+            seq: 1,
+            time_ms: 1,
+            class: guardian_report::Class::Alert,
+            payload: b"{}".to_vec(),
+        }];
+        let p = wire::encode("dev-a", 1, &recs).unwrap();
+        assert!(check("guardian.in.dev-a", &p).is_ok());
+        assert_eq!(
+            check("guardian.in.dev-b", &p).unwrap_err(),
+            Refusal::WrongDevice {
+                subject: "dev-b".into(),
+                claimed: "dev-a".into()
+            }
+        );
+        assert!(matches!(
+            check("guardian.in.x", b"{"),
+            Err(Refusal::Malformed(_))
+        ));
+        let big = vec![b' '; wire::MAX_BATCH_BYTES + 1];
+        assert!(matches!(
+            check("guardian.in.x", &big),
+            Err(Refusal::Oversize(_))
+        ));
+    }
+}

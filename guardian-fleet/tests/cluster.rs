@@ -1,0 +1,506 @@
+//! The fleet link end to end on loopback: devices running guardian's real
+//! reporter, a three-node NATS JetStream cluster (R3), and guardian-fleet
+//! instances. Nothing lost and nothing doubled in the store, compared by
+//! sequence numbers, through `kill -9` of a NATS node and of a fleet
+//! instance; bad input refused with its reason and nothing stored under the
+//! wrong device.
+//!
+//! nats-server comes from `cross/setup.sh` (or `GUARDIAN_NATS_SERVER`, or
+//! PATH). Without it these tests fail, saying so.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    collections::BTreeMap,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use guardian_fleet::{
+    service::{self, Counters, STORE_STREAM, ServiceConfig},
+    store::Stored,
+};
+use guardian_report::{
+    Class, Fsync, LinkConfig, Reporter, Spool, SpoolConfig, spool::Record, wire,
+};
+
+fn nats_server() -> PathBuf {
+    if let Ok(p) = std::env::var("GUARDIAN_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let venv = Path::new(&home).join(".cache/guardian/nats-venv/bin/nats-server");
+    if venv.exists() {
+        return venv;
+    }
+    panic!(
+        "nats-server NOT FOUND: these tests need a real NATS cluster with JetStream. \
+         Run cross/setup.sh or set GUARDIAN_NATS_SERVER."
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    name: String,
+    child: Option<Child>,
+    conf: PathBuf,
+    port: u16,
+}
+
+impl Node {
+    fn spawn(&mut self) {
+        let child = Command::new(nats_server())
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-l")
+            .arg(self.conf.with_extension("log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "{} did not listen", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Three nodes with routes to each other, JetStream on each.
+fn cluster(dir: &Path) -> Vec<Node> {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let mut nodes = Vec::new();
+    for (i, (port, cport)) in ports.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let routes: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, (_, c))| format!("nats-route://127.0.0.1:{c}"))
+            .collect();
+        let conf = dir.join(format!("{name}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n\
+                 cluster {{ name: guardian-test, listen: 127.0.0.1:{cport}, routes: [{}] }}\n",
+                dir.join(&name),
+                routes.join(", ")
+            ),
+        )
+        .unwrap();
+        nodes.push(Node {
+            name,
+            child: None,
+            conf,
+            port: *port,
+        });
+    }
+    for n in &mut nodes {
+        n.spawn();
+    }
+    nodes
+}
+
+fn urls(nodes: &[Node]) -> Vec<String> {
+    nodes.iter().map(Node::url).collect()
+}
+
+async fn js(nodes: &[Node]) -> jetstream::Context {
+    jetstream::new(service::connect(&urls(nodes), "test").await.unwrap())
+}
+
+/// Wait for the cluster to elect its JetStream leader and make the fleet's
+/// streams (R3).
+async fn ready(nodes: &[Node]) -> jetstream::Context {
+    let js = js(nodes).await;
+    let mut cfg = ServiceConfig::new(urls(nodes));
+    cfg.replicas = 3;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match service::ensure(&js, &cfg).await {
+            Ok(()) => return js,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cluster not ready: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// A fleet instance as its own process (so it can be killed with SIGKILL),
+/// logging to DIR/NAME.log; killed when dropped.
+struct Instance(Child);
+
+impl Instance {
+    fn start(nodes: &[Node], dir: &Path, name: &str) -> Instance {
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        Instance(
+            Command::new(env!("CARGO_BIN_EXE_guardian-fleet"))
+                .arg("--nats")
+                .arg(urls(nodes).join(","))
+                .args([
+                    "serve",
+                    "--replicas",
+                    "3",
+                    "--ack-wait",
+                    "3s",
+                    "--instance",
+                    name,
+                ])
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+    fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Every stored record per device: seq -> times stored.
+async fn stored(js: &jetstream::Context) -> BTreeMap<String, BTreeMap<u64, u32>> {
+    // Through a leader election after a node came back, reading may need a
+    // few tries.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let consumer = loop {
+        let made = match js.get_stream(STORE_STREAM).await {
+            Ok(stream) => stream
+                .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+                .await
+                .map_err(|e| format!("{e:?}")),
+            Err(e) => Err(format!("{e:?}")),
+        };
+        match made {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "reading the store: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let mut msgs = consumer.messages().await.unwrap();
+    let mut out: BTreeMap<String, BTreeMap<u64, u32>> = BTreeMap::new();
+    loop {
+        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await else {
+            break;
+        };
+        let m = m.unwrap();
+        let pending = m.info().unwrap().pending;
+        let s: Stored = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(m.subject.as_str(), format!("guardian.store.{}", s.device));
+        let dev = out.entry(s.device.clone()).or_default();
+        for r in s.records {
+            *dev.entry(r.seq).or_insert(0) += 1;
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    out
+}
+
+fn device(dir: &Path, id: &str, servers: Vec<String>) -> Reporter {
+    let spool = Spool::open(SpoolConfig {
+        dir: dir.join(id),
+        max_bytes: 64 << 20,
+        segment_bytes: 1 << 20,
+        fsync: Fsync::Interval(Duration::from_millis(50)),
+    })
+    .unwrap();
+    let mut cfg = LinkConfig::new(id, servers);
+    cfg.backoff_max = Duration::from_millis(500);
+    cfg.ack_timeout = Duration::from_secs(3);
+    Reporter::start(spool, cfg).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_lost_nothing_doubled_through_node_and_instance_kills() {
+    let tmp = tempfile::tempdir().unwrap();
+    // GUARDIAN_KEEP_TEST_DIR=1 keeps the nodes' and instances' logs.
+    let tmp_keep = tmp.path().to_owned();
+    let _tmp = if std::env::var_os("GUARDIAN_KEEP_TEST_DIR").is_some() {
+        eprintln!("cluster in {}", tmp_keep.display());
+        std::mem::forget(tmp);
+        None
+    } else {
+        Some(tmp)
+    };
+    let mut nodes = cluster(&tmp_keep);
+    let js = ready(&nodes).await;
+    let mut fleet_a = Instance::start(&nodes, &tmp_keep, "fleet-a");
+    let fleet_b = Instance::start(&nodes, &tmp_keep, "fleet-b");
+    let devices: Vec<(String, Reporter)> = (0..12)
+        .map(|i| {
+            let id = format!("board-{i:02}");
+            // Each device knows every node, starting at a different one.
+            let mut servers = urls(&nodes);
+            servers.rotate_left(i % 3);
+            let r = device(&tmp_keep, &id, servers);
+            (id, r)
+        })
+        .collect();
+    let per_device = 3000u32;
+    let mut victim = 0;
+    let classes = [
+        Class::Event,
+        Class::Alert,
+        Class::Status,
+        Class::Measurement,
+    ];
+    for i in 0..per_device {
+        for (id, r) in &devices {
+            let body = format!(r#"{{"device":"{id}","n":{i}}}"#);
+            while !r.submit(classes[i as usize % 4], body.clone().into_bytes()) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        // About 6 s of traffic, so each fault lasts seconds under load.
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if i == per_device / 3 {
+            // The node leading the ingest stream dies: the streams are R3,
+            // a new leader is elected, the devices on it move on.
+            let leader = js
+                .get_stream(service::INGEST_STREAM)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .cluster
+                .as_ref()
+                .and_then(|c| c.leader.clone())
+                .unwrap();
+            victim = nodes.iter().position(|n| n.name == leader).unwrap();
+            nodes[victim].kill9();
+        }
+        if i == per_device / 2 {
+            // A fleet instance dies mid-batch: the other takes its unacked
+            // work after ack_wait.
+            fleet_a.kill9();
+        }
+        if i == 2 * per_device / 3 {
+            nodes[victim].spawn();
+        }
+    }
+    // Every device's spool drains (the stream has acknowledged everything).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    for (id, r) in &devices {
+        loop {
+            let st = r.status();
+            if st.spool.depth == 0 && st.spool.unsynced == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} not drained: {st:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The kill was felt: the devices on the dead node reconnected elsewhere.
+    let reconnected = devices
+        .iter()
+        .filter(|(_, r)| r.status().link.reconnects > 0)
+        .count();
+    assert!(
+        reconnected > 0,
+        "no device lost its node: the fault was not exercised"
+    );
+    // And the fleet has stored everything: wait for the store to be complete.
+    let given: BTreeMap<String, u64> = devices
+        .iter()
+        .map(|(id, r)| (id.clone(), r.status().spool.next_seq - 1))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let got = stored(&js).await;
+        let complete = given
+            .iter()
+            .all(|(id, n)| got.get(id).map(|s| s.len() as u64) == Some(*n));
+        if complete || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for (id, n) in &given {
+        let seqs = got
+            .get(id)
+            .unwrap_or_else(|| panic!("{id}: nothing stored"));
+        let missing: Vec<u64> = (1..=*n).filter(|s| !seqs.contains_key(s)).collect();
+        assert!(
+            missing.is_empty(),
+            "{id}: {} lost, first {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        let doubled: Vec<(&u64, &u32)> = seqs.iter().filter(|(_, c)| **c > 1).collect();
+        assert!(
+            doubled.is_empty(),
+            "{id}: stored twice: {:?}",
+            &doubled[..doubled.len().min(5)]
+        );
+        assert_eq!(
+            seqs.len() as u64,
+            *n,
+            "{id}: records that no device produced"
+        );
+    }
+    // The device state in key-value agrees (a cache, written beside the
+    // store: it converges).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let agree = match guardian_fleet::query::devices(&js).await {
+            Ok(states) => {
+                states.len() == devices.len()
+                    && states.iter().all(|s| {
+                        let e = &s.summary.epochs[s.summary.current_epoch.as_ref().unwrap()];
+                        e.count() == given[&s.device] && e.unexplained() == 0
+                    })
+            }
+            Err(_) => false,
+        };
+        if agree {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "device state in key-value did not converge"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(fleet_b);
+    for (_, r) in devices {
+        r.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_nothing_is_stored_under_the_wrong_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = cluster(tmp.path());
+    let js = ready(&nodes).await;
+    let counters = Arc::new(Counters::default());
+    let mut cfg = ServiceConfig::new(urls(&nodes));
+    cfg.replicas = 3;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let svc = tokio::spawn(service::serve(cfg, "fleet-t", counters.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    let client = service::connect(&urls(&nodes), "attacker").await.unwrap();
+    let pub_js = jetstream::new(client);
+    let rec = |seq| Record {
+        seq,
+        time_ms: 1,
+        class: Class::Alert,
+        payload: br#"{"forged":true}"#.to_vec(),
+    };
+    // A device claiming another's id (publishing on its own subject).
+    let forged = wire::encode("victim", 1, &[rec(1)]).unwrap();
+    pub_js
+        .publish("guardian.in.mallory", forged.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Malformed, an unknown class, out of order, oversized.
+    pub_js
+        .publish("guardian.in.mallory", "{not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let text = String::from_utf8(wire::encode("mallory", 1, &[rec(1)]).unwrap()).unwrap();
+    pub_js
+        .publish(
+            "guardian.in.mallory",
+            text.replace("\"alert\"", "\"root\"").into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let big = wire::encode(
+        "mallory",
+        1,
+        &[Record {
+            payload: format!("\"{}\"", "x".repeat(wire::MAX_BATCH_BYTES)).into_bytes(),
+            ..rec(2)
+        }],
+    )
+    .unwrap();
+    pub_js
+        .publish("guardian.in.mallory", big.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // And one good batch, which must be stored.
+    let good = wire::encode("mallory", 7, &[rec(1), rec(2)]).unwrap();
+    pub_js
+        .publish("guardian.in.mallory", good.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counters
+        .records_stored
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "good batch not stored: {counters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(counters.rejected_wrong_device.load(Relaxed), 1);
+    assert_eq!(counters.rejected_malformed.load(Relaxed), 2);
+    assert_eq!(counters.rejected_oversize.load(Relaxed), 1);
+    let got = stored(&js).await;
+    assert!(
+        !got.contains_key("victim"),
+        "a record stored under the device another claimed"
+    );
+    assert_eq!(got["mallory"].len(), 2);
+    let _ = stop_tx.send(());
+    svc.await.unwrap().unwrap();
+}
