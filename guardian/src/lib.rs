@@ -36,6 +36,7 @@
 //! | [`unload`] | who may switch the guard off: operator-signed unload tokens for one boot, and what the running guard was loaded with |
 //! | [`continuous`] | in the daemon: tamper records, re-measurement, guard state into the TPM |
 //! | [`policy`] | signed WebAssembly policies in wasmi: load, measure, evaluate, hot swap, static rules |
+//! | [`report`] | the fleet link from `[report]`: the spool and the link (`guardian-report`), and which class each record of the agent is |
 //! | [`rules`] | the kernel's tables: the config widened by the policies' static rules |
 //!
 //! The kernel side lives in `guardian-ebpf` (one file per hook) and the
@@ -63,6 +64,7 @@ pub mod measure;
 pub mod pathcheck;
 pub mod policy;
 pub mod prescan;
+pub mod report;
 pub mod rules;
 pub mod signing;
 pub mod status;

@@ -1,0 +1,125 @@
+//! The agent's side of the fleet link: builds the spool and the link from
+//! `[report]`, and turns what the daemon produces (security events, status
+//! summaries, measurement results) into spool records of the right class.
+//!
+//! Owns the mapping from the agent's records to report classes. The spool,
+//! the wire format and the link are `guardian-report`'s; this module may not
+//! block the caller (a full queue is a counted, reported drop, never a
+//! wait) nor decide anything about the guard.
+
+use std::path::PathBuf;
+
+use guardian_report::{
+    Class, Fsync, LinkConfig, Reporter, Spool, SpoolConfig, nats::Credentials, spool::SpoolError,
+};
+
+use crate::{config::ReportConfig, events::SecurityEvent, hooks::Verdict};
+
+/// Why reporting could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The spool could not be opened.
+    #[error("the report spool")]
+    Spool(#[source] SpoolError),
+    /// The password file could not be read.
+    #[error("cannot read [report] password_file {path}")]
+    Password {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No device id configured and no host name to use.
+    #[error("[report] device_id is empty and the host name {0:?} is not a valid device id")]
+    DeviceId(String),
+    /// The reporter refused its config.
+    #[error("the report link")]
+    Start(#[source] guardian_report::reporter::StartError),
+}
+
+/// The device id: `[report] device_id`, or the host name.
+pub fn device_id(cfg: &ReportConfig) -> Result<String, ReportError> {
+    if !cfg.device_id.is_empty() {
+        return Ok(cfg.device_id.clone());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    if guardian_report::wire::valid_device_id(&host) {
+        Ok(host)
+    } else {
+        Err(ReportError::DeviceId(host))
+    }
+}
+
+/// Open the spool and start the reporter on the current runtime; `None`
+/// when `[report]` names no server.
+pub fn start(cfg: &ReportConfig) -> Result<Option<Reporter>, ReportError> {
+    if !cfg.enabled() {
+        return Ok(None);
+    }
+    let device = device_id(cfg)?;
+    let spool = Spool::open(SpoolConfig {
+        dir: cfg.spool_dir.clone(),
+        max_bytes: cfg.spool_max_mib * 1024 * 1024,
+        segment_bytes: cfg.segment_kib * 1024,
+        fsync: if cfg.fsync == "always" {
+            Fsync::Always
+        } else {
+            Fsync::Interval(std::time::Duration::from_millis(cfg.fsync_interval_ms))
+        },
+    })
+    .map_err(ReportError::Spool)?;
+    let mut link = LinkConfig::new(&device, cfg.servers.clone());
+    link.subject_prefix = cfg.subject_prefix.clone();
+    let password = match &cfg.password_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|source| ReportError::Password {
+                    path: p.clone(),
+                    source,
+                })?
+                .trim_end()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    link.credentials = Credentials {
+        user: (!cfg.user.is_empty()).then(|| cfg.user.clone()),
+        password,
+    };
+    Reporter::start(spool, link)
+        .map(Some)
+        .map_err(ReportError::Start)
+}
+
+/// The report class of a security event: refused or alerted attempts are
+/// alerts; what was allowed is an event.
+pub fn class_of(ev: &SecurityEvent) -> Class {
+    match ev.verdict {
+        Verdict::Deny | Verdict::Alert => Class::Alert,
+        Verdict::Allow => Class::Event,
+    }
+}
+
+/// Hand a security event to the reporter (never waits).
+pub fn event(reporter: &Reporter, ev: &SecurityEvent) {
+    match serde_json::to_vec(ev) {
+        Ok(body) => {
+            reporter.submit(class_of(ev), body);
+        }
+        Err(e) => log::error!("report: cannot encode a security event: {e}"),
+    }
+}
+
+/// Hand a status summary (any JSON-serialisable status) to the reporter.
+pub fn status(reporter: &Reporter, status: &impl serde::Serialize) {
+    match serde_json::to_vec(status) {
+        Ok(body) => {
+            reporter.submit(Class::Status, body);
+        }
+        Err(e) => log::error!("report: cannot encode the status: {e}"),
+    }
+}
