@@ -317,12 +317,7 @@ impl ReportConfig {
             return Ok(());
         }
         let id = &self.device_id;
-        if !id.is_empty()
-            && !(id.len() <= 64
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
-        {
+        if !id.is_empty() && !guardian_report::wire::valid_device_id(id) {
             return Err(format!(
                 "[report] device_id = {id:?}: 1-64 of A-Z a-z 0-9 _ - (it names a subject)"
             ));
@@ -336,7 +331,10 @@ impl ReportConfig {
         if self.fsync == "interval" && self.fsync_interval_ms == 0 {
             return Err("[report] fsync_interval_ms must be at least 1".to_owned());
         }
-        if self.spool_max_mib == 0 || self.segment_kib == 0 || self.segment_kib * 1024 > self.spool_max_mib * 1024 * 1024 {
+        if self.spool_max_mib == 0
+            || self.segment_kib == 0
+            || self.segment_kib * 1024 > self.spool_max_mib * 1024 * 1024
+        {
             return Err(format!(
                 "[report] spool_max_mib = {} and segment_kib = {}: both at least 1, a segment no larger than the spool",
                 self.spool_max_mib, self.segment_kib
@@ -347,7 +345,10 @@ impl ReportConfig {
         }
         for s in &self.servers {
             let hp = s.strip_prefix("nats://").unwrap_or(s);
-            if hp.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            if hp
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
                 return Err(format!("[report] servers: {s:?} is not nats://host:port"));
             }
         }
