@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`store`] | the exactly-once rule: per-device summaries, what is new in a batch |
 //! | [`service`] | the JetStream objects, the shared durable consumer, checking batches, storing them, device state in key-value |
+//! | [`lab`] | a lab in one command: a single nats-server with JetStream and MQTT, and the service; the per-device authorization block of a production cluster |
 //! | [`query`] | reading the fleet back: device states, a device's events |
 //!
 //! No TPM, no eBPF: it runs anywhere a NATS client can. The device side of
@@ -14,6 +15,7 @@
 //! which this crate reads the wire format from and whose reporter the
 //! device simulator runs.
 
+pub mod lab;
 pub mod query;
 pub mod service;
 pub mod store;

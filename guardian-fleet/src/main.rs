@@ -45,6 +45,26 @@ enum Cmd {
         #[arg(long, default_value = "90days", value_parser = humantime::parse_duration)]
         retention: Duration,
     },
+    /// A lab in one command: a single nats-server (JetStream, MQTT listener)
+    /// in DIR and the service beside it, until Ctrl-C. Not for production
+    /// (one node, no TLS): see docs/fleet.md for a three-node cluster.
+    Lab {
+        /// The lab's directory (config, JetStream store, server log).
+        #[arg(long, default_value = "guardian-fleet-lab")]
+        dir: std::path::PathBuf,
+        /// NATS client port.
+        #[arg(long, default_value_t = 4222)]
+        port: u16,
+        /// MQTT listener port.
+        #[arg(long, default_value_t = 1883)]
+        mqtt_port: u16,
+        /// Monitoring port.
+        #[arg(long, default_value_t = 8222)]
+        http_port: u16,
+        /// The nats-server binary (2.10 or later).
+        #[arg(long, default_value = "nats-server")]
+        nats_server: std::path::PathBuf,
+    },
     /// Every device: last seen, records, alerts, drops, duplicates.
     Status {
         /// JSON instead of a table.
@@ -106,6 +126,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             service::serve(cfg, &instance, counters, shutdown)
                 .await
                 .context("serving")?;
+        }
+        Cmd::Lab {
+            dir,
+            port,
+            mqtt_port,
+            http_port,
+            nats_server,
+        } => {
+            let lab = guardian_fleet::lab::Lab {
+                dir,
+                port,
+                mqtt_port,
+                http_port,
+            };
+            let mut child = lab
+                .start(&nats_server)
+                .context("starting the lab's nats-server")?;
+            let url = format!("nats://127.0.0.1:{port}");
+            eprintln!(
+                "guardian-fleet lab: NATS {url} (MQTT 127.0.0.1:{mqtt_port}, monitoring http://127.0.0.1:{http_port}), \
+                 state in {}; devices: [report] servers = [\"{url}\"]; see the fleet with: guardian-fleet --nats {url} status",
+                lab.dir.display()
+            );
+            let cfg = service::ServiceConfig::new(vec![url]);
+            let counters = Arc::new(service::Counters::default());
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            let result = service::serve(cfg, "lab", counters, shutdown).await;
+            let _ = child.kill();
+            let _ = child.wait();
+            result.context("serving")?;
         }
         Cmd::Status { json } => {
             let client = service::connect(&cli.nats, "guardian-fleet status").await?;

@@ -69,6 +69,9 @@ pub enum LinkError {
     },
 }
 
+/// Where acknowledgements come back: `_GR.<name>.<random>.<token>`.
+pub const INBOX_PREFIX: &str = "_GR";
+
 /// Credentials sent in `CONNECT` (per-device user and password: the
 /// server's authorization limits what each may publish).
 #[derive(Debug, Clone, Default)]
@@ -212,7 +215,10 @@ impl Conn {
         if let Some(p) = &creds.password {
             connect["pass"] = p.clone().into();
         }
-        let inbox = format!("_INBOX.{}", random_token());
+        // The inbox names the connection: a broker with per-device
+        // permissions lets each device subscribe to `_GR.<its name>.>`
+        // only, so no device reads another's acknowledgements.
+        let inbox = format!("{INBOX_PREFIX}.{name}.{}", random_token());
         let hello = format!("CONNECT {connect}\r\nPING\r\nSUB {inbox}.* 1\r\n");
         writer
             .write_all(hello.as_bytes())

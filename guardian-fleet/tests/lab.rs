@@ -1,0 +1,229 @@
+//! `guardian-fleet lab` starts a working fleet in one command: a device
+//! running guardian's reporter reports to it and `guardian-fleet status`
+//! shows the device; and a broker with per-device permissions (the
+//! authorization block `lab::authorization` writes) refuses a device
+//! publishing as another.
+//!
+//! nats-server comes from `cross/setup.sh` (or `GUARDIAN_NATS_SERVER`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use guardian_report::{
+    Class, Fsync, LinkConfig, Reporter, Spool, SpoolConfig,
+    nats::{Conn, Credentials, Incoming, LinkError},
+};
+
+fn nats_server() -> PathBuf {
+    if let Ok(p) = std::env::var("GUARDIAN_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(&std::env::var("HOME").unwrap_or_default())
+        .join(".cache/guardian/nats-venv/bin/nats-server");
+    assert!(
+        venv.exists(),
+        "nats-server NOT FOUND: run cross/setup.sh or set GUARDIAN_NATS_SERVER"
+    );
+    venv
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lab_starts_in_one_command_and_shows_a_reporting_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, mqtt, http) = (free_port(), free_port(), free_port());
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut lab = Command::new(env!("CARGO_BIN_EXE_guardian-fleet"))
+        .args([
+            "--nats",
+            &url,
+            "lab",
+            "--port",
+            &port.to_string(),
+            "--mqtt-port",
+            &mqtt.to_string(),
+        ])
+        .args(["--http-port", &http.to_string(), "--dir"])
+        .arg(tmp.path().join("lab"))
+        .arg("--nats-server")
+        .arg(nats_server())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let spool = Spool::open(SpoolConfig {
+        dir: tmp.path().join("spool"),
+        max_bytes: 8 << 20,
+        segment_bytes: 1 << 20,
+        fsync: Fsync::Always,
+    })
+    .unwrap();
+    let r = Reporter::start(spool, LinkConfig::new("lab-board", vec![url.clone()])).unwrap();
+    for i in 0..50 {
+        assert!(r.submit(
+            if i % 5 == 0 {
+                Class::Alert
+            } else {
+                Class::Event
+            },
+            format!("{{\"n\":{i}}}").into_bytes()
+        ));
+    }
+    // The device's records reach the store, and status shows them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let table = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_guardian-fleet"))
+            .args(["--nats", &url, "status", "--json"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let dev = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["device"] == "lab-board")
+                .cloned();
+            if let Some(d) = dev {
+                let epoch = d["summary"]["current_epoch"].as_str().unwrap().to_owned();
+                let e = &d["summary"]["epochs"][&epoch];
+                if e["by_class"]["alert"] == 10 && e["by_class"]["event"] == 40 {
+                    let t = Command::new(env!("CARGO_BIN_EXE_guardian-fleet"))
+                        .args(["--nats", &url, "status"])
+                        .output()
+                        .unwrap();
+                    break String::from_utf8(t.stdout).unwrap();
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lab never showed the device's 50 records"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let line = table.lines().find(|l| l.starts_with("lab-board")).unwrap();
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[2], "50", "records column: {table}");
+    assert_eq!(cols[3], "10", "alerts column: {table}");
+    // And events shows them.
+    let ev = Command::new(env!("CARGO_BIN_EXE_guardian-fleet"))
+        .args(["--nats", &url, "events", "--device", "lab-board", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(ev.stdout).unwrap().lines().count(), 50);
+    r.shutdown().await;
+    let _ = lab.kill();
+    let _ = lab.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_publish_as_another_under_per_device_permissions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = tmp.path().join("auth.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n{}",
+            tmp.path().join("js"),
+            guardian_fleet::lab::authorization(
+                ("fleet", "fleet-secret"),
+                &[("board-a", "a-secret"), ("board-b", "b-secret")]
+            )
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(nats_server())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("nats://127.0.0.1:{port}");
+    let creds = |u: &str, p: &str| Credentials {
+        user: Some(u.into()),
+        password: Some(p.into()),
+    };
+    // Wrong password: refused at CONNECT.
+    let e = Conn::connect(
+        &url,
+        "board-a",
+        &creds("board-a", "wrong"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, LinkError::Refused { .. }), "{e}");
+    // board-a publishing on board-b's subject: the broker refuses it.
+    let mut conn = Conn::connect(
+        &url,
+        "board-a",
+        &creds("board-a", "a-secret"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    conn.publish("guardian.in.board-b", "x", "1", b"{}")
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), conn.replies.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    match got {
+        Err(LinkError::Refused { what, .. }) => {
+            assert!(what.contains("Permissions Violation"), "{what}")
+        }
+        other => panic!("expected a permissions violation, got {other:?}"),
+    }
+    // A device cannot read another's acknowledgements either.
+    // (Connecting as board-a under board-b's name subscribes to board-b's
+    // inbox, which board-a's permissions refuse.)
+    let mut c = Conn::connect(
+        &url,
+        "board-b",
+        &creds("board-a", "a-secret"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let got = loop {
+        match tokio::time::timeout(Duration::from_secs(5), c.replies.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Ok(Incoming::Ping) => continue,
+            other => break other,
+        }
+    };
+    match got {
+        Err(LinkError::Refused { what, .. }) => assert!(
+            what.contains("Permissions Violation for Subscription"),
+            "{what}"
+        ),
+        other => panic!("expected a subscription violation, got {other:?}"),
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
