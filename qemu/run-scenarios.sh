@@ -147,7 +147,9 @@ scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-bo
     mkdir-in-tree mkdir-in-tree-event symlink-in-tree symlink-in-tree-event
     mount-over-dir mount-over-dir-event mount-over-parent mount-over-parent-event
     bind-over-model bind-over-model-event ns-mount-over-dir ns-mount-over-dir-event
-    tree-move-over-dir tree-move-over-dir-event umount-under-model umount-under-model-event
+    tree-move-over-dir tree-move-over-dir-event ms-move-over-dir ms-move-over-dir-event
+    pivot-root pivot-root-event pivot-root-names-root pivot-self-allowed
+    umount-under-model umount-under-model-event
     umount-lazy-under-model umount-lazy-under-model-event self-bind-allowed path-unchanged
     predictions-after-path-attacks
     prctl-exe prctl-exe-event service-traceme service-traceme-event
@@ -164,7 +166,8 @@ scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-bo
     kill9-still-denied restart-adopts events-kept-while-down model-unchanged
     policy-before-swap policy-before-swap-event policy-swap-loaded policy-swap-allows-writer
     policy-swap-event policy-in-evidence
-    reconfigure-refused unload-needs-token unload-other-boot stop-unload detect-rung-status detect-write-open detect-preopened-fd-write detect-ftruncate
+    reconfigure-refused unload-needs-token unload-other-boot stop-unload
+    unload-token-replay-refused unload-fresh-token detect-rung-status detect-write-open detect-preopened-fd-write detect-ftruncate
     detect-connect detect-chmod detect-link)
 # A fresh nonce for the guest's quote, verified on the host afterwards.
 nonce="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"

@@ -131,6 +131,9 @@ pub mod programs {
     pub const LSM_MOVE_MOUNT: &str = "guardian_move_mount";
     /// LSM `sb_umount`: unmounting a filesystem a protected path lies on.
     pub const LSM_SB_UMOUNT: &str = "guardian_sb_umount";
+    /// LSM `sb_pivotroot`: the root moved away from above the protected
+    /// paths.
+    pub const LSM_SB_PIVOTROOT: &str = "guardian_sb_pivotroot";
     /// LSM `bpf`: link detach and update on guardian's links.
     pub const LSM_BPF: &str = "guardian_bpf";
     /// LSM `bpf_map`: descriptors for guardian's maps.
@@ -292,6 +295,10 @@ pub struct KernelOffsets {
     pub file_f_path: u32,
     /// `struct inode`, `i_size`.
     pub inode_i_size: u32,
+    /// `struct task_struct`, `fs` (a `struct fs_struct *`).
+    pub task_fs: u32,
+    /// `struct fs_struct`, `root` (a `struct path`: the task's root).
+    pub fs_root: u32,
     /// Always zero (keeps the struct a multiple of 8 bytes, so that
     /// [`KernelConfig`] has no implicit padding).
     pub _pad: u32,
@@ -336,6 +343,9 @@ pub struct KernelConfig {
     /// The agent's own executable: the only program that may change
     /// guardian's own files (those with [`ProtectedFile::SELF`]).
     pub self_exe: InodeKey,
+    /// The root directory (`/`) as the agent found it: every protected
+    /// path lies below it, so `pivot_root(2)` moving it away is refused.
+    pub root: InodeKey,
     /// The syscalls the detect rung watches through the raw `sys_exit`
     /// tracepoint.
     pub syscalls: Syscalls,
@@ -679,6 +689,8 @@ pub mod source {
     pub const LSM_PTRACE_TRACEME: u16 = 33;
     /// LSM `bprm_creds_from_file`.
     pub const LSM_BPRM_CREDS_FROM_FILE: u16 = 34;
+    /// LSM `sb_pivotroot`.
+    pub const LSM_SB_PIVOTROOT: u16 = 35;
 }
 
 /// Loader variables looked for in an exec's environment (value of
@@ -812,8 +824,8 @@ pub mod oflags {
 const _: () = {
     assert!(core::mem::size_of::<InodeKey>() == 16);
     assert!(core::mem::size_of::<ProtectedFile>() == 8);
-    assert!(core::mem::size_of::<KernelOffsets>() == 34 * 4);
-    assert!(core::mem::size_of::<KernelConfig>() == 34 * 4 + 16 + 16 + 88);
+    assert!(core::mem::size_of::<KernelOffsets>() == 36 * 4);
+    assert!(core::mem::size_of::<KernelConfig>() == 36 * 4 + 16 + 16 + 16 + 88);
     assert!(core::mem::size_of::<NameKey>() == 16 + NameKey::LEN);
     assert!(core::mem::size_of::<ServiceDigest>() == 40);
     assert!(core::mem::size_of::<EgressRule>() == 4 * EgressRule::MAX_PORTS + 4);

@@ -208,6 +208,13 @@ pub fn file_dentry(off: &KernelOffsets, file: u64) -> Result<u64, i64> {
     read(file, off.file_f_path + off.path_dentry)
 }
 
+/// `task->fs->root.dentry`: the directory the task's `/` leads to.
+#[inline(always)]
+pub fn fs_root_dentry(off: &KernelOffsets, task: u64) -> Result<u64, i64> {
+    let fs: u64 = read(task, off.task_fs)?;
+    read(fs, off.fs_root + off.path_dentry)
+}
+
 /// `mnt->mnt_root` of a `struct vfsmount *`.
 #[inline(always)]
 pub fn mnt_root(off: &KernelOffsets, mnt: u64) -> Result<u64, i64> {

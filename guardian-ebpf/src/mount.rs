@@ -1,5 +1,6 @@
-//! LSM `sb_mount`, `move_mount`, `sb_umount`: nothing is mounted on,
-//! moved onto or away from, or unmounted from under a protected path.
+//! LSM `sb_mount`, `move_mount`, `sb_umount`, `sb_pivotroot`: nothing is
+//! mounted on, moved onto or away from, or unmounted from under a
+//! protected path, and the root above them all is not pivoted away.
 //!
 //! The service opens its model by name, so a filesystem mounted over the
 //! model's directory (or over any directory above it, or a file
@@ -18,17 +19,29 @@
 //! | `mount(2)`: `MS_REMOUNT`, propagation changes (`MS_SHARED`, `MS_PRIVATE`, `MS_SLAVE`, `MS_UNBINDABLE`) | none | no: nothing changes what a name leads to |
 //! | `move_mount(2)` | the mount moved, and where it goes | yes |
 //! | `umount(2)`, `umount2(2)` (lazy included) | the mount's root | yes |
+//! | `pivot_root(2)` to a bind of the caller's own root (systemd's sandboxing: `MS_BIND\|MS_REC` of `/`, then `pivot_root(".", ".")`) | the new root | no: the new root is the same directory, the same names lead to the same inodes |
+//! | `pivot_root(2)` by a caller whose root is the real `/`, to anything else | the new root | yes: every protected path lies below the root it moves away, so in the caller's mount namespace each would lead into the new root |
+//! | `pivot_root(2)` by a caller already rooted elsewhere (inside a container) | none | no: no protected path lies below that root |
 //!
 //! `mount(2)` with `MS_MOVE` names the mount it moves as a string, which
 //! the hook cannot resolve: moving a protected mount *away* that way is
-//! not refused here (its destination is checked). The agent's path check
-//! sees it (see `guardian::pathguard`) and reports it.
+//! not refused here (its destination is checked). In Linux 6.12,
+//! `path_mount()` calls `security_sb_mount(dev_name, path, ...)` with
+//! `dev_name` still the caller's string, and only then
+//! `do_move_mount_old()` resolves it (`kern_path(old_name, LOOKUP_FOLLOW,
+//! ...)`) and moves the mount with `do_move_mount()`, which calls no
+//! further LSM hook (`security_move_mount()` is called by the
+//! `move_mount(2)` system call alone), and BPF has no helper or kfunc to
+//! resolve a path. The agent's path check sees such a move (see
+//! `guardian::pathcheck`) and reports it, in the evidence.
 //!
 //! Kernel prototypes: `LSM_HOOK(int, 0, sb_mount, const char *dev_name,
 //! const struct path *path, const char *type, unsigned long flags, void
 //! *data)`, `LSM_HOOK(int, 0, move_mount, const struct path *from_path,
 //! const struct path *to_path)`, `LSM_HOOK(int, 0, sb_umount, struct
-//! vfsmount *mnt, int flags)`.
+//! vfsmount *mnt, int flags)`, `LSM_HOOK(int, 0, sb_pivotroot, const
+//! struct path *old_path, const struct path *new_path)` (called by
+//! `pivot_root(2)` after both paths are resolved, before anything moves).
 //!
 //! [`ProtectedFile::PATH`]: guardian_common::ProtectedFile::PATH
 
@@ -117,6 +130,53 @@ pub fn guardian_sb_umount(ctx: LsmContext) -> i32 {
         kernel::mnt_root(&cfg.offsets, mnt)
             .and_then(|d| judge(cfg, d, source::LSM_SB_UMOUNT, flags as u32)),
     )
+}
+
+#[lsm(hook = "sb_pivotroot")]
+pub fn guardian_sb_pivotroot(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(cfg) = kernel::config() else {
+        return 0;
+    };
+    report::finish(try_pivotroot(cfg, ctx.arg(1)))
+}
+
+/// `new_path` is the new root (`old_path`, `put_old`, is where the
+/// current root goes, below it). The root moved away is the caller's own
+/// (`current->fs->root`): refused when that is the real `/`, above every
+/// protected path, unless the new root is that very directory (a bind of
+/// `/`, as systemd's sandboxing makes it), under which the same names
+/// lead to the same inodes.
+#[inline(always)]
+fn try_pivotroot(cfg: &KernelConfig, new_path: u64) -> Result<i32, i64> {
+    let off = &cfg.offsets;
+    let task = kernel::current_task();
+    let new_root = kernel::path_dentry(off, new_path)?;
+    let root = kernel::fs_root_dentry(off, task)?;
+    if new_root == root {
+        return Ok(0);
+    }
+    match kernel::dentry_key(off, root)? {
+        Some(k) if k == cfg.root => {}
+        _ => return Ok(0),
+    }
+    let new_key = kernel::dentry_key(off, new_root)?.unwrap_or_default();
+    if new_key == cfg.root {
+        // Another dentry of the same directory: still the same names.
+        return Ok(0);
+    }
+    let exe = kernel::exe_key(off, task)?;
+    let (v, ret) = report::judge_file(cfg, false);
+    report::emit(off, task, kind::MOUNT, source::LSM_SB_PIVOTROOT, v, |ev| {
+        ev.file = new_key;
+        ev.exe = exe;
+        ev.protected_id = guardian_common::Event::NOT_PROTECTED;
+        let _ = kernel::dentry_name(off, new_root, &mut ev.name);
+    });
+    Ok(ret)
 }
 
 /// Is this bind mount's source (`dev_name`, the kernel's copy of the path

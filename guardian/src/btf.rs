@@ -356,6 +356,8 @@ impl Btf {
             task_ptrace: self.field_offset("task_struct", "ptrace")?,
             file_f_path: self.field_offset("file", "f_path")?,
             inode_i_size: self.field_offset("inode", "i_size")?,
+            task_fs: self.field_offset("task_struct", "fs")?,
+            fs_root: self.field_offset("fs_struct", "root")?,
             _pad: 0,
         })
     }

@@ -229,6 +229,7 @@ fn hook_name(source: u16) -> &'static str {
         src::LSM_SB_MOUNT => "lsm/sb_mount",
         src::LSM_MOVE_MOUNT => "lsm/move_mount",
         src::LSM_SB_UMOUNT => "lsm/sb_umount",
+        src::LSM_SB_PIVOTROOT => "lsm/sb_pivotroot",
         src::LSM_BPF => "lsm/bpf",
         src::LSM_BPF_MAP => "lsm/bpf_map",
         src::LSM_BPF_PROG => "lsm/bpf_prog",
@@ -350,6 +351,13 @@ impl Decoder {
                     .iter()
                     .find(|(_, k)| k.dir == ev.file && k.name == ev.name)
                     .map(|(p, _)| p.display().to_string());
+                out.name = name;
+            }
+            kind::MOUNT if header.source == src::LSM_SB_PIVOTROOT => {
+                // The root moved away; the new root by inode and name.
+                out.file = Some("/".to_owned());
+                out.dev = Some(format!("{}:{}", ev.file.major(), ev.file.minor()));
+                out.ino = Some(ev.file.ino);
                 out.name = name;
             }
             kind::BPF_OBJECT => {

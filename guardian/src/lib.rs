@@ -662,7 +662,7 @@ pub enum StopError {
     Unload(#[from] unload::UnloadError),
     /// No token was given where one is needed.
     #[error(
-        "unloading the guard takes a token signed by an operator key it was loaded with ([guard] unload_keys): `guardian unload-token --key OPERATOR.pem --pub OPERATOR.pub --boot-id {boot_id} -o unload.json` on the operator's machine, then `guardian stop --unload --token unload.json` (the device's boot id is {boot_id})"
+        "unloading the guard takes a token signed by an operator key it was loaded with ([guard] unload_keys): `guardian unload-token --key OPERATOR.pem --pub OPERATOR.pub --boot-id {boot_id} --guard GUARD_ID -o unload.json` on the operator's machine, then `guardian stop --unload --token unload.json` (the device's boot id is {boot_id}; `guardian status` shows the guard id)"
     )]
     TokenNeeded {
         /// This boot's id.
@@ -733,7 +733,8 @@ fn authorise_unload(
             .map(|k| k.fingerprint)
             .unwrap_or_default();
         reason = format!(
-            "token signed by key {}…, issued {}, reason: {}",
+            "token for guard {} signed by key {}…, issued {}, reason: {}",
+            t.guard,
             &signer[..signer.len().min(16)],
             t.issued,
             t.reason
@@ -1163,6 +1164,10 @@ fn snapshot(parts: &Parts<'_>) -> Status {
         adopted: guard.adopted(),
         unload: unload_words(config),
         boot_id: unload::boot_id().unwrap_or_default(),
+        guard_id: guard
+            .pinned()
+            .map(unload::pinned_guard_id)
+            .unwrap_or_default(),
         protected_files: targets.files.len(),
         allowed_writers: targets.writers.len(),
         measured_boot: Some(measured_boot.clone()),

@@ -107,19 +107,22 @@ enum Command {
     ///
     /// Unloading takes a token signed by one of the operator keys the
     /// guard was loaded with ([guard] unload_keys), made for this boot of
-    /// this device by `guardian unload-token`; a root shell alone cannot.
+    /// this device and this load of the guard by `guardian unload-token`;
+    /// a root shell alone cannot, and a used token is refused.
     /// The unload is recorded in the measurement log and the TPM first, so
     /// the next quote shows the window without enforcement.
     ///
     /// Exit status: 0 stopped (or was not running), 1 it did not stop or
     /// the unload was refused (nothing is touched then).
     Stop(cli::daemon::StopArgs),
-    /// Make an unload token: permission to switch the guard off on one
-    /// device, for one boot, for a short time (run by the operator, with a
-    /// key named in the device's [guard] unload_keys).
+    /// Make an unload token: permission to switch the guard off once, on
+    /// one device, for one boot, for a short time (run by the operator,
+    /// with a key named in the device's [guard] unload_keys).
     ///
-    /// Writes OUTPUT and OUTPUT.sig. The device's boot id is in `guardian
-    /// status` (and /proc/sys/kernel/random/boot_id on the device).
+    /// Writes OUTPUT and OUTPUT.sig. The device's boot id and the running
+    /// guard's id are in `guardian status` (the boot id also in
+    /// /proc/sys/kernel/random/boot_id on the device); each load of the
+    /// guard draws a new guard id, so the token unloads that guard once.
     UnloadToken(cli::daemon::UnloadTokenArgs),
 }
 

@@ -219,6 +219,10 @@ pub struct Status {
     /// This boot's id (what an unload token is made for).
     #[serde(default)]
     pub boot_id: String,
+    /// The running guard's id (what an unload token names: it unloads
+    /// this load of the guard once).
+    #[serde(default)]
+    pub guard_id: String,
     /// Number of protected files.
     pub protected_files: usize,
     /// Number of allowed writer executables.
@@ -366,7 +370,16 @@ impl Status {
             None => "pinned: NO (enforcement stops with the agent)\n".to_owned(),
         };
         if !self.unload.is_empty() {
-            s += &format!("unload: {} (boot id {})\n", self.unload, self.boot_id);
+            s += &format!(
+                "unload: {} (boot id {}, guard id {})\n",
+                self.unload,
+                self.boot_id,
+                if self.guard_id.is_empty() {
+                    "none"
+                } else {
+                    &self.guard_id
+                }
+            );
         }
         s += &format!(
             "protected files: {}   allowed writers: {}\n",
@@ -442,6 +455,7 @@ mod tests {
             adopted: false,
             unload: String::new(),
             boot_id: String::new(),
+            guard_id: String::new(),
             policies: None,
             protected_files: 2,
             allowed_writers: 1,

@@ -93,6 +93,9 @@ pub struct Targets {
     pub rules: u32,
     /// guardian's own executable.
     pub self_exe: InodeKey,
+    /// The root directory, `/`: every protected path lies below it
+    /// (`pivot_root(2)` moving it away is refused).
+    pub root: InodeKey,
     /// Directories guarded for the files' sake, with their
     /// `ProtectedFile` flags: every directory on the path to a protected
     /// file (`PATH`), every directory inside a protected tree (`TREE`),
@@ -369,6 +372,9 @@ impl Targets {
         let self_exe = std::fs::metadata("/proc/self/exe")
             .map(|m| inode_key(&m))
             .unwrap_or_default();
+        let root = std::fs::metadata("/")
+            .map(|m| inode_key(&m))
+            .unwrap_or_default();
         if files.len() + dirs.len() > MAX_PROTECTED {
             return Err(TargetsError::TooMany {
                 count: files.len() + dirs.len(),
@@ -381,6 +387,7 @@ impl Targets {
             writers,
             names,
             self_exe,
+            root,
             dirs,
             rules: rules::GUARD_SELF,
             ..Self::default()

@@ -7,7 +7,7 @@
 //! unload_keys`, for this boot of this device, valid for a short time:
 //!
 //! ```text
-//! unload.json      {"format":"guardian-unload/1","boot_id":"…","issued":…,
+//! unload.json      {"format":"guardian-unload/2","boot_id":"…","guard":"…","issued":…,
 //!                   "not_after":…,"reason":"…","signer":"-----BEGIN PUBLIC KEY-----…"}
 //! unload.json.sig  a detached signature of unload.json's bytes (Ed25519, or
 //!                  ECDSA P-256 over SHA-256 in DER, as `openssl dgst -sign`
@@ -26,6 +26,18 @@
 //! `boot_id` (`/proc/sys/kernel/random/boot_id`) is random at every boot:
 //! a token is good for one boot of one device, and `not_after` at most
 //! [`MAX_VALID`] after `issued` bounds it further.
+//!
+//! **One token, one unload.** Every freshly loaded guard draws a random
+//! id ([`Auth::guard`], 16 bytes from the OS's generator) and keeps it in
+//! the same pinned record; `guardian status` shows it, and a token names
+//! the one guard it may unload (`guard`). The unload removes that record
+//! with the pins, and the next load draws another id, so a token that was
+//! used (or one made for a guard since unloaded) names a guard that no
+//! longer exists and is refused ([`UnloadError::OtherGuard`]), however
+//! long it is still valid. An adopted guard keeps its id: a restarted
+//! agent is the same guard, and `guardian stop` without `--unload` leaves
+//! the token good. Nothing has to remember used tokens, so there is no
+//! list for root to edit while the guard is down.
 
 use std::{
     path::{Path, PathBuf},
@@ -41,7 +53,9 @@ use crate::{
 };
 
 /// The token format this agent reads and writes.
-pub const FORMAT: &str = "guardian-unload/1";
+pub const FORMAT: &str = "guardian-unload/2";
+/// Bytes of a guard's id ([`Auth::guard`]).
+pub const GUARD_ID_LEN: usize = 16;
 /// The longest a token may be valid for, in seconds.
 pub const MAX_VALID: u64 = 24 * 3600;
 /// Operator keys the guard can hold.
@@ -58,6 +72,11 @@ pub struct Token {
     pub format: String,
     /// The device's boot id the token is for.
     pub boot_id: String,
+    /// The id of the loaded guard the token may unload (hex,
+    /// [`Auth::guard`]). Empty in tokens of the older format, which are
+    /// refused for their format.
+    #[serde(default)]
+    pub guard: String,
     /// When it was made (seconds since the epoch).
     pub issued: u64,
     /// Until when it is good (seconds since the epoch).
@@ -78,6 +97,10 @@ pub struct Auth {
     pub without_token: bool,
     /// SHA-256 of each operator key's SubjectPublicKeyInfo DER.
     pub keys: Vec<[u8; 32]>,
+    /// This load of the guard: random, drawn when it is loaded, so that a
+    /// token made for it unloads it once (all zero for a guard loaded by
+    /// an agent older than the id).
+    pub guard: [u8; GUARD_ID_LEN],
 }
 
 /// Why an unload is refused, or a token cannot be made.
@@ -117,6 +140,19 @@ pub enum UnloadError {
         path: PathBuf,
         /// What is wrong.
         problem: String,
+    },
+    /// The token names another load of the guard: it was used already
+    /// (the guard it unloaded is gone), or made for a guard since unloaded.
+    #[error(
+        "{path}: the token is for guard {token}, but the running guard is {running}: a token unloads the one guard it names, once (it was used, or that guard was unloaded since); `guardian status` shows the running guard's id"
+    )]
+    OtherGuard {
+        /// The file.
+        path: PathBuf,
+        /// The guard id the token names.
+        token: String,
+        /// The running guard's.
+        running: String,
     },
     /// The signer is not one of the keys the guard was loaded with.
     #[error(
@@ -166,6 +202,14 @@ pub enum UnloadError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// `--guard` is not a guard id.
+    #[error(
+        "guard id {given:?} is not {GUARD_ID_LEN} bytes in hex (`guardian status` on the device shows it)"
+    )]
+    GuardId {
+        /// What was given.
+        given: String,
     },
     /// Too many keys for the map.
     #[error("[guard] unload_keys names {count} keys, at most {MAX_KEYS}")]
@@ -221,7 +265,35 @@ pub fn auth_for(config: &Config) -> Result<Auth, UnloadError> {
             .iter()
             .filter_map(|k| <[u8; 32]>::try_from(hex::decode(&k.fingerprint).ok()?).ok())
             .collect(),
+        guard: new_guard_id(),
     })
+}
+
+/// A fresh guard id: 16 bytes from the OS's generator (`getrandom(2)`).
+/// Should the generator fail (it does not, once the kernel's pool is
+/// ready), the time and pid stand in, hashed: unique enough to tell one
+/// load from the next on this boot, which is all the id has to do.
+fn new_guard_id() -> [u8; GUARD_ID_LEN] {
+    use rand_core::RngCore as _;
+    let mut id = [0u8; GUARD_ID_LEN];
+    if rand_core::OsRng.try_fill_bytes(&mut id).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let h = Sha256::digest(format!("{nanos}/{}", std::process::id()));
+        id.copy_from_slice(&h[..GUARD_ID_LEN]);
+    }
+    id
+}
+
+/// The id of the guard pinned under `pin_dir` (hex), for `guardian
+/// status` and the unload token; empty when no readable record is there.
+pub fn pinned_guard_id(pinned: &Path) -> String {
+    match crate::guard::pinned_auth(pinned) {
+        Ok(Some(a)) => hex::encode(a.guard),
+        _ => String::new(),
+    }
 }
 
 impl Auth {
@@ -231,6 +303,7 @@ impl Auth {
         flags[0] = u8::from(self.without_token);
         // A marker, so that an all-zero (never written) map reads as such.
         flags[1] = 1;
+        flags[2..2 + GUARD_ID_LEN].copy_from_slice(&self.guard);
         let mut out = vec![self.config, flags];
         for i in 0..MAX_KEYS {
             out.push(self.keys.get(i).copied().unwrap_or([0; 32]));
@@ -244,21 +317,25 @@ impl Auth {
         if flags[1] != 1 {
             return None;
         }
+        let mut guard = [0u8; GUARD_ID_LEN];
+        guard.copy_from_slice(&flags[2..2 + GUARD_ID_LEN]);
         Some(Self {
             config: *config,
             without_token: flags[0] == 1,
             keys: e[2..].iter().filter(|k| **k != [0; 32]).copied().collect(),
+            guard,
         })
     }
 }
 
-/// Make a token for `boot_id`, good for `valid_secs`, signed with `key`
-/// (whose public half is `signer_pem`): the token's bytes and the detached
-/// signature's.
+/// Make a token for the guard `guard` (its hex id) in boot `boot_id`,
+/// good for `valid_secs`, signed with `key` (whose public half is
+/// `signer_pem`): the token's bytes and the detached signature's.
 pub fn create(
     key: &SigningKey,
     signer_pem: &str,
     boot_id: &str,
+    guard: &str,
     valid_secs: u64,
     reason: &str,
 ) -> (Vec<u8>, Vec<u8>) {
@@ -266,6 +343,7 @@ pub fn create(
     let token = Token {
         format: FORMAT.to_owned(),
         boot_id: boot_id.to_owned(),
+        guard: guard.to_ascii_lowercase(),
         issued,
         not_after: issued + valid_secs.min(MAX_VALID),
         reason: reason.to_owned(),
@@ -288,13 +366,15 @@ pub struct Written {
     pub fingerprint: String,
 }
 
-/// `guardian unload-token`: make a token for `boot_id` (see [`create`])
-/// with the private key at `key`, whose public half is at `public`, and
-/// write it to `output` and its signature beside it.
+/// `guardian unload-token`: make a token for the guard `guard` in boot
+/// `boot_id` (see [`create`]) with the private key at `key`, whose public
+/// half is at `public`, and write it to `output` and its signature beside
+/// it.
 pub fn write_token(
     key: &Path,
     public: &Path,
     boot_id: &str,
+    guard: &str,
     valid_secs: u64,
     reason: &str,
     output: &Path,
@@ -305,7 +385,12 @@ pub fn write_token(
         source,
     })?;
     let pk = TrustedKey::from_pem(&pem, public)?;
-    let (bytes, sig) = create(&sk, &pem, boot_id, valid_secs, reason);
+    if !hex::decode(guard).is_ok_and(|g| g.len() == GUARD_ID_LEN) {
+        return Err(UnloadError::GuardId {
+            given: guard.to_owned(),
+        });
+    }
+    let (bytes, sig) = create(&sk, &pem, boot_id, guard, valid_secs, reason);
     if !pk.verifies_detached(&bytes, &sig) {
         return Err(UnloadError::NotThePair {
             public: public.to_owned(),
@@ -372,6 +457,14 @@ pub fn check_bytes(
             here: here.to_owned(),
         });
     }
+    let running = hex::encode(auth.guard);
+    if !token.guard.eq_ignore_ascii_case(&running) {
+        return Err(UnloadError::OtherGuard {
+            path: path.to_owned(),
+            token: token.guard,
+            running,
+        });
+    }
     let time = |problem: String| UnloadError::Time {
         path: path.to_owned(),
         problem,
@@ -435,6 +528,7 @@ mod tests {
         Auth {
             config: [7; 32],
             without_token: false,
+            guard: [0xa5; GUARD_ID_LEN],
             keys: public
                 .iter()
                 .map(|p| {
@@ -448,13 +542,53 @@ mod tests {
         }
     }
 
+    /// The guard id of [`auth_with`]'s guard, in hex.
+    const GUARD_A: &str = "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5";
+
+    #[test]
+    fn a_token_unloads_the_one_guard_it_names_once() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let (op, op_pub) = keypair(t.path(), "operator");
+        let first = auth_with(&[&op_pub]);
+        let (bytes, sig) = create(&op, &op_pub, "boot-a", GUARD_A, 600, "upgrade");
+        let (p, s) = (Path::new("unload.json"), Path::new("unload.json.sig"));
+        let at = now();
+        check_bytes(p, &bytes, s, &sig, &first, "boot-a", at).expect("the guard it names");
+        // The same guard loaded again after the unload: same boot, same
+        // config, same keys, a new id. The used token is refused.
+        let again = Auth {
+            guard: new_guard_id(),
+            ..first.clone()
+        };
+        assert_ne!(again.guard, first.guard, "a fresh load draws a fresh id");
+        match check_bytes(p, &bytes, s, &sig, &again, "boot-a", at) {
+            Err(UnloadError::OtherGuard { token, running, .. }) => {
+                assert_eq!(token, GUARD_A);
+                assert_eq!(running, hex::encode(again.guard));
+            }
+            other => panic!("a replayed token must be refused, got {other:?}"),
+        }
+        // A token of the older format (no guard named) is refused too.
+        let mut old: Token = serde_json::from_slice(&bytes).expect("json");
+        old.format = "guardian-unload/1".into();
+        old.guard.clear();
+        let ob = serde_json::to_vec(&old).expect("json");
+        let os = op.sign(&ob);
+        assert!(matches!(
+            check_bytes(p, &ob, s, &os, &first, "boot-a", at),
+            Err(UnloadError::Malformed { .. })
+        ));
+        // The id survives the pinned record (what an adopting agent reads).
+        assert_eq!(Auth::from_entries(&again.entries()), Some(again));
+    }
+
     #[test]
     fn a_good_token_and_every_way_it_goes_bad() {
         let t = tempfile::tempdir().expect("tempdir");
         let (op, op_pub) = keypair(t.path(), "operator");
         let (other, other_pub) = keypair(t.path(), "other");
         let auth = auth_with(&[&op_pub]);
-        let (bytes, sig) = create(&op, &op_pub, "boot-a", 600, "upgrade");
+        let (bytes, sig) = create(&op, &op_pub, "boot-a", GUARD_A, 600, "upgrade");
         let p = Path::new("unload.json");
         let s = Path::new("unload.json.sig");
         let at = now();
@@ -473,7 +607,7 @@ mod tests {
         ));
         // A key the guard was not loaded with, though the signature is
         // its own and good.
-        let (b2, s2) = create(&other, &other_pub, "boot-a", 600, "x");
+        let (b2, s2) = create(&other, &other_pub, "boot-a", GUARD_A, 600, "x");
         assert!(matches!(
             check_bytes(p, &b2, s, &s2, &auth, "boot-a", at),
             Err(UnloadError::UnknownSigner { .. })
@@ -520,6 +654,7 @@ mod tests {
             config: [1; 32],
             without_token: true,
             keys: vec![[2; 32], [3; 32]],
+            guard: [4; GUARD_ID_LEN],
         };
         let e = a.entries();
         assert_eq!(e.len(), AUTH_ENTRIES as usize);

@@ -137,16 +137,24 @@ impl Scene {
     fn model(&self) -> PathBuf {
         self.path("model.onnx")
     }
-    /// An unload token for this boot, signed by the scene's operator key.
+    /// An unload token for this boot and the guard pinned in the scene's
+    /// pin directory, signed by the scene's operator key.
     fn unload_token(&self) -> PathBuf {
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        let guard = std::fs::read_dir(self.pin_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| guardian::unload::pinned_guard_id(&e.path()))
+            .find(|g| !g.is_empty())
+            .expect("a pinned guard with an id");
         let out = guardian()
             .arg("unload-token")
             .arg("--key")
             .arg(self.path("operator.pem"))
             .arg("--pub")
             .arg(self.path("operator.pub"))
-            .args(["--boot-id", boot.trim(), "--reason", "test teardown", "-o"])
+            .args(["--boot-id", boot.trim(), "--guard", &guard])
+            .args(["--reason", "test teardown", "-o"])
             .arg(self.path("unload.json"))
             .output()
             .unwrap();

@@ -670,6 +670,9 @@ fn stop_unload_records_the_unload_before_the_programs_go() {
     let pid = agent.0.id();
     let reaped = std::thread::spawn(move || agent.0.wait().map(|s| s.success()));
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let status: Value =
+        serde_json::from_str(&std::fs::read_to_string(b.p("status.json")).unwrap()).unwrap();
+    let guard_id = status["guard_id"].as_str().unwrap().to_owned();
     let out = guardian(&[
         "unload-token",
         "--key",
@@ -678,6 +681,8 @@ fn stop_unload_records_the_unload_before_the_programs_go() {
         &b.s("operator.pub"),
         "--boot-id",
         boot.trim(),
+        "--guard",
+        &guard_id,
         "--reason",
         "records test",
         "-o",

@@ -463,6 +463,22 @@ attack mount-over-parent mount guardian-attack mount-tmpfs /opt
 attack bind-over-model mount guardian-attack bind /tmp/evil.onnx "$MODEL"
 attack ns-mount-over-dir mount guardian-attack ns-mount-tmpfs /opt/models
 attack tree-move-over-dir mount guardian-attack tree-move /tmp /opt/models
+# mount(2) with MS_MOVE onto a protected directory: the destination is a
+# resolved path (sb_mount's mount point), refused like any mount there.
+attack ms-move-over-dir mount guardian-attack ns-ms-move-over /opt/models
+# pivot_root(2) into a forged root (its /opt/models/model.onnx is the
+# attacker's): every protected path lies below the root it moves away.
+attack pivot-root mount guardian-attack pivot-root /tmp/fakeroot
+events_of "$pid" | grep '"event":"mount"' | grep '"hook":"lsm/sb_pivotroot"' | grep -q '"file":"/"'
+check pivot-root-names-root $? "$(events_of "$pid" | head -n 1 | cut -c1-300)"
+# What systemd's sandboxing does: a recursive bind of / pivoted onto
+# itself changes no name, and guardian lets it through. (This guest runs
+# from its initramfs, whose root cannot be pivoted: the kernel itself
+# answers EINVAL after the hook; what matters is that guardian does not
+# refuse it.)
+spawn guardian-attack ns-pivot-self /tmp/selfroot
+! grep -q "Operation not permitted" /tmp/out && ! events_of "$pid" | grep -q '"event":"mount"'
+check pivot-self-allowed $? "exit $rc: $(cat /tmp/out) $(events_of "$pid" | head -n 1 | cut -c1-200)"
 attack umount-under-model mount guardian-attack umount /srv
 attack umount-lazy-under-model mount guardian-attack umount /srv lazy
 # What systemd's ProtectSystem= does in a service's namespace: a directory
@@ -630,20 +646,41 @@ rc=$?
 check unload-needs-token $? "exit $rc: $(head -c 160 /tmp/out)"
 # ... nor with the operator's token for another boot ...
 boot="$(cat /proc/sys/kernel/random/boot_id)"
+guard_id() { sed -n 's/.*"guard_id": "\([0-9a-f]*\)".*/\1/p' /run/guardian/status.json; }
+gid="$(guard_id)"
 guardian unload-token --key /opt/operator/operator.pem --pub /etc/guardian/operator.pub \
-    --boot-id 00000000-0000-0000-0000-000000000000 --reason "wrong boot" -o /tmp/other.json 2>/dev/null
+    --boot-id 00000000-0000-0000-0000-000000000000 --guard "$gid" --reason "wrong boot" -o /tmp/other.json 2>/dev/null
 guardian stop --unload --config /etc/guardian/guardian.toml --token /tmp/other.json >/tmp/out 2>&1
 rc=$?
 [ "$rc" -ne 0 ] && grep -q 'is for boot' /tmp/out && [ "$(ls /sys/fs/bpf/guardian | wc -l)" -eq 1 ]
 check unload-other-boot $? "exit $rc: $(head -c 160 /tmp/out)"
 # ... only with a token for this boot, signed by the operator's key.
 guardian unload-token --key /opt/operator/operator.pem --pub /etc/guardian/operator.pub \
-    --boot-id "$boot" --reason "switch to the detect rung" -o /tmp/unload.json 2>/dev/null
+    --boot-id "$boot" --guard "$gid" --reason "switch to the detect rung" -o /tmp/unload.json 2>/dev/null
 guardian stop --unload --config /etc/guardian/guardian.toml --token /tmp/unload.json >/tmp/out 2>&1
 rc=$?
 [ "$rc" -eq 0 ] && grep -q 'unload authorised' /tmp/out && [ "$(ls /sys/fs/bpf/guardian 2>/dev/null | wc -l)" -eq 0 ] \
     && grep '"action":"unload"' /run/guardian/measurements.log | grep -q 'switch to the detect rung'
 check stop-unload $? "exit $rc: $(grep -o 'unload authorised[^;]*' /tmp/out | cut -c1-120); pins left: $(ls /sys/fs/bpf/guardian 2>/dev/null | wc -l)"
+# One token, one unload: the guard loaded again (same boot, same config,
+# same operator keys) has drawn a new id, and the used token names the
+# one it unloaded.
+start_agent
+gid2="$(guard_id)"
+guardian stop --unload --config /etc/guardian/guardian.toml --token /tmp/unload.json >/tmp/out 2>&1
+rc=$?
+[ "$rc" -ne 0 ] && grep -q "is for guard $gid, but the running guard is $gid2" /tmp/out \
+    && [ -n "$gid2" ] && [ "$gid2" != "$gid" ] && [ "$(ls /sys/fs/bpf/guardian | wc -l)" -eq 1 ] && kill -0 "$agent"
+check unload-token-replay-refused $? "exit $rc: $(head -c 300 /tmp/out)"
+# (A token for the guard now running unloads it: the refusal was the id.)
+guardian unload-token --key /opt/operator/operator.pem --pub /etc/guardian/operator.pub \
+    --boot-id "$boot" --guard "$gid2" --reason "again, for the detect rung" -o /tmp/unload2.json 2>/dev/null
+guardian stop --unload --config /etc/guardian/guardian.toml --token /tmp/unload2.json >/tmp/out 2>&1
+rc=$?
+[ "$rc" -eq 0 ] && [ "$(ls /sys/fs/bpf/guardian 2>/dev/null | wc -l)" -eq 0 ] \
+    && grep '"action":"unload"' /run/guardian/measurements.log | grep -q "token for guard $gid2"
+check unload-fresh-token $? "exit $rc: $(grep -o 'unload authorised[^;]*' /tmp/out | cut -c1-160)"
+wait "$agent" 2>/dev/null
 mkdir -p /opt/detect
 echo "weights" >/opt/detect/model.bin
 EVENTS=/run/guardian/detect-events.jsonl

@@ -66,6 +66,11 @@ pub struct UnloadTokenArgs {
     /// The device's boot id.
     #[arg(long)]
     pub boot_id: String,
+    /// The id of the loaded guard to unload (`guardian status` on the
+    /// device): the token unloads that guard once; the next load of the
+    /// guard has another id.
+    #[arg(long, value_name = "GUARD_ID")]
+    pub guard: String,
     /// How long the token is good for, in seconds (at most a day).
     #[arg(long, default_value_t = 900)]
     pub valid_secs: u64,
@@ -157,14 +162,16 @@ pub fn unload_token(a: UnloadTokenArgs) -> anyhow::Result<ExitCode> {
         &a.key,
         &a.public,
         &a.boot_id,
+        &a.guard,
         a.valid_secs,
         &a.reason,
         &a.output,
     )?;
     eprintln!(
-        "wrote {} and {}: unload permission for boot {}, good for {} s, signed by key {}",
+        "wrote {} and {}: permission to unload guard {} once, in boot {}, good for {} s, signed by key {}",
         a.output.display(),
         w.signature.display(),
+        a.guard,
         a.boot_id,
         w.valid_secs,
         w.fingerprint

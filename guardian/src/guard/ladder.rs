@@ -89,6 +89,7 @@ impl Guard {
             rules: targets.rules,
             forms: 0,
             self_exe: targets.self_exe,
+            root: targets.root,
             // The register layout is read by the fentry programs too;
             // which syscalls the raw tracepoint handles is decided below.
             syscalls: syscall_table(),

@@ -301,6 +301,7 @@ impl Guard {
         let mut cfg = config;
         cfg.rules = targets.rules;
         cfg.self_exe = targets.self_exe;
+        cfg.root = targets.root;
         set_config(&mut g.maps, cfg)?;
         g.config = cfg;
         g.refresh(targets)?;

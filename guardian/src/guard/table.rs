@@ -114,6 +114,7 @@ pub(super) const DEFS: [HookDef; 14] = [
             (prog_names::LSM_SB_MOUNT, "sb_mount"),
             (prog_names::LSM_MOVE_MOUNT, "move_mount"),
             (prog_names::LSM_SB_UMOUNT, "sb_umount"),
+            (prog_names::LSM_SB_PIVOTROOT, "sb_pivotroot"),
         ],
         0,
     ),

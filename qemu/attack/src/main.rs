@@ -35,6 +35,12 @@ fn usage() -> ExitCode {
   umount DIR [lazy]        umount2(2) DIR (MNT_DETACH with lazy)
   ns-mount-tmpfs DIR       unshare(2) a mount namespace, then mount a tmpfs on DIR
   ns-self-bind DIR         unshare(2) a mount namespace, then bind DIR onto itself
+  ns-ms-move-over DIR      unshare(2) a mount namespace, mount a tmpfs on /tmp/ms-move,
+                           then mount(2) it onto DIR with MS_MOVE
+  pivot-root NEWROOT       unshare(2) a mount namespace, mount a tmpfs on NEWROOT with a
+                           forged opt/models/model.onnx in it, pivot_root(2) into it
+  ns-pivot-self DIR        unshare(2) a mount namespace, bind / onto DIR (MS_REC), then
+                           pivot_root(\".\", \".\") there: systemd's sandboxing
   bpf-obj-get PIN          BPF_OBJ_GET on a pinned map or program
   bpf-maps-by-id           BPF_MAP_GET_FD_BY_ID on every map: fails if any refused
   bpf-progs-by-id          BPF_PROG_GET_FD_BY_ID on every program: fails if any refused
@@ -160,6 +166,13 @@ fn mount(src: &str, dst: &str, fstype: &str, flags: u64) -> i64 {
 }
 
 /// A private mount namespace (its mounts do not propagate back).
+/// pivot_root(2) (no libc wrapper).
+fn pivot_root(new_root: &str, put_old: &str) -> ExitCode {
+    let (n, o) = (c(new_root), c(put_old));
+    // SAFETY: NUL-terminated paths that outlive the call.
+    report(unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) })
+}
+
 fn private_ns() -> bool {
     // SAFETY: a plain system call.
     let unshared = unsafe { libc::unshare(libc::CLONE_NEWNS) } == 0;
@@ -328,6 +341,39 @@ fn main() -> ExitCode {
                 return report(-1);
             }
             report(mount(dir, dir, "", libc::MS_BIND | libc::MS_REC))
+        }
+        ["ns-ms-move-over", dir] => {
+            let scratch = "/tmp/ms-move";
+            let _ = std::fs::create_dir_all(scratch);
+            if !private_ns() || mount("tmpfs", scratch, "tmpfs", 0) != 0 {
+                return report(-1);
+            }
+            report(mount(scratch, dir, "", libc::MS_MOVE))
+        }
+        ["pivot-root", new_root] => {
+            let _ = std::fs::create_dir_all(new_root);
+            if !private_ns() || mount("tmpfs", new_root, "tmpfs", 0) != 0 {
+                return report(-1);
+            }
+            let models = format!("{new_root}/opt/models");
+            let put_old = format!("{new_root}/old");
+            let forged = std::fs::create_dir_all(&models)
+                .and_then(|()| std::fs::write(format!("{models}/model.onnx"), "forged weights\n"))
+                .and_then(|()| std::fs::create_dir_all(&put_old));
+            if forged.is_err() {
+                return report(-1);
+            }
+            pivot_root(new_root, &put_old)
+        }
+        ["ns-pivot-self", dir] => {
+            let _ = std::fs::create_dir_all(dir);
+            if !private_ns() || mount("/", dir, "", libc::MS_BIND | libc::MS_REC) != 0 {
+                return report(-1);
+            }
+            if std::env::set_current_dir(dir).is_err() {
+                return report(-1);
+            }
+            pivot_root(".", ".")
         }
         ["bpf-obj-get", pin] => report(obj_get(pin)),
         ["bpf-maps-by-id"] => by_id(BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_FD_BY_ID, "map"),
