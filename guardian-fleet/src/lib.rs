@@ -5,6 +5,7 @@
 //!
 //! | module | what it owns |
 //! |---|---|
+//! | [`sim`] | the device simulator: many devices in one process, each running guardian's real reporter (spool, link), for scale and fault tests |
 //! | [`store`] | the exactly-once rule: per-device summaries, what is new in a batch |
 //! | [`service`] | the JetStream objects, the shared durable consumer, checking batches, storing them, device state in key-value |
 //! | [`lab`] | a lab in one command: a single nats-server with JetStream and MQTT, and the service; the per-device authorization block of a production cluster |
@@ -18,4 +19,5 @@
 pub mod lab;
 pub mod query;
 pub mod service;
+pub mod sim;
 pub mod store;

@@ -65,6 +65,29 @@ enum Cmd {
         #[arg(long, default_value = "nats-server")]
         nats_server: std::path::PathBuf,
     },
+    /// Simulate devices (each running guardian's real reporter: its own
+    /// spool, its own connection), producing events at RATE for DURATION;
+    /// then audit the store: every record once, and the latency.
+    Simulate {
+        /// Devices.
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// Events per second, all devices together.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// How long to produce.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Where the devices' spools go.
+        #[arg(long, default_value = "guardian-sim")]
+        dir: std::path::PathBuf,
+        /// Device id prefix.
+        #[arg(long, default_value = "sim")]
+        prefix: String,
+        /// How long to wait for the spools to drain after producing.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        drain_wait: Duration,
+    },
     /// Every device: last seen, records, alerts, drops, duplicates.
     Status {
         /// JSON instead of a table.
@@ -158,6 +181,72 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = child.kill();
             let _ = child.wait();
             result.context("serving")?;
+        }
+        Cmd::Simulate {
+            devices,
+            rate,
+            duration,
+            dir,
+            prefix,
+            drain_wait,
+        } => {
+            let cfg = guardian_fleet::sim::SimConfig {
+                devices,
+                rate,
+                duration,
+                dir,
+                servers: cli.nats.clone(),
+                prefix: prefix.clone(),
+            };
+            let report = guardian_fleet::sim::run(&cfg, drain_wait)
+                .await
+                .context("simulating")?;
+            // The fleet stores asynchronously: wait until the store holds
+            // what the devices gave (or a minute passes).
+            let client = service::connect(&cli.nats, "guardian-fleet simulate").await?;
+            let js = async_nats::jetstream::new(client);
+            let want: u64 = report.given.iter().map(|g| g.1).sum();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let audit = loop {
+                let a = query::audit(&js).await?;
+                let have: u64 = report
+                    .given
+                    .iter()
+                    .map(|(id, _)| a.stored.get(id).map(|s| s.len() as u64).unwrap_or(0))
+                    .sum();
+                if have >= want || std::time::Instant::now() > deadline {
+                    break a;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            };
+            let mut missing = 0u64;
+            for (id, n) in &report.given {
+                let got = audit.stored.get(id).map(|s| s.len() as u64).unwrap_or(0);
+                missing += n.saturating_sub(got);
+            }
+            let mut lat = audit.latency_ms.clone();
+            lat.sort_unstable();
+            let pct = |p: f64| {
+                lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let out = serde_json::json!({
+                "devices": report.devices, "connected_at_end": report.connected,
+                "submitted": report.submitted, "queue_drops": report.queue_drops,
+                "acked_by_stream": report.acked, "produce_secs": report.produce_secs,
+                "drained_secs": report.drained_secs,
+                "ingest_rate_per_s": report.drained_secs.map(|d| report.acked as f64 / d),
+                "given": want, "stored": want - missing, "missing": missing, "stored_twice": audit.doubled,
+                "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lat.last().copied().unwrap_or(0)},
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            if missing > 0 || audit.doubled > 0 {
+                anyhow::bail!(
+                    "{missing} record(s) missing and {} stored twice",
+                    audit.doubled
+                );
+            }
         }
         Cmd::Status { json } => {
             let client = service::connect(&cli.nats, "guardian-fleet status").await?;

@@ -109,3 +109,54 @@ pub fn table(devices: &[DeviceState], now_ms: u64) -> String {
     }
     out
 }
+
+/// What the store holds, read end to end: per device the sequence numbers
+/// stored (and how many were stored more than once, which must be none),
+/// and each record's latency from the device's append to the fleet's store.
+#[derive(Debug, Default)]
+pub struct Audit {
+    /// Per device: sequence numbers stored (epochs together).
+    pub stored: std::collections::BTreeMap<String, std::collections::BTreeSet<(String, u64)>>,
+    /// Records stored more than once.
+    pub doubled: u64,
+    /// Milliseconds from append (device clock) to store (fleet clock), per
+    /// record; meaningful when both run on one host.
+    pub latency_ms: Vec<u64>,
+}
+
+/// Read the whole store.
+pub async fn audit(js: &jetstream::Context) -> Result<Audit, ServiceError> {
+    let stream = js
+        .get_stream(STORE_STREAM)
+        .await
+        .map_err(|e| err(format!("open stream {STORE_STREAM}"))(e.into()))?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .map_err(|e| err("read the store")(e.into()))?;
+    let mut msgs = consumer
+        .messages()
+        .await
+        .map_err(|e| err("read the store")(e.into()))?;
+    let mut out = Audit::default();
+    loop {
+        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), msgs.next()).await else {
+            break;
+        };
+        let m = m.map_err(|e| err("read the store")(e.into()))?;
+        let pending = m.info().map(|i| i.pending).unwrap_or(0);
+        if let Ok(s) = serde_json::from_slice::<Stored>(&m.payload) {
+            let dev = out.stored.entry(s.device.clone()).or_default();
+            for r in &s.records {
+                if !dev.insert((s.epoch.clone(), r.seq)) {
+                    out.doubled += 1;
+                }
+                out.latency_ms.push(s.stored_ms.saturating_sub(r.time_ms));
+            }
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}

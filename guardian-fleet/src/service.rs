@@ -420,7 +420,20 @@ pub async fn serve(
 ) -> Result<(), ServiceError> {
     let client = connect(&cfg.servers, &format!("guardian-fleet {instance}")).await?;
     let js = jetstream::new(client);
-    ensure(&js, &cfg).await?;
+    // A fleet started with (or before) its cluster waits for JetStream to
+    // elect its leader instead of exiting; it says so while it waits.
+    let mut waited = Duration::ZERO;
+    loop {
+        match ensure(&js, &cfg).await {
+            Ok(()) => break,
+            Err(e) if waited < Duration::from_secs(120) => {
+                log::warn!("JetStream not ready ({e}); retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                waited += Duration::from_secs(1);
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let ingest = js
         .get_stream(INGEST_STREAM)
         .await
