@@ -159,14 +159,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     //    path check and the search for writers, which look at what the
     //    policies protect too.
     daemon.load_policies();
-    // 8. What the guard could not see: where the guarded names lead now
+    // 8. The event sources, before the slow look back below: from here a
+    //    SIGHUP asks for a reload instead of ending the agent (its default
+    //    action), and the kernel's records wait in the ring buffer for the
+    //    loop.
+    let mut sources = daemon.sources(rung_rx)?;
+    // 9. What the guard could not see: where the guarded names lead now
     //    (what the path check compares with), and writers that opened
     //    before the guard (no hook judged their opens or maps). Reported
     //    before readiness, so the first status counts them.
     daemon.look_back();
-    // 9. The event sources, before readiness: a SIGHUP or an event sent
-    //    right after READY=1 must find them.
-    let mut sources = daemon.sources(rung_rx)?;
     // 10. Publishing the status file is the readiness signal (and, under
     //     systemd, READY=1: the inference service is ordered after it).
     daemon.ready()?;
