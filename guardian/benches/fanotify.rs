@@ -63,7 +63,7 @@ fn main() {
     };
 
     let bare = best(5, || opens(&model, n));
-    let (tx, _rx) = std::sync::mpsc::channel();
+    let (tx, _rx) = tokio::sync::mpsc::channel(guardian::daemon::RUNG_QUEUE);
     let guard = FanotifyGuard::start(&targets, tx).unwrap();
     let guarded = best(5, || opens(&model, n));
     let stats = guard.stop();

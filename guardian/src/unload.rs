@@ -287,15 +287,6 @@ fn new_guard_id() -> [u8; GUARD_ID_LEN] {
     id
 }
 
-/// The id of the guard pinned under `pin_dir` (hex), for `guardian
-/// status` and the unload token; empty when no readable record is there.
-pub fn pinned_guard_id(pinned: &Path) -> String {
-    match crate::guard::pinned_auth(pinned) {
-        Ok(Some(a)) => hex::encode(a.guard),
-        _ => String::new(),
-    }
-}
-
 impl Auth {
     /// The map's entries, in order.
     pub fn entries(&self) -> Vec<[u8; 32]> {

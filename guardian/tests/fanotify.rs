@@ -14,13 +14,13 @@ use std::{
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::Path,
     process::{Command, Output},
-    sync::mpsc::{Receiver, channel},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
 mod rungs;
 
-use rungs::Scene;
+use rungs::{Receiver, Scene, channel};
 
 use guardian::{
     events::SecurityEvent,
@@ -47,7 +47,7 @@ fn sh(shell: &Path, script: &str) -> (u32, Output) {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let (tx, rx) = channel();
+    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
     let out = rx
         .recv_timeout(Duration::from_secs(20))
@@ -262,7 +262,7 @@ fn answers_every_open_under_concurrency() {
     let threads = 4;
     let rounds = 250;
     let started = Instant::now();
-    let (done_tx, done_rx) = channel();
+    let (done_tx, done_rx) = mpsc::channel();
     for _ in 0..threads {
         let model = s.model();
         let done = done_tx.clone();

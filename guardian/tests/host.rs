@@ -144,7 +144,7 @@ impl Scene {
         let guard = std::fs::read_dir(self.pin_dir())
             .unwrap()
             .flatten()
-            .map(|e| guardian::unload::pinned_guard_id(&e.path()))
+            .map(|e| guardian::guard::pinned_guard_id(&e.path()))
             .find(|g| !g.is_empty())
             .expect("a pinned guard with an id");
         let out = guardian()

@@ -14,13 +14,12 @@ use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
-    sync::mpsc::{Receiver, channel},
     time::Duration,
 };
 
 mod rungs;
 
-use rungs::Scene;
+use rungs::{Receiver, Scene, channel};
 
 use guardian::{
     events::SecurityEvent,

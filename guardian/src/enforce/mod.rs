@@ -24,7 +24,7 @@
 
 mod coverage;
 
-use std::{path::PathBuf, sync::mpsc::Sender};
+use std::path::PathBuf;
 
 use aya::maps::{MapData, RingBuf};
 
@@ -32,9 +32,8 @@ pub use coverage::{Coverage, Rungs};
 
 use crate::{
     config::ModeRequest,
-    events::SecurityEvent,
     fanotify::{
-        FanotifyError, FanotifyGuard, FanotifyStats,
+        EventSender, FanotifyError, FanotifyGuard, FanotifyStats,
         notify::{self, WatchError, WatchStats, Watcher},
     },
     guard::{Guard, GuardError, KernelHook, StartOptions},
@@ -67,7 +66,8 @@ pub struct Enforcement {
 
 impl Enforcement {
     /// Start every rung for `targets`, strongest first; the userspace
-    /// rungs send what they decide and see to `events`.
+    /// rungs send what they decide and see to `events` (bounded: what it
+    /// cannot take is counted, see [`EventSender`]).
     ///
     /// 1. The guard: the kernel's ladder, hook by hook (it may adopt a
     ///    pinned guard).
@@ -79,7 +79,7 @@ impl Enforcement {
     pub fn start(
         opts: &StartOptions<'_>,
         targets: &Targets,
-        events: &Sender<SecurityEvent>,
+        events: &EventSender,
     ) -> Result<Self, EnforceError> {
         let guard = Guard::start(opts, targets)?;
         let mut rungs = Rungs::default();

@@ -50,6 +50,19 @@ pub use intent::{
 };
 pub use perm::{FanotifyError, FanotifyGuard, FanotifyStats, Grant, Grants, HOOK};
 
+/// Where a rung sends the events it makes: a bounded queue into the
+/// daemon's event loop (no thread between). A rung's thread never waits
+/// on it: the permission rung has an opener waiting for its answer, and a
+/// slow reader must not become a slow `open`. An event the queue cannot
+/// take (full, or the receiver gone) is counted in the rung's
+/// `unreported`, which the status shows.
+pub type EventSender = tokio::sync::mpsc::Sender<SecurityEvent>;
+
+/// Offer `ev` to `events` without waiting; false if it was not taken.
+pub(crate) fn report(events: &EventSender, ev: SecurityEvent) -> bool {
+    events.try_send(ev).is_ok()
+}
+
 pub(crate) fn os_err() -> io::Error {
     io::Error::last_os_error()
 }

@@ -7,7 +7,7 @@
 //! fanotify *notification* group costs unprotected files nothing: guardian
 //! puts an inode mark on each protected file, and only events on those
 //! inodes are ever queued. A reader thread turns each into a
-//! [`SecurityEvent`] with mode `detect`: nothing is stopped, the change has
+//! [`SecurityEvent`](crate::events::SecurityEvent) with mode `detect`: nothing is stopped, the change has
 //! already happened, and the event says who did it.
 //!
 //! | fanotify event | what did it | `event` |
@@ -76,7 +76,6 @@ use std::{
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::Sender,
     },
     thread::JoinHandle,
 };
@@ -86,14 +85,13 @@ use serde::Serialize;
 
 pub use super::change::{FileState, Verdict, attrib_change, judge};
 use super::{
-    Actor, Grants, Intent, Rules,
+    Actor, EventSender, Grants, Intent, Rules,
     change::verdict,
     eventfd,
     fid::{Fid, ParseError, Record, fsid_of, handle_of, parse_records},
-    os_err, owned, read_loop, stop_thread,
+    os_err, owned, read_loop, report, stop_thread,
 };
 use crate::{
-    events::SecurityEvent,
     hooks::{self, Hook, Mode},
     targets::{Targets, inode_key},
 };
@@ -186,7 +184,8 @@ pub struct WatchStats {
     /// Failures: malformed records, an inode that could not be `fstat`ed,
     /// a stopped reader thread.
     pub errors: u64,
-    /// Events the receiver was no longer there to take.
+    /// Events the daemon's queue could not take: it was full (the
+    /// event loop fell behind), or the receiver was gone.
     pub unreported: u64,
     /// The reader thread is running (false after a fatal error or stop).
     pub running: bool,
@@ -463,7 +462,7 @@ impl Watcher {
     ///    `FAN_ATTRIB` is compared with.
     /// 3. Start the reader thread; changes from the first mark to here wait
     ///    in the queue.
-    pub fn start(targets: &Targets, events: Sender<SecurityEvent>) -> Result<Self, WatchError> {
+    pub fn start(targets: &Targets, events: EventSender) -> Result<Self, WatchError> {
         Self::start_with(targets, MASK, None, events)
     }
 
@@ -476,7 +475,7 @@ impl Watcher {
         targets: &Targets,
         mask: u64,
         grants: Option<Arc<Grants>>,
-        events: Sender<SecurityEvent>,
+        events: EventSender,
     ) -> Result<Self, WatchError> {
         let mask = mask & MASK;
         let group = init_group()?;
@@ -608,7 +607,7 @@ struct State {
     rules: Rules,
     /// The permission rung's allowed write-opens, when it runs.
     grants: Option<Arc<Grants>>,
-    events: Sender<SecurityEvent>,
+    events: EventSender,
 }
 
 /// The kinds of change, in the order a record's bits are reported.
@@ -741,7 +740,7 @@ impl State {
             ev.hook = hook.to_owned();
             ev.flags_text = Some(text);
             ev.name = name;
-            if self.events.send(ev).is_err() {
+            if !report(&self.events, ev) {
                 Shared::bump(&s.unreported);
             }
         }

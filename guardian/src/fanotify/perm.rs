@@ -73,7 +73,6 @@ use std::{
     sync::{
         Arc, PoisonError, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::Sender,
     },
     thread::JoinHandle,
 };
@@ -82,9 +81,9 @@ use guardian_common::InodeKey;
 use serde::Serialize;
 
 use super::{
-    Actor, Judgement, Rules, eventfd,
+    Actor, EventSender, Judgement, Rules, eventfd,
     intent::{Intent, NATIVE, opener_intent},
-    os_err, owned, read_loop, stop_thread,
+    os_err, owned, read_loop, report, stop_thread,
 };
 use crate::{
     events::{SecurityEvent, flags_text},
@@ -155,7 +154,8 @@ pub struct FanotifyStats {
     /// Failures: unreadable events, answers the kernel refused, queue
     /// overflows, a stopped decision thread.
     pub errors: u64,
-    /// Events the receiver was no longer there to take.
+    /// Events the daemon's queue could not take: it was full (the
+    /// event loop fell behind), or the receiver was gone.
     pub unreported: u64,
     /// The decision thread is running (false after a fatal error or stop).
     pub running: bool,
@@ -412,7 +412,7 @@ impl FanotifyGuard {
     ///    start, naming it; the marks already placed go with the group.
     /// 4. Start the decision thread; from the first mark to here, opens of
     ///    marked files wait in the queue, and are answered once it runs.
-    pub fn start(targets: &Targets, events: Sender<SecurityEvent>) -> Result<Self, FanotifyError> {
+    pub fn start(targets: &Targets, events: EventSender) -> Result<Self, FanotifyError> {
         if NATIVE.is_empty() {
             return Err(FanotifyError::Unavailable(format!(
                 "no system call tables for {} to learn open flags from",
@@ -628,7 +628,7 @@ struct Worker {
     wake: Arc<OwnedFd>,
     shared: Arc<Shared>,
     decider: Arc<RwLock<Arc<Decider>>>,
-    events: Sender<SecurityEvent>,
+    events: EventSender,
 }
 
 const META_LEN: usize = size_of::<libc::fanotify_event_metadata>();
@@ -743,7 +743,7 @@ impl Worker {
         }
         drop(file);
         if let Some(ev) = ev
-            && self.events.send(ev).is_err()
+            && !report(&self.events, ev)
         {
             Shared::bump(&s.unreported);
         }

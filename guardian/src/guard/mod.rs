@@ -84,7 +84,7 @@ pub use crate::{
     targets::{MAX_EXEC, MAX_PROTECTED, MAX_WRITERS, Targets, inode_key},
 };
 pub use attach::cgroup2_root;
-pub use pins::{pinned_auth, remove_pins};
+pub use pins::{pinned_auth, pinned_guard_id, remove_pins};
 
 use maps::{Written, diff_hash, fill_tables, set_config};
 

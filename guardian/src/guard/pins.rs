@@ -309,3 +309,12 @@ impl Guard {
         Ok(g)
     }
 }
+
+/// The id of the guard pinned under `pinned` (hex), for `guardian status`
+/// and the unload token; empty when no readable record is there.
+pub fn pinned_guard_id(pinned: &Path) -> String {
+    match pinned_auth(pinned) {
+        Ok(Some(a)) => hex::encode(a.guard),
+        _ => String::new(),
+    }
+}

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::{
     FailMode, Limits, Measurer, Outcome, PolicyInfo, PolicySet, Runtime, StaticRules,
-    event::{EventError, JsonEvent},
+    event::{EventError, EventFields, JsonEvent},
     module::CallError,
     set::LoadError,
 };
@@ -271,6 +271,14 @@ impl PolicyEngine {
 
     /// Judge one JSON event (as `guardian run` prints them).
     pub fn evaluate_json(&self, event: &JsonEvent) -> Result<Outcome, EventError> {
+        self.evaluate_fields(&event.fields())
+    }
+
+    /// Judge one event from its fields (the daemon's events, which are
+    /// never parsed back from JSON). A failed policy is counted and logged
+    /// here, once; an event that does not convert is counted as a bad
+    /// event.
+    pub fn evaluate_fields(&self, event: &EventFields<'_>) -> Result<Outcome, EventError> {
         match event.to_abi() {
             Ok(e) => Ok(self.evaluate(&e)),
             Err(err) => {

@@ -100,9 +100,34 @@ pub enum DevField {
 }
 
 impl DevField {
-    fn parse(&self, field: &'static str) -> Result<Dev, EventError> {
+    /// The number, borrowed.
+    pub fn as_ref(&self) -> DevRef<'_> {
         match self {
-            DevField::Text(s) => {
+            DevField::Text(s) => DevRef::Text(s),
+            DevField::Number(n) => DevRef::Number(*n),
+        }
+    }
+
+    /// The number as the ABI carries it; `field` names it in the error.
+    pub fn parse(&self, field: &'static str) -> Result<Dev, EventError> {
+        self.as_ref().parse(field)
+    }
+}
+
+/// A [`DevField`], borrowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DevRef<'a> {
+    /// `"8:1"`.
+    Text(&'a str),
+    /// A `dev_t` in the kernel's `new_encode_dev` form.
+    Number(u64),
+}
+
+impl DevRef<'_> {
+    /// The number as the ABI carries it; `field` names it in the error.
+    pub fn parse(self, field: &'static str) -> Result<Dev, EventError> {
+        match self {
+            DevRef::Text(s) => {
                 let bad = || EventError::Field {
                     field,
                     problem: format!("{s:?} is not major:minor"),
@@ -114,7 +139,7 @@ impl DevField {
                 })
             }
             // include/linux/kdev_t.h new_decode_dev.
-            DevField::Number(n) => Ok(Dev {
+            DevRef::Number(n) => Ok(Dev {
                 major: ((n & 0xfff00) >> 8) as u32,
                 minor: ((n & 0xff) | ((n >> 12) & 0xfff00)) as u32,
             }),
@@ -155,10 +180,113 @@ impl JsonEvent {
         serde_json::from_str(line).map_err(|e| EventError::Json(e.to_string()))
     }
 
+    /// Its fields, borrowed.
+    pub fn fields(&self) -> EventFields<'_> {
+        EventFields {
+            time: &self.time,
+            event: &self.event,
+            verdict: &self.verdict,
+            mode: &self.mode,
+            hook: &self.hook,
+            pid: self.pid,
+            tid: self.tid,
+            ppid: self.ppid,
+            uid: self.uid,
+            gid: self.gid,
+            exe: self.exe.as_deref(),
+            exe_dev: self.exe_dev.as_ref().map(DevField::as_ref),
+            exe_ino: self.exe_ino,
+            comm: &self.comm,
+            service: self.service,
+            file: self.file.as_deref(),
+            dev: self.dev.as_ref().map(DevField::as_ref),
+            ino: self.ino,
+            flags: self.flags,
+            flags_text: self.flags_text.as_deref(),
+            path: self.path.as_deref(),
+            env: self.env.as_deref(),
+            target_pid: self.target_pid,
+            target_exe: self.target_exe.as_deref(),
+            family: self.family.as_deref(),
+            addr: self.addr.as_deref(),
+            port: self.port,
+        }
+    }
+
     /// The ABI event, borrowing the strings.
     pub fn to_abi(&self) -> Result<Event<'_>, EventError> {
-        let kind = Kind::from_name(&self.event);
-        let kernel = match self.verdict.as_str() {
+        self.fields().to_abi()
+    }
+}
+
+/// The fields of a JSON event line, borrowed from whatever holds them: a
+/// parsed [`JsonEvent`], or the agent's own event before it is ever
+/// written as JSON (the daemon judges each event from its fields, without
+/// a round trip through JSON). The same fields give the same ABI event
+/// and the same errors either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventFields<'a> {
+    /// RFC 3339 time.
+    pub time: &'a str,
+    /// The kind (`file_write_open`, `exec`, …).
+    pub event: &'a str,
+    /// What the kernel did: `deny`, `allow` or `alert`.
+    pub verdict: &'a str,
+    /// `enforce` or `detect`.
+    pub mode: &'a str,
+    /// The kernel hook.
+    pub hook: &'a str,
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Parent process id.
+    pub ppid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Executable, if known.
+    pub exe: Option<&'a str>,
+    /// Executable's device.
+    pub exe_dev: Option<DevRef<'a>>,
+    /// Executable's inode.
+    pub exe_ino: u64,
+    /// Command name.
+    pub comm: &'a str,
+    /// Whether the process is the inference service.
+    pub service: bool,
+    /// File events: the path.
+    pub file: Option<&'a str>,
+    /// File events: the device.
+    pub dev: Option<DevRef<'a>>,
+    /// File events: the inode.
+    pub ino: Option<u64>,
+    /// File events: flags.
+    pub flags: Option<u32>,
+    /// File events: flags in words.
+    pub flags_text: Option<&'a str>,
+    /// exec, exec_preload, library_load: the binary or library.
+    pub path: Option<&'a str>,
+    /// exec_preload: the variable.
+    pub env: Option<&'a str>,
+    /// ptrace: the target.
+    pub target_pid: Option<u32>,
+    /// ptrace: the target's executable.
+    pub target_exe: Option<&'a str>,
+    /// connect: `ipv4` or `ipv6`.
+    pub family: Option<&'a str>,
+    /// connect: the address.
+    pub addr: Option<&'a str>,
+    /// connect: the port.
+    pub port: Option<u16>,
+}
+
+impl<'a> EventFields<'a> {
+    /// The ABI event, borrowing the strings.
+    pub fn to_abi(&self) -> Result<Event<'a>, EventError> {
+        let kind = Kind::from_name(self.event);
+        let kernel = match self.verdict {
             "allow" => KernelVerdict::Allow,
             "alert" => KernelVerdict::Alert,
             "deny" => KernelVerdict::Deny,
@@ -169,7 +297,7 @@ impl JsonEvent {
                 });
             }
         };
-        let mode = match self.mode.as_str() {
+        let mode = match self.mode {
             "enforce" => Mode::Enforce,
             "detect" => Mode::Detect,
             other => {
@@ -179,7 +307,7 @@ impl JsonEvent {
                 });
             }
         };
-        let time_ns = humantime::parse_rfc3339_weak(&self.time)
+        let time_ns = humantime::parse_rfc3339_weak(self.time)
             .map_err(|e| EventError::Field {
                 field: "time",
                 problem: format!("{:?}: {e}", self.time),
@@ -187,31 +315,31 @@ impl JsonEvent {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
             .unwrap_or(0);
-        let k = self.event.as_str();
+        let k = self.event;
         let detail = match kind {
             k2 if k2.is_file() => Detail::File {
-                path: need(self.file.as_deref(), "file", k)?.as_bytes(),
-                dev: match &self.dev {
+                path: need(self.file, "file", k)?.as_bytes(),
+                dev: match self.dev {
                     Some(d) => d.parse("dev")?,
                     None => Dev::default(),
                 },
                 ino: self.ino.unwrap_or(0),
                 flags: self.flags.unwrap_or(0),
-                flags_text: self.flags_text.as_deref().unwrap_or("").as_bytes(),
+                flags_text: self.flags_text.unwrap_or("").as_bytes(),
             },
             Kind::Exec | Kind::ExecPreload => Detail::Exec {
-                path: need(self.path.as_deref(), "path", k)?.as_bytes(),
-                env: self.env.as_deref().map(str::as_bytes),
+                path: need(self.path, "path", k)?.as_bytes(),
+                env: self.env.map(str::as_bytes),
             },
             Kind::LibraryLoad => Detail::Library {
-                path: need(self.path.as_deref(), "path", k)?.as_bytes(),
+                path: need(self.path, "path", k)?.as_bytes(),
             },
             Kind::Ptrace => Detail::Ptrace {
                 target_pid: *need(self.target_pid.as_ref(), "target_pid", k)?,
-                target_exe: self.target_exe.as_deref().map(str::as_bytes),
+                target_exe: self.target_exe.map(str::as_bytes),
             },
             Kind::Connect => {
-                let text = need(self.addr.as_deref(), "addr", k)?;
+                let text = need(self.addr, "addr", k)?;
                 let ip: std::net::IpAddr = text.parse().map_err(|_| EventError::Field {
                     field: "addr",
                     problem: format!("{text:?} is not an IP address"),
@@ -220,7 +348,7 @@ impl JsonEvent {
                     std::net::IpAddr::V4(a) => IpAddr::V4(a.octets()),
                     std::net::IpAddr::V6(a) => IpAddr::V6(a.octets()),
                 };
-                if let Some(f) = &self.family {
+                if let Some(f) = self.family {
                     let expected = if ip.is_ipv4() { "ipv4" } else { "ipv6" };
                     if f != expected {
                         return Err(EventError::Field {
@@ -247,8 +375,8 @@ impl JsonEvent {
             ppid: self.ppid,
             uid: self.uid,
             gid: self.gid,
-            exe: self.exe.as_deref().map(str::as_bytes),
-            exe_dev: match &self.exe_dev {
+            exe: self.exe.map(str::as_bytes),
+            exe_dev: match self.exe_dev {
                 Some(d) => d.parse("exe_dev")?,
                 None => Dev::default(),
             },

@@ -10,7 +10,7 @@
 //! | [`set`] | signed bundles, a set of policies, deny-overrides, merged static rules |
 //! | [`engine`] | [`PolicyEngine`]: the set in force, atomic hot swap, counters |
 //! | [`measure`] | what a policy load records in the evidence (the daemon's attestor writes it) |
-//! | [`event`] | the JSON events of `guardian run` → ABI events |
+//! | [`event`] | the JSON events of `guardian run` → ABI events (the daemon's own events by their fields, with no JSON between) |
 //! | [`config`] | the `[policy]` section |
 //! | [`tools`] | what `guardian policy sign/inspect/test` do |
 //!
@@ -35,7 +35,7 @@ pub mod tools;
 
 pub use crate::config::{FailModeSetting, PolicyConfig};
 pub use engine::{PolicyEngine, PolicySettings, PolicyStats, ReloadReport};
-pub use event::{EventError, JsonEvent};
+pub use event::{DevRef, EventError, EventFields, JsonEvent};
 pub use guardian_policy_abi::{Actions, Decision, Event, Verdict};
 pub use measure::{MeasureError, Measurer};
 pub use module::{CallError, Limits, ModuleError, Runtime};

@@ -1,0 +1,401 @@
+//! The running daemon: what it holds between wake-ups, the event loop, and
+//! what each wake-up does. One task owns all of it; the parts with threads
+//! of their own (the attestor, the fanotify rungs, a policy reload) are
+//! told over bounded queues or awaited, never shared.
+
+use std::{future::Future, path::Path, sync::Arc, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::mpsc::Receiver,
+    task::JoinHandle,
+};
+
+use super::{
+    RunError,
+    counters::AgentCounters,
+    output::Outputs,
+    policies::{self, PolicyState},
+    snapshot::{Parts, Publisher},
+};
+use crate::{
+    config::Config,
+    enforce::Enforcement,
+    events::{Decoder, SecurityEvent},
+    fanotify,
+    hooks::{Mode, Verdict},
+    kernel::KernelFeatures,
+    pathcheck::PathCheck,
+    policy::{self, PolicyEngine},
+    prescan, systemd,
+    targets::Targets,
+};
+
+/// A policy reload running on a blocking thread.
+type Reload = JoinHandle<Result<policy::ReloadReport, policy::LoadError>>;
+
+/// Where events and commands come from while the daemon runs.
+pub(super) struct Sources {
+    /// The kernel's ring buffer, woken by epoll.
+    ring: AsyncFd<RingBuf<MapData>>,
+    /// The userspace rungs' events.
+    rungs: Receiver<SecurityEvent>,
+    /// SIGHUP: reload the policies.
+    hup: tokio::signal::unix::Signal,
+}
+
+/// Everything the daemon holds while it runs.
+pub(super) struct Daemon {
+    config: Config,
+    features: KernelFeatures,
+    targets: Targets,
+    enforcement: Enforcement,
+    decoder: Decoder,
+    engine: Arc<PolicyEngine>,
+    pstate: PolicyState,
+    /// Where the guarded names led when last looked at.
+    paths: PathCheck,
+    out: Outputs,
+    counters: AgentCounters,
+    publisher: Publisher,
+    reloading: Option<Reload>,
+    notify: systemd::Notifier,
+    /// The raw syscall tracepoint reports write-opens already.
+    opens_traced: bool,
+}
+
+impl Daemon {
+    /// The daemon over started rungs, with no policy loaded yet.
+    pub(super) fn new(
+        config: Config,
+        features: KernelFeatures,
+        targets: Targets,
+        enforcement: Enforcement,
+        out: Outputs,
+    ) -> Self {
+        let engine = Arc::new(PolicyEngine::new(
+            policy::PolicySettings::from_config(&config, enforcement.mode() == Mode::Enforce),
+            Box::new(out.attestor().measurer()),
+        ));
+        Self {
+            decoder: Decoder::new(enforcement.mode(), &targets),
+            opens_traced: enforcement.opens_traced(),
+            publisher: Publisher::new(&config.measure.log),
+            config,
+            features,
+            targets,
+            enforcement,
+            engine,
+            pstate: PolicyState::default(),
+            paths: PathCheck::default(),
+            out,
+            counters: AgentCounters::default(),
+            reloading: None,
+            notify: systemd::Notifier::from_env(),
+        }
+    }
+
+    /// Load the signed set in the policy directory and put its static
+    /// rules in force, if there is a directory.
+    pub(super) fn load_policies(&mut self) {
+        if self.config.policy.dir.is_dir() {
+            let result = self.engine.reload();
+            self.apply(result);
+        } else {
+            log::info!(
+                "no policy directory {}: no policies; the kernel tables come from the config alone",
+                self.config.policy.dir.display()
+            );
+        }
+        self.pstate.fingerprint = policies::fingerprint(&self.config.policy.dir);
+    }
+
+    /// Take where the guarded names lead now, and report the writers that
+    /// hold protected files from before the guard.
+    pub(super) fn look_back(&mut self) {
+        self.paths = PathCheck::new(&self.targets);
+        let proc = Path::new("/proc");
+        let found = prescan::search(proc, &self.targets, std::process::id());
+        self.counters.prewriters = found.len() as u64;
+        for f in found {
+            log::error!(
+                "pid {} already holds {} on {}: opened before the guard started",
+                f.pid,
+                f.what,
+                f.file.display()
+            );
+            self.handle(f.event(proc));
+        }
+        self.out.flush(&mut self.counters);
+    }
+
+    /// Open the event sources: SIGHUP, the kernel's ring buffer, the
+    /// userspace rungs' queue.
+    pub(super) fn sources(&mut self, rungs: Receiver<SecurityEvent>) -> Result<Sources, RunError> {
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(RunError::Events)?;
+        let ring = self.enforcement.take_events()?;
+        // SAFETY: the ring buffer owns its map fd and keeps it open,
+        // unchanged, for as long as the AsyncFd owns the ring buffer.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| RunError::Events(e.into()))?;
+        Ok(Sources { ring, rungs, hup })
+    }
+
+    /// Publish the first status and tell systemd.
+    pub(super) fn ready(&mut self) -> Result<(), RunError> {
+        self.publisher.started();
+        self.publish()?;
+        self.notify.ready(&format!(
+            "{}: {}",
+            self.enforcement.mode(),
+            self.enforcement.coverage().reason
+        ));
+        log::info!(
+            "ready; events to {}, status in {}",
+            if self.config.events.output == "-" {
+                "stdout"
+            } else {
+                &self.config.events.output
+            },
+            self.config.status.path.display()
+        );
+        Ok(())
+    }
+
+    /// The event loop, until `shutdown` completes.
+    pub(super) async fn serve(
+        &mut self,
+        src: &mut Sources,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RunError> {
+        let mut dog = tokio::time::interval(
+            self.notify
+                .ping_every()
+                .unwrap_or(Duration::from_secs(3600)),
+        );
+        // Counters are refreshed on a timer, and shortly after events
+        // arrive (at most every 200 ms, so a flood does not turn into a
+        // flood of status writes).
+        let mut tick = tokio::time::interval(Duration::from_secs(self.config.status.interval_secs));
+        let mut soon = tokio::time::interval(Duration::from_millis(200));
+        let mut dirty = false;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                ready = src.ring.readable_mut() => {
+                    let mut ready = ready.map_err(RunError::Events)?;
+                    dirty |= self.drain(ready.get_inner_mut()) > 0;
+                    ready.clear_ready();
+                }
+                Some(ev) = src.rungs.recv() => dirty |= self.rung_event(ev),
+                _ = src.hup.recv() => {
+                    log::info!("SIGHUP: reloading the policies from {}", self.config.policy.dir.display());
+                    self.start_reload();
+                }
+                done = async {
+                    match self.reloading.as_mut() {
+                        Some(h) => h.await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.reloading.is_some() => {
+                    self.reloading = None;
+                    self.reloaded(done)?;
+                }
+                _ = tick.tick() => {
+                    self.on_tick()?;
+                    dirty = false;
+                }
+                _ = dog.tick(), if self.notify.ping_every().is_some() => self.feed_watchdog(),
+                _ = soon.tick(), if dirty => {
+                    self.publish()?;
+                    dirty = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The last events, then stop every part and withdraw the status.
+    pub(super) fn stop(mut self, src: &mut Sources) {
+        self.notify.stopping();
+        self.drain(src.ring.get_mut());
+        let mode = self.enforcement.mode();
+        let pinned = self.enforcement.stop();
+        self.out.guard(
+            if pinned.is_some() { "stop" } else { "unload" },
+            mode,
+            match &pinned {
+                Some(p) => format!(
+                    "the agent stopped; its kernel programs stay attached, pinned in {}",
+                    p.display()
+                ),
+                None => "the agent stopped; its kernel programs are detached".to_owned(),
+            },
+        );
+        self.out.stop();
+        let _ = std::fs::remove_file(&self.config.status.path);
+        match &pinned {
+            Some(p) => log::info!(
+                "stopped; the kernel programs stay attached (pinned in {}); `guardian stop --unload` removes them",
+                p.display()
+            ),
+            None => log::info!("stopped; the kernel programs are detached"),
+        }
+    }
+
+    /// One event: judged, answered, written (see `event.rs`).
+    fn handle(&mut self, ev: SecurityEvent) {
+        super::event::handle(
+            ev,
+            &self.engine,
+            self.config.guard.response,
+            &mut self.out,
+            &mut self.counters,
+        );
+    }
+
+    /// Handle every record waiting in the ring buffer; returns how many.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            n += 1;
+            match self.decoder.decode(&item) {
+                Ok(ev) => self.handle(ev),
+                Err(e) => {
+                    self.counters.undecodable += 1;
+                    log::error!("{e}");
+                }
+            }
+        }
+        // The batch goes out in one write.
+        self.out.flush(&mut self.counters);
+        n
+    }
+
+    /// One event of a userspace rung; true if it was handled.
+    fn rung_event(&mut self, ev: SecurityEvent) -> bool {
+        // With syscall_detect, the raw tracepoint reports allowed
+        // write-opens already.
+        if ev.verdict == Verdict::Allow && ev.hook == fanotify::HOOK && self.opens_traced {
+            return false;
+        }
+        self.handle(ev);
+        self.out.flush(&mut self.counters);
+        true
+    }
+
+    /// Reload the policies on a blocking thread, unless one is running.
+    fn start_reload(&mut self) {
+        if self.reloading.is_none() {
+            let e = Arc::clone(&self.engine);
+            self.reloading = Some(tokio::task::spawn_blocking(move || e.reload()));
+        }
+    }
+
+    /// A reload finished: its set in force, then the names it guards.
+    fn reloaded(
+        &mut self,
+        done: Result<Result<policy::ReloadReport, policy::LoadError>, tokio::task::JoinError>,
+    ) -> Result<(), RunError> {
+        match done {
+            Ok(result) => {
+                self.apply(result);
+                // The policies may guard more paths: report what changed
+                // so far, then watch the new set.
+                for ev in self.paths.check() {
+                    self.counters.path_changes += u64::from(ev.verdict == Verdict::Alert);
+                    self.handle(ev);
+                }
+                self.out.flush(&mut self.counters);
+                self.paths = PathCheck::new(&self.targets);
+            }
+            Err(e) => log::error!("policies: the reload task failed: {e}"),
+        }
+        self.publish()
+    }
+
+    /// Put a reload's result in force (see [`PolicyState::apply`]).
+    fn apply(&mut self, result: Result<policy::ReloadReport, policy::LoadError>) {
+        self.pstate.apply(
+            result,
+            &self.config,
+            &mut self.enforcement,
+            &mut self.targets,
+            &mut self.decoder,
+        );
+    }
+
+    /// The status timer: what can only be looked at, looked at again;
+    /// then the status.
+    fn on_tick(&mut self) -> Result<(), RunError> {
+        // The names still lead where they did?
+        for ev in self.paths.check() {
+            self.counters.path_changes += u64::from(ev.verdict == Verdict::Alert);
+            log::error!(
+                "{}: {}",
+                ev.file.as_deref().unwrap_or("?"),
+                ev.name.as_deref().unwrap_or("")
+            );
+            self.handle(ev);
+            self.out.flush(&mut self.counters);
+        }
+        // The kernel's tables still hold what guardian wrote?
+        match self.enforcement.check_tables(&self.targets) {
+            Ok(diffs) if !diffs.is_empty() => {
+                self.counters.tables_tampered += diffs.len() as u64;
+                for d in &diffs {
+                    log::error!("guard tables changed behind guardian's back, put back: {d}");
+                }
+                self.out
+                    .guard("tables", self.enforcement.mode(), diffs.join("; "));
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot check the guard's tables: {e}"),
+        }
+        // A change in the policy directory is a reload too.
+        let fp = policies::fingerprint(&self.config.policy.dir);
+        if fp != self.pstate.fingerprint && self.reloading.is_none() {
+            log::info!(
+                "the policy directory {} changed: reloading",
+                self.config.policy.dir.display()
+            );
+            self.pstate.fingerprint = fp;
+            self.start_reload();
+        }
+        self.publish()
+    }
+
+    /// Feed systemd's watchdog, if every part that answers the kernel is
+    /// alive.
+    fn feed_watchdog(&self) {
+        if self.enforcement.alive() {
+            self.notify.ping();
+        } else {
+            log::error!(
+                "the fanotify decision thread has stopped: the watchdog is no longer fed, so systemd restarts the agent"
+            );
+        }
+    }
+
+    /// Take a status snapshot, put what it shows of lost evidence into the
+    /// evidence, and hand it to the outputs.
+    fn publish(&mut self) -> Result<(), RunError> {
+        let st = self.publisher.snapshot(Parts {
+            config: &self.config,
+            features: &self.features,
+            targets: &self.targets,
+            enforcement: &self.enforcement,
+            agent: &self.counters,
+            attest: &self.out.attestor().stats(),
+            policies: &self.engine.stats(),
+            pstate: &self.pstate,
+        });
+        self.publisher
+            .evidence(&st, self.enforcement.mode(), &self.out);
+        self.out.status(&st)?;
+        Ok(())
+    }
+}
