@@ -34,7 +34,7 @@ max_connections: 100000
 jetstream { store_dir: "$work/n$i" }
 cluster { name: guardian-scale, listen: 127.0.0.1:$cport, routes: [$(echo $routes | sed 's/ /, /g')] }
 CONF
-    "$nats" -c "$work/n$i.conf" -l "$work/n$i.log" &
+    "$nats" -c "$work/n$i.conf" -l "$work/n$i.log" </dev/null >/dev/null 2>&1 &
     pids+=($!)
     urls+=("nats://127.0.0.1:$port")
 done
@@ -43,10 +43,10 @@ for u in "${urls[@]}"; do
     p="${u##*:}"
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
 done
-RUST_LOG=warn "$bin" --nats "$all" serve --replicas 3 --instance scale-1 2>"$work/fleet.log" &
+RUST_LOG=warn "$bin" --nats "$all" serve --replicas 3 --instance scale-1 </dev/null >/dev/null 2>"$work/fleet.log" &
 pids+=($!)
 # Ready when the fleet has made its streams (status reads its bucket).
 for _ in $(seq 120); do "$bin" --nats "$all" status >/dev/null 2>&1 && break; sleep 1; done
 echo "== $devices devices, $rate events/s for $secs s, 3 nodes R3 ==" >&2
-RUST_LOG=warn "$bin" --nats "$all" simulate --devices "$devices" --rate "$rate" --duration "${secs}s" \
+RUST_LOG=error "$bin" --nats "$all" simulate --devices "$devices" --rate "$rate" --duration "${secs}s" \
     --dir "$work/spools" --drain-wait 300s

@@ -174,8 +174,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let cfg = service::ServiceConfig::new(vec![url]);
             let counters = Arc::new(service::Counters::default());
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
+            // Ctrl-C or SIGTERM: the lab's nats-server goes with it.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("installing the SIGTERM handler")?;
+            let shutdown = async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
             };
             let result = service::serve(cfg, "lab", counters, shutdown).await;
             let _ = child.kill();

@@ -95,7 +95,7 @@ pub async fn run(cfg: &SimConfig, drain_wait: Duration) -> std::io::Result<SimRe
             let (id, r) = &devices[next % devices.len()];
             next += 1;
             n += 1;
-            let (class, verdict) = if n % 10 == 0 {
+            let (class, verdict) = if n.is_multiple_of(10) {
                 (Class::Alert, "deny")
             } else {
                 (Class::Event, "allow")

@@ -126,8 +126,24 @@ async fn the_lab_starts_in_one_command_and_shows_a_reporting_device() {
         .unwrap();
     assert_eq!(String::from_utf8(ev.stdout).unwrap().lines().count(), 50);
     r.shutdown().await;
-    let _ = lab.kill();
-    let _ = lab.wait();
+    // SIGTERM: the lab stops its nats-server too.
+    let ok = Command::new("kill")
+        .args(["-TERM", &lab.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the lab did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let conf = tmp.path().join("lab").join("nats.conf");
+    let left = Command::new("pgrep")
+        .arg("-f")
+        .arg(conf.display().to_string())
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "the lab's nats-server outlived it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

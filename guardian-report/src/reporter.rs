@@ -86,7 +86,7 @@ impl LinkConfig {
 }
 
 /// The link's state, as `guardian status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkState {
     /// Trying to connect.
@@ -100,7 +100,7 @@ pub enum LinkState {
 }
 
 /// What the link has done.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LinkStatus {
     /// The state now.
     pub state: LinkState,
@@ -127,7 +127,7 @@ pub struct LinkStatus {
 }
 
 /// The spool and the link together.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ReportStatus {
     /// The device id.
     pub device: String,

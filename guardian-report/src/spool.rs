@@ -184,7 +184,7 @@ const SPAN_JSON: usize = 100;
 
 /// Counters since the spool was created (kept across restarts only as far
 /// as the drop records on disk and at the fleet tell them; in memory here).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpoolStats {
     /// Records waiting for an acknowledgement.
     pub depth: u64,

@@ -243,6 +243,9 @@ pub struct Status {
     /// bundle reports of it.
     #[serde(default)]
     pub attestor: Option<AgentState>,
+    /// The fleet link: the spool and the broker (`None`: reporting off).
+    #[serde(default)]
+    pub report: Option<guardian_report::ReportStatus>,
 }
 
 /// Errors reading or writing the status file.
@@ -404,6 +407,41 @@ impl Status {
         for (k, v) in &self.counters {
             s += &format!("  {k:<22} {v}\n");
         }
+        match &self.report {
+            None => s += "report: off (no [report] servers: events stay on this board)\n",
+            Some(r) => {
+                let l = &r.link;
+                s += &format!(
+                    "report: device {} -> {} {:?}{}\n",
+                    r.device,
+                    l.server.as_deref().unwrap_or("-"),
+                    l.state,
+                    l.last_error
+                        .as_ref()
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                );
+                let sp = &r.spool;
+                let dropped: u64 = sp.dropped.iter().sum();
+                s += &format!(
+                    "  spool    {} record(s) waiting, {} of {} bytes, oldest seq {}, next seq {}, dropped {} (+{} queue), torn {} bytes\n",
+                    sp.depth,
+                    sp.bytes,
+                    sp.max_bytes,
+                    sp.oldest_seq
+                        .map(|q| q.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    sp.next_seq,
+                    dropped,
+                    l.queue_drops,
+                    sp.torn_bytes
+                );
+                s += &format!(
+                    "  sent     {} batch(es), {} record(s) acknowledged, {} duplicate batch(es), {} reconnect(s)\n",
+                    l.batches_sent, l.records_acked, l.duplicates, l.reconnects
+                );
+            }
+        }
         if self.warnings.is_empty() {
             s += "warnings: none\n";
         } else {
@@ -463,6 +501,7 @@ mod tests {
             counters: BTreeMap::from([("ringbuf_drops".into(), 3)]),
             warnings: vec!["detect-only".into()],
             attestor: None,
+            report: None,
         }
     }
 

@@ -1722,3 +1722,170 @@ fn a_policy_reload_reaches_the_fanotify_rungs() {
     assert_eq!(ev["hook"], "fanotify/attrib", "{ev:#}");
     agent.stop();
 }
+
+/// nats-server for the fleet link tests (cross/setup.sh installs it).
+fn nats_server() -> PathBuf {
+    if let Ok(p) = std::env::var("GUARDIAN_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(&std::env::var("HOME").unwrap_or_default())
+        .join(".cache/guardian/nats-venv/bin/nats-server");
+    assert!(
+        venv.exists(),
+        "nats-server NOT FOUND: run cross/setup.sh or set GUARDIAN_NATS_SERVER"
+    );
+    venv
+}
+
+fn start_nats(port: u16, store: &Path) -> KillOnDrop {
+    let child = Command::new(nats_server())
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(10, "nats-server listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    KillOnDrop(child)
+}
+
+/// The fleet link with the real agent: a denied tamper attempt reaches the
+/// fleet's store through a real nats-server and guardian-fleet, with the
+/// agent's status summaries; with the broker killed the next attempt waits
+/// in the spool (status says disconnected, depth > 0) and arrives when the
+/// broker is back.
+#[test]
+fn the_agent_reports_to_the_fleet_through_an_outage() {
+    let _k = exclusive();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let js_dir = tempfile::tempdir().unwrap();
+    let mut nats = start_nats(port, js_dir.path());
+    let url = format!("nats://127.0.0.1:{port}");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let fleet = rt.spawn(guardian_fleet::service::serve(
+        guardian_fleet::service::ServiceConfig::new(vec![url.clone()]),
+        "host-test",
+        std::sync::Arc::new(guardian_fleet::service::Counters::default()),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let spool_probe = tempfile::tempdir().unwrap();
+    let spool = spool_probe.path().join("spool");
+    let scene = Scene::with(
+        "auto",
+        &[],
+        &format!(
+            "\n[report]\nservers = [{url:?}]\ndevice_id = \"host-board\"\nspool_dir = {:?}\nfsync = \"always\"\nstatus_interval_secs = 1\n",
+            spool.display().to_string()
+        ),
+    );
+    let agent = Agent::start(&scene);
+    let tamper = |text: &str| {
+        let out = Command::new("/bin/sh")
+            .args(["-c", &format!("echo {text} >> {}", scene.model().display())])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the write went through");
+    };
+    let stored = |want: &dyn Fn(&[Value]) -> bool| -> Vec<Value> {
+        wait_for(30, "records in the fleet's store", || {
+            let recs: Vec<Value> = rt.block_on(async {
+                let client = guardian_fleet::service::connect(std::slice::from_ref(&url), "probe")
+                    .await
+                    .ok()?;
+                let js = async_nats::jetstream::new(client);
+                let since = std::time::SystemTime::now() - Duration::from_secs(600);
+                let stored = guardian_fleet::query::events(&js, "host-board", since)
+                    .await
+                    .ok()?;
+                Some(
+                    stored
+                        .iter()
+                        .flat_map(|s| s.records.iter())
+                        .map(|r| {
+                            serde_json::json!({"seq": r.seq, "class": r.class,
+                                "body": serde_json::from_str::<Value>(r.body.get()).unwrap()})
+                        })
+                        .collect(),
+                )
+            })?;
+            want(&recs).then_some(recs)
+        })
+    };
+    tamper("one");
+    let recs = stored(&|r| {
+        r.iter()
+            .any(|x| x["class"] == "alert" && x["body"]["hook"] == "fanotify/open_perm")
+            && r.iter().any(|x| x["class"] == "status")
+    });
+    let alert = recs.iter().find(|x| x["class"] == "alert").unwrap();
+    assert_eq!(alert["body"]["verdict"], "deny");
+    assert_eq!(alert["body"]["file"], scene.model().display().to_string());
+    let status = recs.iter().find(|x| x["class"] == "status").unwrap();
+    assert!(status["body"]["hooks"].is_array(), "{status:#}");
+    let st = scene.status().unwrap();
+    assert_eq!(st["report"]["device"], "host-board", "{st:#}");
+
+    // The broker dies: the next attempt waits on the board, and status says so.
+    drop(nats);
+    tamper("two");
+    let st = wait_for(
+        15,
+        "status showing the link down and a record waiting",
+        || {
+            let st = scene.status()?;
+            (st["report"]["link"]["state"] != "connected"
+                && st["report"]["spool"]["depth"].as_u64()? > 0)
+                .then_some(st)
+        },
+    );
+    let text = guardian()
+        .args(["status", "--config"])
+        .arg(scene.config())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("report: device host-board"), "{text}");
+    assert!(text.contains("record(s) waiting"), "{text}");
+    let waiting = st["report"]["spool"]["depth"].as_u64().unwrap();
+    assert!(waiting >= 1);
+    // Back: the waiting records arrive, none lost (their sequence numbers
+    // are contiguous from 1 with everything acknowledged).
+    nats = start_nats(port, js_dir.path());
+    let recs = stored(&|r| {
+        r.iter()
+            .filter(|x| x["class"] == "alert" && x["body"]["hook"] == "fanotify/open_perm")
+            .count()
+            >= 2
+    });
+    let st = wait_for(20, "the spool drained", || {
+        let st = scene.status()?;
+        (st["report"]["spool"]["depth"] == 0).then_some(st)
+    });
+    let next = st["report"]["spool"]["next_seq"].as_u64().unwrap();
+    let mut seqs: Vec<u64> = recs.iter().map(|x| x["seq"].as_u64().unwrap()).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    // Status summaries may still be on their way; every event is there.
+    assert!(
+        seqs.len() as u64 >= next - 1 - 2,
+        "stored {seqs:?}, given up to {}",
+        next - 1
+    );
+    agent.stop();
+    let _ = stop_tx.send(());
+    let _ = rt.block_on(fleet);
+    drop(nats);
+}

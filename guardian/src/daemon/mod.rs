@@ -98,6 +98,9 @@ pub enum RunError {
     /// The unload keys could not be loaded.
     #[error(transparent)]
     Unload(#[from] unload::UnloadError),
+    /// The fleet link could not start (its spool, its password file).
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
 }
 
 /// Run the daemon until `shutdown` completes.
@@ -142,7 +145,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // 6. Continuous attestation: its own thread owns the TPM and the log.
     //    The guard's state goes into the evidence first, before any event
     //    or policy load it is the context of.
-    let out = Outputs::new(sink, continuous::Attestor::start(&config), &config);
+    //    The fleet link starts here too, so the first record it carries is
+    //    the guard's start.
+    let reporter = crate::report::start(&config.report)?;
+    match &reporter {
+        Some(r) => log::info!(
+            "reporting to the fleet as {} via {} (spool {})",
+            r.status().device,
+            config.report.servers.join(", "),
+            config.report.spool_dir.display()
+        ),
+        None => {
+            log::warn!("fleet reporting off ([report] servers is empty): events stay on this board")
+        }
+    }
+    let out = Outputs::new(
+        sink,
+        continuous::Attestor::start(&config),
+        reporter,
+        &config,
+    );
     out.guard(
         if enforcement.guard().adopted() {
             "adopt"
@@ -176,7 +198,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     daemon.serve(&mut sources, shutdown).await?;
     // 12. Last events, then withdraw the status so `guardian status` does
     //     not report a guard that is gone.
-    daemon.stop(&mut sources);
+    daemon.stop(&mut sources).await;
     Ok(())
 }
 

@@ -8,7 +8,12 @@
 //! and writes them in batches ([`Outputs::flush`]), the attestor is told
 //! over its bounded queue (it counts what it cannot take).
 
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use guardian_report::Reporter;
 
 use super::counters::AgentCounters;
 use crate::{
@@ -28,23 +33,45 @@ pub(super) struct Outputs {
     attestor: Attestor,
     /// The status file `guardian status` reads.
     status_path: PathBuf,
+    /// The fleet link (`[report]`), if configured.
+    reporter: Option<Reporter>,
+    /// How often a status summary goes to the fleet, and when one last did.
+    report_every: Duration,
+    last_reported: Option<Instant>,
 }
 
 impl Outputs {
     /// The outputs `config` names, with the attestor started for it.
-    pub(super) fn new(sink: Sink, attestor: Attestor, config: &Config) -> Self {
+    pub(super) fn new(
+        sink: Sink,
+        attestor: Attestor,
+        reporter: Option<Reporter>,
+        config: &Config,
+    ) -> Self {
         Self {
             sink,
             attestor,
             status_path: config.status.path.clone(),
+            reporter,
+            report_every: Duration::from_secs(config.report.status_interval_secs),
+            last_reported: None,
         }
     }
 
     /// One finished event: its JSON line (written at the next flush or
-    /// when the batch is full), then the attestor.
+    /// when the batch is full), the fleet (queued, never waited for), then
+    /// the attestor.
     pub(super) fn event(&mut self, ev: SecurityEvent, counters: &mut AgentCounters) {
         counters.written(self.sink.write(&ev));
+        if let Some(r) = &self.reporter {
+            crate::report::event(r, &ev);
+        }
         self.attestor.send(Message::Event(Box::new(ev)));
+    }
+
+    /// The fleet link's state, for the status snapshot.
+    pub(super) fn report_status(&self) -> Option<guardian_report::ReportStatus> {
+        self.reporter.as_ref().map(Reporter::status)
     }
 
     /// Write the lines gathered so far (after each batch of events).
@@ -52,8 +79,17 @@ impl Outputs {
         counters.written(self.sink.flush());
     }
 
-    /// One status snapshot: the status file.
+    /// One status snapshot: the status file, and every
+    /// `[report] status_interval_secs` the fleet.
     pub(super) fn status(&mut self, st: &Status) -> Result<(), StatusError> {
+        if let Some(r) = &self.reporter
+            && self
+                .last_reported
+                .is_none_or(|t| t.elapsed() >= self.report_every)
+        {
+            crate::report::status(r, st);
+            self.last_reported = Some(Instant::now());
+        }
         st.write(&self.status_path)
     }
 
@@ -72,8 +108,12 @@ impl Outputs {
     }
 
     /// Stop the attestor once it has done what it was sent; the event
-    /// output is flushed as it closes.
-    pub(super) fn stop(self) {
+    /// output is flushed as it closes; the fleet link's queue is written to
+    /// its spool (what is not acknowledged waits there for the next start).
+    pub(super) async fn stop(self) {
         self.attestor.stop();
+        if let Some(r) = self.reporter {
+            r.shutdown().await;
+        }
     }
 }

@@ -219,7 +219,7 @@ impl Daemon {
     }
 
     /// The last events, then stop every part and withdraw the status.
-    pub(super) fn stop(mut self, src: &mut Sources) {
+    pub(super) async fn stop(mut self, src: &mut Sources) {
         self.notify.stopping();
         self.drain(src.ring.get_mut());
         let mode = self.enforcement.mode();
@@ -235,7 +235,7 @@ impl Daemon {
                 None => "the agent stopped; its kernel programs are detached".to_owned(),
             },
         );
-        self.out.stop();
+        self.out.stop().await;
         let _ = std::fs::remove_file(&self.config.status.path);
         match &pinned {
             Some(p) => log::info!(
@@ -383,7 +383,7 @@ impl Daemon {
     /// Take a status snapshot, put what it shows of lost evidence into the
     /// evidence, and hand it to the outputs.
     fn publish(&mut self) -> Result<(), RunError> {
-        let st = self.publisher.snapshot(Parts {
+        let mut st = self.publisher.snapshot(Parts {
             config: &self.config,
             features: &self.features,
             targets: &self.targets,
@@ -393,6 +393,7 @@ impl Daemon {
             policies: &self.engine.stats(),
             pstate: &self.pstate,
         });
+        st.report = self.out.report_status();
         self.publisher
             .evidence(&st, self.enforcement.mode(), &self.out);
         self.out.status(&st)?;

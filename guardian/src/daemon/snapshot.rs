@@ -42,6 +42,7 @@ pub(super) struct Publisher {
     last_drops: u64,
     last_unreported: u64,
     last_unconfigured: u64,
+    last_report_drops: u64,
 }
 
 impl Publisher {
@@ -53,6 +54,7 @@ impl Publisher {
             last_drops: 0,
             last_unreported: 0,
             last_unconfigured: 0,
+            last_report_drops: 0,
         }
     }
 
@@ -98,6 +100,19 @@ impl Publisher {
                 format!("kernel ring buffer full: {drops} event(s) lost in total"),
             );
             self.last_drops = drops;
+        }
+        // So are records the fleet link had to drop (spool full, queue full).
+        if let Some(r) = &st.report {
+            let lost = r.spool.dropped.iter().sum::<u64>() + r.link.queue_drops;
+            if lost > self.last_report_drops {
+                log::warn!("fleet link: {lost} record(s) dropped in total (spool or queue full)");
+                out.guard(
+                    "drops",
+                    mode,
+                    format!("fleet report spool or queue full: {lost} record(s) dropped in total"),
+                );
+                self.last_report_drops = lost;
+            }
         }
         let unreported = count("fanotify_unreported") + count("watch_unreported");
         if unreported > self.last_unreported {
@@ -292,6 +307,7 @@ fn snapshot(parts: &Parts<'_>, started: &str, measured_boot: &status::MeasuredBo
         protected_files: targets.files.len(),
         allowed_writers: targets.writers.len(),
         measured_boot: Some(measured_boot.clone()),
+        report: None,
         attestor: Some(attest::AgentState {
             running: true,
             backlog: parts.attest.backlog as u64,
