@@ -116,13 +116,7 @@ pub async fn run(cfg: &SimConfig, drain_wait: Duration) -> std::io::Result<SimRe
         .count();
     let deadline = Instant::now() + drain_wait;
     let drained_secs = loop {
-        let waiting = devices
-            .iter()
-            .filter(|(_, r)| {
-                let s = r.status().spool;
-                s.depth > 0 || s.unsynced > 0
-            })
-            .count();
+        let waiting = devices.iter().filter(|(_, r)| !r.drained()).count();
         if waiting == 0 {
             break Some(start.elapsed().as_secs_f64());
         }

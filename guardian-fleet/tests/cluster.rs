@@ -327,7 +327,7 @@ async fn nothing_lost_nothing_doubled_through_node_and_instance_kills() {
     for (id, r) in &devices {
         loop {
             let st = r.status();
-            if st.spool.depth == 0 && st.spool.unsynced == 0 {
+            if st.link.queued == 0 && st.spool.depth == 0 && st.spool.unsynced == 0 {
                 break;
             }
             assert!(Instant::now() < deadline, "{id} not drained: {st:?}");

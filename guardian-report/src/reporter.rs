@@ -122,6 +122,9 @@ pub struct LinkStatus {
     pub last_ack_ms: Option<u64>,
     /// Records dropped because the in-memory queue before the spool was full.
     pub queue_drops: u64,
+    /// Records in the in-memory queue, not yet in the spool.
+    #[serde(default)]
+    pub queued: u64,
     /// Records lost because the spool could not be written.
     pub spool_errors: u64,
 }
@@ -154,6 +157,8 @@ struct Shared {
     link: Mutex<LinkStatus>,
     wake: Notify,
     queue_drops: AtomicU64,
+    /// Records handed over and not yet appended to the spool.
+    queued: AtomicU64,
     epoch: u64,
 }
 
@@ -222,10 +227,12 @@ impl Reporter {
                 duplicates: 0,
                 last_ack_ms: None,
                 queue_drops: 0,
+                queued: 0,
                 spool_errors: 0,
             }),
             wake: Notify::new(),
             queue_drops: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let (stop, stopped) = watch::channel(false);
@@ -250,13 +257,24 @@ impl Reporter {
     /// full the record is dropped, counted, and a drop notice follows it
     /// into the spool. Returns whether it was queued.
     pub fn submit(&self, class: Class, payload: Vec<u8>) -> bool {
+        // Counted before the send, so the writer never sees a record the
+        // count does not include.
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send((class, payload)) {
             Ok(()) => true,
             Err(_) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
                 self.shared.queue_drops.fetch_add(1, Ordering::Relaxed);
                 false
             }
         }
+    }
+
+    /// Whether everything handed over so far is in the spool, synced, and
+    /// acknowledged by the stream.
+    pub fn drained(&self) -> bool {
+        let st = self.status();
+        st.link.queued == 0 && st.spool.depth == 0 && st.spool.unsynced == 0
     }
 
     /// The spool and the link now.
@@ -264,6 +282,7 @@ impl Reporter {
         let spool = self.shared.spool().stats();
         let mut link = self.shared.link().clone();
         link.queue_drops = self.shared.queue_drops.load(Ordering::Relaxed);
+        link.queued = self.shared.queued.load(Ordering::Relaxed);
         ReportStatus {
             device: self.device.clone(),
             spool,
@@ -289,6 +308,7 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Class, Vec<u8>)>) {
     let mut reported_queue_drops = 0u64;
     while rx.recv_many(&mut buf, 512).await > 0 {
         let items = std::mem::take(&mut buf);
+        let taken = items.len() as u64;
         let drops = shared.queue_drops.load(Ordering::Relaxed);
         let new_drops = drops - reported_queue_drops;
         reported_queue_drops = drops;
@@ -323,6 +343,7 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Class, Vec<u8>)>) {
             }
             Err(e) => log::error!("report spool writer failed: {e}"),
         }
+        shared.queued.fetch_sub(taken, Ordering::Relaxed);
         shared.wake.notify_one();
     }
 }
