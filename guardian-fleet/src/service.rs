@@ -62,7 +62,7 @@ impl ServiceConfig {
             servers,
             replicas: 1,
             ack_wait: Duration::from_secs(30),
-            lanes: 32,
+            lanes: 256,
             retention: Duration::from_secs(90 * 24 * 3600),
         }
     }
@@ -238,29 +238,42 @@ pub fn check(subject: &str, payload: &[u8]) -> Result<Batch, Refusal> {
     Ok(batch)
 }
 
+/// What a lane last stored per device: (store sequence, summary). Only a
+/// hint (the stream's compare-and-set is the truth); bounded by the devices
+/// the lane serves.
+pub type LaneMemory = std::collections::HashMap<String, (u64, Summary)>;
+
 /// Store what is new in `batch`. Returns (records stored, duplicates).
 pub async fn store_batch(
     js: &jetstream::Context,
     store_stream: &stream::Stream,
     cache: &DeviceCache,
+    known: &mut LaneMemory,
     batch: &Batch,
     counters: &Counters,
 ) -> Result<(u64, u64), async_nats::Error> {
     let subject = store::store_subject(&batch.device);
     for _ in 0..50 {
-        let (last, summary) = match store_stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) => {
-                let s: Stored = serde_json::from_slice(&m.payload)?;
-                (m.sequence, s.summary)
-            }
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-                (0, Summary::default())
-            }
-            Err(e) => return Err(e.into()),
+        // What this lane stored last for the device saves a read; if
+        // another instance stored since, the publish below is refused and
+        // the store is read.
+        let (last, summary) = match known.remove(&batch.device) {
+            Some(k) => k,
+            None => match store_stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(m) => {
+                    let s: Stored = serde_json::from_slice(&m.payload)?;
+                    (m.sequence, s.summary)
+                }
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                    (0, Summary::default())
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         let fresh = store::new_records(&summary, batch);
         let dups = (batch.records.len() - fresh.len()) as u64;
         if fresh.is_empty() {
+            known.insert(batch.device.clone(), (last, summary));
             return Ok((0, dups));
         }
         let now = now_ms();
@@ -298,7 +311,8 @@ pub async fn store_batch(
             .await?;
         match ack.await {
             Ok(a) => {
-                cache.note(&batch.device, a.sequence, summary);
+                cache.note(&batch.device, a.sequence, summary.clone());
+                known.insert(batch.device.clone(), (a.sequence, summary));
                 return Ok((fresh.len() as u64, dups));
             }
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
@@ -481,8 +495,9 @@ pub async fn serve(
             counters.clone(),
         );
         tokio::spawn(async move {
+            let mut known = LaneMemory::new();
             while let Some(msg) = rx.recv().await {
-                handle(&js, &store_stream, &cache, &counters, msg).await;
+                handle(&js, &store_stream, &cache, &mut known, &counters, msg).await;
             }
         });
         lanes.push(tx);
@@ -526,6 +541,7 @@ async fn handle(
     js: &jetstream::Context,
     store_stream: &stream::Stream,
     cache: &DeviceCache,
+    known: &mut LaneMemory,
     counters: &Counters,
     msg: jetstream::Message,
 ) {
@@ -545,7 +561,7 @@ async fn handle(
             // such in the consumer's state and is never stored.
             let _ = msg.ack_with(AckKind::Term).await;
         }
-        Ok(batch) => match store_batch(js, store_stream, cache, &batch, counters).await {
+        Ok(batch) => match store_batch(js, store_stream, cache, known, &batch, counters).await {
             Ok((stored, dups)) => {
                 counters.records_stored.fetch_add(stored, Ordering::Relaxed);
                 counters.duplicates.fetch_add(dups, Ordering::Relaxed);
