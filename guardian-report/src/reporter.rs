@@ -335,7 +335,8 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Class, Vec<u8>)>) {
         match res {
             Ok((failed, err)) => {
                 if let Some(e) = err {
-                    log::error!("report spool: {failed} record(s) lost: {e}");
+                    let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+                    log::error!("report spool: {failed} record(s) lost: {e}{cause}");
                     let mut l = shared.link();
                     l.spool_errors += failed;
                     l.last_error = Some(format!("spool: {e}"));
