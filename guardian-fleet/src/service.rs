@@ -507,7 +507,16 @@ pub async fn serve(
         tokio::select! {
             _ = &mut shutdown => break,
             next = messages.next() => match next {
-                None => break,
+                None => {
+                    // The pull ended (the cluster went away for long): pull
+                    // again once it is back; the consumer is durable.
+                    log::warn!("ingest consumer: the pull ended; pulling again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match consumer.messages().await {
+                        Ok(m) => messages = m,
+                        Err(e) => log::warn!("ingest consumer: {e}; retrying"),
+                    }
+                }
                 Some(Err(e)) => {
                     log::warn!("ingest consumer: {e}");
                     tokio::time::sleep(Duration::from_millis(200)).await;
