@@ -335,7 +335,9 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Class, Vec<u8>)>) {
         match res {
             Ok((failed, err)) => {
                 if let Some(e) = err {
-                    let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+                    let cause = std::error::Error::source(&e)
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default();
                     log::error!("report spool: {failed} record(s) lost: {e}{cause}");
                     let mut l = shared.link();
                     l.spool_errors += failed;

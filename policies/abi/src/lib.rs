@@ -373,9 +373,12 @@ impl Actions {
     pub const NONE: Actions = Actions(0);
     /// Kill the process.
     pub const KILL: Actions = Actions(1);
-    /// Re-measure the file into the TPM.
+    /// Re-measure the file into the TPM. Reserved: the agent records it in
+    /// the event's `policy.actions` but does not act on it (it re-measures
+    /// every measured file an event touches anyway).
     pub const REMEASURE: Actions = Actions(2);
-    /// Move the file aside (quarantine).
+    /// Move the file aside (quarantine). Reserved: the agent records it in
+    /// the event's `policy.actions` but does not act on it.
     pub const QUARANTINE: Actions = Actions(4);
     /// Every bit this ABI version defines.
     pub const ALL: Actions = Actions(7);
