@@ -274,6 +274,8 @@ impl Segment {
 /// behind a mutex.
 #[derive(Debug)]
 pub struct Spool {
+    /// Held for the spool's life (see [`Spool::open`]).
+    _lock: File,
     cfg: SpoolConfig,
     epoch: u64,
     segments: VecDeque<Segment>,
@@ -411,6 +413,29 @@ impl Spool {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
                 .map_err(io_err("set mode 0700 on", &dir))?;
         }
+        // One writer: a second agent (or a `guardian measure` while the
+        // daemon runs) appending to the same spool would interleave
+        // sequence numbers. The lock goes with the process.
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(match e {
+                fs::TryLockError::WouldBlock => SpoolError::Corrupt {
+                    path: lock_path,
+                    problem: "the spool is in use by another process".to_owned(),
+                },
+                fs::TryLockError::Error(source) => SpoolError::Io {
+                    op: "lock",
+                    path: lock_path,
+                    source,
+                },
+            });
+        }
         let mut seg_files: Vec<(u64, PathBuf)> = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
             let entry = entry.map_err(io_err("list", &dir))?;
@@ -506,6 +531,7 @@ impl Spool {
         let bytes = segments.iter().map(|s| s.bytes).sum();
         let next_seq = last_seq + 1;
         let mut spool = Spool {
+            _lock: lock,
             cfg,
             epoch,
             segments,
@@ -1141,6 +1167,16 @@ mod tests {
         fs::write(d.path().join("meta"), b"short").unwrap();
         let e = Spool::open(cfg(d.path(), 1 << 20, 1 << 20)).unwrap_err();
         assert!(e.to_string().contains("meta"), "{e}");
+    }
+
+    #[test]
+    fn one_process_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(cfg(d.path(), 1 << 20, 1 << 20)).unwrap();
+        let e = Spool::open(cfg(d.path(), 1 << 20, 1 << 20)).unwrap_err();
+        assert!(e.to_string().contains("in use"), "{e}");
+        drop(s);
+        Spool::open(cfg(d.path(), 1 << 20, 1 << 20)).unwrap();
     }
 
     #[test]

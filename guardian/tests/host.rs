@@ -1884,6 +1884,35 @@ fn the_agent_reports_to_the_fleet_through_an_outage() {
         "stored {seqs:?}, given up to {}",
         next - 1
     );
+
+    // kill -9 of the agent, then a restart on the same spool: the spool's
+    // sequence continues (nothing reused), and a new denial arrives with
+    // no sequence number stored twice.
+    let mut agent = agent;
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    drop(agent);
+    std::fs::remove_file(scene.path("status.json")).unwrap();
+    let agent = Agent::start(&scene);
+    let restarted = wait_for(10, "the restarted agent's report status", || {
+        scene.status()?["report"]["spool"]["next_seq"].as_u64()
+    });
+    assert!(
+        restarted >= next,
+        "sequence went back after kill -9: {restarted} < {next}"
+    );
+    tamper("three");
+    let recs = stored(&|r| {
+        r.iter()
+            .filter(|x| x["class"] == "alert" && x["body"]["hook"] == "fanotify/open_perm")
+            .count()
+            >= 3
+    });
+    let mut seqs: Vec<u64> = recs.iter().map(|x| x["seq"].as_u64().unwrap()).collect();
+    let n = seqs.len();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), n, "a sequence number stored twice");
     agent.stop();
     let _ = stop_tx.send(());
     let _ = rt.block_on(fleet);
