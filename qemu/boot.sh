@@ -98,8 +98,10 @@ append="console=ttyAMA0 panic=-1 lsm=capability,bpf${GUARDIAN_KERNEL_APPEND:+ $G
 # same serial output, but no monitor multiplexed into it, and qemu writes the
 # log itself, unbuffered, so the watcher below sees every line at once.
 # stdin is /dev/null: the guest needs no input and a CI job has none.
-# -nic none: the default NIC wants an option ROM (efi-virtio.rom, package
-# ipxe-qemu) that a minimal install lacks, and the guest needs no network.
+# The network is qemu's user mode (no root, no host interface): the guest
+# is 10.0.2.15 and reaches the host's 127.0.0.1:P at 10.0.2.2:P (the boot
+# test's fleet lab). A virtio-mmio NIC, not the default PCI one: that wants
+# an option ROM (efi-virtio.rom, package ipxe-qemu) a minimal install lacks.
 start=$SECONDS
 timeout --kill-after=10 "$timeout_s" \
     qemu-system-aarch64 \
@@ -113,6 +115,7 @@ timeout --kill-after=10 "$timeout_s" \
     -device tpm-tis-device,tpmdev=tpm0 \
     -device virtio-rng-device \
     -nic none \
+    -netdev user,id=n0 -device virtio-net-device,netdev=n0 \
     </dev/null &
 qemu_pid=$!
 

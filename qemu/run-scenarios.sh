@@ -31,8 +31,8 @@ cache="${GUARDIAN_CACHE:-$HOME/.cache/guardian}"
 log "test kernel (cached by the fragments' hash)"
 image="$("$here/build-kernel.sh" | tail -n 1)"
 
-log "guardian for x86_64 (the verifier) and aarch64 (the agent)"
-(cd "$root" && cargo build --locked -p guardian 2>&1 | grep -v '^warning: guardian@' >&2)
+log "guardian for x86_64 (the verifier), guardian-fleet (the fleet lab) and aarch64 guardian (the agent)"
+(cd "$root" && cargo build --locked -p guardian -p guardian-fleet 2>&1 | grep -v '^warning: guardian@' >&2)
 (cd "$root" && cargo build --locked --release --target aarch64-unknown-linux-gnu -p guardian 2>&1 \
     | grep -v '^warning: guardian@' >&2)
 bin="$root/target/aarch64-unknown-linux-gnu/release/guardian"
@@ -168,7 +168,7 @@ scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-bo
     policy-swap-event policy-in-evidence
     reconfigure-refused unload-needs-token unload-other-boot stop-unload
     unload-token-replay-refused unload-fresh-token detect-rung-status detect-write-open detect-preopened-fd-write detect-ftruncate
-    detect-connect detect-chmod detect-link)
+    detect-connect detect-chmod detect-link fleet-link-connected)
 # A fresh nonce for the guest's quote, verified on the host afterwards.
 nonce="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 nonce2="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -177,6 +177,38 @@ if [ "$break_it" -eq 1 ]; then
     append="$append guardian.break=1"
     scenarios+=(broken-expects-tamper-to-succeed)
 fi
+
+# The fleet on the host: guardian-fleet's lab (a nats-server with JetStream
+# and the fleet service) on free ports of 127.0.0.1, which the guest reaches
+# through qemu's user-mode network at 10.0.2.2. Stopped (SIGTERM; it stops
+# its nats-server) when this script ends.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+fleet_bin="$root/target/debug/guardian-fleet"
+nats_server="$cache/nats-venv/bin/nats-server"
+fleet_port="$(free_port)"
+fleet_url="nats://127.0.0.1:$fleet_port"
+lab_pid=""
+stop_lab() {
+    if [ -n "$lab_pid" ] && kill -0 "$lab_pid" 2>/dev/null; then
+        kill -TERM "$lab_pid" 2>/dev/null || true
+        wait "$lab_pid" 2>/dev/null || true
+    fi
+    lab_pid=""
+}
+log "the fleet lab on $fleet_url (guest: nats://10.0.2.2:$fleet_port)"
+rm -rf "$out/fleet-lab"
+mkdir -p "$out/fleet-lab"
+"$fleet_bin" lab --dir "$out/fleet-lab" --port "$fleet_port" --mqtt-port "$(free_port)" \
+    --http-port "$(free_port)" --nats-server "$nats_server" >"$out/fleet-lab.log" 2>&1 &
+lab_pid=$!
+for _ in $(seq 100); do
+    "$fleet_bin" --nats "$fleet_url" status --json >/dev/null 2>&1 && break
+    kill -0 "$lab_pid" 2>/dev/null || break
+    sleep 0.2
+done
+"$fleet_bin" --nats "$fleet_url" status --json >/dev/null 2>&1 \
+    || { log "the fleet lab did not start (see $out/fleet-lab.log)"; tail -n 5 "$out/fleet-lab.log" >&2; }
+append="$append guardian.fleet=10.0.2.2:$fleet_port"
 
 log "initramfs"
 "$here/build-initramfs.sh" "$out/initrd.cpio.gz" "$here/scenarios/init.sh" \
@@ -202,7 +234,7 @@ log "initramfs"
 # One TPM for both boots (the scenarios, then the enrolment answer): its
 # state is kept between them, as a board's TPM is across a power cycle.
 tpm_state="$(mktemp -d /tmp/guardian-tpm.XXXXXX)"
-trap 'rm -rf "$tpm_state"' EXIT
+trap 'stop_lab; rm -rf "$tpm_state"' EXIT
 export GUARDIAN_TPM_STATE="$tpm_state"
 log "booting the arm64 guest (TCG; functional timing only)"
 console="$out/console.log"
@@ -226,6 +258,48 @@ tr -d '\r' <"$console" >"$results"
 sed -n '/^GUARDIAN-EVIDENCE-BEGIN$/,/^GUARDIAN-EVIDENCE-END$/p' "$results" | sed '1d;$d' >"$out/evidence.json"
 sed -n '/^GUARDIAN-AK-BEGIN$/,/^GUARDIAN-AK-END$/p' "$results" | sed '1d;$d' >"$out/ak.pem"
 sed -n '/^GUARDIAN-ENROL-REQUEST-BEGIN$/,/^GUARDIAN-ENROL-REQUEST-END$/p' "$results" | sed '1d;$d' >"$out/request.json"
+# What the guest reported is in the fleet's store: a denied tamper attempt
+# on a protected model (the guest's first, the bit flip) as an alert, and
+# the agent's status summaries.
+fleet_records() {
+    "$fleet_bin" --nats "$fleet_url" events --device qemu-arm64 --since 1h --json 2>>"$out/fleet-query.log"
+}
+fleet_check() {
+    # fleet_check CLASS: the first stored record of CLASS that fits, or fail.
+    python3 -c '
+import json, sys
+want = sys.argv[1]
+for line in sys.stdin:
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    b = r.get("body") or {}
+    if r.get("class") != want:
+        continue
+    if want == "alert" and not (b.get("verdict") == "deny"
+            and str(b.get("file", "")).startswith("/opt/models/")):
+        continue
+    if want == "status" and not isinstance(b.get("hooks"), list):
+        continue
+    keys = ("event", "hook", "verdict", "file", "comm") if want == "alert" else ("mode",)
+    print("seq %s: %s" % (r.get("seq"), " ".join("%s=%s" % (k, b.get(k)) for k in keys)))
+    sys.exit(0)
+sys.exit(1)' "$1"
+}
+: >"$out/fleet-query.log"
+for _ in $(seq 60); do
+    fleet_records >"$out/fleet-records.jsonl" || true
+    fleet_check alert <"$out/fleet-records.jsonl" >/dev/null && fleet_check status <"$out/fleet-records.jsonl" >/dev/null && break
+    sleep 0.5
+done
+n_stored="$(wc -l <"$out/fleet-records.jsonl")"
+if got="$(fleet_check alert <"$out/fleet-records.jsonl")"; then r=PASS; else r=FAIL got="none of $n_stored stored record(s) $(tail -n 1 "$out/fleet-query.log")"; fi
+echo "GUARDIAN-SCENARIO fleet-stored-tamper-alert $r $got" >>"$results"
+if got="$(fleet_check status <"$out/fleet-records.jsonl")"; then r=PASS; else r=FAIL got="none of $n_stored stored record(s)"; fi
+echo "GUARDIAN-SCENARIO fleet-stored-status $r $got ($n_stored records from qemu-arm64)" >>"$results"
+scenarios+=(fleet-stored-tamper-alert fleet-stored-status)
+stop_lab
 # Enrolment with the host as the verifier: step 2 here (the arm64 TPM's EK
 # certificate chain against the TPM maker's CA, the AK's attributes, a
 # credential only that TPM can open), step 3 in a second boot of the guest

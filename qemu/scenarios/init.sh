@@ -12,6 +12,10 @@
 # Kernel command line switches:
 #   guardian.break=1  add a scenario that expects the tamper to SUCCEED, to
 #                     prove that the harness fails on a broken scenario.
+#   guardian.fleet=HOST:PORT
+#                     report to the fleet's NATS there (qemu's user-mode
+#                     network: the host is 10.0.2.2): a [report] section is
+#                     added to the agent's config before any guardian command.
 
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -24,6 +28,26 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t tmpfs tmpfs /run
 mkdir -p /run/guardian
+
+# qemu's user-mode network (run-scenarios.sh's fleet lab listens on the
+# host, reached at 10.0.2.2). Without a NIC the agent must still run: the
+# reporter keeps its records in the spool and retries.
+if ip link set eth0 up 2>/dev/null; then
+    ip addr add 10.0.2.15/24 dev eth0
+    ip route add default via 10.0.2.2
+fi
+fleet="$(sed -n 's/.*guardian\.fleet=\([^ ]*\).*/\1/p' /proc/cmdline)"
+if [ -n "$fleet" ]; then
+    cat >>/etc/guardian/guardian.toml <<FLEET
+
+[report]
+servers = ["nats://$fleet"]
+device_id = "qemu-arm64"
+spool_dir = "/run/guardian/spool"
+fsync = "always"
+status_interval_secs = 1
+FLEET
+fi
 
 MODEL=/opt/models/model.onnx
 UPDATER=/opt/updater/busybox
@@ -559,6 +583,23 @@ check detect-move-mount-in-evidence $? "$(grep -c '"kind":"tamper"' /run/guardia
 guardian-attack move-mount /mnt /srv >/dev/null 2>&1
 [ -f /srv/models/extra.bin ]
 check move-mount-back $? "$(ls /srv/models 2>&1)"
+
+# --- the fleet link -------------------------------------------------------------
+# Every denial so far went through the spool to the fleet's NATS on the host
+# (run-scenarios.sh reads the store back after the boot).
+if [ -n "$fleet" ]; then
+    n=0
+    until grep -q '"state": "connected"' /run/guardian/status.json \
+        && grep -qE '"records_acked": [1-9]' /run/guardian/status.json; do
+        [ "$n" -ge 200 ] && break
+        sleep 0.1
+        n=$((n + 1))
+    done
+    grep -q '"state": "connected"' /run/guardian/status.json \
+        && grep -qE '"records_acked": [1-9]' /run/guardian/status.json
+    check fleet-link-connected $? "nats://$fleet $(grep -E '"(state|records_acked|last_error)"' /run/guardian/status.json | tr -d ' \n' | cut -c1-200)"
+    say "  guardian status: $(guardian status | grep -iE 'report|link|fleet' | tr '\n' ';' | cut -c1-200)"
+fi
 
 # --- enforcement survives the agent ------------------------------------------
 say "kill -9 guardian: the kernel keeps enforcing"
