@@ -213,12 +213,16 @@ async fn main() {
                 stored.insert(seq);
             }
         }
+        // Cross-check the count against the stream's own state.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let in_stream = info.info().await.map(|i| i.state.messages).unwrap_or(0);
         let lost: Vec<u32> = acked.iter().filter(|s| !stored.contains(s)).copied().collect();
         println!(
-            "run {run}: {} published, {} PUBACKed, {} stored, {} PUBACKed but not stored (first {:?})",
+            "run {run}: {} published, {} PUBACKed, {} stored ({} by the stream's count), {} PUBACKed but not stored (first {:?})",
             n,
             acked.len(),
             stored.len(),
+            in_stream,
             lost.len(),
             &lost[..lost.len().min(5)]
         );
