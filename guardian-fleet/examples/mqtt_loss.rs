@@ -29,13 +29,20 @@ use async_nats::jetstream;
 use futures_util::StreamExt;
 
 fn nats_server() -> PathBuf {
-    std::env::var("GUARDIAN_NATS_SERVER").map(PathBuf::from).unwrap_or_else(|_| {
-        Path::new(&std::env::var("HOME").unwrap()).join(".cache/guardian/nats-venv/bin/nats-server")
-    })
+    std::env::var("GUARDIAN_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(&std::env::var("HOME").unwrap())
+                .join(".cache/guardian/nats-venv/bin/nats-server")
+        })
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn remaining_len(mut n: usize, out: &mut Vec<u8>) {
@@ -81,7 +88,9 @@ fn mqtt_publish(port: u16, n: u32, mut at_third: impl FnMut()) -> BTreeSet<u32> 
     let acks = std::thread::spawn(move || {
         let mut acked = BTreeSet::new();
         let mut b = [0u8; 4];
-        reader.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        reader
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
         while reader.read_exact(&mut b).is_ok() {
             if b[0] == 0x40 {
                 acked.insert(u32::from(u16::from_be_bytes([b[2], b[3]])));
@@ -116,12 +125,18 @@ struct Node(Child, String, u16, u16);
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
-    let n: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20_000).min(65_000);
+    let n: u32 = args
+        .get(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20_000)
+        .min(65_000);
     let mut total_lost = 0usize;
     let mut total_acked = 0usize;
     for run in 1..=runs {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16, u16)> = (0..3).map(|_| (free_port(), free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
         let mut nodes = Vec::new();
         for (i, (p, c, m)) in ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
@@ -157,8 +172,13 @@ async fn main() {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        let urls: Vec<String> = nodes.iter().map(|nd| format!("nats://127.0.0.1:{}", nd.2)).collect();
-        let client = guardian_fleet::service::connect(&urls, "mqtt-loss").await.unwrap();
+        let urls: Vec<String> = nodes
+            .iter()
+            .map(|nd| format!("nats://127.0.0.1:{}", nd.2))
+            .collect();
+        let client = guardian_fleet::service::connect(&urls, "mqtt-loss")
+            .await
+            .unwrap();
         let js = jetstream::new(client);
         let deadline = Instant::now() + Duration::from_secs(60);
         let stream = loop {
@@ -179,7 +199,15 @@ async fn main() {
             }
         };
         let mut info = stream.clone();
-        let leader = info.info().await.unwrap().cluster.clone().unwrap().leader.unwrap();
+        let leader = info
+            .info()
+            .await
+            .unwrap()
+            .cluster
+            .clone()
+            .unwrap()
+            .leader
+            .unwrap();
         let li = nodes.iter().position(|nd| nd.1 == leader).unwrap();
         // The client goes to a node that is not the leader.
         let ci = (li + 1) % 3;
@@ -208,7 +236,8 @@ async fn main() {
         };
         let mut msgs = consumer.messages().await.unwrap();
         let mut stored = BTreeSet::new();
-        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(3), msgs.next()).await {
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(3), msgs.next()).await
+        {
             if let Ok(seq) = std::str::from_utf8(&m.payload).unwrap_or("").parse::<u32>() {
                 stored.insert(seq);
             }
@@ -216,7 +245,11 @@ async fn main() {
         // Cross-check the count against the stream's own state.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let in_stream = info.info().await.map(|i| i.state.messages).unwrap_or(0);
-        let lost: Vec<u32> = acked.iter().filter(|s| !stored.contains(s)).copied().collect();
+        let lost: Vec<u32> = acked
+            .iter()
+            .filter(|s| !stored.contains(s))
+            .copied()
+            .collect();
         println!(
             "run {run}: {} published, {} PUBACKed, {} stored ({} by the stream's count), {} PUBACKed but not stored (first {:?})",
             n,
