@@ -15,11 +15,110 @@
 
 use std::time::Duration;
 
+use std::{path::PathBuf, sync::Arc};
+
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{
+        AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf,
+        WriteHalf,
+    },
     net::TcpStream,
     sync::mpsc,
 };
+
+/// TLS for the link: the CA that signs the servers' certificates, and this
+/// device's own certificate and key (servers that verify clients map the
+/// certificate to the device's permissions).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM: the CA certificate(s) to trust for the server.
+    pub ca: PathBuf,
+    /// PEM: this device's certificate (chain), if the server wants one.
+    pub cert: Option<PathBuf>,
+    /// PEM: its private key.
+    pub key: Option<PathBuf>,
+}
+
+/// A prepared TLS client configuration.
+#[derive(Clone)]
+pub struct Tls(Arc<tokio_rustls::rustls::ClientConfig>);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls(..)")
+    }
+}
+
+/// TLS files that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS: {path}: {problem}")]
+pub struct TlsError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl Tls {
+    /// Read the files and build the client configuration (TLS 1.2 and 1.3,
+    /// ring).
+    pub fn load(files: &TlsFiles) -> Result<Tls, TlsError> {
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        use tokio_rustls::rustls;
+        let bad = |path: &PathBuf, problem: String| TlsError {
+            path: path.clone(),
+            problem,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.ca)
+            .map_err(|e| bad(&files.ca, e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(&files.ca, e.to_string()))?;
+        if cas.is_empty() {
+            return Err(bad(&files.ca, "no certificate in it".to_owned()));
+        }
+        for c in cas {
+            roots.add(c).map_err(|e| bad(&files.ca, e.to_string()))?;
+        }
+        // ring, not aws-lc: it builds without cmake or a C++ toolchain, as a
+        // Yocto cargo build of the agent needs. (rustls marks ring's
+        // provider deprecated for lacking post-quantum key exchange.)
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&files.ca, e.to_string()))?
+            .with_root_certificates(roots);
+        let config = match (&files.cert, &files.key) {
+            (Some(cert), Some(key)) => {
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                    .map_err(|e| bad(cert, e.to_string()))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| bad(cert, e.to_string()))?;
+                if chain.is_empty() {
+                    return Err(bad(cert, "no certificate in it".to_owned()));
+                }
+                let k = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+                builder
+                    .with_client_auth_cert(chain, k)
+                    .map_err(|e| bad(key, e.to_string()))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            (Some(c), None) | (None, Some(c)) => {
+                return Err(bad(
+                    c,
+                    "a client certificate needs its key, and a key its certificate".to_owned(),
+                ));
+            }
+        };
+        Ok(Tls(Arc::new(config)))
+    }
+}
+
+/// The byte stream under the protocol: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+type BoxStream = Box<dyn Stream>;
 
 /// What went wrong on the link.
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +161,26 @@ pub enum LinkError {
         during: &'static str,
     },
     /// The server requires TLS and this link has none configured.
-    #[error("{server} requires TLS; configure [report] with a tls section")]
+    #[error("{server} requires TLS; configure [report] tls_ca (and tls_cert/tls_key)")]
     TlsRequired {
         /// Which server.
         server: String,
+    },
+    /// TLS is configured but the server does not offer it.
+    #[error("{server} does not offer TLS, and this link requires it")]
+    TlsNotOffered {
+        /// Which server.
+        server: String,
+    },
+    /// The TLS handshake failed (certificate not trusted, name mismatch,
+    /// client certificate refused).
+    #[error("TLS handshake with {server}")]
+    Handshake {
+        /// Which server.
+        server: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -118,10 +233,9 @@ pub enum Incoming {
 
 /// A connection: the writer half here, the reader in a task that sends
 /// replies and errors on a channel.
-#[derive(Debug)]
 pub struct Conn {
     server: String,
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    writer: WriteHalf<BoxStream>,
     inbox: String,
     /// Replies (and the reason the reader stopped, last).
     pub replies: mpsc::Receiver<Result<Incoming, LinkError>>,
@@ -146,6 +260,15 @@ fn random_token() -> String {
     hex::encode(b)
 }
 
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("server", &self.server)
+            .field("inbox", &self.inbox)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Conn {
     /// Connect, say who we are, and wait for the server's PONG.
     pub async fn connect(
@@ -154,7 +277,19 @@ impl Conn {
         creds: &Credentials,
         timeout: Duration,
     ) -> Result<Conn, LinkError> {
-        let fut = Self::connect_inner(server, name, creds);
+        Self::connect_tls(server, name, creds, None, timeout).await
+    }
+
+    /// [`Conn::connect`], over TLS when `tls` is given (required then: a
+    /// server that does not offer it is refused).
+    pub async fn connect_tls(
+        server: &str,
+        name: &str,
+        creds: &Credentials,
+        tls: Option<&Tls>,
+        timeout: Duration,
+    ) -> Result<Conn, LinkError> {
+        let fut = Self::connect_inner(server, name, creds, tls);
         tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| LinkError::Timeout {
@@ -168,20 +303,30 @@ impl Conn {
         server: &str,
         name: &str,
         creds: &Credentials,
+        tls: Option<&Tls>,
     ) -> Result<Conn, LinkError> {
-        let stream = TcpStream::connect(host_port(server))
+        let hp = host_port(server);
+        let mut stream = TcpStream::connect(hp)
             .await
             .map_err(io("connect to", server))?;
         stream
             .set_nodelay(true)
             .map_err(io("set TCP_NODELAY on", server))?;
-        let (read, mut writer) = stream.into_split();
-        let mut reader = BufReader::new(read);
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .await
-            .map_err(io("read INFO from", server))?;
+        // The server speaks first, in clear: one INFO line. Read it byte by
+        // byte so nothing after it is buffered away from the TLS layer.
+        let mut raw = Vec::with_capacity(512);
+        loop {
+            let mut b = [0u8; 1];
+            stream
+                .read_exact(&mut b)
+                .await
+                .map_err(io("read INFO from", server))?;
+            raw.push(b[0]);
+            if b[0] == b'\n' || raw.len() > 64 * 1024 {
+                break;
+            }
+        }
+        let mut line = String::from_utf8_lossy(&raw).into_owned();
         let Some(info) = line.strip_prefix("INFO ") else {
             return Err(LinkError::Protocol {
                 server: server.to_owned(),
@@ -193,11 +338,42 @@ impl Conn {
                 server: server.to_owned(),
                 what: format!("INFO is not JSON: {e}"),
             })?;
-        if info.get("tls_required").and_then(|v| v.as_bool()) == Some(true) {
-            return Err(LinkError::TlsRequired {
-                server: server.to_owned(),
-            });
-        }
+        let offers_tls = info.get("tls_required").and_then(|v| v.as_bool()) == Some(true)
+            || info.get("tls_available").and_then(|v| v.as_bool()) == Some(true);
+        let stream: BoxStream = match tls {
+            None if info.get("tls_required").and_then(|v| v.as_bool()) == Some(true) => {
+                return Err(LinkError::TlsRequired {
+                    server: server.to_owned(),
+                });
+            }
+            None => Box::new(stream),
+            Some(_) if !offers_tls => {
+                return Err(LinkError::TlsNotOffered {
+                    server: server.to_owned(),
+                });
+            }
+            Some(t) => {
+                let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(hp);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name =
+                    rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
+                        LinkError::Protocol {
+                            server: server.to_owned(),
+                            what: format!("not a TLS server name: {e}"),
+                        }
+                    })?;
+                let tls_stream = tokio_rustls::TlsConnector::from(t.0.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|source| LinkError::Handshake {
+                        server: server.to_owned(),
+                        source,
+                    })?;
+                Box::new(tls_stream)
+            }
+        };
+        let (read, mut writer) = tokio::io::split(stream);
+        let mut reader = BufReader::new(read);
         if info.get("headers").and_then(|v| v.as_bool()) != Some(true) {
             return Err(LinkError::Protocol {
                 server: server.to_owned(),
@@ -207,7 +383,7 @@ impl Conn {
         let mut connect = serde_json::json!({
             "verbose": false, "pedantic": false, "headers": true, "no_responders": true,
             "lang": "guardian-report", "version": env!("CARGO_PKG_VERSION"), "protocol": 1,
-            "name": name,
+            "name": name, "tls_required": tls.is_some(),
         });
         if let Some(u) = &creds.user {
             connect["user"] = u.clone().into();
@@ -347,7 +523,7 @@ pub fn parse_ack(headers: Option<&[u8]>, payload: &[u8]) -> PubAck {
 }
 
 async fn read_loop(
-    mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    mut reader: BufReader<ReadHalf<BoxStream>>,
     server: String,
     prefix: String,
     tx: mpsc::Sender<Result<Incoming, LinkError>>,
@@ -369,7 +545,7 @@ async fn read_loop(
 /// Read one protocol line (and its payload). `Ok(None)` for lines that need
 /// nothing from the caller.
 async fn read_one(
-    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    reader: &mut BufReader<ReadHalf<BoxStream>>,
     server: &str,
     prefix: &str,
 ) -> Result<Option<Incoming>, LinkError> {

@@ -46,6 +46,8 @@ pub struct LinkConfig {
     pub subject_prefix: String,
     /// Per-device credentials.
     pub credentials: Credentials,
+    /// TLS (required when set: a server that does not offer it is refused).
+    pub tls: Option<crate::nats::Tls>,
     /// Batches sent and not yet acknowledged, at most.
     pub window: usize,
     /// Records per batch, at most.
@@ -73,6 +75,7 @@ impl LinkConfig {
             device: device.to_owned(),
             subject_prefix: "guardian.in".to_owned(),
             credentials: Credentials::default(),
+            tls: None,
             window: 32,
             batch_records: 256,
             batch_bytes: 64 * 1024,
@@ -376,7 +379,15 @@ async fn sender(shared: Arc<Shared>, cfg: LinkConfig, mut stopped: watch::Receiv
         }
         let server = cfg.servers[idx % cfg.servers.len()].clone();
         shared.set_state(LinkState::Connecting, Some(&server), None);
-        match Conn::connect(&server, &cfg.device, &cfg.credentials, cfg.connect_timeout).await {
+        match Conn::connect_tls(
+            &server,
+            &cfg.device,
+            &cfg.credentials,
+            cfg.tls.as_ref(),
+            cfg.connect_timeout,
+        )
+        .await
+        {
             Ok(mut conn) => {
                 log::info!("report link: connected to {server}");
                 backoff = cfg.backoff_min;
@@ -396,8 +407,9 @@ async fn sender(shared: Arc<Shared>, cfg: LinkConfig, mut stopped: watch::Receiv
                 }
             }
             Err(e) => {
-                log::warn!("report link: {e}");
-                shared.set_state(LinkState::Disconnected, None, Some(e.to_string()));
+                let why = link_error(&e);
+                log::warn!("report link: {why}");
+                shared.set_state(LinkState::Disconnected, None, Some(why));
                 idx += 1;
             }
         }

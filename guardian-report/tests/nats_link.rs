@@ -301,3 +301,252 @@ async fn nothing_is_lost_when_the_broker_is_killed_mid_run() {
     );
     r.shutdown().await;
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate for
+/// `board-tls`, made with openssl in `dir`; and a second, unrelated CA.
+fn make_pki(dir: &Path) {
+    for (ca, cn) in [("ca", "guardian-test-ca"), ("other-ca", "someone-else")] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+    }
+    for (name, cn, ext) in [
+        (
+            "server",
+            "127.0.0.1",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "board-tls", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+}
+
+/// The link over TLS with a client certificate per device, against a real
+/// nats-server that verifies clients: records reach the stream; a device
+/// without a certificate, one trusting the wrong CA, and one without TLS
+/// are each refused, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_client_certificate_and_refusals() {
+    use guardian_report::nats::{LinkError, Tls, TlsFiles};
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    make_pki(&pki);
+    let port = free_port();
+    let conf = tmp.path().join("tls.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n\
+             tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify: true, timeout: 2 }}\n",
+            tmp.path().join("js"),
+            pki.join("server.pem"),
+            pki.join("server.key"),
+            pki.join("ca.pem")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(nats_server())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("nats://127.0.0.1:{port}");
+    let good = Tls::load(&TlsFiles {
+        ca: pki.join("ca.pem"),
+        cert: Some(pki.join("client.pem")),
+        key: Some(pki.join("client.key")),
+    })
+    .unwrap();
+    // The stream, made over TLS.
+    let mut admin = Conn::connect_tls(
+        &url,
+        "admin",
+        &Credentials::default(),
+        Some(&good),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let r = request(
+        &mut admin,
+        "$JS.API.STREAM.CREATE.GUARDIAN_IN",
+        r#"{"name":"GUARDIAN_IN","subjects":["guardian.in.>"],"storage":"file","num_replicas":1}"#,
+    )
+    .await;
+    assert!(r.get("error").is_none(), "{r}");
+    // A device over TLS: its records arrive.
+    let mut cfg = LinkConfig::new("board-tls", vec![url.clone()]);
+    cfg.tls = Some(good.clone());
+    let rep = Reporter::start(spool(&tmp.path().join("spool")), cfg).unwrap();
+    for i in 0..100 {
+        assert!(rep.submit(Class::Alert, format!("{{\"n\":{i}}}").into_bytes()));
+    }
+    wait_drained(&rep, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rep.status().link.records_acked < 100 {
+        assert!(Instant::now() < deadline, "{:?}", rep.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rep.shutdown().await;
+    let mut reader = Conn::connect_tls(
+        &url,
+        "reader",
+        &Credentials::default(),
+        Some(&good),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let info = request(&mut reader, "$JS.API.STREAM.INFO.GUARDIAN_IN", "").await;
+    assert!(info["state"]["messages"].as_u64().unwrap() > 0, "{info}");
+    // No client certificate: the server refuses it.
+    let no_cert = Tls::load(&TlsFiles {
+        ca: pki.join("ca.pem"),
+        cert: None,
+        key: None,
+    })
+    .unwrap();
+    let e = match Conn::connect_tls(
+        &url,
+        "board-x",
+        &Credentials::default(),
+        Some(&no_cert),
+        Duration::from_secs(5),
+    )
+    .await
+    {
+        Err(e) => e,
+        Ok(mut c) => tokio::time::timeout(Duration::from_secs(5), c.replies.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err(),
+    };
+    // (With TLS 1.3 the server's refusal comes after the handshake: the
+    // connection is closed.)
+    assert!(
+        matches!(
+            e,
+            LinkError::Io { .. } | LinkError::Refused { .. } | LinkError::Handshake { .. }
+        ),
+        "{e}"
+    );
+    // The wrong CA: our side refuses the server.
+    let wrong = Tls::load(&TlsFiles {
+        ca: pki.join("other-ca.pem"),
+        cert: Some(pki.join("client.pem")),
+        key: Some(pki.join("client.key")),
+    })
+    .unwrap();
+    let e = Conn::connect_tls(
+        &url,
+        "board-x",
+        &Credentials::default(),
+        Some(&wrong),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, LinkError::Handshake { .. }), "{e}");
+    let cause = std::error::Error::source(&e).unwrap().to_string();
+    assert!(
+        cause.contains("UnknownIssuer") || cause.contains("issuer"),
+        "{cause}"
+    );
+    // No TLS at all: refused before anything is sent.
+    let e = Conn::connect(
+        &url,
+        "board-x",
+        &Credentials::default(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, LinkError::TlsRequired { .. }), "{e}");
+    // A bad file is named.
+    let e = Tls::load(&TlsFiles {
+        ca: pki.join("client.key"),
+        cert: None,
+        key: None,
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("client.key"), "{e}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -33,6 +33,9 @@ pub enum ReportError {
     /// No device id configured and no host name to use.
     #[error("[report] device_id is empty and the host name {0:?} is not a valid device id")]
     DeviceId(String),
+    /// The TLS files could not be used.
+    #[error("[report] TLS")]
+    Tls(#[source] guardian_report::nats::TlsError),
     /// The reporter refused its config.
     #[error("the report link")]
     Start(#[source] guardian_report::reporter::StartError),
@@ -86,6 +89,16 @@ pub fn start(cfg: &ReportConfig) -> Result<Option<Reporter>, ReportError> {
         ),
         None => None,
     };
+    if let Some(ca) = &cfg.tls_ca {
+        link.tls = Some(
+            guardian_report::nats::Tls::load(&guardian_report::nats::TlsFiles {
+                ca: ca.clone(),
+                cert: cfg.tls_cert.clone(),
+                key: cfg.tls_key.clone(),
+            })
+            .map_err(ReportError::Tls)?,
+        );
+    }
     link.credentials = Credentials {
         user: (!cfg.user.is_empty()).then(|| cfg.user.clone()),
         password,

@@ -492,6 +492,14 @@ impl Config {
         own.extend(self.guard.unload_keys.iter().cloned());
         own.push(m.log.clone());
         own.extend(self.report.password_file.iter().cloned());
+        let r = &self.report;
+        own.extend(
+            r.tls_ca
+                .iter()
+                .chain(&r.tls_cert)
+                .chain(&r.tls_key)
+                .cloned(),
+        );
         own
     }
 
@@ -535,6 +543,9 @@ impl Config {
             .chain(config.policy.trusted_keys.iter_mut())
             .chain([&mut config.report.spool_dir])
             .chain(config.report.password_file.iter_mut())
+            .chain(config.report.tls_ca.iter_mut())
+            .chain(config.report.tls_cert.iter_mut())
+            .chain(config.report.tls_key.iter_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -47,6 +47,17 @@ pub struct ReportConfig {
     /// files).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// TLS: the CA that signs the fleet servers' certificates (PEM). Set,
+    /// the link requires TLS.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: this device's certificate (PEM), for servers that verify
+    /// clients (protected like guardian's own files).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: this device's private key (PEM; protected).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// A status summary is reported this often.
     #[serde(default = "default_report_status_secs")]
     pub status_interval_secs: u64,
@@ -65,6 +76,9 @@ impl Default for ReportConfig {
             fsync_interval_ms: default_fsync_ms(),
             user: String::new(),
             password_file: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             status_interval_secs: default_report_status_secs(),
         }
     }
@@ -125,6 +139,15 @@ impl ReportConfig {
                 "[report] spool_max_mib = {} and segment_kib = {}: both at least 1, a segment no larger than the spool",
                 self.spool_max_mib, self.segment_kib
             ));
+        }
+        if (self.tls_cert.is_some() || self.tls_key.is_some()) && self.tls_ca.is_none() {
+            return Err(
+                "[report] tls_cert and tls_key need tls_ca (the CA of the fleet's servers)"
+                    .to_owned(),
+            );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("[report] tls_cert and tls_key go together".to_owned());
         }
         if self.status_interval_secs == 0 {
             return Err("[report] status_interval_secs must be at least 1".to_owned());
