@@ -16,34 +16,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../guardian-report/tests/support/nats.rs"]
+mod support;
+use support::{free_port, nats_server};
+
 use std::{
     collections::BTreeSet,
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    net::TcpStream,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use async_nats::jetstream;
 use futures_util::StreamExt;
-
-fn nats_server() -> PathBuf {
-    std::env::var("GUARDIAN_NATS_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            Path::new(&std::env::var("HOME").unwrap())
-                .join(".cache/guardian/nats-venv/bin/nats-server")
-        })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn remaining_len(mut n: usize, out: &mut Vec<u8>) {
     loop {

@@ -10,9 +10,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../guardian-report/tests/support/nats.rs"]
+mod support;
+use support::{free_port, nats_server};
+
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
@@ -28,29 +31,6 @@ use guardian_fleet::{
 use guardian_report::{
     Class, Fsync, LinkConfig, Reporter, Spool, SpoolConfig, spool::Record, wire,
 };
-
-fn nats_server() -> PathBuf {
-    if let Ok(p) = std::env::var("GUARDIAN_NATS_SERVER") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let venv = Path::new(&home).join(".cache/guardian/nats-venv/bin/nats-server");
-    if venv.exists() {
-        return venv;
-    }
-    panic!(
-        "nats-server NOT FOUND: these tests need a real NATS cluster with JetStream. \
-         Run cross/setup.sh or set GUARDIAN_NATS_SERVER."
-    );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Node {
     name: String,

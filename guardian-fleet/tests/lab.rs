@@ -8,9 +8,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../guardian-report/tests/support/nats.rs"]
+mod support;
+use support::{free_port, nats_server};
+
 use std::{
-    net::TcpListener,
-    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -19,27 +21,6 @@ use guardian_report::{
     Class, Fsync, LinkConfig, Reporter, Spool, SpoolConfig,
     nats::{Conn, Credentials, Incoming, LinkError},
 };
-
-fn nats_server() -> PathBuf {
-    if let Ok(p) = std::env::var("GUARDIAN_NATS_SERVER") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(&std::env::var("HOME").unwrap_or_default())
-        .join(".cache/guardian/nats-venv/bin/nats-server");
-    assert!(
-        venv.exists(),
-        "nats-server NOT FOUND: run cross/setup.sh or set GUARDIAN_NATS_SERVER"
-    );
-    venv
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lab_starts_in_one_command_and_shows_a_reporting_device() {

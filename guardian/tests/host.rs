@@ -21,6 +21,9 @@ use std::{
 use serde_json::Value;
 
 mod common;
+#[path = "../../guardian-report/tests/support/nats.rs"]
+mod nats_support;
+use nats_support::nats_server;
 
 static KERNEL: Mutex<()> = Mutex::new(());
 
@@ -1723,20 +1726,6 @@ fn a_policy_reload_reaches_the_fanotify_rungs() {
     agent.stop();
 }
 
-/// nats-server for the fleet link tests (cross/setup.sh installs it).
-fn nats_server() -> PathBuf {
-    if let Ok(p) = std::env::var("GUARDIAN_NATS_SERVER") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(&std::env::var("HOME").unwrap_or_default())
-        .join(".cache/guardian/nats-venv/bin/nats-server");
-    assert!(
-        venv.exists(),
-        "nats-server NOT FOUND: run cross/setup.sh or set GUARDIAN_NATS_SERVER"
-    );
-    venv
-}
-
 fn start_nats(port: u16, store: &Path) -> KillOnDrop {
     let child = Command::new(nats_server())
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
@@ -1759,11 +1748,7 @@ fn start_nats(port: u16, store: &Path) -> KillOnDrop {
 #[test]
 fn the_agent_reports_to_the_fleet_through_an_outage() {
     let _k = exclusive();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = nats_support::free_port();
     let js_dir = tempfile::tempdir().unwrap();
     let mut nats = start_nats(port, js_dir.path());
     let url = format!("nats://127.0.0.1:{port}");
