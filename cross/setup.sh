@@ -22,6 +22,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 host_pkgs=(
     build-essential pkg-config git curl ca-certificates cpio gzip xz-utils
     python3 python3-venv file openssl
+    # the fleet tests signal and look for processes (kill, pgrep)
+    procps
     # test kernel (cross-built from Debian's own source)
     "linux-source-${KERNEL_SERIES}" gcc-aarch64-linux-gnu libc6-dev-arm64-cross
     flex bison bc dwarves libssl-dev libelf-dev

@@ -494,6 +494,14 @@ impl Spool {
         let n = seg_files.len();
         for (i, (_, path)) in seg_files.into_iter().enumerate() {
             let (mut entries, valid, total) = scan_segment(&path)?;
+            // What a killed agent left in the page cache is on disk before
+            // any of it is sent: a sequence number the fleet sees must
+            // survive a power cut that follows.
+            if valid > 0 {
+                File::open(&path)
+                    .and_then(|f| f.sync_data())
+                    .map_err(io_err("sync", &path))?;
+            }
             if valid < total {
                 torn_bytes += total - valid;
                 // Cut the damage off so appends continue after valid data
