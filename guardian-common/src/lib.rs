@@ -59,12 +59,20 @@ pub mod maps {
     /// executables by content (size and SHA-256), so that a copy of one at
     /// another inode is recognised as the service when it runs.
     pub const SERVICE_DIGESTS: &str = "GUARDIAN_SERVICE_DIGESTS";
+    /// Hash map [`PathKey`](crate::PathKey) -> [`MeasuredPath`](crate::MeasuredPath):
+    /// the absolute path of every protected file and protected tree, as
+    /// the agent resolved it, and the inode it led to. The service's
+    /// opens are checked against it ([`rules::MEASURED_OPEN`](crate::rules::MEASURED_OPEN)).
+    pub const MEASURED_PATHS: &str = "GUARDIAN_PATHS";
 }
 
 /// Names of the eBPF programs in the object.
 pub mod programs {
     /// LSM `file_open`: denies write-opens of protected files.
     pub const LSM_FILE_OPEN: &str = "guardian_file_open";
+    /// LSM `file_open`, sleepable: the service opens a protected name only
+    /// at its measured inode (see [`rules::MEASURED_OPEN`](crate::rules::MEASURED_OPEN)).
+    pub const LSM_OPEN_MEASURED: &str = "guardian_open_measured";
     /// Raw tracepoint `sys_exit`: the detect rung's view of the watched
     /// syscalls (open family, write family, `ftruncate`, `mmap`,
     /// `connect`; see [`Syscalls`](crate::Syscalls)).
@@ -453,6 +461,82 @@ pub mod rules {
     /// size and SHA-256, as IMA computes it) is the service when it runs,
     /// whatever its inode.
     pub const SERVICE_BY_CONTENT: u32 = 1 << 6;
+    /// Measure at use: when the service opens a file, a protected name
+    /// must lead to the inode the agent measured there, and a file in a
+    /// protected tree must be one the agent knows. A chroot, a mount
+    /// namespace or anything else that makes the service's name for a
+    /// model lead to another file is refused (reported in detect mode).
+    pub const MEASURED_OPEN: u32 = 1 << 7;
+}
+
+/// Key of the measured-paths map: an absolute path, NUL-padded to
+/// [`PathKey::LEN`] bytes (the kernel's `d_path` writes it so; a longer
+/// path is never checked, and the agent says so when it fills the map).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PathKey {
+    /// The path's bytes, then zeros.
+    pub path: [u8; PathKey::LEN],
+}
+
+impl PathKey {
+    /// Longest path, with its terminating NUL.
+    pub const LEN: usize = 256;
+
+    /// `path` as a key; `None` when it does not fit (with its NUL).
+    pub fn new(path: &[u8]) -> Option<Self> {
+        if path.len() >= Self::LEN {
+            return None;
+        }
+        let mut k = Self {
+            path: [0; Self::LEN],
+        };
+        k.path[..path.len()].copy_from_slice(path);
+        Some(k)
+    }
+}
+
+impl core::fmt::Debug for PathKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // The path as text (what a reader of a table difference wants),
+        // bytes outside printable ASCII escaped.
+        f.write_str("\"")?;
+        for &b in self.path.iter().take_while(|&&b| b != 0) {
+            if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
+                core::fmt::Write::write_char(f, b as char)?;
+            } else {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        f.write_str("\"")
+    }
+}
+
+impl Default for PathKey {
+    fn default() -> Self {
+        Self {
+            path: [0; Self::LEN],
+        }
+    }
+}
+
+/// Value of the measured-paths map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MeasuredPath {
+    /// The inode the path led to when the agent resolved it.
+    pub key: InodeKey,
+    /// [`MeasuredPath::TREE`] or zero.
+    pub flags: u32,
+    /// The [`ProtectedFile::id`] of what the path names (a file's, or a
+    /// tree directory's), to name it in events.
+    pub id: u32,
+}
+
+impl MeasuredPath {
+    /// The path is a protected tree's directory: a file opened in it must
+    /// be one the agent knows (in the protected-files map).
+    pub const TREE: u32 = 1;
 }
 
 /// One of the service's executables by content: an entry of the
@@ -617,6 +701,12 @@ pub mod kind {
     /// ran: from now on it is the service (`file` is its inode, `name` the
     /// path it was run by).
     pub const SERVICE_COPY: u16 = 18;
+    /// The service opened a file other than the one measured: a protected
+    /// name leading to another inode (`aux` = [`Event::OPEN_OTHER_INODE`]),
+    /// or a file in a protected tree that the agent has not taken in
+    /// (`aux` = [`Event::OPEN_UNKNOWN_IN_TREE`]). `name` is the file's
+    /// last path component.
+    pub const OPEN_UNMEASURED: u16 = 19;
 }
 
 /// Which program produced an event.
@@ -795,6 +885,11 @@ pub struct Event {
 impl Event {
     /// `protected_id` when the file is not a protected one.
     pub const NOT_PROTECTED: u32 = u32::MAX;
+    /// [`kind::OPEN_UNMEASURED`]: a protected name led to another inode.
+    pub const OPEN_OTHER_INODE: u32 = 1;
+    /// [`kind::OPEN_UNMEASURED`]: a file in a protected tree that the
+    /// agent has not taken in.
+    pub const OPEN_UNKNOWN_IN_TREE: u32 = 2;
 }
 
 /// `FMODE_WRITE` from `include/linux/fs.h`.
@@ -828,6 +923,8 @@ const _: () = {
     assert!(core::mem::size_of::<KernelConfig>() == 36 * 4 + 16 + 16 + 16 + 88);
     assert!(core::mem::size_of::<NameKey>() == 16 + NameKey::LEN);
     assert!(core::mem::size_of::<ServiceDigest>() == 40);
+    assert!(core::mem::size_of::<PathKey>() == PathKey::LEN);
+    assert!(core::mem::size_of::<MeasuredPath>() == 24);
     assert!(core::mem::size_of::<EgressRule>() == 4 * EgressRule::MAX_PORTS + 4);
     assert!(core::mem::size_of::<EventHeader>() == 16);
     assert!(core::mem::size_of::<Event>() == 16 + 16 + 16 + 10 * 4 + 16 + 16 + NameKey::LEN);
@@ -845,6 +942,8 @@ mod user {
     unsafe impl aya::Pod for super::NameKey {}
     unsafe impl aya::Pod for super::EgressRule {}
     unsafe impl aya::Pod for super::ServiceDigest {}
+    unsafe impl aya::Pod for super::PathKey {}
+    unsafe impl aya::Pod for super::MeasuredPath {}
 }
 
 #[cfg(test)]

@@ -79,6 +79,19 @@ pub fn dentry_key(off: &KernelOffsets, dentry: u64) -> Result<Option<InodeKey>, 
     inode_key(off, inode).map(Some)
 }
 
+/// The inode key of a `struct dentry *`, all zero for a negative dentry.
+/// (A plain key rather than [`dentry_key`]'s `Option`, where a caller
+/// compares it: moving a `None` may copy its uninitialised payload, which
+/// the verifier refuses to read.)
+#[inline(always)]
+pub fn dentry_key_or_zero(off: &KernelOffsets, dentry: u64) -> Result<InodeKey, i64> {
+    let inode: u64 = read(dentry, off.dentry_d_inode)?;
+    if inode == 0 {
+        return Ok(InodeKey::default());
+    }
+    inode_key(off, inode)
+}
+
 /// The last path component of a `struct dentry *` into `out` (NUL-padded
 /// by the caller; at most `out.len() - 1` bytes are copied). Returns the
 /// number of bytes written including the NUL, as the helper does.
@@ -93,6 +106,14 @@ pub fn dentry_name(off: &KernelOffsets, dentry: u64, out: &mut [u8]) -> Result<u
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(name as *const u8, out) }
         .map(|s| s.len())
         .map_err(|e| e as i64)
+}
+
+/// The length of a `struct dentry *`'s last path component
+/// (`d_name.len`: `struct qstr` starts with `u32 hash; u32 len;` on
+/// little-endian machines, `HASH_LEN_DECLARE` in `include/linux/dcache.h`).
+#[inline(always)]
+pub fn dentry_name_len(off: &KernelOffsets, dentry: u64) -> Result<u32, i64> {
+    read(dentry, off.dentry_d_name + 4)
 }
 
 /// `bprm->file`.

@@ -6,7 +6,7 @@
 //!
 //! | file | program | kind | role |
 //! |---|---|---|---|
-//! | `file_open.rs` | `guardian_file_open` | LSM `file_open` | deny write-opens of protected files (enforce) |
+//! | `file_open.rs` | `guardian_file_open`, `guardian_open_measured` | LSM `file_open` (the second sleepable) | deny write-opens of protected files (enforce); measure at use: the service's opens by name |
 //! | `syscalls.rs` | `guardian_sys_enter`, `guardian_sys_exit` | raw tracepoints `sys_enter`, `sys_exit` | the detect rung: dispatches the watched syscalls to the files below |
 //! | `sys_open.rs` | (called by `syscalls.rs`) | open family, entry and exit | report write-opens after the fact (detect) |
 //! | `file_write.rs` | `guardian_file_permission` | LSM `file_permission`; write family and `ftruncate` on syscall entry | writes through descriptors opened earlier |

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use guardian_common::{
-    Counter, EgressRule, InodeKey, KernelConfig, NameKey, ProtectedFile, ServiceDigest,
+    Counter, EgressRule, InodeKey, KernelConfig, MeasuredPath, NameKey, PathKey, ProtectedFile,
+    ServiceDigest,
 };
 
 /// Protected files by inode.
@@ -72,6 +73,35 @@ pub static SERVICE_DIGESTS: Array<ServiceDigest> = Array::with_max_entries(Servi
 #[map(name = "GUARDIAN_REPORTED")]
 pub static REPORTED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 
+/// Protected files and tree directories by absolute path (see
+/// `guardian_common::maps::MEASURED_PATHS`). Not preallocated: a key is
+/// 256 bytes, and most boards protect a handful of files.
+#[map(name = "GUARDIAN_PATHS")]
+pub static MEASURED_PATHS: HashMap<PathKey, MeasuredPath> =
+    HashMap::with_max_entries(MEASURED_PATHS_MAX, BPF_F_NO_PREALLOC);
+
+/// Where `file_open.rs` builds the paths it looks up: the `d_path`
+/// buffer (a key and as much again, see there) and the directory's key.
+#[repr(C)]
+pub struct PathScratch {
+    /// The path, then zeros: a key.
+    pub key: PathKey,
+    /// The rest of the `d_path` buffer.
+    pub tail: [u8; PathKey::LEN],
+    /// The path of the file's directory, then zeros.
+    pub parent: PathKey,
+}
+
+/// One [`PathScratch`] per CPU (a program runs on one CPU from start to
+/// end; 768 bytes do not fit a 512-byte BPF stack).
+#[map(name = "GUARDIAN_PATH_SCRATCH")]
+pub static PATH_SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Entries of [`MEASURED_PATHS`]: the protected files and the directories.
+const MEASURED_PATHS_MAX: u32 = 16384 + 4096;
+/// `BPF_F_NO_PREALLOC` (`include/uapi/linux/bpf.h`).
+const BPF_F_NO_PREALLOC: u32 = 1;
+
 const _: () = {
     // The names above must be the shared ones; attribute arguments cannot
     // take a const, so check them here instead.
@@ -91,6 +121,7 @@ const _: () = {
     assert!(eq(m::AUTH, "GUARDIAN_AUTH"));
     assert!(eq(m::SERVICE_DIGESTS, "GUARDIAN_SERVICE_DIGESTS"));
     assert!(eq(m::REPORTED_FILES, "GUARDIAN_REPORTED"));
+    assert!(eq(m::MEASURED_PATHS, "GUARDIAN_PATHS"));
 };
 
 const fn eq(a: &str, b: &str) -> bool {

@@ -84,6 +84,16 @@ pub enum Message {
         /// Where the answer goes.
         reply: std::sync::mpsc::Sender<Result<bool, String>>,
     },
+    /// Files an allowed writer added to a protected tree, now in the
+    /// guard's tables: hashed here (off the daemon's task) and recorded
+    /// as one `take_in` guard record with each file's SHA-256.
+    TakeIn {
+        /// Each file's path, and its inode as `dev:ino` (what the kernel
+        /// now lets the service open).
+        files: Vec<(PathBuf, String)>,
+        /// The mode in force.
+        mode: String,
+    },
     /// Finish queued work and stop (other senders, such as the policy
     /// engine's measurer, may still hold the channel open).
     Stop,
@@ -323,6 +333,21 @@ impl Worker {
                         self.record_gap(action);
                     }
                     self.record(ledger::guard_event(action, &mode, detail));
+                }
+                Ok(Message::TakeIn { files, mode }) => {
+                    let detail = files
+                        .iter()
+                        .map(|(p, inode)| match crate::hashing::hash_file(p) {
+                            Ok(d) => format!(
+                                "{} (inode {inode}, sha256 {})",
+                                p.display(),
+                                hex::encode(d.sha256)
+                            ),
+                            Err(e) => format!("{} (inode {inode}, not hashed: {e})", p.display()),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    self.record(ledger::guard_event("take_in", &mode, detail));
                 }
                 Ok(Message::Policy {
                     info,

@@ -31,6 +31,7 @@ use crate::{
 /// | `library_load` | `path`, `dev`, `ino` |
 /// | `ptrace` | `target_pid`, `target_exe` |
 /// | `connect` | `family`, `addr`, `port` |
+/// | `open_unmeasured` | `file` (the measured file or tree at that name), `dev`, `ino` (what was opened), `name`, `reason` |
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SecurityEvent {
     /// When the kernel saw it (RFC 3339, UTC).
@@ -112,6 +113,10 @@ pub struct SecurityEvent {
     /// (`killed`, or why it could not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
+    /// Why the kernel judged so, where the kind alone does not say
+    /// (`open_unmeasured`: `other_inode` or `not_taken_in`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The policies' combined answer on one event.
@@ -147,6 +152,7 @@ impl SecurityEvent {
         match self.event.as_str() {
             e if e.starts_with("file_")
                 || e == "mount"
+                || e == "open_unmeasured"
                 || e == "path_changed"
                 || e == "preexisting_writer" =>
             {
@@ -260,6 +266,7 @@ fn kind_name(k: u16) -> Option<&'static str> {
         kind::BPF_OBJECT => "bpf_object",
         kind::PRCTL_EXE => "prctl_exe",
         kind::SERVICE_COPY => "service_copy",
+        kind::OPEN_UNMEASURED => "open_unmeasured",
         _ => return None,
     })
 }
@@ -374,6 +381,26 @@ impl Decoder {
                 if header.kind == kind::EXEC_PRELOAD {
                     out.env = Some(preload::name(ev.aux).to_owned());
                 }
+            }
+            kind::OPEN_UNMEASURED => {
+                // Only the service is judged so (a copy the kernel
+                // recognised by content included, which the targets do
+                // not list).
+                out.service = true;
+                // The measured file (or tree) whose name the service used,
+                // and the inode it reached instead.
+                out.file = Some(self.protected_path(ev.protected_id));
+                out.dev = Some(format!("{}:{}", ev.file.major(), ev.file.minor()));
+                out.ino = Some(ev.file.ino);
+                out.name = name;
+                out.reason = Some(
+                    if ev.aux == Event::OPEN_UNKNOWN_IN_TREE {
+                        "not_taken_in"
+                    } else {
+                        "other_inode"
+                    }
+                    .to_owned(),
+                );
             }
             kind::PTRACE => {
                 out.target_pid = Some(ev.aux);

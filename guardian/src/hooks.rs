@@ -40,6 +40,9 @@ macro_rules! words {
 pub enum Hook {
     /// Opening a protected file for writing (or with `O_TRUNC`).
     FileWriteOpen,
+    /// The service opening a file: a protected name must lead to the
+    /// measured inode (measure at use).
+    OpenMeasured,
     /// Writing through a descriptor.
     FileWrite,
     /// Changing attributes (truncate, chmod, chown).
@@ -70,8 +73,9 @@ pub enum Hook {
 
 impl Hook {
     /// Every hook, in the order `guardian status` lists them.
-    pub const ALL: [Hook; 14] = [
+    pub const ALL: [Hook; 15] = [
         Hook::FileWriteOpen,
+        Hook::OpenMeasured,
         Hook::FileWrite,
         Hook::FileSetattr,
         Hook::FileRename,
@@ -91,6 +95,7 @@ impl Hook {
     pub const fn as_str(self) -> &'static str {
         match self {
             Hook::FileWriteOpen => "file_write_open",
+            Hook::OpenMeasured => "open_measured",
             Hook::FileWrite => "file_write",
             Hook::FileSetattr => "file_setattr",
             Hook::FileRename => "file_rename",
@@ -116,8 +121,8 @@ impl Hook {
 words!(Hook);
 
 /// The hooks, by the names `status`, events and `[guard] require` use.
-pub const HOOKS: [&str; 14] = {
-    let mut out = [""; 14];
+pub const HOOKS: [&str; 15] = {
+    let mut out = [""; 15];
     let mut i = 0;
     while i < Hook::ALL.len() {
         out[i] = Hook::ALL[i].as_str();

@@ -430,6 +430,9 @@ impl Targets {
         if svc.deny_preload {
             self.rules |= rules::NO_PRELOAD;
         }
+        if svc.measured_open {
+            self.rules |= rules::MEASURED_OPEN;
+        }
         if svc.exec_allowlist {
             self.rules |= rules::EXEC_ALLOWLIST;
             for e in &svc.allowed_exec {
@@ -580,6 +583,7 @@ mod tests {
                 | rules::SERVICE_BY_CONTENT
                 | rules::NO_PTRACE
                 | rules::NO_PRELOAD
+                | rules::MEASURED_OPEN
                 | rules::EXEC_ALLOWLIST
                 | rules::LIBRARY_ALLOWLIST
                 | rules::EGRESS_ALLOWLIST

@@ -517,6 +517,47 @@ pp="$(predict "$CLASSIFIER")"
 [ "$pp" = "$expected" ]
 check predictions-after-path-attacks $? "expected [$expected] got [$pp]"
 
+# Measure at use: the service's name for its model must lead to the
+# measured inode, whatever root or tree it is reached through.
+say "the attacker serves the service a forged model at the model's own path: a chroot"
+mkdir -p /tmp/jail/opt/models /tmp/jail/usr/bin
+cp /tmp/control.onnx /tmp/jail/opt/models/classifier.onnx
+cp "$INFER" /tmp/jail/usr/bin/inference-service
+attack chroot-model-swap open_unmeasured sh -c \
+    'exec chroot /tmp/jail /usr/bin/inference-service --model /opt/models/classifier.onnx </opt/inference/inputs.jsonl'
+events_of "$pid" | grep '"event":"open_unmeasured"' | grep '"reason":"other_inode"' \
+    | grep -q "\"file\":\"$CLASSIFIER\""
+check chroot-swap-names-model $? "$(events_of "$pid" | head -n 1 | cut -c1-320)"
+# The same service binary in the real root still serves the real model.
+pp="$(predict "$CLASSIFIER")"
+[ "$pp" = "$expected" ]
+check predictions-after-chroot $? "expected [$expected] got [$pp]"
+
+say "a new file in the protected tree: the service may open it only once guardian has taken it in"
+# The agent is held still, so the kernel alone answers; the allowed
+# writer (the updater) puts the file there.
+kill -STOP "$agent"
+"$UPDATER" cp /tmp/control.onnx /opt/models/new.onnx
+spawn "$INFER" --model /opt/models/new.onnx </opt/inference/inputs.jsonl
+kill -CONT "$agent"
+[ "$rc" -ne 0 ] && grep -q "Operation not permitted" /tmp/out
+check unmeasured-tree-file-refused $? "pid $pid exit $rc: $(head -n 1 /tmp/out)"
+wait_event "$pid" deny open_unmeasured
+events_of "$pid" | grep '"reason":"not_taken_in"' | grep -q '"name":"new.onnx"'
+check unmeasured-tree-file-event $? "$(events_of "$pid" | head -n 1 | cut -c1-320)"
+# Taken in at the agent's next tick (a guard record in the evidence), the
+# writer's update is served.
+n=0
+while [ "$n" -lt 50 ]; do
+    "$INFER" --model /opt/models/new.onnx </opt/inference/inputs.jsonl >/dev/null 2>&1 && break
+    sleep 0.2
+    n=$((n + 1))
+done
+[ "$n" -lt 50 ] && grep -q '"take_in"' /run/guardian/measurements.log \
+    && grep '"take_in"' /run/guardian/measurements.log | grep -q 'new.onnx'
+check tree-file-taken-in $? "after $n tries; $(grep -o '"action":"take_in"[^}]*' /run/guardian/measurements.log | head -n 1 | cut -c1-200)"
+"$UPDATER" rm -f /opt/models/new.onnx
+
 say "the attacker borrows identities"
 attack prctl-exe prctl_exe guardian-attack prctl-exe /opt/updater/busybox
 attack service-traceme ptrace guardian-attack traceme

@@ -68,9 +68,7 @@ pub struct GuardConfig {
     pub protected_names: Vec<PathBuf>,
     /// Hooks that must run in their enforcing form; if the kernel cannot
     /// deny one of them, the agent refuses to start instead of degrading
-    /// (names as in `guardian status`: file_write_open, file_write,
-    /// file_setattr, file_rename, file_unlink, file_link, file_create,
-    /// file_mmap, exec, ptrace, connect).
+    /// (names as in `guardian status`: `crate::hooks::HOOKS`).
     #[serde(default)]
     pub require: Vec<String>,
     /// Protect guardian's own files (its binary, this config, keys, the
@@ -205,6 +203,10 @@ pub struct ServiceConfig {
     /// by, the service.
     #[serde(default = "default_true")]
     pub deny_preload: bool,
+    /// Measure at use: the service's opens of protected names must reach
+    /// the measured inodes (`guardian_common::rules::MEASURED_OPEN`).
+    #[serde(default = "default_true")]
+    pub measured_open: bool,
 }
 
 impl Default for ServiceConfig {
@@ -217,6 +219,7 @@ impl Default for ServiceConfig {
             egress: None,
             deny_ptrace: true,
             deny_preload: true,
+            measured_open: true,
         }
     }
 }

@@ -102,6 +102,15 @@ impl Outputs {
         });
     }
 
+    /// Files taken into the protected trees' tables: hashed and recorded by
+    /// the attestor.
+    pub(super) fn take_in(&self, files: Vec<(std::path::PathBuf, String)>, mode: Mode) {
+        self.attestor.send(Message::TakeIn {
+            files,
+            mode: mode.as_str().to_owned(),
+        });
+    }
+
     /// The attestor (its counters, the policy engine's measurer).
     pub(super) fn attestor(&self) -> &Attestor {
         &self.attestor

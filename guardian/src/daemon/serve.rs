@@ -63,6 +63,9 @@ pub(super) struct Daemon {
     notify: systemd::Notifier,
     /// The raw syscall tracepoint reports write-opens already.
     opens_traced: bool,
+    /// An allowed writer made a new name in a protected tree since the
+    /// last tick: the tables take it in at the next one.
+    take_in: bool,
 }
 
 impl Daemon {
@@ -81,6 +84,7 @@ impl Daemon {
         Self {
             decoder: Decoder::new(enforcement.mode(), &targets),
             opens_traced: enforcement.opens_traced(),
+            take_in: false,
             publisher: Publisher::new(&config.measure.log),
             config,
             features,
@@ -248,6 +252,14 @@ impl Daemon {
 
     /// One event: judged, answered, written (see `event.rs`).
     fn handle(&mut self, ev: SecurityEvent) {
+        if ev.verdict == Verdict::Allow
+            && matches!(
+                ev.event.as_str(),
+                "file_create" | "file_rename" | "file_link" | "file_unlink"
+            )
+        {
+            self.take_in = true;
+        }
         super::event::handle(
             ev,
             &self.engine,
@@ -328,9 +340,53 @@ impl Daemon {
         );
     }
 
+    /// Take into the tables what an allowed writer added to a protected
+    /// tree: until then the service may not open it (measure at use,
+    /// `not_taken_in`). The targets are resolved again with the policies'
+    /// rules in force, and what came in is a guard record in the evidence.
+    fn take_in(&mut self) {
+        self.take_in = false;
+        let t = match crate::rules::targets(&self.config, &self.engine.rules()) {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("cannot take in the new files of the protected trees: {e}");
+                return;
+            }
+        };
+        let before: std::collections::HashSet<_> =
+            self.targets.files.iter().map(|(_, k)| *k).collect();
+        let new: Vec<(std::path::PathBuf, String)> = t
+            .files
+            .iter()
+            .take(t.own_from)
+            .filter(|(_, k)| !before.contains(k))
+            .map(|(p, k)| (p.clone(), format!("{}:{}:{}", k.major(), k.minor(), k.ino)))
+            .collect();
+        if let Err(e) = self.enforcement.refresh(&t) {
+            log::error!("cannot take in the new files of the protected trees: {e}");
+            return;
+        }
+        self.decoder = Decoder::new(self.enforcement.mode(), &t);
+        self.targets = t;
+        self.paths = PathCheck::new(&self.targets);
+        if !new.is_empty() {
+            log::info!(
+                "protected trees: taken in {}",
+                new.iter()
+                    .map(|(p, _)| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            self.out.take_in(new, self.enforcement.mode());
+        }
+    }
+
     /// The status timer: what can only be looked at, looked at again;
     /// then the status.
     fn on_tick(&mut self) -> Result<(), RunError> {
+        if self.take_in {
+            self.take_in();
+        }
         // The names still lead where they did?
         for ev in self.paths.check() {
             self.counters.path_changes += u64::from(ev.verdict == Verdict::Alert);

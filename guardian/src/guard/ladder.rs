@@ -69,6 +69,8 @@ impl Guard {
 
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::EVENTS, opts.ring_buffer_bytes)
+            // A constant the verifier must see (file_open.rs says why).
+            .override_global("GUARDIAN_FILE_F_PATH", &offsets.file_f_path, true)
             .load(opts.object)
             .map_err(load_error)?;
         let mut maps = std::collections::HashMap::new();

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use guardian_common::{
-    EgressRule, InodeKey, KernelConfig, NameKey, ProtectedFile, ServiceDigest, maps as map_names,
+    EgressRule, InodeKey, KernelConfig, MeasuredPath, NameKey, PathKey, ProtectedFile,
+    ServiceDigest, maps as map_names,
 };
 
 use super::{GuardError, map_err, missing_map};
@@ -129,6 +130,61 @@ pub(super) struct Written {
     pub(super) service: Vec<(InodeKey, u32)>,
     pub(super) exec: Vec<(InodeKey, u32)>,
     pub(super) names: Vec<(NameKey, u32)>,
+    pub(super) paths: Vec<(PathKey, MeasuredPath)>,
+}
+
+/// The measured paths: every protected file that is not guardian's own,
+/// and every directory of a protected tree, by the absolute path without
+/// symlinks that the kernel's `d_path` gives for it (see
+/// `guardian_common::rules::MEASURED_OPEN`). A path that no longer
+/// resolves, or is too long for a key, is left out and said.
+pub(super) fn measured_paths(targets: &Targets) -> Vec<(PathKey, MeasuredPath)> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let files = targets
+        .files
+        .iter()
+        .take(targets.own_from)
+        .enumerate()
+        .map(|(id, (p, k))| (p, *k, 0, id as u32));
+    let trees = targets
+        .dirs
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, f))| f & ProtectedFile::TREE != 0 && f & ProtectedFile::SELF == 0)
+        .map(|(i, (p, k, _))| {
+            (
+                p,
+                *k,
+                MeasuredPath::TREE,
+                ProtectedFile::DIR_ID_BASE + i as u32,
+            )
+        });
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (path, key, flags, id) in files.chain(trees) {
+        let real = match std::fs::canonicalize(path) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!(
+                    "measure at use: {} is not checked by name ({e})",
+                    path.display()
+                );
+                continue;
+            }
+        };
+        let Some(k) = PathKey::new(real.as_os_str().as_bytes()) else {
+            log::warn!(
+                "measure at use: {} is not checked by name (longer than {} bytes)",
+                real.display(),
+                PathKey::LEN - 1
+            );
+            continue;
+        };
+        if seen.insert(k) {
+            out.push((k, MeasuredPath { key, flags, id }));
+        }
+    }
+    out
 }
 
 /// Write every table from `targets`; `pins` are added as guardian's own
@@ -197,12 +253,14 @@ pub(super) fn fill_tables(
         service: indexed(&targets.service),
         exec: indexed(&targets.exec),
         names: indexed(&targets.names),
+        paths: measured_paths(targets),
     };
     sync_hash(maps, map_names::PROTECTED_FILES, &w.protected, false)?;
     sync_hash(maps, map_names::ALLOWED_WRITERS, &w.writers, false)?;
     sync_hash(maps, map_names::SERVICE_EXES, &w.service, keep_kernel)?;
     sync_hash(maps, map_names::ALLOWED_EXEC, &w.exec, keep_kernel)?;
     sync_hash(maps, map_names::PROTECTED_NAMES, &w.names, false)?;
+    sync_hash(maps, map_names::MEASURED_PATHS, &w.paths, false)?;
     sync_digests(maps, &targets.service_digests)?;
     sync_lpm(maps, map_names::EGRESS_V4, &targets.egress4)?;
     sync_lpm(maps, map_names::EGRESS_V6, &targets.egress6)?;

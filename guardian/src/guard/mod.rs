@@ -408,6 +408,7 @@ impl Guard {
         )?;
         diff_hash(m, map_names::ALLOWED_EXEC, &w.exec, kernel_adds, &mut out)?;
         diff_hash(m, map_names::PROTECTED_NAMES, &w.names, false, &mut out)?;
+        diff_hash(m, map_names::MEASURED_PATHS, &w.paths, false, &mut out)?;
         let m = self
             .maps
             .get(map_names::CONFIG)

@@ -59,12 +59,24 @@ pub(super) const EXECVE: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-pub(super) const DEFS: [HookDef; 14] = [
+pub(super) const DEFS: [HookDef; 15] = [
     HookDef::plain(
         Hook::FileWriteOpen,
         &[(prog_names::LSM_FILE_OPEN, "file_open")],
         sys::OPENS,
     ),
+    // Measure at use: the service's opens, judged by the name it used.
+    // Only with a [service]; nothing below BPF LSM can refuse an open by
+    // name (the path check and the pre-scan are the detection there).
+    HookDef {
+        hook: Hook::OpenMeasured,
+        lsm: &[(prog_names::LSM_OPEN_MEASURED, "file_open")],
+        syscalls: 0,
+        detect: &[],
+        always: &[],
+        service: true,
+        cgroup: false,
+    },
     HookDef::plain(
         Hook::FileWrite,
         &[(prog_names::LSM_FILE_PERMISSION, "file_permission")],
@@ -169,7 +181,7 @@ pub(super) const DEFS: [HookDef; 14] = [
 ];
 
 /// Every map the agent reads or writes, by name.
-pub(super) const MAP_NAMES: [&str; 15] = [
+pub(super) const MAP_NAMES: [&str; 16] = [
     map_names::PROTECTED_FILES,
     map_names::ALLOWED_WRITERS,
     map_names::CONFIG,
@@ -185,6 +197,7 @@ pub(super) const MAP_NAMES: [&str; 15] = [
     map_names::REPORTED_FILES,
     map_names::AUTH,
     map_names::SERVICE_DIGESTS,
+    map_names::MEASURED_PATHS,
 ];
 
 /// The cgroup socket programs and where they attach.
