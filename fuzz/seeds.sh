@@ -3,7 +3,7 @@
 # into swtpm (manifest, log, quote, evidence bundle) and guardian's own
 # policy event encoding. Written into fuzz/corpus/<target>/ (not
 # committed); run.sh starts from them. Each seed is checked to parse
-# (guardian/tests/fuzz_seeds.rs does the work).
+# (guardian/tests/it/fuzz_seeds.rs does the work).
 #
 #   fuzz/seeds.sh             write the seeds
 #   fuzz/seeds.sh --fixture   also rewrite fuzz/fixtures/ (the verify
@@ -19,6 +19,6 @@ case "${1:-}" in
 esac
 mkdir -p "$here/corpus"
 cd "$here/.."
-GUARDIAN_FUZZ_SEEDS="$here/corpus" cargo test --locked -q -p guardian --test fuzz_seeds \
-    -- --test-threads=1 seeds_from_a_real_board_parse
+GUARDIAN_FUZZ_SEEDS="$here/corpus" cargo test --locked -q -p guardian --test it \
+    -- --test-threads=1 fuzz_seeds::seeds_from_a_real_board_parse
 echo "seeds: $(find "$here/corpus" -type f | wc -l) files in $here/corpus" >&2

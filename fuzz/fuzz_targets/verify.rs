@@ -2,7 +2,7 @@
 //! `attest/verify.rs`), fed arbitrary bytes as the bundle JSON, with a
 //! fixed enrolled AK, manifest key and nonce: those of the fixture in
 //! `fuzz/fixtures/`, a real bundle from swtpm (`fuzz/seeds.sh --fixture`
-//! makes it; `guardian/tests/fuzz_seeds.rs` checks it is still trusted).
+//! makes it; `guardian/tests/it/fuzz_seeds.rs` checks it is still trusted).
 //!
 //! Never a panic, stateless or with a verifier state and the fixture's
 //! manifest pinned as golden. And never a trusted

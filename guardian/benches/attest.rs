@@ -11,7 +11,9 @@
 // A benchmark reports by printing, and fails loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../tests/common/mod.rs"]
+// The integration tests' support; this benchmark uses a part of it.
+#[allow(dead_code)]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

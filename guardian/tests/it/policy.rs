@@ -2,9 +2,7 @@
 //! policies (built here for wasm32 from policies/examples), hand-written
 //! WAT, signed bundles, hot swap, and measurement into a real swtpm.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::{
     path::{Path, PathBuf},

@@ -16,9 +16,7 @@
 //!   eBPF programs on this kernel, so it needs root).
 
 // Tests panic on purpose: the failing line is the report.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::{
     os::fd::AsRawFd as _,

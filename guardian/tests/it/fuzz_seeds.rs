@@ -11,11 +11,7 @@
 //! the test then only checks that real data still parses.
 
 // Tests panic on purpose: the failing line is the report.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-#[path = "support/evidence.rs"]
-mod evidence;
+use crate::evidence;
 
 use std::path::{Path, PathBuf};
 

@@ -7,8 +7,6 @@
 //! tests.
 
 // Tests panic on purpose: the failing line is the report.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::fs::MetadataExt as _,
@@ -17,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-mod rungs;
+use crate::rungs;
 
 use rungs::{Receiver, Scene, channel};
 

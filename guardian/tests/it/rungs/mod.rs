@@ -3,8 +3,6 @@
 //! private copies of the shell; the rungs' event queue, read from a test
 //! thread.
 
-#![allow(dead_code)]
-
 use std::{
     cell::RefCell,
     os::unix::fs::PermissionsExt as _,

@@ -17,11 +17,7 @@
 //! a trusted verdict must carry exactly the evidence the TPM quoted.
 
 // Tests panic on purpose: the failing line is the report.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-#[path = "support/evidence.rs"]
-mod evidence;
+use crate::evidence;
 
 use std::{collections::HashSet, sync::LazyLock};
 

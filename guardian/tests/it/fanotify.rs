@@ -7,8 +7,6 @@
 //! the eBPF host tests without touching what those watch.
 
 // Tests panic on purpose: the failing line is the report.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::{
     ffi::CString,
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
@@ -18,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-mod rungs;
+use crate::rungs;
 
 use rungs::{Receiver, Scene, channel};
 

@@ -4,9 +4,7 @@
 //! swtpm on a free port, so they run in parallel.
 
 // Tests panic on purpose: the failing line is the report.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -3,9 +3,6 @@
 //! tamper attempt, a policy load, a note), for the fuzz seeds and the
 //! mutation properties. Included with `#[path]` next to `mod common;`.
 
-// Each test binary that includes it uses a different part.
-#![allow(dead_code)]
-
 use guardian::{
     attest::{Trust, Verdict, bundle, verify},
     evidence::{
@@ -25,6 +22,8 @@ pub const PCR: u32 = 14;
 
 /// A measured board with a quote: the TPM, the board, the bundle's bytes.
 pub struct Quoted {
+    /// Held, not read: the swtpm stops when this is dropped.
+    #[allow(dead_code)]
     pub tpm: Swtpm,
     pub board: Board,
     pub bundle: Vec<u8>,

@@ -12,9 +12,7 @@
 //! certificate (`p256_ek_opens_our_credential`).
 
 // Tests panic on purpose: the failing line is the report.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::{
     path::{Path, PathBuf},

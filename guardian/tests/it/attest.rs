@@ -3,9 +3,7 @@
 //! can check: the signature with our exported AK public key, and the nonce.
 
 // Tests panic on purpose: the failing line is the report.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

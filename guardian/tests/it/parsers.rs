@@ -13,8 +13,6 @@
 //!   runs, postcard's, the header and the in-place view.
 
 // Tests panic on purpose: the failing line is the report.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeSet;
 
 use guardian::{

@@ -7,8 +7,6 @@
 //! The tests share the kernel, so they take a lock and run one at a time.
 
 // Tests panic on purpose: the failing line is the report.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::{
     io::Write as _,
     os::unix::fs::MetadataExt as _,
@@ -20,9 +18,8 @@ use std::{
 
 use serde_json::Value;
 
-mod common;
-#[path = "../../guardian-report/tests/support/nats.rs"]
-mod nats_support;
+use crate::common;
+use crate::nats_support;
 use nats_support::nats_server;
 
 static KERNEL: Mutex<()> = Mutex::new(());

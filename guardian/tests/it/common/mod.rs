@@ -2,8 +2,6 @@
 //! scratch "board" with models, a vendor key, a signed manifest and a
 //! config.
 
-#![allow(dead_code)]
-
 use std::{
     net::TcpStream,
     path::{Path, PathBuf},

@@ -1,0 +1,36 @@
+//! guardian's integration tests, in one binary (one link, one run), a
+//! module per area:
+//!
+//! | module | what it drives |
+//! |---|---|
+//! | `host` | the real agent on this host's kernel: tracepoints, fanotify, pins, the fleet link |
+//! | `fanotify`, `watch` | the userspace rungs (permission and notification events) on their own |
+//! | `measure` | `guardian measure` against a real swtpm |
+//! | `records`, `attest` | continuous attestation, quotes and `guardian verify` |
+//! | `enrol` | enrolment with an EK certificate and credential activation |
+//! | `policy` | signed wasm policies in wasmi, hot swap, measurement |
+//! | `parsers`, `bundle_mutations`, `fuzz_seeds` | properties of every parser and of the verifier; the fuzz seeds |
+//!
+//! Shared support: `common` (a swtpm per test, a scratch board), `rungs`
+//! (a scene for the fanotify rungs), `evidence` (a real evidence bundle),
+//! `nats_support` (nats-server, shared with the fleet crates' tests).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod evidence;
+#[path = "../../../guardian-report/tests/support/nats.rs"]
+mod nats_support;
+mod rungs;
+
+mod attest;
+mod bundle_mutations;
+mod enrol;
+mod fanotify;
+mod fuzz_seeds;
+mod host;
+mod measure;
+mod parsers;
+mod policy;
+mod records;
+mod watch;
