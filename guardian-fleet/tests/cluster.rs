@@ -484,3 +484,180 @@ async fn bad_input_is_refused_and_nothing_is_stored_under_the_wrong_device() {
     let _ = stop_tx.send(());
     svc.await.unwrap().unwrap();
 }
+
+/// Every stored record of one device, as stored (class and body kept).
+async fn stored_records(js: &jetstream::Context, device: &str) -> Vec<wire::WireRecord> {
+    let stream = js.get_stream(STORE_STREAM).await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: format!("guardian.store.{device}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await else {
+            break;
+        };
+        let m = m.unwrap();
+        let pending = m.info().unwrap().pending;
+        let s: Stored = serde_json::from_slice(&m.payload).unwrap();
+        out.extend(s.records);
+        if pending == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// A device cut off from the fleet long enough to fill its spool: the
+/// spool drops what matters least (never an alert while anything less
+/// important is held), says so in drop notices, and once the fleet is back
+/// every sequence number the device gave is accounted for at the fleet,
+/// exactly: stored once, or inside a span a notice reported, with the
+/// spans' counts equal to what the device dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_is_accounted_for_at_the_fleet_number_by_number() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(tmp.path());
+    let js = ready(&nodes).await;
+    let _fleet = Instance::start(&nodes, tmp.path(), "fleet");
+    // The whole cluster goes away while the device produces.
+    for n in nodes.iter_mut() {
+        n.kill9();
+    }
+    let id = "board-full";
+    let spool = Spool::open(SpoolConfig {
+        dir: tmp.path().join(id),
+        max_bytes: 64 << 10,
+        segment_bytes: 8 << 10,
+        fsync: Fsync::Interval(Duration::from_millis(50)),
+    })
+    .unwrap();
+    let mut cfg = LinkConfig::new(id, urls(&nodes));
+    cfg.backoff_max = Duration::from_millis(500);
+    cfg.ack_timeout = Duration::from_secs(3);
+    let r = Reporter::start(spool, cfg).unwrap();
+    // About 450 KB of records into a 64 KiB spool: one in fifty an alert,
+    // one in seven a status summary, the rest events.
+    let mut alerts = 0u64;
+    for i in 0..3000u32 {
+        let class = if i % 50 == 0 {
+            alerts += 1;
+            Class::Alert
+        } else if i % 7 == 0 {
+            Class::Status
+        } else {
+            Class::Event
+        };
+        let body = format!(r#"{{"n":{i},"pad":"{}"}}"#, "x".repeat(100));
+        while !r.submit(class, body.clone().into_bytes()) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.status().link.queued > 0 || r.status().spool.unsynced > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the spool did not take the records"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = r.status();
+    let spool_drops: u64 = before.spool.dropped.iter().sum();
+    assert!(
+        spool_drops > 1000,
+        "the spool never filled: {:?}",
+        before.spool
+    );
+    // The fleet comes back; the spool drains.
+    for n in nodes.iter_mut() {
+        n.spawn();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !r.drained() {
+        assert!(Instant::now() < deadline, "not drained: {:?}", r.status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let st = r.status();
+    let given = st.spool.next_seq - 1;
+    // Read the store until it holds all that was sent.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let records = loop {
+        let recs = stored_records(&js, id).await;
+        let highest = recs.iter().map(|r| r.seq).max().unwrap_or(0);
+        if highest == given || Instant::now() > deadline {
+            break recs;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut stored: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut spans = std::collections::BTreeSet::new();
+    let mut stored_alerts = 0u64;
+    for rec in &records {
+        *stored.entry(rec.seq).or_insert(0) += 1;
+        match rec.class.as_str() {
+            "drop" => {
+                let n: guardian_report::spool::DropNotice =
+                    serde_json::from_str(rec.body.get()).unwrap();
+                assert!(!n.more, "a notice left spans out: {n:?}");
+                spans.extend(n.spans);
+            }
+            "alert" => stored_alerts += 1,
+            _ => {}
+        }
+    }
+    let doubled: Vec<_> = stored.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(doubled.is_empty(), "stored twice: {doubled:?}");
+    eprintln!(
+        "{given} numbers given, {} stored, {spool_drops} dropped by the spool in {} spans, {alerts} alerts all stored",
+        stored.len(),
+        spans.len()
+    );
+    let span_dropped: u64 = spans.iter().map(|s| s.dropped).sum();
+    assert_eq!(
+        span_dropped, spool_drops,
+        "the notices at the fleet do not add up to what the spool dropped"
+    );
+    assert_eq!(
+        stored.len() as u64 + span_dropped,
+        given,
+        "stored plus dropped is not every number given"
+    );
+    for seq in 1..=given {
+        if !stored.contains_key(&seq) {
+            assert!(
+                spans.iter().any(|s| s.from <= seq && seq <= s.to),
+                "seq {seq} is neither stored nor inside a reported span"
+            );
+        }
+    }
+    assert_eq!(
+        stored_alerts, alerts,
+        "an alert was dropped while less important records were held"
+    );
+    assert_eq!(before.spool.dropped[Class::Alert as usize], 0);
+    // The device's state in key-value says the same.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let states = guardian_fleet::query::devices(&js)
+            .await
+            .unwrap_or_default();
+        if let Some(s) = states.iter().find(|s| s.device == id) {
+            let e = &s.summary.epochs[s.summary.current_epoch.as_ref().unwrap()];
+            if e.count() == stored.len() as u64 {
+                assert_eq!(e.unexplained(), 0);
+                assert_eq!(e.dropped(), spool_drops + st.link.queue_drops);
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "device state did not converge");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    r.shutdown().await;
+}
