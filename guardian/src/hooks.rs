@@ -265,7 +265,8 @@ mod tests {
             assert_eq!(Hook::from_name(h.as_str()), Some(h));
         }
         assert_eq!(HOOKS[0], "file_write_open");
-        assert_eq!(HOOKS[13], "bpf_objects");
+        assert_eq!(HOOKS[1], "open_measured");
+        assert_eq!(HOOKS[14], "bpf_objects");
         assert_eq!(format!("{:<6}|", Mechanism::Lsm), "lsm   |");
         assert_eq!(serde_json::to_string(&Verdict::Deny).unwrap(), "\"deny\"");
         assert_eq!(
