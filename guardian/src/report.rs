@@ -39,6 +39,29 @@ pub enum ReportError {
     /// The reporter refused its config.
     #[error("the report link")]
     Start(#[source] guardian_report::reporter::StartError),
+    /// The spool directory could not be made.
+    #[error("cannot create [report] spool_dir {path}")]
+    SpoolDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Make the spool directory (owner only) if it is missing, so that the
+/// guard can take it among guardian's own trees before the spool opens.
+pub fn make_spool_dir(cfg: &ReportConfig) -> Result<(), ReportError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.spool_dir)
+        .map_err(|source| ReportError::SpoolDir {
+            path: cfg.spool_dir.clone(),
+            source,
+        })
 }
 
 /// The device id: `[report] device_id`, or the host name.

@@ -332,9 +332,30 @@ impl Targets {
         let own_from = files.len();
         if cfg.protect_self {
             for p in own {
-                if let Ok(meta) = std::fs::metadata(p)
-                    && meta.is_file()
-                {
+                let Ok(meta) = std::fs::metadata(p) else {
+                    continue;
+                };
+                // A directory of guardian's (the fleet spool): a tree only
+                // guardian writes in. Its files come and go with every
+                // segment, so the directory's entry governs them, as it
+                // does a file created in a model tree.
+                if meta.is_dir() {
+                    if let Ok((real, links)) = resolve_links(p) {
+                        for (l, k) in links {
+                            add_path(&mut dirs, &l, true)?;
+                            dirs.entry(k).or_insert((l, 0)).1 |=
+                                ProtectedFile::PATH | ProtectedFile::SELF;
+                        }
+                        add_path(&mut dirs, &real, true)?;
+                        add_dir(
+                            &mut dirs,
+                            &real,
+                            ProtectedFile::PATH | ProtectedFile::TREE | ProtectedFile::SELF,
+                        )?;
+                    }
+                    continue;
+                }
+                if meta.is_file() {
                     let key = inode_key(&meta);
                     if !files.iter().any(|(_, k)| *k == key) {
                         files.push((p.clone(), key));

@@ -640,6 +640,21 @@ if [ -n "$fleet" ]; then
         && grep -qE '"records_acked": [1-9]' /run/guardian/status.json
     check fleet-link-connected $? "nats://$fleet $(grep -E '"(state|records_acked|last_error)"' /run/guardian/status.json | tr -d ' \n' | cut -c1-200)"
     say "  guardian status: $(guardian status | grep -iE 'report|link|fleet' | tr '\n' ';' | cut -c1-200)"
+    # The spool is guardian's own tree: what waits there for the fleet
+    # cannot be rewritten, removed or added to by anyone else, root
+    # included.
+    say "the attacker goes after the records waiting for the fleet"
+    # (Acknowledged segments are gone by now; the spool's epoch, in
+    # `meta`, and its acknowledgement mark stay.)
+    meta=/run/guardian/spool/meta
+    metasum="$(digest "$meta")"
+    attack spool-rewrite file_write_open guardian-attack append "$meta" forged
+    attack spool-remove file_unlink guardian-attack unlink /run/guardian/spool/acked
+    attack spool-plant file_create guardian-attack create /run/guardian/spool/00000000000000000001.seg
+    attack spool-dir-rename file_rename guardian-attack rename /run/guardian/spool /run/guardian/spool.old
+    [ "$(digest "$meta")" = "$metasum" ] && [ -f /run/guardian/spool/acked ] \
+        && [ ! -e /run/guardian/spool/00000000000000000001.seg ] && [ -d /run/guardian/spool ]
+    check spool-intact $? "$(ls /run/guardian/spool | tr '\n' ' ')"
 fi
 
 # --- enforcement survives the agent ------------------------------------------

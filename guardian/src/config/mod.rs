@@ -484,7 +484,9 @@ pub enum ConfigError {
 impl Config {
     /// guardian's own files, which only guardian may change: its binary,
     /// this config, the manifest, its signature and keys, the measurement
-    /// log.
+    /// log; and, with reporting on, the spool directory (a directory here
+    /// is guarded as a tree: only guardian creates, writes, renames or
+    /// removes anything in it).
     pub fn own_files(&self) -> Vec<PathBuf> {
         let mut own: Vec<PathBuf> = std::fs::read_link("/proc/self/exe").into_iter().collect();
         own.extend(self.source.clone());
@@ -503,6 +505,9 @@ impl Config {
                 .chain(&r.tls_key)
                 .cloned(),
         );
+        if r.enabled() {
+            own.push(r.spool_dir.clone());
+        }
         own
     }
 

@@ -106,7 +106,12 @@ pub enum RunError {
 /// Run the daemon until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     // 1. Resolve paths first: a bad config must fail before the kernel is
-    //    touched, so nothing is left half-attached.
+    //    touched, so nothing is left half-attached. The fleet spool is one
+    //    of guardian's own trees: it must exist to be guarded (the spool
+    //    would make it anyway, moments later).
+    if config.report.enabled() {
+        crate::report::make_spool_dir(&config.report)?;
+    }
     let targets = Targets::resolve(&config.guard, &config.service, &config.own_files())?;
     log_targets(&config, &targets);
     // 2. The event output, for the same reason.
