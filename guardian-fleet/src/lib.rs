@@ -10,13 +10,17 @@
 //! | [`service`] | the JetStream objects, the shared durable consumer, checking batches, storing them, device state in key-value |
 //! | [`lab`] | a lab in one command: a single nats-server with JetStream and MQTT, and the service; the per-device authorization block of a production cluster |
 //! | [`query`] | reading the fleet back: device states, a device's events |
+//! | [`alerts`] | alerts from what is stored (tamper attempts, the guard, drops) and from silence; the webhook |
+//! | [`metrics`] | `/metrics` in Prometheus' text format |
 //!
 //! No TPM, no eBPF: it runs anywhere a NATS client can. The device side of
 //! the link (spool, wire format, NATS link) is the `guardian-report` crate,
 //! which this crate reads the wire format from and whose reporter the
 //! device simulator runs.
 
+pub mod alerts;
 pub mod lab;
+pub mod metrics;
 pub mod query;
 pub mod service;
 pub mod sim;

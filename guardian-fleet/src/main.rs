@@ -44,6 +44,19 @@ enum Cmd {
         /// How long stored records are kept.
         #[arg(long, default_value = "90days", value_parser = humantime::parse_duration)]
         retention: Duration,
+        /// A device that has not reported for this long is a `silent`
+        /// alert (devices send a status summary every
+        /// `[report] status_interval_secs`).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        silent_after: Duration,
+        /// Also POST every alert, as JSON, to this http:// URL (retried
+        /// until it answers 2xx; shared by every instance).
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Serve Prometheus metrics on http://ADDR/metrics (for example
+        /// 127.0.0.1:9464).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// A lab in one command: a single nats-server (JetStream, MQTT listener)
     /// in DIR and the service beside it, until Ctrl-C. Not for production
@@ -137,11 +150,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ack_wait,
             instance,
             retention,
+            silent_after,
+            webhook,
+            listen,
         } => {
             let mut cfg = service::ServiceConfig::new(cli.nats);
             cfg.replicas = replicas;
             cfg.ack_wait = ack_wait;
             cfg.retention = retention;
+            cfg.silent_after = silent_after;
+            cfg.webhook = webhook;
+            cfg.listen = listen;
             let counters = Arc::new(service::Counters::default());
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -53,6 +53,14 @@ pub struct ServiceConfig {
     pub lanes: usize,
     /// How long stored records are kept.
     pub retention: Duration,
+    /// A device that has not reported for this long is a `silent` alert.
+    pub silent_after: Duration,
+    /// How often device state is looked at for silence.
+    pub sweep_every: Duration,
+    /// Where alerts are also POSTed (`http://host:port/path`), if anywhere.
+    pub webhook: Option<String>,
+    /// Where `/metrics` is served, if anywhere.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl ServiceConfig {
@@ -64,6 +72,10 @@ impl ServiceConfig {
             ack_wait: Duration::from_secs(30),
             lanes: 256,
             retention: Duration::from_secs(90 * 24 * 3600),
+            silent_after: Duration::from_secs(300),
+            sweep_every: Duration::from_secs(10),
+            webhook: None,
+            listen: None,
         }
     }
 }
@@ -87,6 +99,8 @@ pub struct Counters {
     pub store_conflicts: AtomicU64,
     /// Store attempts that failed (the ingest message comes back).
     pub store_errors: AtomicU64,
+    /// Alerts, the webhook and the device gauges.
+    pub alerts: crate::alerts::AlertCounters,
 }
 
 /// Per-device state in key-value: a cache of the newest summary, for the
@@ -184,6 +198,7 @@ pub async fn ensure(js: &jetstream::Context, cfg: &ServiceConfig) -> Result<(), 
     })
     .await
     .map_err(|e| js_err(format!("create stream {STORE_STREAM}"))(e.into()))?;
+    crate::alerts::ensure(js, cfg.replicas, cfg.retention).await?;
     if js.get_key_value(DEVICES_BUCKET).await.is_err() {
         js.create_key_value(jetstream::kv::Config {
             bucket: DEVICES_BUCKET.to_owned(),
@@ -198,7 +213,8 @@ pub async fn ensure(js: &jetstream::Context, cfg: &ServiceConfig) -> Result<(), 
     Ok(())
 }
 
-fn now_ms() -> u64 {
+/// Now, in ms since the Unix epoch.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -462,7 +478,41 @@ pub async fn serve(
         .map_err(|e| js_err(format!("open bucket {DEVICES_BUCKET}"))(e.into()))?;
     let cache = DeviceCache::default();
     let (cache_stop, cache_stopped) = tokio::sync::watch::channel(false);
-    let cache_task = tokio::spawn(cache.clone().run(kv, cache_stopped));
+    let cache_task = tokio::spawn(cache.clone().run(kv, cache_stopped.clone()));
+    // Alerts, from what is stored; silence, from device state; the
+    // webhook and /metrics if asked for. They stop with the cache writer.
+    let mut side = vec![
+        tokio::spawn(crate::alerts::from_store(
+            js.clone(),
+            cfg.replicas,
+            counters.clone(),
+            cache_stopped.clone(),
+        )),
+        tokio::spawn(crate::alerts::sweep_silent(
+            js.clone(),
+            cfg.silent_after,
+            cfg.sweep_every,
+            counters.clone(),
+            cache_stopped.clone(),
+        )),
+    ];
+    if let Some(url) = cfg.webhook.clone() {
+        side.push(tokio::spawn(crate::alerts::webhook(
+            js.clone(),
+            url,
+            cfg.replicas,
+            counters.clone(),
+            cache_stopped.clone(),
+        )));
+    }
+    if let Some(addr) = cfg.listen {
+        let (c, j, st) = (counters.clone(), js.clone(), cache_stopped.clone());
+        side.push(tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, c, j, st).await {
+                log::error!("metrics: cannot serve on {addr}: {e}");
+            }
+        }));
+    }
     let consumer: jetstream::consumer::PullConsumer = ingest
         .get_or_create_consumer(
             CONSUMER,
@@ -533,6 +583,9 @@ pub async fn serve(
     }
     let _ = cache_stop.send(true);
     let _ = cache_task.await;
+    for t in side {
+        let _ = t.await;
+    }
     Ok(())
 }
 

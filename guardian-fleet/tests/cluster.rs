@@ -661,3 +661,184 @@ async fn a_full_spool_is_accounted_for_at_the_fleet_number_by_number() {
     }
     r.shutdown().await;
 }
+
+/// A webhook receiver on loopback: answers the first call 503, then 200,
+/// and passes on every body it accepted.
+async fn webhook_receiver() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/guardian", l.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut calls = 0;
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            calls += 1;
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            let body = loop {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the webhook call ended early");
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap();
+                    if req.len() >= end + 4 + len {
+                        assert!(text.starts_with("POST /hooks/guardian HTTP/1.1\r\n"));
+                        break req[end + 4..end + 4 + len].to_vec();
+                    }
+                }
+            };
+            let answer = if calls == 1 {
+                "HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"
+            } else {
+                tx.send(serde_json::from_slice(&body).unwrap()).unwrap();
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+            };
+            s.write_all(answer.as_bytes()).await.unwrap();
+        }
+    });
+    (url, rx)
+}
+
+/// Alerts end to end, with two fleet instances sharing the work: a denied
+/// tamper attempt, a guard unloaded, and the device then going silent are
+/// each one alert on the alert stream (the silence swept by both
+/// instances, published once), each delivered once to a webhook whose
+/// first answer was a refusal, and counted in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_reach_the_stream_and_the_webhook_once_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = cluster(tmp.path());
+    let js = ready(&nodes).await;
+    let (hook_url, mut hooks) = webhook_receiver().await;
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut instances = Vec::new();
+    let counters_a = Arc::new(Counters::default());
+    for (name, with_outputs) in [("fleet-a", true), ("fleet-b", false)] {
+        let mut cfg = ServiceConfig::new(urls(&nodes));
+        cfg.replicas = 3;
+        cfg.silent_after = Duration::from_secs(4);
+        cfg.sweep_every = Duration::from_secs(1);
+        if with_outputs {
+            cfg.webhook = Some(hook_url.clone());
+            cfg.listen = Some(metrics_addr);
+        }
+        let counters = if with_outputs {
+            counters_a.clone()
+        } else {
+            Arc::new(Counters::default())
+        };
+        let mut stop = stop_rx.clone();
+        instances.push(tokio::spawn(service::serve(
+            cfg,
+            name,
+            counters,
+            async move {
+                let _ = stop.changed().await;
+            },
+        )));
+    }
+    let id = "board-alerts";
+    let r = device(tmp.path(), id, urls(&nodes));
+    let tamper = r#"{"event":"file_write_open","verdict":"deny","mode":"enforce","file":"/opt/models/model.onnx","exe":"/tmp/evil"}"#;
+    let unload = r#"{"kind":"guard","action":"unload","mode":"enforce","detail":"the agent stopped; its kernel programs are detached"}"#;
+    for (class, body) in [
+        (Class::Status, r#"{"mode":"enforce"}"#),
+        (
+            Class::Event,
+            r#"{"event":"file_write_open","verdict":"allow"}"#,
+        ),
+        (Class::Alert, tamper),
+        (Class::Measurement, r#"{"kind":"guard","action":"start"}"#),
+        (Class::Alert, unload),
+    ] {
+        assert!(r.submit(class, body.as_bytes().to_vec()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !r.drained() {
+        assert!(Instant::now() < deadline, "not drained: {:?}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The device says nothing more.
+    r.shutdown().await;
+    // The webhook: the first call refused, then each alert once.
+    let mut delivered = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while delivered.len() < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, hooks.recv()).await {
+            Ok(Some(v)) => delivered.push(v),
+            _ => panic!("webhook got only {delivered:?}"),
+        }
+    }
+    // Nothing more comes (no alert twice), while both instances sweep.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(8), hooks.recv())
+            .await
+            .is_err(),
+        "an alert was delivered twice"
+    );
+    let mut kinds: Vec<String> = delivered
+        .iter()
+        .map(|v| v["kind"].as_str().unwrap().to_owned())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["guard", "silent", "tamper_attempt"]);
+    let t = delivered
+        .iter()
+        .find(|v| v["kind"] == "tamper_attempt")
+        .unwrap();
+    assert_eq!(t["device"], id);
+    assert_eq!(t["evidence"]["file"], "/opt/models/model.onnx");
+    assert!(t["what"].as_str().unwrap().contains("/tmp/evil"));
+    assert!(t["seq"].as_u64().is_some() && t["since_ms"].as_u64().unwrap() > 0);
+    let s = delivered.iter().find(|v| v["kind"] == "silent").unwrap();
+    assert!(s["what"].as_str().unwrap().contains("no report for"));
+    // The alert stream holds the same three, once each.
+    let stream = js
+        .get_stream(guardian_fleet::alerts::ALERT_STREAM)
+        .await
+        .unwrap();
+    let mut info = stream.clone();
+    assert_eq!(info.info().await.unwrap().state.messages, 3);
+    // /metrics on the instance with the webhook.
+    let text = {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(metrics_addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(
+        text.contains("\nguardian_fleet_webhook_delivered_total 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nguardian_fleet_webhook_failures_total 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("guardian_fleet_devices{state=\"silent\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("\nguardian_fleet_consumer_lag 0\n"), "{text}");
+    let _ = stop_tx.send(true);
+    for i in instances {
+        i.await.unwrap().unwrap();
+    }
+}

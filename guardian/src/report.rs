@@ -150,6 +150,31 @@ pub fn event(reporter: &Reporter, ev: &SecurityEvent) {
     }
 }
 
+/// A change of the guard's state, as the evidence records it (`action`:
+/// `start`, `adopt`, `stop`, `unload`, `gap`, `tables`, `drops`, ...).
+/// A window without enforcement (the programs unloaded), tables changed
+/// behind guardian's back, or lost events are an alert for the fleet; the
+/// rest (a start, an adoption, the agent stopping with its programs still
+/// attached) a measurement-class record.
+pub fn guard(reporter: &Reporter, action: &str, mode: &str, detail: &str) {
+    let class = match action {
+        "unload" | "gap" | "tables" | "drops" | "stalled" => Class::Alert,
+        _ => Class::Measurement,
+    };
+    let body = serde_json::json!({
+        "kind": "guard",
+        "action": action,
+        "mode": mode,
+        "detail": detail,
+    });
+    match serde_json::to_vec(&body) {
+        Ok(b) => {
+            reporter.submit(class, b);
+        }
+        Err(e) => log::error!("report: cannot encode a guard record: {e}"),
+    }
+}
+
 /// Hand a status summary (any JSON-serialisable status) to the reporter.
 pub fn status(reporter: &Reporter, status: &impl serde::Serialize) {
     match serde_json::to_vec(status) {

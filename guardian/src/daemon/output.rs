@@ -95,6 +95,9 @@ impl Outputs {
 
     /// A change of the guard's state, for the evidence.
     pub(super) fn guard(&self, action: &'static str, mode: Mode, detail: String) {
+        if let Some(r) = &self.reporter {
+            crate::report::guard(r, action, mode.as_str(), &detail);
+        }
         self.attestor.send(Message::Guard {
             action,
             mode: mode.as_str().to_owned(),
