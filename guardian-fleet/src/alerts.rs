@@ -216,21 +216,24 @@ pub async fn publish(
     Ok(())
 }
 
-/// Turn every stored message into its alerts, until `stop` says so.
-pub async fn from_store(
-    js: jetstream::Context,
+/// A durable pull consumer named `name` on `stream` (made if missing),
+/// waiting for the cluster as long as it takes; `None` once `stop` says
+/// so.
+async fn durable(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
     replicas: usize,
-    counters: std::sync::Arc<crate::service::Counters>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let consumer = loop {
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<jetstream::consumer::PullConsumer> {
+    loop {
         let made = async {
-            js.get_stream(STORE_STREAM)
+            js.get_stream(stream)
                 .await?
                 .get_or_create_consumer(
-                    FROM_STORE,
+                    name,
                     pull::Config {
-                        durable_name: Some(FROM_STORE.to_owned()),
+                        durable_name: Some(name.to_owned()),
                         ack_policy: jetstream::consumer::AckPolicy::Explicit,
                         ack_wait: Duration::from_secs(30),
                         num_replicas: replicas,
@@ -241,21 +244,33 @@ pub async fn from_store(
                 .map_err(async_nats::Error::from)
         };
         match made.await {
-            Ok(c) => break c,
+            Ok(c) => return Some(c),
             Err(e) => {
-                log::warn!("alerts: cannot read the store yet ({e}); retrying");
+                log::warn!("{name}: cannot read {stream} yet ({e}); retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.changed() => return,
+                    _ = stop.changed() => return None,
                 }
             }
         }
-    };
+    }
+}
+
+/// Hand every message of `consumer` to `each` (which acknowledges it),
+/// pulling again whenever a pull ends, until `stop` says so.
+async fn each_message<F, Fut>(
+    consumer: jetstream::consumer::PullConsumer,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut each: F,
+) where
+    F: FnMut(jetstream::Message) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     loop {
         let mut messages = match consumer.messages().await {
             Ok(m) => m,
             Err(e) => {
-                log::warn!("alerts: {e}; retrying");
+                log::warn!("pulling: {e}; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -265,38 +280,52 @@ pub async fn from_store(
                 _ = stop.changed() => return,
                 m = messages.next() => m,
             };
-            let Some(msg) = msg else { break };
-            let Ok(msg) = msg else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            };
+            match msg {
+                None => break,
+                Some(Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Some(Ok(msg)) => each(msg).await,
+            }
+        }
+    }
+}
+
+/// Turn every stored message into its alerts, until `stop` says so.
+pub async fn from_store(
+    js: jetstream::Context,
+    replicas: usize,
+    counters: std::sync::Arc<crate::service::Counters>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(consumer) = durable(&js, STORE_STREAM, FROM_STORE, replicas, &mut stop).await else {
+        return;
+    };
+    each_message(consumer, stop, |msg| {
+        let (js, counters) = (&js, &counters);
+        async move {
             let Ok(stored) = serde_json::from_slice::<Stored>(&msg.payload) else {
                 // The store holds only what this service wrote; something
                 // else there is said and skipped.
                 log::error!("alerts: a store message that is not a stored batch");
                 let _ = msg.ack_with(AckKind::Term).await;
-                continue;
+                return;
             };
-            let mut ok = true;
             for a in from_stored(&stored) {
-                if let Err(e) = publish(&js, &a, &counters.alerts).await {
+                if let Err(e) = publish(js, &a, &counters.alerts).await {
                     counters
                         .alerts
                         .publish_errors
                         .fetch_add(1, Ordering::Relaxed);
                     log::warn!("alerts: publishing {} for {}: {e}", a.kind, a.device);
-                    ok = false;
-                    break;
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                    return;
                 }
             }
-            let _ = if ok {
-                msg.ack().await
-            } else {
-                msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await
-            };
+            let _ = msg.ack().await;
         }
-    }
+    })
+    .await;
 }
 
 /// Every `every`, a `silent` alert for each device whose last report is
@@ -365,54 +394,13 @@ pub async fn webhook(
     counters: std::sync::Arc<crate::service::Counters>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let consumer = loop {
-        let made = async {
-            js.get_stream(ALERT_STREAM)
-                .await?
-                .get_or_create_consumer(
-                    WEBHOOK,
-                    pull::Config {
-                        durable_name: Some(WEBHOOK.to_owned()),
-                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                        ack_wait: Duration::from_secs(30),
-                        num_replicas: replicas,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(async_nats::Error::from)
-        };
-        match made.await {
-            Ok(c) => break c,
-            Err(e) => {
-                log::warn!("webhook: cannot read the alerts yet ({e}); retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        }
+    let Some(consumer) = durable(&js, ALERT_STREAM, WEBHOOK, replicas, &mut stop).await else {
+        return;
     };
-    loop {
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                log::warn!("webhook: {e}; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        loop {
-            let msg = tokio::select! {
-                _ = stop.changed() => return,
-                m = messages.next() => m,
-            };
-            let Some(msg) = msg else { break };
-            let Ok(msg) = msg else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            };
-            match post(&url, &msg.payload).await {
+    each_message(consumer, stop, |msg| {
+        let (url, counters) = (&url, &counters);
+        async move {
+            match post(url, &msg.payload).await {
                 Ok(()) => {
                     counters
                         .alerts
@@ -432,7 +420,8 @@ pub async fn webhook(
                 }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Why a webhook call failed.

@@ -13,90 +13,91 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::service::{CONSUMER, Counters, INGEST_STREAM};
 
+/// A counter family: name, help, samples (labels, value).
+type Family = (&'static str, &'static str, Vec<(String, u64)>);
+
 /// The text of one scrape.
 pub async fn render(counters: &Counters, js: Option<&jetstream::Context>) -> String {
     let alerts = &counters.alerts;
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
-    };
     let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    counter(
-        "guardian_fleet_batches_total",
-        "Ingest messages taken by this instance.",
-        c(&counters.batches_in),
-    );
-    counter(
-        "guardian_fleet_records_stored_total",
-        "Records stored (each once).",
-        c(&counters.records_stored),
-    );
-    counter(
-        "guardian_fleet_duplicates_total",
-        "Records received again and not stored again.",
-        c(&counters.duplicates),
-    );
-    counter(
-        "guardian_fleet_store_conflicts_total",
-        "Store publishes retried because another instance stored first.",
-        c(&counters.store_conflicts),
-    );
-    counter(
-        "guardian_fleet_store_errors_total",
-        "Store attempts that failed (the batch is retried).",
-        c(&counters.store_errors),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP guardian_fleet_rejected_total Batches refused, by reason.\n# TYPE guardian_fleet_rejected_total counter"
-    );
-    for (reason, v) in [
-        ("malformed", c(&counters.rejected_malformed)),
-        ("wrong_device", c(&counters.rejected_wrong_device)),
-        ("oversize", c(&counters.rejected_oversize)),
-    ] {
-        let _ = writeln!(
-            out,
-            "guardian_fleet_rejected_total{{reason=\"{reason}\"}} {v}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP guardian_fleet_alerts_total Alerts published by this instance, by kind.\n# TYPE guardian_fleet_alerts_total counter"
-    );
-    if let Ok(m) = alerts.published.lock() {
-        for (kind, v) in m.iter() {
-            let _ = writeln!(out, "guardian_fleet_alerts_total{{kind=\"{kind}\"}} {v}");
+    let alerts_by_kind: Vec<(String, u64)> = alerts
+        .published
+        .lock()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        .unwrap_or_default();
+    let families: [Family; 10] = [
+        (
+            "guardian_fleet_batches_total",
+            "Ingest messages taken by this instance.",
+            vec![(String::new(), c(&counters.batches_in))],
+        ),
+        (
+            "guardian_fleet_records_stored_total",
+            "Records stored (each once).",
+            vec![(String::new(), c(&counters.records_stored))],
+        ),
+        (
+            "guardian_fleet_duplicates_total",
+            "Records received again and not stored again.",
+            vec![(String::new(), c(&counters.duplicates))],
+        ),
+        (
+            "guardian_fleet_store_conflicts_total",
+            "Store publishes retried because another instance stored first.",
+            vec![(String::new(), c(&counters.store_conflicts))],
+        ),
+        (
+            "guardian_fleet_store_errors_total",
+            "Store attempts that failed (the batch is retried).",
+            vec![(String::new(), c(&counters.store_errors))],
+        ),
+        (
+            "guardian_fleet_rejected_total",
+            "Batches refused, by reason.",
+            [
+                ("malformed", &counters.rejected_malformed),
+                ("wrong_device", &counters.rejected_wrong_device),
+                ("oversize", &counters.rejected_oversize),
+            ]
+            .into_iter()
+            .map(|(r, v)| (format!("{{reason=\"{r}\"}}"), c(v)))
+            .collect(),
+        ),
+        (
+            "guardian_fleet_alerts_total",
+            "Alerts published by this instance, by kind.",
+            alerts_by_kind
+                .into_iter()
+                .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), v))
+                .collect(),
+        ),
+        (
+            "guardian_fleet_alert_duplicates_total",
+            "Alerts the alert stream dropped as already published.",
+            vec![(String::new(), c(&alerts.duplicates))],
+        ),
+        (
+            "guardian_fleet_webhook_delivered_total",
+            "Alerts the webhook receiver accepted.",
+            vec![(String::new(), c(&alerts.webhook_delivered))],
+        ),
+        (
+            "guardian_fleet_webhook_failures_total",
+            "Webhook calls that failed (retried).",
+            vec![(String::new(), c(&alerts.webhook_failures))],
+        ),
+    ];
+    for (name, help, samples) in families.iter() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
         }
     }
-    let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
-    };
-    counter(
-        "guardian_fleet_alert_duplicates_total",
-        "Alerts the alert stream dropped as already published.",
-        c(&alerts.duplicates),
-    );
-    counter(
-        "guardian_fleet_alert_publish_errors_total",
-        "Alert publishes that failed (retried).",
-        c(&alerts.publish_errors),
-    );
-    counter(
-        "guardian_fleet_webhook_delivered_total",
-        "Alerts the webhook receiver accepted.",
-        c(&alerts.webhook_delivered),
-    );
-    counter(
-        "guardian_fleet_webhook_failures_total",
-        "Webhook calls that failed (retried).",
-        c(&alerts.webhook_failures),
+    let _ = writeln!(
+        out,
+        "# HELP guardian_fleet_alert_publish_errors_total Alert publishes that failed (retried).\n# TYPE guardian_fleet_alert_publish_errors_total counter\nguardian_fleet_alert_publish_errors_total {}",
+        c(&alerts.publish_errors)
     );
     let _ = writeln!(
         out,
