@@ -107,6 +107,30 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Alerts (tamper attempts, the guard, drops, silence), oldest first.
+    Alerts {
+        /// Only this device's.
+        #[arg(long)]
+        device: Option<String>,
+        /// How far back (e.g. 10m, 2h, 7days).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One device: its state, its alerts and its records of the last
+    /// `--since`.
+    Device {
+        /// The device id.
+        device: String,
+        /// How far back for alerts and records.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// One device's stored records.
     Events {
         /// The device id.
@@ -282,6 +306,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&devices)?);
             } else {
                 print!("{}", guardian_fleet::query::table(&devices, now_ms()));
+            }
+        }
+        Cmd::Alerts {
+            device,
+            since,
+            json,
+        } => {
+            let client = service::connect(&cli.nats, "guardian-fleet alerts").await?;
+            let js = async_nats::jetstream::new(client);
+            let from = std::time::SystemTime::now() - since;
+            for a in query::alerts(&js, device.as_deref(), from).await? {
+                if json {
+                    println!("{}", serde_json::to_string(&a)?);
+                } else {
+                    println!(
+                        "{:>14}  {:<24} {:<15} {}",
+                        a.since_ms, a.device, a.kind, a.what
+                    );
+                }
+            }
+        }
+        Cmd::Device {
+            device,
+            since,
+            json,
+        } => {
+            let client = service::connect(&cli.nats, "guardian-fleet device").await?;
+            let js = async_nats::jetstream::new(client);
+            let from = std::time::SystemTime::now() - since;
+            let state = query::devices(&js)
+                .await?
+                .into_iter()
+                .find(|d| d.device == device);
+            let alerts = query::alerts(&js, Some(&device), from).await?;
+            let stored = query::events(&js, &device, from).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "state": state,
+                        "alerts": alerts,
+                        "records": stored.iter().flat_map(|s| &s.records).collect::<Vec<_>>(),
+                    }))?
+                );
+            } else {
+                print!(
+                    "{}",
+                    query::device_report(state.as_ref(), &alerts, &stored, now_ms())
+                );
             }
         }
         Cmd::Events {

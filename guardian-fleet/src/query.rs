@@ -50,38 +50,121 @@ pub async fn events(
     device: &str,
     since: std::time::SystemTime,
 ) -> Result<Vec<Stored>, ServiceError> {
+    read_since(js, STORE_STREAM, &store_subject(device), since).await
+}
+
+/// Alerts since `since` (fleet clock), oldest first: one device's, or
+/// every device's.
+pub async fn alerts(
+    js: &jetstream::Context,
+    device: Option<&str>,
+    since: std::time::SystemTime,
+) -> Result<Vec<crate::alerts::Alert>, ServiceError> {
+    let subject = format!("{}.{}", crate::alerts::ALERT_PREFIX, device.unwrap_or("*"));
+    read_since(js, crate::alerts::ALERT_STREAM, &subject, since).await
+}
+
+/// The messages of `stream` on `subject` since `since`, decoded; one that
+/// does not decode is said and skipped.
+async fn read_since<T: serde::de::DeserializeOwned>(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+    since: std::time::SystemTime,
+) -> Result<Vec<T>, ServiceError> {
+    let stream_name = stream;
     let stream = js
-        .get_stream(STORE_STREAM)
+        .get_stream(stream_name)
         .await
-        .map_err(|e| err(format!("open stream {STORE_STREAM}"))(e.into()))?;
+        .map_err(|e| err(format!("open stream {stream_name}"))(e.into()))?;
     let start = time::OffsetDateTime::from(since);
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: store_subject(device),
+            filter_subject: subject.to_owned(),
             deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
             ..Default::default()
         })
         .await
-        .map_err(|e| err("read the store")(e.into()))?;
+        .map_err(|e| err(format!("read {stream_name}"))(e.into()))?;
     let mut msgs = consumer
         .messages()
         .await
-        .map_err(|e| err("read the store")(e.into()))?;
+        .map_err(|e| err(format!("read {stream_name}"))(e.into()))?;
     let mut out = Vec::new();
     loop {
         let next = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await;
         let Ok(Some(m)) = next else { break };
-        let m = m.map_err(|e| err("read the store")(e.into()))?;
+        let m = m.map_err(|e| err(format!("read {stream_name}"))(e.into()))?;
         let pending = m.info().map(|i| i.pending).unwrap_or(0);
-        match serde_json::from_slice::<Stored>(&m.payload) {
+        match serde_json::from_slice::<T>(&m.payload) {
             Ok(s) => out.push(s),
-            Err(e) => log::warn!("store message for {device}: unreadable: {e}"),
+            Err(e) => log::warn!("{stream_name} message on {}: unreadable: {e}", m.subject),
         }
         if pending == 0 {
             break;
         }
     }
     Ok(out)
+}
+
+/// One device, for `guardian-fleet device D`: its state, then its recent
+/// alerts and records.
+pub fn device_report(
+    state: Option<&DeviceState>,
+    alerts: &[crate::alerts::Alert],
+    stored: &[Stored],
+    now_ms: u64,
+) -> String {
+    let mut out = String::new();
+    match state {
+        None => out.push_str("no state for this device in the fleet (never reported?)\n"),
+        Some(d) => {
+            let s = &d.summary;
+            out.push_str(&format!(
+                "device      {}\nlast seen   {} s ago\nbatches     {}\nduplicates  {}\n",
+                d.device,
+                now_ms.saturating_sub(s.last_seen_ms) / 1000,
+                s.batches,
+                s.duplicates
+            ));
+            for (epoch, e) in &s.epochs {
+                let current = s.current_epoch.as_deref() == Some(epoch.as_str());
+                out.push_str(&format!(
+                    "epoch       {epoch}{}: {} records ({}), {} dropped, {} unexplained\n",
+                    if current { " (current)" } else { "" },
+                    e.count(),
+                    e.by_class
+                        .iter()
+                        .map(|(c, n)| format!("{c} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    e.dropped(),
+                    e.unexplained()
+                ));
+            }
+        }
+    }
+    out.push_str(&format!("\nalerts ({}):\n", alerts.len()));
+    for a in alerts {
+        out.push_str(&format!(
+            "  {:>14}  {:<15} {}\n",
+            a.since_ms, a.kind, a.what
+        ));
+    }
+    let n: usize = stored.iter().map(|s| s.records.len()).sum();
+    out.push_str(&format!("\nrecords ({n}):\n"));
+    for s in stored {
+        for r in &s.records {
+            out.push_str(&format!(
+                "  {:>8}  {:<11}  {}  {}\n",
+                r.seq,
+                r.class,
+                r.time_ms,
+                r.body.get()
+            ));
+        }
+    }
+    out
 }
 
 /// The status table: one line per device.

@@ -837,6 +837,29 @@ async fn alerts_reach_the_stream_and_the_webhook_once_each() {
         "{text}"
     );
     assert!(text.contains("\nguardian_fleet_consumer_lag 0\n"), "{text}");
+    // What the operator types.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_guardian-fleet"))
+            .arg("--nats")
+            .arg(urls(&nodes).join(","))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = cli(&["alerts", "--device", id]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    for kind in ["tamper_attempt", "guard", "silent"] {
+        assert!(listed.contains(kind), "{listed}");
+    }
+    let shown = cli(&["device", id]);
+    assert!(shown.contains(&format!("device      {id}")), "{shown}");
+    assert!(
+        shown.contains("alerts (3):") && shown.contains("records (5):"),
+        "{shown}"
+    );
+    assert!(shown.contains("0 unexplained"), "{shown}");
     let _ = stop_tx.send(true);
     for i in instances {
         i.await.unwrap().unwrap();
