@@ -33,9 +33,9 @@ finish() {
 }
 
 agent=""
-start_guard() {
+start_guard() { # start_guard [CONFIG]
     rm -f /run/guardian/status.json
-    guardian run --config "$CONFIG" 2>>/run/guardian/agent.log &
+    guardian run --config "${1:-$CONFIG}" 2>>/run/guardian/agent.log &
     agent=$!
     n=0
     while [ ! -s /run/guardian/status.json ] && [ "$n" -lt 1200 ]; do
@@ -49,8 +49,8 @@ start_guard() {
         finish
     fi
 }
-stop_guard() {
-    guardian stop --unload --config "$CONFIG" >>/run/guardian/agent.log 2>&1
+stop_guard() { # stop_guard [CONFIG]
+    guardian stop --unload --config "${1:-$CONFIG}" >>/run/guardian/agent.log 2>&1
     wait "$agent" 2>/dev/null
     agent=""
     if [ -d /sys/fs/bpf/guardian ]; then
@@ -67,18 +67,36 @@ measure() { # measure LABEL ROUND
     sed 's/^/OVERHEAD-RESULT /' /tmp/m
 }
 
+# Opens of an unprotected file: by a program that is neither the service
+# nor anything guardian knows (guardian-attack with one more byte: another
+# inode, another digest), and by the service (guardian-attack is one of its
+# executables in this config), which measure at use judges by name.
+echo plain >/tmp/plain
+cp /usr/bin/guardian-attack /tmp/opener && printf 'x' >>/tmp/opener
+opens() { # opens LABEL ROUND
+    o="$(/tmp/opener open-loop /tmp/plain 20000 | awk '{ print $3 }')"
+    s="$(guardian-attack open-loop /tmp/plain 20000 | awk '{ print $3 }')"
+    echo "OVERHEAD-OPENS $1 $2 ${o:-0} ${s:-0}"
+}
+
 echo "OVERHEAD-INFO $(uname -srm), $(nproc) cpus, lsm $(cat /sys/kernel/security/lsm), rounds $ROUNDS, requests $REQUESTS"
 r=1
 while [ "$r" -le "$ROUNDS" ]; do
-    if [ $((r % 2)) -eq 1 ]; then order="off on"; else order="on off"; fi
+    if [ $((r % 2)) -eq 1 ]; then order="off on nomeasure"; else order="nomeasure on off"; fi
     for side in $order; do
-        if [ "$side" = on ]; then
+        if [ "$side" = nomeasure ]; then
+            start_guard /etc/guardian/nomeasure.toml
+            opens nomeasure "$r"
+            stop_guard /etc/guardian/nomeasure.toml
+        elif [ "$side" = on ]; then
             start_guard
+            opens on "$r"
             measure on "$r"
             # The status as it was during the measurement (stop removes it).
             cp /run/guardian/status.json /run/guardian/status-last.json 2>/dev/null
             stop_guard
         else
+            opens off "$r"
             measure off "$r"
         fi
     done

@@ -44,12 +44,24 @@ if [ ! -x "$host_bench" ]; then
     (cd "$root/examples/inference" && cargo build --locked --release --bin inference-bench) >&2
 fi
 
+log "guardian-attack (its open-loop times opens), static aarch64"
+if ! (cd "$qemu/attack" && cargo build --locked --release --target aarch64-unknown-linux-gnu \
+    --config 'target.aarch64-unknown-linux-gnu.rustflags=["-C","target-feature=+crt-static"]') \
+    >"$out/attack-build.log" 2>&1; then
+    cat "$out/attack-build.log" >&2
+    exit 1
+fi
+# The same guard without measure at use, to tell its cost from the rest.
+sed 's/^\[service\]$/[service]\nmeasured_open = false/' "$here/guardian.toml" >"$out/nomeasure.toml"
+
 log "initramfs"
 "$qemu/build-initramfs.sh" "$out/initrd.cpio.gz" "$here/init.sh" \
     "@agent:$bin" \
     "@config:$here/guardian.toml" \
     "$arm/inference-service:/usr/bin/inference-service" \
     "$arm/inference-bench:/usr/bin/inference-bench" \
+    "$qemu/attack/target/aarch64-unknown-linux-gnu/release/guardian-attack:/usr/bin/guardian-attack" \
+    "$out/nomeasure.toml:/etc/guardian/nomeasure.toml" \
     "$root/examples/inference/model/classifier.onnx:/opt/models/classifier.onnx"
 
 log "booting the arm64 guest (TCG): $rounds rounds of $requests requests, off/on alternated"
@@ -66,3 +78,22 @@ if [ "$boot_status" -ne 0 ] || grep -q '^OVERHEAD-ERROR' "$out/results.log"; the
 fi
 log "results in $out/results.jsonl; summary (TCG: the ratios only):"
 "$host_bench" --summarize "$out/results.jsonl" --baseline off
+# Opens: median ns per read-only open+close of an unprotected file, by a
+# program that is not the service and by the service, per guard state.
+sed -n 's/^OVERHEAD-OPENS //p' "$out/results.log" >"$out/opens.txt"
+if [ -s "$out/opens.txt" ]; then
+    log "open+close of an unprotected file (median ns; TCG: the ratios only)"
+    for who in other service; do
+        col=3
+        [ "$who" = service ] && col=4
+        off=""
+        for side in off on nomeasure; do
+            med="$(awk -v s="$side" -v c="$col" '$1 == s { print $c }' "$out/opens.txt" \
+                | sort -n | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)] }')"
+            [ -z "$med" ] && continue
+            [ "$side" = off ] && off="$med"
+            printf '  %-8s %-10s %8s ns  x%s\n' "$who" "$side" "$med" \
+                "$(awk -v a="$med" -v b="${off:-$med}" 'BEGIN { printf "%.3f", a / b }')" >&2
+        done
+    done
+fi

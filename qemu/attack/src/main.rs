@@ -302,6 +302,24 @@ fn main() -> ExitCode {
                 }
             }
         }
+        // open-loop PATH N: N read-only opens and closes of PATH, timed;
+        // prints `open-loop N NS_PER_OPEN` (the guest overhead bench).
+        ["open-loop", p, n] => {
+            let n: u64 = n.parse().unwrap_or(10_000);
+            let path = c(p);
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+                if fd < 0 {
+                    println!("error: {}", std::io::Error::last_os_error());
+                    return ExitCode::FAILURE;
+                }
+                unsafe { libc::close(fd) };
+            }
+            let ns = start.elapsed().as_nanos() as u64 / n.max(1);
+            println!("open-loop {n} {ns}");
+            ExitCode::SUCCESS
+        }
         ["sleep", secs] => {
             std::thread::sleep(std::time::Duration::from_secs(secs.parse().unwrap_or(30)));
             ExitCode::SUCCESS
