@@ -133,3 +133,25 @@ pub fn authorization(fleet_user: (&str, &str), devices: &[(&str, &str)]) -> Stri
     out.push_str("  ]\n}\n");
     out
 }
+
+/// The production cluster's users when devices authenticate by client
+/// certificate (`tls { verify_and_map: true }`): each device's user is its
+/// certificate's subject, `CN=<device id>` (nats-server takes the subject
+/// as RFC 2253 writes it), with the same permissions as in
+/// [`authorization`]: publish on its own ingest subject, read its own
+/// acknowledgements. The fleet authenticates with its own certificate,
+/// whose subject is `fleet_subject`.
+pub fn authorization_by_certificate(fleet_subject: &str, devices: &[&str]) -> String {
+    let mut out = String::from("authorization {\n  users = [\n");
+    out.push_str(&format!("    {{ user: {fleet_subject:?} }}\n"));
+    for id in devices {
+        out.push_str(&format!(
+            "    {{ user: \"CN={id}\", permissions: {{ \
+             publish: {{ allow: [\"guardian.in.{id}\"] }}, \
+             subscribe: {{ allow: [\"{inbox}.{id}.>\"] }} }} }}\n",
+            inbox = guardian_report::nats::INBOX_PREFIX
+        ));
+    }
+    out.push_str("  ]\n}\n");
+    out
+}

@@ -2,7 +2,8 @@
 //! running guardian's reporter reports to it and `guardian-fleet status`
 //! shows the device; and a broker with per-device permissions (the
 //! authorization block `lab::authorization` writes) refuses a device
-//! publishing as another.
+//! publishing as another, whether devices log in with a password or
+//! with a client certificate mapped to their user (`verify_and_map`).
 //!
 //! nats-server comes from `cross/setup.sh` (or `GUARDIAN_NATS_SERVER`).
 
@@ -11,6 +12,8 @@
 #[path = "../../guardian-report/tests/support/nats.rs"]
 mod support;
 use support::{free_port, nats_server};
+#[path = "../../guardian-report/tests/support/pki.rs"]
+mod pki;
 
 use std::{
     process::{Command, Stdio},
@@ -221,6 +224,143 @@ async fn a_device_cannot_publish_as_another_under_per_device_permissions() {
         ),
         other => panic!("expected a subscription violation, got {other:?}"),
     }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// Production's certificate login: TLS with `verify_and_map`, each
+/// device's user its certificate's subject (the block
+/// `lab::authorization_by_certificate` writes). A device with its
+/// certificate reports and its records are stored in the ingest stream; a
+/// device with another valid certificate from the same CA cannot publish
+/// as it; a certificate the map does not know is refused at connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_the_device_user_under_verify_and_map() {
+    use guardian_report::nats::{Tls, TlsFiles};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    std::fs::create_dir_all(&dir).unwrap();
+    pki::make_pki(&dir, &["board-a", "board-b", "fleet", "stranger"]);
+    let port = free_port();
+    let conf = tmp.path().join("mapped.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n\
+             tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify_and_map: true, timeout: 2 }}\n{}",
+            tmp.path().join("js"),
+            dir.join("server.pem"),
+            dir.join("server.key"),
+            dir.join("ca.pem"),
+            guardian_fleet::lab::authorization_by_certificate("CN=fleet", &["board-a", "board-b"])
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(nats_server())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("nats://127.0.0.1:{port}");
+    let tls = |who: &str| {
+        Tls::load(&TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: Some(dir.join(format!("{who}.pem"))),
+            key: Some(dir.join(format!("{who}.key"))),
+        })
+        .unwrap()
+    };
+    let none = Credentials::default();
+    // The fleet (its own certificate) makes the ingest stream.
+    let mut fleet = Conn::connect_tls(
+        &url,
+        "fleet",
+        &none,
+        Some(&tls("fleet")),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    fleet
+        .publish(
+            "$JS.API.STREAM.CREATE.GUARDIAN_IN",
+            "fleet",
+            "create",
+            br#"{"name":"GUARDIAN_IN","subjects":["guardian.in.*"],"storage":"file","num_replicas":1}"#,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // board-a, by its certificate alone, reports.
+    let spool = Spool::open(SpoolConfig {
+        dir: tmp.path().join("spool-a"),
+        max_bytes: 1 << 20,
+        segment_bytes: 64 << 10,
+        fsync: Fsync::Interval(Duration::from_millis(20)),
+    })
+    .unwrap();
+    let mut cfg = LinkConfig::new("board-a", vec![url.clone()]);
+    cfg.tls = Some(tls("board-a"));
+    let rep = Reporter::start(spool, cfg).unwrap();
+    for i in 0..20 {
+        assert!(rep.submit(Class::Alert, format!("{{\"n\":{i}}}").into_bytes()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rep.status().link.records_acked < 20 {
+        assert!(Instant::now() < deadline, "{:?}", rep.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rep.shutdown().await;
+    // board-b's certificate (same CA, valid) cannot publish as board-a.
+    let mut b = Conn::connect_tls(
+        &url,
+        "board-b",
+        &none,
+        Some(&tls("board-b")),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    b.publish("guardian.in.board-a", "x", "1", b"{}")
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), b.replies.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    match got {
+        Err(LinkError::Refused { what, .. }) => {
+            assert!(what.contains("Permissions Violation"), "{what}")
+        }
+        other => panic!("expected a permissions violation, got {other:?}"),
+    }
+    // A certificate from the right CA that maps to no user: refused.
+    let refused = match Conn::connect_tls(
+        &url,
+        "stranger",
+        &none,
+        Some(&tls("stranger")),
+        Duration::from_secs(5),
+    )
+    .await
+    {
+        Err(e) => e.to_string(),
+        Ok(mut c) => match tokio::time::timeout(Duration::from_secs(5), c.replies.recv()).await {
+            Ok(Some(Err(e))) => e.to_string(),
+            other => panic!("a stranger's certificate was let in: {other:?}"),
+        },
+    };
+    assert!(
+        refused.contains("Authorization") || refused.contains("authorization"),
+        "{refused}"
+    );
     let _ = server.kill();
     let _ = server.wait();
 }

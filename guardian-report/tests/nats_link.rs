@@ -12,6 +12,9 @@
 #[path = "support/nats.rs"]
 mod support;
 use support::{free_port, nats_server};
+#[path = "support/pki.rs"]
+mod pki;
+use pki::make_pki;
 
 use std::{
     collections::BTreeMap,
@@ -274,93 +277,6 @@ async fn nothing_is_lost_when_the_broker_is_killed_mid_run() {
     r.shutdown().await;
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate for
-/// `board-tls`, made with openssl in `dir`; and a second, unrelated CA.
-fn make_pki(dir: &Path) {
-    for (ca, cn) in [("ca", "guardian-test-ca"), ("other-ca", "someone-else")] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        );
-    }
-    for (name, cn, ext) in [
-        (
-            "server",
-            "127.0.0.1",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        ),
-        ("client", "board-tls", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.pem"),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.ext"),
-            ],
-        );
-    }
-}
-
 /// The link over TLS with a client certificate per device, against a real
 /// nats-server that verifies clients: records reach the stream; a device
 /// without a certificate, one trusting the wrong CA, and one without TLS
@@ -371,7 +287,7 @@ async fn tls_with_a_client_certificate_and_refusals() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = tmp.path().join("pki");
     std::fs::create_dir_all(&pki).unwrap();
-    make_pki(&pki);
+    make_pki(&pki, &["board-tls"]);
     let port = free_port();
     let conf = tmp.path().join("tls.conf");
     std::fs::write(
