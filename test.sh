@@ -6,6 +6,9 @@
 #   ./test.sh --no-qemu  skip the arm64 boot test (quicker local loop)
 #
 # GUARDIAN_FUZZ_SECS sets how long each fuzz target runs (default 20 s).
+# GUARDIAN_OUTAGE_SECS sets how long every NATS node stays down in the
+# fleet's outage test (default 600 s: the ten minutes the fleet link
+# promises; it runs in the background beside the other steps).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 . cross/versions.sh
@@ -32,6 +35,15 @@ cargo fmt --check --manifest-path fuzz/Cargo.toml
 cargo clippy --locked --all-targets -- -D warnings
 cargo +"$EBPF_TOOLCHAIN" clippy --locked -p guardian-ebpf --target bpfel-unknown-none \
     -Z build-std=core -- -D warnings
+
+step "fleet: every NATS node down for ${GUARDIAN_OUTAGE_SECS:-600} s while devices report (in the background; its audit comes last)"
+mkdir -p target
+# In a session of its own, so that a failing step before its audit stops
+# it with its nodes and devices (the whole group).
+setsid guardian-fleet/bench/outage.sh 10 200 "${GUARDIAN_OUTAGE_SECS:-600}" >target/outage.log 2>&1 &
+outage_pid=$!
+trap 'kill -TERM -- "-$outage_pid" 2>/dev/null || true' EXIT
+echo "started (pid $outage_pid, log target/outage.log)"
 
 step "the agent's module graph: no import circle, and docs/architecture.md shows it as it is"
 python3 guardian/scripts/module-graph.py --check | tail -n 1
@@ -88,5 +100,13 @@ if [ "$qemu" -eq 1 ]; then
     grep -q 'broken-expects-tamper-to-succeed' target/qemu/break.log
     echo "planted failure detected, as it must be"
 fi
+
+step "fleet: the outage's audit (every record given is stored exactly once)"
+if ! wait "$outage_pid"; then
+    tail -n 40 target/outage.log >&2
+    exit 1
+fi
+trap - EXIT
+grep -E '"(given|stored|missing|stored_twice|connected)"|nodes back|killed' target/outage.log
 
 step "all tests passed in $((SECONDS - t0)) s"
