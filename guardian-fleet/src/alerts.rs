@@ -51,6 +51,8 @@ pub const ALERT_PREFIX: &str = "guardian.alert";
 pub const FROM_STORE: &str = "alerts";
 /// The durable consumer on the alert stream that calls the webhook.
 pub const WEBHOOK: &str = "webhook";
+/// How far back the alert consumers start when they are first made.
+pub const LOOK_BACK: Duration = Duration::from_secs(600);
 /// How long the alert stream remembers a message id (a redelivery or a
 /// second instance's sweep inside it is dropped as a duplicate).
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(600);
@@ -234,6 +236,15 @@ async fn durable(
                     name,
                     pull::Config {
                         durable_name: Some(name.to_owned()),
+                        // Made once, then found by name on every start:
+                        // from a little before now, not from the start of
+                        // a store that may hold 90 days (a first start
+                        // over an existing fleet does not replay its
+                        // history as alerts); the margin covers records
+                        // stored while the first instance came up.
+                        deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime {
+                            start_time: time::OffsetDateTime::now_utc() - LOOK_BACK,
+                        },
                         ack_policy: jetstream::consumer::AckPolicy::Explicit,
                         ack_wait: Duration::from_secs(30),
                         num_replicas: replicas,
