@@ -29,6 +29,7 @@
 //! | [`manifest`] | the signed model manifest, and why PCR 14 |
 //! | [`signing`] | Ed25519 / ECDSA P-256 detached signatures, as openssl makes them |
 //! | [`hashing`] | streaming, parallel SHA-256 of model files |
+//! | [`memory`] | the free start-up heap handed back to the kernel once start-up is done |
 //! | [`evidence`] | what is measured, the measurement log, the ledger (log + TPM: append, extend, void), TCG and CEL exports |
 //! | [`tpm`] | the TPM through tss-esapi: PCR extend and read, attestation key, quote |
 //! | [`attest`] | evidence bundles for a verifier's nonce, and the offline verifier |
@@ -63,6 +64,7 @@ pub mod hooks;
 pub mod kernel;
 pub mod manifest;
 pub mod measure;
+pub mod memory;
 pub mod pathcheck;
 pub mod policy;
 pub mod prescan;
