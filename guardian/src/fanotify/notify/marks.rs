@@ -18,13 +18,11 @@ use std::{
 use guardian_common::InodeKey;
 
 use super::{FileState, WatchError};
-use crate::{
-    fanotify::{
-        fid::{fsid_of, handle_of},
-        os_err, owned,
-    },
-    targets::{Targets, inode_key},
+use crate::fanotify::{
+    fid::{fsid_of, handle_of},
+    os_err, owned,
 };
+use crate::targets::{Targets, inode_key};
 
 /// One protected inode and what the reader knows about it.
 pub(super) struct Watched {

@@ -15,15 +15,13 @@ use super::{
     FileState, HOOK_ATTRIB, HOOK_DELETE_SELF, HOOK_MODIFY, HOOK_MOVE_SELF, Shared, Verdict,
     attrib_change, marks::Watched,
 };
-use crate::{
-    fanotify::{
-        Actor, EventSender, Grants, Intent, Rules,
-        change::verdict,
-        fid::{Fid, ParseError, Record, parse_records},
-        read_loop, report,
-    },
-    hooks::{self, Mode},
+use crate::fanotify::{
+    Actor, EventSender, Grants, Intent, Rules,
+    change::verdict,
+    fid::{Fid, ParseError, Record, parse_records},
+    read_loop, report,
 };
+use crate::hooks::{self, Mode};
 
 /// The reader thread: the group, its wake-up, and what it knows.
 pub(super) struct Reader {
