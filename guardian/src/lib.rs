@@ -48,6 +48,8 @@
 //! [`run`] is the daemon (`guardian run`, in [`daemon`]): it takes its
 //! shutdown signal as a future so tests can stop it.
 
+#![warn(missing_docs)]
+
 pub mod attest;
 pub mod btf;
 pub mod config;
