@@ -33,6 +33,9 @@ step "format and lints"
 cargo fmt --all --check
 cargo fmt --check --manifest-path fuzz/Cargo.toml
 cargo clippy --locked --all-targets -- -D warnings
+# The agent without the fleet link (its `report` feature off, for boards
+# that report to no fleet) builds clean too.
+cargo clippy --locked -p guardian --no-default-features -- -D warnings
 cargo +"$EBPF_TOOLCHAIN" clippy --locked -p guardian-ebpf --target bpfel-unknown-none \
     -Z build-std=core -- -D warnings
 

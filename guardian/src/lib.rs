@@ -29,6 +29,7 @@
 //! | [`manifest`] | the signed model manifest, and why PCR 14 |
 //! | [`signing`] | Ed25519 / ECDSA P-256 detached signatures, as openssl makes them |
 //! | [`hashing`] | streaming, parallel SHA-256 of model files |
+//! | [`memory`] | the free start-up heap handed back to the kernel once start-up is done |
 //! | [`evidence`] | what is measured, the measurement log, the ledger (log + TPM: append, extend, void), TCG and CEL exports |
 //! | [`tpm`] | the TPM through tss-esapi: PCR extend and read, attestation key, quote |
 //! | [`attest`] | evidence bundles for a verifier's nonce, and the offline verifier |
@@ -47,6 +48,8 @@
 //! [`run`] is the daemon (`guardian run`, in [`daemon`]): it takes its
 //! shutdown signal as a future so tests can stop it.
 
+#![warn(missing_docs)]
+
 pub mod attest;
 pub mod btf;
 pub mod config;
@@ -63,6 +66,7 @@ pub mod hooks;
 pub mod kernel;
 pub mod manifest;
 pub mod measure;
+pub mod memory;
 pub mod pathcheck;
 pub mod policy;
 pub mod prescan;
@@ -84,3 +88,50 @@ pub static EBPF_OBJECT: &[u8] =
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub use daemon::{RunError, StopError, run, stop};
+
+#[cfg(test)]
+mod tests {
+    /// The section names of a 64-bit little-endian ELF object, from its
+    /// section header table (as `build.rs` reads them).
+    fn section_names(elf: &[u8]) -> Vec<String> {
+        let at = |o: usize, n: usize| {
+            let mut b = [0u8; 8];
+            b[..n].copy_from_slice(&elf[o..o + n]);
+            u64::from_le_bytes(b) as usize
+        };
+        let (shoff, size, count, strndx) = (at(0x28, 8), at(0x3a, 2), at(0x3c, 2), at(0x3e, 2));
+        let strtab = at(shoff + strndx * size + 0x18, 8);
+        (0..count)
+            .map(|i| {
+                let name = &elf[strtab + at(shoff + i * size, 4)..];
+                let end = name.iter().position(|&b| b == 0).unwrap();
+                String::from_utf8_lossy(&name[..end]).into_owned()
+            })
+            .collect()
+    }
+
+    /// `build.rs` slims the object before it is embedded: no DWARF, no
+    /// `.rel.BTF.ext`, and its BTF kept (the loader and the verifier read
+    /// it).
+    #[test]
+    fn the_embedded_ebpf_object_is_slim_and_keeps_its_btf() {
+        let obj = super::EBPF_OBJECT;
+        if obj.is_empty() {
+            eprintln!(
+                "SKIPPED: this build has no eBPF object (built without the eBPF toolchain): nothing to check"
+            );
+            return;
+        }
+        let names = section_names(obj);
+        let has = |n: &str| names.iter().any(|s| s == n);
+        assert!(
+            has(".BTF") && has(".BTF.ext"),
+            "the object lost its BTF: {names:?}"
+        );
+        assert!(
+            !names.iter().any(|s| s.starts_with(".debug_")),
+            "the object kept its DWARF (did build.rs find no objcopy? see its warning): {names:?}"
+        );
+        assert!(!has(".rel.BTF.ext"), "the object kept .rel.BTF.ext");
+    }
+}

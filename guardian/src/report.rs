@@ -6,11 +6,20 @@
 //! the wire format and the link are `guardian-report`'s; this module may not
 //! block the caller (a full queue is a counted, reported drop, never a
 //! wait) nor decide anything about the guard.
+//!
+//! The cargo feature `report` (on by default) builds the link in. A board
+//! that reports to no fleet can build without it (`--no-default-features`):
+//! [`start`] then never starts a reporter, so the NATS client, TLS (rustls
+//! on ring) and the spool are not linked into the binary (about 0.5 MiB of
+//! it, `docs/footprint.md`), and a config that names `[report] servers`
+//! is refused at start rather than silently not reported.
 
 use std::path::PathBuf;
 
+use guardian_report::{Class, Reporter};
+#[cfg(feature = "report")]
 use guardian_report::{
-    Class, Fsync, LinkConfig, Reporter, Spool, SpoolConfig, nats::Credentials, spool::SpoolError,
+    Fsync, LinkConfig, Spool, SpoolConfig, nats::Credentials, spool::SpoolError,
 };
 
 use crate::{config::ReportConfig, events::SecurityEvent, hooks::Verdict};
@@ -19,9 +28,11 @@ use crate::{config::ReportConfig, events::SecurityEvent, hooks::Verdict};
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// The spool could not be opened.
+    #[cfg(feature = "report")]
     #[error("the report spool")]
     Spool(#[source] SpoolError),
     /// The password file could not be read.
+    #[cfg(feature = "report")]
     #[error("cannot read [report] password_file {path}")]
     Password {
         /// The file.
@@ -34,9 +45,11 @@ pub enum ReportError {
     #[error("[report] device_id is empty and the host name {0:?} is not a valid device id")]
     DeviceId(String),
     /// The TLS files could not be used.
+    #[cfg(feature = "report")]
     #[error("[report] TLS")]
     Tls(#[source] guardian_report::nats::TlsError),
     /// The reporter refused its config.
+    #[cfg(feature = "report")]
     #[error("the report link")]
     Start(#[source] guardian_report::reporter::StartError),
     /// The spool directory could not be made.
@@ -48,12 +61,26 @@ pub enum ReportError {
         #[source]
         source: std::io::Error,
     },
+    /// `[report] servers` is set but this binary was built without the
+    /// fleet link (the `report` feature): refusing beats a board that
+    /// looks configured to report and never does.
+    #[cfg(not(feature = "report"))]
+    #[error(
+        "[report] servers is set, but this guardian was built without the fleet link (cargo feature `report`)"
+    )]
+    NotBuilt,
 }
 
 /// Make the spool directory (owner only) if it is missing, so that the
 /// guard can take it among guardian's own trees before the spool opens.
+/// Without the fleet link built in, a config that reports is refused
+/// here, at the first step of start-up, before the kernel is touched.
 pub fn make_spool_dir(cfg: &ReportConfig) -> Result<(), ReportError> {
     use std::os::unix::fs::DirBuilderExt as _;
+    #[cfg(not(feature = "report"))]
+    if cfg.enabled() {
+        return Err(ReportError::NotBuilt);
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -80,8 +107,19 @@ pub fn device_id(cfg: &ReportConfig) -> Result<String, ReportError> {
     }
 }
 
+/// Without the fleet link built in: `None` when `[report]` names no
+/// server, an error when it does.
+#[cfg(not(feature = "report"))]
+pub fn start(cfg: &ReportConfig) -> Result<Option<Reporter>, ReportError> {
+    if cfg.enabled() {
+        return Err(ReportError::NotBuilt);
+    }
+    Ok(None)
+}
+
 /// Open the spool and start the reporter on the current runtime; `None`
 /// when `[report]` names no server.
+#[cfg(feature = "report")]
 pub fn start(cfg: &ReportConfig) -> Result<Option<Reporter>, ReportError> {
     if !cfg.enabled() {
         return Ok(None);

@@ -5,7 +5,9 @@
 //! |---|---|
 //! | [`quote`] | parsing the TPM's `TPMS_ATTEST` and `TPMT_SIGNATURE`, bounded |
 //! | [`bundle`] | the evidence bundle: building it on the device, reading it on the verifier, nonces |
-//! | [`verify`] | the verdict: what is checked and why each check exists |
+//! | [`verify`] | the checks of one bundle: what is checked and why each check exists |
+//! | [`verdict`] | what the verifier trusts, and its answer: the failures, the verdict, its rendering |
+//! | `continuity.rs` | the checks across quotes: reboots and rollback against the state, open findings, the state's update |
 //! | [`state`] | what the verifier remembers of a device between quotes |
 //! | [`verifier`] | `guardian challenge` and `guardian verify` on files: the inputs, the findings acknowledged, the verdict, the state saved |
 //!
@@ -18,8 +20,10 @@
 //! evidence records; it never writes them.
 
 pub mod bundle;
+mod continuity;
 pub mod quote;
 pub mod state;
+pub mod verdict;
 pub mod verifier;
 pub mod verify;
 
@@ -27,4 +31,5 @@ pub use bundle::{
     AgentState, BundleError, Device, Evidence, parse_evidence, parse_nonce, read_ak, read_evidence,
 };
 pub use state::DeviceState;
-pub use verify::{Failure, Trust, Verdict, verify};
+pub use verdict::{Failure, Trust, Verdict};
+pub use verify::verify;

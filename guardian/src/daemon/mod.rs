@@ -199,6 +199,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // 10. Publishing the status file is the readiness signal (and, under
     //     systemd, READY=1: the inference service is ordered after it).
     daemon.ready()?;
+    //     Start-up's freed memory goes back to the kernel now, not never.
+    crate::memory::release_free_heap();
     // 11. The event loop, until the shutdown future completes.
     daemon.serve(&mut sources, shutdown).await?;
     // 12. Last events, then withdraw the status so `guardian status` does

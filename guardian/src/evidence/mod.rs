@@ -4,6 +4,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`event`] | what a record means, and its canonical encoding (the digest extended) |
+//! | [`record`] | one line of the log: a record and the rules every record follows |
 //! | [`log`] | the measurement log file: append-only, crash-safe, private, never blocking |
 //! | [`ledger`] | the log and the TPM together: append, extend, void on failure, in one place |
 //! | [`tail`] | a reader that follows the log, reading only what was appended (the daemon's status) |
@@ -20,6 +21,7 @@ pub mod event;
 pub mod export;
 pub mod ledger;
 pub mod log;
+pub mod record;
 pub mod tail;
 
 pub use event::Event;

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `perm.rs` | the permission rung: `FAN_OPEN_PERM` marks and the decision thread that denies write-opens ([`FanotifyGuard`]) |
 //! | `intent.rs` | what an open is for, learnt from the blocked opener's `/proc/TID/syscall` |
-//! | `notify.rs` | the notification rung: changes to protected files reported after the fact ([`notify::Watcher`]) |
+//! | `notify/` | the notification rung: changes to protected files reported after the fact ([`notify::Watcher`]); its group and marks (`marks.rs`) and its reader thread (`reader.rs`) in files of their own |
 //! | `fid.rs` | the notification rung's event records and file handles |
 //! | `change.rs` | what a reported change was (`nlink 1→2`, `mode 0644→0666`) and the rule's verdict on it |
 //! | `mod.rs` | what both share: the rule ([`judge`]), the actor from `/proc`, the event they make, the reader loop |

@@ -6,7 +6,9 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | [`module`] | one module in wasmi: limits, fuel, ABI checks, host functions |
+//! | [`module`] | one module in wasmi: limits, ABI checks, instantiation, evaluation |
+//! | `host.rs` | the host side of the sandbox: the store's data, the host functions (all defined there), every call with fresh fuel |
+//! | `static_rules.rs` | a module's static rules read from its memory, decoded and checked (untrusted until they pass) |
 //! | [`set`] | signed bundles, a set of policies, deny-overrides, merged static rules |
 //! | [`engine`] | [`PolicyEngine`]: the set in force, atomic hot swap, counters |
 //! | [`measure`] | what a policy load records in the evidence (the daemon's attestor writes it) |
@@ -28,9 +30,11 @@
 
 pub mod engine;
 pub mod event;
+mod host;
 pub mod measure;
 pub mod module;
 pub mod set;
+mod static_rules;
 pub mod tools;
 
 pub use crate::config::{FailModeSetting, PolicyConfig};

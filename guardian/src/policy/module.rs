@@ -1,26 +1,29 @@
 //! One policy module in wasmi: compile, check the ABI, instantiate under
 //! limits, evaluate with fuel.
 //!
-//! Everything wasmi-specific lives here. One [`Runtime`] (one wasmi
-//! `Engine`, shared) compiles every module; each module gets its own
-//! `Store`, so limits, fuel and the host state are per policy.
+//! Everything wasmi-specific lives here and in the host side of the
+//! sandbox (`host.rs`: the store's data, the host functions, every call).
+//! One [`Runtime`] (one wasmi `Engine`, shared) compiles every module;
+//! each module gets its own `Store`, so limits, fuel and the host state
+//! are per policy.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use guardian_policy_abi::{
     HEADER_SIZE, MIN_BUFFER_SIZE, OwnedStaticRules, SUPPORTED_ABI_VERSIONS, Verdict, exports,
     wire::Header,
 };
 use wasmi::{
-    CompilationMode, Engine, ExternType, Linker, Memory, Module, Store, StoreLimits,
-    StoreLimitsBuilder, TrapCode, TypedFunc, ValType,
+    CompilationMode, Engine, ExternType, Linker, Memory, Module, Store, StoreLimitsBuilder,
+    TypedFunc, ValType,
 };
+
+use super::host::{self, Host, call_with_fuel};
+// Their paths before host functions and static rules had files of their
+// own; the fuzz targets and tests name them so.
+pub use super::host::{HostCounters, LOG_MAX_BYTES, LOG_PER_CALL};
+use super::static_rules::read_rules;
+pub use super::static_rules::{RULES_MAX_BYTES, decode_static_rules};
 
 /// Resource limits for every module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,13 +45,6 @@ impl Default for Limits {
         }
     }
 }
-
-/// Log messages a module may write per call; more are counted, not shown.
-pub const LOG_PER_CALL: u32 = 4;
-/// Longest log message shown, bytes.
-pub const LOG_MAX_BYTES: usize = 512;
-/// Largest static-rules encoding accepted, bytes.
-pub const RULES_MAX_BYTES: u32 = 64 * 1024;
 
 /// Why a module was refused at load. Messages name the problem; the caller
 /// adds the file.
@@ -155,24 +151,6 @@ pub enum CallError {
     },
 }
 
-/// Counters a module's host functions update.
-#[derive(Debug, Default)]
-pub struct HostCounters {
-    /// Messages logged.
-    pub logged: AtomicU64,
-    /// Messages dropped by [`LOG_PER_CALL`].
-    pub log_suppressed: AtomicU64,
-}
-
-/// The store's data.
-struct Host {
-    limits: StoreLimits,
-    name: Arc<str>,
-    log_budget: u32,
-    counters: Arc<HostCounters>,
-    epoch: Instant,
-}
-
 /// Compiles modules; one per agent (cheap to clone).
 #[derive(Clone)]
 pub struct Runtime {
@@ -204,23 +182,7 @@ impl Runtime {
             .compilation_mode(CompilationMode::Eager);
         let engine = Engine::new(&config);
         let mut linker = Linker::<Host>::new(&engine);
-        // The whole host interface, in one place.
-        let defined = linker
-            .func_wrap(
-                guardian_policy_abi::imports::MODULE,
-                guardian_policy_abi::imports::LOG,
-                host_log,
-            )
-            .and_then(|l| {
-                l.func_wrap(
-                    guardian_policy_abi::imports::MODULE,
-                    guardian_policy_abi::imports::MONOTONIC_NS,
-                    |caller: wasmi::Caller<'_, Host>| -> i64 {
-                        i64::try_from(caller.data().epoch.elapsed().as_nanos()).unwrap_or(i64::MAX)
-                    },
-                )
-            });
-        if let Err(e) = defined {
+        if let Err(e) = host::define(&mut linker) {
             // Only possible if the two names collided; every module import
             // is then reported as missing at load, never silently ignored.
             log::error!("policy runtime: defining host functions failed: {e}");
@@ -443,114 +405,6 @@ fn describe_type(t: &ExternType) -> String {
         ExternType::Table(_) => "table".into(),
         ExternType::Global(_) => "global".into(),
     }
-}
-
-fn read_rules(packed: i64, memory: &[u8]) -> Result<OwnedStaticRules, ModuleError> {
-    if packed < 0 {
-        return Err(ModuleError::Rules(format!(
-            "guardian_static_rules returned {packed} (the module could not encode them)"
-        )));
-    }
-    let ptr = (packed as u64 >> 32) as usize;
-    let len = (packed as u64 & 0xffff_ffff) as u32;
-    if len > RULES_MAX_BYTES {
-        return Err(ModuleError::Rules(format!(
-            "{len} bytes, over the limit of {RULES_MAX_BYTES}"
-        )));
-    }
-    let bytes = ptr
-        .checked_add(len as usize)
-        .and_then(|end| memory.get(ptr..end))
-        .ok_or_else(|| ModuleError::Rules(format!("{len} bytes at {ptr} are outside memory")))?;
-    decode_static_rules(bytes)
-}
-
-/// Decode and check a module's static rules from the bytes it pointed at
-/// (postcard `StaticRules`, nothing after them, absolute paths, sane
-/// egress entries). The module is untrusted until its rules pass this;
-/// public so the fuzz targets and property tests reach the real decoder.
-pub fn decode_static_rules(bytes: &[u8]) -> Result<OwnedStaticRules, ModuleError> {
-    let (rules, rest): (OwnedStaticRules, _) = postcard::take_from_bytes(bytes)
-        .map_err(|e| ModuleError::Rules(format!("not a postcard StaticRules: {e}")))?;
-    if !rest.is_empty() {
-        return Err(ModuleError::Rules(format!(
-            "{} bytes after the encoded rules",
-            rest.len()
-        )));
-    }
-    for p in rules
-        .protected
-        .iter()
-        .chain(rules.writers.iter().flatten())
-        .chain(rules.service_exec.iter().flatten())
-        .chain(rules.library_dirs.iter().flatten())
-    {
-        if !p.starts_with('/') {
-            return Err(ModuleError::Rules(format!("path {p:?} is not absolute")));
-        }
-    }
-    for e in rules.egress.iter().flatten() {
-        let max = match e.net {
-            guardian_policy_abi::IpAddr::V4(_) => 32,
-            guardian_policy_abi::IpAddr::V6(_) => 128,
-        };
-        if e.prefix > max || e.ports.0 > e.ports.1 {
-            return Err(ModuleError::Rules(format!(
-                "egress entry {e:?}: prefix over {max} or ports reversed"
-            )));
-        }
-    }
-    Ok(rules)
-}
-
-fn call_with_fuel<R>(
-    store: &mut Store<Host>,
-    fuel: u64,
-    f: impl FnOnce(&mut Store<Host>) -> Result<R, wasmi::Error>,
-) -> Result<R, CallError> {
-    // A store starts with no fuel and keeps what the last call left: set
-    // it before every call.
-    store
-        .set_fuel(fuel)
-        .map_err(|e| CallError::Trap(format!("setting fuel: {e}")))?;
-    store.data_mut().log_budget = LOG_PER_CALL;
-    f(store).map_err(|e| match e.as_trap_code() {
-        Some(TrapCode::OutOfFuel) => CallError::OutOfFuel { fuel },
-        _ => CallError::Trap(e.to_string()),
-    })
-}
-
-fn host_log(mut caller: wasmi::Caller<'_, Host>, level: i32, ptr: i32, len: i32) {
-    let counters = Arc::clone(&caller.data().counters);
-    if caller.data().log_budget == 0 {
-        counters.log_suppressed.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    caller.data_mut().log_budget -= 1;
-    counters.logged.fetch_add(1, Ordering::Relaxed);
-    let name = Arc::clone(&caller.data().name);
-    let text = match caller
-        .get_export(exports::MEMORY)
-        .and_then(|e| e.into_memory())
-    {
-        Some(mem) => {
-            let data = mem.data(&caller);
-            let start = usize::try_from(ptr).unwrap_or(usize::MAX);
-            let n = usize::try_from(len).unwrap_or(0).min(LOG_MAX_BYTES);
-            match data.get(start..start.saturating_add(n)) {
-                Some(b) => String::from_utf8_lossy(b).into_owned(),
-                None => format!("(log message at {ptr}+{len} is outside memory)"),
-            }
-        }
-        None => "(no memory export)".to_owned(),
-    };
-    let level = match level {
-        1 => log::Level::Error,
-        2 => log::Level::Warn,
-        3 => log::Level::Info,
-        _ => log::Level::Debug,
-    };
-    log::log!(level, "policy {name}: {text}");
 }
 
 /// What a loaded module declares.
