@@ -76,6 +76,12 @@ pub enum ReportError {
 /// Without the fleet link built in, a config that reports is refused
 /// here, at the first step of start-up, before the kernel is touched.
 pub fn make_spool_dir(cfg: &ReportConfig) -> Result<(), ReportError> {
+    // Without the link built in, [report] servers is refused (by `start`)
+    // before anything is made on disk.
+    #[cfg(not(feature = "report"))]
+    if cfg.enabled() {
+        return Err(ReportError::NotBuilt);
+    }
     use std::os::unix::fs::DirBuilderExt as _;
     #[cfg(not(feature = "report"))]
     if cfg.enabled() {
