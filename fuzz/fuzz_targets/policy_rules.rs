@@ -1,5 +1,5 @@
 //! A policy module's static rules as the host decodes them from the
-//! module's memory (`policy/module.rs`, `decode_static_rules`): bytes a
+//! module's memory (`policy/static_rules.rs`, `decode_static_rules`): bytes a
 //! possibly hostile module chose. Never a panic; what is accepted obeys
 //! the rules the kernel tables rely on, and re-encodes to bytes that
 //! decode to the same rules.

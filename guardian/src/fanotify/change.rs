@@ -1,7 +1,7 @@
 //! What a change to a watched file was, and what the rule says about it:
 //! the notification rung's judgement, as pure functions of the file's
 //! state before and after and of the actor's executable. No fanotify, no
-//! threads (`notify.rs` reads the events and calls these).
+//! threads (`notify/reader.rs` reads the events and calls these).
 
 use std::os::unix::fs::MetadataExt as _;
 
