@@ -110,9 +110,12 @@
 #
 # Build directories: WORK/RELEASE/build-SCENARIO (rpi: build-rpi-MACHINE;
 # jetson: build-jetson-orin-nano-devkit), and kas's WORK/kas/w-FILE/build,
-# each kept for bitbake's parse cache (conf/ is rewritten every run). One
-# whose recipes were never parsed gets a codeparser cache first (see
-# seed_codeparser: otherwise bitbake parses every recipe twice in it).
+# each kept for bitbake's parse cache (conf/ is rewritten every run). In a
+# fresh one bitbake 2.16/2.18 parse every recipe twice: the first parse is
+# saved under a configuration hash the second command does not compute
+# again (the python module dependencies in that hash, oe.spdx*'s var_execs,
+# come out otherwise once the codeparser cache holds what the recipe parse
+# put there); from the third command on the cache holds.
 #
 # A step fails on a non-zero exit, any ERROR line, and any WARNING line that
 # comes from our layer (names it, its path or a guardian recipe) or from
@@ -366,7 +369,6 @@ PY
 kas_step() {
     local rel="$1" b="$2" name="$3" cmd="$4" log t0=$SECONDS rc
     log="$WORK/logs/$rel/kas/$b-$name.log"
-    seed_codeparser "$rel" "$kw/w-$b/build"
     as_user "cd '$kw/guardian' && KAS_WORK_DIR='$kw/w-$b' \
         GUARDIAN_SRCREV=0123456789abcdef0123456789abcdef01234567 \
         GUARDIAN_EBPF_URI='file://$art/guardian-ebpf-0.1.0.o' GUARDIAN_EBPF_SHA256='$ebpf_sha' \
@@ -385,36 +387,9 @@ step() {
     log="$WORK/logs/$rel/$scen/$(printf '%02d' "$STEPNO")-$name.log"
     mkdir -p "$(dirname "$log")"
     t0=$SECONDS
-    seed_codeparser "$rel" "$WORK/$rel/build-$scen"
     { echo "+ $cmd"; in_env "$rel" "$WORK/$rel/build-$scen" "$cmd"; } >"$log" 2>&1
     rc=$?
     judged "$rel" "$scen" "$name" "$log" "$rc" "$t0"
-}
-
-# seed_codeparser REL BUILD: a build directory whose recipes were never
-# parsed gets the largest codeparser cache (cache/bb_codeparser.dat) of
-# the release's build directories that were (the readme one has every
-# layer's python modules). Without it bitbake's first parse in a fresh
-# directory is saved under a configuration hash that the next run does not
-# compute (the python module dependencies in that hash come out otherwise
-# from an empty codeparser cache), and the next run parses every recipe
-# again.
-seed_codeparser() {
-    local rel="$1" build="$2" c seed="" size=0 s
-    [ -d "$build" ] || return 0
-    compgen -G "$build/tmp/cache/bb_cache.dat.*" >/dev/null && return 0
-    for c in "$WORK/$rel"/build-*/cache/bb_codeparser.dat; do
-        if [ ! -f "$c" ] || [ "$c" = "$build/cache/bb_codeparser.dat" ] \
-            || ! compgen -G "$(dirname "$(dirname "$c")")/tmp/cache/bb_cache.dat.*" >/dev/null; then
-            continue
-        fi
-        s="$(stat -c %s "$c")"
-        if [ "$s" -gt "$size" ]; then seed="$c"; size="$s"; fi
-    done
-    [ -n "$seed" ] || return 0
-    mkdir -p "$build/cache" && cp "$seed" "$build/cache/bb_codeparser.dat"
-    [ "$(id -u)" = 0 ] && chown -R "$RUNAS:" "$build/cache"
-    return 0
 }
 
 # judged REL SCEN NAME LOG RC T0: PASS or FAIL a finished run from its exit
