@@ -487,14 +487,29 @@ async fn bad_input_is_refused_and_nothing_is_stored_under_the_wrong_device() {
 
 /// Every stored record of one device, as stored (class and body kept).
 async fn stored_records(js: &jetstream::Context, device: &str) -> Vec<wire::WireRecord> {
-    let stream = js.get_stream(STORE_STREAM).await.unwrap();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: format!("guardian.store.{device}"),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    // Right after the cluster came back (a leader election, under the
+    // load of the other tests), reading may need a few tries, as in
+    // `stored`.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let consumer = loop {
+        let made = match js.get_stream(STORE_STREAM).await {
+            Ok(stream) => stream
+                .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                    filter_subject: format!("guardian.store.{device}"),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("{e:?}")),
+            Err(e) => Err(format!("{e:?}")),
+        };
+        match made {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "reading the store: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
     let mut msgs = consumer.messages().await.unwrap();
     let mut out = Vec::new();
     loop {
