@@ -55,7 +55,7 @@ step "meta-guardian: offline layer checks, and each check catches its planted de
 meta-guardian/scripts/check-layer.sh
 meta-guardian/scripts/test-check-layer.sh
 
-step "meta-guardian: the layer under a real bitbake (README's layer steps, parses, image task graph)"
+step "meta-guardian: the layer under a real bitbake (README's and boards.md's blocks, kas files, parses, the guardian recipe fetched offline, task graphs)"
 if [ -n "${GUARDIAN_OE_SOURCES:-}" ]; then
     meta-guardian/scripts/check-bitbake.sh "$GUARDIAN_OE_SOURCES"
     meta-guardian/scripts/test-check-bitbake.sh "$GUARDIAN_OE_SOURCES"
