@@ -25,6 +25,21 @@ use guardian_report::{
     nats::{Conn, Credentials, Incoming, LinkError},
 };
 
+/// Publish on `subject` and expect the broker's permissions violation.
+async fn publish_is_refused(conn: &mut Conn, subject: &str) {
+    conn.publish(subject, "x", "1", b"{}").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), conn.replies.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    match got {
+        Err(LinkError::Refused { what, .. }) => {
+            assert!(what.contains("Permissions Violation"), "{what}")
+        }
+        other => panic!("expected a permissions violation on {subject}, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lab_starts_in_one_command_and_shows_a_reporting_device() {
     let tmp = tempfile::tempdir().unwrap();
@@ -172,19 +187,7 @@ async fn a_device_cannot_publish_as_another_under_per_device_permissions() {
     )
     .await
     .unwrap();
-    conn.publish("guardian.in.board-b", "x", "1", b"{}")
-        .await
-        .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), conn.replies.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    match got {
-        Err(LinkError::Refused { what, .. }) => {
-            assert!(what.contains("Permissions Violation"), "{what}")
-        }
-        other => panic!("expected a permissions violation, got {other:?}"),
-    }
+    publish_is_refused(&mut conn, "guardian.in.board-b").await;
     // A device cannot read another's acknowledgements either.
     // (Connecting as board-a under board-b's name subscribes to board-b's
     // inbox, which board-a's permissions refuse.)
@@ -306,19 +309,7 @@ async fn a_client_certificate_is_the_device_user_under_verify_and_map() {
     )
     .await
     .unwrap();
-    b.publish("guardian.in.board-a", "x", "1", b"{}")
-        .await
-        .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), b.replies.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    match got {
-        Err(LinkError::Refused { what, .. }) => {
-            assert!(what.contains("Permissions Violation"), "{what}")
-        }
-        other => panic!("expected a permissions violation, got {other:?}"),
-    }
+    publish_is_refused(&mut b, "guardian.in.board-a").await;
     // A certificate from the right CA that maps to no user: refused.
     let refused = match Conn::connect_tls(
         &url,
