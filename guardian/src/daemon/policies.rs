@@ -60,20 +60,8 @@ impl PolicyState {
                 String::new()
             }
         );
-        let applied = rules::targets(config, &report.rules)
-            .map_err(|e| e.to_string())
-            .and_then(|t| {
-                enforcement
-                    .refresh(&t)
-                    .map(|()| t)
-                    .map_err(|e| e.to_string())
-            });
-        match applied {
-            Ok(t) => {
-                *decoder = Decoder::new(enforcement.mode(), &t);
-                *targets = t;
-                self.rules_error = None;
-            }
+        match put_in_force(config, &report.rules, enforcement, targets, decoder) {
+            Ok(()) => self.rules_error = None,
             Err(e) => {
                 log::error!(
                     "policies: the static rules of set {} are NOT in the kernel (the previous tables stay): {e}",
@@ -83,6 +71,24 @@ impl PolicyState {
             }
         }
     }
+}
+
+/// Resolve the targets again from the config and `rules` and put them in
+/// force in every rung; the decoder follows. On failure nothing changes.
+/// Shared by a policy reload and by taking in what an allowed writer added
+/// to a protected tree.
+pub(super) fn put_in_force(
+    config: &Config,
+    rules: &crate::policy::StaticRules,
+    enforcement: &mut Enforcement,
+    targets: &mut Targets,
+    decoder: &mut Decoder,
+) -> Result<(), String> {
+    let t = rules::targets(config, rules).map_err(|e| e.to_string())?;
+    enforcement.refresh(&t).map_err(|e| e.to_string())?;
+    *decoder = Decoder::new(enforcement.mode(), &t);
+    *targets = t;
+    Ok(())
 }
 
 /// What is in the policy directory, to notice a change.

@@ -346,15 +346,20 @@ impl Daemon {
     /// rules in force, and what came in is a guard record in the evidence.
     fn take_in(&mut self) {
         self.take_in = false;
-        let t = match crate::rules::targets(&self.config, &self.engine.rules()) {
-            Ok(t) => t,
-            Err(e) => {
-                log::error!("cannot take in the new files of the protected trees: {e}");
-                return;
-            }
-        };
         let before: std::collections::HashSet<_> =
             self.targets.files.iter().map(|(_, k)| *k).collect();
+        if let Err(e) = policies::put_in_force(
+            &self.config,
+            &self.engine.rules(),
+            &mut self.enforcement,
+            &mut self.targets,
+            &mut self.decoder,
+        ) {
+            log::error!("cannot take in the new files of the protected trees: {e}");
+            return;
+        }
+        self.paths = PathCheck::new(&self.targets);
+        let t = &self.targets;
         let new: Vec<(std::path::PathBuf, String)> = t
             .files
             .iter()
@@ -362,13 +367,6 @@ impl Daemon {
             .filter(|(_, k)| !before.contains(k))
             .map(|(p, k)| (p.clone(), format!("{}:{}:{}", k.major(), k.minor(), k.ino)))
             .collect();
-        if let Err(e) = self.enforcement.refresh(&t) {
-            log::error!("cannot take in the new files of the protected trees: {e}");
-            return;
-        }
-        self.decoder = Decoder::new(self.enforcement.mode(), &t);
-        self.targets = t;
-        self.paths = PathCheck::new(&self.targets);
         if !new.is_empty() {
             log::info!(
                 "protected trees: taken in {}",
