@@ -11,6 +11,7 @@
 //! | [`lab`] | a lab in one command: a single nats-server with JetStream and MQTT, and the service; the per-device authorization block of a production cluster |
 //! | [`query`] | reading the fleet back: device states, a device's events |
 //! | [`alerts`] | alerts from what is stored (tamper attempts, the guard, drops) and from silence; the webhook |
+//! | [`attest`] | attestation over the link: rounds on a schedule, claims shared by the instances, the verdict and the verifier's state per device in key-value |
 //! | [`metrics`] | `/metrics` in Prometheus' text format |
 //!
 //! No TPM, no eBPF: it runs anywhere a NATS client can. The device side of
@@ -19,6 +20,7 @@
 //! device simulator runs.
 
 pub mod alerts;
+pub mod attest;
 pub mod lab;
 pub mod metrics;
 pub mod query;

@@ -44,6 +44,37 @@ pub async fn devices(js: &jetstream::Context) -> Result<Vec<DeviceState>, Servic
     Ok(out)
 }
 
+/// Every device's attestation record, sorted by id.
+pub async fn attestations(
+    js: &jetstream::Context,
+) -> Result<Vec<crate::attest::Attestation>, ServiceError> {
+    use crate::attest::{ATTEST_BUCKET, Attestation};
+    let kv = js
+        .get_key_value(ATTEST_BUCKET)
+        .await
+        .map_err(|e| err(format!("open bucket {ATTEST_BUCKET}"))(e.into()))?;
+    let mut keys = kv
+        .keys()
+        .await
+        .map_err(|e| err("list attestations")(e.into()))?;
+    let mut out = Vec::new();
+    while let Some(k) = keys.next().await {
+        let k = k.map_err(|e| err("list attestations")(e.into()))?;
+        if let Some(v) = kv
+            .get(&k)
+            .await
+            .map_err(|e| err(format!("read attestation {k}"))(e.into()))?
+        {
+            match serde_json::from_slice::<Attestation>(&v) {
+                Ok(a) => out.push(a),
+                Err(e) => log::warn!("attestation {k}: unreadable: {e}"),
+            }
+        }
+    }
+    out.sort_by(|a, b| a.device.cmp(&b.device));
+    Ok(out)
+}
+
 /// One device's stored messages since `since` (fleet clock), oldest first.
 pub async fn events(
     js: &jetstream::Context,

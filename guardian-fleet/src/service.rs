@@ -210,6 +210,21 @@ pub async fn ensure(js: &jetstream::Context, cfg: &ServiceConfig) -> Result<(), 
         .await
         .map_err(|e| js_err(format!("create bucket {DEVICES_BUCKET}"))(e.into()))?;
     }
+    if js
+        .get_key_value(crate::attest::ATTEST_BUCKET)
+        .await
+        .is_err()
+    {
+        js.create_key_value(jetstream::kv::Config {
+            bucket: crate::attest::ATTEST_BUCKET.to_owned(),
+            history: 1,
+            num_replicas: cfg.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err(format!("create bucket {}", crate::attest::ATTEST_BUCKET))(e.into()))?;
+    }
     Ok(())
 }
 

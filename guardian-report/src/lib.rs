@@ -19,5 +19,5 @@ pub mod reporter;
 pub mod spool;
 pub mod wire;
 
-pub use reporter::{LinkConfig, ReportStatus, Reporter};
+pub use reporter::{Asked, LinkConfig, ReportStatus, Reporter};
 pub use spool::{Class, Fsync, Spool, SpoolConfig};

@@ -222,11 +222,25 @@ pub struct Reply {
     pub payload: Vec<u8>,
 }
 
+/// A message on a subject this connection subscribed to with
+/// [`Conn::subscribe`] (not its inbox): a question from the fleet.
+#[derive(Debug)]
+pub struct Message {
+    /// The subject it came on.
+    pub subject: String,
+    /// Where the sender wants the answer, if anywhere.
+    pub reply: Option<String>,
+    /// The payload (headers left out).
+    pub payload: Vec<u8>,
+}
+
 /// What the reader task passes on.
 #[derive(Debug)]
 pub enum Incoming {
     /// An acknowledgement on our inbox.
     Reply(Reply),
+    /// A message on another subscription.
+    Message(Message),
     /// The server pinged: answer with [`Conn::pong`].
     Ping,
 }
@@ -237,6 +251,7 @@ pub struct Conn {
     server: String,
     writer: WriteHalf<BoxStream>,
     inbox: String,
+    max_payload: usize,
     /// Replies (and the reason the reader stopped, last).
     pub replies: mpsc::Receiver<Result<Incoming, LinkError>>,
 }
@@ -338,6 +353,11 @@ impl Conn {
                 server: server.to_owned(),
                 what: format!("INFO is not JSON: {e}"),
             })?;
+        // The server's limit on one message (1 MiB unless configured).
+        let max_payload = info
+            .get("max_payload")
+            .and_then(|v| v.as_u64())
+            .map_or(1 << 20, |v| v as usize);
         let offers_tls = info.get("tls_required").and_then(|v| v.as_bool()) == Some(true)
             || info.get("tls_available").and_then(|v| v.as_bool()) == Some(true);
         let stream: BoxStream = match tls {
@@ -437,8 +457,37 @@ impl Conn {
             server: server.to_owned(),
             writer,
             inbox,
+            max_payload,
             replies,
         })
+    }
+
+    /// The largest message the server takes.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Subscribe to `subject`; its messages come as [`Incoming::Message`].
+    /// (A broker with per-device permissions decides what a device may
+    /// subscribe to; the fleet asks each device on a subject naming it.)
+    pub async fn subscribe(&mut self, subject: &str, sid: u32) -> Result<(), LinkError> {
+        self.writer
+            .write_all(format!("SUB {subject} {sid}\r\n").as_bytes())
+            .await
+            .map_err(io("subscribe on", &self.server))
+    }
+
+    /// Publish `payload` on `subject` without a reply subject (an answer
+    /// to a question; core NATS, not a stream).
+    pub async fn publish_plain(&mut self, subject: &str, payload: &[u8]) -> Result<(), LinkError> {
+        let mut buf = Vec::with_capacity(payload.len() + subject.len() + 32);
+        buf.extend_from_slice(format!("PUB {subject} {}\r\n", payload.len()).as_bytes());
+        buf.extend_from_slice(payload);
+        buf.extend_from_slice(b"\r\n");
+        self.writer
+            .write_all(&buf)
+            .await
+            .map_err(io("publish to", &self.server))
     }
 
     /// The server this connection goes to.
@@ -576,11 +625,21 @@ async fn read_one(
         }),
         Some(verb @ ("MSG" | "HMSG")) => {
             let args: Vec<&str> = words.collect();
-            let (subject, sizes) = match (verb, args.len()) {
-                ("MSG", 3) => (args[0], (0usize, args[2])),
-                ("MSG", 4) => (args[0], (0, args[3])),
-                ("HMSG", 4) => (args[0], (parse_size(args[2]).map_err(&proto)?, args[3])),
-                ("HMSG", 5) => (args[0], (parse_size(args[3]).map_err(&proto)?, args[4])),
+            // MSG <subject> <sid> [reply] <size>;
+            // HMSG <subject> <sid> [reply] <header size> <total size>.
+            let (subject, reply, sizes) = match (verb, args.len()) {
+                ("MSG", 3) => (args[0], None, (0usize, args[2])),
+                ("MSG", 4) => (args[0], Some(args[2]), (0, args[3])),
+                ("HMSG", 4) => (
+                    args[0],
+                    None,
+                    (parse_size(args[2]).map_err(&proto)?, args[3]),
+                ),
+                ("HMSG", 5) => (
+                    args[0],
+                    Some(args[2]),
+                    (parse_size(args[3]).map_err(&proto)?, args[4]),
+                ),
                 _ => return Err(proto(format!("malformed {verb} line {l:?}"))),
             };
             let total = parse_size(sizes.1).map_err(&proto)?;
@@ -595,7 +654,11 @@ async fn read_one(
             body.truncate(total);
             let (headers, payload) = body.split_at(sizes.0);
             let Some(token) = subject.strip_prefix(prefix) else {
-                return Ok(None);
+                return Ok(Some(Incoming::Message(Message {
+                    subject: subject.to_owned(),
+                    reply: reply.map(str::to_owned),
+                    payload: payload.to_vec(),
+                })));
             };
             let headers = (sizes.0 > 0).then_some(headers);
             Ok(Some(Incoming::Reply(Reply {

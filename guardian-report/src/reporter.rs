@@ -25,12 +25,12 @@ use std::{
 
 use serde::Serialize;
 use tokio::{
-    sync::{Notify, mpsc, watch},
+    sync::{Notify, mpsc, oneshot, watch},
     task::JoinHandle,
 };
 
 use crate::{
-    nats::{Conn, Credentials, Incoming, LinkError, PubAck},
+    nats::{Conn, Credentials, Incoming, LinkError, Message, PubAck},
     spool::{Class, Fsync, Spool, SpoolError, SpoolStats},
     wire,
 };
@@ -65,6 +65,23 @@ pub struct LinkConfig {
     /// Records waiting in memory for the spool writer, at most. More are
     /// dropped, counted and reported (the agent never waits).
     pub queue: usize,
+    /// Who answers the fleet's questions (attestation challenges) for this
+    /// device: the link subscribes to `guardian.ask.<device>` only when
+    /// someone does.
+    pub questions: Option<mpsc::Sender<Asked>>,
+    /// An answer not ready in this time is sent as a refusal.
+    pub answer_timeout: Duration,
+}
+
+/// A question from the fleet, handed to whoever answers for the device
+/// (in the agent: a quote by the TPM). The answer is the JSON to send
+/// back ([`wire::Refused`] when there is none).
+#[derive(Debug)]
+pub struct Asked {
+    /// The question.
+    pub question: wire::Question,
+    /// Where the answer goes.
+    pub answer: oneshot::Sender<Vec<u8>>,
 }
 
 impl LinkConfig {
@@ -84,6 +101,8 @@ impl LinkConfig {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             queue: 4096,
+            questions: None,
+            answer_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -130,6 +149,17 @@ pub struct LinkStatus {
     pub queued: u64,
     /// Records lost because the spool could not be written.
     pub spool_errors: u64,
+    /// Questions the fleet asked (attestation challenges).
+    #[serde(default)]
+    pub questions: u64,
+    /// Of them, answered with what was asked for.
+    #[serde(default)]
+    pub answered: u64,
+    /// Of them, answered with a refusal (busy, no answer in time, too
+    /// large, not understood) or not answered (a reply subject not under
+    /// this device's name).
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// The spool and the link together.
@@ -232,6 +262,9 @@ impl Reporter {
                 queue_drops: 0,
                 queued: 0,
                 spool_errors: 0,
+                questions: 0,
+                answered: 0,
+                refused: 0,
             }),
             wake: Notify::new(),
             queue_drops: AtomicU64::new(0),
@@ -440,6 +473,16 @@ async fn session(
     stopped: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
     let subject = format!("{}.{}", cfg.subject_prefix, cfg.device);
+    let ask_subject = format!("{}.{}", wire::ASK_PREFIX, cfg.device);
+    if cfg.questions.is_some() {
+        conn.subscribe(&ask_subject, 2)
+            .await
+            .map_err(|e| link_error(&e))?;
+    }
+    // Answers come back from their own tasks (a quote takes a while) and
+    // are sent from here, on this connection; an answer for a connection
+    // that died is lost, and the fleet says "unreachable".
+    let (answers_tx, mut answers) = mpsc::channel::<(String, Vec<u8>)>(16);
     let mut inflight: BTreeMap<u64, InFlight> = BTreeMap::new();
     let mut next_token = 0u64;
     let mut sent_upto = 0u64;
@@ -489,10 +532,37 @@ async fn session(
             } => {
                 return Err(format!("no acknowledgement within {:?}", cfg.ack_timeout));
             }
+            Some((reply, mut body)) = answers.recv() => {
+                let refused = body.starts_with(br#"{"error""#);
+                if body.len() > conn.max_payload() {
+                    log::warn!(
+                        "report link: an answer of {} bytes is over the server's limit of {}",
+                        body.len(),
+                        conn.max_payload()
+                    );
+                    body = refusal(&format!(
+                        "the answer is {} bytes, over the server's limit of {}",
+                        body.len(),
+                        conn.max_payload()
+                    ));
+                }
+                conn.publish_plain(&reply, &body).await.map_err(|e| link_error(&e))?;
+                let mut l = shared.link();
+                if refused || body.starts_with(br#"{"error""#) {
+                    l.refused += 1;
+                } else {
+                    l.answered += 1;
+                }
+            }
             inc = conn.replies.recv() => match inc {
                 None => return Err("connection reader ended".to_owned()),
                 Some(Err(e)) => return Err(link_error(&e)),
                 Some(Ok(Incoming::Ping)) => conn.pong().await.map_err(|e| e.to_string())?,
+                Some(Ok(Incoming::Message(m))) => {
+                    if m.subject == ask_subject {
+                        question(shared, cfg, m, &answers_tx);
+                    }
+                }
                 Some(Ok(Incoming::Reply(r))) => {
                     let Some(f) = r.token.parse::<u64>().ok().and_then(|t| inflight.remove(&t)) else {
                         continue;
@@ -521,6 +591,65 @@ async fn session(
             }
         }
     }
+}
+
+fn refusal(why: &str) -> Vec<u8> {
+    serde_json::to_vec(&wire::Refused {
+        error: why.to_owned(),
+    })
+    .unwrap_or_else(|_| br#"{"error":"refused"}"#.to_vec())
+}
+
+/// A question came: hand it to whoever answers, and send their answer (or
+/// a refusal) back through `answers` when it is ready. Never waits.
+fn question(
+    shared: &Arc<Shared>,
+    cfg: &LinkConfig,
+    m: Message,
+    answers: &mpsc::Sender<(String, Vec<u8>)>,
+) {
+    shared.link().questions += 1;
+    let Some(reply) = m.reply.filter(|r| wire::answer_subject_ok(&cfg.device, r)) else {
+        log::warn!(
+            "report link: a question without a reply subject under {}.{}; not answered",
+            wire::ANSWER_PREFIX,
+            cfg.device
+        );
+        shared.link().refused += 1;
+        return;
+    };
+    let refuse = |why: String| {
+        log::warn!("report link: question refused: {why}");
+        // The answers queue is drained by this very session; when it is
+        // full the fleet hears nothing and says "unreachable".
+        let _ = answers.try_send((reply.clone(), refusal(&why)));
+    };
+    let q = match wire::decode_question(&m.payload) {
+        Ok(q) => q,
+        Err(why) => return refuse(why),
+    };
+    let Some(to) = &cfg.questions else {
+        return refuse("this device answers no questions".to_owned());
+    };
+    let (tx, rx) = oneshot::channel();
+    if to
+        .try_send(Asked {
+            question: q,
+            answer: tx,
+        })
+        .is_err()
+    {
+        return refuse("busy: a question is already being answered".to_owned());
+    }
+    let (answers, timeout) = (answers.clone(), cfg.answer_timeout);
+    tokio::spawn(async move {
+        let body = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => refusal("the agent dropped the question"),
+            Err(_) => refusal(&format!("no answer within {timeout:?}")),
+        };
+        let _ = answers.send((reply, body)).await;
+    });
 }
 
 fn link_error(e: &LinkError) -> String {

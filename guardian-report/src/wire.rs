@@ -51,6 +51,64 @@ pub struct WireRecord {
     pub body: Box<RawValue>,
 }
 
+/// The fleet asks a device on `guardian.ask.<device>` (core NATS, not a
+/// stream: a question nobody hears in time is simply not answered, and
+/// the fleet says so).
+pub const ASK_PREFIX: &str = "guardian.ask";
+/// The device answers on the reply subject the fleet chose, which must be
+/// `guardian.answer.<device>.<token>`: a broker with per-device
+/// permissions lets a device publish answers under its own name only, so
+/// no device answers for another.
+pub const ANSWER_PREFIX: &str = "guardian.answer";
+
+/// A question from the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "ask", rename_all = "snake_case")]
+pub enum Question {
+    /// Quote the configured PCRs for this nonce and send the evidence
+    /// bundle.
+    Attest {
+        /// The verifier's nonce, hex.
+        nonce: String,
+    },
+}
+
+/// The largest question a device reads.
+pub const MAX_QUESTION_BYTES: usize = 4096;
+
+/// Read a question, or say why it is not one this device understands.
+pub fn decode_question(payload: &[u8]) -> Result<Question, String> {
+    if payload.len() > MAX_QUESTION_BYTES {
+        return Err(format!(
+            "question of {} bytes is over the limit of {MAX_QUESTION_BYTES}",
+            payload.len()
+        ));
+    }
+    serde_json::from_slice(payload).map_err(|e| format!("not a question: {e}"))
+}
+
+/// Whether `reply` is a subject `device` may answer on.
+pub fn answer_subject_ok(device: &str, reply: &str) -> bool {
+    reply
+        .strip_prefix(ANSWER_PREFIX)
+        .and_then(|r| r.strip_prefix('.'))
+        .and_then(|r| r.strip_prefix(device))
+        .and_then(|r| r.strip_prefix('.'))
+        .is_some_and(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// A device's answer that is not the thing asked for: why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// Why the device could not answer.
+    pub error: String,
+}
+
 /// Why a message is not a valid batch.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
@@ -200,5 +258,29 @@ mod tests {
         assert!(matches!(decode(cls.as_bytes()), Err(WireError::Class(_))));
         let ep = text.replace("0000000000000001", "xyz");
         assert!(matches!(decode(ep.as_bytes()), Err(WireError::Epoch(_))));
+    }
+
+    #[test]
+    fn questions_parse_and_answers_go_only_under_the_devices_name() {
+        assert_eq!(
+            decode_question(br#"{"ask":"attest","nonce":"00ff"}"#).unwrap(),
+            Question::Attest {
+                nonce: "00ff".into()
+            }
+        );
+        assert!(decode_question(br#"{"ask":"reboot"}"#).is_err());
+        assert!(decode_question(&vec![b' '; MAX_QUESTION_BYTES + 1]).is_err());
+        assert!(answer_subject_ok("dev-1", "guardian.answer.dev-1.abc_9"));
+        for bad in [
+            "guardian.answer.dev-2.abc",
+            "guardian.answer.dev-1",
+            "guardian.answer.dev-1.",
+            "guardian.answer.dev-1.a.b",
+            "guardian.answer.dev-10.a",
+            "guardian.in.dev-1",
+            "_INBOX.x",
+        ] {
+            assert!(!answer_subject_ok("dev-1", bad), "{bad}");
+        }
     }
 }

@@ -94,6 +94,16 @@ pub enum Message {
         /// The mode in force.
         mode: String,
     },
+    /// The fleet's challenge: quote the configured PCRs for `nonce` with
+    /// the AK, and answer with the evidence bundle as JSON (the same
+    /// bundle `guardian quote` writes). Here because this thread owns the
+    /// TPM session.
+    Quote {
+        /// The verifier's nonce.
+        nonce: Vec<u8>,
+        /// Where the bundle (or why there is none) goes.
+        reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+    },
     /// Finish queued work and stop (other senders, such as the policy
     /// engine's measurer, may still hold the channel open).
     Stop,
@@ -157,6 +167,16 @@ pub struct Stats {
     pub degraded: Vec<String>,
 }
 
+/// What the attestor needs to answer the fleet's challenges.
+struct Quoting {
+    ak_handle: u32,
+    pcrs: Vec<u32>,
+    log: PathBuf,
+    status: PathBuf,
+    /// The AK, loaded at the first challenge and kept.
+    ak: Option<(tss_esapi::handles::KeyHandle, crate::tpm::AkPublic)>,
+}
+
 /// The handle the event loop keeps.
 pub struct Attestor {
     tx: SyncSender<Message>,
@@ -196,6 +216,19 @@ impl Attestor {
         }
     }
 
+    /// Ask for a quote for the fleet's `nonce` (see [`Message::Quote`]); a
+    /// full queue answers at once with why.
+    pub fn quote(&self, nonce: Vec<u8>) -> tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if let Err(TrySendError::Full(Message::Quote { reply, .. }))
+        | Err(TrySendError::Disconnected(Message::Quote { reply, .. })) =
+            self.tx.try_send(Message::Quote { nonce, reply })
+        {
+            let _ = reply.send(Err("the attestor's queue is full".to_owned()));
+        }
+        rx
+    }
+
     /// A measurer for the policy engine that goes through this attestor.
     pub fn measurer(&self) -> AttestorMeasurer {
         AttestorMeasurer {
@@ -220,6 +253,7 @@ impl Attestor {
 
 struct Worker {
     ledger: Option<Ledger>,
+    quoting: Quoting,
     manifest_path: PathBuf,
     signature_path: PathBuf,
     trusted: Vec<TrustedKey>,
@@ -299,6 +333,13 @@ impl Worker {
         }
         Self {
             ledger,
+            quoting: Quoting {
+                ak_handle: config.attest.ak_handle,
+                pcrs: config.attest.pcrs.clone(),
+                log: m.log.clone(),
+                status: config.status.path.clone(),
+                ak: None,
+            },
             manifest_path: m.manifest.clone(),
             signature_path: m.signature_path(),
             trusted,
@@ -356,6 +397,13 @@ impl Worker {
                 }) => {
                     let _ = reply.send(self.measure_policy(&info, generation));
                 }
+                Ok(Message::Quote { nonce, reply }) => {
+                    let answer = self.quote(&nonce);
+                    if let Err(e) = &answer {
+                        log::warn!("fleet challenge not answered: {e}");
+                    }
+                    let _ = reply.send(answer);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => {
                     // Finish what writes are waiting for, then stop.
@@ -398,6 +446,44 @@ impl Worker {
                 next_timer = Some(now + every);
             }
         }
+    }
+
+    /// A quote for the fleet's `nonce`, bundled as `guardian quote` does.
+    fn quote(&mut self, nonce: &[u8]) -> Result<Vec<u8>, String> {
+        use crate::attest::bundle;
+        if nonce.len() < bundle::MIN_NONCE || nonce.len() > bundle::MAX_NONCE {
+            return Err(format!(
+                "a nonce of {} bytes (from {} to {} accepted)",
+                nonce.len(),
+                bundle::MIN_NONCE,
+                bundle::MAX_NONCE
+            ));
+        }
+        let q = &mut self.quoting;
+        let tpm = self
+            .ledger
+            .as_mut()
+            .and_then(|l| l.tpm_mut())
+            .ok_or("no TPM: this device has nothing to quote with")?;
+        let (ak, ak_pub) = match &q.ak {
+            Some(a) => a.clone(),
+            None => {
+                let a = tpm.ak(q.ak_handle).map_err(|e| e.to_string())?;
+                q.ak = Some(a.clone());
+                a
+            }
+        };
+        let quote = tpm.quote(ak, nonce, &q.pcrs).map_err(|e| e.to_string())?;
+        // Read after the quote, as `guardian quote` does: the log then
+        // holds every record the quoted values contain (maybe more).
+        // Read from the file, not from this thread's copy, so records
+        // another process appended (`guardian stop --unload`) are in it.
+        let log = crate::evidence::log::read(&q.log).map_err(|e| e.to_string())?;
+        let agent = crate::status::Status::read(&q.status)
+            .ok()
+            .map(|st| st.attestor_state());
+        let ev = bundle::build(nonce, &quote, &ak_pub, &log, agent).map_err(|e| e.to_string())?;
+        serde_json::to_vec(&ev).map_err(|e| e.to_string())
     }
 
     fn bump(&self, f: impl FnOnce(&mut Stats)) {

@@ -110,10 +110,18 @@ pub fn device_id(cfg: &ReportConfig) -> Result<String, ReportError> {
     }
 }
 
+/// The fleet's questions, for the daemon's loop to answer (attestation
+/// challenges: the attestor quotes).
+#[cfg(feature = "report")]
+pub type Questions = tokio::sync::mpsc::Receiver<guardian_report::Asked>;
+/// Without the fleet link there are no questions.
+#[cfg(not(feature = "report"))]
+pub type Questions = tokio::sync::mpsc::Receiver<std::convert::Infallible>;
+
 /// Without the fleet link built in: `None` when `[report]` names no
 /// server, an error when it does.
 #[cfg(not(feature = "report"))]
-pub fn start(cfg: &ReportConfig) -> Result<Option<Reporter>, ReportError> {
+pub fn start(cfg: &ReportConfig) -> Result<Option<(Reporter, Option<Questions>)>, ReportError> {
     if cfg.enabled() {
         return Err(ReportError::NotBuilt);
     }
@@ -121,9 +129,10 @@ pub fn start(cfg: &ReportConfig) -> Result<Option<Reporter>, ReportError> {
 }
 
 /// Open the spool and start the reporter on the current runtime; `None`
-/// when `[report]` names no server.
+/// when `[report]` names no server. With `answer_challenges`, the
+/// fleet's questions come out of the returned receiver.
 #[cfg(feature = "report")]
-pub fn start(cfg: &ReportConfig) -> Result<Option<Reporter>, ReportError> {
+pub fn start(cfg: &ReportConfig) -> Result<Option<(Reporter, Option<Questions>)>, ReportError> {
     if !cfg.enabled() {
         return Ok(None);
     }
@@ -167,9 +176,56 @@ pub fn start(cfg: &ReportConfig) -> Result<Option<Reporter>, ReportError> {
         user: (!cfg.user.is_empty()).then(|| cfg.user.clone()),
         password,
     };
+    // One question at a time: a quote takes a TPM's while, and a fleet
+    // that asks again before the answer is refused ("busy"), not queued.
+    let questions = if cfg.answer_challenges {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        link.questions = Some(tx);
+        Some(rx)
+    } else {
+        None
+    };
     Reporter::start(spool, link)
-        .map(Some)
+        .map(|r| Some((r, questions)))
         .map_err(ReportError::Start)
+}
+
+/// Answer one of the fleet's questions: an attestation challenge goes to
+/// the attestor (which owns the TPM), and its bundle back to the link,
+/// from a task of its own so the loop never waits.
+#[cfg(feature = "report")]
+pub fn answer(asked: guardian_report::Asked, attestor: &crate::continuous::Attestor) {
+    use guardian_report::wire::{Question, Refused};
+    let refuse = |why: String| {
+        serde_json::to_vec(&Refused { error: why })
+            .unwrap_or_else(|_| br#"{"error":"refused"}"#.to_vec())
+    };
+    match asked.question {
+        Question::Attest { nonce } => {
+            let nonce = match hex::decode(&nonce) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = asked.answer.send(refuse(format!("nonce is not hex: {e}")));
+                    return;
+                }
+            };
+            let rx = attestor.quote(nonce);
+            tokio::spawn(async move {
+                let body = match rx.await {
+                    Ok(Ok(bundle)) => bundle,
+                    Ok(Err(why)) => refuse(why),
+                    Err(_) => refuse("the attestor stopped".to_owned()),
+                };
+                let _ = asked.answer.send(body);
+            });
+        }
+    }
+}
+
+/// Without the fleet link there is nothing to answer.
+#[cfg(not(feature = "report"))]
+pub fn answer(asked: std::convert::Infallible, _attestor: &crate::continuous::Attestor) {
+    match asked {}
 }
 
 /// The report class of a security event: refused or alerted attempts are

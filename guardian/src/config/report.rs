@@ -61,6 +61,12 @@ pub struct ReportConfig {
     /// A status summary is reported this often.
     #[serde(default = "default_report_status_secs")]
     pub status_interval_secs: u64,
+    /// Answer the fleet's attestation challenges: the fleet asks on
+    /// `guardian.ask.<device>` with its nonce, and the attestor quotes
+    /// with the TPM and sends the evidence bundle back. Off: the fleet
+    /// sees this device as unreachable for attestation.
+    #[serde(default = "default_true")]
+    pub answer_challenges: bool,
 }
 
 impl Default for ReportConfig {
@@ -80,6 +86,7 @@ impl Default for ReportConfig {
             tls_cert: None,
             tls_key: None,
             status_interval_secs: default_report_status_secs(),
+            answer_challenges: true,
         }
     }
 }
@@ -104,6 +111,9 @@ fn default_fsync_ms() -> u64 {
 }
 fn default_report_status_secs() -> u64 {
     60
+}
+fn default_true() -> bool {
+    true
 }
 
 impl ReportConfig {

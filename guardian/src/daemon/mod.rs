@@ -152,13 +152,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     //    or policy load it is the context of.
     //    The fleet link starts here too, so the first record it carries is
     //    the guard's start.
-    let reporter = crate::report::start(&config.report)?;
+    let (reporter, questions) = match crate::report::start(&config.report)? {
+        Some((r, q)) => (Some(r), q),
+        None => (None, None),
+    };
     match &reporter {
         Some(r) => log::info!(
-            "reporting to the fleet as {} via {} (spool {})",
+            "reporting to the fleet as {} via {} (spool {}){}",
             r.status().device,
             config.report.servers.join(", "),
-            config.report.spool_dir.display()
+            config.report.spool_dir.display(),
+            if questions.is_some() {
+                "; answering its attestation challenges"
+            } else {
+                "; NOT answering its attestation challenges ([report] answer_challenges = false)"
+            }
         ),
         None => {
             log::warn!("fleet reporting off ([report] servers is empty): events stay on this board")
@@ -190,7 +198,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     //    SIGHUP asks for a reload instead of ending the agent (its default
     //    action), and the kernel's records wait in the ring buffer for the
     //    loop.
-    let mut sources = daemon.sources(rung_rx)?;
+    let mut sources = daemon.sources(rung_rx, questions)?;
     // 9. What the guard could not see: where the guarded names lead now
     //    (what the path check compares with), and writers that opened
     //    before the guard (no hook judged their opens or maps). Reported

@@ -43,6 +43,8 @@ pub(super) struct Sources {
     rungs: Receiver<SecurityEvent>,
     /// SIGHUP: reload the policies.
     hup: tokio::signal::unix::Signal,
+    /// The fleet's questions (attestation challenges), if it may ask.
+    questions: Option<crate::report::Questions>,
 }
 
 /// Everything the daemon holds while it runs.
@@ -136,7 +138,11 @@ impl Daemon {
 
     /// Open the event sources: SIGHUP, the kernel's ring buffer, the
     /// userspace rungs' queue.
-    pub(super) fn sources(&mut self, rungs: Receiver<SecurityEvent>) -> Result<Sources, RunError> {
+    pub(super) fn sources(
+        &mut self,
+        rungs: Receiver<SecurityEvent>,
+        questions: Option<crate::report::Questions>,
+    ) -> Result<Sources, RunError> {
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(RunError::Events)?;
         let ring = self.enforcement.take_events()?;
@@ -144,7 +150,12 @@ impl Daemon {
         // unchanged, for as long as the AsyncFd owns the ring buffer.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| RunError::Events(e.into()))?;
-        Ok(Sources { ring, rungs, hup })
+        Ok(Sources {
+            ring,
+            rungs,
+            hup,
+            questions,
+        })
     }
 
     /// Publish the first status and tell systemd.
@@ -195,6 +206,12 @@ impl Daemon {
                     ready.clear_ready();
                 }
                 Some(ev) = src.rungs.recv() => dirty |= self.rung_event(ev),
+                Some(asked) = async {
+                    match src.questions.as_mut() {
+                        Some(q) => q.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => crate::report::answer(asked, self.out.attestor()),
                 _ = src.hup.recv() => {
                     log::info!("SIGHUP: reloading the policies from {}", self.config.policy.dir.display());
                     self.start_reload();

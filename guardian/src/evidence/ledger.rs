@@ -106,6 +106,12 @@ impl Ledger {
         self.log.contents().replay(pcr, &self.boot)
     }
 
+    /// The TPM, for commands that extend nothing (the attestor's quotes for
+    /// the fleet): one session for the daemon.
+    pub fn tpm_mut(&mut self) -> Option<&mut Tpm> {
+        self.tpm.as_mut()
+    }
+
     /// The TPM's value of `pcr` (`None` without a TPM).
     pub fn read_pcr(&mut self, pcr: u32) -> Result<Option<[u8; 32]>, TpmError> {
         self.tpm.as_mut().map(|t| t.read(pcr)).transpose()
