@@ -90,6 +90,7 @@ async fn request(conn: &mut Conn, subject: &str, body: &str) -> serde_json::Valu
         {
             Incoming::Reply(r) => return serde_json::from_slice(&r.payload).unwrap(),
             Incoming::Ping => conn.pong().await.unwrap(),
+            Incoming::Message(m) => panic!("no subscription was made, got {m:?}"),
         }
     }
 }
