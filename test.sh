@@ -28,6 +28,9 @@ bash cross/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 # The fleet link's tests run against this broker (cross/setup.sh installs it).
 export GUARDIAN_NATS_SERVER="${GUARDIAN_CACHE:-$HOME/.cache/guardian}/nats-venv/bin/nats-server"
+# The fleet's web page test runs headless Chromium (cross/setup.sh installs
+# it); here its absence is a failure, not a skip.
+export GUARDIAN_REQUIRE_CHROMIUM=1
 
 step "format and lints"
 cargo fmt --all --check

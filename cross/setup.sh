@@ -24,6 +24,8 @@ host_pkgs=(
     python3 python3-venv file openssl
     # the fleet tests signal and look for processes (kill, pgrep)
     procps
+    # the fleet's web page is tested in headless Chromium (DOM, screenshot)
+    chromium
     # test kernel (cross-built from Debian's own source)
     "linux-source-${KERNEL_SERIES}" gcc-aarch64-linux-gnu libc6-dev-arm64-cross
     flex bison bc dwarves libssl-dev libelf-dev
