@@ -13,6 +13,7 @@
 //! | [`alerts`] | alerts from what is stored (tamper attempts, the guard, drops) and from silence; the webhook |
 //! | [`attest`] | attestation over the link: rounds on a schedule, claims shared by the instances, the verdict and the verifier's state per device in key-value |
 //! | [`metrics`] | `/metrics` in Prometheus' text format |
+//! | [`web`] | the HTTP listener: the operator's read-only page (the fleet, one device), `/metrics`, `/healthz` |
 //!
 //! No TPM, no eBPF: it runs anywhere a NATS client can. The device side of
 //! the link (spool, wire format, NATS link) is the `guardian-report` crate,
@@ -27,3 +28,4 @@ pub mod query;
 pub mod service;
 pub mod sim;
 pub mod store;
+pub mod web;

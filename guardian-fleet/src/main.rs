@@ -53,8 +53,9 @@ enum Cmd {
         /// until it answers 2xx; shared by every instance).
         #[arg(long)]
         webhook: Option<String>,
-        /// Serve Prometheus metrics on http://ADDR/metrics (for example
-        /// 127.0.0.1:9464).
+        /// Serve the operator's read-only web page on http://ADDR/ (the
+        /// fleet, and each device on /device/ID) and Prometheus metrics on
+        /// http://ADDR/metrics (for example 127.0.0.1:9464).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },

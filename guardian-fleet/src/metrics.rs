@@ -1,115 +1,87 @@
-//! `/metrics`: this instance's counters in Prometheus' text format, on a
-//! small HTTP listener of its own (`guardian-fleet serve --listen ADDR`).
+//! `/metrics`: this instance's counters in Prometheus' text format,
+//! served by the service's HTTP listener ([`crate::web`], `guardian-fleet
+//! serve --listen ADDR`) beside the operator's page.
 //!
 //! Counters are per instance (Prometheus sums them over instances); the
-//! device gauges come from the last silence sweep, and the consumer lag
-//! is asked of JetStream at each scrape. Read only: it may not change
-//! anything it shows.
+//! reporting and silent gauges come from the last silence sweep; the
+//! consumer lag and the devices by trust state (the attestation records)
+//! are asked of JetStream at each scrape, and left out of a scrape they
+//! do not answer in time. Read only: it may not change anything it shows.
+//!
+//! To add a metric, add a [`Family`] to the list [`text`] renders.
 
-use std::{fmt::Write as _, net::SocketAddr, sync::Arc, sync::atomic::Ordering};
+use std::{
+    collections::BTreeMap, fmt::Write as _, sync::atomic::AtomicU64, sync::atomic::Ordering,
+    time::Duration,
+};
 
 use async_nats::jetstream;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::service::{CONSUMER, Counters, INGEST_STREAM};
+use crate::{
+    attest::TrustState,
+    service::{CONSUMER, Counters, INGEST_STREAM},
+};
 
-/// A counter family: name, help, samples (labels, value).
-type Family = (&'static str, &'static str, Vec<(String, u64)>);
+/// How long a scrape waits for each thing it asks JetStream.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The text of one scrape.
-pub async fn render(counters: &Counters, js: Option<&jetstream::Context>) -> String {
-    let alerts = &counters.alerts;
-    let mut out = String::new();
-    let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let alerts_by_kind: Vec<(String, u64)> = alerts
-        .published
-        .lock()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
-        .unwrap_or_default();
-    let families: [Family; 10] = [
-        (
-            "guardian_fleet_batches_total",
-            "Ingest messages taken by this instance.",
-            vec![(String::new(), c(&counters.batches_in))],
-        ),
-        (
-            "guardian_fleet_records_stored_total",
-            "Records stored (each once).",
-            vec![(String::new(), c(&counters.records_stored))],
-        ),
-        (
-            "guardian_fleet_duplicates_total",
-            "Records received again and not stored again.",
-            vec![(String::new(), c(&counters.duplicates))],
-        ),
-        (
-            "guardian_fleet_store_conflicts_total",
-            "Store publishes retried because another instance stored first.",
-            vec![(String::new(), c(&counters.store_conflicts))],
-        ),
-        (
-            "guardian_fleet_store_errors_total",
-            "Store attempts that failed (the batch is retried).",
-            vec![(String::new(), c(&counters.store_errors))],
-        ),
-        (
-            "guardian_fleet_rejected_total",
-            "Batches refused, by reason.",
-            [
-                ("malformed", &counters.rejected_malformed),
-                ("wrong_device", &counters.rejected_wrong_device),
-                ("oversize", &counters.rejected_oversize),
-            ]
-            .into_iter()
-            .map(|(r, v)| (format!("{{reason=\"{r}\"}}"), c(v)))
-            .collect(),
-        ),
-        (
-            "guardian_fleet_alerts_total",
-            "Alerts published by this instance, by kind.",
-            alerts_by_kind
-                .into_iter()
-                .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), v))
-                .collect(),
-        ),
-        (
-            "guardian_fleet_alert_duplicates_total",
-            "Alerts the alert stream dropped as already published.",
-            vec![(String::new(), c(&alerts.duplicates))],
-        ),
-        (
-            "guardian_fleet_webhook_delivered_total",
-            "Alerts the webhook receiver accepted.",
-            vec![(String::new(), c(&alerts.webhook_delivered))],
-        ),
-        (
-            "guardian_fleet_webhook_failures_total",
-            "Webhook calls that failed (retried).",
-            vec![(String::new(), c(&alerts.webhook_failures))],
-        ),
-    ];
-    for (name, help, samples) in families.iter() {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
+/// A metric's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (per instance).
+    Counter,
+    /// A value now.
+    Gauge,
+}
+
+/// One metric family: its name, help, type, and samples (labels as
+/// `{k="v"}` or empty, value).
+#[derive(Debug, Clone)]
+pub struct Family {
+    /// The metric's name.
+    pub name: &'static str,
+    /// Its help line.
+    pub help: &'static str,
+    /// Its type.
+    pub kind: Kind,
+    /// Its samples.
+    pub samples: Vec<(String, u64)>,
+}
+
+impl Family {
+    /// A counter with one unlabelled sample.
+    fn one(name: &'static str, help: &'static str, a: &AtomicU64) -> Family {
+        Family {
+            name,
+            help,
+            kind: Kind::Counter,
+            samples: vec![(String::new(), a.load(Ordering::Relaxed))],
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP guardian_fleet_alert_publish_errors_total Alert publishes that failed (retried).\n# TYPE guardian_fleet_alert_publish_errors_total counter\nguardian_fleet_alert_publish_errors_total {}",
-        c(&alerts.publish_errors)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP guardian_fleet_devices Devices known, by state, at the last sweep.\n# TYPE guardian_fleet_devices gauge"
-    );
-    let (all, silent) = (c(&alerts.devices), c(&alerts.devices_silent));
-    let _ = writeln!(
-        out,
-        "guardian_fleet_devices{{state=\"reporting\"}} {}",
-        all.saturating_sub(silent)
-    );
-    let _ = writeln!(out, "guardian_fleet_devices{{state=\"silent\"}} {silent}");
+}
+
+/// `{name="value"}`, the value escaped as the text format wants.
+pub fn label(name: &str, value: &str) -> String {
+    let v = value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    format!("{{{name}=\"{v}\"}}")
+}
+
+/// What a scrape asked JetStream (each `None` when it did not answer in
+/// time).
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    /// Ingest messages not yet taken by any instance.
+    pub lag: Option<u64>,
+    /// Attestation records by trust state.
+    pub trust: Option<BTreeMap<&'static str, u64>>,
+}
+
+/// The text of one scrape: the counters, and what JetStream says now.
+pub async fn render(counters: &Counters, js: Option<&jetstream::Context>) -> String {
+    let mut live = Live::default();
     if let Some(js) = js {
         let lag = async {
             let mut consumer: jetstream::consumer::PullConsumer = js
@@ -121,76 +93,157 @@ pub async fn render(counters: &Counters, js: Option<&jetstream::Context>) -> Str
                 .ok()?;
             Some(consumer.info().await.ok()?.num_pending)
         };
-        if let Ok(Some(lag)) = tokio::time::timeout(std::time::Duration::from_secs(2), lag).await {
-            let _ = writeln!(
-                out,
-                "# HELP guardian_fleet_consumer_lag Ingest messages not yet taken by any instance.\n# TYPE guardian_fleet_consumer_lag gauge\nguardian_fleet_consumer_lag {lag}"
-            );
-        }
+        let trust = async {
+            crate::query::attestations(js)
+                .await
+                .ok()
+                .map(|a| trust_counts(a.iter().map(|a| a.trust)))
+        };
+        let (lag, trust) = tokio::join!(
+            tokio::time::timeout(ASK_TIMEOUT, lag),
+            tokio::time::timeout(ASK_TIMEOUT, trust)
+        );
+        live.lag = lag.ok().flatten();
+        live.trust = trust.ok().flatten();
+    }
+    text(counters, &live)
+}
+
+/// Devices by trust state, every state present (zero if none).
+pub fn trust_counts(states: impl Iterator<Item = TrustState>) -> BTreeMap<&'static str, u64> {
+    let mut out: BTreeMap<&'static str, u64> = [
+        TrustState::Trusted,
+        TrustState::Untrusted,
+        TrustState::Unreachable,
+        TrustState::Unknown,
+    ]
+    .into_iter()
+    .map(|s| (s.as_str(), 0))
+    .collect();
+    for s in states {
+        *out.entry(s.as_str()).or_default() += 1;
     }
     out
 }
 
-/// Serve `/metrics` on `addr` until `stop` says so.
-pub async fn serve(
-    addr: SocketAddr,
-    counters: Arc<Counters>,
-    js: jetstream::Context,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    log::info!("metrics on http://{}/metrics", listener.local_addr()?);
-    loop {
-        let (mut s, _) = tokio::select! {
-            _ = stop.changed() => return Ok(()),
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    log::warn!("metrics: accept: {e}");
-                    continue;
-                }
-            },
-        };
-        let (counters, js) = (counters.clone(), js.clone());
-        tokio::spawn(async move {
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            let read = async {
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-            };
-            if tokio::time::timeout(std::time::Duration::from_secs(5), read)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let line = String::from_utf8_lossy(&req)
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            let (status, ctype, body) = if line.starts_with("GET /metrics ") {
-                (
-                    "200 OK",
-                    "text/plain; version=0.0.4",
-                    render(&counters, Some(&js)).await,
-                )
-            } else {
-                ("404 Not Found", "text/plain", "not found\n".to_owned())
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes()).await;
-            let _ = s.write_all(body.as_bytes()).await;
+/// The families of one scrape.
+pub fn families(counters: &Counters, live: &Live) -> Vec<Family> {
+    let alerts = &counters.alerts;
+    let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let alerts_by_kind: Vec<(String, u64)> = alerts
+        .published
+        .lock()
+        .map(|m| m.iter().map(|(k, v)| (label("kind", k), *v)).collect())
+        .unwrap_or_default();
+    let (all, silent) = (c(&alerts.devices), c(&alerts.devices_silent));
+    let mut devices = vec![
+        (label("state", "reporting"), all.saturating_sub(silent)),
+        (label("state", "silent"), silent),
+    ];
+    if let Some(trust) = &live.trust {
+        devices.extend(trust.iter().map(|(s, n)| (label("state", s), *n)));
+    }
+    let mut out = vec![
+        Family::one(
+            "guardian_fleet_batches_total",
+            "Ingest messages taken by this instance.",
+            &counters.batches_in,
+        ),
+        Family::one(
+            "guardian_fleet_records_stored_total",
+            "Records stored (each once).",
+            &counters.records_stored,
+        ),
+        Family::one(
+            "guardian_fleet_duplicates_total",
+            "Records received again and not stored again.",
+            &counters.duplicates,
+        ),
+        Family::one(
+            "guardian_fleet_store_conflicts_total",
+            "Store publishes retried because another instance stored first.",
+            &counters.store_conflicts,
+        ),
+        Family::one(
+            "guardian_fleet_store_errors_total",
+            "Store attempts that failed (the batch is retried).",
+            &counters.store_errors,
+        ),
+        Family {
+            name: "guardian_fleet_rejected_total",
+            help: "Batches refused, by reason.",
+            kind: Kind::Counter,
+            samples: [
+                ("malformed", &counters.rejected_malformed),
+                ("wrong_device", &counters.rejected_wrong_device),
+                ("oversize", &counters.rejected_oversize),
+            ]
+            .into_iter()
+            .map(|(r, v)| (label("reason", r), c(v)))
+            .collect(),
+        },
+        Family {
+            name: "guardian_fleet_alerts_total",
+            help: "Alerts published by this instance, by kind.",
+            kind: Kind::Counter,
+            samples: alerts_by_kind,
+        },
+        Family::one(
+            "guardian_fleet_alert_duplicates_total",
+            "Alerts the alert stream dropped as already published.",
+            &alerts.duplicates,
+        ),
+        Family::one(
+            "guardian_fleet_webhook_delivered_total",
+            "Alerts the webhook receiver accepted.",
+            &alerts.webhook_delivered,
+        ),
+        Family::one(
+            "guardian_fleet_webhook_failures_total",
+            "Webhook calls that failed (retried).",
+            &alerts.webhook_failures,
+        ),
+        Family::one(
+            "guardian_fleet_alert_publish_errors_total",
+            "Alert publishes that failed (retried).",
+            &alerts.publish_errors,
+        ),
+        Family {
+            name: "guardian_fleet_devices",
+            help: "Devices by state: reporting and silent at the last sweep; trusted, untrusted, unreachable and unknown from the attestation records.",
+            kind: Kind::Gauge,
+            samples: devices,
+        },
+    ];
+    if let Some(lag) = live.lag {
+        out.push(Family {
+            name: "guardian_fleet_consumer_lag",
+            help: "Ingest messages not yet taken by any instance.",
+            kind: Kind::Gauge,
+            samples: vec![(String::new(), lag)],
         });
     }
+    out
+}
+
+/// The text format of [`families`].
+pub fn text(counters: &Counters, live: &Live) -> String {
+    let mut out = String::new();
+    for f in families(counters, live) {
+        let kind = match f.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let _ = writeln!(
+            out,
+            "# HELP {} {}\n# TYPE {} {kind}",
+            f.name, f.help, f.name
+        );
+        for (labels, v) in &f.samples {
+            let _ = writeln!(out, "{}{labels} {v}", f.name);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -218,6 +271,39 @@ mod tests {
         assert!(t.contains("guardian_fleet_alerts_total{kind=\"tamper_attempt\"} 3"));
         assert!(t.contains("guardian_fleet_devices{state=\"reporting\"} 4"));
         assert!(t.contains("guardian_fleet_devices{state=\"silent\"} 1"));
+        // No trust states when the attestation records were not read.
+        assert!(!t.contains("state=\"trusted\""), "{t}");
+        let live = Live {
+            lag: Some(7),
+            trust: Some(trust_counts(
+                [
+                    TrustState::Trusted,
+                    TrustState::Untrusted,
+                    TrustState::Trusted,
+                ]
+                .into_iter(),
+            )),
+        };
+        let t = text(&c, &live);
+        assert!(
+            t.contains("\nguardian_fleet_devices{state=\"trusted\"} 2\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("\nguardian_fleet_devices{state=\"untrusted\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("\nguardian_fleet_devices{state=\"unreachable\"} 0\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("\nguardian_fleet_devices{state=\"unknown\"} 0\n"),
+            "{t}"
+        );
+        assert!(t.contains("# TYPE guardian_fleet_devices gauge\n"), "{t}");
+        assert!(t.contains("\nguardian_fleet_consumer_lag 7\n"), "{t}");
+        assert_eq!(t.matches("# TYPE guardian_fleet_devices ").count(), 1);
         // Every sample line belongs to a declared metric.
         for l in t.lines().filter(|l| !l.starts_with('#')) {
             let name = l.split(['{', ' ']).next().unwrap();

@@ -59,7 +59,7 @@ pub struct ServiceConfig {
     pub sweep_every: Duration,
     /// Where alerts are also POSTed (`http://host:port/path`), if anywhere.
     pub webhook: Option<String>,
-    /// Where `/metrics` is served, if anywhere.
+    /// Where the operator's page and `/metrics` are served, if anywhere.
     pub listen: Option<std::net::SocketAddr>,
 }
 
@@ -521,10 +521,16 @@ pub async fn serve(
         )));
     }
     if let Some(addr) = cfg.listen {
-        let (c, j, st) = (counters.clone(), js.clone(), cache_stopped.clone());
+        let web = crate::web::Web {
+            counters: counters.clone(),
+            js: js.clone(),
+            instance: instance.to_owned(),
+            silent_after: cfg.silent_after,
+        };
+        let st = cache_stopped.clone();
         side.push(tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, c, j, st).await {
-                log::error!("metrics: cannot serve on {addr}: {e}");
+            if let Err(e) = crate::web::serve(addr, web, st).await {
+                log::error!("web: cannot serve on {addr}: {e}");
             }
         }));
     }
