@@ -271,7 +271,21 @@ async fn answer(mut s: tokio::net::TcpStream, web: &Web) {
         s.write_all(&resp.to_bytes(head_only)).await?;
         s.shutdown().await
     };
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, write).await;
+    if let Ok(Ok(())) = tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        // Closing with unread input would reset the connection and could
+        // lose the answer (a refused oversized head): read what is left,
+        // a little and briefly, until the client closes.
+        let drain = async {
+            let mut left = MAX_HEAD;
+            while left > 0 {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    }
 }
 
 /// The answer for `path`.
@@ -496,17 +510,19 @@ pub fn utc(ms: u64) -> String {
     }
 }
 
-/// How long before `now` `ms` was, in words.
+/// How long before (or after) `now` `ms` is, in words.
 pub fn ago(now: u64, ms: u64) -> String {
+    let s = now.abs_diff(ms) / 1000;
+    let span = match s {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        7200..172_800 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86_400),
+    };
     if ms > now {
-        return "in the future".to_owned();
-    }
-    let s = (now - ms) / 1000;
-    match s {
-        0..120 => format!("{s} s ago"),
-        120..7200 => format!("{} min ago", s / 60),
-        7200..172_800 => format!("{} h ago", s / 3600),
-        _ => format!("{} days ago", s / 86_400),
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
     }
 }
 
@@ -1208,6 +1224,7 @@ mod tests {
         assert_eq!(utc(1_700_000_000_123), "2023-11-14 22:13:20 UTC");
         assert_eq!(ago(100_000, 95_000), "5 s ago");
         assert_eq!(ago(10_000_000, 10_000_000 - 600_000), "10 min ago");
-        assert_eq!(ago(1, 2), "in the future");
+        assert_eq!(ago(1_000, 61_000), "in 60 s");
+        assert_eq!(ago(3 * 86_400_000, 0), "3 days ago");
     }
 }
