@@ -428,7 +428,11 @@ async fn the_page_shows_the_fleet_in_headless_chromium() {
                  (installs Debian's chromium) or set GUARDIAN_CHROMIUM"
             );
         }
-        eprintln!(
+        // Straight to the process's stderr: cargo test would hide an
+        // eprintln! of a passing test.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
             "\n\x1b[1;33mSKIPPED: the fleet page's headless Chromium half did NOT run.\n  \
              Why: no chromium (GUARDIAN_CHROMIUM, chromium or chromium-browser on PATH).\n  \
              The HTTP half above ran. To run it: cross/setup.sh installs chromium; \
@@ -542,6 +546,12 @@ async fn the_page_shows_the_fleet_in_headless_chromium() {
         )
         .await;
         assert_png(&png, 1280, 900);
-        eprintln!("the fleet page's screenshot ({path}): {}", png.display());
+        // Said even when the test passes (cargo test hides eprintln!).
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "the fleet page's screenshot ({path}): {}",
+            png.display()
+        );
     }
 }
