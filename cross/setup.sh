@@ -2,7 +2,8 @@
 # Take a fresh Debian 12 (bookworm) x86_64 machine to a full guardian build
 # and test environment: host and aarch64 toolchains, the pinned nightly for
 # the eBPF crate, bpf-linker built against that nightly's LLVM, swtpm,
-# qemu-system-aarch64, and what the test kernel and initramfs need.
+# qemu-system-aarch64, what the test kernel and initramfs need, and
+# Chromium (the fleet page's browser test).
 #
 # Idempotent: every step checks first, so a second run takes seconds.
 # Needs root (or passwordless sudo) for apt. Honours GUARDIAN_CACHE
