@@ -275,7 +275,11 @@ async fn the_page_shows_the_fleet_in_headless_chromium() {
             .spawn()
             .unwrap(),
     );
-    let js = jetstream::new(service::connect(&[url.clone()], "web-test").await.unwrap());
+    let js = jetstream::new(
+        service::connect(std::slice::from_ref(&url), "web-test")
+            .await
+            .unwrap(),
+    );
     // The service makes the bucket at start.
     let deadline = Instant::now() + Duration::from_secs(30);
     let attest = loop {
