@@ -430,17 +430,16 @@ async fn fleet_view(web: &Web) -> Result<FleetView, ServiceError> {
 
 async fn device_view(web: &Web, id: &str) -> Result<Option<DeviceView>, ServiceError> {
     let js = &web.js;
-    let (devices, attestations) =
-        tokio::join!(crate::query::devices(js), crate::query::attestations(js));
-    let state = devices?.into_iter().find(|d| d.device == id);
+    let (state, attestation) = tokio::join!(
+        one::<DeviceState>(js, crate::service::DEVICES_BUCKET, id),
+        one::<Attestation>(js, crate::attest::ATTEST_BUCKET, id)
+    );
+    let state = state?;
     let mut notes = Vec::new();
-    let attestation = match attestations {
-        Ok(a) => a.into_iter().find(|a| a.device == id),
-        Err(e) => {
-            notes.push(format!("attestation records unreadable: {e}"));
-            None
-        }
-    };
+    let attestation = attestation.unwrap_or_else(|e| {
+        notes.push(format!("attestation record unreadable: {e}"));
+        None
+    });
     if state.is_none() && attestation.is_none() && notes.is_empty() {
         return Ok(None);
     }
@@ -476,6 +475,35 @@ async fn device_view(web: &Web, id: &str) -> Result<Option<DeviceView>, ServiceE
         silent_after_ms: web.silent_after.as_millis() as u64,
         notes,
     }))
+}
+
+/// The value under `key` in `bucket`, decoded (one that does not decode
+/// is said and taken as absent).
+async fn one<T: serde::de::DeserializeOwned>(
+    js: &jetstream::Context,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<T>, ServiceError> {
+    let err =
+        |what: String| move |e: async_nats::Error| ServiceError::JetStream { what, source: e };
+    let kv = js
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| err(format!("open bucket {bucket}"))(e.into()))?;
+    let Some(v) = kv
+        .get(key)
+        .await
+        .map_err(|e| err(format!("read {key} in {bucket}"))(e.into()))?
+    else {
+        return Ok(None);
+    };
+    match serde_json::from_slice(&v) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) => {
+            log::warn!("{key} in {bucket}: unreadable: {e}");
+            Ok(None)
+        }
+    }
 }
 
 /// `s` HTML-escaped, for text and for quoted attribute values.
