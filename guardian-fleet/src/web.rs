@@ -148,12 +148,19 @@ fn reason(status: u16) -> &'static str {
 /// Read a request head: the request line and the header lines, up to the
 /// empty line. An error is the answer to give.
 pub fn parse_head(head: &[u8]) -> Result<Request, Response> {
-    let text = std::str::from_utf8(head)
-        .map_err(|_| Response::text(400, "bad request: the head is not UTF-8"))?;
-    let end = text
-        .find("\r\n\r\n")
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| Response::text(400, "bad request: the head does not end"))?;
-    let mut lines = text[..end].split("\r\n");
+    if end + 4 > MAX_HEAD {
+        return Err(Response::text(
+            431,
+            &format!("the request head is over {MAX_HEAD} bytes"),
+        ));
+    }
+    let text = std::str::from_utf8(&head[..end])
+        .map_err(|_| Response::text(400, "bad request: the head is not UTF-8"))?;
+    let mut lines = text.split("\r\n");
     let line = lines.next().unwrap_or_default();
     if lines.count() > MAX_HEADERS {
         return Err(Response::text(
@@ -1101,6 +1108,12 @@ mod tests {
             400
         );
         assert_eq!(parse("GET / HTTP/1.1\r\n").unwrap_err().status, 400);
+        // What follows the head (a body) is not read.
+        let mut post = b"POST / HTTP/1.1\r\n\r\n".to_vec();
+        post.extend_from_slice(&[0xff, 0xfe]);
+        assert_eq!(parse_head(&post).unwrap_err().status, 405);
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(parse(&long).unwrap_err().status, 431);
         let many = format!(
             "GET / HTTP/1.1\r\n{}\r\n",
             "X-A: 1\r\n".repeat(MAX_HEADERS + 1)
