@@ -64,7 +64,6 @@ pub mod guard;
 pub mod hashing;
 pub mod hooks;
 pub mod kernel;
-pub mod manifest;
 pub mod measure;
 pub mod memory;
 pub mod pathcheck;
@@ -72,12 +71,14 @@ pub mod policy;
 pub mod prescan;
 pub mod report;
 pub mod rules;
-pub mod signing;
 pub mod status;
 pub mod systemd;
 pub mod targets;
 pub mod tpm;
 pub mod unload;
+
+// The verifier's library: the agent names these as its own modules.
+pub use guardian_attest::{manifest, signing};
 
 /// The eBPF object, built by `build.rs` (empty if this binary was built
 /// without the eBPF toolchain; [`run`] then refuses to start and says so).
