@@ -17,9 +17,13 @@
 //! bytes; making them is the agent's `tpm` module), load or talk to eBPF,
 //! read the agent's configuration, or do I/O beyond the files it is
 //! pointed at (a bundle, a key, a manifest, a measurement log, the
-//! verifier's state and enrolment files). It has no async runtime and no
-//! wasm interpreter: the fleet service links it, and must link no TPM
-//! library or eBPF loader through it.
+//! verifier's state and enrolment files its caller names). Two reads are
+//! not of files it is given, and both are said where they happen: the log
+//! writer stamps each record with the kernel's boot id
+//! ([`evidence::boot_id`]), and a verifier's nonce comes from
+//! `/dev/urandom` ([`attest::bundle::fresh_nonce`]). It has no async
+//! runtime and no wasm interpreter: the fleet service links it, and must
+//! link no TPM library or eBPF loader through it.
 //!
 //! The device side (quoting with the TPM, the ledger that extends PCRs,
 //! the enrolment steps that use the TPM) stays in the agent (`guardian`),

@@ -70,7 +70,8 @@ pub struct AgentState {
     pub lost: u64,
 }
 
-/// Who the device says it is.
+/// Who the device says it is (the agent fills it in for the machine it
+/// runs on: `guardian::attest::bundle::this_device`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Device {
@@ -80,23 +81,6 @@ pub struct Device {
     pub machine_id: Option<String>,
     /// Kernel boot id.
     pub boot_id: String,
-}
-
-impl Device {
-    /// This machine.
-    pub fn this() -> Self {
-        let read = |p: &str| {
-            std::fs::read_to_string(p)
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-        };
-        Self {
-            hostname: read("/proc/sys/kernel/hostname").unwrap_or_default(),
-            machine_id: read("/etc/machine-id"),
-            boot_id: evidence::boot_id(),
-        }
-    }
 }
 
 /// Errors reading verifier inputs; each names the file. (Making a bundle

@@ -54,6 +54,21 @@ pub enum QuoteError {
     },
 }
 
+/// This machine, as a bundle and an enrolment request name it.
+pub fn this_device() -> Device {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    Device {
+        hostname: read("/proc/sys/kernel/hostname").unwrap_or_default(),
+        machine_id: read("/etc/machine-id"),
+        boot_id: evidence::boot_id(),
+    }
+}
+
 /// Build the bundle from a quote and the log.
 pub fn build(
     nonce: &[u8],
@@ -62,7 +77,7 @@ pub fn build(
     log: &Contents,
     agent: Option<AgentState>,
 ) -> Result<Evidence, QuoteError> {
-    let device = Device::this();
+    let device = this_device();
     let this_boot: Vec<&Record> = log.this_boot(&device.boot_id).collect();
     let records = prefix_for(&this_boot, &quote.pcrs);
     Ok(Evidence {
