@@ -15,7 +15,7 @@
 
 #![no_main]
 
-use guardian::{
+use guardian_attest::{
     attest::bundle::prefix_for,
     evidence::{
         Record,

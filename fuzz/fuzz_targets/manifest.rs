@@ -6,7 +6,7 @@
 
 #![no_main]
 
-use guardian::manifest::Manifest;
+use guardian_attest::manifest::Manifest;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

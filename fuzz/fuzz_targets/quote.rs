@@ -6,7 +6,7 @@
 
 #![no_main]
 
-use guardian::attest::quote::{
+use guardian_attest::attest::quote::{
     ALG_ECDSA, ALG_SHA256, QuoteInfo, ST_ATTEST_QUOTE, TPM_GENERATED, parse_quote, parse_signature,
 };
 use libfuzzer_sys::fuzz_target;

@@ -21,7 +21,7 @@
 use std::{collections::BTreeMap, path::Path, sync::LazyLock};
 
 use base64::Engine as _;
-use guardian::{
+use guardian_attest::{
     attest::{DeviceState, Evidence, Trust, parse_evidence, read_ak, verify},
     evidence::{Event, Record, event::digest},
     signing::TrustedKey,

@@ -15,6 +15,15 @@ lib.rs excluded: they are the roots). Tests (`#[cfg(test)] mod tests`) are
 left out: a test may use anything. `cli/` belongs to the binary, not to
 the library: its edges are its `guardian::X` paths (what each subcommand
 calls), and no library module can use it.
+
+The verifier's library is a crate of its own, `guardian-attest`; the
+agent re-exports some of its modules under its own paths. It is one node
+here, `guardian_attest`: a module of the agent that names it
+(`guardian_attest::`, e.g. to re-export its half of a subsystem) points
+at it, and so does each module lib.rs re-exports whole from it (`pub use
+guardian_attest::{manifest, ...}`), which is a node of its own since the
+agent's modules name it by the agent's path (`crate::manifest`). Nothing
+points out of `guardian_attest`: that crate cannot use the agent.
 """
 import pathlib
 import re
@@ -22,11 +31,27 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SRC = ROOT / "guardian" / "src"
+LIB = SRC / "lib.rs"
 DOC = ROOT / "docs" / "architecture.md"
 BEGIN, END = "<!-- module-graph:begin -->", "<!-- module-graph:end -->"
 # Modules of the binary crate (main.rs's), which reach the library as
 # `guardian::`.
 BINARY = {"cli"}
+# The verifier's library (its own crate), as one node.
+ATTEST = "guardian_attest"
+
+
+def reexported():
+    # Top-level modules lib.rs takes whole from guardian-attest:
+    # `pub use guardian_attest::{manifest, signing};` or
+    # `pub use guardian_attest::manifest;`.
+    text = strip_tests(LIB.read_text())
+    names = set()
+    for m in re.finditer(r"pub use " + ATTEST + r"::(\{[^;]*\}|\w+)\s*;", text, re.S):
+        for part in re.split(r"[,\s]+", m.group(1).strip("{}")):
+            if part:
+                names.add(part)
+    return names
 
 
 def modules():
@@ -63,16 +88,23 @@ def uses(text, names, root="crate"):
 
 def graph():
     mods = modules()
-    names = set(mods)
+    again = reexported()
+    names = set(mods) | again
     edges = {}
     for name, files in mods.items():
         deps = set()
         for f in files:
             root = "guardian" if name in BINARY else "crate"
-            deps |= uses(strip_tests(f.read_text()), names, root)
+            text = strip_tests(f.read_text())
+            deps |= uses(text, names, root)
+            if re.search(r"\b" + ATTEST + r"::", text):
+                deps.add(ATTEST)
         deps.discard(name)
         edges[name] = sorted(deps)
-    return edges
+    for name in again:
+        edges[name] = [ATTEST]
+    edges[ATTEST] = []
+    return dict(sorted(edges.items()))
 
 
 def circles(edges):

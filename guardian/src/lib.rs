@@ -26,20 +26,26 @@
 //! | [`systemd`] | readiness and the watchdog for `guardian.service` (`sd_notify`) |
 //! | [`status`] | the state `guardian status` shows |
 //! | [`measure`] | the boot step: measure the manifest's models into a TPM PCR |
-//! | [`manifest`] | the signed model manifest, and why PCR 14 |
-//! | [`signing`] | Ed25519 / ECDSA P-256 detached signatures, as openssl makes them |
+//! | [`manifest`] | (`guardian-attest`) the signed model manifest, and why PCR 14 |
+//! | [`signing`] | (`guardian-attest`) Ed25519 / ECDSA P-256 detached signatures, as openssl makes them |
 //! | [`hashing`] | streaming, parallel SHA-256 of model files |
 //! | [`memory`] | the free start-up heap handed back to the kernel once start-up is done |
-//! | [`evidence`] | what is measured, the measurement log, the ledger (log + TPM: append, extend, void), TCG and CEL exports |
+//! | [`evidence`] | the ledger (log + TPM: append, extend, void) and the log's follower; what is measured, the measurement log and the TCG and CEL exports are `guardian-attest`'s |
 //! | [`tpm`] | the TPM through tss-esapi: PCR extend and read, attestation key, quote |
-//! | [`attest`] | evidence bundles for a verifier's nonce, and the offline verifier |
-//! | [`enrol`] | AK enrolment: EK certificate chain, software MakeCredential, ActivateCredential |
+//! | [`attest`] | evidence bundles for a verifier's nonce; the offline verifier is `guardian-attest`'s |
+//! | [`enrol`] | AK enrolment: the device's steps (ActivateCredential); the verifier's (EK certificate chain, software MakeCredential) are `guardian-attest`'s |
 //! | [`unload`] | who may switch the guard off: operator-signed unload tokens for one boot, and what the running guard was loaded with |
 //! | [`continuous`] | in the daemon: tamper records, re-measurement, guard state into the TPM |
 //! | [`daemon`] | `guardian run` and `guardian stop`: the start-up steps, the event loop, each event's way out, the status snapshot |
 //! | [`policy`] | signed WebAssembly policies in wasmi: load, measure, evaluate, hot swap, static rules |
 //! | [`report`] | the fleet link from `[report]`: the spool and the link (`guardian-report`), and which class each record of the agent is |
 //! | [`rules`] | the kernel's tables: the config widened by the policies' static rules |
+//!
+//! The verifier's library is a crate of its own, `guardian-attest`, so the
+//! fleet service runs the same verifier without a TPM library or eBPF; the
+//! modules marked (`guardian-attest`) above are its, re-exported whole,
+//! and `evidence`, `attest` and `enrol` re-export its half beside the
+//! agent's.
 //!
 //! The kernel side lives in `guardian-ebpf` (one file per hook) and the
 //! types both sides share in `guardian-common`. The eBPF object is built by
@@ -64,7 +70,6 @@ pub mod guard;
 pub mod hashing;
 pub mod hooks;
 pub mod kernel;
-pub mod manifest;
 pub mod measure;
 pub mod memory;
 pub mod pathcheck;
@@ -72,12 +77,14 @@ pub mod policy;
 pub mod prescan;
 pub mod report;
 pub mod rules;
-pub mod signing;
 pub mod status;
 pub mod systemd;
 pub mod targets;
 pub mod tpm;
 pub mod unload;
+
+// The verifier's library: the agent names these as its own modules.
+pub use guardian_attest::{manifest, signing};
 
 /// The eBPF object, built by `build.rs` (empty if this binary was built
 /// without the eBPF toolchain; [`run`] then refuses to start and says so).

@@ -459,20 +459,9 @@ pub fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
-/// The daemon's attestor as `guardian status` sees it (the device's word;
-/// a stalled attestor is a reason not to trust the quote's completeness).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AgentState {
-    /// Whether `guardian run` is running.
-    pub running: bool,
-    /// Records waiting for the log.
-    pub backlog: u64,
-    /// Since when the attestor cannot write, if it cannot.
-    pub stalled_since: Option<String>,
-    /// Records lost (queue full, write errors).
-    pub lost: u64,
-}
+/// The daemon's attestor as `guardian status` sees it; the bundle quotes it
+/// too, so its format is the verifier's (`guardian-attest`).
+pub use guardian_attest::attest::AgentState;
 
 #[cfg(test)]
 mod tests {

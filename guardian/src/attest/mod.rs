@@ -1,35 +1,27 @@
 //! Remote attestation: the evidence a device produces for a verifier's
 //! nonce (`guardian quote`), and the verifier (`guardian verify`).
 //!
+//! The verifier is `guardian-attest`'s (the fleet service runs the same
+//! library), re-exported here under the agent's paths; only making a
+//! bundle with the TPM lives in this folder.
+//!
 //! | module | owns |
 //! |---|---|
-//! | [`quote`] | parsing the TPM's `TPMS_ATTEST` and `TPMT_SIGNATURE`, bounded |
-//! | [`bundle`] | the evidence bundle: building it on the device, reading it on the verifier, nonces |
-//! | [`verify`] | the checks of one bundle: what is checked and why each check exists |
-//! | [`verdict`] | what the verifier trusts, and its answer: the failures, the verdict, its rendering |
-//! | `continuity.rs` | the checks across quotes: reboots and rollback against the state, open findings, the state's update |
-//! | [`state`] | what the verifier remembers of a device between quotes |
-//! | [`verifier`] | `guardian challenge` and `guardian verify` on files: the inputs, the findings acknowledged, the verdict, the state saved |
-//!
-//! The verifier trusts only what it holds itself: the enrolled AK, the
-//! nonce it issued, the PCRs it judges, the keys manifests must be signed
-//! by, and its state for the device. Everything in a bundle is the
-//! device's word until the quote (signed by the AK, over the verifier's
-//! nonce) and the replay of content-bound records (see
-//! [`crate::evidence::event`]) make it evidence. This folder reads the
-//! evidence records; it never writes them.
+//! | [`bundle`] | the evidence bundle on the device: built from a TPM quote and the log, written out (its format: `guardian-attest`'s, re-exported) |
+//! | [`quote`] | (`guardian-attest`) parsing the TPM's `TPMS_ATTEST` and `TPMT_SIGNATURE`, bounded |
+//! | [`verify`] | (`guardian-attest`) the checks of one bundle: what is checked and why each check exists |
+//! | [`verdict`] | (`guardian-attest`) what the verifier trusts, and its answer |
+//! | [`state`] | (`guardian-attest`) what the verifier remembers of a device between quotes |
+//! | [`verifier`] | (`guardian-attest`) `guardian challenge` and `guardian verify` on files |
 
 pub mod bundle;
-mod continuity;
-pub mod quote;
-pub mod state;
-pub mod verdict;
-pub mod verifier;
-pub mod verify;
+
+// `verify` is both the module and its function (as `guardian_attest`
+// exports them): this one line brings both.
+pub use guardian_attest::attest::{quote, state, verdict, verifier, verify};
 
 pub use bundle::{
     AgentState, BundleError, Device, Evidence, parse_evidence, parse_nonce, read_ak, read_evidence,
 };
 pub use state::DeviceState;
 pub use verdict::{Failure, Trust, Verdict};
-pub use verify::verify;

@@ -258,7 +258,7 @@ pub fn request_with_ek(
         .map_err(|source| DeviceError::Ak { source })?;
     Ok(Request {
         version: VERSION,
-        device: crate::attest::Device::this(),
+        device: crate::attest::bundle::this_device(),
         ek_certificate: B64.encode(cert),
         ek_public: B64.encode(ek_public),
         ak_public: B64.encode(ak.tpm2b_public),

@@ -35,15 +35,19 @@
 //! [`files`] runs each step on files, as `guardian enrol` does, and gives
 //! a verifier the AK to trust for a device ([`files::trusted_ak`]).
 //!
+//! The verifier's half (steps 2 and 4, the certificate chain, the TPM
+//! structures, the credential, the messages, and the verifier's steps on
+//! files) is `guardian-attest`'s, which the fleet service shares; it is
+//! re-exported here under the agent's paths. The device's half
+//! ([`device`], and its steps on files in [`files`]) lives in this folder.
+//!
 //! `docs/enrolment.md` has what each check stops and how to run it with
 //! swtpm.
 
-pub mod credential;
+pub use guardian_attest::enrol::{credential, ekcert, load_ca_certs, protocol, tpmt};
+
 pub mod device;
-pub mod ekcert;
 pub mod files;
-pub mod protocol;
-pub mod tpmt;
 
 pub use device::{DeviceError, activate, request, request_with_ek};
 pub use ekcert::{CaCerts, EkCertError, load_pem_file};
@@ -51,9 +55,3 @@ pub use protocol::{
     Challenge, EkKind, EnrolError, Enrolled, PendingSecret, Request, Response, challenge, finish,
     tofu,
 };
-
-/// Load the manufacturer CA certificates (PEM, any number per file): roots
-/// and the intermediates below them.
-pub fn load_ca_certs<P: AsRef<std::path::Path>>(paths: &[P]) -> Result<CaCerts, EkCertError> {
-    CaCerts::from_pem_files(paths)
-}

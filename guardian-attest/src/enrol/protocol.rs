@@ -529,7 +529,7 @@ pub fn tofu(request: &Request) -> Result<Enrolled, EnrolError> {
         ek_subject: None,
         ek_chain: Vec::new(),
         device: request.device.clone(),
-        enrolled_at: crate::status::now(),
+        enrolled_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         insecure_tofu: true,
     })
 }

@@ -152,8 +152,14 @@ impl Sequence for Contents {
 }
 
 /// What the parser appends checked records to: the whole log
-/// ([`Contents`]), or what [`super::tail::Tail`] keeps.
-pub(super) trait Sequence {
+/// ([`Contents`]), or what the agent's follower of the log
+/// (`guardian::evidence::tail::Tail`) keeps. Public for that follower
+/// only: it is how it shares the parser's checks.
+#[allow(
+    clippy::len_without_is_empty,
+    reason = "the parser asks for the next sequence number, never for emptiness"
+)]
+pub trait Sequence {
     /// Records so far (the sequence number of the next one).
     fn len(&self) -> u64;
     /// Whether record `seq` exists and was extended.
@@ -165,7 +171,7 @@ pub(super) trait Sequence {
 /// Parse and check the complete lines of `bytes`, which continue `seq`,
 /// pushing each record; returns the length of a torn last line (0 if the
 /// bytes end with a newline). Errors are (1-based line, problem).
-pub(super) fn parse_into(bytes: &[u8], seq: &mut impl Sequence) -> Result<usize, (usize, String)> {
+pub fn parse_into(bytes: &[u8], seq: &mut impl Sequence) -> Result<usize, (usize, String)> {
     let mut offset = 0usize;
     let mut line_no = seq.len() as usize;
     while offset < bytes.len() {
