@@ -21,7 +21,27 @@
 //! verified (that is the verifier's rule), or write to the ingest or
 //! store streams.
 
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt as _;
+use guardian_attest::{
+    attest::{DeviceState, Evidence, Trust, Verdict, bundle::fresh_nonce, parse_evidence},
+    enrol::Enrolled,
+    signing::TrustedKey,
+};
+use guardian_report::wire::{ANSWER_PREFIX, ASK_PREFIX, Question, Refused};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::alerts::Alert;
 
 /// The key-value bucket of attestation records, one per device.
 pub const ATTEST_BUCKET: &str = "guardian_attest";
@@ -152,4 +172,720 @@ pub struct Rounds {
     pub failed: u64,
     /// Rounds without an answer.
     pub unreachable: u64,
+}
+
+/// The key-value bucket of enrolled devices: key = device id, value = the
+/// enrolment record (`guardian_attest::enrol::Enrolled`: the AK the fleet
+/// trusts for the device, and how it came to trust it).
+pub const ENROLLED_BUCKET: &str = "guardian_enrolled";
+
+/// How rounds run.
+#[derive(Debug, Clone)]
+pub struct AttestConfig {
+    /// A round per device this often.
+    pub every: Duration,
+    /// A device that has not answered in this time is unreachable.
+    pub answer_timeout: Duration,
+    /// Rounds in flight at once on this instance.
+    pub concurrency: usize,
+    /// The PCRs every quote must cover, exactly.
+    pub pcrs: Vec<u32>,
+    /// Keys manifests must be signed by.
+    pub manifest_keys: Vec<TrustedKey>,
+    /// A golden manifest to pin (its bytes), if any.
+    pub golden: Option<Vec<u8>>,
+    /// Fail a device on which no guard ran this boot.
+    pub require_guard: bool,
+}
+
+impl AttestConfig {
+    /// A claim lasts this long: a round's whole life, with room to spare.
+    pub fn claim_for(&self) -> Duration {
+        self.answer_timeout * 2 + Duration::from_secs(5)
+    }
+}
+
+/// What this instance's rounds did (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct AttestCounters {
+    /// Rounds started (claims won).
+    pub rounds: AtomicU64,
+    /// Claims lost to another instance.
+    pub claims_lost: AtomicU64,
+    /// Verdicts reached, trusted.
+    pub trusted: AtomicU64,
+    /// Verdicts reached, not trusted, by failed check.
+    pub failed_by_check: Mutex<BTreeMap<String, u64>>,
+    /// Rounds without an answer, by why (`timeout`, `no_responders`,
+    /// `refused`, `malformed`).
+    pub unreachable_by_why: Mutex<BTreeMap<String, u64>>,
+    /// Results not written because the claim had passed to another
+    /// instance.
+    pub results_dropped: AtomicU64,
+    /// Microseconds spent verifying (for verifications per second per
+    /// core).
+    pub verify_micros: AtomicU64,
+}
+
+fn bump(m: &Mutex<BTreeMap<String, u64>>, k: &str) {
+    if let Ok(mut m) = m.lock() {
+        *m.entry(k.to_owned()).or_default() += 1;
+    }
+}
+
+/// A device due for a round: its id, its enrolment, its record and the
+/// record's revision (none yet: a first round).
+type Due = (String, Enrolled, Option<(u64, Attestation)>);
+
+/// A bucket kept in memory by watching it: key → (revision, value).
+type Mirror<T> = Arc<Mutex<HashMap<String, (u64, T)>>>;
+
+/// Keep `mirror` equal to `bucket` until `stop` (the watch is made again
+/// after the cluster went away).
+async fn mirror<T: serde::de::DeserializeOwned + Send + 'static>(
+    kv: kv::Store,
+    mirror: Mirror<T>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut w = match kv.watch_with_history(">").await {
+            Ok(w) => w,
+            Err(e) => {
+                log::warn!("attest: watching {}: {e}; retrying", kv.name);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                n = w.next() => n,
+                _ = stop.changed() => return,
+            };
+            let Some(Ok(e)) = next else {
+                break;
+            };
+            let mut m = mirror.lock().unwrap_or_else(|p| p.into_inner());
+            match e.operation {
+                kv::Operation::Put => match serde_json::from_slice::<T>(&e.value) {
+                    Ok(v) => {
+                        let newer = m.get(&e.key).is_none_or(|(r, _)| *r < e.revision);
+                        if newer {
+                            m.insert(e.key.clone(), (e.revision, v));
+                        }
+                    }
+                    Err(err) => log::warn!("attest: {} {}: unreadable: {err}", kv.name, e.key),
+                },
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    m.remove(&e.key);
+                }
+            }
+        }
+        log::warn!("attest: the watch on {} ended; watching again", kv.name);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A fresh record for a device just enrolled: due at once.
+pub fn first_record(device: &str, now_ms: u64) -> Attestation {
+    Attestation {
+        device: device.to_owned(),
+        trust: TrustState::Unknown,
+        since_ms: now_ms,
+        verdict: None,
+        unreachable: None,
+        open_findings: Vec::new(),
+        verifier: serde_json::Value::Null,
+        next_due_ms: now_ms,
+        claim: None,
+        rounds: Rounds::default(),
+    }
+}
+
+/// Whether `instance` may claim `rec` at `now_ms`.
+pub fn claimable(rec: &Attestation, now_ms: u64) -> bool {
+    rec.next_due_ms <= now_ms && rec.claim.as_ref().is_none_or(|c| c.until_ms < now_ms)
+}
+
+/// Run rounds until `stop`: every second, claim the devices that are due
+/// and attest them, at most `concurrency` at once.
+pub async fn rounds(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    cfg: Arc<AttestConfig>,
+    instance: String,
+    counters: Arc<crate::service::Counters>,
+    stop: watch::Receiver<bool>,
+) {
+    let (attest_kv, enrolled_kv) = loop {
+        match (
+            js.get_key_value(ATTEST_BUCKET).await,
+            js.get_key_value(ENROLLED_BUCKET).await,
+        ) {
+            (Ok(a), Ok(e)) => break (a, e),
+            (Err(e), _) | (_, Err(e)) => {
+                log::warn!("attest: opening the buckets: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    };
+    let records: Mirror<Attestation> = Arc::default();
+    let enrolled: Mirror<Enrolled> = Arc::default();
+    let watchers = [
+        tokio::spawn(mirror(attest_kv.clone(), records.clone(), stop.clone())),
+        tokio::spawn(mirror(enrolled_kv, enrolled.clone(), stop.clone())),
+    ];
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency.max(1)));
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut stop_rx = stop.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop_rx.changed() => break,
+        }
+        let now = now_ms();
+        let due: Vec<Due> = {
+            let e = enrolled.lock().unwrap_or_else(|p| p.into_inner());
+            let r = records.lock().unwrap_or_else(|p| p.into_inner());
+            e.iter()
+                .filter_map(|(dev, (_, en))| match r.get(dev) {
+                    None => Some((dev.clone(), en.clone(), None)),
+                    Some((rev, rec)) if claimable(rec, now) => {
+                        Some((dev.clone(), en.clone(), Some((*rev, rec.clone()))))
+                    }
+                    Some(_) => None,
+                })
+                .collect()
+        };
+        for (device, en, current) in due {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let mut rec = current
+                .as_ref()
+                .map_or_else(|| first_record(&device, now), |(_, r)| r.clone());
+            rec.claim = Some(Claim {
+                instance: instance.clone(),
+                until_ms: now + cfg.claim_for().as_millis() as u64,
+            });
+            let Ok(value) = serde_json::to_vec(&rec) else {
+                continue;
+            };
+            // The claim: whoever writes first on this revision runs the
+            // round; everyone else sees the new revision and waits.
+            let claimed = match &current {
+                Some((rev, _)) => attest_kv.update(&device, value.into(), *rev).await.ok(),
+                None => attest_kv.create(&device, value.into()).await.ok(),
+            };
+            let Some(rev) = claimed else {
+                counters.attest.claims_lost.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            counters.attest.rounds.fetch_add(1, Ordering::Relaxed);
+            let (client, js, kv, cfg, counters) = (
+                client.clone(),
+                js.clone(),
+                attest_kv.clone(),
+                cfg.clone(),
+                counters.clone(),
+            );
+            tokio::spawn(async move {
+                let _permit = permit;
+                round(&client, &js, &kv, &cfg, &counters, en, rec, rev).await;
+            });
+        }
+    }
+    for w in watchers {
+        let _ = w.await;
+    }
+}
+
+/// What a device answered.
+enum Answer {
+    /// Its evidence bundle.
+    Evidence(Box<Evidence>),
+    /// Nothing usable: why (a word for the counters, a sentence for
+    /// people).
+    Unreachable(&'static str, String),
+}
+
+/// Ask `device` for a quote over `nonce`.
+async fn ask(client: &async_nats::Client, device: &str, nonce: &[u8], timeout: Duration) -> Answer {
+    let question = Question::Attest {
+        nonce: hex::encode(nonce),
+    };
+    let Ok(body) = serde_json::to_vec(&question) else {
+        return Answer::Unreachable("malformed", "could not encode the question".to_owned());
+    };
+    let mut token = [0u8; 12];
+    if let Err(e) = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut token))
+    {
+        return Answer::Unreachable("malformed", format!("no random token: {e}"));
+    }
+    let inbox = format!("{ANSWER_PREFIX}.{device}.{}", hex::encode(token));
+    let req = async_nats::Request::new()
+        .payload(body.into())
+        .inbox(inbox)
+        .timeout(Some(timeout));
+    match client
+        .send_request(format!("{ASK_PREFIX}.{device}"), req)
+        .await
+    {
+        Ok(msg) => {
+            if let Ok(r) = serde_json::from_slice::<Refused>(&msg.payload) {
+                return Answer::Unreachable("refused", format!("the device refused: {}", r.error));
+            }
+            match parse_evidence(&msg.payload) {
+                Ok(ev) => Answer::Evidence(Box::new(ev)),
+                Err(e) => Answer::Unreachable("malformed", format!("not an evidence bundle: {e}")),
+            }
+        }
+        Err(e) => match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => Answer::Unreachable(
+                "no_responders",
+                "not connected (nobody listens on its question subject)".to_owned(),
+            ),
+            async_nats::RequestErrorKind::TimedOut => Answer::Unreachable(
+                "timeout",
+                format!("no answer within {} s", timeout.as_secs_f32()),
+            ),
+            _ => Answer::Unreachable("link", format!("asking failed: {e}")),
+        },
+    }
+}
+
+/// One round for one device, with the claim at revision `rev`.
+#[allow(clippy::too_many_arguments)]
+async fn round(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    kv: &kv::Store,
+    cfg: &AttestConfig,
+    counters: &crate::service::Counters,
+    enrolled: Enrolled,
+    mut rec: Attestation,
+    rev: u64,
+) {
+    let device = rec.device.clone();
+    let before = (rec.trust, rec.verdict.as_ref().map(|v| v.boot_id.clone()));
+    let nonce = match fresh_nonce() {
+        Ok(n) => n,
+        Err(e) => {
+            log::error!("attest {device}: no nonce: {e}");
+            return;
+        }
+    };
+    let answer = ask(client, &device, &nonce, cfg.answer_timeout).await;
+    let now = now_ms();
+    match answer {
+        Answer::Unreachable(why, text) => {
+            bump(&counters.attest.unreachable_by_why, why);
+            if rec.trust != TrustState::Unreachable {
+                rec.since_ms = now;
+            }
+            rec.trust = TrustState::Unreachable;
+            rec.unreachable = Some(text);
+            rec.rounds.unreachable += 1;
+        }
+        Answer::Evidence(ev) => {
+            let judged = judge(cfg, &enrolled, &rec.verifier, &ev, &nonce);
+            let (verdict, state, micros) = match judged {
+                Ok(j) => j,
+                Err(why) => {
+                    log::error!("attest {device}: cannot judge: {why}");
+                    (
+                        Verdict {
+                            failures: vec![guardian_attest::attest::Failure {
+                                check: "enrolment",
+                                reason: why,
+                                finding: None,
+                            }],
+                            ..Verdict::default()
+                        },
+                        rec.verifier.clone(),
+                        0,
+                    )
+                }
+            };
+            counters
+                .attest
+                .verify_micros
+                .fetch_add(micros, Ordering::Relaxed);
+            let trust = if verdict.trusted {
+                counters.attest.trusted.fetch_add(1, Ordering::Relaxed);
+                TrustState::Trusted
+            } else {
+                for f in &verdict.failures {
+                    bump(&counters.attest.failed_by_check, f.check);
+                }
+                rec.rounds.failed += 1;
+                TrustState::Untrusted
+            };
+            if trust != rec.trust {
+                rec.since_ms = now;
+            }
+            rec.trust = trust;
+            rec.unreachable = None;
+            rec.rounds.verified += 1;
+            rec.open_findings = open_findings(&state);
+            rec.verifier = state;
+            rec.verdict = Some(LastVerdict {
+                at_ms: now,
+                trusted: verdict.trusted,
+                failures: verdict
+                    .failures
+                    .iter()
+                    .map(|f| FailedCheck {
+                        check: f.check.to_owned(),
+                        reason: f.reason.clone(),
+                        finding: f.finding.clone(),
+                    })
+                    .collect(),
+                passed: verdict.passed.iter().map(|s| (*s).to_owned()).collect(),
+                warnings: verdict.warnings.clone(),
+                tamper_attempts: verdict.tamper_attempts.clone(),
+                manifests: verdict.manifests.clone(),
+                boot_id: ev.device.boot_id.clone(),
+            });
+        }
+    }
+    rec.claim = None;
+    rec.next_due_ms = now + cfg.every.as_millis() as u64;
+    let Ok(value) = serde_json::to_vec(&rec) else {
+        return;
+    };
+    if let Err(e) = kv.update(&device, value.into(), rev).await {
+        // The claim ran out and another instance took the device: its
+        // round decides; this one's result (and the verifier state it
+        // moved) is dropped, so the state never forks.
+        counters
+            .attest
+            .results_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        log::warn!("attest {device}: result not written (the claim passed on): {e}");
+        return;
+    }
+    for a in alerts_for(&before, &rec) {
+        if let Err(e) = crate::alerts::publish(js, &a, &counters.alerts).await {
+            counters
+                .alerts
+                .publish_errors
+                .fetch_add(1, Ordering::Relaxed);
+            log::warn!("alerts: publishing {} for {device}: {e}", a.kind);
+        }
+    }
+}
+
+/// Judge `ev` with the verifier library: (verdict, the verifier state
+/// after it, microseconds spent).
+fn judge(
+    cfg: &AttestConfig,
+    enrolled: &Enrolled,
+    state: &serde_json::Value,
+    ev: &Evidence,
+    nonce: &[u8],
+) -> Result<(Verdict, serde_json::Value, u64), String> {
+    use p256::pkcs8::DecodePublicKey as _;
+    let ak = p256::ecdsa::VerifyingKey::from_public_key_pem(&enrolled.ak_public_pem)
+        .map_err(|e| format!("the enrolled AK is not a P-256 public key: {e}"))?;
+    let mut st = if state.is_null() {
+        DeviceState::new(ak.to_encoded_point(false).as_bytes())
+    } else {
+        serde_json::from_value::<DeviceState>(state.clone())
+            .map_err(|e| format!("the verifier state is unreadable: {e}"))?
+    };
+    let t0 = std::time::Instant::now();
+    let mut v = guardian_attest::attest::verify(
+        ev,
+        &Trust {
+            ak: &ak,
+            nonce,
+            pcrs: &cfg.pcrs,
+            manifest_keys: &cfg.manifest_keys,
+            golden: cfg.golden.as_deref(),
+            require_guard: cfg.require_guard,
+        },
+        Some(&mut st),
+    );
+    let micros = t0.elapsed().as_micros() as u64;
+    if enrolled.insecure_tofu {
+        v.warnings
+            .push("INSECURE: the AK was enrolled by trust on first use".to_owned());
+    }
+    let st = serde_json::to_value(&st).map_err(|e| e.to_string())?;
+    Ok((v, st, micros))
+}
+
+fn open_findings(state: &serde_json::Value) -> Vec<OpenFinding> {
+    serde_json::from_value::<DeviceState>(state.clone())
+        .map(|st| {
+            st.open_findings()
+                .map(|f| OpenFinding {
+                    id: f.id.clone(),
+                    check: f.check.clone(),
+                    reason: f.reason.clone(),
+                    since: f.since.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The alerts a round's result raises, given where the device stood
+/// before (its trust, and the boot it was quoted in). Once per episode:
+/// each alert's id carries the time the device entered its state, so a
+/// device that stays untrusted is one alert, not one per round.
+pub fn alerts_for(before: &(TrustState, Option<String>), rec: &Attestation) -> Vec<Alert> {
+    let mut out = Vec::new();
+    let evidence = serde_json::to_value(rec).unwrap_or(serde_json::Value::Null);
+    let evidence = match evidence {
+        serde_json::Value::Object(mut m) => {
+            // The verifier's raw state is for the verifier; the alert
+            // carries the verdict and the findings.
+            m.remove("verifier");
+            serde_json::Value::Object(m)
+        }
+        other => other,
+    };
+    match rec.trust {
+        TrustState::Untrusted => {
+            let v = rec.verdict.clone().unwrap_or_default();
+            let what = v
+                .failures
+                .iter()
+                .map(|f| format!("{}: {}", f.check, f.reason))
+                .collect::<Vec<_>>()
+                .join("; ");
+            out.push(Alert {
+                device: rec.device.clone(),
+                kind: "attestation_failed".to_owned(),
+                what: format!("attestation failed: {what}"),
+                since_ms: rec.since_ms,
+                epoch: None,
+                seq: None,
+                evidence: evidence.clone(),
+            });
+            let rebooted =
+                matches!((&before.1, rec.verdict.as_ref()), (Some(b), Some(v)) if *b != v.boot_id);
+            if rebooted && !rec.open_findings.is_empty() {
+                out.push(Alert {
+                    device: rec.device.clone(),
+                    kind: "reboot_with_finding".to_owned(),
+                    what: format!(
+                        "rebooted with {} open finding(s): {}",
+                        rec.open_findings.len(),
+                        rec.open_findings
+                            .iter()
+                            .map(|f| f.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    since_ms: v.at_ms,
+                    epoch: None,
+                    seq: None,
+                    evidence: evidence.clone(),
+                });
+            }
+        }
+        TrustState::Unreachable if before.0 != TrustState::Unreachable => out.push(Alert {
+            device: rec.device.clone(),
+            kind: "unreachable".to_owned(),
+            what: format!(
+                "attestation: {}",
+                rec.unreachable.as_deref().unwrap_or("no answer")
+            ),
+            since_ms: rec.since_ms,
+            epoch: None,
+            seq: None,
+            evidence,
+        }),
+        _ => {}
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    crate::service::now_ms()
+}
+
+/// Something the operator asked of the enrolment or attestation records
+/// that could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The file could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not an enrolment record, or one whose AK is unusable.
+    #[error("{}: {problem}", path.display())]
+    NotEnrolment {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Not a device id.
+    #[error("invalid device id {0:?} (1-64 of A-Z a-z 0-9 _ -)")]
+    DeviceId(String),
+    /// No such device or finding.
+    #[error("{0}")]
+    NotFound(String),
+    /// The bucket could not be read or written.
+    #[error("{what}")]
+    Store {
+        /// What was being done.
+        what: String,
+        /// Why.
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+fn store_err(what: impl Into<String>) -> impl FnOnce(async_nats::Error) -> RecordError {
+    let what = what.into();
+    move |source| RecordError::Store { what, source }
+}
+
+/// `guardian-fleet enrol import`: trust the AK of the enrolment record in
+/// `file` for `device`. Checked before it is stored: the record parses and
+/// its AK is a P-256 public key.
+pub async fn import_enrolment(
+    js: &jetstream::Context,
+    device: &str,
+    file: &std::path::Path,
+) -> Result<Enrolled, RecordError> {
+    use p256::pkcs8::DecodePublicKey as _;
+    if !guardian_report::wire::valid_device_id(device) {
+        return Err(RecordError::DeviceId(device.to_owned()));
+    }
+    let bytes = std::fs::read(file).map_err(|source| RecordError::Read {
+        path: file.to_owned(),
+        source,
+    })?;
+    let bad = |problem: String| RecordError::NotEnrolment {
+        path: file.to_owned(),
+        problem,
+    };
+    let e: Enrolled = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    p256::ecdsa::VerifyingKey::from_public_key_pem(&e.ak_public_pem)
+        .map_err(|err| bad(format!("its AK is not a P-256 public key: {err}")))?;
+    let kv = js
+        .get_key_value(ENROLLED_BUCKET)
+        .await
+        .map_err(|err| store_err(format!("open bucket {ENROLLED_BUCKET}"))(err.into()))?;
+    let value = serde_json::to_vec(&e).map_err(|err| bad(err.to_string()))?;
+    kv.put(device, value.into())
+        .await
+        .map_err(|err| store_err(format!("enrol {device}"))(err.into()))?;
+    Ok(e)
+}
+
+/// Every enrolled device, sorted.
+pub async fn enrolled(js: &jetstream::Context) -> Result<Vec<(String, Enrolled)>, RecordError> {
+    let kv = js
+        .get_key_value(ENROLLED_BUCKET)
+        .await
+        .map_err(|err| store_err(format!("open bucket {ENROLLED_BUCKET}"))(err.into()))?;
+    let mut keys = kv
+        .keys()
+        .await
+        .map_err(|err| store_err("list enrolled devices")(err.into()))?;
+    let mut out = Vec::new();
+    while let Some(k) = keys.next().await {
+        let k = k.map_err(|err| store_err("list enrolled devices")(err.into()))?;
+        if let Some(v) = kv
+            .get(&k)
+            .await
+            .map_err(|err| store_err(format!("read {k}"))(err.into()))?
+        {
+            match serde_json::from_slice::<Enrolled>(&v) {
+                Ok(e) => out.push((k, e)),
+                Err(err) => log::warn!("enrolment of {k}: unreadable: {err}"),
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Forget `device`'s enrolment and its attestation record.
+pub async fn remove_enrolment(js: &jetstream::Context, device: &str) -> Result<(), RecordError> {
+    for bucket in [ENROLLED_BUCKET, ATTEST_BUCKET] {
+        let kv = js
+            .get_key_value(bucket)
+            .await
+            .map_err(|err| store_err(format!("open bucket {bucket}"))(err.into()))?;
+        kv.purge(device)
+            .await
+            .map_err(|err| store_err(format!("remove {device} from {bucket}"))(err.into()))?;
+    }
+    Ok(())
+}
+
+/// `guardian-fleet ack`: acknowledge `device`'s open finding `id` (or
+/// `all`) in its verifier state. Waits for a round in progress to end
+/// (its result would otherwise be written over the acknowledgement).
+pub async fn acknowledge(
+    js: &jetstream::Context,
+    device: &str,
+    id: &str,
+) -> Result<usize, RecordError> {
+    let kv = js
+        .get_key_value(ATTEST_BUCKET)
+        .await
+        .map_err(|err| store_err(format!("open bucket {ATTEST_BUCKET}"))(err.into()))?;
+    for _ in 0..300 {
+        let entry = kv
+            .entry(device)
+            .await
+            .map_err(|err| store_err(format!("read {device}"))(err.into()))?
+            .ok_or_else(|| RecordError::NotFound(format!("{device} has never been attested")))?;
+        let mut rec: Attestation = serde_json::from_slice(&entry.value)
+            .map_err(|err| store_err(format!("read {device}"))(err.into()))?;
+        if rec.claim.as_ref().is_some_and(|c| c.until_ms >= now_ms()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let mut st: DeviceState = serde_json::from_value(rec.verifier.clone())
+            .map_err(|err| store_err(format!("read {device}'s verifier state"))(err.into()))?;
+        let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let mut n = 0;
+        for f in st
+            .findings
+            .iter_mut()
+            .filter(|f| f.acknowledged.is_none() && (id == "all" || f.id == id))
+        {
+            f.acknowledged = Some(format!("{when} by the operator (guardian-fleet ack)"));
+            n += 1;
+        }
+        if n == 0 {
+            return Err(RecordError::NotFound(format!(
+                "{device} has no open finding {id:?}"
+            )));
+        }
+        rec.verifier = serde_json::to_value(&st)
+            .map_err(|err| store_err("encode the verifier state")(err.into()))?;
+        rec.open_findings = open_findings(&rec.verifier);
+        let value =
+            serde_json::to_vec(&rec).map_err(|err| store_err("encode the record")(err.into()))?;
+        match kv.update(device, value.into(), entry.revision).await {
+            Ok(_) => return Ok(n),
+            // A round claimed it in between: read again.
+            Err(_) => continue,
+        }
+    }
+    Err(RecordError::NotFound(format!(
+        "{device}: a round held the record for 30 s; try again"
+    )))
 }

@@ -58,6 +58,21 @@ enum Cmd {
         /// http://ADDR/metrics (for example 127.0.0.1:9464).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        attest: AttestArgs,
+    },
+    /// Enrolled devices: the AK the fleet trusts for each.
+    Enrol {
+        #[command(subcommand)]
+        cmd: EnrolCmd,
+    },
+    /// Acknowledge a device's open finding (or `all`): the operator has
+    /// looked at it; the next round no longer fails on it.
+    Ack {
+        /// The device id.
+        device: String,
+        /// The finding's id (as `guardian-fleet device` shows it), or `all`.
+        finding: String,
     },
     /// A lab in one command: a single nats-server (JetStream, MQTT listener)
     /// in DIR and the service beside it, until Ctrl-C. Not for production
@@ -146,6 +161,96 @@ enum Cmd {
     },
 }
 
+/// Attestation over the link (`serve`).
+#[derive(clap::Args)]
+struct AttestArgs {
+    /// Attest every enrolled device this often (a fresh nonce, a quote by
+    /// its TPM, the verdict); `0s` turns attestation off on this instance.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    attest_every: Duration,
+    /// A device that has not answered a challenge in this time is
+    /// `unreachable` (never `trusted`).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    answer_timeout: Duration,
+    /// Challenges in flight at once on this instance.
+    #[arg(long, default_value_t = 64)]
+    attest_concurrency: usize,
+    /// PCRs every quote must cover, exactly (repeat; default: 14, where
+    /// guardian measures).
+    #[arg(long = "pcr")]
+    pcrs: Vec<u32>,
+    /// A public key manifests must be signed by (PEM; repeat).
+    #[arg(long = "manifest-key")]
+    manifest_keys: Vec<std::path::PathBuf>,
+    /// A golden manifest every device must run (pinned: an older serial
+    /// fails).
+    #[arg(long)]
+    golden_manifest: Option<std::path::PathBuf>,
+    /// Fail a device on which no guard ran this boot.
+    #[arg(long)]
+    require_guard: bool,
+}
+
+impl AttestArgs {
+    fn config(self) -> anyhow::Result<Option<guardian_fleet::attest::AttestConfig>> {
+        if self.attest_every.is_zero() {
+            return Ok(None);
+        }
+        let manifest_keys = guardian_attest::signing::TrustedKey::load_all(&self.manifest_keys)
+            .context("loading --manifest-key")?;
+        let golden = match &self.golden_manifest {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .with_context(|| format!("reading --golden-manifest {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let pcrs = if self.pcrs.is_empty() {
+            vec![guardian_attest::manifest::DEFAULT_PCR]
+        } else {
+            self.pcrs
+        };
+        for p in &pcrs {
+            guardian_attest::manifest::check_pcr(*p)
+                .map_err(|m| anyhow::anyhow!("--pcr {p}: {m}"))?;
+        }
+        if manifest_keys.is_empty() {
+            log::warn!(
+                "attestation: no --manifest-key given: every device with a signed manifest fails the manifest check"
+            );
+        }
+        Ok(Some(guardian_fleet::attest::AttestConfig {
+            every: self.attest_every,
+            answer_timeout: self.answer_timeout,
+            concurrency: self.attest_concurrency,
+            pcrs,
+            manifest_keys,
+            golden,
+            require_guard: self.require_guard,
+        }))
+    }
+}
+
+#[derive(Subcommand)]
+enum EnrolCmd {
+    /// Trust the AK of an enrolment record made on files (`guardian enrol
+    /// finish` writes one) for DEVICE; attestation starts at the next
+    /// round.
+    Import {
+        /// The device id (as it reports).
+        device: String,
+        /// The enrolment record (JSON).
+        file: std::path::PathBuf,
+    },
+    /// Every enrolled device and how its AK came to be trusted.
+    List,
+    /// Forget a device's enrolment (its attestation stops).
+    Remove {
+        /// The device id.
+        device: String,
+    },
+}
+
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
@@ -178,8 +283,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             silent_after,
             webhook,
             listen,
+            attest,
         } => {
             let mut cfg = service::ServiceConfig::new(cli.nats);
+            cfg.attest = attest.config()?.map(Arc::new);
             cfg.replicas = replicas;
             cfg.ack_wait = ack_wait;
             cfg.retention = retention;
@@ -298,6 +405,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     audit.doubled
                 );
             }
+        }
+        Cmd::Enrol { cmd } => {
+            let client = service::connect(&cli.nats, "guardian-fleet enrol").await?;
+            let js = async_nats::jetstream::new(client);
+            match cmd {
+                EnrolCmd::Import { device, file } => {
+                    let e = guardian_fleet::attest::import_enrolment(&js, &device, &file).await?;
+                    println!(
+                        "enrolled {device}: AK {} ({})",
+                        e.ak_name,
+                        if e.insecure_tofu {
+                            "INSECURE: trusted on first use".to_owned()
+                        } else {
+                            format!("EK certified by {}", e.ek_issuer.as_deref().unwrap_or("?"))
+                        }
+                    );
+                }
+                EnrolCmd::List => {
+                    for (device, e) in guardian_fleet::attest::enrolled(&js).await? {
+                        println!(
+                            "{device:<24} AK {}  {}  enrolled {}",
+                            e.ak_name,
+                            if e.insecure_tofu {
+                                "INSECURE trust on first use".to_owned()
+                            } else {
+                                format!("EK issuer {}", e.ek_issuer.as_deref().unwrap_or("?"))
+                            },
+                            e.enrolled_at
+                        );
+                    }
+                }
+                EnrolCmd::Remove { device } => {
+                    guardian_fleet::attest::remove_enrolment(&js, &device).await?;
+                    println!("{device}: enrolment removed; attestation stops");
+                }
+            }
+        }
+        Cmd::Ack { device, finding } => {
+            let client = service::connect(&cli.nats, "guardian-fleet ack").await?;
+            let js = async_nats::jetstream::new(client);
+            let n = guardian_fleet::attest::acknowledge(&js, &device, &finding).await?;
+            println!("{device}: {n} finding(s) acknowledged");
         }
         Cmd::Status { json } => {
             let client = service::connect(&cli.nats, "guardian-fleet status").await?;

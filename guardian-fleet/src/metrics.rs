@@ -208,6 +208,43 @@ pub fn families(counters: &Counters, live: &Live) -> Vec<Family> {
             "Alert publishes that failed (retried).",
             &alerts.publish_errors,
         ),
+        Family::one(
+            "guardian_fleet_attest_rounds_total",
+            "Attestation rounds this instance started (claims won).",
+            &counters.attest.rounds,
+        ),
+        Family::one(
+            "guardian_fleet_attest_claims_lost_total",
+            "Rounds another instance claimed first.",
+            &counters.attest.claims_lost,
+        ),
+        Family::one(
+            "guardian_fleet_verifications_trusted_total",
+            "Verdicts reached by this instance with every check passed.",
+            &counters.attest.trusted,
+        ),
+        Family {
+            name: "guardian_fleet_verification_failures_total",
+            help: "Failed checks in the verdicts this instance reached, by check (a verdict may fail several).",
+            kind: Kind::Counter,
+            samples: by_label("check", &counters.attest.failed_by_check),
+        },
+        Family {
+            name: "guardian_fleet_unreachable_total",
+            help: "Rounds without a usable answer, by why (timeout, no_responders, refused, malformed, link).",
+            kind: Kind::Counter,
+            samples: by_label("why", &counters.attest.unreachable_by_why),
+        },
+        Family::one(
+            "guardian_fleet_attest_results_dropped_total",
+            "Round results not written because the claim had passed to another instance.",
+            &counters.attest.results_dropped,
+        ),
+        Family::one(
+            "guardian_fleet_verify_microseconds_total",
+            "Time spent in the verifier (divide by verdicts for the cost of one).",
+            &counters.attest.verify_micros,
+        ),
         Family {
             name: "guardian_fleet_devices",
             help: "Devices by state: reporting and silent at the last sweep; trusted, untrusted, unreachable and unknown from the attestation records.",
@@ -224,6 +261,13 @@ pub fn families(counters: &Counters, live: &Live) -> Vec<Family> {
         });
     }
     out
+}
+
+/// A counter family's samples from a map of label value → count.
+fn by_label(name: &str, m: &std::sync::Mutex<BTreeMap<String, u64>>) -> Vec<(String, u64)> {
+    m.lock()
+        .map(|m| m.iter().map(|(k, v)| (label(name, k), *v)).collect())
+        .unwrap_or_default()
 }
 
 /// The text format of [`families`].

@@ -61,6 +61,8 @@ pub struct ServiceConfig {
     pub webhook: Option<String>,
     /// Where the operator's page and `/metrics` are served, if anywhere.
     pub listen: Option<std::net::SocketAddr>,
+    /// Attestation rounds over the link, if this instance runs them.
+    pub attest: Option<Arc<crate::attest::AttestConfig>>,
 }
 
 impl ServiceConfig {
@@ -76,6 +78,7 @@ impl ServiceConfig {
             sweep_every: Duration::from_secs(10),
             webhook: None,
             listen: None,
+            attest: None,
         }
     }
 }
@@ -101,6 +104,8 @@ pub struct Counters {
     pub store_errors: AtomicU64,
     /// Alerts, the webhook and the device gauges.
     pub alerts: crate::alerts::AlertCounters,
+    /// Attestation rounds.
+    pub attest: crate::attest::AttestCounters,
 }
 
 /// Per-device state in key-value: a cache of the newest summary, for the
@@ -210,20 +215,18 @@ pub async fn ensure(js: &jetstream::Context, cfg: &ServiceConfig) -> Result<(), 
         .await
         .map_err(|e| js_err(format!("create bucket {DEVICES_BUCKET}"))(e.into()))?;
     }
-    if js
-        .get_key_value(crate::attest::ATTEST_BUCKET)
-        .await
-        .is_err()
-    {
-        js.create_key_value(jetstream::kv::Config {
-            bucket: crate::attest::ATTEST_BUCKET.to_owned(),
-            history: 1,
-            num_replicas: cfg.replicas,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| js_err(format!("create bucket {}", crate::attest::ATTEST_BUCKET))(e.into()))?;
+    for bucket in [crate::attest::ATTEST_BUCKET, crate::attest::ENROLLED_BUCKET] {
+        if js.get_key_value(bucket).await.is_err() {
+            js.create_key_value(jetstream::kv::Config {
+                bucket: bucket.to_owned(),
+                history: 1,
+                num_replicas: cfg.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_err(format!("create bucket {bucket}"))(e.into()))?;
+        }
     }
     Ok(())
 }
@@ -464,7 +467,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServiceError> {
     let client = connect(&cfg.servers, &format!("guardian-fleet {instance}")).await?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     // A fleet started with (or before) its cluster waits for JetStream to
     // elect its leader instead of exiting; it says so while it waits.
     let mut waited = Duration::ZERO;
@@ -511,6 +514,16 @@ pub async fn serve(
             cache_stopped.clone(),
         )),
     ];
+    if let Some(a) = cfg.attest.clone() {
+        side.push(tokio::spawn(crate::attest::rounds(
+            client.clone(),
+            js.clone(),
+            a,
+            instance.to_owned(),
+            counters.clone(),
+            cache_stopped.clone(),
+        )));
+    }
     if let Some(url) = cfg.webhook.clone() {
         side.push(tokio::spawn(crate::alerts::webhook(
             js.clone(),

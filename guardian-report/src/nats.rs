@@ -252,6 +252,10 @@ pub struct Conn {
     writer: WriteHalf<BoxStream>,
     inbox: String,
     max_payload: usize,
+    /// The reader task: it holds the read half, so it ends with the
+    /// connection (a dropped `Conn` must not leave its socket, and its
+    /// subscriptions, open behind it).
+    reader: tokio::task::JoinHandle<()>,
     /// Replies (and the reason the reader stopped, last).
     pub replies: mpsc::Receiver<Result<Incoming, LinkError>>,
 }
@@ -281,6 +285,12 @@ impl std::fmt::Debug for Conn {
             .field("server", &self.server)
             .field("inbox", &self.inbox)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 
@@ -452,8 +462,9 @@ impl Conn {
         let (tx, replies) = mpsc::channel(1024);
         let prefix = format!("{inbox}.");
         let srv = server.to_owned();
-        tokio::spawn(read_loop(reader, srv, prefix, tx));
+        let reader = tokio::spawn(read_loop(reader, srv, prefix, tx));
         Ok(Conn {
+            reader,
             server: server.to_owned(),
             writer,
             inbox,

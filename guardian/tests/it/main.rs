@@ -8,6 +8,7 @@
 //! | `measure` | `guardian measure` against a real swtpm |
 //! | `records`, `attest` | continuous attestation, quotes and `guardian verify` |
 //! | `enrol` | enrolment with an EK certificate and credential activation |
+//! | `fleet` | attestation over the link: the fleet's rounds against boards with a real swtpm, the agent answering, impostors and replays |
 //! | `policy` | signed wasm policies in wasmi, hot swap, measurement |
 //! | `parsers`, `bundle_mutations`, `fuzz_seeds` | properties of every parser and of the verifier; the fuzz seeds |
 //!
@@ -27,6 +28,7 @@ mod attest;
 mod bundle_mutations;
 mod enrol;
 mod fanotify;
+mod fleet;
 mod fuzz_seeds;
 mod host;
 mod measure;
