@@ -58,6 +58,11 @@ pub enum TrustState {
     Untrusted,
     /// The last challenge got no answer in time (or a refusal).
     Unreachable,
+    /// Shown, never stored: the record says trusted, but its next round
+    /// is overdue past its deadline (the instance that claimed it died and
+    /// no other has judged it yet, or no instance runs rounds). A verdict
+    /// is only as good as it is fresh.
+    Stale,
 }
 
 impl TrustState {
@@ -68,6 +73,7 @@ impl TrustState {
             TrustState::Trusted => "trusted",
             TrustState::Untrusted => "untrusted",
             TrustState::Unreachable => "unreachable",
+            TrustState::Stale => "stale",
         }
     }
 }
@@ -161,6 +167,23 @@ pub struct Attestation {
     /// Rounds: verified, failed, unreachable.
     #[serde(default)]
     pub rounds: Rounds,
+    /// After this a trusted record shows as [`TrustState::Stale`] (ms since
+    /// the Unix epoch; the next round's due time plus the claim's
+    /// deadline). 0: not set.
+    #[serde(default)]
+    pub stale_at_ms: u64,
+}
+
+impl Attestation {
+    /// Where the device stands at `now_ms`, for people and metrics: a
+    /// trusted record whose next verdict is overdue shows as stale.
+    pub fn trust_now(&self, now_ms: u64) -> TrustState {
+        if self.trust == TrustState::Trusted && self.stale_at_ms != 0 && now_ms > self.stale_at_ms {
+            TrustState::Stale
+        } else {
+            self.trust
+        }
+    }
 }
 
 /// How a device's rounds went.
@@ -301,6 +324,7 @@ pub fn first_record(device: &str, now_ms: u64) -> Attestation {
         next_due_ms: now_ms,
         claim: None,
         rounds: Rounds::default(),
+        stale_at_ms: 0,
     }
 }
 
@@ -557,6 +581,7 @@ async fn round(
     }
     rec.claim = None;
     rec.next_due_ms = now + cfg.every.as_millis() as u64;
+    rec.stale_at_ms = rec.next_due_ms + cfg.claim_for().as_millis() as u64;
     let Ok(value) = serde_json::to_vec(&rec) else {
         return;
     };
@@ -888,4 +913,83 @@ pub async fn acknowledge(
     Err(RecordError::NotFound(format!(
         "{device}: a round held the record for 30 s; try again"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(trust: TrustState) -> Attestation {
+        let mut r = first_record("dev-1", 1_000);
+        r.trust = trust;
+        r
+    }
+
+    #[test]
+    fn a_device_is_claimed_once_due_and_only_when_no_live_claim_holds_it() {
+        let mut r = rec(TrustState::Unknown);
+        assert!(claimable(&r, 1_000));
+        r.next_due_ms = 5_000;
+        assert!(!claimable(&r, 4_999));
+        r.claim = Some(Claim {
+            instance: "a".into(),
+            until_ms: 9_000,
+        });
+        assert!(!claimable(&r, 6_000), "a live claim holds it");
+        assert!(claimable(&r, 9_001), "a dead instance's claim runs out");
+    }
+
+    #[test]
+    fn a_trusted_verdict_past_its_deadline_shows_stale_never_trusted() {
+        let mut r = rec(TrustState::Trusted);
+        r.stale_at_ms = 10_000;
+        assert_eq!(r.trust_now(9_999), TrustState::Trusted);
+        assert_eq!(r.trust_now(10_001), TrustState::Stale);
+        let mut u = rec(TrustState::Untrusted);
+        u.stale_at_ms = 10_000;
+        assert_eq!(u.trust_now(20_000), TrustState::Untrusted);
+    }
+
+    #[test]
+    fn alerts_come_once_per_episode_and_name_the_failed_checks() {
+        let mut r = rec(TrustState::Untrusted);
+        r.since_ms = 7_000;
+        r.verdict = Some(LastVerdict {
+            at_ms: 8_000,
+            failures: vec![FailedCheck {
+                check: "nonce".into(),
+                reason: "not ours".into(),
+                finding: None,
+            }],
+            boot_id: "b2".into(),
+            ..LastVerdict::default()
+        });
+        let a = alerts_for(&(TrustState::Untrusted, Some("b2".into())), &r);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].kind, "attestation_failed");
+        assert!(a[0].what.contains("nonce: not ours"));
+        // The id carries the episode's start: every round of one episode
+        // publishes the same id, which the alert stream keeps once.
+        let again = alerts_for(&(TrustState::Untrusted, Some("b2".into())), &r);
+        assert_eq!(a[0].msg_id(), again[0].msg_id());
+        assert!(a[0].evidence.get("verifier").is_none());
+        // A new boot with a finding open is its own alert.
+        r.open_findings.push(OpenFinding {
+            id: "b1#3:model".into(),
+            check: "model".into(),
+            reason: "x".into(),
+            since: "t".into(),
+        });
+        let a = alerts_for(&(TrustState::Untrusted, Some("b1".into())), &r);
+        assert_eq!(
+            a.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(),
+            ["attestation_failed", "reboot_with_finding"]
+        );
+        // Unreachable: on entering it only.
+        let mut u = rec(TrustState::Unreachable);
+        u.unreachable = Some("no answer within 5 s".into());
+        assert_eq!(alerts_for(&(TrustState::Trusted, None), &u).len(), 1);
+        assert!(alerts_for(&(TrustState::Unreachable, None), &u).is_empty());
+        assert!(alerts_for(&(TrustState::Unknown, None), &rec(TrustState::Trusted)).is_empty());
+    }
 }

@@ -94,10 +94,10 @@ pub async fn render(counters: &Counters, js: Option<&jetstream::Context>) -> Str
             Some(consumer.info().await.ok()?.num_pending)
         };
         let trust = async {
-            crate::query::attestations(js)
-                .await
-                .ok()
-                .map(|a| trust_counts(a.iter().map(|a| a.trust)))
+            crate::query::attestations(js).await.ok().map(|a| {
+                let now = crate::service::now_ms();
+                trust_counts(a.iter().map(|a| a.trust_now(now)))
+            })
         };
         let (lag, trust) = tokio::join!(
             tokio::time::timeout(ASK_TIMEOUT, lag),
@@ -115,6 +115,7 @@ pub fn trust_counts(states: impl Iterator<Item = TrustState>) -> BTreeMap<&'stat
         TrustState::Trusted,
         TrustState::Untrusted,
         TrustState::Unreachable,
+        TrustState::Stale,
         TrustState::Unknown,
     ]
     .into_iter()

@@ -603,6 +603,7 @@ code,pre{font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;white-space:pre-wr
 .st-trusted{background:#dafbe1;color:#116329;border-color:#4ac26b}
 .st-untrusted{background:#ffebe9;color:#a40e26;border-color:#ff8182}
 .st-unreachable{background:#fff8c5;color:#7d4e00;border-color:#d4a72c}
+.st-stale{background:#fff1e5;color:#953800;border-color:#fb8f44}
 .st-unknown{background:#eef1f4;color:#424a53;border-color:#8c959f}
 .st-none{background:#fff;color:#57606a;border-color:#8c959f;border-style:dashed}
 .silent{color:#a40e26;font-weight:600}
@@ -705,7 +706,7 @@ pub fn fleet_page(v: &FleetView, now: u64, instance: &str) -> String {
     let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
     let mut silent = 0;
     for (d, a) in rows.values() {
-        let key = a.map(|a| a.trust.as_str()).unwrap_or("none");
+        let key = a.map(|a| a.trust_now(now).as_str()).unwrap_or("none");
         *by_state.entry(key).or_default() += 1;
         if d.is_some_and(|d| is_silent(d, now, v.silent_after_ms)) {
             silent += 1;
@@ -725,6 +726,10 @@ pub fn fleet_page(v: &FleetView, now: u64, instance: &str) -> String {
         ("trusted", "trusted"),
         ("untrusted", "untrusted"),
         ("unreachable", "unreachable"),
+        (
+            "stale",
+            "stale (no fresh verdict: no instance judged it in time)",
+        ),
         ("unknown", "unknown (enrolled, not yet attested)"),
         ("none", "never attested"),
     ] {
@@ -757,7 +762,7 @@ pub fn fleet_page(v: &FleetView, now: u64, instance: &str) -> String {
             "<tr id=\"dev-{}\"><td>{}</td><td>{}</td><td>{}</td>",
             esc(id),
             device_link(id),
-            badge(a.map(|a| a.trust)),
+            badge(a.map(|a| a.trust_now(now))),
             a.map(|a| when(now, a.since_ms)).unwrap_or_default()
         );
         match d {
@@ -821,7 +826,7 @@ pub fn device_page(v: &DeviceView, now: u64, instance: &str) -> String {
         out,
         "<p><a href=\"/\">← the fleet</a></p><h1>{} {}</h1>",
         esc(&v.id),
-        badge(a.map(|a| a.trust))
+        badge(a.map(|a| a.trust_now(now)))
     );
     notes(&mut out, &v.notes);
     out.push_str("<dl id=\"facts\">");
@@ -832,7 +837,11 @@ pub fn device_page(v: &DeviceView, now: u64, instance: &str) -> String {
         Some(a) => {
             fact(
                 "trust",
-                format!("{} since {}", badge(Some(a.trust)), when(now, a.since_ms)),
+                format!(
+                    "{} since {}",
+                    badge(Some(a.trust_now(now))),
+                    when(now, a.since_ms)
+                ),
             );
             if let Some(why) = &a.unreachable {
                 fact(
@@ -1074,6 +1083,7 @@ mod tests {
                 failed: 1,
                 unreachable: 0,
             },
+            stale_at_ms: NOW + 90_000,
         }
     }
 
@@ -1192,10 +1202,19 @@ mod tests {
         assert!(html.contains("the model&#39;s digest is not the manifest&#39;s &lt;script&gt;"));
     }
 
+    fn row_of(html: &str, id: &str) -> String {
+        let start = html.find(&format!("<tr id=\"dev-{id}\">")).unwrap();
+        html[start..start + html[start..].find("</tr>").unwrap()].to_owned()
+    }
+
     #[test]
     fn the_fleet_page_counts_and_shows_a_device_in_either_bucket() {
         let mut unreachable = attestation("board-c", TrustState::Unreachable);
         unreachable.unreachable = Some("no answer in 10 s".into());
+        // Trusted once, but its next round is overdue past the deadline
+        // (the instance that claimed it died): shown stale, not trusted.
+        let mut stale = attestation("board-f", TrustState::Trusted);
+        stale.stale_at_ms = NOW - 1;
         let v = FleetView {
             devices: vec![
                 state("board-a", NOW - 5_000),
@@ -1207,15 +1226,19 @@ mod tests {
                 attestation("board-b", TrustState::Untrusted),
                 unreachable,
                 attestation("board-e", TrustState::Unknown),
+                stale,
             ],
             silent_after_ms: 300_000,
             ..Default::default()
         };
         let html = fleet_page(&v, NOW, "fleet-1");
+        assert!(row_of(&html, "board-f").contains(">stale</span>"));
+        assert!(!row_of(&html, "board-f").contains(">trusted</span>"));
         for (key, n) in [
             ("trusted", 1),
             ("untrusted", 1),
             ("unreachable", 1),
+            ("stale", 1),
             ("unknown", 1),
             ("none", 1),
             ("silent", 1),

@@ -108,6 +108,7 @@ fn record(device: &str, trust: TrustState, now: u64) -> Attestation {
         next_due_ms: now + 60_000,
         claim: None,
         rounds: Rounds::default(),
+        stale_at_ms: now + 90_000,
     };
     match trust {
         TrustState::Trusted => {
