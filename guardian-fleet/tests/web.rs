@@ -154,7 +154,8 @@ fn record(device: &str, trust: TrustState, now: u64) -> Attestation {
                 unreachable: 2,
             };
         }
-        TrustState::Unknown => {}
+        // Never stored: a stale record is a trusted one past its deadline.
+        TrustState::Unknown | TrustState::Stale => {}
     }
     a
 }
