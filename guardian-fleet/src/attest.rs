@@ -844,20 +844,6 @@ pub async fn enrolled(js: &jetstream::Context) -> Result<Vec<(String, Enrolled)>
     Ok(out)
 }
 
-/// Forget `device`'s enrolment and its attestation record.
-pub async fn remove_enrolment(js: &jetstream::Context, device: &str) -> Result<(), RecordError> {
-    for bucket in [ENROLLED_BUCKET, ATTEST_BUCKET] {
-        let kv = js
-            .get_key_value(bucket)
-            .await
-            .map_err(|err| store_err(format!("open bucket {bucket}"))(err.into()))?;
-        kv.purge(device)
-            .await
-            .map_err(|err| store_err(format!("remove {device} from {bucket}"))(err.into()))?;
-    }
-    Ok(())
-}
-
 /// `guardian-fleet ack`: acknowledge `device`'s open finding `id` (or
 /// `all`) in its verifier state. Waits for a round in progress to end
 /// (its result would otherwise be written over the acknowledgement).

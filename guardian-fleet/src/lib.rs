@@ -12,6 +12,7 @@
 //! | [`query`] | reading the fleet back: device states, a device's events |
 //! | [`alerts`] | alerts from what is stored (tamper attempts, the guard, drops) and from silence; the webhook |
 //! | [`attest`] | attestation over the link: rounds on a schedule, claims shared by the instances, the verdict and the verifier's state per device in key-value |
+//! | [`enrol`] | enrolment over the link: the EK chain, approval (an operator's, or a rule's by issuer or serial), credential activation, the pending bucket |
 //! | [`metrics`] | `/metrics` in Prometheus' text format |
 //! | [`web`] | the HTTP listener: the operator's read-only page (the fleet, one device), `/metrics`, `/healthz` |
 //!
@@ -22,6 +23,7 @@
 
 pub mod alerts;
 pub mod attest;
+pub mod enrol;
 pub mod lab;
 pub mod metrics;
 pub mod query;

@@ -59,7 +59,9 @@ enum Cmd {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
         #[command(flatten)]
-        attest: AttestArgs,
+        attest: Box<AttestArgs>,
+        #[command(flatten)]
+        enrol: Box<EnrolArgs>,
     },
     /// Enrolled devices: the AK the fleet trusts for each.
     Enrol {
@@ -231,6 +233,52 @@ impl AttestArgs {
     }
 }
 
+/// Enrolment over the link (`serve`).
+#[derive(clap::Args)]
+struct EnrolArgs {
+    /// A manufacturer CA certificate (PEM; roots and intermediates; repeat):
+    /// with at least one, this instance enrols the devices that report and
+    /// are not enrolled (EK certificate chain, credential activation).
+    #[arg(long = "ek-ca")]
+    ek_cas: Vec<std::path::PathBuf>,
+    /// Enrol without an operator's approval a device whose EK certificate
+    /// was issued by exactly this name (RFC 4514, as `enrol pending`
+    /// shows it; repeat).
+    #[arg(long = "enrol-issuer")]
+    issuers: Vec<String>,
+    /// Enrol without an operator's approval the EK certificates whose
+    /// serial numbers (hex, one per line) this file lists.
+    #[arg(long = "enrol-serials")]
+    serials: Option<std::path::PathBuf>,
+}
+
+impl EnrolArgs {
+    fn config(
+        self,
+        answer_timeout: Duration,
+    ) -> anyhow::Result<Option<guardian_fleet::enrol::EnrolConfig>> {
+        if self.ek_cas.is_empty() {
+            if !self.issuers.is_empty() || self.serials.is_some() {
+                anyhow::bail!("--enrol-issuer and --enrol-serials need --ek-ca");
+            }
+            return Ok(None);
+        }
+        let cas = guardian_attest::enrol::load_ca_certs(&self.ek_cas).context("loading --ek-ca")?;
+        let serials = match &self.serials {
+            Some(p) => guardian_fleet::enrol::Preauthorised::read_serials(p)?,
+            None => Default::default(),
+        };
+        Ok(Some(guardian_fleet::enrol::EnrolConfig {
+            cas,
+            preauthorised: guardian_fleet::enrol::Preauthorised {
+                issuers: self.issuers.into_iter().collect(),
+                serials,
+            },
+            answer_timeout,
+        }))
+    }
+}
+
 #[derive(Subcommand)]
 enum EnrolCmd {
     /// Trust the AK of an enrolment record made on files (`guardian enrol
@@ -244,7 +292,17 @@ enum EnrolCmd {
     },
     /// Every enrolled device and how its AK came to be trusted.
     List,
-    /// Forget a device's enrolment (its attestation stops).
+    /// Devices that report and are not enrolled: waiting for approval,
+    /// refused (why), unreachable.
+    Pending,
+    /// Let DEVICE (waiting for approval) be enrolled at the next round;
+    /// its EK chain and credential activation are still checked.
+    Approve {
+        /// The device id.
+        device: String,
+    },
+    /// Forget a device's enrolment (its attestation stops; it is enrolled
+    /// again only once approved).
     Remove {
         /// The device id.
         device: String,
@@ -284,8 +342,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             webhook,
             listen,
             attest,
+            enrol,
         } => {
             let mut cfg = service::ServiceConfig::new(cli.nats);
+            cfg.enrol = enrol.config(attest.answer_timeout)?.map(Arc::new);
             cfg.attest = attest.config()?.map(Arc::new);
             cfg.replicas = replicas;
             cfg.ack_wait = ack_wait;
@@ -436,9 +496,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         );
                     }
                 }
+                EnrolCmd::Pending => {
+                    for p in guardian_fleet::enrol::pending(&js).await? {
+                        println!(
+                            "{:<24} {:<11} EK issuer {:?} serial {} — {}",
+                            p.device,
+                            p.state,
+                            p.ek_issuer,
+                            if p.ek_serial.is_empty() {
+                                "?"
+                            } else {
+                                &p.ek_serial
+                            },
+                            p.reason
+                        );
+                    }
+                }
+                EnrolCmd::Approve { device } => {
+                    let by = std::env::var("USER").unwrap_or_else(|_| "the operator".to_owned());
+                    guardian_fleet::enrol::approve(&js, &device, &by).await?;
+                    println!("{device}: approved; enrolled at the next round");
+                }
                 EnrolCmd::Remove { device } => {
-                    guardian_fleet::attest::remove_enrolment(&js, &device).await?;
-                    println!("{device}: enrolment removed; attestation stops");
+                    let by = std::env::var("USER").unwrap_or_else(|_| "the operator".to_owned());
+                    guardian_fleet::enrol::remove(&js, &device, &by).await?;
+                    println!(
+                        "{device}: enrolment removed; attestation stops; it is enrolled again only once approved"
+                    );
                 }
             }
         }

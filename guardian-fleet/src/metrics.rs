@@ -242,6 +242,16 @@ pub fn families(counters: &Counters, live: &Live) -> Vec<Family> {
             &counters.attest.results_dropped,
         ),
         Family::one(
+            "guardian_fleet_enrolled_total",
+            "Devices this instance enrolled over the link (EK chain checked, credential activated).",
+            &counters.enrol.enrolled,
+        ),
+        Family::one(
+            "guardian_fleet_enrolment_refused_total",
+            "Enrolment requests this instance refused (a failed check).",
+            &counters.enrol.refused,
+        ),
+        Family::one(
             "guardian_fleet_verify_microseconds_total",
             "Time spent in the verifier (divide by verdicts for the cost of one).",
             &counters.attest.verify_micros,

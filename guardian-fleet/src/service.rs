@@ -63,6 +63,8 @@ pub struct ServiceConfig {
     pub listen: Option<std::net::SocketAddr>,
     /// Attestation rounds over the link, if this instance runs them.
     pub attest: Option<Arc<crate::attest::AttestConfig>>,
+    /// Enrolment over the link, if this instance enrols devices.
+    pub enrol: Option<Arc<crate::enrol::EnrolConfig>>,
 }
 
 impl ServiceConfig {
@@ -79,6 +81,7 @@ impl ServiceConfig {
             webhook: None,
             listen: None,
             attest: None,
+            enrol: None,
         }
     }
 }
@@ -106,6 +109,8 @@ pub struct Counters {
     pub alerts: crate::alerts::AlertCounters,
     /// Attestation rounds.
     pub attest: crate::attest::AttestCounters,
+    /// Enrolment rounds.
+    pub enrol: crate::enrol::EnrolCounters,
 }
 
 /// Per-device state in key-value: a cache of the newest summary, for the
@@ -215,7 +220,11 @@ pub async fn ensure(js: &jetstream::Context, cfg: &ServiceConfig) -> Result<(), 
         .await
         .map_err(|e| js_err(format!("create bucket {DEVICES_BUCKET}"))(e.into()))?;
     }
-    for bucket in [crate::attest::ATTEST_BUCKET, crate::attest::ENROLLED_BUCKET] {
+    for bucket in [
+        crate::attest::ATTEST_BUCKET,
+        crate::attest::ENROLLED_BUCKET,
+        crate::enrol::PENDING_BUCKET,
+    ] {
         if js.get_key_value(bucket).await.is_err() {
             js.create_key_value(jetstream::kv::Config {
                 bucket: bucket.to_owned(),
@@ -514,6 +523,16 @@ pub async fn serve(
             cache_stopped.clone(),
         )),
     ];
+    if let Some(e) = cfg.enrol.clone() {
+        side.push(tokio::spawn(crate::enrol::rounds(
+            client.clone(),
+            js.clone(),
+            e,
+            instance.to_owned(),
+            counters.clone(),
+            cache_stopped.clone(),
+        )));
+    }
     if let Some(a) = cfg.attest.clone() {
         side.push(tokio::spawn(crate::attest::rounds(
             client.clone(),

@@ -71,6 +71,15 @@ pub enum Question {
         /// The verifier's nonce, hex.
         nonce: String,
     },
+    /// Enrolment, step 1: send the enrolment request (the EK certificate,
+    /// the EK's and the AK's public areas), read from the TPM.
+    EnrolRequest,
+    /// Enrolment, step 3: activate the credential in this challenge with
+    /// the TPM and send back what it released.
+    Activate {
+        /// The verifier's challenge, as the verifier library writes it.
+        challenge: serde_json::Value,
+    },
 }
 
 /// The largest question a device reads.
@@ -269,6 +278,14 @@ mod tests {
             }
         );
         assert!(decode_question(br#"{"ask":"reboot"}"#).is_err());
+        assert_eq!(
+            decode_question(br#"{"ask":"enrol_request"}"#).unwrap(),
+            Question::EnrolRequest
+        );
+        assert!(matches!(
+            decode_question(br#"{"ask":"activate","challenge":{"id":"x"}}"#).unwrap(),
+            Question::Activate { .. }
+        ));
         assert!(decode_question(&vec![b' '; MAX_QUESTION_BYTES + 1]).is_err());
         assert!(answer_subject_ok("dev-1", "guardian.answer.dev-1.abc_9"));
         for bad in [

@@ -104,9 +104,26 @@ pub enum Message {
         /// Where the bundle (or why there is none) goes.
         reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
     },
+    /// The fleet's enrolment: read the enrolment request from the TPM, or
+    /// activate the fleet's credential; the answer as JSON.
+    Enrol {
+        /// Which step.
+        step: EnrolStep,
+        /// Where the answer (or why there is none) goes.
+        reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+    },
     /// Finish queued work and stop (other senders, such as the policy
     /// engine's measurer, may still hold the channel open).
     Stop,
+}
+
+/// A step of enrolment the fleet asks the device for.
+#[derive(Debug)]
+pub enum EnrolStep {
+    /// The request: EK certificate, EK and AK public areas.
+    Request,
+    /// Activate this credential.
+    Activate(Box<crate::enrol::Challenge>),
 }
 
 /// The policy engine's [`Measurer`](crate::policy::Measurer) in the daemon:
@@ -223,6 +240,22 @@ impl Attestor {
         if let Err(TrySendError::Full(Message::Quote { reply, .. }))
         | Err(TrySendError::Disconnected(Message::Quote { reply, .. })) =
             self.tx.try_send(Message::Quote { nonce, reply })
+        {
+            let _ = reply.send(Err("the attestor's queue is full".to_owned()));
+        }
+        rx
+    }
+
+    /// Ask for a step of the fleet's enrolment (see [`Message::Enrol`]); a
+    /// full queue answers at once with why.
+    pub fn enrol(
+        &self,
+        step: EnrolStep,
+    ) -> tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if let Err(TrySendError::Full(Message::Enrol { reply, .. }))
+        | Err(TrySendError::Disconnected(Message::Enrol { reply, .. })) =
+            self.tx.try_send(Message::Enrol { step, reply })
         {
             let _ = reply.send(Err("the attestor's queue is full".to_owned()));
         }
@@ -397,6 +430,13 @@ impl Worker {
                 }) => {
                     let _ = reply.send(self.measure_policy(&info, generation));
                 }
+                Ok(Message::Enrol { step, reply }) => {
+                    let answer = self.enrol(step);
+                    if let Err(e) = &answer {
+                        log::warn!("fleet enrolment step not answered: {e}");
+                    }
+                    let _ = reply.send(answer);
+                }
                 Ok(Message::Quote { nonce, reply }) => {
                     let answer = self.quote(&nonce);
                     if let Err(e) = &answer {
@@ -446,6 +486,25 @@ impl Worker {
                 next_timer = Some(now + every);
             }
         }
+    }
+
+    /// A step of the fleet's enrolment, with this thread's TPM session.
+    fn enrol(&mut self, step: EnrolStep) -> Result<Vec<u8>, String> {
+        let handle = self.quoting.ak_handle;
+        let tpm = self
+            .ledger
+            .as_mut()
+            .and_then(|l| l.tpm_mut())
+            .ok_or("no TPM: this device cannot enrol")?;
+        let body = match step {
+            EnrolStep::Request => {
+                serde_json::to_vec(&crate::enrol::request(tpm, handle).map_err(|e| e.to_string())?)
+            }
+            EnrolStep::Activate(challenge) => serde_json::to_vec(
+                &crate::enrol::activate(tpm, handle, &challenge).map_err(|e| e.to_string())?,
+            ),
+        };
+        body.map_err(|e| e.to_string())
     }
 
     /// A quote for the fleet's `nonce`, bundled as `guardian quote` does.

@@ -190,9 +190,10 @@ pub fn start(cfg: &ReportConfig) -> Result<Option<(Reporter, Option<Questions>)>
         .map_err(ReportError::Start)
 }
 
-/// Answer one of the fleet's questions: an attestation challenge goes to
-/// the attestor (which owns the TPM), and its bundle back to the link,
-/// from a task of its own so the loop never waits.
+/// Answer one of the fleet's questions: an attestation challenge or an
+/// enrolment step goes to the attestor (which owns the TPM), and its
+/// answer back to the link, from a task of its own so the loop never
+/// waits.
 #[cfg(feature = "report")]
 pub fn answer(asked: guardian_report::Asked, attestor: &crate::continuous::Attestor) {
     use guardian_report::wire::{Question, Refused};
@@ -200,26 +201,33 @@ pub fn answer(asked: guardian_report::Asked, attestor: &crate::continuous::Attes
         serde_json::to_vec(&Refused { error: why })
             .unwrap_or_else(|_| br#"{"error":"refused"}"#.to_vec())
     };
-    match asked.question {
-        Question::Attest { nonce } => {
-            let nonce = match hex::decode(&nonce) {
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = asked.answer.send(refuse(format!("nonce is not hex: {e}")));
-                    return;
-                }
-            };
-            let rx = attestor.quote(nonce);
-            tokio::spawn(async move {
-                let body = match rx.await {
-                    Ok(Ok(bundle)) => bundle,
-                    Ok(Err(why)) => refuse(why),
-                    Err(_) => refuse("the attestor stopped".to_owned()),
-                };
-                let _ = asked.answer.send(body);
-            });
-        }
-    }
+    let rx = match asked.question {
+        Question::Attest { nonce } => match hex::decode(&nonce) {
+            Ok(n) => attestor.quote(n),
+            Err(e) => {
+                let _ = asked.answer.send(refuse(format!("nonce is not hex: {e}")));
+                return;
+            }
+        },
+        Question::EnrolRequest => attestor.enrol(crate::continuous::EnrolStep::Request),
+        Question::Activate { challenge } => match serde_json::from_value(challenge) {
+            Ok(c) => attestor.enrol(crate::continuous::EnrolStep::Activate(Box::new(c))),
+            Err(e) => {
+                let _ = asked
+                    .answer
+                    .send(refuse(format!("not an enrolment challenge: {e}")));
+                return;
+            }
+        },
+    };
+    tokio::spawn(async move {
+        let body = match rx.await {
+            Ok(Ok(body)) => body,
+            Ok(Err(why)) => refuse(why),
+            Err(_) => refuse("the attestor stopped".to_owned()),
+        };
+        let _ = asked.answer.send(body);
+    });
 }
 
 /// Without the fleet link there is nothing to answer.

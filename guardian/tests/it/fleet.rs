@@ -85,6 +85,13 @@ impl Device {
     /// A board whose manifest the vendor of `like` signed (so that only
     /// what an attack changes fails).
     fn signed_like(id: &str, like: Option<&Device>) -> Self {
+        let d = Self::unenrolled(id, like);
+        d.enrol_on_files();
+        d
+    }
+
+    /// A measured board whose AK no one has enrolled yet.
+    fn unenrolled(id: &str, like: Option<&Device>) -> Self {
         let tpm = Swtpm::manufactured();
         let board = Board::new(&tpm.tcti());
         if let Some(like) = like {
@@ -104,11 +111,17 @@ impl Device {
         }
         let out = board.measure();
         assert!(out.status.success(), "{}", stderr(&out));
-        let d = Self {
+        Self {
             tpm,
             board,
             id: id.to_owned(),
-        };
+        }
+    }
+
+    /// Enrolment as `guardian enrol` does it on files, the record written
+    /// to `enrolled.json`.
+    fn enrol_on_files(&self) {
+        let d = self;
         let mut t = Tpm::open(&d.tpm.tcti()).unwrap();
         let req = enrol::request(&mut t, AK).unwrap();
         let (challenge, pending) = enrol::challenge(&req, &localca()).unwrap();
@@ -121,7 +134,30 @@ impl Device {
             serde_json::to_vec(&rec).unwrap(),
         )
         .unwrap();
-        d
+    }
+
+    /// This board's answer to any question, as the daemon's attestor gives
+    /// it (the same library calls, with a TPM session per question).
+    fn answer(&self, q: Question) -> serde_json::Value {
+        let refuse = |e: String| serde_json::json!({ "error": e });
+        match q {
+            Question::Attest { nonce } => self.quote(&hex::decode(nonce).unwrap()),
+            Question::EnrolRequest => {
+                let mut t = Tpm::open(&self.tpm.tcti()).unwrap();
+                match enrol::request(&mut t, AK) {
+                    Ok(r) => serde_json::to_value(r).unwrap(),
+                    Err(e) => refuse(e.to_string()),
+                }
+            }
+            Question::Activate { challenge } => {
+                let mut t = Tpm::open(&self.tpm.tcti()).unwrap();
+                let c = serde_json::from_value(challenge).unwrap();
+                match enrol::activate(&mut t, AK, &c) {
+                    Ok(r) => serde_json::to_value(r).unwrap(),
+                    Err(e) => refuse(e.to_string()),
+                }
+            }
+        }
     }
 
     fn config(&self) -> Config {
@@ -149,6 +185,10 @@ struct Fleet {
 
 impl Fleet {
     fn start(manifest_key: &Path) -> Self {
+        Self::start_with(manifest_key, None)
+    }
+
+    fn start_with(manifest_key: &Path, enrol: Option<guardian_fleet::enrol::EnrolConfig>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let nats = KillOnDrop(
@@ -179,6 +219,7 @@ impl Fleet {
             golden: None,
             require_guard: false,
         }));
+        cfg.enrol = enrol.map(Arc::new);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = rt.spawn(guardian_fleet::service::serve(
             cfg,
@@ -305,10 +346,25 @@ struct Answering {
 }
 
 impl Answering {
+    /// Answers attestation challenges with `answer(nonce)` (and refuses
+    /// enrolment).
     fn start(
         fleet: &Fleet,
         device: &str,
         answer: impl Fn(Vec<u8>) -> serde_json::Value + Send + Sync + 'static,
+    ) -> Self {
+        Self::questions(fleet, device, move |q| match q {
+            Question::Attest { nonce } => answer(hex::decode(nonce).unwrap()),
+            _ => serde_json::json!({"error": "this test device does not enrol"}),
+        })
+    }
+
+    /// Answers every question with `answer(question)`, and reports one
+    /// status record (so the fleet sees it reporting).
+    fn questions(
+        fleet: &Fleet,
+        device: &str,
+        answer: impl Fn(Question) -> serde_json::Value + Send + Sync + 'static,
     ) -> Self {
         let spool_dir = tempfile::tempdir().unwrap();
         let answer = Arc::new(answer);
@@ -325,16 +381,20 @@ impl Answering {
             link.questions = Some(tx);
             tokio::spawn(async move {
                 while let Some(asked) = rx.recv().await {
-                    let Question::Attest { nonce } = asked.question;
-                    let nonce = hex::decode(nonce).unwrap();
                     let answer = answer.clone();
-                    let body = tokio::task::spawn_blocking(move || answer(nonce))
+                    let q = asked.question;
+                    let body = tokio::task::spawn_blocking(move || answer(q))
                         .await
                         .unwrap();
                     let _ = asked.answer.send(serde_json::to_vec(&body).unwrap());
                 }
             });
-            Reporter::start(spool, link).unwrap()
+            let r = Reporter::start(spool, link).unwrap();
+            r.submit(
+                guardian_report::Class::Status,
+                br#"{"hello":true}"#.to_vec(),
+            );
+            r
         });
         Self {
             reporter: Some(reporter),
@@ -709,4 +769,202 @@ fn the_agent_answers_the_fleet_and_a_tamper_turns_it_untrusted() {
         }
     }
     let _ = std::fs::remove_dir(&pins);
+}
+
+/// The EK certificate serial (hex) of `d`'s TPM, as the fleet reads it.
+fn ek_serial(d: &Device) -> String {
+    use base64::Engine as _;
+    let mut t = Tpm::open(&d.tpm.tcti()).unwrap();
+    let req = enrol::request(&mut t, AK).unwrap();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(&req.ek_certificate)
+        .unwrap();
+    let c =
+        guardian_attest::enrol::ekcert::check_chain(&der, &localca(), std::time::SystemTime::now())
+            .unwrap();
+    hex::encode(c.cert.tbs_certificate.serial_number.as_bytes())
+}
+
+fn pending(fleet: &Fleet, device: &str) -> Option<guardian_fleet::enrol::Pending> {
+    let device = device.to_owned();
+    fleet.js(|js| async move {
+        guardian_fleet::enrol::pending(&js)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|p| p.device == device)
+    })
+}
+
+fn is_enrolled(fleet: &Fleet, device: &str) -> bool {
+    let device = device.to_owned();
+    fleet.js(|js| async move {
+        guardian_fleet::attest::enrolled(&js)
+            .await
+            .unwrap()
+            .iter()
+            .any(|(d, _)| *d == device)
+    })
+}
+
+/// Enrolment over the link: a board whose EK serial is on the list is
+/// enrolled by itself and then attested trusted; one not on it waits for
+/// the operator (pending, an alert, never attested), is enrolled once
+/// approved, and once removed is not enrolled again by itself.
+#[test]
+fn the_fleet_enrols_reporting_boards_by_rule_or_by_approval() {
+    let auto = Arc::new(Device::unenrolled("auto", None));
+    let manual = Arc::new(Device::unenrolled("manual", Some(&auto)));
+    let serials = auto.board.p("serials.txt");
+    std::fs::write(
+        &serials,
+        format!("# the factory's list\n{}\n", ek_serial(&auto)),
+    )
+    .unwrap();
+    let (root, issuer) = {
+        let conf = std::fs::read_to_string("/etc/swtpm-localca.conf").unwrap();
+        let get = |key: &str| {
+            conf.lines()
+                .filter_map(|l| l.split_once('='))
+                .find(|(k, _)| k.trim() == key)
+                .map(|(_, v)| PathBuf::from(v.trim()))
+                .unwrap()
+        };
+        (
+            get("statedir").join("swtpm-localca-rootca-cert.pem"),
+            get("issuercert"),
+        )
+    };
+    let fleet = Fleet::start_with(
+        &auto.board.p("vendor.pub"),
+        Some(guardian_fleet::enrol::EnrolConfig {
+            cas: enrol::load_ca_certs(&[root, issuer]).unwrap(),
+            preauthorised: guardian_fleet::enrol::Preauthorised {
+                issuers: Default::default(),
+                serials: guardian_fleet::enrol::Preauthorised::read_serials(&serials).unwrap(),
+            },
+            answer_timeout: Duration::from_secs(10),
+        }),
+    );
+    let a = auto.clone();
+    let auto_link = Answering::questions(&fleet, "auto", move |q| a.answer(q));
+    let m = manual.clone();
+    let manual_link = Answering::questions(&fleet, "manual", move |q| m.answer(q));
+
+    let mut seen = Vec::new();
+    let r = fleet.wait(
+        "auto",
+        60,
+        "the listed board enrolled and trusted",
+        &mut seen,
+        |r| r.trust == TrustState::Trusted,
+    );
+    assert!(
+        r.verdict
+            .unwrap()
+            .warnings
+            .iter()
+            .all(|w| !w.contains("INSECURE"))
+    );
+    let p = wait_for(30, "the unlisted board pending", || {
+        pending(&fleet, "manual").filter(|p| p.state == "pending")
+    });
+    assert_eq!(p.ek_issuer, "CN=swtpm-localca", "{p:#?}");
+    assert!(!p.ek_serial.is_empty() && !p.ak_name.is_empty(), "{p:#?}");
+    let a = wait_for(20, "the enrolment_pending alert", || {
+        fleet
+            .alerts("manual")
+            .into_iter()
+            .find(|a| a.kind == "enrolment_pending")
+    });
+    assert!(a.what.contains("waiting for approval"), "{a:#?}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!is_enrolled(&fleet, "manual"));
+    assert!(fleet.record("manual").is_none(), "attested before approval");
+
+    // The operator approves: enrolled (chain and activation checked
+    // again), then attested.
+    fleet.js(|js| async move {
+        guardian_fleet::enrol::approve(&js, "manual", "test")
+            .await
+            .unwrap()
+    });
+    let mut seen = Vec::new();
+    fleet.wait("manual", 60, "the approved board trusted", &mut seen, |r| {
+        r.trust == TrustState::Trusted
+    });
+    assert!(pending(&fleet, "manual").is_none());
+
+    // Removed: attestation stops, and the rule does not enrol it again.
+    fleet.js(|js| async move {
+        guardian_fleet::enrol::remove(&js, "auto", "test")
+            .await
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!is_enrolled(&fleet, "auto"), "re-enrolled after removal");
+    assert_eq!(pending(&fleet, "auto").unwrap().state, "removed");
+    auto_link.stop(&fleet);
+    manual_link.stop(&fleet);
+}
+
+/// A board whose EK certificate chains to no CA the fleet trusts is
+/// refused, with the reason and an alert, and never enrolled or attested.
+#[test]
+fn the_fleet_refuses_to_enrol_a_tpm_from_an_unknown_manufacturer() {
+    let dev = Arc::new(Device::unenrolled("foreign", None));
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("ca.key"), dir.path().join("ca.pem"));
+    crate::common::openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+        "-subj",
+        "/CN=another-manufacturer",
+        "-days",
+        "2",
+    ]);
+    let fleet = Fleet::start_with(
+        &dev.board.p("vendor.pub"),
+        Some(guardian_fleet::enrol::EnrolConfig {
+            cas: enrol::load_ca_certs(&[cert]).unwrap(),
+            preauthorised: guardian_fleet::enrol::Preauthorised {
+                issuers: ["CN=swtpm-localca".to_owned()].into(),
+                serials: Default::default(),
+            },
+            answer_timeout: Duration::from_secs(10),
+        }),
+    );
+    let d = dev.clone();
+    let link = Answering::questions(&fleet, "foreign", move |q| d.answer(q));
+    let p = wait_for(30, "the foreign board refused", || {
+        pending(&fleet, "foreign").filter(|p| p.state == "refused")
+    });
+    assert!(p.reason.contains("EK certificate"), "{p:#?}");
+    let a = wait_for(20, "the enrolment_refused alert", || {
+        fleet
+            .alerts("foreign")
+            .into_iter()
+            .find(|a| a.kind == "enrolment_refused")
+    });
+    assert!(a.what.contains("refused"), "{a:#?}");
+    // An approval cannot override a failed check.
+    let err = fleet.js(|js| async move {
+        guardian_fleet::enrol::approve(&js, "foreign", "test")
+            .await
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(err.contains("cannot override"), "{err}");
+    assert!(!is_enrolled(&fleet, "foreign"));
+    assert!(fleet.record("foreign").is_none());
+    link.stop(&fleet);
 }
