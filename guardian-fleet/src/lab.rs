@@ -114,7 +114,9 @@ impl Lab {
 
 /// The authorization block for a production cluster: the fleet service may
 /// do anything; each device may publish only on its own ingest subject and
-/// read only its own acknowledgements. Passwords are bcrypt hashes
+/// its own answer subjects, and read only its own acknowledgements and the
+/// questions asked of it (so no device hears another's challenge or answers
+/// for it). Passwords are bcrypt hashes
 /// (`nats server passwd` makes them).
 pub fn authorization(fleet_user: (&str, &str), devices: &[(&str, &str)]) -> String {
     let mut out = String::from("authorization {\n  users = [\n");
@@ -125,9 +127,11 @@ pub fn authorization(fleet_user: (&str, &str), devices: &[(&str, &str)]) -> Stri
     for (id, hash) in devices {
         out.push_str(&format!(
             "    {{ user: {id:?}, password: {hash:?}, permissions: {{ \
-             publish: {{ allow: [\"guardian.in.{id}\"] }}, \
-             subscribe: {{ allow: [\"{inbox}.{id}.>\"] }} }} }}\n",
-            inbox = guardian_report::nats::INBOX_PREFIX
+             publish: {{ allow: [\"guardian.in.{id}\", \"{answer}.{id}.>\"] }}, \
+             subscribe: {{ allow: [\"{inbox}.{id}.>\", \"{ask}.{id}\"] }} }} }}\n",
+            inbox = guardian_report::nats::INBOX_PREFIX,
+            ask = guardian_report::wire::ASK_PREFIX,
+            answer = guardian_report::wire::ANSWER_PREFIX
         ));
     }
     out.push_str("  ]\n}\n");
@@ -138,8 +142,8 @@ pub fn authorization(fleet_user: (&str, &str), devices: &[(&str, &str)]) -> Stri
 /// certificate (`tls { verify_and_map: true }`): each device's user is its
 /// certificate's subject, `CN=<device id>` (nats-server takes the subject
 /// as RFC 2253 writes it), with the same permissions as in
-/// [`authorization`]: publish on its own ingest subject, read its own
-/// acknowledgements. The fleet authenticates with its own certificate,
+/// [`authorization`]: publish on its own ingest and answer subjects, read
+/// its own acknowledgements and questions. The fleet authenticates with its own certificate,
 /// whose subject is `fleet_subject`.
 pub fn authorization_by_certificate(fleet_subject: &str, devices: &[&str]) -> String {
     let mut out = String::from("authorization {\n  users = [\n");
@@ -147,9 +151,11 @@ pub fn authorization_by_certificate(fleet_subject: &str, devices: &[&str]) -> St
     for id in devices {
         out.push_str(&format!(
             "    {{ user: \"CN={id}\", permissions: {{ \
-             publish: {{ allow: [\"guardian.in.{id}\"] }}, \
-             subscribe: {{ allow: [\"{inbox}.{id}.>\"] }} }} }}\n",
-            inbox = guardian_report::nats::INBOX_PREFIX
+             publish: {{ allow: [\"guardian.in.{id}\", \"{answer}.{id}.>\"] }}, \
+             subscribe: {{ allow: [\"{inbox}.{id}.>\", \"{ask}.{id}\"] }} }} }}\n",
+            inbox = guardian_report::nats::INBOX_PREFIX,
+            ask = guardian_report::wire::ASK_PREFIX,
+            answer = guardian_report::wire::ANSWER_PREFIX
         ));
     }
     out.push_str("  ]\n}\n");

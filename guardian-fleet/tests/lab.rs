@@ -188,6 +188,67 @@ async fn a_device_cannot_publish_as_another_under_per_device_permissions() {
     .await
     .unwrap();
     publish_is_refused(&mut conn, "guardian.in.board-b").await;
+    // Nor answer a question asked of board-b (an attestation challenge).
+    let mut conn = Conn::connect(
+        &url,
+        "board-a",
+        &creds("board-a", "a-secret"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    publish_is_refused(&mut conn, "guardian.answer.board-b.t1").await;
+    // Its own answer subject and its own question subject are allowed: a
+    // question to board-a arrives, and its answer reaches the asker.
+    let fleet = async_nats::ConnectOptions::with_user_and_password(
+        "fleet".into(),
+        "fleet-secret".into(),
+    )
+    .connect(url.as_str())
+    .await
+    .unwrap();
+    let mut a = Conn::connect(
+        &url,
+        "board-a",
+        &creds("board-a", "a-secret"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    a.subscribe("guardian.ask.board-a", 2).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ask = tokio::spawn({
+        let fleet = fleet.clone();
+        async move {
+            fleet
+                .send_request(
+                    "guardian.ask.board-a",
+                    async_nats::Request::new()
+                        .payload("q".into())
+                        .inbox("guardian.answer.board-a.t2".into())
+                        .timeout(Some(Duration::from_secs(5))),
+                )
+                .await
+        }
+    });
+    let m = loop {
+        match tokio::time::timeout(Duration::from_secs(5), a.replies.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Incoming::Message(m) => break m,
+            Incoming::Ping => a.pong().await.unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(m.reply.as_deref(), Some("guardian.answer.board-a.t2"));
+    a.publish_plain("guardian.answer.board-a.t2", b"answer")
+        .await
+        .unwrap();
+    let got = ask.await.unwrap().unwrap();
+    assert_eq!(&got.payload[..], b"answer");
     // A device cannot read another's acknowledgements either.
     // (Connecting as board-a under board-b's name subscribes to board-b's
     // inbox, which board-a's permissions refuse.)
