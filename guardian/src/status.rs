@@ -440,6 +440,10 @@ impl Status {
                     "  sent     {} batch(es), {} record(s) acknowledged, {} duplicate batch(es), {} reconnect(s)\n",
                     l.batches_sent, l.records_acked, l.duplicates, l.reconnects
                 );
+                s += &format!(
+                    "  asked    {} question(s) by the fleet (attestation, enrolment): {} answered, {} refused\n",
+                    l.questions, l.answered, l.refused
+                );
             }
         }
         if self.warnings.is_empty() {
