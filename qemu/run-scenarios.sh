@@ -198,8 +198,17 @@ stop_lab() {
 log "the fleet lab on $fleet_url (guest: nats://10.0.2.2:$fleet_port)"
 rm -rf "$out/fleet-lab"
 mkdir -p "$out/fleet-lab"
+# The lab enrols the guest over the link (its EK certificate against the
+# TPM maker's CA, pre-authorised by issuer; credential activation by its
+# attestor) and then attests it every few seconds, judging its quotes
+# against the vendor's key; the page and /metrics listen on the host.
+page_port="$(free_port)"
 "$fleet_bin" lab --dir "$out/fleet-lab" --port "$fleet_port" --mqtt-port "$(free_port)" \
-    --http-port "$(free_port)" --nats-server "$nats_server" >"$out/fleet-lab.log" 2>&1 &
+    --http-port "$(free_port)" --nats-server "$nats_server" \
+    --listen "127.0.0.1:$page_port" --attest-every 3s --answer-timeout 20s \
+    --manifest-key "$out/files/vendor.pub" \
+    --ek-ca "$out/files/ek-root.pem" --ek-ca "$out/files/ek-issuer.pem" \
+    --enrol-issuer "CN=swtpm-localca" >"$out/fleet-lab.log" 2>&1 &
 lab_pid=$!
 for _ in $(seq 100); do
     "$fleet_bin" --nats "$fleet_url" status --json >/dev/null 2>&1 && break
@@ -299,6 +308,39 @@ echo "GUARDIAN-SCENARIO fleet-stored-tamper-alert $r $got" >>"$results"
 if got="$(fleet_check status <"$out/fleet-records.jsonl")"; then r=PASS; else r=FAIL got="none of $n_stored stored record(s)"; fi
 echo "GUARDIAN-SCENARIO fleet-stored-status $r $got ($n_stored records from qemu-arm64)" >>"$results"
 scenarios+=(fleet-stored-tamper-alert fleet-stored-status)
+# The fleet enrolled the guest over the link, attested it trusted at least
+# once, and saw its tamper attempts in the evidence; the operator's page
+# shows the guest and its alerts.
+"$fleet_bin" --nats "$fleet_url" enrol list >"$out/fleet-enrolled.txt" 2>&1 || true
+if grep -q '^qemu-arm64 .*EK issuer CN=swtpm-localca' "$out/fleet-enrolled.txt"; then r=PASS; else r=FAIL; fi
+echo "GUARDIAN-SCENARIO fleet-enrolled-guest $r $(head -n 1 "$out/fleet-enrolled.txt")" >>"$results"
+curl -s "http://127.0.0.1:$page_port/metrics" >"$out/fleet-metrics.txt" 2>/dev/null || true
+trusted="$(sed -n 's/^guardian_fleet_verifications_trusted_total \([0-9]*\)$/\1/p' "$out/fleet-metrics.txt")"
+if [ "${trusted:-0}" -ge 1 ]; then r=PASS; else r=FAIL; fi
+echo "GUARDIAN-SCENARIO fleet-attested-guest-trusted $r ${trusted:-0} trusted verdict(s) over the link; $(grep -E '^guardian_fleet_(verification_failures|unreachable)_total' "$out/fleet-metrics.txt" | tr '\n' ' ')" >>"$results"
+"$fleet_bin" --nats "$fleet_url" device qemu-arm64 --since 1h --json >"$out/fleet-device.json" 2>/dev/null || true
+if got="$(python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+a = d.get("attestation") or {}
+v = a.get("verdict") or {}
+kinds = sorted({x.get("kind") for x in d.get("alerts", [])})
+if a.get("rounds", {}).get("verified", 0) >= 1 and v.get("tamper_attempts") and "tamper_attempt" in kinds:
+    print("now %s after %d verdict(s); %d tamper attempt(s) in the last verdict; alerts: %s"
+          % (a.get("trust"), a["rounds"]["verified"], len(v["tamper_attempts"]), " ".join(kinds)))
+    sys.exit(0)
+print("rounds %s, tamper attempts %s, alerts %s" % (a.get("rounds"), len(v.get("tamper_attempts") or []), kinds))
+sys.exit(1)' "$out/fleet-device.json")"; then r=PASS; else r=FAIL; fi
+echo "GUARDIAN-SCENARIO fleet-attestation-sees-tamper $r $got" >>"$results"
+curl -s "http://127.0.0.1:$page_port/device/qemu-arm64" >"$out/fleet-page-device.html" 2>/dev/null || true
+if grep -q 'qemu-arm64' "$out/fleet-page-device.html" && grep -q 'tamper_attempt' "$out/fleet-page-device.html"; then r=PASS; else r=FAIL; fi
+echo "GUARDIAN-SCENARIO fleet-page-shows-guest $r $(wc -c <"$out/fleet-page-device.html") bytes; the page is $out/fleet-page-device.html" >>"$results"
+if command -v chromium >/dev/null; then
+    chromium --headless --no-sandbox --disable-gpu --window-size=1280,900 \
+        --screenshot="$out/fleet-page.png" "http://127.0.0.1:$page_port/device/qemu-arm64" >/dev/null 2>&1 || true
+    log "the operator's page for the guest: $out/fleet-page.png"
+fi
+scenarios+=(fleet-enrolled-guest fleet-attested-guest-trusted fleet-attestation-sees-tamper fleet-page-shows-guest)
 stop_lab
 # Enrolment with the host as the verifier: step 2 here (the arm64 TPM's EK
 # certificate chain against the TPM maker's CA, the AK's attributes, a

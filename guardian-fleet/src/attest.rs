@@ -739,6 +739,46 @@ fn now_ms() -> u64 {
     crate::service::now_ms()
 }
 
+/// A device's attestation, for `guardian-fleet device`.
+pub fn render(rec: Option<&Attestation>, now_ms: u64) -> String {
+    let Some(r) = rec else {
+        return "attestation: none (not enrolled, or not attested yet)\n\n".to_owned();
+    };
+    let ago = |ms: u64| format!("{} s ago", now_ms.saturating_sub(ms) / 1000);
+    let mut s = format!(
+        "trust       {} since {} ({} verified, {} failed, {} unreachable)\n",
+        r.trust_now(now_ms).as_str(),
+        ago(r.since_ms),
+        r.rounds.verified,
+        r.rounds.failed,
+        r.rounds.unreachable
+    );
+    if let Some(why) = &r.unreachable {
+        s += &format!("unreachable {why}\n");
+    }
+    if let Some(v) = &r.verdict {
+        s += &format!(
+            "verdict     {} {}, boot {}\n",
+            if v.trusted { "TRUSTED" } else { "NOT TRUSTED" },
+            ago(v.at_ms),
+            v.boot_id
+        );
+        for f in &v.failures {
+            s += &format!("  FAIL  {}: {}\n", f.check, f.reason);
+        }
+        for w in &v.warnings {
+            s += &format!("  WARN  {w}\n");
+        }
+        for t in &v.tamper_attempts {
+            s += &format!("  TAMPER {t}\n");
+        }
+    }
+    for f in &r.open_findings {
+        s += &format!("finding     {} ({}): {} since {}\n", f.id, f.check, f.reason, f.since);
+    }
+    s + "\n"
+}
+
 /// Something the operator asked of the enrolment or attestation records
 /// that could not be done.
 #[derive(Debug, thiserror::Error)]

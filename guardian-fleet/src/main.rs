@@ -95,6 +95,13 @@ enum Cmd {
         /// The nats-server binary (2.10 or later).
         #[arg(long, default_value = "nats-server")]
         nats_server: std::path::PathBuf,
+        /// Serve the operator's page and /metrics on http://ADDR/.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        attest: Box<AttestArgs>,
+        #[command(flatten)]
+        enrol: Box<EnrolArgs>,
     },
     /// Simulate devices (each running guardian's real reporter: its own
     /// spool, its own connection), producing events at RATE for DURATION;
@@ -367,6 +374,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mqtt_port,
             http_port,
             nats_server,
+            listen,
+            attest,
+            enrol,
         } => {
             let lab = guardian_fleet::lab::Lab {
                 dir,
@@ -383,7 +393,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                  state in {}; devices: [report] servers = [\"{url}\"]; see the fleet with: guardian-fleet --nats {url} status",
                 lab.dir.display()
             );
-            let cfg = service::ServiceConfig::new(vec![url]);
+            let mut cfg = service::ServiceConfig::new(vec![url]);
+            cfg.listen = listen;
+            cfg.enrol = enrol.config(attest.answer_timeout)?.map(Arc::new);
+            cfg.attest = attest.config()?.map(Arc::new);
             let counters = Arc::new(service::Counters::default());
             // Ctrl-C or SIGTERM: the lab's nats-server goes with it.
             let mut term =
@@ -575,16 +588,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .find(|d| d.device == device);
             let alerts = query::alerts(&js, Some(&device), from).await?;
             let stored = query::events(&js, &device, from).await?;
+            let attestation = query::attestations(&js)
+                .await?
+                .into_iter()
+                .find(|a| a.device == device);
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "state": state,
+                        "attestation": attestation,
                         "alerts": alerts,
                         "records": stored.iter().flat_map(|s| &s.records).collect::<Vec<_>>(),
                     }))?
                 );
             } else {
+                print!(
+                    "{}",
+                    guardian_fleet::attest::render(attestation.as_ref(), now_ms())
+                );
                 print!(
                     "{}",
                     query::device_report(state.as_ref(), &alerts, &stored, now_ms())
