@@ -245,6 +245,24 @@ log "initramfs"
 tpm_state="$(mktemp -d /tmp/guardian-tpm.XXXXXX)"
 trap 'stop_lab; rm -rf "$tpm_state"' EXIT
 export GUARDIAN_TPM_STATE="$tpm_state"
+# While the guest runs, watch the guest's trust state on the fleet as an
+# operator's screen would: each change is kept, with the page as it was.
+: >"$out/fleet-trust-history.txt"
+rm -f "$out"/fleet-page-*.html
+(
+    last="" n=0
+    while kill -0 "$lab_pid" 2>/dev/null; do
+        now="$("$fleet_bin" --nats "$fleet_url" device qemu-arm64 --since 1m --json 2>/dev/null \
+            | python3 -c 'import json,sys; a=(json.load(sys.stdin).get("attestation") or {}); print(a.get("trust","not-attested"))' 2>/dev/null)" || now=""
+        if [ -n "$now" ] && [ "$now" != "$last" ]; then
+            n=$((n + 1))
+            echo "$(date +%T) $now" >>"$out/fleet-trust-history.txt"
+            curl -s "http://127.0.0.1:$page_port/device/qemu-arm64" >"$out/fleet-page-$n-$now.html" 2>/dev/null || true
+            last="$now"
+        fi
+        sleep 2
+    done
+) &
 log "booting the arm64 guest (TCG; functional timing only)"
 console="$out/console.log"
 boot_status=0
@@ -340,7 +358,20 @@ if command -v chromium >/dev/null; then
         --screenshot="$out/fleet-page.png" "http://127.0.0.1:$page_port/device/qemu-arm64" >/dev/null 2>&1 || true
     log "the operator's page for the guest: $out/fleet-page.png"
 fi
-scenarios+=(fleet-enrolled-guest fleet-attested-guest-trusted fleet-attestation-sees-tamper fleet-page-shows-guest)
+if grep -q ' trusted$' "$out/fleet-trust-history.txt"; then r=PASS; else r=FAIL; fi
+echo "GUARDIAN-SCENARIO fleet-page-followed-guest $r $(awk '{print $2}' "$out/fleet-trust-history.txt" | paste -sd' ' | sed 's/ / -> /g')" >>"$results"
+{
+    echo "fleet: the fleet service on this host enrolled the board over its link (its EK certificate"
+    echo "fleet: checked against the TPM maker's CA, a credential only its TPM could open) and asked it"
+    echo "fleet: for a fresh quote every 3 s. What the operator's page showed, as it changed:"
+    sed 's/^/fleet:   /' "$out/fleet-trust-history.txt"
+    "$fleet_bin" --nats "$fleet_url" device qemu-arm64 --since 1h 2>/dev/null | sed -n '1,/^$/p' | sed 's/^/fleet:   /'
+    echo "fleet: its alerts (JSON on guardian.alert.qemu-arm64, and any webhook):"
+    "$fleet_bin" --nats "$fleet_url" alerts --device qemu-arm64 --since 1h 2>/dev/null \
+        | awk '{ $1=""; print }' | sort | uniq -c | sort -rn | head -n 8 | sed 's/^/fleet:   /'
+    echo "fleet: the page as it was at each change: $out/fleet-page-*.html"
+} >&2
+scenarios+=(fleet-enrolled-guest fleet-attested-guest-trusted fleet-attestation-sees-tamper fleet-page-shows-guest fleet-page-followed-guest)
 stop_lab
 # Enrolment with the host as the verifier: step 2 here (the arm64 TPM's EK
 # certificate chain against the TPM maker's CA, the AK's attributes, a
