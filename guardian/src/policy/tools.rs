@@ -162,7 +162,7 @@ impl std::fmt::Display for Inspection {
         writeln!(f, "size        {} bytes", self.size)?;
         writeln!(f, "signature   {}", self.signature)?;
         match &self.rego {
-            None => writeln!(f, "abi         guardian version {}", self.abi_version)?,
+            None => writeln!(f, "abi         version {}", self.abi_version)?,
             Some(r) => {
                 writeln!(
                     f,
