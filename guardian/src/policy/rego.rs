@@ -24,7 +24,7 @@
 //!   evaluation runs on one budget of fuel, `[policy] fuel`.
 //!
 //! The result set (`[{"result": …}]`, or `[]` when undefined) becomes a
-//! [`Verdict`] by the entrypoint the module has (see [`decide`]):
+//! [`Verdict`] by the entrypoint the module has (see `decide`):
 //! `guardian/verdict` (`"allow"`, `"alert"`, `"deny"`, or an object with
 //! `decision`, `rule`, `actions`), else `guardian/allow` (a boolean).
 
@@ -264,7 +264,7 @@ struct Classic {
 type OneCall = TypedFunc<(i32, i32, i32, i32, i32, i32, i32), i32>;
 
 #[derive(Clone, Copy)]
-enum Path {
+enum Evaluation {
     /// `opa_eval` (ABI 1.2+).
     OneCall(OneCall),
     /// The evaluation context calls.
@@ -297,7 +297,7 @@ pub struct RegoModule {
     store: Store<OpaHost>,
     memory: Memory,
     abi: Abi,
-    path: Path,
+    path: Evaluation,
     entrypoint: i32,
     shape: Shape,
     data: i32,
@@ -763,8 +763,8 @@ pub(super) fn load(
         None
     };
     let path = match one_call {
-        Some(f) => Path::OneCall(f),
-        None => Path::Classic(Classic {
+        Some(f) => Evaluation::OneCall(f),
+        None => Evaluation::Classic(Classic {
             ctx_new: export(&instance, &store, "opa_eval_ctx_new")?,
             set_input: export(&instance, &store, "opa_eval_ctx_set_input")?,
             set_data: export(&instance, &store, "opa_eval_ctx_set_data")?,
@@ -886,7 +886,7 @@ pub(super) fn load(
                 entrypoint: entry_name.to_owned(),
                 builtins: builtin_map.keys().cloned().collect(),
                 data_bytes: data_text.len(),
-                one_call: matches!(path, Path::OneCall(_)),
+                one_call: matches!(path, Evaluation::OneCall(_)),
             }),
         },
         counters,
@@ -936,7 +936,7 @@ impl RegoModule {
     fn run(&mut self, input: &[u8]) -> Result<i32, wasmi::Error> {
         let len = i32::try_from(input.len()).map_err(|_| fail("input over 2 GiB".into()))?;
         match self.path {
-            Path::OneCall(opa_eval) => {
+            Evaluation::OneCall(opa_eval) => {
                 // The input goes where the heap starts; opa_eval puts its
                 // heap just past it.
                 let end = i64::from(self.heap) + i64::from(len);
@@ -961,7 +961,7 @@ impl RegoModule {
                     ),
                 )
             }
-            Path::Classic(c) => {
+            Evaluation::Classic(c) => {
                 let (abi, mem, store) = (self.abi, self.memory, &mut self.store);
                 abi.heap_ptr_set.call(&mut *store, self.heap)?;
                 let value = parse(store, abi, mem, input)?;
@@ -988,17 +988,6 @@ impl RegoModule {
 /// | | `false`, undefined | deny, rule 0 |
 ///
 /// Anything else is a [`CallError::BadResult`] (the fail mode applies).
-pub fn decide_json(text: &[u8], verdict_entrypoint: bool) -> Result<Verdict, CallError> {
-    decide(
-        text,
-        if verdict_entrypoint {
-            Shape::Verdict
-        } else {
-            Shape::Allow
-        },
-    )
-}
-
 fn decide(text: &[u8], shape: Shape) -> Result<Verdict, CallError> {
     let bad = |problem: String| {
         let shown = String::from_utf8_lossy(text.get(..200).unwrap_or(text)).into_owned();
@@ -1227,6 +1216,39 @@ mod tests {
                 matches!(&e, CallError::BadResult(m) if m.contains(why)),
                 "{e} lacks {why}"
             );
+        }
+    }
+
+    #[test]
+    fn builtins_follow_opa() {
+        let j = |t: &str| -> Value { serde_json::from_str(t).unwrap() };
+        let call = |b: &str, args: &[&str]| {
+            let args: Vec<Value> = args.iter().map(|a| j(a)).collect();
+            Builtin::named(b).unwrap().call(&args)
+        };
+        assert_eq!(
+            call("startswith", &[r#""/tmp/x""#, r#""/tmp/""#]),
+            Ok(j("true"))
+        );
+        assert_eq!(
+            call("startswith", &[r#""/usr/x""#, r#""/tmp/""#]),
+            Ok(j("false"))
+        );
+        assert_eq!(call("endswith", &[r#""a.so""#, r#"".so""#]), Ok(j("true")));
+        assert_eq!(call("count", &[r#""héllo""#]), Ok(j("5")));
+        assert_eq!(call("count", &["[1,2,3]"]), Ok(j("3")));
+        assert_eq!(call("count", &[r#"{"a":1}"#]), Ok(j("1")));
+        let e = call("startswith", &["1", r#""x""#]).unwrap_err();
+        assert!(e.contains("operand 1 must be a string, not 1"), "{e}");
+        let e = call("count", &["true"]).unwrap_err();
+        assert!(
+            e.contains("operand 1 must be a string, array, set or object"),
+            "{e}"
+        );
+        assert_eq!(Builtin::named("http.send"), None);
+        for (name, arity) in BUILTINS {
+            let b = Builtin::named(name).unwrap();
+            assert_eq!((b.name(), b.arity()), (name, arity));
         }
     }
 
