@@ -20,8 +20,9 @@
 ;;   guardian/debug    "debug" (prints a line; never chosen by guardian)
 ;;
 ;; Entrypoint ids 3, 4 and 5 (in no map here; tests point a name at them)
-;; loop forever, grow memory past any limit, and return malformed JSON; an
-;; unknown id calls opa_abort, as OPA's eval does.
+;; loop forever, grow memory past any limit, and return malformed JSON; 6
+;; answers "allow" without reading anything (the benchmark's measure of
+;; the host's own part); an unknown id calls opa_abort, as OPA's eval does.
 ;;
 ;; Build: wasm-tools parse opa-allowlist.wat -o opa-allowlist.wasm
 (module
@@ -211,6 +212,8 @@
   ;; The result set of entrypoint $ep, as a value.
   (func $evaluate (param $ep i32) (param $data i32) (param $in i32) (param $n i32) (result i32)
     (local $found i32) (local $ok i32)
+    (if (i32.eq (local.get $ep) (i32.const 6))
+      (then (return (call $static (i32.const 1728)))))
     (local.set $found (call $find_exe (local.get $in) (local.get $n)))
     (if (local.get $found)
       (then (local.set $ok (call $allowed (local.get $data)))))
