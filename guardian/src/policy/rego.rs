@@ -3,8 +3,9 @@
 //!
 //! guardian is the host of OPA's Wasm ABI 1.x (OPA's `docs/docs/wasm.md`):
 //!
-//! - **imports** it provides: `env.memory` (created here, its maximum the
-//!   `[policy] memory_pages` limit), `env.opa_abort` (traps with the
+//! - **imports** it provides: `env.memory` (created here at the module's
+//!   minimum and held to `[policy] memory_pages` by the store's limiter:
+//!   growing past it traps), `env.opa_abort` (traps with the
 //!   module's message), `env.opa_println` (logged under the policy's name,
 //!   bounded like `guardian.log`), `env.opa_builtin0` … `opa_builtin4`
 //!   (the few builtins of [`BUILTINS`]; a module whose `builtins()` names any
@@ -21,7 +22,8 @@
 //!   `opa_heap_ptr_set` then `opa_malloc`, `opa_json_parse`,
 //!   `opa_eval_ctx_new`, `_set_input`, `_set_data`, `_set_entrypoint`,
 //!   `eval`, `opa_eval_ctx_get_result` and `opa_json_dump`. The whole
-//!   evaluation runs on one budget of fuel, `[policy] fuel`.
+//!   evaluation runs on one budget of fuel, `[policy] fuel`; loading on
+//!   [`LOAD_FUEL_FACTOR`] times that.
 //!
 //! The result set (`[{"result": …}]`, or `[]` when undefined) becomes a
 //! [`Verdict`] by the entrypoint the module has (see `decide`):
