@@ -84,9 +84,12 @@ step "fuzz: every target for $fuzz_secs s from seeds made on a real board (cargo
 fuzz/seeds.sh
 fuzz/run.sh "$fuzz_secs"
 
-step "policies: the ABI crate, and the example policies built and linted for wasm32"
+step "policies: the ABI crate, and the example policies built and linted for wasm32, their unit tests on the host"
 cargo test --locked -p guardian-policy-abi --features alloc
 (cd policies/examples && cargo clippy --locked --release --target wasm32-unknown-unknown -- -D warnings)
+# --lib: the host runs the unit tests (what a full state table does);
+# the cdylib itself only links for wasm32.
+(cd policies/examples && cargo test --locked --lib)
 # (guardian's tests above build the examples and run them in wasmi; the
 # wasmi/native/wasmtime benchmark is policies/bench/run.sh, not run here.)
 

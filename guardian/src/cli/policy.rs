@@ -1,4 +1,5 @@
-//! `guardian policy`: the policy author's tools (sign, inspect, test).
+//! `guardian policy`: the policy author's tools (sign, inspect, test,
+//! rego).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -58,6 +59,25 @@ pub enum PolicyCommand {
         #[arg(long)]
         json: bool,
         /// Take the module limits (fuel, memory, size) from this config.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Make a Rego policy from `opa build -t wasm` output: put the data
+    /// document into the module (signed and measured with it), check that
+    /// it loads, write it. Then `guardian policy sign` it.
+    ///
+    /// `opa build -t wasm -e guardian/verdict policy.rego && tar -xzf
+    /// bundle.tar.gz /policy.wasm`
+    Rego {
+        /// The module (`policy.wasm` of the bundle).
+        policy: PathBuf,
+        /// The data document (JSON); none: `{}`.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Where to write the policy (`NAME.wasm`).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Take the module limits from this config's [policy] section.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -122,6 +142,25 @@ pub fn policy(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        PolicyCommand::Rego {
+            policy,
+            data,
+            output,
+            config,
+        } => {
+            let limits = limits(config.as_deref())?;
+            let info = tools::rego(&policy, data.as_deref(), &output, limits)?;
+            println!(
+                "{} -> {}: OPA Wasm ABI {}.{}, entrypoint {}, {} bytes of data",
+                policy.display(),
+                output.display(),
+                info.abi_major,
+                info.abi_minor,
+                info.entrypoint,
+                info.data_bytes
+            );
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

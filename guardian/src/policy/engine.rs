@@ -300,7 +300,9 @@ impl PolicyEngine {
             c.failures.fetch_add(1, Ordering::Relaxed);
             match err {
                 CallError::OutOfFuel { .. } => c.out_of_fuel.fetch_add(1, Ordering::Relaxed),
-                CallError::BadVerdict { .. } => c.bad_verdicts.fetch_add(1, Ordering::Relaxed),
+                CallError::BadVerdict { .. } | CallError::BadResult(_) => {
+                    c.bad_verdicts.fetch_add(1, Ordering::Relaxed)
+                }
                 CallError::Trap(_) | CallError::TooLarge { .. } => {
                     c.traps.fetch_add(1, Ordering::Relaxed)
                 }

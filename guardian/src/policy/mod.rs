@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`module`] | one module in wasmi: limits, ABI checks, instantiation, evaluation |
 //! | `host.rs` | the host side of the sandbox: the store's data, the host functions (all defined there), every call with fresh fuel |
+//! | [`rego`] | Rego compiled by `opa build -t wasm`: OPA's Wasm ABI hosted in wasmi, the event as `input`, the result as a verdict |
 //! | `static_rules.rs` | a module's static rules read from its memory, decoded and checked (untrusted until they pass) |
 //! | [`set`] | signed bundles, a set of policies, deny-overrides, merged static rules |
 //! | [`engine`] | [`PolicyEngine`]: the set in force, atomic hot swap, counters |
@@ -33,6 +34,7 @@ pub mod event;
 mod host;
 pub mod measure;
 pub mod module;
+pub mod rego;
 pub mod set;
 mod static_rules;
 pub mod tools;
@@ -42,7 +44,7 @@ pub use engine::{PolicyEngine, PolicySettings, PolicyStats, ReloadReport};
 pub use event::{DevRef, EventError, EventFields, JsonEvent};
 pub use guardian_policy_abi::{Actions, Decision, Event, Verdict};
 pub use measure::{MeasureError, Measurer};
-pub use module::{CallError, Limits, ModuleError, Runtime};
+pub use module::{CallError, Limits, ModuleError, PolicyKind, PolicyModule, Runtime};
 pub use set::{Bundle, LoadError, Outcome, PolicyInfo, PolicySet, StaticRules};
 
 /// What a policy that fails on an event (trap, fuel exhausted, bad

@@ -22,6 +22,7 @@ use super::host::{self, Host, call_with_fuel};
 // Their paths before host functions and static rules had files of their
 // own; the fuzz targets and tests name them so.
 pub use super::host::{HostCounters, LOG_MAX_BYTES, LOG_PER_CALL};
+use super::rego::{self, RegoError, RegoInfo, RegoModule};
 use super::static_rules::read_rules;
 pub use super::static_rules::{RULES_MAX_BYTES, decode_static_rules};
 
@@ -119,6 +120,9 @@ pub enum ModuleError {
     /// The static rules cannot be read.
     #[error("static rules: {0}")]
     Rules(String),
+    /// A Rego (OPA Wasm) module refused.
+    #[error("Rego module (OPA Wasm ABI): {0}")]
+    Rego(#[from] RegoError),
 }
 
 /// Why one call into a module failed.
@@ -141,6 +145,9 @@ pub enum CallError {
         /// Why.
         problem: String,
     },
+    /// A Rego module's result is not a decision (see [`super::rego`]).
+    #[error("returned a result that is not a decision: {0}")]
+    BadResult(String),
     /// The encoded event does not fit its input buffer.
     #[error("event of {len} bytes does not fit the module's {size}-byte input buffer")]
     TooLarge {
@@ -200,15 +207,41 @@ impl Runtime {
         self.limits
     }
 
-    /// Compile, check and instantiate a module.
+    /// Compile, check and instantiate a module of guardian's own ABI.
     pub fn load(&self, name: &str, wasm: &[u8]) -> Result<LoadedModule, ModuleError> {
+        let module = self.compile(wasm)?;
+        self.instantiate(name, &module)
+    }
+
+    /// Compile, check and instantiate a module of either kind: a Rego
+    /// module (OPA's Wasm ABI, told by [`rego::is_opa`]) or one of
+    /// guardian's ABI.
+    pub fn load_policy(&self, name: &str, wasm: &[u8]) -> Result<PolicyModule, ModuleError> {
+        let module = self.compile(wasm)?;
+        if rego::is_opa(&module) {
+            Ok(PolicyModule::Rego(rego::load(
+                &self.engine,
+                self.limits,
+                name,
+                &module,
+                wasm,
+            )?))
+        } else {
+            Ok(PolicyModule::Guardian(self.instantiate(name, &module)?))
+        }
+    }
+
+    fn compile(&self, wasm: &[u8]) -> Result<Module, ModuleError> {
         if wasm.len() > self.limits.module_bytes {
             return Err(ModuleError::TooLarge {
                 size: wasm.len(),
                 limit: self.limits.module_bytes,
             });
         }
-        let module = Module::new(&self.engine, wasm).map_err(ModuleError::Compile)?;
+        Module::new(&self.engine, wasm).map_err(ModuleError::Compile)
+    }
+
+    fn instantiate(&self, name: &str, module: &Module) -> Result<LoadedModule, ModuleError> {
         let mut imports = Vec::new();
         for i in module.imports() {
             let ok = i.module() == guardian_policy_abi::imports::MODULE
@@ -231,18 +264,18 @@ impl Runtime {
             .exports()
             .map(|e| format!("{} ({})", e.name(), describe_type(e.ty())))
             .collect();
-        check_func(&module, exports::ABI_VERSION, &[], &[ValType::I32])?;
-        check_func(&module, exports::BUFFER, &[], &[ValType::I32])?;
-        check_func(&module, exports::BUFFER_SIZE, &[], &[ValType::I32])?;
+        check_func(module, exports::ABI_VERSION, &[], &[ValType::I32])?;
+        check_func(module, exports::BUFFER, &[], &[ValType::I32])?;
+        check_func(module, exports::BUFFER_SIZE, &[], &[ValType::I32])?;
         check_func(
-            &module,
+            module,
             exports::EVALUATE,
             &[ValType::I32, ValType::I32],
             &[ValType::I64],
         )?;
         let has_rules = module.get_export(exports::STATIC_RULES).is_some();
         if has_rules {
-            check_func(&module, exports::STATIC_RULES, &[], &[ValType::I64])?;
+            check_func(module, exports::STATIC_RULES, &[], &[ValType::I64])?;
         }
         match module.get_export(exports::MEMORY) {
             Some(ExternType::Memory(_)) => {}
@@ -279,7 +312,7 @@ impl Runtime {
         store.limiter(|h| &mut h.limits);
         let instance = self
             .linker
-            .instantiate_and_start(&mut store, &module)
+            .instantiate_and_start(&mut store, module)
             .map_err(ModuleError::Instantiate)?;
         let memory = instance
             .get_memory(&store, exports::MEMORY)
@@ -363,11 +396,13 @@ impl Runtime {
             header: abi_version >= 2,
             fuel,
             info: ModuleInfo {
+                kind: PolicyKind::Guardian,
                 abi_version,
                 exports,
                 imports,
                 rules,
                 memory_bytes: mem_len,
+                rego: None,
             },
             counters,
             name,
@@ -407,10 +442,33 @@ fn describe_type(t: &ExternType) -> String {
     }
 }
 
+/// Which ABI a policy module speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// guardian's own (`policies/ABI.md`): the SDK's modules, WAT by hand.
+    Guardian,
+    /// OPA's Wasm ABI: Rego compiled by `opa build -t wasm`.
+    Rego,
+}
+
+impl PolicyKind {
+    /// `guardian` or `rego`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Guardian => "guardian",
+            PolicyKind::Rego => "rego",
+        }
+    }
+}
+
 /// What a loaded module declares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModuleInfo {
-    /// Its ABI version.
+    /// Which ABI it speaks.
+    pub kind: PolicyKind,
+    /// Its guardian ABI version; 0 for a Rego module (its OPA ABI version
+    /// is in [`Self::rego`]).
     pub abi_version: u32,
     /// Its exports, with types.
     pub exports: Vec<String>,
@@ -420,6 +478,43 @@ pub struct ModuleInfo {
     pub rules: OwnedStaticRules,
     /// Its linear memory at load, bytes.
     pub memory_bytes: usize,
+    /// A Rego module's entrypoints, builtins and data.
+    pub rego: Option<RegoInfo>,
+}
+
+/// A loaded module of either kind.
+#[derive(Debug)]
+pub enum PolicyModule {
+    /// guardian's own ABI.
+    Guardian(LoadedModule),
+    /// OPA's Wasm ABI.
+    Rego(RegoModule),
+}
+
+impl PolicyModule {
+    /// What it declares.
+    pub fn info(&self) -> &ModuleInfo {
+        match self {
+            PolicyModule::Guardian(m) => m.info(),
+            PolicyModule::Rego(m) => m.info(),
+        }
+    }
+
+    /// Its host-function counters.
+    pub fn counters(&self) -> &HostCounters {
+        match self {
+            PolicyModule::Guardian(m) => m.counters(),
+            PolicyModule::Rego(m) => m.counters(),
+        }
+    }
+
+    /// Fuel the last evaluation used.
+    pub fn last_fuel(&self) -> u64 {
+        match self {
+            PolicyModule::Guardian(m) => m.last_fuel(),
+            PolicyModule::Rego(m) => m.last_fuel(),
+        }
+    }
 }
 
 /// An instantiated module, ready to evaluate.

@@ -11,7 +11,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     FailMode,
-    module::{CallError, LoadedModule, ModuleError, ModuleInfo, Runtime},
+    module::{CallError, LoadedModule, ModuleError, ModuleInfo, PolicyKind, PolicyModule, Runtime},
+    rego::RegoModule,
 };
 use crate::signing::{self, SignError, TrustedKey};
 
@@ -218,7 +219,10 @@ pub struct PolicyInfo {
     pub sha256: String,
     /// The signer (`None`: loaded unsigned, by `guardian policy test`).
     pub signer: Option<Signer>,
-    /// ABI version.
+    /// Which ABI: `guardian` (its own, `policies/ABI.md`) or `rego` (OPA's
+    /// Wasm ABI, `opa build -t wasm`).
+    pub kind: PolicyKind,
+    /// guardian ABI version (0 for a Rego module).
     pub abi_version: u32,
     /// Module size, bytes.
     pub size: usize,
@@ -228,25 +232,27 @@ pub struct PolicyInfo {
 #[derive(Debug)]
 pub struct LoadedPolicy {
     info: PolicyInfo,
-    module: LoadedModule,
+    module: PolicyModule,
 }
 
 impl LoadedPolicy {
-    /// Compile and instantiate a bundle.
+    /// Compile and instantiate a bundle: a module of guardian's ABI, or a
+    /// Rego module (OPA's Wasm ABI), told apart by its imports and exports
+    /// ([`super::rego::is_opa`]). Both are signed and measured alike.
     pub fn load(runtime: &Runtime, bundle: &Bundle) -> Result<Self, LoadError> {
-        let module =
-            runtime
-                .load(&bundle.name, &bundle.wasm)
-                .map_err(|source| LoadError::Module {
-                    path: bundle.path.clone(),
-                    source,
-                })?;
+        let module = runtime
+            .load_policy(&bundle.name, &bundle.wasm)
+            .map_err(|source| LoadError::Module {
+                path: bundle.path.clone(),
+                source,
+            })?;
         Ok(Self {
             info: PolicyInfo {
                 name: bundle.name.clone(),
                 file: bundle.path.clone(),
                 sha256: bundle.sha256_hex(),
                 signer: bundle.signer.clone(),
+                kind: module.info().kind,
                 abi_version: module.info().abi_version,
                 size: bundle.wasm.len(),
             },
@@ -269,9 +275,22 @@ impl LoadedPolicy {
         self.module.counters()
     }
 
-    /// The module (for direct evaluation of encoded events).
-    pub fn module_mut(&mut self) -> &mut LoadedModule {
-        &mut self.module
+    /// The module of guardian's ABI (for direct evaluation of encoded
+    /// events); `None` for a Rego module.
+    pub fn module_mut(&mut self) -> Option<&mut LoadedModule> {
+        match &mut self.module {
+            PolicyModule::Guardian(m) => Some(m),
+            PolicyModule::Rego(_) => None,
+        }
+    }
+
+    /// The Rego module (for direct evaluation of JSON input); `None` for
+    /// a module of guardian's ABI.
+    pub fn rego_mut(&mut self) -> Option<&mut RegoModule> {
+        match &mut self.module {
+            PolicyModule::Guardian(_) => None,
+            PolicyModule::Rego(m) => Some(m),
+        }
     }
 }
 
@@ -321,6 +340,10 @@ pub struct PolicySet {
     fail_mode: FailMode,
     generation: u64,
     buf: Vec<u8>,
+    /// The event as Rego's `input`, made once per event when the set
+    /// holds a Rego module.
+    input: String,
+    has_rego: bool,
 }
 
 /// Largest encoded event, bytes (paths are bounded by PATH_MAX).
@@ -335,12 +358,17 @@ impl PolicySet {
     /// A set of loaded policies (evaluated in this order).
     pub fn new(policies: Vec<LoadedPolicy>, fail_mode: FailMode) -> Self {
         let rules = StaticRules::merge(policies.iter().map(|p| &p.module_info().rules));
+        let has_rego = policies
+            .iter()
+            .any(|p| matches!(p.module, PolicyModule::Rego(_)));
         Self {
             policies,
             rules,
             fail_mode,
             generation: 0,
             buf: vec![0; ENCODE_MAX],
+            input: String::new(),
+            has_rego,
         }
     }
 
@@ -438,8 +466,14 @@ impl PolicySet {
                 return out;
             }
         };
+        if self.has_rego {
+            super::rego::input_json(event, &mut self.input);
+        }
         for p in &mut self.policies {
-            let result = p.module.evaluate_prepared(prepared);
+            let result = match &mut p.module {
+                PolicyModule::Guardian(m) => m.evaluate_prepared(prepared),
+                PolicyModule::Rego(m) => m.evaluate(self.input.as_bytes()),
+            };
             let (decision, actions, rule) = match &result {
                 Ok(v) => (v.decision, v.actions, v.rule),
                 Err(_) => (fail, Actions::NONE, 0),

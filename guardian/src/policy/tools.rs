@@ -31,6 +31,12 @@ pub enum ToolError {
         #[source]
         source: std::io::Error,
     },
+    /// `guardian policy rego` was given a module of guardian's own ABI.
+    #[error("{path}: not a Rego module (it imports no env.memory and exports no opa_eval_ctx_new)")]
+    NotRego {
+        /// The module.
+        path: PathBuf,
+    },
     /// The events file.
     #[error("reading events {path}: {source}")]
     Events {
@@ -74,6 +80,54 @@ pub fn sign(
     Ok(out)
 }
 
+/// `guardian policy rego`: a module made by `opa build -t wasm` (its
+/// `/policy.wasm`) with `data` (JSON; none: `{}`) put into it as its data
+/// section (`guardian.data`, replacing any), checked to load as a Rego
+/// policy under `limits`, written to `output`: the file to sign and ship.
+/// Returns what it declares.
+pub fn rego(
+    wasm: &Path,
+    data: Option<&Path>,
+    output: &Path,
+    limits: Limits,
+) -> Result<super::rego::RegoInfo, ToolError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| LoadError::Read {
+            path: p.to_owned(),
+            source,
+        })
+    };
+    let module = read(wasm)?;
+    let data = match data {
+        Some(d) => read(d)?,
+        None => b"{}".to_vec(),
+    };
+    let out = super::rego::with_data(&module, &data);
+    let bundle = Bundle {
+        name: output
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+            .trim_end_matches(".wasm")
+            .to_owned(),
+        path: output.to_owned(),
+        sha256: <sha2::Sha256 as sha2::Digest>::digest(&out).into(),
+        wasm: out,
+        signer: None,
+    };
+    let loaded = LoadedPolicy::load(&Runtime::new(limits), &bundle)?;
+    let Some(info) = loaded.module_info().rego.clone() else {
+        return Err(ToolError::NotRego {
+            path: wasm.to_owned(),
+        });
+    };
+    std::fs::write(output, &bundle.wasm).map_err(|source| ToolError::Write {
+        path: output.to_owned(),
+        source,
+    })?;
+    Ok(info)
+}
+
 /// What `guardian policy inspect` shows.
 #[derive(Debug, serde::Serialize)]
 pub struct Inspection {
@@ -85,8 +139,12 @@ pub struct Inspection {
     pub size: usize,
     /// Signature state in words.
     pub signature: String,
-    /// ABI version.
+    /// Which ABI: `guardian` or `rego`.
+    pub kind: super::PolicyKind,
+    /// guardian ABI version (0 for a Rego module).
     pub abi_version: u32,
+    /// A Rego module's OPA ABI, entrypoints, builtins and data.
+    pub rego: Option<super::rego::RegoInfo>,
     /// Exports with types.
     pub exports: Vec<String>,
     /// Imports.
@@ -103,7 +161,30 @@ impl std::fmt::Display for Inspection {
         writeln!(f, "sha256      {}", self.sha256)?;
         writeln!(f, "size        {} bytes", self.size)?;
         writeln!(f, "signature   {}", self.signature)?;
-        writeln!(f, "abi         version {}", self.abi_version)?;
+        match &self.rego {
+            None => writeln!(f, "abi         version {}", self.abi_version)?,
+            Some(r) => {
+                writeln!(
+                    f,
+                    "abi         OPA Wasm {}.{} (Rego){}",
+                    r.abi_major,
+                    r.abi_minor,
+                    if r.one_call {
+                        ", one-call opa_eval"
+                    } else {
+                        ""
+                    }
+                )?;
+                writeln!(
+                    f,
+                    "entrypoint  {} (of {})",
+                    r.entrypoint,
+                    r.entrypoints.join(", ")
+                )?;
+                writeln!(f, "builtins    {}", r.builtins.join(", "))?;
+                writeln!(f, "data        {} bytes", r.data_bytes)?;
+            }
+        }
         writeln!(f, "memory      {} KiB at load", self.memory_bytes / 1024)?;
         writeln!(f, "imports     {}", self.imports.join(", "))?;
         writeln!(f, "exports")?;
@@ -150,7 +231,9 @@ pub fn inspect(wasm: &Path, trusted: &[PathBuf], limits: Limits) -> Result<Inspe
         sha256: bundle.sha256_hex(),
         size: bundle.wasm.len(),
         signature,
+        kind: m.kind,
         abi_version: m.abi_version,
+        rego: m.rego.clone(),
         exports: m.exports.clone(),
         imports: m.imports.clone(),
         memory_bytes: m.memory_bytes,

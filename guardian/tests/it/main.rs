@@ -10,6 +10,7 @@
 //! | `enrol` | enrolment with an EK certificate and credential activation |
 //! | `fleet` | attestation over the link: the fleet's rounds against boards with a real swtpm, the agent answering, impostors and replays |
 //! | `policy` | signed wasm policies in wasmi, hot swap, measurement |
+//! | `policy_rego` | Rego policies (OPA's Wasm ABI) in wasmi beside guardian's own |
 //! | `parsers`, `bundle_mutations`, `fuzz_seeds` | properties of every parser and of the verifier; the fuzz seeds |
 //!
 //! Shared support: `common` (a swtpm per test, a scratch board), `rungs`
@@ -34,5 +35,6 @@ mod host;
 mod measure;
 mod parsers;
 mod policy;
+mod policy_rego;
 mod records;
 mod watch;

@@ -63,7 +63,7 @@ fn examples() -> &'static Path {
     })
 }
 
-fn example(name: &str) -> Vec<u8> {
+pub(crate) fn example(name: &str) -> Vec<u8> {
     if name == "no_ptrace" {
         let wat =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/examples/wat/no-ptrace.wat");
@@ -87,7 +87,14 @@ fn wat_policy(abi: i32, body: &str, extra: &str) -> Vec<u8> {
 }
 
 /// A JSON event line as `guardian run` prints it.
-fn json(kind: &str, exe: &str, service: bool, pid: u32, ms: u64, extra: &str) -> JsonEvent {
+pub(crate) fn json(
+    kind: &str,
+    exe: &str,
+    service: bool,
+    pid: u32,
+    ms: u64,
+    extra: &str,
+) -> JsonEvent {
     let time = humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_millis(ms));
     let line = format!(
         r#"{{"time":"{time}","event":"{kind}","verdict":"alert","mode":"detect","hook":"tp/x","pid":{pid},"tid":{pid},"ppid":1,"uid":0,"gid":0,"exe":"{exe}","exe_dev":"8:1","exe_ino":77,"comm":"x","service":{service}{extra}}}"#
@@ -341,13 +348,13 @@ fn example_policies_decide_as_documented() {
     expect(&mut s, &exec("/bin/sh", true), Allow, 0, none);
 }
 
-struct Dir {
-    dir: tempfile::TempDir,
+pub(crate) struct Dir {
+    pub(crate) dir: tempfile::TempDir,
     keys: tempfile::TempDir,
 }
 
 impl Dir {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let keys = tempfile::tempdir().unwrap();
         let k = |n: &str| keys.path().join(n).display().to_string();
         openssl(&["genpkey", "-algorithm", "ed25519", "-out", &k("vendor.pem")]);
@@ -381,11 +388,11 @@ impl Dir {
             keys,
         }
     }
-    fn key(&self, n: &str) -> PathBuf {
+    pub(crate) fn key(&self, n: &str) -> PathBuf {
         self.keys.path().join(n)
     }
     /// Put a module in the directory, signed with `key` (None: unsigned).
-    fn put(&self, name: &str, wasm: &[u8], key: Option<&str>) -> PathBuf {
+    pub(crate) fn put(&self, name: &str, wasm: &[u8], key: Option<&str>) -> PathBuf {
         let p = self.dir.path().join(format!("{name}.wasm"));
         std::fs::write(&p, wasm).unwrap();
         if let Some(k) = key {
@@ -394,12 +401,12 @@ impl Dir {
         }
         p
     }
-    fn remove(&self, name: &str) {
+    pub(crate) fn remove(&self, name: &str) {
         for ext in ["wasm", "wasm.sig"] {
             let _ = std::fs::remove_file(self.dir.path().join(format!("{name}.{ext}")));
         }
     }
-    fn settings(&self, fail_mode: FailMode) -> PolicySettings {
+    pub(crate) fn settings(&self, fail_mode: FailMode) -> PolicySettings {
         PolicySettings {
             dir: self.dir.path().to_owned(),
             trusted_keys: vec![self.key("vendor.pub"), self.key("ec.pub")],
@@ -1048,13 +1055,13 @@ fn v2_module_given_a_bad_header_answers_decode_error() {
     // fields; the module's decode error is reported as such.
     let mut set = set_of(&["model_writer"]);
     let p = set.policies_mut().next().unwrap();
-    let err = p.module_mut().evaluate(&encoded[..5]).unwrap_err();
+    let err = p.module_mut().unwrap().evaluate(&encoded[..5]).unwrap_err();
     assert!(
         err.to_string().contains("could not decode the event"),
         "{err}"
     );
     assert_eq!(
-        p.module_mut().evaluate(&encoded).unwrap(),
+        p.module_mut().unwrap().evaluate(&encoded).unwrap(),
         Verdict::deny(1).with(Actions::REMEASURE)
     );
 }

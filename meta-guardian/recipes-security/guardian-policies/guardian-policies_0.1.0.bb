@@ -32,7 +32,7 @@ GUARDIAN_POLICIES_URI ?= ""
 GUARDIAN_POLICIES_SHA256 ?= ""
 
 # The policies to install, by module name (NAME.wasm in the tarball):
-# model_writer service_exec egress rate_anomaly. The examples' rules name
+# model_writer service_exec egress rate_anomaly exe_allowlist. The examples' rules name
 # the demo's paths and addresses; install the ones that fit the product.
 GUARDIAN_POLICIES ?= "model_writer"
 

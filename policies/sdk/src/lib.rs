@@ -46,12 +46,27 @@
 //!
 //! The module needs no allocator and carries no serializer: the view
 //! borrows the input buffer and [`StaticRules::encode`] writes the rules
-//! by hand. Keep state in fixed-size fields. A panic aborts the call (a
-//! trap): guardian then applies its fail mode for that event.
+//! by hand. A panic aborts the call (a trap): guardian then applies its
+//! fail mode for that event.
+//!
+//! # State: fixed capacity, and a rule for when it is full
+//!
+//! A module instance lives until the next reload, so a policy may keep
+//! state between events (rate windows, per-process tables). Keep it in
+//! fixed-capacity collections of [`heapless`] (re-exported here, so every
+//! policy uses the SDK's version): `heapless::Vec<T, N>`,
+//! `heapless::index_map::FnvIndexMap<K, V, N>`, … are `const`-constructible
+//! for [`Policy::INIT`], need no allocator, and their size is part of the
+//! module's memory, which guardian checks at load. Capacity is a decision:
+//! say in the policy's documentation what happens when a table is full
+//! (the oldest entry evicted, or the event answered `alert`), handle the
+//! `Err` of every `push`/`insert`, and test it
+//! (`policies/examples/rate-anomaly`).
 
 #![no_std]
 
 pub use guardian_policy_abi as abi;
+pub use heapless;
 pub use guardian_policy_abi::{
     ABI_VERSION, Actions, Decision, Detail, Dev, Egress, Event, HEADER_SIZE, IpAddr, KernelVerdict,
     Kind, Mode, StaticRules, Verdict, log_level, path_matches, prefix_match,
