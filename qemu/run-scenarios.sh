@@ -263,6 +263,22 @@ rm -f "$out"/fleet-page-*.html
         sleep 2
     done
 ) &
+# The fleet's boot first: the guest enrols with the fleet over its link,
+# is attested, and suffers one tamper attempt (denied); then the scenarios.
+log "the fleet's boot: the guest enrols with the fleet and is attested over the link"
+fleet_console="$out/console-fleet.log"
+rm -f "$fleet_console"
+if [ "$demo" -eq 1 ]; then
+    GUARDIAN_KERNEL_APPEND="quiet $append guardian.phase=fleet" "$here/boot.sh" "$image" "$out/initrd.cpio.gz" \
+        "$fleet_console" 300 >/dev/null 2>"$out/boot-fleet.stderr" &
+    boot_pid=$!
+    tail -n +1 -F --pid="$boot_pid" "$fleet_console" 2>/dev/null | tr -d '\r' \
+        | grep --line-buffered -E '^demo:' | sed -u 's/^demo: //' || true
+    wait "$boot_pid" || true
+else
+    GUARDIAN_KERNEL_APPEND="$append guardian.phase=fleet" "$here/boot.sh" "$image" "$out/initrd.cpio.gz" \
+        "$fleet_console" 300 >/dev/null 2>&1 || true
+fi
 log "booting the arm64 guest (TCG; functional timing only)"
 console="$out/console.log"
 boot_status=0
@@ -282,6 +298,8 @@ fi
 # AK public key the guest enrolled, against the golden manifest it built.
 results="$out/results.log"
 tr -d '\r' <"$console" >"$results"
+tr -d '\r' <"$fleet_console" | grep '^GUARDIAN-SCENARIO fleet-' >>"$results" || true
+scenarios+=(fleet-boot-measure fleet-enrolled-and-quoted fleet-tamper-denied fleet-quoted-after-tamper)
 sed -n '/^GUARDIAN-EVIDENCE-BEGIN$/,/^GUARDIAN-EVIDENCE-END$/p' "$results" | sed '1d;$d' >"$out/evidence.json"
 sed -n '/^GUARDIAN-AK-BEGIN$/,/^GUARDIAN-AK-END$/p' "$results" | sed '1d;$d' >"$out/ak.pem"
 sed -n '/^GUARDIAN-ENROL-REQUEST-BEGIN$/,/^GUARDIAN-ENROL-REQUEST-END$/p' "$results" | sed '1d;$d' >"$out/request.json"

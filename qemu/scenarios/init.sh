@@ -133,6 +133,51 @@ if grep -q 'guardian.phase=activate' /proc/cmdline; then
     finish
 fi
 
+# The fleet's boot (run-scenarios.sh boots it first, while the fleet lab
+# listens on the host): the board measures its model, starts guardian
+# reporting to the fleet, and waits while the fleet enrols it over the
+# link and attests it; then one tamper attempt, denied, which the fleet's
+# next verdict carries and its alerts show. Nothing else.
+if grep -q 'guardian.phase=fleet' /proc/cmdline; then
+    answered() {
+        a="$(sed -n 's/.*"answered": *\([0-9]*\).*/\1/p' /run/guardian/status.json 2>/dev/null | head -n 1)"
+        echo "${a:-0}"
+    }
+    wait_answered() {
+        # wait_answered N: up to 180 s for the agent to have answered N of
+        # the fleet's questions.
+        n=0
+        while [ "$(answered)" -lt "$1" ] && [ "$n" -lt 1800 ]; do
+            sleep 0.1
+            n=$((n + 1))
+        done
+        [ "$(answered)" -ge "$1" ]
+    }
+    say "the fleet: measuring the model, then starting guardian, which reports to the fleet at $fleet"
+    guardian measure --config /etc/guardian/guardian.toml >/tmp/measure.out 2>/tmp/measure.err
+    check fleet-boot-measure $? "$(tail -n 1 /tmp/measure.err)"
+    start_agent
+    # The enrolment request, the credential's activation, two quotes.
+    wait_answered 4
+    check fleet-enrolled-and-quoted $? "$(answered) question(s) of the fleet answered (enrolment request, activation, quotes)"
+    say "  the fleet enrolled this board over its link (its TPM proved it holds the AK) and has"
+    say "  asked for $(($(answered) - 2)) fresh quote(s); it shows the board TRUSTED"
+    say "the attacker flips one bit of the protected model"
+    printf '\277' >/tmp/bit
+    before="$(digest "$MODEL")"
+    dd if=/tmp/bit of="$MODEL" bs=1 seek=1000 count=1 conv=notrunc >/tmp/out 2>&1
+    rc=$?
+    [ "$rc" -ne 0 ] && [ "$(digest "$MODEL")" = "$before" ]
+    check fleet-tamper-denied $? "exit $rc: $(head -n 1 /tmp/out)"
+    say "  -> exit $rc: $(head -n 1 /tmp/out)"
+    # The fleet's next quote carries the tamper record.
+    a="$(answered)"
+    wait_answered $((a + 2))
+    check fleet-quoted-after-tamper $? "$(answered) question(s) answered"
+    say "  the fleet's next verdicts carry the attempt, and its alerts name it"
+    finish
+fi
+
 lsm="$(cat /sys/kernel/security/lsm 2>/dev/null)"
 case ",$lsm," in *,bpf,*) r=0 ;; *) r=1 ;; esac
 check bpf-lsm-active $r "active LSMs: ${lsm:-unreadable}"
