@@ -144,10 +144,10 @@ if grep -q 'guardian.phase=fleet' /proc/cmdline; then
         echo "${a:-0}"
     }
     wait_answered() {
-        # wait_answered N: up to 180 s for the agent to have answered N of
-        # the fleet's questions.
+        # wait_answered N SECONDS: for the agent to have answered N of the
+        # fleet's questions.
         n=0
-        while [ "$(answered)" -lt "$1" ] && [ "$n" -lt 1800 ]; do
+        while [ "$(answered)" -lt "$1" ] && [ "$n" -lt "$(($2 * 10))" ]; do
             sleep 0.1
             n=$((n + 1))
         done
@@ -156,9 +156,15 @@ if grep -q 'guardian.phase=fleet' /proc/cmdline; then
     say "the fleet: measuring the model, then starting guardian, which reports to the fleet at $fleet"
     guardian measure --config /etc/guardian/guardian.toml >/tmp/measure.out 2>/tmp/measure.err
     check fleet-boot-measure $? "$(tail -n 1 /tmp/measure.err)"
+    # Everything the config protects exists, as in the scenarios' boot.
+    mkdir -p /srv
+    mount -t tmpfs srv /srv
+    mkdir -p /srv/models
+    echo "extra weights" >/srv/models/extra.bin
     start_agent
+    [ -s /run/guardian/status.json ] || sed 's/^/demo: agent: /' /run/guardian/agent.log | tail -n 5
     # The enrolment request, the credential's activation, two quotes.
-    wait_answered 4
+    wait_answered 4 150
     check fleet-enrolled-and-quoted $? "$(answered) question(s) of the fleet answered (enrolment request, activation, quotes)"
     say "  the fleet enrolled this board over its link (its TPM proved it holds the AK) and has"
     say "  asked for $(($(answered) - 2)) fresh quote(s); it shows the board TRUSTED"
@@ -172,7 +178,7 @@ if grep -q 'guardian.phase=fleet' /proc/cmdline; then
     say "  -> exit $rc: $(head -n 1 /tmp/out)"
     # The fleet's next quote carries the tamper record.
     a="$(answered)"
-    wait_answered $((a + 2))
+    wait_answered $((a + 2)) 60
     check fleet-quoted-after-tamper $? "$(answered) question(s) answered"
     say "  the fleet's next verdicts carry the attempt, and its alerts name it"
     finish
