@@ -696,16 +696,24 @@ pub fn alerts_for(before: &(TrustState, Option<String>), rec: &Attestation) -> V
                 seq: None,
                 evidence: evidence.clone(),
             });
+            // A new boot, judged while findings of an earlier boot are
+            // still open (finding ids begin with the boot they are from;
+            // findings this boot opened itself are the alert above).
             let rebooted =
                 matches!((&before.1, rec.verdict.as_ref()), (Some(b), Some(v)) if *b != v.boot_id);
-            if rebooted && !rec.open_findings.is_empty() {
+            let carried: Vec<&OpenFinding> = rec
+                .open_findings
+                .iter()
+                .filter(|f| !f.id.starts_with(v.boot_id.as_str()))
+                .collect();
+            if rebooted && !carried.is_empty() {
                 out.push(Alert {
                     device: rec.device.clone(),
                     kind: "reboot_with_finding".to_owned(),
                     what: format!(
                         "rebooted with {} open finding(s): {}",
-                        rec.open_findings.len(),
-                        rec.open_findings
+                        carried.len(),
+                        carried
                             .iter()
                             .map(|f| f.id.as_str())
                             .collect::<Vec<_>>()
@@ -774,7 +782,10 @@ pub fn render(rec: Option<&Attestation>, now_ms: u64) -> String {
         }
     }
     for f in &r.open_findings {
-        s += &format!("finding     {} ({}): {} since {}\n", f.id, f.check, f.reason, f.since);
+        s += &format!(
+            "finding     {} ({}): {} since {}\n",
+            f.id, f.check, f.reason, f.since
+        );
     }
     s + "\n"
 }
@@ -1010,6 +1021,13 @@ mod tests {
         assert_eq!(
             a.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(),
             ["attestation_failed", "reboot_with_finding"]
+        );
+        // Findings the new boot opened itself are not carried over.
+        r.open_findings[0].id = "b2#3:model".into();
+        let a = alerts_for(&(TrustState::Trusted, Some("b1".into())), &r);
+        assert_eq!(
+            a.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(),
+            ["attestation_failed"]
         );
         // Unreachable: on entering it only.
         let mut u = rec(TrustState::Unreachable);
