@@ -22,7 +22,7 @@ use super::{
 use crate::{
     config::Config,
     enforce::Enforcement,
-    events::{Decoder, SecurityEvent},
+    events::{Decoder, RingReader, SecurityEvent},
     fanotify,
     hooks::{Mode, Verdict},
     kernel::KernelFeatures,
@@ -32,6 +32,12 @@ use crate::{
     targets::Targets,
 };
 
+/// The most bytes of ring-buffer records the reader copies out ahead of
+/// the loop (`events/reader.rs`): held only while a burst is worked off,
+/// given back after. As large as the ring's old default, so that a smaller
+/// ring and this together hold at least what the old ring held.
+pub(super) const READER_BYTES: usize = 4 << 20;
+
 /// A policy reload running on a blocking thread.
 type Reload = JoinHandle<Result<policy::ReloadReport, policy::LoadError>>;
 
@@ -39,6 +45,8 @@ type Reload = JoinHandle<Result<policy::ReloadReport, policy::LoadError>>;
 pub(super) struct Sources {
     /// The kernel's ring buffer, woken by epoll.
     ring: AsyncFd<RingBuf<MapData>>,
+    /// What reads it: records copied out and released at once.
+    reader: RingReader,
     /// The userspace rungs' events.
     rungs: Receiver<SecurityEvent>,
     /// SIGHUP: reload the policies.
@@ -120,7 +128,11 @@ impl Daemon {
     pub(super) fn look_back(&mut self) {
         self.paths = PathCheck::new(&self.targets);
         let proc = Path::new("/proc");
-        let found = prescan::search(proc, &self.targets, std::process::id());
+        // Apart from the main heap: it reads every process's maps and
+        // descriptors and keeps only what it found (`memory::apart`).
+        let me = std::process::id();
+        let found = crate::memory::apart(|| prescan::search(proc, &self.targets, me))
+            .unwrap_or_else(|| prescan::search(proc, &self.targets, me));
         self.counters.prewriters = found.len() as u64;
         for f in found {
             log::error!(
@@ -144,7 +156,12 @@ impl Daemon {
         // unchanged, for as long as the AsyncFd owns the ring buffer.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| RunError::Events(e.into()))?;
-        Ok(Sources { ring, rungs, hup })
+        Ok(Sources {
+            ring,
+            reader: RingReader::new(READER_BYTES),
+            rungs,
+            hup,
+        })
     }
 
     /// Publish the first status and tell systemd.
@@ -191,7 +208,7 @@ impl Daemon {
                 () = &mut shutdown => break,
                 ready = src.ring.readable_mut() => {
                     let mut ready = ready.map_err(RunError::Events)?;
-                    dirty |= self.drain(ready.get_inner_mut()) > 0;
+                    dirty |= self.drain(ready.get_inner_mut(), &mut src.reader) > 0;
                     ready.clear_ready();
                 }
                 Some(ev) = src.rungs.recv() => dirty |= self.rung_event(ev),
@@ -225,7 +242,7 @@ impl Daemon {
     /// The last events, then stop every part and withdraw the status.
     pub(super) async fn stop(mut self, src: &mut Sources) {
         self.notify.stopping();
-        self.drain(src.ring.get_mut());
+        self.drain(src.ring.get_mut(), &mut src.reader);
         let mode = self.enforcement.mode();
         let pinned = self.enforcement.stop();
         self.out.guard(
@@ -270,18 +287,14 @@ impl Daemon {
     }
 
     /// Handle every record waiting in the ring buffer; returns how many.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            n += 1;
-            match self.decoder.decode(&item) {
-                Ok(ev) => self.handle(ev),
-                Err(e) => {
-                    self.counters.undecodable += 1;
-                    log::error!("{e}");
-                }
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, reader: &mut RingReader) -> usize {
+        let n = reader.drain(ring, |record| match self.decoder.decode(record) {
+            Ok(ev) => self.handle(ev),
+            Err(e) => {
+                self.counters.undecodable += 1;
+                log::error!("{e}");
             }
-        }
+        });
         // The batch goes out in one write.
         self.out.flush(&mut self.counters);
         n
