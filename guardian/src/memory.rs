@@ -11,7 +11,8 @@
 
 /// Return the allocator's free memory to the kernel: whole free pages
 /// anywhere in the heap, not only at its top (glibc's `malloc_trim(0)`,
-/// which `free` never does by itself). Called once when start-up is done;
+/// which `free` never does by itself). Called when start-up is done, and
+/// at the status tick after a burst of events (`daemon/serve.rs`);
 /// costs a walk of the free lists, a few milliseconds at most. A no-op
 /// where the C library is not glibc (musl returns free pages on its own).
 pub fn release_free_heap() {
