@@ -59,8 +59,8 @@ use guardian::{
     kernel::KernelFeatures,
 };
 
-/// The daemon's default ring buffer (`[events] ring_buffer_kib = 1024`).
-const DEFAULT_RING: u32 = 1024 * 1024;
+/// The daemon's default ring buffer (`[events] ring_buffer_kib = 2048`).
+const DEFAULT_RING: u32 = 2048 * 1024;
 /// The smallest size measured before, still measured for comparison.
 const SMALL_RING: u32 = 256 * 1024;
 /// The larger ring tried when the default one drops at full speed.

@@ -251,13 +251,13 @@ fn default_events_output() -> String {
 }
 
 pub(crate) fn default_ring_kib() -> u32 {
-    // 1 MiB: about 6,900 events of 152 bytes. The reader copies records
+    // 2 MiB: about 13,800 events of 152 bytes. The reader copies records
     // out as soon as it runs (events/reader.rs), so the ring only rides
-    // out the time the agent is off the CPU; in the guard benchmark's
-    // burst (part r) 1 MiB dropped nothing, as 4 MiB did, where 512 KiB
-    // and 256 KiB dropped (docs/footprint.md has the figures). Its pages
-    // are mapped twice, so it counts 2 MiB in the agent's RSS.
-    1024
+    // out the time the agent is off the CPU: in bursts against the daemon
+    // 2 MiB dropped nothing, as 4 MiB did, where 1 MiB dropped in five
+    // runs of six (docs/footprint.md has the figures). Its pages are
+    // mapped twice, so it counts 4 MiB in the agent's RSS.
+    2048
 }
 
 /// `[status]`: where `guardian run` publishes its state for `guardian status`.
@@ -725,7 +725,7 @@ mod tests {
         assert_eq!(c.guard.mode, ModeRequest::Auto);
         assert!(c.guard.allowed_writers.is_empty());
         assert_eq!(c.events.output, "-");
-        assert_eq!(c.events.ring_buffer_kib, 1024);
+        assert_eq!(c.events.ring_buffer_kib, 2048);
         assert_eq!(c.status.path, default_status_path());
     }
 
