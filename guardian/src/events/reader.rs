@@ -184,19 +184,22 @@ mod tests {
             refill: 1000,
             looks: 30,
         };
-        ring.fill(5000);
-        // A bound smaller than the backlog: records wait in the ring too.
-        let mut reader = RingReader::new(16 * 1024);
+        ring.fill(20_000);
+        // A bound smaller than the backlog (about 320 KiB): records wait
+        // in the ring too.
+        let bound = 256 * 1024;
+        let mut reader = RingReader::new(bound);
         let mut seen = Vec::new();
         let n = reader.drain_from(&mut ring, |r| {
             let v = u32::from_le_bytes(r[..4].try_into().unwrap());
             assert_eq!(r, v.to_le_bytes().repeat(1 + v as usize % 5));
             seen.push(v);
         });
-        assert_eq!(n, 35_000);
-        assert_eq!(seen, (0..35_000).collect::<Vec<_>>());
-        assert!(reader.peak_bytes() >= 16 * 1024);
-        assert!(reader.peak_bytes() < 16 * 1024 + 64);
+        assert_eq!(n, 50_000);
+        assert_eq!(seen, (0..50_000).collect::<Vec<_>>());
+        assert!(reader.peak_bytes() >= bound);
+        assert!(reader.peak_bytes() < bound + 64);
+        // Larger than what is kept between bursts: given back.
         assert_eq!(reader.buf.capacity(), 0);
         // Nothing waiting: nothing handed.
         assert_eq!(reader.drain_from(&mut ring, |_| panic!("no record")), 0);
