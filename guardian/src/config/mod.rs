@@ -254,8 +254,8 @@ pub(crate) fn default_ring_kib() -> u32 {
     // 2 MiB: about 13,800 events of 152 bytes. The reader copies records
     // out as soon as it runs (events/reader.rs), so the ring only rides
     // out the time the agent is off the CPU: in bursts against the daemon
-    // 2 MiB dropped nothing, as 4 MiB did, where 1 MiB dropped in five
-    // runs of six (docs/footprint.md has the figures). Its pages are
+    // 2 MiB dropped nothing, as 4 MiB did, where 1 MiB dropped in six
+    // bursts of eight (docs/footprint.md has the figures). Its pages are
     // mapped twice, so it counts 4 MiB in the agent's RSS.
     2048
 }
