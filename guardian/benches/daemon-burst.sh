@@ -52,8 +52,8 @@ fi
 
 # burst BUILD RING_KIB: one agent, one burst; prints "opens submitted drops".
 burst() {
-    local bin="$tmp/$1" d="$tmp/run"
-    rm -rf "$d"
+    local bin="$tmp/$1" d
+    d="$(mktemp -d "$tmp/run.XXXXXX")"
     mkdir -p "$d/models"
     head -c 100000 /dev/urandom >"$d/models/m.onnx"
     cat >"$d/guardian.toml" <<CFG
@@ -61,7 +61,7 @@ burst() {
 mode = "detect"
 syscall_detect = true
 protected = ["$d/models"]
-pin_dir = "/sys/fs/bpf/guardianburst$$-$1-$2"
+pin_dir = "/sys/fs/bpf/guardianburst-${d##*.}"
 unload_without_token = true
 [events]
 output = "$d/events.jsonl"
