@@ -76,15 +76,19 @@ impl RingReader {
             }
             for _ in 0..STEP {
                 let at = self.head;
-                let Some(len) = self
+                if at >= self.buf.len() {
+                    break;
+                }
+                let record = self
                     .buf
                     .get(at..at + LEN)
                     .and_then(|b| b.try_into().ok())
                     .map(|b| u32::from_ne_bytes(b) as usize)
-                else {
-                    break;
-                };
-                let Some(record) = self.buf.get(at + LEN..at + LEN + len) else {
+                    .and_then(|len| Some((len, self.buf.get(at + LEN..at + LEN + len)?)));
+                let Some((len, record)) = record else {
+                    // Cannot happen (`take` writes whole records); if it
+                    // did, the rest is dropped rather than looped on.
+                    self.head = self.buf.len();
                     break;
                 };
                 self.head = at + LEN + len;
