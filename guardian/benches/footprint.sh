@@ -23,6 +23,9 @@
 # counts twice its size), the binary's own pages, shared libraries, and
 # the rest (heap, stacks, anonymous memory).
 #
+# Beside this tree's default, its agents with other ring sizes take turns
+# too: RINGS (KiB, default "256 512 4096").
+#
 # Builds use CARGO_TARGET_DIR when set.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -32,7 +35,7 @@ idle=30
 while [ $# -gt 0 ]; do
     case "$1" in
         --baseline) baseline="${2:?--baseline needs a revision}"; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) idle="$1"; shift ;;
     esac
 done
@@ -128,11 +131,14 @@ echo
 echo "## idle RSS (this host, default config, ${idle} s idle; KiB except VmRSS)"
 printf '| round | build | VmRSS | RssAnon | RssFile | ring buffer | binary | libraries | heap, stacks, other | VmRSS less the ring | target 12 MiB |\n'
 printf '|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n'
-# The same agent with a 256 KiB ring beside the default 4 MiB: how much of
-# the figure is the ring ([events] ring_buffer_kib trades it against drops
-# in a burst, docs/guard-benchmarks.md).
+# The same agent with other ring sizes beside the default: how much of the
+# figure is the ring ([events] ring_buffer_kib trades it against drops in a
+# burst, docs/guard-benchmarks.md part r). RINGS (KiB, default "256 512
+# 4096") says which.
+ring_labels=()
+for k in ${RINGS-256 512 4096}; do ring_labels+=("this-ring$k"); done
 for round in 1 2 3; do
-    for l in "${labels[@]}" this-ring256; do
+    for l in "${labels[@]}" "${ring_labels[@]}"; do
         d="$tmp/r$round-$l"
         mkdir -p "$d/models"
         head -c 100000 /dev/urandom >"$d/models/m.onnx"
@@ -143,14 +149,14 @@ pin_dir = "/sys/fs/bpf/guardianfoot$$-$round-$l"
 unload_without_token = true
 [events]
 output = "$d/events.jsonl"
-$([ "$l" = this-ring256 ] && echo "ring_buffer_kib = 256")
+$(case "$l" in this-ring*) echo "ring_buffer_kib = ${l#this-ring}" ;; esac)
 [status]
 path = "$d/status.json"
 [measure]
 log = "$d/measurements.log"
 manifest = "$d/manifest.toml"
 CFG
-        bin="$tmp/${l%-ring256}.host"
+        bin="$tmp/${l%-ring*}.host"
         "$bin" run --config "$d/guardian.toml" 2>"$d/agent.log" &
         pid=$!
         for _ in $(seq 100); do [ -s "$d/status.json" ] && break; sleep 0.1; done

@@ -21,6 +21,15 @@
 //! 3. **Where the consumer's time goes**: captured records replayed through
 //!    decode, JSON encoding and the sink, timed per stage.
 //!
+//! Part `r`, **burst loss per ring size**: part 2's full-speed burst (two
+//! producers) on rings of 4096, 1024, 512 and 256 KiB, each read both
+//! ways: record by record (each released after it is decoded and written,
+//! as the daemon read before) and copied out (`RingReader`, each released
+//! as soon as it is copied, as the daemon reads now). All eight
+//! configurations take turns in each round (`GUARDIAN_BENCH_RING_ROUNDS`,
+//! default 3), the order reversed every other round, with the load average
+//! beside each round.
+//!
 //! `sudo -E cargo bench -p guardian --bench guard` (root: it loads eBPF).
 //! Environment: `GUARDIAN_BENCH_ITERS` (syscalls per measurement, default
 //! 500000), `GUARDIAN_BENCH_ROUNDS` (default 7), `GUARDIAN_BENCH_SECS`
@@ -28,7 +37,8 @@
 //! parts to run, default `d1f23`; `d` for the latency of the default
 //! configuration (no syscall tracepoints), `1` for the latency with the
 //! raw `sys_exit` program (`syscall_detect = true`), `f` for its floor: the
-//! program attached but watching no syscall).
+//! program attached but watching no syscall; `r` for the burst loss per
+//! ring size, not in the default).
 
 // A benchmark reports by printing, and fails loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -44,14 +54,14 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use guardian::{
     config::{GuardConfig, ModeRequest, ServiceConfig},
-    events::{Decoder, SecurityEvent, Sink},
+    events::{Decoder, RingReader, SecurityEvent, Sink},
     guard::{Guard, StartOptions, Targets},
     kernel::KernelFeatures,
 };
 
-/// The daemon's default ring buffer (`[events] ring_buffer_kib = 4096`).
-const DEFAULT_RING: u32 = 4096 * 1024;
-/// The previous default, still measured for comparison.
+/// The daemon's default ring buffer (`[events] ring_buffer_kib = 2048`).
+const DEFAULT_RING: u32 = 2048 * 1024;
+/// The smallest size measured before, still measured for comparison.
 const SMALL_RING: u32 = 256 * 1024;
 /// The larger ring tried when the default one drops at full speed.
 const BIG_RING: u32 = 16 * 1024 * 1024;
@@ -545,8 +555,34 @@ fn in_bpf(dir: &Path, iters: u64) -> Vec<(f64, f64)> {
 // ---------------------------------------------------------------------------
 // 2. Event throughput
 
+/// How the consumer reads the ring buffer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reader {
+    /// Each record decoded and written before its slot is released (the
+    /// daemon before `RingReader`).
+    PerRecord,
+    /// Records copied out and released at once, then decoded and written
+    /// (`RingReader`, as the daemon reads).
+    CopyOut,
+}
+
+impl Reader {
+    fn label(self) -> &'static str {
+        match self {
+            Reader::PerRecord => "record by record",
+            Reader::CopyOut => "copied out",
+        }
+    }
+}
+
+/// The daemon's bound on copied-out records (`daemon/serve.rs`).
+const READER_BYTES: usize = 4 << 20;
+
 struct Run {
     ring_bytes: u32,
+    reader: Reader,
+    /// The most bytes of records waiting in the reader at once.
+    reader_peak: usize,
     producers: usize,
     /// Paced total rate asked for, events/s; `None`: full speed.
     target: Option<f64>,
@@ -572,7 +608,37 @@ impl Run {
 }
 
 /// What the daemon's `drain()` does, minus the hand-over to the attestation
-/// thread: every waiting record through the decoder into the sink.
+/// thread: every waiting record through the decoder into the sink, copied
+/// out first as the daemon does.
+fn drain_copied(
+    ring: &mut RingBuf<MapData>,
+    reader: &mut RingReader,
+    decoder: &mut Decoder,
+    sink: &mut Sink,
+    tally: &mut Tally,
+    expect_file: &str,
+) {
+    reader.drain(ring, |record| {
+        tally.consumed += 1;
+        match decoder.decode(record) {
+            Ok(ev) => {
+                if expected(&ev, expect_file) {
+                    tally.as_expected += 1;
+                }
+                if sink.write(&ev).is_err() {
+                    tally.write_errors += 1;
+                }
+            }
+            Err(_) => tally.undecodable += 1,
+        }
+    });
+    if sink.flush().is_err() {
+        tally.write_errors += 1;
+    }
+}
+
+/// The daemon's `drain()` before `RingReader`: each record decoded and
+/// written before its slot is released.
 fn drain(
     ring: &mut RingBuf<MapData>,
     decoder: &mut Decoder,
@@ -624,6 +690,17 @@ fn throughput(
     secs: f64,
 ) -> Run {
     wait_alone();
+    throughput_with(dir, ring_bytes, Reader::CopyOut, producers, target, secs)
+}
+
+fn throughput_with(
+    dir: &Path,
+    ring_bytes: u32,
+    reader: Reader,
+    producers: usize,
+    target: Option<f64>,
+    secs: f64,
+) -> Run {
     let protected = dir.join("protected-model.bin");
     std::fs::write(&protected, b"model").unwrap();
     let sink_path = dir.join("events.jsonl");
@@ -643,6 +720,7 @@ fn throughput(
     let tally = std::thread::scope(|s| {
         let consumer = s.spawn(|| {
             let mut tally = Tally::default();
+            let mut copied = RingReader::new(READER_BYTES);
             let fd = ring.as_raw_fd();
             loop {
                 let mut pfd = libc::pollfd {
@@ -656,12 +734,24 @@ fn throughput(
                 // submitted before they stopped is then seen by this drain.
                 let last = stop.load(Ordering::Acquire);
                 let before = tally.consumed;
-                drain(&mut ring, &mut decoder, &mut sink, &mut tally, &expect_file);
+                match reader {
+                    Reader::PerRecord => {
+                        drain(&mut ring, &mut decoder, &mut sink, &mut tally, &expect_file);
+                    }
+                    Reader::CopyOut => drain_copied(
+                        &mut ring,
+                        &mut copied,
+                        &mut decoder,
+                        &mut sink,
+                        &mut tally,
+                        &expect_file,
+                    ),
+                }
                 if tally.consumed > before {
                     tally.wakeups += 1;
                 }
                 if last {
-                    return (tally, started.elapsed());
+                    return (tally, started.elapsed(), copied.peak_bytes());
                 }
             }
         });
@@ -694,9 +784,11 @@ fn throughput(
         stop.store(true, Ordering::Release);
         consumer.join().unwrap()
     });
-    let (tally, elapsed) = tally;
+    let (tally, elapsed, reader_peak) = tally;
     let run = Run {
         ring_bytes,
+        reader,
+        reader_peak,
         producers,
         target,
         opens: opens.load(Ordering::Relaxed),
@@ -713,8 +805,9 @@ fn throughput(
     drop(guard);
     let _ = std::fs::remove_file(&sink_path);
     eprintln!(
-        "  ring {} KiB, {} producer(s), {}: opens {}, submitted {}, drops {}, consumed {} ({} as expected), {:.0} events/s, {:.1} events per wake-up",
+        "  ring {} KiB read {}, {} producer(s), {}: opens {}, submitted {}, drops {}, consumed {} ({} as expected), {:.0} events/s, {:.1} events per wake-up, reader peak {} KiB",
         run.ring_bytes / 1024,
+        run.reader.label(),
         run.producers,
         run.target
             .map_or("full speed".to_owned(), |t| format!("paced at {t:.0}/s")),
@@ -724,7 +817,8 @@ fn throughput(
         run.consumed,
         run.as_expected,
         run.rate(),
-        run.consumed as f64 / run.wakeups.max(1) as f64
+        run.consumed as f64 / run.wakeups.max(1) as f64,
+        run.reader_peak / 1024
     );
     // Every open of the protected file is either submitted or dropped, and
     // every submitted record is consumed and decodes to the expected alert.
@@ -977,6 +1071,81 @@ fn main() {
     }
     if parts.contains('3') {
         part3(dir.path());
+    }
+    if parts.contains('r') {
+        part_rings(dir.path(), secs);
+    }
+}
+
+/// Burst loss per ring size, both readers, all configurations taking turns
+/// in each round (see the file's opening, part r).
+fn part_rings(dir: &Path, secs: f64) {
+    let rounds = env_num("GUARDIAN_BENCH_RING_ROUNDS", 3) as usize;
+    let mut configs = Vec::new();
+    for kib in [4096u32, 1024, 512, 256] {
+        for reader in [Reader::PerRecord, Reader::CopyOut] {
+            configs.push((kib * 1024, reader));
+        }
+    }
+    eprintln!(
+        "## r. burst loss per ring size, {rounds} rounds x {} configurations, {secs} s each",
+        configs.len()
+    );
+    let mut runs: Vec<(usize, Run)> = Vec::new();
+    let mut loads = Vec::new();
+    for round in 0..rounds {
+        let before = loadavg();
+        let order: Vec<_> = if round % 2 == 0 {
+            configs.clone()
+        } else {
+            configs.iter().rev().copied().collect()
+        };
+        for (ring, reader) in order {
+            runs.push((round, throughput_with(dir, ring, reader, 2, None, secs)));
+        }
+        loads.push((before, loadavg()));
+    }
+    println!(
+        "\n### r. Burst loss per ring size (2 producers, full speed, {secs} s per run, {rounds} rounds)\n"
+    );
+    println!(
+        "| round | load average before → after | ring | reader | opens | ringbuf_drops | drop % | events/s consumed | reader peak KiB |"
+    );
+    println!("|---:|---|---:|---|---:|---:|---:|---:|---:|");
+    for (round, r) in &runs {
+        println!(
+            "| {} | {} → {} | {} KiB | {} | {} | {} | {:.2} | {:.0} | {} |",
+            round + 1,
+            loads[*round].0,
+            loads[*round].1,
+            r.ring_bytes / 1024,
+            r.reader.label(),
+            r.opens,
+            r.drops,
+            100.0 * r.drops as f64 / r.opens.max(1) as f64,
+            r.rate(),
+            r.reader_peak / 1024
+        );
+    }
+    println!("\nSummed over the rounds:\n");
+    println!("| ring | reader | opens | ringbuf_drops | drop % | runs with drops |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for (ring, reader) in &configs {
+        let mine: Vec<&Run> = runs
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.ring_bytes == *ring && r.reader == *reader)
+            .collect();
+        let opens: u64 = mine.iter().map(|r| r.opens).sum();
+        let drops: u64 = mine.iter().map(|r| r.drops).sum();
+        println!(
+            "| {} KiB | {} | {opens} | {drops} | {:.2} | {} of {} |",
+            ring / 1024,
+            reader.label(),
+            100.0 * drops as f64 / opens.max(1) as f64,
+            mine.iter().filter(|r| r.drops > 0).count(),
+            mine.len()
+        );
     }
 }
 

@@ -7,7 +7,9 @@
 # detached and attached (enforce: BPF LSM), alternating ABBA over ROUNDS
 # rounds in this one boot, and prints every measurement as a JSON line
 # for the host to summarise. Under TCG only the with/without ratio means
-# anything. Kernel command line: guardian.rounds=N guardian.requests=N.
+# anything. Kernel command line: guardian.rounds=N guardian.requests=N
+# guardian.idle=SECONDS (how long the agent idles before its memory is
+# read, default 30; guardian.rounds=0 reads only that).
 
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -80,6 +82,15 @@ opens() { # opens LABEL ROUND
 }
 
 echo "OVERHEAD-INFO $(uname -srm), $(nproc) cpus, lsm $(cat /sys/kernel/security/lsm), rounds $ROUNDS, requests $REQUESTS"
+# The agent's idle memory, before any measurement: under TCG memory
+# figures are valid where timings are not (docs/footprint.md). The ring
+# buffer is counted apart: its pages are mapped twice.
+IDLE="$(arg idle)"
+start_guard
+sleep "${IDLE:-30}"
+echo "OVERHEAD-RSS after ${IDLE:-30} s idle: $(grep -E '^(VmRSS|RssAnon|RssFile|RssShmem|VmHWM)' /proc/"$agent"/status | tr -s ' \t' ' ' | tr '\n' ' ')"
+echo "OVERHEAD-RSS ring buffer: $(awk '/^[0-9a-f]+-[0-9a-f]+ / { m = ($6 ~ /^anon_inode:bpf-map/) } m && /^Rss:/ { s += $2 } END { print s + 0 }' /proc/"$agent"/smaps) kB"
+stop_guard
 r=1
 while [ "$r" -le "$ROUNDS" ]; do
     if [ $((r % 2)) -eq 1 ]; then order="off on nomeasure"; else order="nomeasure on off"; fi

@@ -251,10 +251,13 @@ fn default_events_output() -> String {
 }
 
 pub(crate) fn default_ring_kib() -> u32 {
-    // 4 MiB: about 27,000 events of 152 bytes, enough to ride out a burst
-    // of 250,000 events/s while the agent is descheduled for ~100 ms
-    // (docs/guard-benchmarks.md measures the smaller sizes dropping).
-    4096
+    // 2 MiB: about 13,800 events of 152 bytes. The reader copies records
+    // out as soon as it runs (events/reader.rs), so the ring only rides
+    // out the time the agent is off the CPU: in bursts against the daemon
+    // 2 MiB dropped nothing, as 4 MiB did, where 1 MiB dropped in six
+    // bursts of eight (docs/footprint.md has the figures). Its pages are
+    // mapped twice, so it counts 4 MiB in the agent's RSS.
+    2048
 }
 
 /// `[status]`: where `guardian run` publishes its state for `guardian status`.
@@ -722,7 +725,7 @@ mod tests {
         assert_eq!(c.guard.mode, ModeRequest::Auto);
         assert!(c.guard.allowed_writers.is_empty());
         assert_eq!(c.events.output, "-");
-        assert_eq!(c.events.ring_buffer_kib, 4096);
+        assert_eq!(c.events.ring_buffer_kib, 2048);
         assert_eq!(c.status.path, default_status_path());
     }
 

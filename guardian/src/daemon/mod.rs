@@ -105,6 +105,9 @@ pub enum RunError {
 
 /// Run the daemon until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    // 0. The allocator's thresholds fixed before start-up's large blocks
+    //    come and go (`memory.rs` says why).
+    crate::memory::fix_allocator_thresholds();
     // 1. Resolve paths first: a bad config must fail before the kernel is
     //    touched, so nothing is left half-attached. The fleet spool is one
     //    of guardian's own trees: it must exist to be guarded (the spool

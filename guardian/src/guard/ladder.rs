@@ -22,7 +22,7 @@ use super::{
     table::{CGROUP_PROGS, DEFS, MAP_NAMES, present, syscall_names, syscall_table},
 };
 use crate::{
-    btf::Btf,
+    btf::{Btf, BtfError},
     config::ModeRequest,
     hooks::{Hook, Mechanism, Mode},
     targets::Targets,
@@ -63,11 +63,17 @@ impl Guard {
                 }
             }
         }
-        let offsets = Btf::from_file(opts.btf_path)
-            .and_then(|b| b.kernel_offsets())
-            .map_err(GuardError::Btf)?;
+        // The kernel's BTF is parsed twice here (for the offsets below, and
+        // by aya for its relocations), each time into many small blocks
+        // that are all freed soon after: parsed apart from the main heap
+        // (`memory::apart` says why).
+        let offsets =
+            crate::memory::apart(|| Btf::from_file(opts.btf_path).and_then(|b| b.kernel_offsets()))
+                .unwrap_or(Err(BtfError::Malformed("the parsing thread failed")))
+                .map_err(GuardError::Btf)?;
 
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = crate::memory::apart(EbpfLoader::new).unwrap_or_default();
+        let mut ebpf = loader
             .map_max_entries(map_names::EVENTS, opts.ring_buffer_bytes)
             // A constant the verifier must see (file_open.rs says why).
             .override_global("GUARDIAN_FILE_F_PATH", &offsets.file_f_path, true)
