@@ -7,8 +7,14 @@
 //! |---|---|---|
 //! | Ed25519 (PKCS#8 PEM) | 64 raw bytes | `guardian manifest create`, `openssl pkeyutl -sign -rawin` |
 //! | ECDSA P-256 (PKCS#8 or SEC1 PEM) | DER, over SHA-256 | `guardian manifest create`, `openssl dgst -sha256 -sign`, `cosign sign-blob --key` (after base64 decoding) |
+//! | ECDSA P-384 (public key only) | DER, over SHA-384 | `openssl dgst -sha384 -sign`, `model_signing sign key` |
 //!
 //! Public keys are SubjectPublicKeyInfo PEM (`openssl pkey -pubout`).
+//!
+//! A trusted-key file may instead hold CA certificates (PEM `CERTIFICATE`):
+//! such an entry never verifies a detached signature itself; it is a trust
+//! anchor for OpenSSF model signatures made with a certificate chain
+//! ([`crate::model_sig`]).
 
 use std::path::{Path, PathBuf};
 
@@ -29,7 +35,7 @@ pub enum SignError {
         source: std::io::Error,
     },
     /// A key file holds no key we accept.
-    #[error("{path}: not an Ed25519 or ECDSA P-256 {what} in PEM")]
+    #[error("{path}: not an Ed25519 or ECDSA P-256/P-384 {what} in PEM")]
     BadKey {
         /// The file.
         path: PathBuf,
@@ -69,6 +75,33 @@ pub struct TrustedKey {
 enum PublicKey {
     Ed25519(ed25519_dalek::VerifyingKey),
     P256(p256::ecdsa::VerifyingKey),
+    P384(p384::ecdsa::VerifyingKey),
+    /// CA certificates: trust anchors for certificate chains, not a key.
+    Ca(Vec<x509_cert::Certificate>),
+}
+
+/// The OIDs of an EC SubjectPublicKeyInfo for P-384.
+const OID_EC: &str = "1.2.840.10045.2.1";
+const OID_P384: &str = "1.3.132.0.34";
+
+/// A P-384 key from SubjectPublicKeyInfo DER (the `p384` crate is built
+/// without its PEM/PKCS#8 features; the SPKI is read here instead).
+pub(crate) fn p384_from_spki_der(der: &[u8]) -> Option<p384::ecdsa::VerifyingKey> {
+    use der::Decode as _;
+    let spki = spki::SubjectPublicKeyInfoOwned::from_der(der).ok()?;
+    if spki.algorithm.oid.to_string() != OID_EC {
+        return None;
+    }
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()?
+        .decode_as::<der::asn1::ObjectIdentifier>()
+        .ok()?;
+    if curve.to_string() != OID_P384 {
+        return None;
+    }
+    p384::ecdsa::VerifyingKey::from_sec1_bytes(spki.subject_public_key.raw_bytes()).ok()
 }
 
 fn read(path: &Path) -> Result<String, SignError> {
@@ -78,18 +111,22 @@ fn read(path: &Path) -> Result<String, SignError> {
     })
 }
 
-fn fingerprint_of_pem(pem: &str) -> String {
-    // The base64 body of the PEM is the SPKI DER; hash the decoded bytes.
+/// The DER inside a one-block PEM.
+fn pem_der(pem: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
     let body: String = pem
         .lines()
         .filter(|l| !l.starts_with("-----"))
         .collect::<Vec<_>>()
         .concat();
-    let der = base64::engine::general_purpose::STANDARD
+    base64::engine::general_purpose::STANDARD
         .decode(body.trim())
-        .unwrap_or_default();
-    hex::encode(Sha256::digest(der))
+        .ok()
+}
+
+fn fingerprint_of_pem(pem: &str) -> String {
+    // The base64 body of the PEM is the SPKI DER; hash the decoded bytes.
+    hex::encode(Sha256::digest(pem_der(pem).unwrap_or_default()))
 }
 
 impl TrustedKey {
@@ -103,10 +140,15 @@ impl TrustedKey {
     pub fn from_pem(pem: &str, origin: &Path) -> Result<Self, SignError> {
         use ed25519_dalek::pkcs8::DecodePublicKey as _;
         let path = origin;
+        if pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Self::from_ca_pem(pem, origin);
+        }
         let key = if let Ok(k) = ed25519_dalek::VerifyingKey::from_public_key_pem(pem) {
             PublicKey::Ed25519(k)
         } else if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(pem) {
             PublicKey::P256(k)
+        } else if let Some(k) = pem_der(pem).and_then(|d| p384_from_spki_der(&d)) {
+            PublicKey::P384(k)
         } else {
             return Err(SignError::BadKey {
                 path: path.to_owned(),
@@ -118,6 +160,50 @@ impl TrustedKey {
             fingerprint: fingerprint_of_pem(pem),
             key,
         })
+    }
+
+    /// A P-256, P-384 or Ed25519 key from SubjectPublicKeyInfo DER (a
+    /// certificate's key); `origin` names where it came from.
+    pub fn from_spki_der(der: &[u8], origin: &Path) -> Option<Self> {
+        use ed25519_dalek::pkcs8::DecodePublicKey as _;
+        let key = if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_der(der) {
+            PublicKey::P256(k)
+        } else if let Some(k) = p384_from_spki_der(der) {
+            PublicKey::P384(k)
+        } else {
+            PublicKey::Ed25519(ed25519_dalek::VerifyingKey::from_public_key_der(der).ok()?)
+        };
+        Some(Self {
+            path: origin.to_owned(),
+            fingerprint: hex::encode(Sha256::digest(der)),
+            key,
+        })
+    }
+
+    /// CA certificates (PEM, one or more): a trust anchor for model
+    /// signatures made with a certificate chain. The fingerprint is
+    /// SHA-256 of the first certificate's DER.
+    fn from_ca_pem(pem: &str, origin: &Path) -> Result<Self, SignError> {
+        use der::Encode as _;
+        let bad = || SignError::BadKey {
+            path: origin.to_owned(),
+            what: "CA certificate",
+        };
+        let certs = x509_cert::Certificate::load_pem_chain(pem.as_bytes()).map_err(|_| bad())?;
+        let first = certs.first().ok_or_else(bad)?.to_der().map_err(|_| bad())?;
+        Ok(Self {
+            path: origin.to_owned(),
+            fingerprint: hex::encode(Sha256::digest(first)),
+            key: PublicKey::Ca(certs),
+        })
+    }
+
+    /// The CA certificates of a trust anchor entry (empty for a key).
+    pub fn ca_certificates(&self) -> &[x509_cert::Certificate] {
+        match &self.key {
+            PublicKey::Ca(c) => c,
+            _ => &[],
+        }
     }
 
     /// Load every key in `paths`; the first that fails stops it, named.
@@ -136,6 +222,8 @@ impl TrustedKey {
         match self.key {
             PublicKey::Ed25519(_) => "ed25519",
             PublicKey::P256(_) => "ecdsa-p256-sha256",
+            PublicKey::P384(_) => "ecdsa-p384-sha384",
+            PublicKey::Ca(_) => "x509-ca",
         }
     }
 
@@ -145,6 +233,9 @@ impl TrustedKey {
                 .is_ok_and(|s| k.verify_strict(message, &s).is_ok()),
             PublicKey::P256(k) => p256::ecdsa::Signature::from_der(signature)
                 .is_ok_and(|s| k.verify(message, &s).is_ok()),
+            PublicKey::P384(k) => p384::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|s| k.verify(message, &s).is_ok()),
+            PublicKey::Ca(_) => false,
         }
     }
 }
