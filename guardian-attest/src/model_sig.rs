@@ -210,6 +210,8 @@ pub enum SignedBy {
 /// A bundle whose signature verified, with its statement.
 #[derive(Clone, Debug)]
 pub struct Verified {
+    /// The bundle's bytes, exactly as read.
+    pub bytes: Vec<u8>,
     /// The statement.
     pub statement: Statement,
     /// The bundle's parts.
@@ -545,6 +547,7 @@ pub fn verify_bytes(
     };
     let statement = parse_statement(&bundle.payload).map_err(|p| (false, p))?;
     Ok(Verified {
+        bytes: bytes.to_vec(),
         statement,
         bundle,
         sha256: hex::encode(Sha256::digest(bytes)),
@@ -779,6 +782,40 @@ pub fn check_dir(
         out.push(FileDigest { path, sha256, size });
     }
     Ok(out)
+}
+
+/// The statement as a guardian manifest for the files under `dir` (an
+/// absolute path), in statement order, serial 0. `sizes` (from
+/// [`check_dir`]) fills each entry's size; without them (a verifier, which
+/// has no files) the sizes are 0 and must not be compared.
+pub fn to_manifest(
+    statement: &Statement,
+    dir: &Path,
+    pcr: u32,
+    sizes: Option<&[u64]>,
+) -> Result<crate::manifest::Manifest, String> {
+    if !dir.is_absolute() {
+        return Err(format!("model directory {} is not absolute", dir.display()));
+    }
+    let m = crate::manifest::Manifest {
+        version: crate::manifest::VERSION,
+        pcr,
+        serial: 0,
+        models: statement
+            .resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| crate::manifest::Entry {
+                path: dir.join(&r.name),
+                sha256: r.sha256.clone(),
+                size: sizes.and_then(|s| s.get(i).copied()).unwrap_or(0),
+                name: Some(r.name.clone()),
+                version: None,
+            })
+            .collect(),
+    };
+    m.check()?;
+    Ok(m)
 }
 
 fn hash_file(path: &Path) -> Result<(String, u64), ModelSigError> {

@@ -688,6 +688,7 @@ impl Worker {
             signature,
             signer,
             cause: "update".to_owned(),
+            model_dir: None,
         });
         log::info!(
             "a new manifest is in force: serial {} (was {old_serial}); re-measuring every model",

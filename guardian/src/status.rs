@@ -539,6 +539,7 @@ mod tests {
                 signature: String::new(),
                 signer: "UNSIGNED".into(),
                 cause: "boot".into(),
+                model_dir: None,
             }),
         );
         r.extended = true;

@@ -225,6 +225,7 @@ fn event() -> impl Strategy<Value = Ev> {
                     signature: hex::encode(sig),
                     signer,
                     cause,
+                    model_dir: None,
                 })
             }),
         (
