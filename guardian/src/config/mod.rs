@@ -346,6 +346,12 @@ impl Default for MeasureConfig {
 }
 
 impl MeasureConfig {
+    /// The PCR of the golden reference when it is a model signature (a
+    /// manifest names its own).
+    pub fn model_signature_pcr(&self) -> Option<u32> {
+        self.model_signature.as_ref().map(|_| self.model_pcr)
+    }
+
     /// The signature file in effect.
     pub fn signature_path(&self) -> PathBuf {
         self.signature

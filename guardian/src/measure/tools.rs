@@ -283,10 +283,10 @@ impl Replay {
 }
 
 /// `guardian log replay`: replay this boot's extends of `pcr` (default:
-/// the config's manifest's) from the log and read the TPM's value.
+/// the config's manifest's, or `model_pcr` with a model signature) from the log and read the TPM's value.
 pub fn replay(config: &Config, pcr: Option<u32>) -> Result<Replay, ToolError> {
     let m = &config.measure;
-    let pcr = match pcr {
+    let pcr = match pcr.or(m.model_signature_pcr()) {
         Some(p) => p,
         None => {
             let text = std::fs::read_to_string(&m.manifest).map_err(|source| ToolError::Read {

@@ -330,6 +330,9 @@ fn key_signed_directory_is_measured_and_verified() {
     let signer = TrustedKey::load(&s.p("signer.pub")).unwrap().fingerprint;
     assert_eq!(first["event"]["signer"], signer.as_str());
     assert_eq!(first["event"]["model_dir"], s.s("models").as_str());
+    // `guardian log replay` knows the PCR without a manifest.
+    let out = guardian(&["log", "replay", "-c", &s.s("guardian.toml")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
     // The verifier judges it with its own key, not the device's word.
     let (code, v) = quote_and_verify(&s, &["signer.pub"]);
@@ -553,4 +556,30 @@ fn import_turns_a_model_signature_into_a_signed_manifest() {
     .unwrap();
     let out = s.measure();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn p384_key_signature_verifies() {
+    let s = Scene::new("unused");
+    openssl(&[
+        "ecparam",
+        "-name",
+        "secp384r1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &s.s("p384.pem"),
+    ]);
+    openssl(&[
+        "ec",
+        "-in",
+        &s.s("p384.pem"),
+        "-pubout",
+        "-out",
+        &s.s("p384.pub"),
+    ]);
+    s.sign_key("p384");
+    assert_eq!(s.check(&["p384.pub"]).unwrap().len(), 2);
+    let e = s.check(&["signer.pub"]).unwrap_err().to_string();
+    assert!(e.contains("not signed by a trusted key"), "{e}");
 }
