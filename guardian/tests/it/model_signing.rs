@@ -330,6 +330,10 @@ fn key_signed_directory_is_measured_and_verified() {
     let signer = TrustedKey::load(&s.p("signer.pub")).unwrap().fingerprint;
     assert_eq!(first["event"]["signer"], signer.as_str());
     assert_eq!(first["event"]["model_dir"], s.s("models").as_str());
+    // The status summary judges the files against the statement.
+    let summary = guardian::status::MeasuredBoot::from_log(&s.p("measurements.log"));
+    assert_eq!(summary.models_extended, 2, "{summary:?}");
+    assert!(summary.mismatches.is_empty(), "{summary:?}");
     // `guardian log replay` knows the PCR without a manifest.
     let out = guardian(&["log", "replay", "-c", &s.s("guardian.toml")]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -405,6 +409,12 @@ fn tampered_file_is_measured_as_it_is_and_named() {
     assert_eq!(event["event"], "model_mismatch");
     assert_eq!(event["file"], s.s("models/model.onnx").as_str());
     assert_ne!(tpm.pcrread(14), "0".repeat(64));
+    let summary = guardian::status::MeasuredBoot::from_log(&s.p("measurements.log"));
+    assert_eq!(
+        summary.mismatches,
+        vec![s.s("models/model.onnx")],
+        "{summary:?}"
+    );
     let (code, v) = quote_and_verify(&s, &["signer.pub"]);
     assert_ne!(code, Some(0), "{v:#}");
     assert!(v.to_string().contains("model.onnx"), "{v:#}");
