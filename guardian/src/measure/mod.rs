@@ -380,6 +380,15 @@ fn model_signature_golden(
     pcr: u32,
     trusted: &[TrustedKey],
 ) -> Result<Golden, MeasureError> {
+    // Absolute, so the records name the files wherever the config was
+    // found from (a config given by a relative path leaves them relative).
+    let absolute = |p: &std::path::Path| {
+        std::path::absolute(p).map_err(|e| MeasureError::ModelDir {
+            dir: p.to_owned(),
+            problem: e.to_string(),
+        })
+    };
+    let (bundle, dir) = (&absolute(bundle)?, &absolute(dir)?);
     let verified = model_sig::load(bundle, trusted)?;
     model_sig::check_tree(dir, &verified.statement, bundle)?;
     let manifest =
