@@ -593,3 +593,17 @@ fn p384_key_signature_verifies() {
     let e = s.check(&["signer.pub"]).unwrap_err().to_string();
     assert!(e.contains("not signed by a trusted key"), "{e}");
 }
+
+/// Seeds for the `model_sig` fuzz target (`fuzz_seeds.rs`): a bundle of
+/// each method, made by `model_signing` and verified here first.
+pub fn seed_bundles() -> Vec<(String, Vec<u8>)> {
+    let s = Scene::new("unused");
+    s.sign_key("signer");
+    s.check(&["signer.pub"]).unwrap();
+    let key = std::fs::read(s.p("model.sig")).unwrap();
+    s.ca("vendor");
+    s.sign_certificate("vendor");
+    s.check(&["vendor.pem"]).unwrap();
+    let cert = std::fs::read(s.p("model.sig")).unwrap();
+    vec![("key.sig".into(), key), ("certificate.sig".into(), cert)]
+}
