@@ -214,20 +214,23 @@ fn event() -> impl Strategy<Value = Ev> {
             text(60),
             bytes(64),
             text(8),
-            text(8)
+            text(8),
+            prop::option::of(text(12))
         )
-            .prop_map(|(file, sha256, serial, text, sig, signer, cause)| {
-                Ev::Manifest(ManifestEvent {
-                    file,
-                    sha256,
-                    serial,
-                    text,
-                    signature: hex::encode(sig),
-                    signer,
-                    cause,
-                    model_dir: None,
-                })
-            }),
+            .prop_map(
+                |(file, sha256, serial, text, sig, signer, cause, model_dir)| {
+                    Ev::Manifest(ManifestEvent {
+                        file,
+                        sha256,
+                        serial,
+                        text,
+                        signature: hex::encode(sig),
+                        signer,
+                        cause,
+                        model_dir,
+                    })
+                }
+            ),
         (
             text(20),
             hex32(),
