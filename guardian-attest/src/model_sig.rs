@@ -154,6 +154,18 @@ pub enum ModelSigError {
     },
 }
 
+/// Why a bundle's bytes were refused ([`verify_bytes`]; the callers name
+/// the file).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BundleProblem {
+    /// Not a model signature bundle, or its statement breaks the rules.
+    #[error("{0}")]
+    Malformed(String),
+    /// Well formed, but no trusted key or CA vouches for its signature.
+    #[error("{0}")]
+    Untrusted(String),
+}
+
 /// One signed file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resource {
@@ -515,26 +527,23 @@ fn leaf_key(cert: &x509_cert::Certificate) -> Result<TrustedKey, String> {
 /// Verify a bundle's bytes against `trusted` (public keys, and CA
 /// certificates for the certificate method) at time `now`, and parse its
 /// statement. The error says what failed, without the file's name (the
-/// callers add it).
+/// callers add it), and whether the bundle is malformed or untrusted.
 pub fn verify_bytes(
     bytes: &[u8],
     trusted: &[TrustedKey],
     now: SystemTime,
-) -> Result<Verified, (bool, String)> {
-    let bundle = parse_bundle(bytes).map_err(|p| (false, p))?;
+) -> Result<Verified, BundleProblem> {
+    let bundle = parse_bundle(bytes).map_err(BundleProblem::Malformed)?;
     let message = pae(&bundle.payload_type, &bundle.payload);
     let (signer, signed_by) = if bundle.certificates.is_empty() {
         let key = trusted
             .iter()
             .find(|k| k.verifies_detached(&message, &bundle.signature))
             .ok_or_else(|| {
-                (
-                    true,
-                    format!(
-                        "no configured key verifies its signature ({} key(s) and CA file(s) tried; the bundle's key hint is not trusted)",
-                        trusted.len()
-                    ),
-                )
+                BundleProblem::Untrusted(format!(
+                    "no configured key verifies its signature ({} key(s) and CA file(s) tried; the bundle's key hint is not trusted)",
+                    trusted.len()
+                ))
             })?;
         (
             key.fingerprint.clone(),
@@ -543,9 +552,9 @@ pub fn verify_bytes(
             },
         )
     } else {
-        verify_chain(&bundle, &message, trusted, now).map_err(|p| (true, p))?
+        verify_chain(&bundle, &message, trusted, now).map_err(BundleProblem::Untrusted)?
     };
-    let statement = parse_statement(&bundle.payload).map_err(|p| (false, p))?;
+    let statement = parse_statement(&bundle.payload).map_err(BundleProblem::Malformed)?;
     Ok(Verified {
         bytes: bytes.to_vec(),
         statement,
@@ -607,18 +616,15 @@ fn verify_chain(
 /// Read and verify the bundle at `path` (see [`verify_bytes`]).
 pub fn load(path: &Path, trusted: &[TrustedKey]) -> Result<Verified, ModelSigError> {
     let bytes = read_bounded(path)?;
-    verify_bytes(&bytes, trusted, SystemTime::now()).map_err(|(untrusted, problem)| {
-        if untrusted {
-            ModelSigError::Untrusted {
-                path: path.to_owned(),
-                problem,
-            }
-        } else {
-            ModelSigError::Malformed {
-                path: path.to_owned(),
-                problem,
-            }
-        }
+    verify_bytes(&bytes, trusted, SystemTime::now()).map_err(|e| match e {
+        BundleProblem::Untrusted(problem) => ModelSigError::Untrusted {
+            path: path.to_owned(),
+            problem,
+        },
+        BundleProblem::Malformed(problem) => ModelSigError::Malformed {
+            path: path.to_owned(),
+            problem,
+        },
     })
 }
 
@@ -940,8 +946,11 @@ mod tests {
 
         let sig: p256::ecdsa::Signature = other.sign(&msg);
         let bytes = bundle_json(payload.as_bytes(), sig.to_der().as_bytes());
-        let (untrusted, p) = verify_bytes(&bytes, &trusted, SystemTime::now()).unwrap_err();
-        assert!(untrusted && p.contains("no configured key"), "{p}");
+        let e = verify_bytes(&bytes, &trusted, SystemTime::now()).unwrap_err();
+        assert!(
+            matches!(&e, BundleProblem::Untrusted(p) if p.contains("no configured key")),
+            "{e}"
+        );
         assert!(parse_bundle(&bytes[..bytes.len() / 2]).is_err());
         assert!(
             parse_bundle(&vec![b' '; MAX_BUNDLE + 1])

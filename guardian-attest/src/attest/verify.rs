@@ -627,10 +627,11 @@ fn judge_model_signature(
         keys,
         std::time::SystemTime::now(),
     )
-    .map_err(|(untrusted, p)| {
-        if untrusted {
+    .map_err(|e| match e {
+        crate::model_sig::BundleProblem::Untrusted(p) => {
             format!("the model signature for {dir} is not signed by a key the verifier trusts: {p}")
-        } else {
+        }
+        crate::model_sig::BundleProblem::Malformed(p) => {
             format!("the model signature for {dir} is invalid: {p}")
         }
     })?;
