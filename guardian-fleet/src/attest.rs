@@ -774,10 +774,7 @@ pub fn render(rec: Option<&Attestation>, now_ms: u64) -> String {
         }
     }
     for f in &r.open_findings {
-        s += &format!(
-            "finding     {} ({}): {} since {}\n",
-            f.id, f.check, f.reason, f.since
-        );
+        s += &format!("finding     {} ({}): {} since {}\n", f.id, f.check, f.reason, f.since);
     }
     s + "\n"
 }

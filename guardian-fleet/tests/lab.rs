@@ -200,11 +200,13 @@ async fn a_device_cannot_publish_as_another_under_per_device_permissions() {
     publish_is_refused(&mut conn, "guardian.answer.board-b.t1").await;
     // Its own answer subject and its own question subject are allowed: a
     // question to board-a arrives, and its answer reaches the asker.
-    let fleet =
-        async_nats::ConnectOptions::with_user_and_password("fleet".into(), "fleet-secret".into())
-            .connect(url.as_str())
-            .await
-            .unwrap();
+    let fleet = async_nats::ConnectOptions::with_user_and_password(
+        "fleet".into(),
+        "fleet-secret".into(),
+    )
+    .connect(url.as_str())
+    .await
+    .unwrap();
     let mut a = Conn::connect(
         &url,
         "board-a",
