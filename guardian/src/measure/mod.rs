@@ -4,7 +4,12 @@
 //! Order, and why:
 //!
 //! 1. Authenticate the manifest (trusted keys from the config). Unsigned is
-//!    refused unless the config allows it, and then every run warns.
+//!    refused unless the config allows it, and then every run warns. Or,
+//!    with `[measure] model_signature`, the OpenSSF model signature of
+//!    `model_dir` is the golden reference instead: its bundle verified
+//!    with the trusted keys or CA certificates (never unsigned), and the
+//!    directory's shape checked against its statement (a listed file
+//!    missing, a file not listed, a symlink: stop here, nothing extended).
 //! 2. Hash every model, in parallel. A file that cannot be read stops the
 //!    step here, before anything is extended: a partial measurement would
 //!    leave a PCR that matches no complete log.
@@ -32,6 +37,8 @@ use std::{io::Write, path::PathBuf};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use guardian_attest::model_sig::{self, ModelSigError};
+
 use crate::{
     config::MeasureConfig,
     evidence::{
@@ -40,7 +47,7 @@ use crate::{
         ledger,
     },
     hashing::{self, HashError},
-    manifest::{self, Authenticity, ManifestError},
+    manifest::{self, Authenticity, Manifest, ManifestError},
     signing::{SignError, TrustedKey},
     tpm::TpmError,
 };
@@ -55,6 +62,18 @@ pub enum MeasureError {
     /// The manifest is unusable.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The model signature is unusable, or the model directory does not
+    /// have the shape it signs; nothing was extended.
+    #[error("{0}; nothing was extended")]
+    ModelSig(#[from] ModelSigError),
+    /// The model directory cannot be a golden reference's.
+    #[error("[measure] model_dir {dir}: {problem}; nothing was extended")]
+    ModelDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// A model could not be hashed; nothing was extended.
     #[error("{0}; nothing was extended")]
     Hash(#[source] HashError),
@@ -99,7 +118,8 @@ pub struct Mismatch {
     pub expected: String,
     /// Measured digest (the one extended).
     pub actual: String,
-    /// Golden size.
+    /// Golden size (a model signature signs no sizes: then the measured
+    /// one).
     pub expected_size: u64,
     /// Measured size.
     pub actual_size: u64,
@@ -137,22 +157,11 @@ pub fn measure(
     let mut warnings = Vec::new();
     // 1. Authenticate.
     let trusted = TrustedKey::load_all(&cfg.trusted_keys).map_err(MeasureError::Key)?;
-    let loaded = manifest::load(
-        &cfg.manifest,
-        &cfg.signature_path(),
-        &trusted,
-        cfg.allow_unsigned,
-    )?;
-    let signer = match &loaded.authenticity {
-        Authenticity::Signed { fingerprint, .. } => fingerprint.clone(),
-        Authenticity::UnsignedAllowed { why } => {
-            let w = format!("INSECURE: manifest accepted without a valid signature ({why})");
-            log::warn!("{w}");
-            warnings.push(w);
-            "UNSIGNED".to_owned()
-        }
+    let golden = match (&cfg.model_signature, &cfg.model_dir) {
+        (Some(bundle), Some(dir)) => model_signature_golden(bundle, dir, cfg.model_pcr, &trusted)?,
+        _ => manifest_golden(cfg, &trusted, &mut warnings)?,
     };
-    let m = &loaded.manifest;
+    let m = &golden.manifest;
     let pcr = m.pcr;
 
     // 2. Hash everything before touching the TPM.
@@ -189,18 +198,7 @@ pub fn measure(
     }
 
     // The records this run would make.
-    let manifest_event = ManifestEvent {
-        file: loaded.path.display().to_string(),
-        sha256: hex::encode(Sha256::digest(&loaded.bytes)),
-        serial: m.serial,
-        text: String::from_utf8_lossy(&loaded.bytes).into_owned(),
-        signature: match (&loaded.authenticity, &loaded.signature) {
-            (Authenticity::Signed { .. }, Some(sig)) => hex::encode(sig),
-            _ => String::new(),
-        },
-        signer,
-        cause: "boot".to_owned(),
-    };
+    let manifest_event = golden.event;
     let models: Vec<ModelEvent> = m
         .models
         .iter()
@@ -274,7 +272,7 @@ pub fn measure(
     let mut mismatches = Vec::new();
     for (i, (e, d)) in m.models.iter().zip(&digests).enumerate() {
         let actual = hex::encode(d.sha256);
-        if actual == e.sha256 && d.size == e.size {
+        if actual == e.sha256 && (!golden.sizes || d.size == e.size) {
             continue;
         }
         let mm = Mismatch {
@@ -284,7 +282,7 @@ pub fn measure(
             name: e.name.clone(),
             expected: e.sha256.clone(),
             actual,
-            expected_size: e.size,
+            expected_size: if golden.sizes { e.size } else { d.size },
             actual_size: d.size,
             pcr,
             log_seq: seqs[i]
@@ -319,6 +317,109 @@ pub fn measure(
         replay,
         tpm_value,
         warnings,
+    })
+}
+
+/// The golden reference of a run: the models and their digests, and the
+/// record that puts it in force.
+struct Golden {
+    manifest: Manifest,
+    event: ManifestEvent,
+    /// Whether it signs sizes (a model signature does not).
+    sizes: bool,
+}
+
+/// A guardian manifest, authenticated with the trusted keys.
+fn manifest_golden(
+    cfg: &MeasureConfig,
+    trusted: &[TrustedKey],
+    warnings: &mut Vec<String>,
+) -> Result<Golden, MeasureError> {
+    let loaded = manifest::load(
+        &cfg.manifest,
+        &cfg.signature_path(),
+        trusted,
+        cfg.allow_unsigned,
+    )?;
+    let signer = match &loaded.authenticity {
+        Authenticity::Signed { fingerprint, .. } => fingerprint.clone(),
+        Authenticity::UnsignedAllowed { why } => {
+            let w = format!("INSECURE: manifest accepted without a valid signature ({why})");
+            log::warn!("{w}");
+            warnings.push(w);
+            "UNSIGNED".to_owned()
+        }
+    };
+    let event = ManifestEvent {
+        file: loaded.path.display().to_string(),
+        sha256: hex::encode(Sha256::digest(&loaded.bytes)),
+        serial: loaded.manifest.serial,
+        text: String::from_utf8_lossy(&loaded.bytes).into_owned(),
+        signature: match (&loaded.authenticity, &loaded.signature) {
+            (Authenticity::Signed { .. }, Some(sig)) => hex::encode(sig),
+            _ => String::new(),
+        },
+        signer,
+        cause: "boot".to_owned(),
+        model_dir: None,
+    };
+    Ok(Golden {
+        manifest: loaded.manifest,
+        event,
+        sizes: true,
+    })
+}
+
+/// An OpenSSF model signature of `dir`: the bundle verified with the
+/// trusted keys or CA certificates (`allow_unsigned` does not apply: a
+/// model signature is signed or it is nothing), and the directory's shape
+/// checked against the statement before anything is hashed or extended.
+fn model_signature_golden(
+    bundle: &std::path::Path,
+    dir: &std::path::Path,
+    pcr: u32,
+    trusted: &[TrustedKey],
+) -> Result<Golden, MeasureError> {
+    // Absolute, so the records name the files wherever the config was
+    // found from (a config given by a relative path leaves them relative).
+    let absolute = |p: &std::path::Path| {
+        std::path::absolute(p).map_err(|e| MeasureError::ModelDir {
+            dir: p.to_owned(),
+            problem: e.to_string(),
+        })
+    };
+    let (bundle, dir) = (&absolute(bundle)?, &absolute(dir)?);
+    let verified = model_sig::load(bundle, trusted)?;
+    model_sig::check_tree(dir, &verified.statement, bundle)?;
+    let manifest =
+        model_sig::to_manifest(&verified.statement, dir, pcr, None).map_err(|problem| {
+            MeasureError::ModelDir {
+                dir: dir.to_owned(),
+                problem,
+            }
+        })?;
+    log::info!(
+        "model signature {} for {}: {} file(s), signed by {} ({:?})",
+        bundle.display(),
+        dir.display(),
+        manifest.models.len(),
+        verified.signer,
+        verified.signed_by
+    );
+    let event = ManifestEvent {
+        file: bundle.display().to_string(),
+        sha256: verified.sha256.clone(),
+        serial: 0,
+        text: String::from_utf8_lossy(&verified.bytes).into_owned(),
+        signature: hex::encode(&verified.bundle.signature),
+        signer: verified.signer.clone(),
+        cause: "boot".to_owned(),
+        model_dir: Some(dir.display().to_string()),
+    };
+    Ok(Golden {
+        manifest,
+        event,
+        sizes: false,
     })
 }
 

@@ -69,6 +69,9 @@ pub enum ToolError {
         /// What is wrong.
         message: String,
     },
+    /// The model signature is unusable, or the directory does not match it.
+    #[error(transparent)]
+    ModelSig(#[from] guardian_attest::model_sig::ModelSigError),
     /// The log is unusable.
     #[error(transparent)]
     Log(#[from] LogError),
@@ -164,6 +167,47 @@ pub fn create_manifest(
     Ok((m, sig))
 }
 
+/// `guardian manifest import`: verify the OpenSSF model signature at
+/// `bundle` with `trusted` (public keys, or CA certificates for the
+/// certificate method), check the model directory `dir` against it
+/// entirely (shape and every file's digest), and write a guardian manifest
+/// of those files for `pcr` with `serial` (default: seconds since 1970) to
+/// `output`, signed with the operator's `key`. Returns the manifest, where
+/// its signature went, and the model signature's signer fingerprint.
+pub fn import_model_signature(
+    bundle: &Path,
+    dir: &Path,
+    trusted: &[PathBuf],
+    key: &Path,
+    output: &Path,
+    pcr: u32,
+    serial: Option<u64>,
+) -> Result<(Manifest, PathBuf, String), ToolError> {
+    use guardian_attest::model_sig;
+    manifest::check_pcr(pcr).map_err(ToolError::Invalid)?;
+    let serial = match serial {
+        Some(s) => s,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(ToolError::Clock)?
+            .as_secs(),
+    };
+    let key = SigningKey::load(key)?;
+    let trusted = TrustedKey::load_all(trusted)?;
+    let dir = std::path::absolute(dir).map_err(|source| ToolError::Path {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let verified = model_sig::load(bundle, &trusted)?;
+    let files = model_sig::check_dir(&dir, &verified, bundle)?;
+    let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
+    let mut m = model_sig::to_manifest(&verified.statement, &dir, pcr, Some(&sizes))
+        .map_err(ToolError::Invalid)?;
+    m.serial = serial;
+    let sig = manifest::write_signed(&m, output, &key)?;
+    Ok((m, sig, verified.signer))
+}
+
 /// `guardian manifest verify`: load and authenticate the manifest at
 /// `path` (default: the config's) with `keys` (default: the config's
 /// trusted keys) and its signature at `signature` (default: `PATH.sig`).
@@ -239,10 +283,10 @@ impl Replay {
 }
 
 /// `guardian log replay`: replay this boot's extends of `pcr` (default:
-/// the config's manifest's) from the log and read the TPM's value.
+/// the config's manifest's, or `model_pcr` with a model signature) from the log and read the TPM's value.
 pub fn replay(config: &Config, pcr: Option<u32>) -> Result<Replay, ToolError> {
     let m = &config.measure;
-    let pcr = match pcr {
+    let pcr = match pcr.or(m.model_signature_pcr()) {
         Some(p) => p,
         None => {
             let text = std::fs::read_to_string(&m.manifest).map_err(|source| ToolError::Read {

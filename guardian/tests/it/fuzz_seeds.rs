@@ -1,6 +1,6 @@
 //! Seeds for the fuzz targets in `fuzz/`, made from real data: a board
-//! measured into swtpm, its log, manifest, quote and evidence bundle, and
-//! policy events encoded from guardian's JSON security events. Each seed
+//! measured into swtpm, its log, manifest, quote and evidence bundle,
+//! model signatures made by `model_signing`, and policy events encoded from guardian's JSON security events. Each seed
 //! is checked to be accepted by the parser it feeds, so a fuzz run starts
 //! from inputs that reach deep into the code rather than from noise.
 //!
@@ -88,6 +88,12 @@ fn seeds_from_a_real_board_parse() {
     assert_eq!(v.tamper_attempts.len(), 1, "{}", v.render());
     assert_eq!(v.policies.len(), 1, "{}", v.render());
     write(&dir, "verify", "bundle.json", &q.bundle);
+
+    // model_sig: bundles the real `model_signing` CLI made (key and
+    // certificate methods), each verified first.
+    for (name, bundle) in crate::model_signing::seed_bundles() {
+        write(&dir, "model_sig", &name, &bundle);
+    }
 
     // policy_event: each kind, encoded as guardian hands it to a module.
     for (i, fields) in EVENTS.iter().enumerate() {

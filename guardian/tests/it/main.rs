@@ -6,6 +6,7 @@
 //! | `host` | the real agent on this host's kernel: tracepoints, fanotify, pins, the fleet link |
 //! | `fanotify`, `watch` | the userspace rungs (permission and notification events) on their own |
 //! | `measure` | `guardian measure` against a real swtpm |
+//! | `model_signing` | OpenSSF model signatures made by the real `model_signing` CLI (key and certificate), measured, verified, imported |
 //! | `records`, `attest` | continuous attestation, quotes and `guardian verify` |
 //! | `enrol` | enrolment with an EK certificate and credential activation |
 //! | `fleet` | attestation over the link: the fleet's rounds against boards with a real swtpm, the agent answering, impostors and replays |
@@ -33,6 +34,7 @@ mod fleet;
 mod fuzz_seeds;
 mod host;
 mod measure;
+mod model_signing;
 mod parsers;
 mod policy;
 mod policy_rego;

@@ -277,3 +277,117 @@ fn no_tpm_mode_logs_and_warns() {
     assert_eq!(log.lines().count(), 3);
     assert!(log.contains("\"extended\":false"));
 }
+
+/// cosign 3 writes only Sigstore bundles (`cosign sign-blob --key K
+/// --bundle F`): a manifest whose `.sig` is such a bundle (no tlog entry),
+/// around an openssl ECDSA P-256 signature, is measured like one with a raw
+/// signature; a bundle whose digest is another file's is refused.
+#[test]
+fn cosign_keyed_bundle_signs_a_manifest() {
+    use base64::Engine as _;
+    let tpm = Swtpm::start();
+    let b = common::Board::new(&tpm.tcti());
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        &b.s("cosign.key"),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        &b.s("cosign.key"),
+        "-pubout",
+        "-out",
+        &b.s("cosign.pub"),
+    ]);
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        &b.s("cosign.key"),
+        "-out",
+        &b.s("raw.sig"),
+        &b.s("manifest.toml"),
+    ]);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bundle = |file: &str| {
+        let digest = Sha256::digest(std::fs::read(b.p(file)).unwrap());
+        serde_json::json!({
+            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "verificationMaterial": {"publicKey": {"hint": "bm90IHRydXN0ZWQ="}, "tlogEntries": []},
+            "messageSignature": {
+                "messageDigest": {"algorithm": "SHA2_256", "digest": b64.encode(digest)},
+                "signature": b64.encode(std::fs::read(b.p("raw.sig")).unwrap())
+            }
+        })
+        .to_string()
+    };
+    let toml = std::fs::read_to_string(b.p("guardian.toml")).unwrap();
+    std::fs::write(
+        b.p("guardian.toml"),
+        toml.replace("\"vendor.pub\"", "\"cosign.pub\""),
+    )
+    .unwrap();
+
+    std::fs::write(b.p("manifest.toml.sig"), bundle("guardian.toml")).unwrap();
+    let out = b.measure();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not valid for any trusted key"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tpm.pcrread(14), "0".repeat(64));
+
+    std::fs::write(b.p("manifest.toml.sig"), bundle("manifest.toml")).unwrap();
+    let out = b.measure();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = guardian(&[
+        "manifest",
+        "verify",
+        &b.s("manifest.toml"),
+        "--key",
+        &b.s("cosign.pub"),
+        "--files",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The verifier checks the bundle in the manifest record with its key.
+    let nonce = "a1b2c3d4e5f60718a1b2c3d4e5f60718";
+    let out = guardian(&[
+        "quote",
+        "-c",
+        &b.s("guardian.toml"),
+        "--nonce",
+        nonce,
+        "-o",
+        &b.s("ev.json"),
+        "--ak-out",
+        &b.s("ak.pem"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (key, want) in [("cosign.pub", Some(0)), ("vendor.pub", Some(3))] {
+        let out = guardian(&[
+            "verify",
+            "--evidence",
+            &b.s("ev.json"),
+            "--insecure-tofu",
+            "--ak",
+            &b.s("ak.pem"),
+            "--key",
+            &b.s(key),
+            "--nonce",
+            nonce,
+        ]);
+        assert_eq!(
+            out.status.code(),
+            want,
+            "{key}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+    }
+}
