@@ -668,34 +668,22 @@ fn run() -> Vec<String> {
         m
     };
     let t_a_end_ms = now_ms();
-    // Poll for the burst: kill as soon as one instance holds a tenth of
-    // the boards (or the most it held, once the burst is over).
+    // Poll for a burst: kill when one instance holds a tenth of the
+    // boards, or when the claims it holds start to fall (the peak).
     let want = (n / 10).max(1);
     let deadline = now_ms() + (EVERY_S + 5) * 1000;
     let mut claims = BTreeMap::new();
+    let mut prev = 0;
     while now_ms() < deadline {
         let c = live_claims();
         let most = c.values().map(Vec::len).max().unwrap_or(0);
-        let best = claims.values().map(Vec::len).max().unwrap_or(0);
-        if most >= want {
+        if most >= want || (most > 0 && most < prev) {
             claims = c;
             break;
         }
-        if most == 0 && best > 0 {
-            // The burst ended below `want`: the moment it was highest
-            // is gone; wait for the next one with what was seen.
-            break;
-        }
-        if most > best {
-            claims = c;
-        }
-        std::thread::sleep(Duration::from_millis(2));
+        prev = most;
+        std::thread::sleep(Duration::from_millis(1));
     }
-    let claims = if claims.values().map(Vec::len).max().unwrap_or(0) >= want {
-        claims
-    } else {
-        live_claims()
-    };
     let victim = match claims.iter().max_by_key(|(_, v)| v.len()) {
         Some((name, _)) => instances.iter().position(|i| &i.name == name).unwrap(),
         None => {
