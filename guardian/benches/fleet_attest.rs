@@ -451,7 +451,7 @@ fn run() -> Vec<String> {
                     }
                     let d = Dev::make(format!("board-{i:04}"), &vendor, &ca);
                     made.lock().unwrap()[i] = Some(Arc::new(d));
-                    if (i + 1) % 25 == 0 {
+                    if (i + 1).is_multiple_of(25) {
                         eprintln!(
                             "  {} boards made ({:.0} s)",
                             i + 1,
