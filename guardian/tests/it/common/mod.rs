@@ -4,12 +4,35 @@
 
 use std::{
     net::TcpStream,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use sha2::{Digest as _, Sha256};
+
+/// `cmd` with none of this process's descriptors but its standard ones.
+/// The TSS's swtpm connection is not close-on-exec: a swtpm (or any
+/// child) started by one thread while another talks to its own swtpm
+/// would keep a copy of that connection open, and swtpm, which serves one
+/// connection at a time, would wait on the copy for ever.
+pub fn no_inherited_fds(cmd: &mut Command) -> &mut Command {
+    // SAFETY: close_range(2) is a single syscall, async-signal-safe; with
+    // CLOSE_RANGE_CLOEXEC it closes nothing now, so std's own exec-error
+    // pipe still works.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            Ok(())
+        })
+    }
+}
 
 pub struct Swtpm {
     child: Child,
@@ -26,7 +49,7 @@ impl Swtpm {
     /// certificates signed by swtpm's local CA (as a TPM vendor would).
     pub fn manufactured() -> Self {
         let state = tempfile::tempdir().unwrap();
-        let out = Command::new("swtpm_setup")
+        let out = no_inherited_fds(&mut Command::new("swtpm_setup"))
             .args(["--tpm2", "--tpmstate"])
             .arg(state.path())
             .args([
@@ -62,7 +85,7 @@ impl Swtpm {
     }
 
     fn spawn(state: &Path, port: u16) -> Child {
-        let child = Command::new("swtpm")
+        let child = no_inherited_fds(&mut Command::new("swtpm"))
             .args(["socket", "--tpm2", "--tpmstate"])
             .arg(format!("dir={}", state.display()))
             .arg("--server")
@@ -124,7 +147,10 @@ pub struct Board {
 }
 
 pub fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().unwrap();
+    let out = no_inherited_fds(&mut Command::new("openssl"))
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "openssl {args:?}: {}",
@@ -133,7 +159,7 @@ pub fn openssl(args: &[&str]) {
 }
 
 pub fn guardian(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_guardian"))
+    no_inherited_fds(&mut Command::new(env!("CARGO_BIN_EXE_guardian")))
         .args(args)
         .env("GUARDIAN_LOG", "info")
         .env_remove("TPM2TOOLS_TCTI")
