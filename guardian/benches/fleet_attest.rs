@@ -588,7 +588,12 @@ fn run() -> Vec<String> {
             let d = d.clone();
             tokio::spawn(async move {
                 while let Some(asked) = rx.recv().await {
-                    let Question::Attest { nonce } = asked.question;
+                    // These boards were enrolled on files: they answer
+                    // challenges only.
+                    let Question::Attest { nonce } = asked.question else {
+                        let _ = asked.answer.send(br#"{"error":"not enrolling"}"#.to_vec());
+                        continue;
+                    };
                     let nonce = hex::decode(nonce).unwrap();
                     let d = d.clone();
                     let body = tokio::task::spawn_blocking(move || d.answer(&nonce))
