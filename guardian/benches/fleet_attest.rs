@@ -961,7 +961,8 @@ fn run() -> Vec<String> {
         .iter()
         .filter(|a| a.trust == TrustState::Trusted)
         .count();
-    let claims_lost = total(&m_end, "guardian_fleet_attest_claims_lost_total");
+    let claims_lost = total(&m_end, "guardian_fleet_attest_claims_lost_total")
+        - total(&m_after, "guardian_fleet_attest_claims_lost_total");
     let dropped = total(&m_end, "guardian_fleet_attest_results_dropped_total");
     let per_cpu = |v: f64, c: f64| if c > 0.0 { v / c } else { 0.0 };
 
@@ -1013,7 +1014,9 @@ fn run() -> Vec<String> {
     println!(
         "| boards' side (this process: quotes, links; swtpm not counted) | CPU {quote_cpu:.1} s |"
     );
-    println!("| claims lost / results dropped ({sname}) | {claims_lost:.0} / {dropped:.0} |");
+    println!(
+        "| claims lost while alone / results dropped ({sname}) | {claims_lost:.0} / {dropped:.0} |"
+    );
     println!(
         "| kill -9 {vname}: live claims it held | {} (taken over after mean {take_mean:.1}, max {take_max:.1} s) |",
         held.len()
