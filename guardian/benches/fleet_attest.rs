@@ -725,6 +725,10 @@ fn run() -> Vec<String> {
     // SAFETY: a signal to the instance this process started.
     unsafe { libc::kill(instances[victim].pid as i32, libc::SIGKILL) };
     let _ = instances[victim].child.take().map(|mut k| k.0.wait());
+    // The survivor's own figures start here, before the tamper below.
+    let t_after_ms = now_ms();
+    let m_after = scrape(instances[survivor].port);
+    let cpu_after = cpu_secs(instances[survivor].pid);
     let tampered: Vec<Arc<Dev>> = devs
         .iter()
         .filter(|d| pick.contains(&d.id))
@@ -743,9 +747,6 @@ fn run() -> Vec<String> {
         pick,
         now_ms() - t_kill_ms
     );
-
-    let m_after = scrape(instances[survivor].port);
-    let cpu_after = cpu_secs(instances[survivor].pid);
 
     // 7. The survivor alone.
     sleep_until(t_kill_ms + phase_b * 1000, "survivor alone");
@@ -927,7 +928,7 @@ fn run() -> Vec<String> {
         (min, v.iter().sum::<f64>() / v.len() as f64, max)
     };
     let a_secs = (t_a_end_ms - t_start_ms) as f64 / 1000.0;
-    let b_secs = (t_end_ms - t_kill_ms) as f64 / 1000.0;
+    let b_secs = (t_end_ms - t_after_ms) as f64 / 1000.0;
     let mut per_instance = Vec::new();
     for i in 0..2 {
         let v = verdicts(&m_kill[i]) - verdicts(&m_start[i]);
