@@ -730,6 +730,10 @@ fn run() -> Vec<String> {
     // SAFETY: a signal to the instance this process started.
     unsafe { libc::kill(instances[victim].pid as i32, libc::SIGKILL) };
     let _ = instances[victim].child.take().map(|mut k| k.0.wait());
+    // The survivor's own figures start here, before the tamper below.
+    let t_after_ms = now_ms();
+    let m_after = scrape(instances[survivor].port);
+    let cpu_after = cpu_secs(instances[survivor].pid);
     let tampered: Vec<Arc<Dev>> = devs
         .iter()
         .filter(|d| pick.contains(&d.id))
@@ -748,9 +752,6 @@ fn run() -> Vec<String> {
         pick,
         now_ms() - t_kill_ms
     );
-
-    let m_after = scrape(instances[survivor].port);
-    let cpu_after = cpu_secs(instances[survivor].pid);
 
     // 7. The survivor alone.
     sleep_until(t_kill_ms + phase_b * 1000, "survivor alone");
@@ -932,7 +933,7 @@ fn run() -> Vec<String> {
         (min, v.iter().sum::<f64>() / v.len() as f64, max)
     };
     let a_secs = (t_a_end_ms - t_start_ms) as f64 / 1000.0;
-    let b_secs = (t_end_ms - t_kill_ms) as f64 / 1000.0;
+    let b_secs = (t_end_ms - t_after_ms) as f64 / 1000.0;
     let mut per_instance = Vec::new();
     for i in 0..2 {
         let v = verdicts(&m_kill[i]) - verdicts(&m_start[i]);
@@ -966,7 +967,8 @@ fn run() -> Vec<String> {
         .iter()
         .filter(|a| a.trust == TrustState::Trusted)
         .count();
-    let claims_lost = total(&m_end, "guardian_fleet_attest_claims_lost_total");
+    let claims_lost = total(&m_end, "guardian_fleet_attest_claims_lost_total")
+        - total(&m_after, "guardian_fleet_attest_claims_lost_total");
     let dropped = total(&m_end, "guardian_fleet_attest_results_dropped_total");
     let per_cpu = |v: f64, c: f64| if c > 0.0 { v / c } else { 0.0 };
 
@@ -1018,7 +1020,9 @@ fn run() -> Vec<String> {
     println!(
         "| boards' side (this process: quotes, links; swtpm not counted) | CPU {quote_cpu:.1} s |"
     );
-    println!("| claims lost / results dropped ({sname}) | {claims_lost:.0} / {dropped:.0} |");
+    println!(
+        "| claims lost while alone / results dropped ({sname}) | {claims_lost:.0} / {dropped:.0} |"
+    );
     println!(
         "| kill -9 {vname}: live claims it held | {} (taken over after mean {take_mean:.1}, max {take_max:.1} s) |",
         held.len()
