@@ -19,7 +19,26 @@ work="$(mktemp -d /var/tmp/guardian-outage.XXXXXX)"
 pids=()
 cleanup() { kill -9 "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-base=$((20000 + RANDOM % 20000))
+# Six ports (three clients, three routes) free right now: other programs on
+# the machine (a TPM simulator, another server) may hold any of a random
+# pick, and a node that cannot listen dies at once.
+ports_free() {
+    python3 - "$@" <<'PY'
+import socket, sys
+for p in sys.argv[1:]:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", int(p)))
+    except OSError:
+        sys.exit(1)
+    finally:
+        s.close()
+PY
+}
+for _ in $(seq 50); do
+    base=$((20000 + RANDOM % 20000))
+    ports_free $((base + 1)) $((base + 2)) $((base + 3)) $((base + 11)) $((base + 12)) $((base + 13)) && break
+done
 urls=()
 node=()
 start_node() {
@@ -43,6 +62,11 @@ all="$(IFS=,; echo "${urls[*]}")"
 RUST_LOG=warn "$bin" --nats "$all" serve --replicas 3 --instance outage-1 </dev/null >/dev/null 2>"$work/fleet.log" &
 pids+=($!)
 for _ in $(seq 120); do "$bin" --nats "$all" status >/dev/null 2>&1 && break; sleep 1; done
+# Every node is up before the run starts (a node that died at start would
+# make the outage below meaningless): say which, and stop.
+for i in 1 2 3; do
+    kill -0 "${node[$i]}" 2>/dev/null || { echo "nats node n$i did not stay up:" >&2; tail -n 5 "$work/n$i.log" >&2; exit 1; }
+done
 total=$((outage + 60))
 echo "== $devices devices, $rate events/s for $total s; every node down from 30 s for $outage s ==" >&2
 RUST_LOG=error "$bin" --nats "$all" simulate --devices "$devices" --rate "$rate" --duration "${total}s" \

@@ -501,7 +501,15 @@ async fn round(
     let nonce = match fresh_nonce() {
         Ok(n) => n,
         Err(e) => {
+            // This instance's fault, not the device's: the round is given
+            // back (the claim cleared, due again in a round's time) rather
+            // than held until its deadline.
             log::error!("attest {device}: no nonce: {e}");
+            rec.claim = None;
+            rec.next_due_ms = now_ms() + cfg.every.as_millis() as u64;
+            if let Ok(value) = serde_json::to_vec(&rec) {
+                let _ = kv.update(&device, value.into(), rev).await;
+            }
             return;
         }
     };
