@@ -443,7 +443,7 @@ fn run() -> Vec<String> {
     std::thread::scope(|s| {
         for _ in 0..jobs.min(n) {
             s.spawn(|| {
-                let ca = localca();
+                let ca = common::localca();
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= n {
@@ -1089,19 +1089,4 @@ fn run() -> Vec<String> {
     drop(tampered);
     drop(devs);
     failures
-}
-
-/// swtpm's local CA: the "manufacturer" that certified the EKs.
-fn localca() -> enrol::CaCerts {
-    let conf = std::fs::read_to_string("/etc/swtpm-localca.conf")
-        .expect("!!! /etc/swtpm-localca.conf is missing: enrolment cannot be made");
-    let get = |key: &str| {
-        conf.lines()
-            .filter_map(|l| l.split_once('='))
-            .find(|(k, _)| k.trim() == key)
-            .map(|(_, v)| PathBuf::from(v.trim()))
-            .unwrap_or_else(|| panic!("no {key} in /etc/swtpm-localca.conf"))
-    };
-    let root = get("statedir").join("swtpm-localca-rootca-cert.pem");
-    enrol::load_ca_certs(&[root, get("issuercert")]).unwrap()
 }

@@ -24,7 +24,7 @@ use common::openssl;
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use guardian::{
     enrol::{
-        self, CaCerts, DeviceError, EkCertError, EkKind, EnrolError, Request,
+        self, DeviceError, EkCertError, EkKind, EnrolError, Request,
         credential::{self, HashAlg},
         tpmt::TpmtPublic,
     },
@@ -78,28 +78,6 @@ impl Manufactured {
     }
 }
 
-/// swtpm_localca's CA files, from its config (statedir, issuercert).
-fn localca_files() -> (PathBuf, PathBuf) {
-    let conf = std::fs::read_to_string("/etc/swtpm-localca.conf")
-        .expect("!!! /etc/swtpm-localca.conf is missing: the EK chain cannot be checked");
-    let get = |key: &str| {
-        conf.lines()
-            .filter_map(|l| l.split_once('='))
-            .find(|(k, _)| k.trim() == key)
-            .map(|(_, v)| PathBuf::from(v.trim()))
-            .unwrap_or_else(|| panic!("no {key} in /etc/swtpm-localca.conf"))
-    };
-    let root = get("statedir").join("swtpm-localca-rootca-cert.pem");
-    (root, get("issuercert"))
-}
-
-fn localca() -> CaCerts {
-    let (root, issuer) = localca_files();
-    let cas = enrol::load_ca_certs(&[root, issuer]).unwrap();
-    assert_eq!(cas.len(), 2);
-    cas
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -113,7 +91,7 @@ fn enrol_fully(tpm: &Manufactured, kind: Option<EkKind>) -> (Request, enrol::Enr
     };
     // Through JSON, as it travels.
     let req: Request = serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
-    let (challenge, pending) = enrol::challenge(&req, &localca()).unwrap();
+    let (challenge, pending) = enrol::challenge(&req, &common::localca()).unwrap();
     let response = enrol::activate(&mut dev, AK, &challenge).unwrap();
     let rec = enrol::finish(&req, pending, &response).unwrap();
     (req, rec)
@@ -268,7 +246,7 @@ fn ek_certificate_from_an_untrusted_ca_is_refused() {
         ]);
         let mut bad = req.clone();
         bad.ek_certificate = B64.encode(std::fs::read(&forged).unwrap());
-        let err = enrol::challenge(&bad, &localca()).unwrap_err();
+        let err = enrol::challenge(&bad, &common::localca()).unwrap_err();
         eprintln!("{ca_name}: {err}");
         match err {
             EnrolError::EkCert {
@@ -288,7 +266,7 @@ fn ek_certificate_from_an_untrusted_ca_is_refused() {
 fn intermediate_alone_is_not_trusted() {
     let tpm = Manufactured::start();
     let req = request_of(&tpm);
-    let (_, issuer) = localca_files();
+    let (_, issuer) = common::localca_files();
     let only_intermediate = enrol::load_ca_certs(&[issuer]).unwrap();
     match enrol::challenge(&req, &only_intermediate) {
         Err(EnrolError::EkCert {
@@ -305,7 +283,7 @@ fn ek_certificate_of_another_tpm_is_refused() {
     let (a, b) = (Manufactured::start(), Manufactured::start());
     let mut req = request_of(&a);
     req.ek_certificate = request_of(&b).ek_certificate;
-    match enrol::challenge(&req, &localca()) {
+    match enrol::challenge(&req, &common::localca()) {
         Err(EnrolError::EkCert {
             source: EkCertError::KeyMismatch(why),
         }) => assert_eq!(why, "RSA moduli differ"),
@@ -333,7 +311,7 @@ fn unrestricted_ak_is_refused() {
     tpm.tools(&["tpm2_evictcontrol", "-C", "o", "-c", s(&ctx), "0x81010030"]);
     tpm.tools(&["tpm2_flushcontext", "-t"]);
     let req = enrol::request(&mut tpm.open(), 0x8101_0030).unwrap();
-    match enrol::challenge(&req, &localca()) {
+    match enrol::challenge(&req, &common::localca()) {
         Err(e @ EnrolError::AkAttribute { .. }) => {
             assert_eq!(
                 e.to_string(),
@@ -353,7 +331,7 @@ fn ak_from_another_tpm_cannot_enrol() {
     let (a, b) = (Manufactured::start(), Manufactured::start());
     let mut req = request_of(&a);
     req.ak_public = request_of(&b).ak_public;
-    let (challenge, pending) = enrol::challenge(&req, &localca()).unwrap();
+    let (challenge, pending) = enrol::challenge(&req, &common::localca()).unwrap();
     // B holds the AK but not the certified EK.
     let err = enrol::activate(&mut b.open(), AK, &challenge).unwrap_err();
     eprintln!("on the AK's TPM: {err}");
@@ -398,10 +376,10 @@ fn replayed_response_is_refused() {
     let tpm = Manufactured::start();
     let mut dev = tpm.open();
     let req = enrol::request(&mut dev, AK).unwrap();
-    let (c1, p1) = enrol::challenge(&req, &localca()).unwrap();
+    let (c1, p1) = enrol::challenge(&req, &common::localca()).unwrap();
     let r1 = enrol::activate(&mut dev, AK, &c1).unwrap();
     enrol::finish(&req, p1, &r1).unwrap();
-    let (c2, p2) = enrol::challenge(&req, &localca()).unwrap();
+    let (c2, p2) = enrol::challenge(&req, &common::localca()).unwrap();
     assert_ne!(c1.id, c2.id);
     match enrol::finish(&req, p2.clone(), &r1) {
         Err(EnrolError::WrongChallenge { expected, got }) => {
@@ -425,7 +403,7 @@ fn tampered_credential_is_refused_by_the_tpm() {
     let tpm = Manufactured::start();
     let mut dev = tpm.open();
     let req = enrol::request(&mut dev, AK).unwrap();
-    let (challenge, _pending) = enrol::challenge(&req, &localca()).unwrap();
+    let (challenge, _pending) = enrol::challenge(&req, &common::localca()).unwrap();
     let blob = B64.decode(&challenge.credential_blob).unwrap();
     let seed = B64.decode(&challenge.encrypted_secret).unwrap();
     // In the HMAC, in the encrypted credential, in the encrypted seed.
@@ -470,7 +448,7 @@ fn tampered_credential_is_refused_by_the_tpm() {
 fn enrol_commands_then_verify_with_the_record() {
     let m = Manufactured::start();
     let b = common::Board::new(&m.tcti());
-    let (root, issuer) = localca_files();
+    let (root, issuer) = common::localca_files();
     let run = |args: &[&str]| {
         let out = common::guardian(args);
         assert!(

@@ -12,23 +12,18 @@
 //! failed check.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use guardian::{
-    attest::bundle,
-    config::Config,
-    enrol::{self, CaCerts},
-    tpm::Tpm,
-};
+use guardian::{attest::bundle, config::Config, enrol, tpm::Tpm};
 use guardian_fleet::attest::{Attestation, TrustState};
 use guardian_report::{Asked, LinkConfig, Reporter, Spool, SpoolConfig, wire::Question};
 
 use crate::{
-    common::{Board, Swtpm, stderr},
+    common::{Board, Swtpm, localca, stderr},
     nats_support::{free_port, nats_server},
 };
 
@@ -52,21 +47,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// swtpm's local CA: the "manufacturer" that certified the EKs.
-fn localca() -> CaCerts {
-    let conf = std::fs::read_to_string("/etc/swtpm-localca.conf")
-        .expect("!!! /etc/swtpm-localca.conf is missing: enrolment cannot be checked");
-    let get = |key: &str| {
-        conf.lines()
-            .filter_map(|l| l.split_once('='))
-            .find(|(k, _)| k.trim() == key)
-            .map(|(_, v)| PathBuf::from(v.trim()))
-            .unwrap_or_else(|| panic!("no {key} in /etc/swtpm-localca.conf"))
-    };
-    let root = get("statedir").join("swtpm-localca-rootca-cert.pem");
-    enrol::load_ca_certs(&[root, get("issuercert")]).unwrap()
 }
 
 /// A board: a manufactured TPM, models measured into it, its AK enrolled
@@ -821,20 +801,7 @@ fn the_fleet_enrols_reporting_boards_by_rule_or_by_approval() {
         format!("# the factory's list\n{}\n", ek_serial(&auto)),
     )
     .unwrap();
-    let (root, issuer) = {
-        let conf = std::fs::read_to_string("/etc/swtpm-localca.conf").unwrap();
-        let get = |key: &str| {
-            conf.lines()
-                .filter_map(|l| l.split_once('='))
-                .find(|(k, _)| k.trim() == key)
-                .map(|(_, v)| PathBuf::from(v.trim()))
-                .unwrap()
-        };
-        (
-            get("statedir").join("swtpm-localca-rootca-cert.pem"),
-            get("issuercert"),
-        )
-    };
+    let (root, issuer) = crate::common::localca_files();
     let fleet = Fleet::start_with(
         &auto.board.p("vendor.pub"),
         Some(guardian_fleet::enrol::EnrolConfig {

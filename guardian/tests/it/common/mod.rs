@@ -288,3 +288,27 @@ pub fn expected_pcr(log: &Path, files: &[&Path]) -> String {
     assert_eq!(measured, want, "the records measured other content");
     hex::encode(pcr)
 }
+
+/// swtpm_localca's CA files, from its config (statedir, issuercert): the
+/// TPM "manufacturer" that certified the EKs of `Swtpm::manufactured`.
+pub fn localca_files() -> (PathBuf, PathBuf) {
+    let conf = std::fs::read_to_string("/etc/swtpm-localca.conf")
+        .expect("!!! /etc/swtpm-localca.conf is missing: the EK chain cannot be checked");
+    let get = |key: &str| {
+        conf.lines()
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| PathBuf::from(v.trim()))
+            .unwrap_or_else(|| panic!("no {key} in /etc/swtpm-localca.conf"))
+    };
+    let root = get("statedir").join("swtpm-localca-rootca-cert.pem");
+    (root, get("issuercert"))
+}
+
+/// swtpm_localca's root and issuer, loaded as the verifier's CAs.
+pub fn localca() -> guardian::enrol::CaCerts {
+    let (root, issuer) = localca_files();
+    let cas = guardian::enrol::load_ca_certs(&[root, issuer]).unwrap();
+    assert_eq!(cas.len(), 2);
+    cas
+}
