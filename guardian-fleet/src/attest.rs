@@ -168,8 +168,8 @@ pub struct Attestation {
     #[serde(default)]
     pub rounds: Rounds,
     /// After this a trusted record shows as [`TrustState::Stale`] (ms since
-    /// the Unix epoch; the next round's due time plus the claim's
-    /// deadline). 0: not set.
+    /// the Unix epoch; the next round's due time plus the answer timeout
+    /// and [`STALE_ROOM_MS`]). 0: not set.
     #[serde(default)]
     pub stale_at_ms: u64,
 }
@@ -196,6 +196,10 @@ pub struct Rounds {
     /// Rounds without an answer.
     pub unreachable: u64,
 }
+
+/// Room beyond a round's due time and answer timeout before a trusted
+/// verdict shows stale (the rounds' tick, the verifier, the write).
+pub const STALE_ROOM_MS: u64 = 2_000;
 
 /// The key-value bucket of enrolled devices: key = device id, value = the
 /// enrolment record (`guardian_attest::enrol::Enrolled`: the AK the fleet
@@ -589,7 +593,12 @@ async fn round(
     }
     rec.claim = None;
     rec.next_due_ms = now + cfg.every.as_millis() as u64;
-    rec.stale_at_ms = rec.next_due_ms + cfg.claim_for().as_millis() as u64;
+    // The fleet stops vouching for a verdict once the next one should
+    // have been reached (its round due, answered within the timeout, with
+    // a little room): a device whose instance died shows stale from then
+    // until another instance's claim takes it, not trusted on an old
+    // verdict for the claim's whole deadline.
+    rec.stale_at_ms = rec.next_due_ms + cfg.answer_timeout.as_millis() as u64 + STALE_ROOM_MS;
     let Ok(value) = serde_json::to_vec(&rec) else {
         return;
     };
