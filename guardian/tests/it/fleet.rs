@@ -12,7 +12,7 @@
 //! failed check.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -671,6 +671,10 @@ fn the_agent_answers_the_fleet_and_a_tamper_turns_it_untrusted() {
     let fleet = Fleet::start(&dev.board.p("vendor.pub"));
     fleet.enrol(&dev);
     let pins = format!("/sys/fs/bpf/guardian-fleet-test-{}", std::process::id());
+    // Removed however the test ends (declared before the agent, so dropped
+    // after it): a failed assertion must not leave the guard's objects in
+    // the kernel for the next test or benchmark.
+    let _pins = Pins(PathBuf::from(&pins));
     let cfg = std::fs::read_to_string(dev.board.p("guardian.toml")).unwrap();
     std::fs::write(
         dev.board.p("guardian.toml"),
@@ -742,13 +746,20 @@ fn the_agent_answers_the_fleet_and_a_tamper_turns_it_untrusted() {
         (st["report"]["link"]["answered"].as_u64()? >= 2).then_some(())
     });
     drop(agent);
-    // The killed agent's pins (what `guardian stop --unload` removes).
-    if let Ok(entries) = std::fs::read_dir(&pins) {
-        for e in entries.flatten() {
-            guardian::guard::remove_pins(&e.path()).unwrap();
+}
+
+/// A pin directory removed on drop (what `guardian stop --unload` removes).
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                let _ = guardian::guard::remove_pins(&e.path());
+            }
         }
+        let _ = std::fs::remove_dir(&self.0);
     }
-    let _ = std::fs::remove_dir(&pins);
 }
 
 /// The EK certificate serial (hex) of `d`'s TPM, as the fleet reads it.
