@@ -433,59 +433,64 @@ pub async fn rounds(
     }
 }
 
-/// What a device answered.
-enum Answer {
-    /// Its evidence bundle.
-    Evidence(Box<Evidence>),
-    /// Nothing usable: why (a word for the counters, a sentence for
-    /// people).
-    Unreachable(&'static str, String),
+/// A question a device did not answer usably: a word for the counters
+/// (`timeout`, `no_responders`, `refused`, `malformed`, `link`) and a
+/// sentence for people.
+#[derive(Debug)]
+pub(crate) struct Unanswered(pub &'static str, pub String);
+
+/// Ask `device` `q` and read the answer as `T`.
+pub(crate) async fn ask<T: serde::de::DeserializeOwned>(
+    client: &async_nats::Client,
+    device: &str,
+    q: &Question,
+    timeout: Duration,
+) -> Result<T, Unanswered> {
+    let payload = ask_raw(client, device, q, timeout).await?;
+    serde_json::from_slice(&payload)
+        .map_err(|e| Unanswered("malformed", format!("not the answer asked for: {e}")))
 }
 
-/// Ask `device` for a quote over `nonce`.
-async fn ask(client: &async_nats::Client, device: &str, nonce: &[u8], timeout: Duration) -> Answer {
-    let question = Question::Attest {
-        nonce: hex::encode(nonce),
-    };
-    let Ok(body) = serde_json::to_vec(&question) else {
-        return Answer::Unreachable("malformed", "could not encode the question".to_owned());
-    };
+/// Ask `device` `q` on its question subject, with the answer expected on
+/// a fresh token under its own answer subject: the answer's bytes, or why
+/// there is none (a refusal included). Shared by the attestation and the
+/// enrolment rounds.
+async fn ask_raw(
+    client: &async_nats::Client,
+    device: &str,
+    q: &Question,
+    timeout: Duration,
+) -> Result<bytes::Bytes, Unanswered> {
+    let body = serde_json::to_vec(q).map_err(|e| Unanswered("malformed", e.to_string()))?;
     let mut token = [0u8; 12];
-    if let Err(e) = std::fs::File::open("/dev/urandom")
+    std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut token))
-    {
-        return Answer::Unreachable("malformed", format!("no random token: {e}"));
-    }
-    let inbox = format!("{ANSWER_PREFIX}.{device}.{}", hex::encode(token));
+        .map_err(|e| Unanswered("malformed", format!("no random token: {e}")))?;
     let req = async_nats::Request::new()
         .payload(body.into())
-        .inbox(inbox)
+        .inbox(format!("{ANSWER_PREFIX}.{device}.{}", hex::encode(token)))
         .timeout(Some(timeout));
-    match client
+    let msg = client
         .send_request(format!("{ASK_PREFIX}.{device}"), req)
         .await
-    {
-        Ok(msg) => {
-            if let Ok(r) = serde_json::from_slice::<Refused>(&msg.payload) {
-                return Answer::Unreachable("refused", format!("the device refused: {}", r.error));
-            }
-            match parse_evidence(&msg.payload) {
-                Ok(ev) => Answer::Evidence(Box::new(ev)),
-                Err(e) => Answer::Unreachable("malformed", format!("not an evidence bundle: {e}")),
-            }
-        }
-        Err(e) => match e.kind() {
-            async_nats::RequestErrorKind::NoResponders => Answer::Unreachable(
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => Unanswered(
                 "no_responders",
                 "not connected (nobody listens on its question subject)".to_owned(),
             ),
-            async_nats::RequestErrorKind::TimedOut => Answer::Unreachable(
+            async_nats::RequestErrorKind::TimedOut => Unanswered(
                 "timeout",
                 format!("no answer within {} s", timeout.as_secs_f32()),
             ),
-            _ => Answer::Unreachable("link", format!("asking failed: {e}")),
-        },
+            _ => Unanswered("link", format!("asking failed: {e}")),
+        })?;
+    if let Ok(r) = serde_json::from_slice::<Refused>(&msg.payload) {
+        return Err(Unanswered(
+            "refused",
+            format!("the device refused: {}", r.error),
+        ));
     }
+    Ok(msg.payload)
 }
 
 /// One round for one device, with the claim at revision `rev`.
@@ -517,10 +522,20 @@ async fn round(
             return;
         }
     };
-    let answer = ask(client, &device, &nonce, cfg.answer_timeout).await;
+    let question = Question::Attest {
+        nonce: hex::encode(&nonce),
+    };
+    // Parsed as the verifier library parses a bundle file (its size bound
+    // included).
+    let answer = ask_raw(client, &device, &question, cfg.answer_timeout)
+        .await
+        .and_then(|raw| {
+            parse_evidence(&raw)
+                .map_err(|e| Unanswered("malformed", format!("not an evidence bundle: {e}")))
+        });
     let now = now_ms();
     match answer {
-        Answer::Unreachable(why, text) => {
+        Err(Unanswered(why, text)) => {
             bump(&counters.attest.unreachable_by_why, why);
             if rec.trust != TrustState::Unreachable {
                 rec.since_ms = now;
@@ -529,7 +544,7 @@ async fn round(
             rec.unreachable = Some(text);
             rec.rounds.unreachable += 1;
         }
-        Answer::Evidence(ev) => {
+        Ok(ev) => {
             let judged = judge(cfg, &enrolled, &rec.verifier, &ev, &nonce);
             let (verdict, state, micros) = match judged {
                 Ok(j) => j,

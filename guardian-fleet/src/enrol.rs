@@ -33,7 +33,7 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt as _;
 use guardian_attest::enrol::{CaCerts, Challenge, Enrolled, Request, Response};
-use guardian_report::wire::{ANSWER_PREFIX, ASK_PREFIX, Question, Refused};
+use guardian_report::wire::Question;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -146,40 +146,16 @@ pub struct Pending {
     pub approved_by: Option<String>,
 }
 
-/// Ask `device` a question and read the answer as `T` (or why not).
+/// Ask `device` `q` and read the answer as `T`, or why not in words.
 async fn ask<T: serde::de::DeserializeOwned>(
     client: &async_nats::Client,
     device: &str,
     q: &Question,
     timeout: Duration,
 ) -> Result<T, String> {
-    let body = serde_json::to_vec(q).map_err(|e| e.to_string())?;
-    let mut token = [0u8; 12];
-    rand_token(&mut token).map_err(|e| format!("no random token: {e}"))?;
-    let req = async_nats::Request::new()
-        .payload(body.into())
-        .inbox(format!("{ANSWER_PREFIX}.{device}.{}", hex::encode(token)))
-        .timeout(Some(timeout));
-    let msg = client
-        .send_request(format!("{ASK_PREFIX}.{device}"), req)
+    crate::attest::ask(client, device, q, timeout)
         .await
-        .map_err(|e| match e.kind() {
-            async_nats::RequestErrorKind::NoResponders => {
-                "not connected (nobody listens on its question subject)".to_owned()
-            }
-            async_nats::RequestErrorKind::TimedOut => {
-                format!("no answer within {} s", timeout.as_secs_f32())
-            }
-            _ => format!("asking failed: {e}"),
-        })?;
-    if let Ok(r) = serde_json::from_slice::<Refused>(&msg.payload) {
-        return Err(format!("the device refused: {}", r.error));
-    }
-    serde_json::from_slice(&msg.payload).map_err(|e| format!("not the answer asked for: {e}"))
-}
-
-fn rand_token(b: &mut [u8]) -> std::io::Result<()> {
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, b)
+        .map_err(|u| u.1)
 }
 
 /// Run enrolment rounds until `stop`: every few seconds, the devices that

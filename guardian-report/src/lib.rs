@@ -7,8 +7,8 @@
 //! |---|---|
 //! | [`spool`] | the on-disk spool: segments, CRCs, the fsync policy, the size bound and its drop rule, acknowledgement marks |
 //! | [`wire`] | the batch format both the device and `guardian-fleet` read |
-//! | [`nats`] | one connection to a NATS server: publish into JetStream, read the acknowledgements |
-//! | [`reporter`] | the tasks tying them together: queue → spool → link, reconnect with backoff, status |
+//! | [`nats`] | one connection to a NATS server: publish into JetStream, read the acknowledgements, hear the fleet's questions and answer them |
+//! | [`reporter`] | the tasks tying them together: queue → spool → link, reconnect with backoff, status; the fleet's questions handed to whoever answers for the device ([`Asked`]) and their answers sent back |
 //!
 //! This crate knows nothing of the agent (no TPM, no eBPF): the agent and
 //! the fleet's device simulator both run it, so the simulator exercises

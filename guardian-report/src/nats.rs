@@ -1,9 +1,11 @@
 //! The device's link to the fleet: just enough of the NATS client protocol
-//! to publish into a JetStream stream and read the stream's acknowledgement.
+//! to publish into a JetStream stream and read the stream's
+//! acknowledgement, and to hear the fleet's questions and answer them.
 //!
-//! Owns one connection. Why not a general client: the device needs four
-//! verbs (CONNECT, HPUB with a reply subject, SUB to its inbox, PING/PONG),
-//! and needs to match each acknowledgement to the spool records it covers;
+//! Owns one connection. Why not a general client: the device needs a few
+//! verbs (CONNECT, HPUB with a reply subject, SUB to its inbox and to its
+//! question subject, PUB of an answer, PING/PONG), and needs to match each
+//! acknowledgement to the spool records it covers;
 //! a dependency the size of a full client would not earn its bytes on a
 //! board (see `docs/fleet.md`, "The device link").
 //!

@@ -75,13 +75,14 @@ pub struct LinkConfig {
 
 /// A question from the fleet, handed to whoever answers for the device
 /// (in the agent: a quote by the TPM). The answer is the JSON to send
-/// back ([`wire::Refused`] when there is none).
+/// back, or why there is none (the link sends that as a
+/// [`wire::Refused`]).
 #[derive(Debug)]
 pub struct Asked {
     /// The question.
     pub question: wire::Question,
     /// Where the answer goes.
-    pub answer: oneshot::Sender<Vec<u8>>,
+    pub answer: oneshot::Sender<Result<Vec<u8>, String>>,
 }
 
 impl LinkConfig {
@@ -482,7 +483,7 @@ async fn session(
     // Answers come back from their own tasks (a quote takes a while) and
     // are sent from here, on this connection; an answer for a connection
     // that died is lost, and the fleet says "unreachable".
-    let (answers_tx, mut answers) = mpsc::channel::<(String, Vec<u8>)>(16);
+    let (answers_tx, mut answers) = mpsc::channel::<(String, Result<Vec<u8>, String>)>(16);
     let mut inflight: BTreeMap<u64, InFlight> = BTreeMap::new();
     let mut next_token = 0u64;
     let mut sent_upto = 0u64;
@@ -532,26 +533,27 @@ async fn session(
             } => {
                 return Err(format!("no acknowledgement within {:?}", cfg.ack_timeout));
             }
-            Some((reply, mut body)) = answers.recv() => {
-                let refused = body.starts_with(br#"{"error""#);
-                if body.len() > conn.max_payload() {
-                    log::warn!(
-                        "report link: an answer of {} bytes is over the server's limit of {}",
-                        body.len(),
-                        conn.max_payload()
-                    );
-                    body = refusal(&format!(
+            Some((reply, answer)) = answers.recv() => {
+                let answer = answer.and_then(|body| match body.len() > conn.max_payload() {
+                    true => Err(format!(
                         "the answer is {} bytes, over the server's limit of {}",
                         body.len(),
                         conn.max_payload()
-                    ));
-                }
+                    )),
+                    false => Ok(body),
+                });
+                let body = match &answer {
+                    Ok(body) => body.clone(),
+                    Err(why) => {
+                        log::warn!("report link: question refused: {why}");
+                        refusal(why)
+                    }
+                };
                 conn.publish_plain(&reply, &body).await.map_err(|e| link_error(&e))?;
                 let mut l = shared.link();
-                if refused || body.starts_with(br#"{"error""#) {
-                    l.refused += 1;
-                } else {
-                    l.answered += 1;
+                match answer {
+                    Ok(_) => l.answered += 1,
+                    Err(_) => l.refused += 1,
                 }
             }
             inc = conn.replies.recv() => match inc {
@@ -593,6 +595,7 @@ async fn session(
     }
 }
 
+/// The JSON of a refusal ([`wire::Refused`]).
 fn refusal(why: &str) -> Vec<u8> {
     serde_json::to_vec(&wire::Refused {
         error: why.to_owned(),
@@ -606,7 +609,7 @@ fn question(
     shared: &Arc<Shared>,
     cfg: &LinkConfig,
     m: Message,
-    answers: &mpsc::Sender<(String, Vec<u8>)>,
+    answers: &mpsc::Sender<(String, Result<Vec<u8>, String>)>,
 ) {
     shared.link().questions += 1;
     let Some(reply) = m.reply.filter(|r| wire::answer_subject_ok(&cfg.device, r)) else {
@@ -619,10 +622,9 @@ fn question(
         return;
     };
     let refuse = |why: String| {
-        log::warn!("report link: question refused: {why}");
         // The answers queue is drained by this very session; when it is
         // full the fleet hears nothing and says "unreachable".
-        let _ = answers.try_send((reply.clone(), refusal(&why)));
+        let _ = answers.try_send((reply.clone(), Err(why)));
     };
     let q = match wire::decode_question(&m.payload) {
         Ok(q) => q,
@@ -644,9 +646,9 @@ fn question(
     let (answers, timeout) = (answers.clone(), cfg.answer_timeout);
     tokio::spawn(async move {
         let body = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(_)) => refusal("the agent dropped the question"),
-            Err(_) => refusal(&format!("no answer within {timeout:?}")),
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err("the agent dropped the question".to_owned()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
         };
         let _ = answers.send((reply, body)).await;
     });

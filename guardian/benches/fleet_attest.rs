@@ -591,7 +591,7 @@ fn run() -> Vec<String> {
                     // These boards were enrolled on files: they answer
                     // challenges only.
                     let Question::Attest { nonce } = asked.question else {
-                        let _ = asked.answer.send(br#"{"error":"not enrolling"}"#.to_vec());
+                        let _ = asked.answer.send(Err("not enrolling".to_owned()));
                         continue;
                     };
                     let nonce = hex::decode(nonce).unwrap();
@@ -599,7 +599,7 @@ fn run() -> Vec<String> {
                     let body = tokio::task::spawn_blocking(move || d.answer(&nonce))
                         .await
                         .unwrap();
-                    let _ = asked.answer.send(body);
+                    let _ = asked.answer.send(Ok(body));
                 }
             });
             Reporter::start(spool, link).unwrap()

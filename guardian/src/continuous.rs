@@ -102,7 +102,7 @@ pub enum Message {
         /// The verifier's nonce.
         nonce: Vec<u8>,
         /// Where the bundle (or why there is none) goes.
-        reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+        reply: Reply,
     },
     /// The fleet's enrolment: read the enrolment request from the TPM, or
     /// activate the fleet's credential; the answer as JSON.
@@ -110,12 +110,18 @@ pub enum Message {
         /// Which step.
         step: EnrolStep,
         /// Where the answer (or why there is none) goes.
-        reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+        reply: Reply,
     },
     /// Finish queued work and stop (other senders, such as the policy
     /// engine's measurer, may still hold the channel open).
     Stop,
 }
+
+/// Where the attestor's answer to the fleet goes: the JSON to send, or why
+/// there is none.
+pub type Reply = tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>;
+/// The other end of a [`Reply`].
+pub type Answer = tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>>;
 
 /// A step of enrolment the fleet asks the device for.
 #[derive(Debug)]
@@ -235,27 +241,21 @@ impl Attestor {
 
     /// Ask for a quote for the fleet's `nonce` (see [`Message::Quote`]); a
     /// full queue answers at once with why.
-    pub fn quote(&self, nonce: Vec<u8>) -> tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        if let Err(TrySendError::Full(Message::Quote { reply, .. }))
-        | Err(TrySendError::Disconnected(Message::Quote { reply, .. })) =
-            self.tx.try_send(Message::Quote { nonce, reply })
-        {
-            let _ = reply.send(Err("the attestor's queue is full".to_owned()));
-        }
-        rx
+    pub fn quote(&self, nonce: Vec<u8>) -> Answer {
+        self.ask(|reply| Message::Quote { nonce, reply })
     }
 
     /// Ask for a step of the fleet's enrolment (see [`Message::Enrol`]); a
     /// full queue answers at once with why.
-    pub fn enrol(
-        &self,
-        step: EnrolStep,
-    ) -> tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>> {
+    pub fn enrol(&self, step: EnrolStep) -> Answer {
+        self.ask(|reply| Message::Enrol { step, reply })
+    }
+
+    fn ask(&self, message: impl FnOnce(Reply) -> Message) -> Answer {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        if let Err(TrySendError::Full(Message::Enrol { reply, .. }))
-        | Err(TrySendError::Disconnected(Message::Enrol { reply, .. })) =
-            self.tx.try_send(Message::Enrol { step, reply })
+        if let Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) =
+            self.tx.try_send(message(reply))
+            && let Message::Quote { reply, .. } | Message::Enrol { reply, .. } = m
         {
             let _ = reply.send(Err("the attestor's queue is full".to_owned()));
         }

@@ -196,16 +196,12 @@ pub fn start(cfg: &ReportConfig) -> Result<Option<(Reporter, Option<Questions>)>
 /// waits.
 #[cfg(feature = "report")]
 pub fn answer(asked: guardian_report::Asked, attestor: &crate::continuous::Attestor) {
-    use guardian_report::wire::{Question, Refused};
-    let refuse = |why: String| {
-        serde_json::to_vec(&Refused { error: why })
-            .unwrap_or_else(|_| br#"{"error":"refused"}"#.to_vec())
-    };
+    use guardian_report::wire::Question;
     let rx = match asked.question {
         Question::Attest { nonce } => match hex::decode(&nonce) {
             Ok(n) => attestor.quote(n),
             Err(e) => {
-                let _ = asked.answer.send(refuse(format!("nonce is not hex: {e}")));
+                let _ = asked.answer.send(Err(format!("nonce is not hex: {e}")));
                 return;
             }
         },
@@ -215,18 +211,16 @@ pub fn answer(asked: guardian_report::Asked, attestor: &crate::continuous::Attes
             Err(e) => {
                 let _ = asked
                     .answer
-                    .send(refuse(format!("not an enrolment challenge: {e}")));
+                    .send(Err(format!("not an enrolment challenge: {e}")));
                 return;
             }
         },
     };
     tokio::spawn(async move {
-        let body = match rx.await {
-            Ok(Ok(body)) => body,
-            Ok(Err(why)) => refuse(why),
-            Err(_) => refuse("the attestor stopped".to_owned()),
-        };
-        let _ = asked.answer.send(body);
+        let answer = rx
+            .await
+            .unwrap_or_else(|_| Err("the attestor stopped".to_owned()));
+        let _ = asked.answer.send(answer);
     });
 }
 

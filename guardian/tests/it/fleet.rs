@@ -366,7 +366,13 @@ impl Answering {
                     let body = tokio::task::spawn_blocking(move || answer(q))
                         .await
                         .unwrap();
-                    let _ = asked.answer.send(serde_json::to_vec(&body).unwrap());
+                    // `{"error": why}` from the closure is a refusal, as
+                    // the agent gives one; the link sends it as such.
+                    let answer = match body.get("error").and_then(|e| e.as_str()) {
+                        Some(why) => Err(why.to_owned()),
+                        None => Ok(serde_json::to_vec(&body).unwrap()),
+                    };
+                    let _ = asked.answer.send(answer);
                 }
             });
             let r = Reporter::start(spool, link).unwrap();
