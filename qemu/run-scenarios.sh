@@ -32,7 +32,8 @@ log "test kernel (cached by the fragments' hash)"
 image="$("$here/build-kernel.sh" | tail -n 1)"
 
 log "guardian for x86_64 (the verifier), guardian-fleet (the fleet lab) and aarch64 guardian (the agent)"
-(cd "$root" && cargo build --locked -p guardian -p guardian-fleet 2>&1 | grep -v '^warning: guardian@' >&2)
+(cd "$root" && cargo build --locked -p guardian -p guardian-fleet --bin guardian --bin guardian-fleet \
+    --example replay_set 2>&1 | grep -v '^warning: guardian@' >&2)
 (cd "$root" && cargo build --locked --release --target aarch64-unknown-linux-gnu -p guardian 2>&1 \
     | grep -v '^warning: guardian@' >&2)
 bin="$root/target/aarch64-unknown-linux-gnu/release/guardian"
@@ -128,6 +129,17 @@ openssl pkeyutl -sign -inkey "$out/files/vendor.pem" -rawin -in "$out/files/mani
 # The policy the guest swaps in at run time, signed by the same vendor.
 cp "$policy_wasm" "$out/files/model_writer.wasm"
 "$root/target/debug/guardian" policy sign --key "$out/files/vendor.pem" "$out/files/model_writer.wasm" >&2
+# The fleet's policy sets for group qemu, packed and signed by the vendor:
+# version 2 is published while the fleet's boot runs; version 1 (older,
+# validly signed) is then replayed onto the bucket as an attacker with
+# write access to the broker would, and the guest must refuse it.
+rm -rf "$out/files/set-policies"
+mkdir -p "$out/files/set-policies"
+cp "$out/files/model_writer.wasm" "$out/files/model_writer.wasm.sig" "$out/files/set-policies/"
+for v in 1 2; do
+    "$root/target/debug/guardian" policy pack --group qemu --version "$v" --key "$out/files/vendor.pem" \
+        "$out/files/set-policies" -o "$out/files/qemu-v$v.set" >&2
+done
 
 scenarios=(tpm-device bpf-lsm-active control-flip-changes-predictions measure-boot pcr-equals-replay quote-evidence guardian-enforce no-syscall-tracepoint deny-append deny-append-event
     deny-truncate deny-truncate-event deny-impostor allow-updater allow-updater-event
@@ -263,6 +275,26 @@ rm -f "$out"/fleet-page-*.html
         sleep 2
     done
 ) &
+# When the guest says it is ready, publish its group's set 2; when it asks
+# for the older set, replay set 1 onto the bucket. (The console of an
+# earlier run holds the same markers: it goes first.)
+rm -f "$out/console-fleet.log"
+(
+    n=0
+    until grep -q '^GUARDIAN-PUSH-READY' "$out/console-fleet.log" 2>/dev/null; do
+        [ "$n" -ge 1200 ] && exit 0
+        sleep 0.5
+        n=$((n + 1))
+    done
+    "$fleet_bin" --nats "$fleet_url" policy publish --group qemu --policy-key "$out/files/vendor.pub" \
+        "$out/files/qemu-v2.set" >"$out/fleet-policy.txt" 2>&1
+    until grep -q '^GUARDIAN-PUSH-OLDER' "$out/console-fleet.log" 2>/dev/null; do
+        [ "$n" -ge 1200 ] && exit 0
+        sleep 0.5
+        n=$((n + 1))
+    done
+    "$root/target/debug/examples/replay_set" "$fleet_url" qemu "$out/files/qemu-v1.set" >>"$out/fleet-policy.txt" 2>&1
+) &
 # The fleet's boot first: the guest enrols with the fleet over its link,
 # is attested, and suffers one tamper attempt (denied); then the scenarios.
 log "the fleet's boot: the guest enrols with the fleet and is attested over the link"
@@ -270,15 +302,33 @@ fleet_console="$out/console-fleet.log"
 rm -f "$fleet_console"
 if [ "$demo" -eq 1 ]; then
     GUARDIAN_KERNEL_APPEND="quiet $append guardian.phase=fleet" "$here/boot.sh" "$image" "$out/initrd.cpio.gz" \
-        "$fleet_console" 300 >/dev/null 2>"$out/boot-fleet.stderr" &
+        "$fleet_console" 420 >/dev/null 2>"$out/boot-fleet.stderr" &
     boot_pid=$!
     tail -n +1 -F --pid="$boot_pid" "$fleet_console" 2>/dev/null | tr -d '\r' \
         | grep --line-buffered -E '^demo:' | sed -u 's/^demo: //' || true
     wait "$boot_pid" || true
 else
     GUARDIAN_KERNEL_APPEND="$append guardian.phase=fleet" "$here/boot.sh" "$image" "$out/initrd.cpio.gz" \
-        "$fleet_console" 300 >/dev/null 2>&1 || true
+        "$fleet_console" 420 >/dev/null 2>&1 || true
 fi
+# What the fleet saw of the pushed set, before the next boot (which
+# follows no group) reports as the same device: set 2 published, in force
+# on the guest as its verified quotes show, the older set never.
+pushed_results="$out/fleet-policy-results.log"
+if grep -q '^published group qemu version 2 ' "$out/fleet-policy.txt" 2>/dev/null; then r=PASS; else r=FAIL; fi
+echo "GUARDIAN-SCENARIO fleet-policy-published $r $(head -n 1 "$out/fleet-policy.txt" 2>/dev/null | cut -c1-160)" >"$pushed_results"
+"$fleet_bin" --nats "$fleet_url" status --json >"$out/fleet-status-after-push.json" 2>/dev/null || true
+if got="$(python3 -c '
+import json, sys
+for d in json.load(open(sys.argv[1])):
+    if d.get("device") == "qemu-arm64":
+        p = d.get("policy_set") or {}
+        print(json.dumps(p))
+        sys.exit(0 if p.get("state") == "current" and p.get("version") == 2 else 1)
+print("qemu-arm64 not in status")
+sys.exit(1)' "$out/fleet-status-after-push.json")"; then r=PASS; else r=FAIL; fi
+echo "GUARDIAN-SCENARIO fleet-policy-current-on-fleet $r $got" >>"$pushed_results"
+scenarios+=(fleet-policy-published fleet-policy-current-on-fleet)
 log "booting the arm64 guest (TCG; functional timing only)"
 console="$out/console.log"
 boot_status=0
@@ -299,7 +349,10 @@ fi
 results="$out/results.log"
 tr -d '\r' <"$console" >"$results"
 tr -d '\r' <"$fleet_console" | grep '^GUARDIAN-SCENARIO fleet-' >>"$results" || true
-scenarios+=(fleet-boot-measure fleet-enrolled-and-quoted fleet-tamper-denied fleet-quoted-after-tamper)
+cat "$pushed_results" >>"$results"
+scenarios+=(fleet-boot-measure fleet-enrolled-and-quoted fleet-tamper-denied fleet-quoted-after-tamper
+    fleet-policy-before-push fleet-policy-before-push-event fleet-policy-set-applied fleet-policy-set-in-evidence
+    fleet-policy-set-takes-effect fleet-policy-older-refused fleet-quoted-after-push)
 sed -n '/^GUARDIAN-EVIDENCE-BEGIN$/,/^GUARDIAN-EVIDENCE-END$/p' "$results" | sed '1d;$d' >"$out/evidence.json"
 sed -n '/^GUARDIAN-AK-BEGIN$/,/^GUARDIAN-AK-END$/p' "$results" | sed '1d;$d' >"$out/ak.pem"
 sed -n '/^GUARDIAN-ENROL-REQUEST-BEGIN$/,/^GUARDIAN-ENROL-REQUEST-END$/p' "$results" | sed '1d;$d' >"$out/request.json"

@@ -10,6 +10,7 @@
 //! | [`evidence`] | the evidence formats: what a record means and its canonical encoding, the measurement log file (parsing, replay, `extend`, and the append-only writer the agent's ledger uses), TCG and CEL exports |
 //! | [`manifest`] | the signed model manifest, and why PCR 14 |
 //! | [`signing`] | Ed25519 / ECDSA P-256 / P-384 detached signatures, as openssl makes them |
+//! | [`policy_set`] | policy sets pushed to a device group: the signed document, its checks, the floor that refuses an older set |
 //! | [`model_sig`] | OpenSSF model signatures (`model_signing`'s Sigstore bundles): verified offline against trusted keys or CA certificates, a model directory checked against them |
 //! | [`attest`] | the evidence bundle's format and nonces, the TPM's quote structures, the checks of one bundle, the checks across quotes and the state they keep, the verifier on files |
 //! | [`enrol`] | the verifier side of enrolment: the EK certificate chain, the TPM public areas, software TPM2_MakeCredential, the messages, the AK a verifier trusts |
@@ -39,4 +40,5 @@ pub mod enrol;
 pub mod evidence;
 pub mod manifest;
 pub mod model_sig;
+pub mod policy_set;
 pub mod signing;

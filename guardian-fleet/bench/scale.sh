@@ -9,6 +9,12 @@
 #   guardian-fleet/bench/scale.sh [DEVICES] [RATE] [SECONDS]
 #
 # Defaults: 1000 devices, 10000 events/s, 30 s. Figures: docs/fleet.md.
+#
+# GUARDIAN_SCALE_SPOOLS=DIR puts the simulated devices' spools under DIR
+# instead of beside the nodes' stores (e.g. a tmpfs, so that ten thousand
+# boards' fsyncs do not all land on this machine's one disk; a real board
+# has its own). Each node serves its monitoring page (/jsz, /varz) on a
+# port the script prints.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 devices="${1:-1000}" rate="${2:-10000}" secs="${3:-30}"
@@ -27,19 +33,21 @@ cleanup() { kill -9 "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; 
 base=$((20000 + RANDOM % 20000))
 urls=()
 for i in 1 2 3; do
-    port=$((base + i)) cport=$((base + 10 + i))
+    port=$((base + i)) cport=$((base + 10 + i)) hport=$((base + 20 + i))
     routes=""
     for j in 1 2 3; do [ "$j" = "$i" ] || routes="$routes nats-route://127.0.0.1:$((base + 10 + j))"; done
     cat >"$work/n$i.conf" <<CONF
 server_name: n$i
 listen: 127.0.0.1:$port
 max_connections: 100000
+http: 127.0.0.1:$hport
 jetstream { store_dir: "$work/n$i" }
 cluster { name: guardian-scale, listen: 127.0.0.1:$cport, routes: [$(echo $routes | sed 's/ /, /g')] }
 CONF
     "$nats" -c "$work/n$i.conf" -l "$work/n$i.log" </dev/null >/dev/null 2>&1 &
     pids+=($!)
     urls+=("nats://127.0.0.1:$port")
+    echo "n$i: nats://127.0.0.1:$port, monitoring http://127.0.0.1:$hport/" >&2
 done
 all="$(IFS=,; echo "${urls[*]}")"
 for u in "${urls[@]}"; do
@@ -50,23 +58,34 @@ RUST_LOG=warn "$bin" --nats "$all" serve --replicas 3 --instance scale-1 </dev/n
 pids+=($!)
 # Ready when the fleet has made its streams (status reads its bucket).
 for _ in $(seq 120); do "$bin" --nats "$all" status >/dev/null 2>&1 && break; sleep 1; done
+spools="${GUARDIAN_SCALE_SPOOLS:-$work}/spools.$$"
+[ -n "${GUARDIAN_KEEP_TEST_DIR:-}" ] || trap 'cleanup; rm -rf "$spools"' EXIT
+load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
 procs=$(( (devices + 3999) / 4000 ))
 echo "== $devices devices ($procs simulator process(es)), $rate events/s for $secs s, 3 nodes R3 ==" >&2
 sims=()
 for p in $(seq "$procs"); do
     RUST_LOG=error "$bin" --nats "$all" simulate --devices $((devices / procs)) --rate $((rate / procs)) \
-        --duration "${secs}s" --dir "$work/spools" --prefix "sim$p" --drain-wait 300s >"$work/sim$p.json" &
+        --duration "${secs}s" --dir "$spools" --prefix "sim$p" --drain-wait 300s >"$work/sim$p.json" &
     sims+=($!)
 done
 fail=0
 for s in "${sims[@]}"; do wait "$s" || fail=1; done
-python3 - "$work"/sim*.json <<'PY'
+load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$load_start" "$load_end" "$work"/sim*.json <<'PY'
 import json, sys
-rs = [json.load(open(f)) for f in sys.argv[1:]]
+rs = [json.load(open(f)) for f in sys.argv[3:]]
+why = {}
+for r in rs:
+    for k, n in r.get("not_connected_at_end", {}).items():
+        why[k] = why.get(k, 0) + n
 tot = lambda k: sum(r[k] for r in rs)
 lat = lambda k: max(r["latency_ms"][k] for r in rs)
 print(json.dumps({
+    "load_average_start": sys.argv[1], "load_average_end": sys.argv[2],
     "processes": len(rs), "devices": tot("devices"), "connected_at_end": tot("connected_at_end"),
+    "not_connected_at_end": why, "reconnects": tot("reconnects"),
+    "resent": sum(r.get("resent", 0) for r in rs),
     "submitted": tot("submitted"), "queue_drops": tot("queue_drops"), "given": tot("given"),
     "stored": tot("stored"), "missing": tot("missing"), "stored_twice": tot("stored_twice"),
     "produce_secs": max(r["produce_secs"] for r in rs),

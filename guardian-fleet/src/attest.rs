@@ -123,6 +123,9 @@ pub struct LastVerdict {
     /// The device's boot id, as quoted.
     #[serde(default)]
     pub boot_id: String,
+    /// The pushed policy set in force, as the quoted log says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_set: Option<guardian_attest::attest::PolicySetInForce>,
 }
 
 /// Who is attesting a device right now.
@@ -603,6 +606,7 @@ async fn round(
                 tamper_attempts: verdict.tamper_attempts.clone(),
                 manifests: verdict.manifests.clone(),
                 boot_id: ev.device.boot_id.clone(),
+                policy_set: verdict.policy_set.clone(),
             });
         }
     }

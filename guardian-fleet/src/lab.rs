@@ -65,7 +65,10 @@ impl Lab {
              listen: 127.0.0.1:{port}\n\
              http: 127.0.0.1:{http}\n\
              jetstream {{ store_dir: {store:?} }}\n\
-             mqtt {{ listen: 127.0.0.1:{mqtt} }}\n",
+             mqtt {{ listen: 127.0.0.1:{mqtt} }}\n\
+             # A pushed policy set travels in one message.\n\
+             max_payload: {max_payload}\n",
+            max_payload = guardian_attest::policy_set::MAX_SET_BYTES,
             port = self.port,
             http = self.http_port,
             mqtt = self.mqtt_port,
@@ -112,6 +115,24 @@ impl Lab {
     }
 }
 
+/// What one device may do on the cluster: publish its own ingest and
+/// answer subjects, ask the servers for a policy set (a direct get on the
+/// policy bucket: sets are signed, and reading another group's harms
+/// nothing), and read its own acknowledgements (its inbox), the questions
+/// asked of it, the policy bucket's subjects and the answers to its own
+/// direct gets.
+pub fn device_permissions(id: &str) -> String {
+    format!(
+        "{{ publish: {{ allow: [\"guardian.in.{id}\", \"{answer}.{id}.>\", \"$JS.API.DIRECT.GET.KV_{bucket}.>\"] }}, \
+         subscribe: {{ allow: [\"{inbox}.{id}.>\", \"{ask}.{id}\", \"$KV.{bucket}.>\", \"{answers}.{id}.>\"] }} }}",
+        inbox = guardian_report::nats::INBOX_PREFIX,
+        answers = guardian_report::wire::INBOX_PREFIX,
+        ask = guardian_report::wire::ASK_PREFIX,
+        answer = guardian_report::wire::ANSWER_PREFIX,
+        bucket = crate::policy::POLICY_BUCKET,
+    )
+}
+
 /// The authorization block for a production cluster: the fleet service may
 /// do anything; each device may publish only on its own ingest subject and
 /// its own answer subjects, and read only its own acknowledgements and the
@@ -126,12 +147,8 @@ pub fn authorization(fleet_user: (&str, &str), devices: &[(&str, &str)]) -> Stri
     ));
     for (id, hash) in devices {
         out.push_str(&format!(
-            "    {{ user: {id:?}, password: {hash:?}, permissions: {{ \
-             publish: {{ allow: [\"guardian.in.{id}\", \"{answer}.{id}.>\"] }}, \
-             subscribe: {{ allow: [\"{inbox}.{id}.>\", \"{ask}.{id}\"] }} }} }}\n",
-            inbox = guardian_report::nats::INBOX_PREFIX,
-            ask = guardian_report::wire::ASK_PREFIX,
-            answer = guardian_report::wire::ANSWER_PREFIX
+            "    {{ user: {id:?}, password: {hash:?}, permissions: {} }}\n",
+            device_permissions(id)
         ));
     }
     out.push_str("  ]\n}\n");
@@ -150,12 +167,8 @@ pub fn authorization_by_certificate(fleet_subject: &str, devices: &[&str]) -> St
     out.push_str(&format!("    {{ user: {fleet_subject:?} }}\n"));
     for id in devices {
         out.push_str(&format!(
-            "    {{ user: \"CN={id}\", permissions: {{ \
-             publish: {{ allow: [\"guardian.in.{id}\", \"{answer}.{id}.>\"] }}, \
-             subscribe: {{ allow: [\"{inbox}.{id}.>\", \"{ask}.{id}\"] }} }} }}\n",
-            inbox = guardian_report::nats::INBOX_PREFIX,
-            ask = guardian_report::wire::ASK_PREFIX,
-            answer = guardian_report::wire::ANSWER_PREFIX
+            "    {{ user: \"CN={id}\", permissions: {} }}\n",
+            device_permissions(id)
         ));
     }
     out.push_str("  ]\n}\n");

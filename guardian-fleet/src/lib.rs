@@ -13,6 +13,7 @@
 //! | [`alerts`] | alerts from what is stored (tamper attempts, the guard, drops) and from silence; the webhook |
 //! | [`attest`] | attestation over the link: rounds on a schedule, claims shared by the instances, the verdict and the verifier's state per device in key-value |
 //! | [`enrol`] | enrolment over the link: the EK chain, approval (an operator's, or a rule's by issuer or serial), credential activation, the pending bucket |
+//! | [`policy`] | policy sets for device groups: publishing a signed set into the bucket devices read, the sets published, drift from quoted evidence |
 //! | [`metrics`] | `/metrics` in Prometheus' text format |
 //! | [`web`] | the HTTP listener: the operator's read-only page (the fleet, one device), `/metrics`, `/healthz` |
 //!
@@ -26,6 +27,7 @@ pub mod attest;
 pub mod enrol;
 pub mod lab;
 pub mod metrics;
+pub mod policy;
 pub mod query;
 pub mod service;
 pub mod sim;

@@ -126,7 +126,15 @@ enum Cmd {
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         drain_wait: Duration,
     },
-    /// Every device: last seen, records, alerts, drops, duplicates.
+    /// Policy sets for device groups: publish a signed set (made with
+    /// `guardian policy pack`), list what is published and who drifts.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Every device: last seen, records, alerts, drops, duplicates, and
+    /// the policy set its last verified quote shows in force (DRIFT when
+    /// not its group's published set).
     Status {
         /// JSON instead of a table.
         #[arg(long)]
@@ -284,6 +292,41 @@ impl EnrolArgs {
             answer_timeout,
         }))
     }
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Publish FILE, a signed policy set, as GROUP's set: checked first
+    /// as a device would (signature by a --policy-key, the document, the
+    /// group, a version above the one published), then stored in the
+    /// replicated bucket the devices read. Devices online take it at once;
+    /// the others when they return.
+    Publish {
+        /// The group the set is for (must be the one the set names).
+        #[arg(long)]
+        group: String,
+        /// A public key policy sets are signed by (PEM; repeat): the
+        /// fleet's copy of the devices' `[policy] trusted_keys`.
+        #[arg(long = "policy-key", required = true)]
+        policy_keys: Vec<std::path::PathBuf>,
+        /// Replicas of the policy bucket, when this makes it (3 for a
+        /// three-node cluster).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        /// The signed set (`guardian policy pack -o FILE`).
+        file: std::path::PathBuf,
+    },
+    /// Every group's published set, and each attested device's set in
+    /// force against it.
+    List {
+        /// Verify each published set with these keys (PEM; repeat);
+        /// without, the sets are shown as stored, not vouched for.
+        #[arg(long = "policy-key")]
+        policy_keys: Vec<std::path::PathBuf>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -464,6 +507,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let out = serde_json::json!({
                 "devices": report.devices, "connected_at_end": report.connected,
+                "not_connected_at_end": report.not_connected, "reconnects": report.reconnects,
+                "resent": report.resent,
                 "submitted": report.submitted, "queue_drops": report.queue_drops,
                 "acked_by_stream": report.acked, "produce_secs": report.produce_secs,
                 "drained_secs": report.drained_secs,
@@ -545,14 +590,101 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let n = guardian_fleet::attest::acknowledge(&js, &device, &finding).await?;
             println!("{device}: {n} finding(s) acknowledged");
         }
+        Cmd::Policy { cmd } => {
+            let client = service::connect(&cli.nats, "guardian-fleet policy").await?;
+            let js = async_nats::jetstream::new(client);
+            match cmd {
+                PolicyCmd::Publish {
+                    group,
+                    policy_keys,
+                    replicas,
+                    file,
+                } => {
+                    let keys = guardian_attest::signing::TrustedKey::load_all(&policy_keys)
+                        .context("loading --policy-key")?;
+                    let bytes = std::fs::read(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    let kv = guardian_fleet::policy::bucket(&js, replicas).await?;
+                    let p = guardian_fleet::policy::publish(
+                        &kv,
+                        &group,
+                        &file.display().to_string(),
+                        &bytes,
+                        &keys,
+                    )
+                    .await?;
+                    println!(
+                        "published group {} version {} sha256 {} signed by {} ({} policies: {}), revision {}",
+                        p.group,
+                        p.version,
+                        p.digest,
+                        p.signer,
+                        p.policies.len(),
+                        p.policies.join(", "),
+                        p.revision
+                    );
+                }
+                PolicyCmd::List { policy_keys, json } => {
+                    let keys = guardian_attest::signing::TrustedKey::load_all(&policy_keys)
+                        .context("loading --policy-key")?;
+                    let sets = guardian_fleet::policy::published(&js, &keys).await?;
+                    let drift = drift_by_device(&js).await?;
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&serde_json::json!({
+                                "groups": sets, "devices": drift,
+                            }))?
+                        );
+                    } else {
+                        for p in sets.values() {
+                            println!(
+                                "group {:<16} version {:<5} sha256 {}  {}  created {}  policies: {}",
+                                p.group,
+                                p.version,
+                                p.digest,
+                                if p.signer.is_empty() {
+                                    "signature not checked (no --policy-key)".to_owned()
+                                } else {
+                                    format!("signed by {}", p.signer)
+                                },
+                                p.created,
+                                p.policies.join(", ")
+                            );
+                            if let Some(w) = &p.warning {
+                                println!("  WARNING: {w}");
+                            }
+                        }
+                        if sets.is_empty() {
+                            println!("no policy set published");
+                        }
+                        for (device, d) in &drift {
+                            println!("  {device:<24} {:<11} {}", d.word(), d.describe());
+                        }
+                    }
+                }
+            }
+        }
         Cmd::Status { json } => {
             let client = service::connect(&cli.nats, "guardian-fleet status").await?;
             let js = async_nats::jetstream::new(client);
             let devices = query::devices(&js).await?;
+            let drift = drift_by_device(&js).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&devices)?);
+                let mut list = Vec::with_capacity(devices.len());
+                for d in &devices {
+                    let mut v = serde_json::to_value(d)?;
+                    if let (Some(o), Some(p)) = (v.as_object_mut(), drift.get(&d.device)) {
+                        o.insert("policy_set".into(), serde_json::to_value(p)?);
+                    }
+                    list.push(v);
+                }
+                println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                print!("{}", guardian_fleet::query::table(&devices, now_ms()));
+                print!(
+                    "{}",
+                    guardian_fleet::query::table(&devices, &drift, now_ms())
+                );
             }
         }
         Cmd::Alerts {
@@ -643,6 +775,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every attested device's policy set against its group's published one.
+async fn drift_by_device(
+    js: &async_nats::jetstream::Context,
+) -> anyhow::Result<std::collections::BTreeMap<String, guardian_fleet::policy::Drift>> {
+    let sets = guardian_fleet::policy::published(js, &[]).await?;
+    let attestations = match query::attestations(js).await {
+        Ok(a) => a,
+        Err(e) => {
+            // No attestation yet (or unreadable): no device's set is known.
+            log::warn!("policy sets in force unknown: {e}");
+            Vec::new()
+        }
+    };
+    Ok(attestations
+        .iter()
+        .map(|a| {
+            (
+                a.device.clone(),
+                guardian_fleet::policy::device_drift(&sets, a),
+            )
+        })
+        .collect())
 }
 
 fn now_ms() -> u64 {

@@ -77,6 +77,42 @@ pub struct Live {
     pub lag: Option<u64>,
     /// Attestation records by trust state.
     pub trust: Option<BTreeMap<&'static str, u64>>,
+    /// Per group: the published set's version, and the attested devices
+    /// by where they stand against it (`current`, `drift`, ...).
+    pub policy: Option<PolicyLive>,
+}
+
+/// The policy sets at a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyLive {
+    /// Group → published version.
+    pub published: BTreeMap<String, u64>,
+    /// (group, state) → devices; devices whose set is unknown under group "".
+    pub devices: BTreeMap<(String, &'static str), u64>,
+}
+
+impl PolicyLive {
+    /// From the published sets and the attestation records.
+    pub fn of(
+        sets: &BTreeMap<String, crate::policy::Published>,
+        records: &[crate::attest::Attestation],
+    ) -> Self {
+        let mut out = Self {
+            published: sets.iter().map(|(g, p)| (g.clone(), p.version)).collect(),
+            devices: BTreeMap::new(),
+        };
+        for r in records {
+            let d = crate::policy::device_drift(sets, r);
+            let group = match &d {
+                crate::policy::Drift::Current { group, .. }
+                | crate::policy::Drift::Drifted { group, .. }
+                | crate::policy::Drift::NoneForGroup { group, .. } => group.clone(),
+                crate::policy::Drift::Unknown => String::new(),
+            };
+            *out.devices.entry((group, d.word())).or_default() += 1;
+        }
+        out
+    }
 }
 
 /// The text of one scrape: the counters, and what JetStream says now.
@@ -93,18 +129,21 @@ pub async fn render(counters: &Counters, js: Option<&jetstream::Context>) -> Str
                 .ok()?;
             Some(consumer.info().await.ok()?.num_pending)
         };
-        let trust = async {
-            crate::query::attestations(js).await.ok().map(|a| {
-                let now = crate::service::now_ms();
-                trust_counts(a.iter().map(|a| a.trust_now(now)))
-            })
+        let records = async {
+            let a = crate::query::attestations(js).await.ok()?;
+            let sets = crate::policy::published(js, &[]).await.ok()?;
+            Some((a, sets))
         };
-        let (lag, trust) = tokio::join!(
+        let (lag, records) = tokio::join!(
             tokio::time::timeout(ASK_TIMEOUT, lag),
-            tokio::time::timeout(ASK_TIMEOUT, trust)
+            tokio::time::timeout(ASK_TIMEOUT, records)
         );
         live.lag = lag.ok().flatten();
-        live.trust = trust.ok().flatten();
+        if let Some((a, sets)) = records.ok().flatten() {
+            let now = crate::service::now_ms();
+            live.trust = Some(trust_counts(a.iter().map(|a| a.trust_now(now))));
+            live.policy = Some(PolicyLive::of(&sets, &a));
+        }
     }
     text(counters, &live)
 }
@@ -263,6 +302,28 @@ pub fn families(counters: &Counters, live: &Live) -> Vec<Family> {
             samples: devices,
         },
     ];
+    if let Some(p) = &live.policy {
+        out.push(Family {
+            name: "guardian_fleet_policy_set_version",
+            help: "The policy set version published for each device group.",
+            kind: Kind::Gauge,
+            samples: p
+                .published
+                .iter()
+                .map(|(g, v)| (label("group", g), *v))
+                .collect(),
+        });
+        out.push(Family {
+            name: "guardian_fleet_policy_devices",
+            help: "Attested devices by group and by where their quoted policy set stands against the group's published one (current, drift, unpublished; group \"\" and unknown: no set known).",
+            kind: Kind::Gauge,
+            samples: p
+                .devices
+                .iter()
+                .map(|((g, st), n)| (format!("{{group=\"{}\",state=\"{st}\"}}", g.replace('\\', "\\\\").replace('"', "\\\"")), *n))
+                .collect(),
+        });
+    }
     if let Some(lag) = live.lag {
         out.push(Family {
             name: "guardian_fleet_consumer_lag",
@@ -338,8 +399,29 @@ mod tests {
                 ]
                 .into_iter(),
             )),
+            policy: Some(PolicyLive {
+                published: [("cameras".to_owned(), 3)].into(),
+                devices: [
+                    (("cameras".to_owned(), "current"), 5),
+                    (("cameras".to_owned(), "drift"), 1),
+                    ((String::new(), "unknown"), 2),
+                ]
+                .into(),
+            }),
         };
         let t = text(&c, &live);
+        assert!(
+            t.contains("\nguardian_fleet_policy_set_version{group=\"cameras\"} 3\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("\nguardian_fleet_policy_devices{group=\"cameras\",state=\"drift\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("\nguardian_fleet_policy_devices{group=\"\",state=\"unknown\"} 2\n"),
+            "{t}"
+        );
         assert!(
             t.contains("\nguardian_fleet_devices{state=\"trusted\"} 2\n"),
             "{t}"

@@ -199,10 +199,22 @@ pub fn device_report(
 }
 
 /// The status table: one line per device.
-pub fn table(devices: &[DeviceState], now_ms: u64) -> String {
+pub fn table(
+    devices: &[DeviceState],
+    policy: &std::collections::BTreeMap<String, crate::policy::Drift>,
+    now_ms: u64,
+) -> String {
     let mut out = format!(
-        "{:<24} {:>10} {:>9} {:>7} {:>8} {:>10} {:>12}  {}\n",
-        "DEVICE", "LAST SEEN", "RECORDS", "ALERTS", "DROPPED", "DUPLICATES", "UNEXPLAINED", "EPOCH"
+        "{:<24} {:>10} {:>9} {:>7} {:>8} {:>10} {:>12}  {:<17}  {}\n",
+        "DEVICE",
+        "LAST SEEN",
+        "RECORDS",
+        "ALERTS",
+        "DROPPED",
+        "DUPLICATES",
+        "UNEXPLAINED",
+        "EPOCH",
+        "POLICY SET"
     );
     for d in devices {
         let s = &d.summary;
@@ -210,7 +222,7 @@ pub fn table(devices: &[DeviceState], now_ms: u64) -> String {
         let e = s.epochs.get(&epoch).cloned().unwrap_or_default();
         let ago = now_ms.saturating_sub(s.last_seen_ms) / 1000;
         out.push_str(&format!(
-            "{:<24} {:>9}s {:>9} {:>7} {:>8} {:>10} {:>12}  {}\n",
+            "{:<24} {:>9}s {:>9} {:>7} {:>8} {:>10} {:>12}  {:<17}  {}\n",
             d.device,
             ago,
             e.count(),
@@ -218,7 +230,11 @@ pub fn table(devices: &[DeviceState], now_ms: u64) -> String {
             e.dropped(),
             s.duplicates,
             e.unexplained(),
-            epoch
+            epoch,
+            policy
+                .get(&d.device)
+                .map(crate::policy::Drift::describe)
+                .unwrap_or_else(|| "-".to_owned())
         ));
     }
     out

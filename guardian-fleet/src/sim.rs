@@ -37,6 +37,13 @@ pub struct SimReport {
     pub devices: usize,
     /// Devices connected when production ended.
     pub connected: usize,
+    /// The others then, by state and last error (how many each).
+    pub not_connected: std::collections::BTreeMap<String, usize>,
+    /// Connections made after a device's first, all devices together.
+    pub reconnects: u64,
+    /// Batches sent again on a live connection because their
+    /// acknowledgement was late, all devices together.
+    pub resent: u64,
     /// Events handed to the reporters.
     pub submitted: u64,
     /// Events the reporters' queues refused (counted, reported).
@@ -110,10 +117,21 @@ pub async fn run(cfg: &SimConfig, drain_wait: Duration) -> std::io::Result<SimRe
         }
     }
     let produce_secs = start.elapsed().as_secs_f64();
-    let connected = devices
-        .iter()
-        .filter(|(_, r)| r.status().link.state == guardian_report::reporter::LinkState::Connected)
-        .count();
+    let mut connected = 0;
+    let mut not_connected = std::collections::BTreeMap::new();
+    for (_, r) in &devices {
+        let link = r.status().link;
+        if link.state == guardian_report::reporter::LinkState::Connected {
+            connected += 1;
+        } else {
+            let why = format!(
+                "{:?}: {}",
+                link.state,
+                link.last_error.as_deref().unwrap_or("no error")
+            );
+            *not_connected.entry(why).or_insert(0) += 1;
+        }
+    }
     let deadline = Instant::now() + drain_wait;
     let drained_secs = loop {
         let waiting = devices.iter().filter(|(_, r)| !r.drained()).count();
@@ -128,6 +146,9 @@ pub async fn run(cfg: &SimConfig, drain_wait: Duration) -> std::io::Result<SimRe
     let mut report = SimReport {
         devices: devices.len(),
         connected,
+        not_connected,
+        reconnects: 0,
+        resent: 0,
         submitted,
         queue_drops: 0,
         acked: 0,
@@ -139,6 +160,8 @@ pub async fn run(cfg: &SimConfig, drain_wait: Duration) -> std::io::Result<SimRe
         let st = r.status();
         report.queue_drops += st.link.queue_drops;
         report.acked += st.link.records_acked;
+        report.reconnects += st.link.reconnects;
+        report.resent += st.link.resent;
         report.given.push((id, st.spool.next_seq - 1));
         r.shutdown().await;
     }

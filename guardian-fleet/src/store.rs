@@ -15,6 +15,8 @@
 //! the ingest message come back; the summary then says its records are
 //! stored, and it is acknowledged as a duplicate. No clock, no lease, no
 //! window: the stream's compare-and-set on the subject is the whole lock.
+//! Several ingest messages of one device (one epoch) may be stored in one
+//! message; the rule is the same, each record once by its sequence number.
 //!
 //! May not: talk to devices, or decide trust (that is the verifier's).
 
@@ -126,24 +128,43 @@ pub struct Stored {
     pub summary: Summary,
 }
 
-/// The records of `batch` that `summary` does not have (their indices).
-pub fn new_records(summary: &Summary, batch: &Batch) -> Vec<usize> {
-    let have = summary.epochs.get(&batch.epoch);
-    batch
-        .records
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| !have.is_some_and(|e| e.has(r.seq)))
-        .map(|(i, _)| i)
-        .collect()
+/// The records of `batches` (one device's, one epoch's, in the order they
+/// came) that `summary` does not have: each sequence number once (a device
+/// that resent after a reconnect may have cut its batches differently, so
+/// two of them can share records), in sequence order, as (batch, record)
+/// indices.
+pub fn new_records(summary: &Summary, batches: &[Batch]) -> Vec<(usize, usize)> {
+    let have = batches.first().and_then(|b| summary.epochs.get(&b.epoch));
+    let mut seen = BTreeSet::new();
+    let mut fresh: Vec<(u64, (usize, usize))> = Vec::new();
+    for (bi, batch) in batches.iter().enumerate() {
+        for (ri, r) in batch.records.iter().enumerate() {
+            if !have.is_some_and(|e| e.has(r.seq)) && seen.insert(r.seq) {
+                fresh.push((r.seq, (bi, ri)));
+            }
+        }
+    }
+    fresh.sort_unstable_by_key(|f| f.0);
+    fresh.into_iter().map(|f| f.1).collect()
 }
 
-/// The summary after storing `fresh` records of `batch`.
-pub fn updated(summary: &Summary, batch: &Batch, fresh: &[usize], now_ms: u64) -> Summary {
+/// The summary after storing the `fresh` records of `batches` (as
+/// [`new_records`] gave them).
+pub fn updated(
+    summary: &Summary,
+    batches: &[Batch],
+    fresh: &[(usize, usize)],
+    now_ms: u64,
+) -> Summary {
     let mut s = summary.clone();
-    let e = s.epochs.entry(batch.epoch.clone()).or_default();
-    for &i in fresh {
-        let r = &batch.records[i];
+    let Some(epoch) = batches.first().map(|b| b.epoch.clone()) else {
+        return s;
+    };
+    let e = s.epochs.entry(epoch.clone()).or_default();
+    let mut contributed = BTreeSet::new();
+    for &(bi, ri) in fresh {
+        let r = &batches[bi].records[ri];
+        contributed.insert(bi);
         e.insert(r.seq);
         *e.by_class.entry(r.class.clone()).or_default() += 1;
         if r.class == "drop"
@@ -155,10 +176,11 @@ pub fn updated(summary: &Summary, batch: &Batch, fresh: &[usize], now_ms: u64) -
             }
         }
     }
-    s.current_epoch = Some(batch.epoch.clone());
+    let given: usize = batches.iter().map(|b| b.records.len()).sum();
+    s.current_epoch = Some(epoch);
     s.last_seen_ms = now_ms;
-    s.batches += 1;
-    s.duplicates += (batch.records.len() - fresh.len()) as u64;
+    s.batches += contributed.len() as u64;
+    s.duplicates += (given - fresh.len()) as u64;
     s
 }
 
@@ -196,5 +218,44 @@ mod tests {
         });
         assert_eq!(e.unexplained(), 2);
         assert_eq!(e.dropped(), 2);
+    }
+
+    fn batch(epoch: &str, seqs: &[u64]) -> Batch {
+        Batch {
+            v: 1,
+            device: "dev".into(),
+            epoch: epoch.into(),
+            records: seqs
+                .iter()
+                .map(|&seq| WireRecord {
+                    seq,
+                    time_ms: seq,
+                    class: "event".into(),
+                    body: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn batches_stored_together_keep_each_record_once_in_order() {
+        // A resend cut differently: 4..=6 come twice, 7 once, 1..=3 are
+        // already stored.
+        let mut summary = Summary::default();
+        let first = [batch("e1", &[1, 2, 3])];
+        let fresh = new_records(&summary, &first);
+        summary = updated(&summary, &first, &fresh, 10);
+        let next = [batch("e1", &[5, 6, 7]), batch("e1", &[3, 4, 5, 6])];
+        let fresh = new_records(&summary, &next);
+        let seqs: Vec<u64> = fresh.iter().map(|&(b, r)| next[b].records[r].seq).collect();
+        assert_eq!(seqs, vec![4, 5, 6, 7]);
+        let after = updated(&summary, &next, &fresh, 20);
+        let e = &after.epochs["e1"];
+        assert_eq!(e.stored, vec![(1, 7)]);
+        assert_eq!(e.by_class["event"], 7);
+        assert_eq!(after.batches, 3);
+        assert_eq!(after.duplicates, 3);
+        // Everything again: nothing new.
+        assert!(new_records(&after, &next).is_empty());
     }
 }

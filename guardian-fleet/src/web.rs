@@ -376,6 +376,8 @@ pub struct FleetView {
     pub alerts: Vec<Alert>,
     /// Alerts in the look-back window.
     pub alerts_total: usize,
+    /// Each group's published policy set.
+    pub policy_sets: BTreeMap<String, crate::policy::Published>,
     /// A device not heard from for this long is silent (ms).
     pub silent_after_ms: u64,
     /// What could not be read (the rest is still shown).
@@ -395,6 +397,8 @@ pub struct DeviceView {
     pub alerts: Vec<Alert>,
     /// Its newest records (epoch, record), newest first.
     pub records: Vec<(String, WireRecord)>,
+    /// Each group's published policy set.
+    pub policy_sets: BTreeMap<String, crate::policy::Published>,
     /// A device not heard from for this long is silent (ms).
     pub silent_after_ms: u64,
     /// What could not be read (the rest is still shown).
@@ -409,10 +413,11 @@ fn since() -> std::time::SystemTime {
 
 async fn fleet_view(web: &Web) -> Result<FleetView, ServiceError> {
     let js = &web.js;
-    let (devices, attestations, alerts) = tokio::join!(
+    let (devices, attestations, alerts, sets) = tokio::join!(
         crate::query::devices(js),
         crate::query::attestations(js),
         crate::query::alerts(js, None, since()),
+        crate::policy::published(js, &[]),
     );
     let mut v = FleetView {
         devices: devices?,
@@ -422,6 +427,10 @@ async fn fleet_view(web: &Web) -> Result<FleetView, ServiceError> {
     match attestations {
         Ok(a) => v.attestations = a,
         Err(e) => v.notes.push(format!("attestation records unreadable: {e}")),
+    }
+    match sets {
+        Ok(p) => v.policy_sets = p,
+        Err(e) => v.notes.push(format!("policy sets unreadable: {e}")),
     }
     match alerts {
         Ok(mut a) => {
@@ -473,12 +482,17 @@ async fn device_view(web: &Web, id: &str) -> Result<Option<DeviceView>, ServiceE
         })
         .take(DEVICE_ITEMS)
         .collect();
+    let policy_sets = crate::policy::published(js, &[]).await.unwrap_or_else(|e| {
+        notes.push(format!("policy sets unreadable: {e}"));
+        BTreeMap::new()
+    });
     Ok(Some(DeviceView {
         id: id.to_owned(),
         state,
         attestation,
         alerts,
         records,
+        policy_sets,
         silent_after_ms: web.silent_after.as_millis() as u64,
         notes,
     }))
@@ -607,6 +621,7 @@ code,pre{font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;white-space:pre-wr
 .st-unknown{background:#eef1f4;color:#424a53;border-color:#8c959f}
 .st-none{background:#fff;color:#57606a;border-color:#8c959f;border-style:dashed}
 .silent{color:#a40e26;font-weight:600}
+.warn{color:#a40e26;font-weight:600}
 ul.counts{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.6em}
 ul.counts li{background:#fff;border:1px solid #d0d7de;border-radius:.4em;padding:.4em .8em}
 ul.counts .n{font-size:1.5em;font-weight:700;margin-right:.3em}
@@ -705,6 +720,11 @@ pub fn fleet_page(v: &FleetView, now: u64, instance: &str) -> String {
     }
     let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
     let mut silent = 0;
+    let drifting = v
+        .attestations
+        .iter()
+        .filter(|a| crate::policy::device_drift(&v.policy_sets, a).is_drift())
+        .count();
     for (d, a) in rows.values() {
         let key = a.map(|a| a.trust_now(now).as_str()).unwrap_or("none");
         *by_state.entry(key).or_default() += 1;
@@ -746,6 +766,41 @@ pub fn fleet_page(v: &FleetView, now: u64, instance: &str) -> String {
     );
     let _ = writeln!(
         out,
+        "<h2>Policy sets</h2><p id=\"drift\"><span class=\"n\">{drifting}</span> device(s) not on their group's set (as their last verified quote shows).</p>"
+    );
+    if v.policy_sets.is_empty() {
+        out.push_str("<p class=\"dim\">No policy set published.</p>\n");
+    } else {
+        out.push_str(
+            "<table id=\"policy-sets\"><tr><th>group</th><th>version</th><th>sha256</th><th>created</th><th>policies</th></tr>\n",
+        );
+        for p in v.policy_sets.values() {
+            let _ = writeln!(
+                out,
+                "<tr id=\"set-{}\"><td>{}</td><td class=\"n\">{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                esc(&p.group),
+                esc(&p.group),
+                p.version,
+                esc(p.digest.get(..16).unwrap_or(&p.digest)),
+                esc(&p.created),
+                esc(&p.policies.join(", "))
+            );
+        }
+        out.push_str("</table>\n");
+        for p in v.policy_sets.values() {
+            if let Some(w) = &p.warning {
+                let _ = writeln!(
+                    out,
+                    "<p class=\"warn\" id=\"set-warning-{}\">group {}: {}</p>",
+                    esc(&p.group),
+                    esc(&p.group),
+                    esc(w)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
         "<h2>Newest alerts <span class=\"dim\">({} of {} in the last 24 h)</span></h2>",
         v.alerts.len(),
         v.alerts_total
@@ -754,7 +809,7 @@ pub fn fleet_page(v: &FleetView, now: u64, instance: &str) -> String {
     out.push_str(
         "<h2>Devices</h2>\n<table id=\"devices\"><tr><th>device</th><th>trust</th><th>since</th>\
          <th>last seen</th><th>last verdict</th><th>failed checks</th><th>open findings</th>\
-         <th>records</th><th>alerts</th><th>dropped</th></tr>\n",
+         <th>policy set</th><th>records</th><th>alerts</th><th>dropped</th></tr>\n",
     );
     for (id, (d, a)) in &rows {
         let _ = write!(
@@ -789,6 +844,15 @@ pub fn fleet_page(v: &FleetView, now: u64, instance: &str) -> String {
                     .join(", "))
                 .unwrap_or_default(),
             a.map(|a| a.open_findings.len()).unwrap_or(0)
+        );
+        let drift = a
+            .map(|a| crate::policy::device_drift(&v.policy_sets, a))
+            .unwrap_or(crate::policy::Drift::Unknown);
+        let _ = write!(
+            out,
+            "<td class=\"policy policy-{}\">{}</td>",
+            drift.word(),
+            esc(&drift.describe())
         );
         match d {
             Some(d) => {
@@ -857,6 +921,15 @@ pub fn device_page(v: &DeviceView, now: u64, instance: &str) -> String {
                 ),
             );
             fact("next round due", when(now, a.next_due_ms));
+            let drift = crate::policy::device_drift(&v.policy_sets, a);
+            fact(
+                "policy set",
+                format!(
+                    "<span id=\"policy-set\" class=\"policy-{}\">{}</span>",
+                    drift.word(),
+                    esc(&drift.describe())
+                ),
+            );
             if let Some(c) = &a.claim {
                 fact(
                     "round in progress",
@@ -1067,6 +1140,7 @@ mod tests {
                 tamper_attempts: vec![],
                 manifests: vec![],
                 boot_id: "b-1".into(),
+                policy_set: None,
             }),
             unreachable: None,
             open_findings: vec![OpenFinding {
@@ -1164,6 +1238,7 @@ mod tests {
                 evidence: serde_json::Value::Null,
             }],
             alerts_total: 1,
+            policy_sets: BTreeMap::new(),
             silent_after_ms: 300_000,
             notes: vec![SCRIPT.into()],
         };
@@ -1191,6 +1266,7 @@ mod tests {
             attestation: Some(attestation("board-1", TrustState::Untrusted)),
             alerts: v.alerts.clone(),
             records,
+            policy_sets: BTreeMap::new(),
             silent_after_ms: 300_000,
             notes: vec![],
         };
@@ -1200,6 +1276,77 @@ mod tests {
             html.contains("{&quot;file&quot;:&quot;&lt;script&gt;alert(1)&lt;/script&gt;&quot;}")
         );
         assert!(html.contains("the model&#39;s digest is not the manifest&#39;s &lt;script&gt;"));
+    }
+
+    #[test]
+    fn the_fleet_page_shows_each_groups_set_and_who_drifts() {
+        use guardian_attest::attest::PolicySetInForce;
+        let on = |id: &str, version: u64, digest: &str| {
+            let mut a = attestation(id, TrustState::Trusted);
+            if let Some(v) = a.verdict.as_mut() {
+                v.policy_set = Some(PolicySetInForce {
+                    group: "cameras".into(),
+                    version,
+                    sha256: digest.into(),
+                    floor: version,
+                });
+            }
+            a
+        };
+        let mut sets = BTreeMap::new();
+        sets.insert(
+            "cameras".to_owned(),
+            crate::policy::Published {
+                group: "cameras".into(),
+                version: 3,
+                digest: "c3".repeat(32),
+                signer: String::new(),
+                created: "2026-12-05T10:00:00Z".into(),
+                policies: vec!["allowlist".into(), "no-writers".into()],
+                revision: 4,
+                warning: Some(format!("rolled back {SCRIPT}")),
+            },
+        );
+        let v = FleetView {
+            attestations: vec![
+                on("board-a", 3, &"c3".repeat(32)),
+                on("board-b", 2, &"c2".repeat(32)),
+                attestation("board-c", TrustState::Trusted),
+            ],
+            policy_sets: sets.clone(),
+            silent_after_ms: 300_000,
+            ..Default::default()
+        };
+        let html = fleet_page(&v, NOW, "fleet-1");
+        assert!(
+            html.contains("<p id=\"drift\"><span class=\"n\">1</span>"),
+            "{html}"
+        );
+        assert!(html.contains("<tr id=\"set-cameras\"><td>cameras</td><td class=\"n\">3</td>"));
+        assert!(html.contains("allowlist, no-writers"));
+        assert!(
+            html.contains("<p class=\"warn\" id=\"set-warning-cameras\">group cameras: rolled back &lt;script&gt;"),
+            "{html}"
+        );
+        assert!(row_of(&html, "board-a").contains("policy-current\">cameras v3</td>"));
+        assert!(
+            row_of(&html, "board-b").contains("policy-drift\">cameras v2 DRIFT (group at v3)</td>"),
+            "{}",
+            row_of(&html, "board-b")
+        );
+        assert!(row_of(&html, "board-c").contains("policy-unknown\">-</td>"));
+        let d = DeviceView {
+            id: "board-b".into(),
+            state: None,
+            attestation: Some(on("board-b", 2, &"c2".repeat(32))),
+            alerts: vec![],
+            records: vec![],
+            policy_sets: sets,
+            silent_after_ms: 300_000,
+            notes: vec![],
+        };
+        let html = device_page(&d, NOW, "fleet-1");
+        assert!(html.contains("<span id=\"policy-set\" class=\"policy-drift\">cameras v2 DRIFT (group at v3)</span>"), "{html}");
     }
 
     fn row_of(html: &str, id: &str) -> String {

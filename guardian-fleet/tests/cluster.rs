@@ -880,3 +880,197 @@ async fn alerts_reach_the_stream_and_the_webhook_once_each() {
         i.await.unwrap().unwrap();
     }
 }
+
+/// The store's concurrency attacked: a backlog of overlapping batches
+/// (resends cut differently, the same batch resent under another id) for
+/// many devices, so each lane takes many devices at once and stores each
+/// device's queued batches in one message; two instances on the same
+/// consumer; every store publish failing for a while (the store refuses
+/// messages over a size it is set to), so runs fail mid-pipeline beside
+/// runs that succeed; one instance killed with SIGKILL, its unacknowledged
+/// messages redelivered to the other; and some devices whose records an
+/// earlier instance stored without acknowledging the ingest messages. The
+/// store must hold every sequence number once, and each device's last
+/// summary must say exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_together_and_concurrently_still_exactly_once() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = cluster(tmp.path());
+    let js = ready(&nodes).await;
+    let store = js.get_stream(STORE_STREAM).await.unwrap();
+    let mut limited = store.cached_info().config.clone();
+    limited.max_message_size = 2_000;
+    js.update_stream(&limited).await.unwrap();
+
+    let devices: Vec<String> = (0..40).map(|i| format!("dev-{i:02}")).collect();
+    let epoch = 0x5eed_u64;
+    let rec = |dev: &str, seq: u64| Record {
+        seq,
+        time_ms: seq,
+        class: if seq.is_multiple_of(7) {
+            Class::Alert
+        } else {
+            Class::Event
+        },
+        payload: format!(
+            r#"{{"device":"{dev}","seq":{seq},"pad":"{}"}}"#,
+            "p".repeat(60)
+        )
+        .into_bytes(),
+    };
+    let batch = |dev: &str, seqs: std::ops::RangeInclusive<u64>| {
+        let recs: Vec<Record> = seqs.map(|s| rec(dev, s)).collect();
+        wire::encode(dev, epoch, &recs).unwrap()
+    };
+    // Five devices whose 1..=3 an instance stored and died before
+    // acknowledging: the ingest batches come (again) and must be
+    // duplicates.
+    for dev in &devices[..5] {
+        let b = wire::decode(&batch(dev, 1..=3)).unwrap();
+        let bs = [b];
+        let fresh = guardian_fleet::store::new_records(&Default::default(), &bs);
+        let summary = guardian_fleet::store::updated(&Default::default(), &bs, &fresh, 1);
+        let [b] = bs;
+        let s = Stored {
+            device: dev.clone(),
+            epoch: b.epoch.clone(),
+            stored_ms: 1,
+            records: b.records,
+            summary,
+        };
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Expected-Last-Subject-Sequence", "0");
+        js.publish_with_headers(
+            format!("guardian.store.{dev}"),
+            h,
+            serde_json::to_vec(&s).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    // The backlog, interleaved across devices: overlapping resends, a
+    // whole resend, the same batch under two ids.
+    let cuts: [std::ops::RangeInclusive<u64>; 7] =
+        [1..=10, 5..=20, 1..=20, 21..=40, 5..=20, 35..=60, 41..=60];
+    for (k, cut) in cuts.iter().enumerate() {
+        for dev in &devices {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", format!("{dev}.{k}").as_str());
+            js.publish_with_headers(
+                format!("guardian.in.{dev}"),
+                h,
+                batch(dev, cut.clone()).into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+    }
+
+    let mut fleet_a = Instance::start(&nodes, tmp.path(), "fleet-a");
+    let counters = Arc::new(Counters::default());
+    let mut cfg = ServiceConfig::new(urls(&nodes));
+    cfg.replicas = 3;
+    cfg.ack_wait = Duration::from_secs(3);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let svc = tokio::spawn(service::serve(cfg, "fleet-b", counters.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    // Publishes fail while the limit holds (every message with more than a
+    // dozen records is over it); some small ones go through.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fleet_a.kill9();
+    let mut open = limited.clone();
+    open.max_message_size = -1;
+    js.update_stream(&open).await.unwrap();
+
+    let want: u64 = 60;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        let got = stored(&js).await;
+        let complete = devices
+            .iter()
+            .all(|d| got.get(d).is_some_and(|s| s.len() as u64 == want));
+        if complete {
+            // Redelivered messages may still come; they must change
+            // nothing.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            break stored(&js).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not everything stored: {:?} (fleet-b: {counters:?})",
+            got.iter().map(|(d, s)| (d, s.len())).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let fleet_a_log = std::fs::read_to_string(tmp.path().join("fleet-a.log")).unwrap();
+    let failed_a = fleet_a_log.contains("they will be retried");
+    assert!(
+        counters.store_errors.load(Relaxed) > 0 || failed_a,
+        "no store publish failed: the test did not attack what it means to"
+    );
+    let mut most = 0;
+    for dev in &devices {
+        let seqs = &got[dev];
+        let doubled: Vec<_> = seqs.iter().filter(|(_, n)| **n != 1).collect();
+        assert!(
+            doubled.is_empty(),
+            "{dev}: stored more than once: {doubled:?}"
+        );
+        assert_eq!(
+            seqs.keys().copied().collect::<Vec<_>>(),
+            (1..=want).collect::<Vec<_>>(),
+            "{dev}"
+        );
+        let last = store
+            .get_last_raw_message_by_subject(&format!("guardian.store.{dev}"))
+            .await
+            .unwrap();
+        let s: Stored = serde_json::from_slice(&last.payload).unwrap();
+        let e = &s.summary.epochs[&format!("{epoch:016x}")];
+        assert_eq!(e.stored, vec![(1, want)], "{dev}: the summary");
+        assert_eq!(e.by_class.values().sum::<u64>(), want, "{dev}: by class");
+        assert_eq!(e.unexplained(), 0);
+        most = most.max(most_in_one_message(&js, dev).await);
+    }
+    // The widest batch is 26 records: a message with more holds several
+    // batches of one device stored together.
+    assert!(
+        most > 26,
+        "no device had batches stored together (at most {most} records in one message)"
+    );
+    let _ = stop_tx.send(());
+    svc.await.unwrap().unwrap();
+}
+
+/// The most records in one stored message of `device`.
+async fn most_in_one_message(js: &jetstream::Context, device: &str) -> usize {
+    let stream = js.get_stream(STORE_STREAM).await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: format!("guardian.store.{device}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = consumer.messages().await.unwrap();
+    let mut most = 0;
+    loop {
+        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await else {
+            break;
+        };
+        let m = m.unwrap();
+        let pending = m.info().unwrap().pending;
+        let s: Stored = serde_json::from_slice(&m.payload).unwrap();
+        most = most.max(s.records.len());
+        if pending == 0 {
+            break;
+        }
+    }
+    most
+}

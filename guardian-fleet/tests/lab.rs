@@ -275,6 +275,82 @@ async fn a_device_cannot_publish_as_another_under_per_device_permissions() {
         ),
         other => panic!("expected a subscription violation, got {other:?}"),
     }
+    // A device reads the policy bucket: the key's subject (every group's;
+    // sets are signed) and a direct get of its group's value.
+    let js = async_nats::jetstream::new(fleet.clone());
+    let kv = guardian_fleet::policy::bucket(&js, 1).await.unwrap();
+    let mut a = Conn::connect(
+        &url,
+        "board-a",
+        &creds("board-a", "a-secret"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    a.subscribe("$KV.guardian_policy.>", 3).await.unwrap();
+    a.publish(
+        "$JS.API.DIRECT.GET.KV_guardian_policy.$KV.guardian_policy.cameras",
+        "get-1",
+        "t3",
+        b"",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kv.put("cameras", "a set".into()).await.unwrap();
+    let mut got_put = false;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !got_put && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), a.replies.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Ok(Incoming::Message(m)) => {
+                assert_eq!(m.subject, "$KV.guardian_policy.cameras");
+                assert_eq!(&m.payload[..], b"a set");
+                got_put = true;
+            }
+            Ok(Incoming::Ping) => a.pong().await.unwrap(),
+            Err(LinkError::Refused { what, .. }) if what.contains("Permissions Violation") => {
+                panic!("a device may read the policy bucket: {what}")
+            }
+            // The direct get's answer (404: nothing published yet when it
+            // was asked).
+            Ok(_) | Err(_) => {}
+        }
+    }
+    assert!(got_put, "the put to the group's key reached the device");
+    // But it may not write to it.
+    publish_is_refused(&mut a, "$KV.guardian_policy.cameras").await;
+    // guardian's own link, as board-a, following group cameras: the direct
+    // get at connect is allowed and answered on its inbox.
+    let spool = Spool::open(SpoolConfig {
+        dir: tmp.path().join("spool-a"),
+        max_bytes: 1 << 20,
+        segment_bytes: 64 << 10,
+        fsync: Fsync::Always,
+    })
+    .unwrap();
+    let mut link = LinkConfig::new("board-a", vec![url.clone()]);
+    link.credentials = creds("board-a", "a-secret");
+    let (tx, mut rx) = tokio::sync::watch::channel(None);
+    link.policy_sets = Some(guardian_report::PolicySets {
+        group: "cameras".into(),
+        tx: std::sync::Arc::new(tx),
+    });
+    let reporter = Reporter::start(spool, link).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), rx.changed())
+        .await
+        .expect("the group's set at connect")
+        .unwrap();
+    let got = rx.borrow_and_update().clone().unwrap();
+    assert_eq!(
+        (got.bytes.as_slice(), got.via),
+        (&b"a set"[..], "direct-get")
+    );
+    assert_eq!(reporter.status().link.policy_sets_errors, 0);
+    reporter.shutdown().await;
     let _ = server.kill();
     let _ = server.wait();
 }

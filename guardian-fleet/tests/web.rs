@@ -96,6 +96,7 @@ fn record(device: &str, trust: TrustState, now: u64) -> Attestation {
         tamper_attempts: vec![],
         manifests: vec!["models-2027-01".into()],
         boot_id: "6f1c2a".into(),
+        policy_set: None,
     };
     let mut a = Attestation {
         device: device.into(),

@@ -7,8 +7,8 @@
 //! |---|---|
 //! | [`spool`] | the on-disk spool: segments, CRCs, the fsync policy, the size bound and its drop rule, acknowledgement marks |
 //! | [`wire`] | the batch format both the device and `guardian-fleet` read |
-//! | [`nats`] | one connection to a NATS server: publish into JetStream, read the acknowledgements, hear the fleet's questions and answer them |
-//! | [`reporter`] | the tasks tying them together: queue → spool → link, reconnect with backoff, status; the fleet's questions handed to whoever answers for the device ([`Asked`]) and their answers sent back |
+//! | [`nats`] | one connection to a NATS server: publish into JetStream, read the acknowledgements, hear the fleet's questions and answer them; header blocks and requests (a key-value direct get) |
+//! | [`reporter`] | the tasks tying them together: queue → spool → link, reconnect with backoff, status; the fleet's questions handed to whoever answers for the device ([`Asked`]) and their answers sent back; the device group's pushed policy set followed in the fleet's key-value bucket and handed over ([`PolicySets`]), newest first |
 //!
 //! This crate knows nothing of the agent (no TPM, no eBPF): the agent and
 //! the fleet's device simulator both run it, so the simulator exercises
@@ -19,5 +19,5 @@ pub mod reporter;
 pub mod spool;
 pub mod wire;
 
-pub use reporter::{Asked, LinkConfig, ReportStatus, Reporter};
+pub use reporter::{Asked, LinkConfig, PolicySets, ReceivedSet, ReportStatus, Reporter};
 pub use spool::{Class, Fsync, Spool, SpoolConfig};

@@ -62,7 +62,7 @@ pub struct TlsError {
 }
 
 impl Tls {
-    /// Read the files and build the client configuration (TLS 1.2 and 1.3,
+    /// Read the files and build the client configuration (TLS 1.3 only,
     /// ring).
     pub fn load(files: &TlsFiles) -> Result<Tls, TlsError> {
         use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
@@ -232,9 +232,39 @@ pub struct Message {
     pub subject: String,
     /// Where the sender wants the answer, if anywhere.
     pub reply: Option<String>,
+    /// The header block as it came (`NATS/1.0[ status]` and its lines),
+    /// if the message had one ([`header_status`], [`header_value`]).
+    pub headers: Option<Vec<u8>>,
     /// The payload (headers left out).
     pub payload: Vec<u8>,
 }
+
+/// The status of a header block's first line (`NATS/1.0 404 Message Not
+/// Found` gives `(404, "Message Not Found")`), if it carries one.
+pub fn header_status(headers: &[u8]) -> Option<(u16, String)> {
+    let first = headers.split(|&b| b == b'\n').next()?;
+    let first = String::from_utf8_lossy(first);
+    let mut parts = first.trim_end().splitn(3, ' ');
+    let _version = parts.next()?;
+    let code = parts.next()?.parse().ok()?;
+    Some((code, parts.next().unwrap_or("").to_owned()))
+}
+
+/// The value of header `name` (case-insensitive, as NATS compares them)
+/// in a header block.
+pub fn header_value(headers: &[u8], name: &str) -> Option<String> {
+    String::from_utf8_lossy(headers)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+/// The largest message this client reads: a policy set at its limit
+/// (8 MiB, `guardian_attest::policy_set::MAX_SET_BYTES`) with the headers
+/// a key-value read puts around it.
+pub const MAX_MESSAGE: usize = (8 << 20) + (64 << 10);
 
 /// What the reader task passes on.
 #[derive(Debug)]
@@ -245,6 +275,9 @@ pub enum Incoming {
     Message(Message),
     /// The server pinged: answer with [`Conn::pong`].
     Ping,
+    /// The server answered our [`Conn::ping`]: the connection is alive and
+    /// the server has read everything sent before that PING.
+    Pong,
 }
 
 /// A connection: the writer half here, the reader in a task that sends
@@ -503,6 +536,24 @@ impl Conn {
             .map_err(io("publish to", &self.server))
     }
 
+    /// Publish `payload` on `subject` asking for the answer on `reply`
+    /// (core NATS: a JetStream API request such as a direct get).
+    pub async fn request(
+        &mut self,
+        subject: &str,
+        reply: &str,
+        payload: &[u8],
+    ) -> Result<(), LinkError> {
+        let mut buf = Vec::with_capacity(payload.len() + subject.len() + reply.len() + 32);
+        buf.extend_from_slice(format!("PUB {subject} {reply} {}\r\n", payload.len()).as_bytes());
+        buf.extend_from_slice(payload);
+        buf.extend_from_slice(b"\r\n");
+        self.writer
+            .write_all(&buf)
+            .await
+            .map_err(io("publish to", &self.server))
+    }
+
     /// The server this connection goes to.
     pub fn server(&self) -> &str {
         &self.server
@@ -535,6 +586,16 @@ impl Conn {
             .write_all(&buf)
             .await
             .map_err(io("publish to", &self.server))
+    }
+
+    /// Ask the server whether the connection is alive: its PONG comes back
+    /// as [`Incoming::Pong`], after the server has processed everything
+    /// sent before.
+    pub async fn ping(&mut self) -> Result<(), LinkError> {
+        self.writer
+            .write_all(b"PING\r\n")
+            .await
+            .map_err(io("ping", &self.server))
     }
 
     /// Answer the server's PING.
@@ -631,7 +692,8 @@ async fn read_one(
     let mut words = l.split_ascii_whitespace();
     match words.next() {
         Some("PING") => Ok(Some(Incoming::Ping)),
-        Some("PONG") | Some("+OK") | Some("INFO") => Ok(None),
+        Some("PONG") => Ok(Some(Incoming::Pong)),
+        Some("+OK") | Some("INFO") => Ok(None),
         Some("-ERR") => Err(LinkError::Refused {
             server: server.to_owned(),
             what: l.trim_start_matches("-ERR ").trim_matches('\'').to_owned(),
@@ -646,17 +708,17 @@ async fn read_one(
                 ("HMSG", 4) => (
                     args[0],
                     None,
-                    (parse_size(args[2]).map_err(&proto)?, args[3]),
+                    (parse_size(args[2]).map_err(proto)?, args[3]),
                 ),
                 ("HMSG", 5) => (
                     args[0],
                     Some(args[2]),
-                    (parse_size(args[3]).map_err(&proto)?, args[4]),
+                    (parse_size(args[3]).map_err(proto)?, args[4]),
                 ),
                 _ => return Err(proto(format!("malformed {verb} line {l:?}"))),
             };
-            let total = parse_size(sizes.1).map_err(&proto)?;
-            if sizes.0 > total || total > 8 * 1024 * 1024 {
+            let total = parse_size(sizes.1).map_err(proto)?;
+            if sizes.0 > total || total > MAX_MESSAGE {
                 return Err(proto(format!("implausible sizes in {l:?}")));
             }
             let mut body = vec![0u8; total + 2];
@@ -670,6 +732,7 @@ async fn read_one(
                 return Ok(Some(Incoming::Message(Message {
                     subject: subject.to_owned(),
                     reply: reply.map(str::to_owned),
+                    headers: (sizes.0 > 0).then(|| headers.to_vec()),
                     payload: payload.to_vec(),
                 })));
             };
@@ -719,5 +782,19 @@ mod tests {
             matches!(parse_ack(Some(b"NATS/1.0 503\r\n\r\n"), b""), PubAck::Refused(m) if m.contains("no stream"))
         );
         assert!(matches!(parse_ack(None, b"garbage"), PubAck::Refused(_)));
+    }
+
+    #[test]
+    fn header_blocks_give_their_status_and_values() {
+        let h = b"NATS/1.0 404 Message Not Found\r\n\r\n";
+        assert_eq!(
+            header_status(h),
+            Some((404, "Message Not Found".to_owned()))
+        );
+        assert_eq!(header_value(h, "KV-Operation"), None);
+        let h = b"NATS/1.0\r\nKV-Operation: DEL\r\nNats-Subject: $KV.b.k\r\n\r\n";
+        assert_eq!(header_status(h), None);
+        assert_eq!(header_value(h, "kv-operation").as_deref(), Some("DEL"));
+        assert_eq!(header_value(h, "Nats-Subject").as_deref(), Some("$KV.b.k"));
     }
 }

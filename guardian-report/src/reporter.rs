@@ -9,7 +9,12 @@
 //! record means; the agent gives each record its [`Class`].
 //!
 //! Ordering and duplicates: the sender sends in sequence order and, after
-//! any failure, reconnects and sends again everything not acknowledged.
+//! any failure, reconnects and sends again everything not acknowledged. A
+//! batch whose acknowledgement is late on a connection that still answers
+//! a PING is sent again on that connection (the same id), at most
+//! [`MAX_RESENDS`] times, waiting twice as long each time, before the
+//! connection is given up: on a loaded cluster that costs one batch, where
+//! reconnecting cost every batch in flight and a new session.
 //! The stream drops an identical resend within its duplicate window
 //! (`Nats-Msg-Id`); anything else the fleet deduplicates by (device,
 //! epoch, sequence).
@@ -54,7 +59,10 @@ pub struct LinkConfig {
     pub batch_records: usize,
     /// Payload bytes per batch, about (one record may exceed it).
     pub batch_bytes: usize,
-    /// A batch not acknowledged in this time drops the connection.
+    /// A batch not acknowledged in this time is sent again on the same
+    /// connection, and the server is pinged; no PONG within it either, or
+    /// a batch still not acknowledged after [`MAX_RESENDS`] resends (each
+    /// waiting twice as long as the last), drops the connection.
     pub ack_timeout: Duration,
     /// Connecting may take this long.
     pub connect_timeout: Duration,
@@ -71,6 +79,31 @@ pub struct LinkConfig {
     pub questions: Option<mpsc::Sender<Asked>>,
     /// An answer not ready in this time is sent as a refusal.
     pub answer_timeout: Duration,
+    /// Policy sets pushed to this device's group: when set, the link
+    /// follows the group's key in the fleet's bucket (on every connection,
+    /// a subscription to its puts and a direct get of its current value)
+    /// and hands each value over, newest first.
+    pub policy_sets: Option<PolicySets>,
+}
+
+/// Where the link hands the policy sets it receives for `group`.
+#[derive(Debug, Clone)]
+pub struct PolicySets {
+    /// The device's group (a key of [`wire::POLICY_BUCKET`]).
+    pub group: String,
+    /// The newest value received. A watch: a value not yet taken is
+    /// replaced by a newer one, never queued behind it (only the newest
+    /// set can matter; an older one would be refused anyway).
+    pub tx: Arc<watch::Sender<Option<Arc<ReceivedSet>>>>,
+}
+
+/// A policy set's bytes as the link received them.
+#[derive(Debug)]
+pub struct ReceivedSet {
+    /// The value (the signed set's wire form, unchecked).
+    pub bytes: Vec<u8>,
+    /// `watch` (a put to the key) or `direct-get` (asked at connect).
+    pub via: &'static str,
 }
 
 /// A question from the fleet, handed to whoever answers for the device
@@ -104,6 +137,7 @@ impl LinkConfig {
             queue: 4096,
             questions: None,
             answer_timeout: Duration::from_secs(20),
+            policy_sets: None,
         }
     }
 }
@@ -141,6 +175,10 @@ pub struct LinkStatus {
     pub records_acked: u64,
     /// Batches the stream reported as duplicates (a resend it already had).
     pub duplicates: u64,
+    /// Batches sent again on the same connection because their
+    /// acknowledgement was late (the connection answered a PING).
+    #[serde(default)]
+    pub resent: u64,
     /// When the last acknowledgement came.
     pub last_ack_ms: Option<u64>,
     /// Records dropped because the in-memory queue before the spool was full.
@@ -161,6 +199,26 @@ pub struct LinkStatus {
     /// this device's name).
     #[serde(default)]
     pub refused: u64,
+    /// Policy set values received for the device's group (handed to the
+    /// agent, which checks them).
+    #[serde(default)]
+    pub policy_sets_received: u64,
+    /// Deletes or purges of the group's key: logged and counted; the set
+    /// in force stays (a withdrawal never rolls a device back).
+    #[serde(default)]
+    pub policy_sets_withdrawn: u64,
+    /// Connections at which no set was published for the group.
+    #[serde(default)]
+    pub policy_sets_none_published: u64,
+    /// Reads of the current set that failed (no bucket, no direct get).
+    #[serde(default)]
+    pub policy_sets_errors: u64,
+    /// Messages on the direct get's inbox that answer no get this link
+    /// asked (another token, or a second answer): dropped unread. Anyone
+    /// allowed to ask for a direct get may name this device's inbox as
+    /// the reply subject.
+    #[serde(default)]
+    pub policy_sets_unasked: u64,
 }
 
 /// The spool and the link together.
@@ -193,6 +251,9 @@ struct Shared {
     queue_drops: AtomicU64,
     /// Records handed over and not yet appended to the spool.
     queued: AtomicU64,
+    /// Rounds of appends the writer made (the syncer skips its fsync when
+    /// none came since the last).
+    appended: AtomicU64,
     epoch: u64,
 }
 
@@ -259,6 +320,7 @@ impl Reporter {
                 batches_sent: 0,
                 records_acked: 0,
                 duplicates: 0,
+                resent: 0,
                 last_ack_ms: None,
                 queue_drops: 0,
                 queued: 0,
@@ -266,10 +328,16 @@ impl Reporter {
                 questions: 0,
                 answered: 0,
                 refused: 0,
+                policy_sets_received: 0,
+                policy_sets_withdrawn: 0,
+                policy_sets_none_published: 0,
+                policy_sets_errors: 0,
+                policy_sets_unasked: 0,
             }),
             wake: Notify::new(),
             queue_drops: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let (stop, stopped) = watch::channel(false);
@@ -383,20 +451,34 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Class, Vec<u8>)>) {
             }
             Err(e) => log::error!("report spool writer failed: {e}"),
         }
+        shared.appended.fetch_add(1, Ordering::Release);
         shared.queued.fetch_sub(taken, Ordering::Relaxed);
         shared.wake.notify_one();
     }
 }
 
 async fn syncer(shared: Arc<Shared>, every: Duration, mut stopped: watch::Receiver<bool>) {
+    let mut synced = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stopped.changed() => return,
         }
+        // Nothing appended since the last sync: nothing to force to disk
+        // and nothing new to send. A board that reports a record a second
+        // would otherwise fsync five times a second for one; a host
+        // simulating thousands of boards on one disk would spend its disk
+        // on fsyncs that do nothing.
+        let appended = shared.appended.load(Ordering::Acquire);
+        if appended == synced {
+            continue;
+        }
         let sh = shared.clone();
         match tokio::task::spawn_blocking(move || sh.spool().sync()).await {
-            Ok(Ok(())) => shared.wake.notify_one(),
+            Ok(Ok(())) => {
+                synced = appended;
+                shared.wake.notify_one();
+            }
             Ok(Err(e)) => log::error!("report spool: {e}"),
             Err(e) => log::error!("report spool syncer failed: {e}"),
         }
@@ -460,9 +542,25 @@ async fn sender(shared: Arc<Shared>, cfg: LinkConfig, mut stopped: watch::Receiv
     shared.set_state(LinkState::Stopped, None, None);
 }
 
+/// Times a batch is sent again on one connection before the connection is
+/// given up.
+pub const MAX_RESENDS: u32 = 3;
+
 struct InFlight {
     seqs: Vec<u64>,
+    /// The message id it was sent with (a resend must carry the same).
+    id: String,
     sent: Instant,
+    /// Sent again on this connection this many times.
+    resends: u32,
+}
+
+impl InFlight {
+    /// When its acknowledgement is overdue: `ack_timeout`, doubled for
+    /// each resend.
+    fn due(&self, ack_timeout: Duration) -> Instant {
+        self.sent + ack_timeout * (1u32 << self.resends.min(8))
+    }
 }
 
 /// One connection's life: send, take acknowledgements, until it fails (the
@@ -480,6 +578,13 @@ async fn session(
             .await
             .map_err(|e| link_error(&e))?;
     }
+    let mut follow = cfg
+        .policy_sets
+        .as_ref()
+        .map(|p| Follow::new(&cfg.device, p));
+    if let Some(f) = &mut follow {
+        f.start(conn).await.map_err(|e| link_error(&e))?;
+    }
     // Answers come back from their own tasks (a quote takes a while) and
     // are sent from here, on this connection; an answer for a connection
     // that died is lost, and the fleet says "unreachable".
@@ -487,6 +592,9 @@ async fn session(
     let mut inflight: BTreeMap<u64, InFlight> = BTreeMap::new();
     let mut next_token = 0u64;
     let mut sent_upto = 0u64;
+    // A PING is out (a batch's acknowledgement was late): its PONG must
+    // come by then, or the connection is dead.
+    let mut pong_by: Option<Instant> = None;
     loop {
         while inflight.len() < cfg.window {
             let sh = shared.clone();
@@ -512,16 +620,19 @@ async fn session(
                 token,
                 InFlight {
                     seqs: recs.iter().map(|r| r.seq).collect(),
+                    id,
                     sent: Instant::now(),
+                    resends: 0,
                 },
             );
             shared.link().batches_sent += 1;
         }
         let deadline = inflight
             .values()
-            .map(|f| f.sent)
+            .map(|f| f.due(cfg.ack_timeout))
+            .chain(pong_by)
             .min()
-            .map(|t| tokio::time::Instant::from_std(t + cfg.ack_timeout));
+            .map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = stopped.changed() => return Ok(()),
             _ = shared.wake.notified() => {}
@@ -531,7 +642,18 @@ async fn session(
                     None => std::future::pending().await,
                 }
             } => {
-                return Err(format!("no acknowledgement within {:?}", cfg.ack_timeout));
+                let now = Instant::now();
+                if pong_by.is_some_and(|t| now >= t) {
+                    return Err(format!(
+                        "no acknowledgement within {:?}, and no PONG within {:?}",
+                        cfg.ack_timeout, cfg.ack_timeout
+                    ));
+                }
+                resend_overdue(shared, cfg, conn, &subject, &mut inflight, now).await?;
+                if pong_by.is_none() {
+                    conn.ping().await.map_err(|e| link_error(&e))?;
+                    pong_by = Some(now + cfg.ack_timeout);
+                }
             }
             Some((reply, answer)) = answers.recv() => {
                 let answer = answer.and_then(|body| match body.len() > conn.max_payload() {
@@ -560,9 +682,12 @@ async fn session(
                 None => return Err("connection reader ended".to_owned()),
                 Some(Err(e)) => return Err(link_error(&e)),
                 Some(Ok(Incoming::Ping)) => conn.pong().await.map_err(|e| e.to_string())?,
+                Some(Ok(Incoming::Pong)) => pong_by = None,
                 Some(Ok(Incoming::Message(m))) => {
                     if m.subject == ask_subject {
                         question(shared, cfg, m, &answers_tx);
+                    } else if let Some(f) = &mut follow {
+                        f.message(shared, m);
                     }
                 }
                 Some(Ok(Incoming::Reply(r))) => {
@@ -593,6 +718,64 @@ async fn session(
             }
         }
     }
+}
+
+/// Send again, on this connection and under the same ids, the batches whose
+/// acknowledgement is overdue at `now` (read again from the spool: they
+/// are still there, unacknowledged). A batch already sent
+/// [`MAX_RESENDS`] times, or one the spool no longer gives back the same
+/// (a record of it dropped to make room), ends the connection: the next
+/// sends everything again from the spool, as after any failure.
+async fn resend_overdue(
+    shared: &Arc<Shared>,
+    cfg: &LinkConfig,
+    conn: &mut Conn,
+    subject: &str,
+    inflight: &mut BTreeMap<u64, InFlight>,
+    now: Instant,
+) -> Result<(), String> {
+    let overdue: Vec<u64> = inflight
+        .iter()
+        .filter(|(_, f)| now >= f.due(cfg.ack_timeout))
+        .map(|(t, _)| *t)
+        .collect();
+    for token in overdue {
+        let Some(f) = inflight.get_mut(&token) else {
+            continue;
+        };
+        if f.resends >= MAX_RESENDS {
+            return Err(format!(
+                "no acknowledgement within {:?} after {} resends on a live connection",
+                cfg.ack_timeout, f.resends
+            ));
+        }
+        let (Some(&first), n) = (f.seqs.first(), f.seqs.len()) else {
+            continue;
+        };
+        let sh = shared.clone();
+        let recs = tokio::task::spawn_blocking(move || {
+            sh.spool().pending(first.saturating_sub(1), n, usize::MAX)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if recs.iter().map(|r| r.seq).ne(f.seqs.iter().copied()) {
+            return Err(format!(
+                "no acknowledgement within {:?}, and the batch {}..={} is no longer whole in the spool",
+                cfg.ack_timeout,
+                first,
+                f.seqs.last().copied().unwrap_or(first)
+            ));
+        }
+        let payload = wire::encode(&cfg.device, shared.epoch, &recs).map_err(|e| e.to_string())?;
+        conn.publish(subject, &f.id, &token.to_string(), &payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        f.sent = now;
+        f.resends += 1;
+        shared.link().resent += 1;
+    }
+    Ok(())
 }
 
 /// The JSON of a refusal ([`wire::Refused`]).
@@ -652,6 +835,103 @@ fn question(
         };
         let _ = answers.send((reply, body)).await;
     });
+}
+
+/// Following a group's policy set on one connection.
+struct Follow {
+    sets: PolicySets,
+    /// `$KV.guardian_policy.<group>`.
+    subject: String,
+    /// `guardian.inbox.<device>.`, where the direct get's answer comes.
+    inbox: String,
+    /// The one reply subject of the get asked on this connection, until
+    /// its answer came.
+    asked: Option<String>,
+}
+
+impl Follow {
+    fn new(device: &str, sets: &PolicySets) -> Self {
+        Self {
+            subject: wire::policy_subject(&sets.group),
+            inbox: format!("{}.{device}.", wire::INBOX_PREFIX),
+            sets: sets.clone(),
+            asked: None,
+        }
+    }
+
+    /// Subscribe to the key's puts first, then ask for its current value:
+    /// a put between the two is then heard either way, and a device that
+    /// was offline gets the set published while it was away.
+    async fn start(&mut self, conn: &mut Conn) -> Result<(), LinkError> {
+        conn.subscribe(&self.subject, 3).await?;
+        conn.subscribe(&format!("{}>", self.inbox), 4).await?;
+        let mut token = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut token);
+        let reply = format!("{}{}", self.inbox, hex::encode(token));
+        self.asked = Some(reply.clone());
+        conn.request(&wire::policy_direct_get(&self.sets.group), &reply, b"")
+            .await
+    }
+
+    /// A message on the key's subject or the inbox: a value to hand over,
+    /// a withdrawal, or "nothing published".
+    fn message(&mut self, shared: &Shared, m: Message) {
+        let group = &self.sets.group;
+        let via = if m.subject == self.subject {
+            "watch"
+        } else if self.asked.as_deref() == Some(m.subject.as_str()) {
+            // Its one answer: a later message there answers nothing.
+            self.asked = None;
+            "direct-get"
+        } else if m.subject.starts_with(&self.inbox) {
+            // Any client allowed to ask for a direct get can have the
+            // servers answer on this inbox (a reply subject is not checked
+            // against the asker's permissions): another group's set, or
+            // this one's again and again, each costing a signature check,
+            // a refusal and an alert.
+            log::warn!(
+                "policy sets: a message on {} answers no direct get this link asked; dropped",
+                m.subject
+            );
+            shared.link().policy_sets_unasked += 1;
+            return;
+        } else {
+            return;
+        };
+        if let Some(h) = &m.headers {
+            if let Some((code, text)) = crate::nats::header_status(h) {
+                if code == 404 {
+                    log::info!("policy sets: no set published for group {group}");
+                    shared.link().policy_sets_none_published += 1;
+                } else {
+                    log::error!(
+                        "policy sets: reading the current set of group {group} failed: status {code} {text} (is the fleet's bucket {} there, with direct gets allowed?)",
+                        wire::POLICY_BUCKET
+                    );
+                    shared.link().policy_sets_errors += 1;
+                }
+                return;
+            }
+            if let Some(op) = crate::nats::header_value(h, "KV-Operation")
+                .filter(|op| op.eq_ignore_ascii_case("DEL") || op.eq_ignore_ascii_case("PURGE"))
+            {
+                log::warn!(
+                    "policy sets: the set of group {group} was withdrawn ({op}, seen by {via}); the set in force stays (a withdrawal never rolls a device back)"
+                );
+                shared.link().policy_sets_withdrawn += 1;
+                return;
+            }
+        }
+        log::info!(
+            "policy sets: a set for group {group} received ({} bytes, by {via})",
+            m.payload.len()
+        );
+        shared.link().policy_sets_received += 1;
+        self.sets.tx.send_replace(Some(Arc::new(ReceivedSet {
+            bytes: m.payload,
+            via,
+        })));
+    }
 }
 
 fn link_error(e: &LinkError) -> String {

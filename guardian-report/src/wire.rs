@@ -61,6 +61,29 @@ pub const ASK_PREFIX: &str = "guardian.ask";
 /// no device answers for another.
 pub const ANSWER_PREFIX: &str = "guardian.answer";
 
+/// The fleet's key-value bucket of policy sets, one key per device group
+/// (`guardian_attest::policy_set`: the signed set's wire form is the
+/// value). Created by the fleet with direct gets allowed.
+pub const POLICY_BUCKET: &str = "guardian_policy";
+/// Where the device asks for replies of its own (the current policy set):
+/// `guardian.inbox.<device>.<token>`; a broker with per-device
+/// permissions lets each device subscribe under its own name only.
+pub const INBOX_PREFIX: &str = "guardian.inbox";
+
+/// The subject every put (and delete) of `group`'s key is published on:
+/// `$KV.guardian_policy.<group>`.
+pub fn policy_subject(group: &str) -> String {
+    format!("$KV.{POLICY_BUCKET}.{group}")
+}
+
+/// The JetStream direct get of the last value of `group`'s key.
+pub fn policy_direct_get(group: &str) -> String {
+    format!(
+        "$JS.API.DIRECT.GET.KV_{POLICY_BUCKET}.{}",
+        policy_subject(group)
+    )
+}
+
 /// A question from the fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ask", rename_all = "snake_case")]

@@ -8,7 +8,13 @@
 # `syscall_detect = true`, so that every write-open of the protected model
 # is a ring-buffer record, and a Python loop opens the model O_WRONLY as
 # fast as it can for SECS seconds (default 4); then reads the agent's
-# counters from its status: opens, records submitted, `ringbuf_drops`.
+# counters from its status: opens, records submitted, `ringbuf_drops`, and
+# what reached the attestor: each event is a tamper attempt (detect mode),
+# made a record (`tamper_records`), folded into one by the rate limit
+# (`tamper_rate_limited`) or dropped on the way (`attest_queue_drops`,
+# its share of the events the daemon read beside it), and the agent's CPU
+# time (all threads, user and system) from just before the burst to the
+# reading, per event read.
 # RINGS (KiB, default "4096 2048 1024") says which ring sizes; each round
 # (ROUNDS, default 3) runs every size in turn, the load average beside it.
 # --also BIN runs another build's binary beside this one at every size (a
@@ -28,7 +34,7 @@ args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --also) also="${2:?--also needs a binary}"; shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) args+=("$1"); shift ;;
     esac
 done
@@ -50,7 +56,14 @@ if [ -n "$also" ]; then
     builds+=(also)
 fi
 
-# burst BUILD RING_KIB: one agent, one burst; prints "opens submitted drops".
+# cpu_ticks PID: the process's user and system time so far, in clock ticks
+# (all its threads).
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
+# burst BUILD RING_KIB: one agent, one burst; prints "opens submitted drops
+# records rate_limited attest_drops cpu_us_per_event".
 burst() {
     local bin="$tmp/$1" d
     d="$(mktemp -d "$tmp/run.XXXXXX")"
@@ -82,7 +95,8 @@ CFG
         exit 1
     fi
     sleep 2
-    local opens
+    local opens cpu0 cpu1
+    cpu0="$(cpu_ticks "$pid")"
     opens="$(python3 - "$d/models/m.onnx" "$secs" <<'PY'
 import os, sys, time
 path, secs = sys.argv[1], float(sys.argv[2])
@@ -99,27 +113,33 @@ PY
 )"
     # The status is published at most every 200 ms after events.
     sleep 3
-    python3 - "$d/status.json" "$opens" <<'PY'
+    cpu1="$(cpu_ticks "$pid")"
+    python3 - "$d/status.json" "$opens" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 c = s.get("counters", s)
-print(sys.argv[2], c["events_submitted"], c["ringbuf_drops"])
+ticks, hz = int(sys.argv[3]), int(sys.argv[4])
+per = 1e6 * ticks / hz / c["events_submitted"] if c["events_submitted"] else 0
+print(sys.argv[2], c["events_submitted"], c["ringbuf_drops"], c["tamper_records"],
+      c["tamper_rate_limited"], c["attest_queue_drops"], f"{per:.2f}")
 PY
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     "$bin" stop --unload --config "$d/guardian.toml" >/dev/null 2>&1 || true
 }
 
-echo "| round | load average | build | ring | opens | submitted | ringbuf_drops | drop % |"
-echo "|---:|---|---|---:|---:|---:|---:|---:|"
+echo "| round | load average | build | ring | opens | submitted | ringbuf_drops | drop % | tamper_records | tamper_rate_limited | attest_queue_drops | of the events read | agent CPU µs per event |"
+echo "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for round in $(seq "$rounds"); do
     for k in ${RINGS-4096 2048 1024}; do
         for b in "${builds[@]}"; do
             load="$(cut -d' ' -f1-3 /proc/loadavg)"
-            read -r opens sub drops < <(burst "$b" "$k")
-            printf '| %s | %s | %s | %s KiB | %s | %s | %s | %s |\n' "$round" "$load" "$b" "$k" \
+            read -r opens sub drops recs limited adrops cpu < <(burst "$b" "$k")
+            printf '| %s | %s | %s | %s KiB | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$round" "$load" "$b" "$k" \
                 "$opens" "$sub" "$drops" \
-                "$(awk -v d="$drops" -v o="$opens" 'BEGIN { printf "%.2f", o ? 100 * d / o : 0 }')"
+                "$(awk -v d="$drops" -v o="$opens" 'BEGIN { printf "%.2f", o ? 100 * d / o : 0 }')" \
+                "$recs" "$limited" "$adrops" \
+                "$(awk -v d="$adrops" -v n="$sub" 'BEGIN { printf "%.2f %%", n ? 100 * d / n : 0 }')" "$cpu"
         done
     done
 done

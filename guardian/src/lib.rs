@@ -28,10 +28,11 @@
 //! | [`measure`] | the boot step: measure the manifest's models into a TPM PCR |
 //! | [`manifest`] | (`guardian-attest`) the signed model manifest, and why PCR 14 |
 //! | [`signing`] | (`guardian-attest`) Ed25519 / ECDSA P-256 detached signatures, as openssl makes them |
+//! | [`policy_set`] | (`guardian-attest`) the signed policy set a fleet pushes to a device group, its checks, the floor |
 //! | [`hashing`] | streaming, parallel SHA-256 of model files |
 //! | [`memory`] | the free start-up heap handed back to the kernel once start-up is done |
 //! | [`evidence`] | the ledger (log + TPM: append, extend, void) and the log's follower; what is measured, the measurement log and the TCG and CEL exports are `guardian-attest`'s |
-//! | [`tpm`] | the TPM through tss-esapi: PCR extend and read, attestation key, quote |
+//! | [`tpm`] | the TPM through tss-esapi: PCR extend and read, attestation key, quote, the floor's NV index |
 //! | [`attest`] | evidence bundles for a verifier's nonce; the offline verifier is `guardian-attest`'s |
 //! | [`enrol`] | AK enrolment: the device's steps (ActivateCredential); the verifier's (EK certificate chain, software MakeCredential) are `guardian-attest`'s |
 //! | [`unload`] | who may switch the guard off: operator-signed unload tokens for one boot, and what the running guard was loaded with |
@@ -39,6 +40,7 @@
 //! | [`daemon`] | `guardian run` and `guardian stop`: the start-up steps, the event loop, each event's way out, the status snapshot |
 //! | [`policy`] | signed WebAssembly policies in wasmi: load, measure, evaluate, hot swap, static rules |
 //! | [`report`] | the fleet link from `[report]`: the spool and the link (`guardian-report`), and which class each record of the agent is |
+//! | [`pushed`] | pushed policy sets on the device: their directories under `[policy] state_dir`, the pointer to the set in force, the floor file, their status |
 //! | [`rules`] | the kernel's tables: the config widened by the policies' static rules |
 //!
 //! The verifier's library is a crate of its own, `guardian-attest`, so the
@@ -75,6 +77,7 @@ pub mod memory;
 pub mod pathcheck;
 pub mod policy;
 pub mod prescan;
+pub mod pushed;
 pub mod report;
 pub mod rules;
 pub mod status;
@@ -84,7 +87,7 @@ pub mod tpm;
 pub mod unload;
 
 // The verifier's library: the agent names these as its own modules.
-pub use guardian_attest::{manifest, signing};
+pub use guardian_attest::{manifest, policy_set, signing};
 
 /// The eBPF object, built by `build.rs` (empty if this binary was built
 /// without the eBPF toolchain; [`run`] then refuses to start and says so).

@@ -118,10 +118,27 @@ pub type Questions = tokio::sync::mpsc::Receiver<guardian_report::Asked>;
 #[cfg(not(feature = "report"))]
 pub type Questions = tokio::sync::mpsc::Receiver<std::convert::Infallible>;
 
+/// The pushed policy sets the link receives for the device's group: the
+/// newest value, replaced by a newer one if the daemon has not taken it
+/// yet.
+pub type PolicySets =
+    tokio::sync::watch::Receiver<Option<std::sync::Arc<guardian_report::ReceivedSet>>>;
+
+/// A started link: the reporter, the fleet's questions (if it may ask),
+/// the group's pushed policy sets (if the device follows a group).
+pub struct Started {
+    /// The reporter.
+    pub reporter: Reporter,
+    /// The fleet's questions.
+    pub questions: Option<Questions>,
+    /// The policy sets pushed to the group.
+    pub policy_sets: Option<PolicySets>,
+}
+
 /// Without the fleet link built in: `None` when `[report]` names no
 /// server, an error when it does.
 #[cfg(not(feature = "report"))]
-pub fn start(cfg: &ReportConfig) -> Result<Option<(Reporter, Option<Questions>)>, ReportError> {
+pub fn start(cfg: &ReportConfig, _group: &str) -> Result<Option<Started>, ReportError> {
     if cfg.enabled() {
         return Err(ReportError::NotBuilt);
     }
@@ -130,9 +147,10 @@ pub fn start(cfg: &ReportConfig) -> Result<Option<(Reporter, Option<Questions>)>
 
 /// Open the spool and start the reporter on the current runtime; `None`
 /// when `[report]` names no server. With `answer_challenges`, the
-/// fleet's questions come out of the returned receiver.
+/// fleet's questions come out of the returned receiver; with a `group`
+/// (`[policy] group`), the sets pushed to it.
 #[cfg(feature = "report")]
-pub fn start(cfg: &ReportConfig) -> Result<Option<(Reporter, Option<Questions>)>, ReportError> {
+pub fn start(cfg: &ReportConfig, group: &str) -> Result<Option<Started>, ReportError> {
     if !cfg.enabled() {
         return Ok(None);
     }
@@ -185,9 +203,39 @@ pub fn start(cfg: &ReportConfig) -> Result<Option<(Reporter, Option<Questions>)>
     } else {
         None
     };
+    let policy_sets = (!group.is_empty()).then(|| {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        link.policy_sets = Some(guardian_report::PolicySets {
+            group: group.to_owned(),
+            tx: std::sync::Arc::new(tx),
+        });
+        rx
+    });
     Reporter::start(spool, link)
-        .map(|r| Some((r, questions)))
+        .map(|reporter| {
+            Some(Started {
+                reporter,
+                questions,
+                policy_sets,
+            })
+        })
         .map_err(ReportError::Start)
+}
+
+/// A pushed policy set's fate for the fleet: refused (an alert, with the
+/// reason) or put in force (a measurement-class record).
+pub fn policy_set(reporter: &Reporter, refused: bool, body: &serde_json::Value) {
+    let class = if refused {
+        Class::Alert
+    } else {
+        Class::Measurement
+    };
+    match serde_json::to_vec(body) {
+        Ok(b) => {
+            reporter.submit(class, b);
+        }
+        Err(e) => log::error!("report: cannot encode a policy set record: {e}"),
+    }
 }
 
 /// Answer one of the fleet's questions: an attestation challenge or an

@@ -85,7 +85,7 @@ impl MeasuredBoot {
             }
             // Policy loads are listed by the policy engine's own status;
             // the guard's by the guard's.
-            Event::Guard(_) | Event::Policy(_) => {}
+            Event::Guard(_) | Event::Policy(_) | Event::PolicySet(_) => {}
         }
     }
 
@@ -270,6 +270,9 @@ pub struct Status {
     /// The fleet link: the spool and the broker (`None`: reporting off).
     #[serde(default)]
     pub report: Option<guardian_report::ReportStatus>,
+    /// Pushed policy sets (`None`: the device follows no group).
+    #[serde(default)]
+    pub policy_sets: Option<crate::pushed::PushStatus>,
 }
 
 /// Errors reading or writing the status file.
@@ -461,14 +464,17 @@ impl Status {
                     sp.torn_bytes
                 );
                 s += &format!(
-                    "  sent     {} batch(es), {} record(s) acknowledged, {} duplicate batch(es), {} reconnect(s)\n",
-                    l.batches_sent, l.records_acked, l.duplicates, l.reconnects
+                    "  sent     {} batch(es), {} record(s) acknowledged, {} duplicate batch(es), {} resent late, {} reconnect(s)\n",
+                    l.batches_sent, l.records_acked, l.duplicates, l.resent, l.reconnects
                 );
                 s += &format!(
                     "  asked    {} question(s) by the fleet (attestation, enrolment): {} answered, {} refused\n",
                     l.questions, l.answered, l.refused
                 );
             }
+        }
+        if let Some(p) = &self.policy_sets {
+            s += &render_push(p);
         }
         if self.warnings.is_empty() {
             s += "warnings: none\n";
@@ -480,6 +486,68 @@ impl Status {
         }
         s
     }
+}
+
+/// The pushed policy sets' lines of `guardian status`.
+fn render_push(p: &crate::pushed::PushStatus) -> String {
+    let mut s = format!("policy sets: group {}\n", p.group);
+    s += &match &p.in_force {
+        Some(f) => format!(
+            "  in force  version {} sha256 {} signed by {} ({}) from {}\n",
+            f.version,
+            f.digest,
+            f.signer,
+            f.policies.join(", "),
+            f.dir
+        ),
+        None => "  in force  no pushed set: the image's policy directory\n".to_owned(),
+    };
+    s += &format!(
+        "  floor     version {}{} kept in {}{}\n",
+        p.floor,
+        if p.floor_digest.is_empty() {
+            String::new()
+        } else {
+            format!(" sha256 {}", p.floor_digest)
+        },
+        p.floor_store,
+        p.floor_nv_index
+            .as_ref()
+            .map(|i| format!(" (NV index {i})"))
+            .unwrap_or_default()
+    );
+    s += &format!(
+        "  received  {} set(s): {} put in force, {} refused{}\n",
+        p.received,
+        p.put_in_force,
+        p.refused,
+        if p.refused_by_reason.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                p.refused_by_reason
+                    .iter()
+                    .map(|(r, n)| format!("{r} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
+    if let Some(r) = &p.last_received {
+        s += &format!(
+            "  last      {} by {}: version {} -> {} ({})\n",
+            r.at,
+            r.via,
+            r.version.map_or_else(|| "?".to_owned(), |v| v.to_string()),
+            r.outcome,
+            r.detail
+        );
+    }
+    if let Some(r) = &p.last_refusal {
+        s += &format!("  refusal   {r}\n");
+    }
+    s
 }
 
 /// RFC 3339 of now, second precision.
@@ -519,6 +587,7 @@ mod tests {
             warnings: vec!["detect-only".into()],
             attestor: None,
             report: None,
+            policy_sets: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The TPM, through one in-process tss-esapi context: extend and read the
-//! SHA-256 bank of a PCR.
+//! SHA-256 bank of a PCR, the attestation key and quotes, and the NV index
+//! that keeps the pushed policy sets' floor.
 //!
 //! The TCTI (how to reach the TPM) comes from, in order: the config
 //! (`[measure] tcti`), `TPM2TOOLS_TCTI`, `TCTI` (the variables tpm2-tools
@@ -15,7 +16,7 @@ use tss_esapi::{
     interface_types::{
         algorithm::{AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm},
         dynamic_handles::Persistent,
-        resource_handles::Provision,
+        resource_handles::{NvAuth, Provision},
         session_handles::AuthSession,
     },
     structures::{
@@ -75,6 +76,26 @@ pub enum TpmError {
         #[source]
         source: tss_esapi::Error,
     },
+    /// An NV index operation failed.
+    #[error("TPM NV index {index:#010x}: {what}")]
+    Nv {
+        /// The index.
+        index: u32,
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: tss_esapi::Error,
+    },
+    /// An NV index that is not the floor's kind (8 bytes, owner read and
+    /// write): another user's index, left alone.
+    #[error("TPM NV index {index:#010x} exists and is not an 8-byte owner index: {what}")]
+    NvKind {
+        /// The index.
+        index: u32,
+        /// What is wrong.
+        what: String,
+    },
     /// The AK is not of the kind guardian makes (ECC P-256, ECDSA/SHA-256).
     #[error("attestation key at handle {handle:#010x} is not an ECC P-256 signing key")]
     AkKind {
@@ -121,6 +142,14 @@ pub struct Tpm {
     /// enrolment, issue their own commands through it).
     pub(crate) ctx: Context,
     tcti: String,
+}
+
+fn nv_handle(index: u32) -> Result<tss_esapi::handles::NvIndexTpmHandle, TpmError> {
+    tss_esapi::handles::NvIndexTpmHandle::new(index).map_err(|source| TpmError::Nv {
+        index,
+        what: "not an NV index",
+        source,
+    })
 }
 
 fn handle(pcr: u32) -> Result<PcrHandle, TpmError> {
@@ -387,6 +416,117 @@ impl Tpm {
                 tss_esapi::WrapperErrorKind::WrongValueFromTpm,
             ))
         })
+    }
+
+    /// The 8-byte big-endian number kept at NV `index` (an owner index);
+    /// `None` when the index is not defined.
+    pub fn nv_read_u64(&mut self, index: u32) -> Result<Option<u64>, TpmError> {
+        let h = nv_handle(index)?;
+        if self.nv_public(index, h)?.is_none() {
+            return Ok(None);
+        }
+        let data = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                tss_esapi::abstraction::nv::read_full(ctx, NvAuth::Owner, h)
+            })
+            .map_err(|source| TpmError::Nv {
+                index,
+                what: "read",
+                source,
+            })?;
+        let bytes: [u8; 8] = data
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| TpmError::NvKind {
+                index,
+                what: format!("{} bytes read", data.len()),
+            })?;
+        Ok(Some(u64::from_be_bytes(bytes)))
+    }
+
+    /// Write `value` (8 bytes, big-endian) at NV `index`, defining the
+    /// index first if it is absent: 8 bytes, read and written with the
+    /// owner's authorisation (empty on most boards; the index keeps the
+    /// value through a reflash of the disk, not from the owner).
+    pub fn nv_write_u64(&mut self, index: u32, value: u64) -> Result<(), TpmError> {
+        use tss_esapi::{
+            attributes::NvIndexAttributesBuilder, handles::NvIndexHandle,
+            structures::NvPublicBuilder,
+        };
+        let h = nv_handle(index)?;
+        let nv = |what| {
+            move |source| TpmError::Nv {
+                index,
+                what,
+                source,
+            }
+        };
+        let handle: NvIndexHandle = if self.nv_public(index, h)?.is_some() {
+            self.ctx
+                .execute_without_session(|ctx| ctx.tr_from_tpm_public(TpmHandle::NvIndex(h)))
+                .map_err(nv("open"))?
+                .into()
+        } else {
+            let attributes = NvIndexAttributesBuilder::new()
+                .with_owner_write(true)
+                .with_owner_read(true)
+                .build()
+                .map_err(nv("attributes"))?;
+            let public = NvPublicBuilder::new()
+                .with_nv_index(h)
+                .with_index_name_algorithm(HashingAlgorithm::Sha256)
+                .with_index_attributes(attributes)
+                .with_data_area_size(8)
+                .build()
+                .map_err(nv("public area"))?;
+            self.ctx
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.nv_define_space(Provision::Owner, None, public)
+                })
+                .map_err(nv("define"))?
+        };
+        let data = tss_esapi::structures::MaxNvBuffer::try_from(value.to_be_bytes().to_vec())
+            .map_err(nv("buffer"))?;
+        let written = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.nv_write(NvAuth::Owner, handle, data, 0)
+            })
+            .map_err(nv("write"));
+        let _ = self.ctx.tr_close(&mut ObjectHandle::from(handle));
+        written
+    }
+
+    /// The index's public area if it is defined, checked to be the
+    /// floor's kind.
+    fn nv_public(
+        &mut self,
+        index: u32,
+        h: tss_esapi::handles::NvIndexTpmHandle,
+    ) -> Result<Option<()>, TpmError> {
+        let defined =
+            tss_esapi::abstraction::nv::list(&mut self.ctx).map_err(|source| TpmError::Nv {
+                index,
+                what: "list the NV indices",
+                source,
+            })?;
+        let Some((public, _)) = defined.iter().find(|(p, _)| p.nv_index() == h) else {
+            return Ok(None);
+        };
+        let a = public.attributes();
+        if public.data_size() != 8 || !a.owner_read() || !a.owner_write() {
+            return Err(TpmError::NvKind {
+                index,
+                what: format!(
+                    "{} bytes, owner read {}, owner write {}",
+                    public.data_size(),
+                    a.owner_read(),
+                    a.owner_write()
+                ),
+            });
+        }
+        Ok(Some(()))
     }
 
     /// Read the SHA-256 bank of `pcr`.

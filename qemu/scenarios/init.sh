@@ -139,6 +139,9 @@ fi
 # link and attests it; then one tamper attempt, denied, which the fleet's
 # next verdict carries and its alerts show. Nothing else.
 if grep -q 'guardian.phase=fleet' /proc/cmdline; then
+    # On this boot the board follows the fleet's policy sets for group
+    # "qemu" (run-scenarios.sh publishes one while it runs).
+    sed -i '/^\[policy\]$/a group = "qemu"' /etc/guardian/guardian.toml
     answered() {
         a="$(sed -n 's/.*"answered": *\([0-9]*\).*/\1/p' /run/guardian/status.json 2>/dev/null | head -n 1)"
         echo "${a:-0}"
@@ -181,6 +184,43 @@ if grep -q 'guardian.phase=fleet' /proc/cmdline; then
     wait_answered $((a + 2)) 60
     check fleet-quoted-after-tamper $? "$(answered) question(s) answered"
     say "  the fleet's next verdicts carry the attempt, and its alerts name it"
+    # --- a policy set published on the host, taken without a restart ---
+    pushed() { tr -d ' \n' </run/guardian/status.json 2>/dev/null | grep -o "\"policy_sets\":{.*"; }
+    wait_pushed() {
+        # wait_pushed PATTERN SECONDS: for the agent's pushed-set status to
+        # match PATTERN (grep -E, on the status with its spaces removed).
+        n=0
+        until pushed | grep -qE "$1"; do
+            [ "$n" -ge "$(($2 * 10))" ] && return 1
+            sleep 0.1
+            n=$((n + 1))
+        done
+    }
+    after="$(digest "$MODEL")"
+    say "policy push: this board follows group qemu's set; /usr/sbin/model-updater is not an allowed writer yet"
+    attack fleet-policy-before-push file_write_open /usr/sbin/model-updater append "$MODEL" "weights v3"
+    say "  the fleet publishes set version 2 for group qemu (the vendor's model-writer policy)"
+    echo "GUARDIAN-PUSH-READY"
+    wait_pushed '"put_in_force":1' 180
+    check fleet-policy-set-applied $? "$(pushed | cut -c1-300)"
+    grep -E '"kind":"policy_set"' /run/guardian/measurements.log | grep -q '"version":2'
+    check fleet-policy-set-in-evidence $? "$(grep '"kind":"policy_set"' /run/guardian/measurements.log | tail -n 1 | cut -c1-200)"
+    sh -c 'echo $$ > /tmp/pid; exec /usr/sbin/model-updater append "$1" "weights v3"' x "$MODEL" >/tmp/err 2>&1
+    rc=$?
+    [ "$rc" -eq 0 ] && tail -n 1 "$MODEL" | grep -q 'weights v3'
+    check fleet-policy-set-takes-effect $? "model-updater appends: exit $rc $(cat /tmp/err) (pid $(cat /tmp/pid), no restart: agent pid $agent)"
+    say "  set 2 in force without a restart: model-updater appends, exit $rc"
+    say "the attacker replays the older set 1 onto the fleet's bucket"
+    echo "GUARDIAN-PUSH-OLDER"
+    wait_pushed '"older":1' 120
+    r=$?
+    pushed | grep -qE '"floor":2,' && kill -0 "$agent"
+    check fleet-policy-older-refused $((r + $?)) "$(pushed | grep -oE '"last_refusal":"[^"]*"' | cut -c1-200)"
+    say "  refused: $(pushed | grep -oE '"last_refusal":"[^"]*"' | cut -c17-200)"
+    # The fleet's next verdicts carry set 2.
+    a="$(answered)"
+    wait_answered $((a + 2)) 60
+    check fleet-quoted-after-push $? "$(answered) question(s) answered"
     finish
 fi
 

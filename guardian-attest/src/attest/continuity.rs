@@ -174,6 +174,14 @@ pub(super) fn finish(
         if let Some(serial) = serial {
             state.manifest_serial = state.manifest_serial.max(serial);
         }
+        // Only the versions seen in force are remembered, not the floor the
+        // device claims: a floor written far too high (root with the TPM's
+        // empty owner auth) is a finding of that quote, and must not make
+        // every later quote fail once the device is put right.
+        if let Some(p) = &v.policy_set {
+            state.policy_set_version = state.policy_set_version.max(p.version);
+            state.policy_group = p.group.clone();
+        }
         state.quotes += 1;
     }
     v.trusted = v.failures.is_empty();

@@ -34,5 +34,5 @@ pub use bundle::{
     AgentState, BundleError, Device, Evidence, parse_evidence, parse_nonce, read_ak, read_evidence,
 };
 pub use state::DeviceState;
-pub use verdict::{Failure, Trust, Verdict};
+pub use verdict::{Failure, PolicySetInForce, Trust, Verdict};
 pub use verify::verify;

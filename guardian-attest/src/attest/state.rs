@@ -39,6 +39,14 @@ pub struct DeviceState {
     /// The highest manifest serial seen in force.
     #[serde(default)]
     pub manifest_serial: u64,
+    /// The highest pushed policy set version seen in force (or as the
+    /// device's floor).
+    #[serde(default)]
+    pub policy_set_version: u64,
+    /// The device group whose pushed sets it was last seen following
+    /// (empty: none seen); another group later is a finding.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub policy_group: String,
     /// Findings, open and acknowledged.
     #[serde(default)]
     pub findings: Vec<Finding>,

@@ -45,6 +45,27 @@ pub struct Verdict {
     pub guard: Vec<String>,
     /// The policy modules loaded this boot, in load order.
     pub policies: Vec<String>,
+    /// The pushed policy sets' records this boot (put in force, or found
+    /// at start), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policy_sets: Vec<String>,
+    /// The pushed policy set in force at the end of the log, when the
+    /// device follows a group's set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_set: Option<PolicySetInForce>,
+}
+
+/// The pushed policy set a quoted log says is in force.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PolicySetInForce {
+    /// The device's group.
+    pub group: String,
+    /// The set's version; 0 when none was pushed yet.
+    pub version: u64,
+    /// SHA-256 of the set's signed document; empty with version 0.
+    pub sha256: String,
+    /// The device's floor, as recorded.
+    pub floor: u64,
 }
 
 impl Verdict {
@@ -79,6 +100,21 @@ impl Verdict {
         }
         for p in &self.policies {
             s += &format!("  policy {p}\n");
+        }
+        for p in &self.policy_sets {
+            s += &format!("  policy {p}\n");
+        }
+        if let Some(p) = &self.policy_set {
+            s += &format!(
+                "  policy set in force: group {} version {}{}\n",
+                p.group,
+                p.version,
+                if p.sha256.is_empty() {
+                    String::new()
+                } else {
+                    format!(" sha256 {}", p.sha256)
+                }
+            );
         }
         for t in &self.tamper_attempts {
             s += &format!("  TAMPER {t}\n");

@@ -15,6 +15,7 @@
 //! | `log_replay` | the records do not replay to the quoted values |
 //! | `manifest` | no manifest; one not signed by a trusted key, not matching its digest, older than the one before it (in this boot or seen before), or older than the pinned golden one |
 //! | `model` | a model record since boot does not match the manifest in force when it was made (an update is forgiven only if the content is the next or previous signed manifest's and the file then converged), or a model was not measured |
+//! | `policy_set` | a pushed policy set in force is older than the one before it (in this boot or seen before), the same version with other content, or the device's recorded floor went below a version seen; or policies were loaded with no policy set record on a device seen with one |
 //! | `tamper` | a tamper attempt was detected but not prevented |
 //! | `guard` | the guard was unloaded or found missing (a window without enforcement), or lost events |
 //! | `attestor` | the agent said its attestor was stalled or lost records |
@@ -32,7 +33,7 @@ use super::{
     continuity::finish,
     quote::{self, ALG_SHA256},
     state::DeviceState,
-    verdict::{Failure, Trust, Verdict},
+    verdict::{Failure, PolicySetInForce, Trust, Verdict},
 };
 use crate::{
     evidence::{Event, Record, log::extend},
@@ -282,6 +283,13 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>, state: Option<&mut DeviceS
     let mut model_ok = true;
     let mut guard_ran = false;
     let floor = state.as_ref().map_or(0, |s| s.manifest_serial);
+    let set_floor = state.as_ref().map_or(0, |s| s.policy_set_version);
+    let set_group = state
+        .as_ref()
+        .map(|s| s.policy_group.clone())
+        .unwrap_or_default();
+    let mut set_ok = true;
+    let mut policy_loaded: Option<&Record> = None;
     for r in &in_pcr {
         match &r.event {
             Event::Manifest(m) => {
@@ -426,8 +434,79 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>, state: Option<&mut DeviceS
                 }
             }
             Event::Policy(_) => {
+                policy_loaded.get_or_insert(r);
                 v.policies
                     .push(format!("record {}: {}", r.seq, r.event.describe()))
+            }
+            Event::PolicySet(p) => {
+                v.policy_sets
+                    .push(format!("record {}: {}", r.seq, r.event.describe()));
+                let mut problems = Vec::new();
+                if let Some(cur) = &v.policy_set {
+                    if p.group != cur.group {
+                        problems.push(format!(
+                            "the device's group changed from {} to {} in one boot",
+                            cur.group, p.group
+                        ));
+                    }
+                    if p.version < cur.version
+                        || (p.version == cur.version && p.sha256 != cur.sha256)
+                    {
+                        problems.push(format!(
+                            "policy set version {} follows version {} in this boot: a rollback",
+                            p.version, cur.version
+                        ));
+                    }
+                    if p.floor < cur.floor {
+                        problems.push(format!(
+                            "the device's policy floor went from {} down to {} in this boot",
+                            cur.floor, p.floor
+                        ));
+                    }
+                }
+                if !set_group.is_empty() && p.group != set_group {
+                    problems.push(format!(
+                        "the device follows group {} but was seen following group {set_group} before (a device moved to another group's sets; acknowledge if an operator moved it)",
+                        p.group
+                    ));
+                }
+                if p.version < set_floor && p.floor < set_floor {
+                    problems.push(format!(
+                        "policy set version {} with floor {} is older than version {set_floor}, already seen on this device (its floor was reset)",
+                        p.version, p.floor
+                    ));
+                } else if p.version < set_floor {
+                    problems.push(format!(
+                        "policy set version {} is older than version {set_floor}, already seen in force on this device",
+                        p.version
+                    ));
+                }
+                if p.version < p.floor {
+                    problems.push(format!(
+                        "policy set version {} is in force below the device's own floor {} (version 0: the image's policies)",
+                        p.version, p.floor
+                    ));
+                } else if p.version > p.floor {
+                    v.warnings.push(format!(
+                        "record {}: policy set version {} is in force but the device's floor stayed at {} (a rollback to it would not be refused on the device)",
+                        r.seq, p.version, p.floor
+                    ));
+                }
+                for why in problems {
+                    set_ok = false;
+                    fail(
+                        &mut v,
+                        "policy_set",
+                        format!("record {}: {why}", r.seq),
+                        finding(r, "policy_set"),
+                    );
+                }
+                v.policy_set = Some(PolicySetInForce {
+                    group: p.group.clone(),
+                    version: p.version,
+                    sha256: p.sha256.clone(),
+                    floor: p.floor,
+                });
             }
             Event::Note(_) => {}
         }
@@ -528,6 +607,28 @@ pub fn verify(evidence: &Evidence, trust: &Trust<'_>, state: Option<&mut DeviceS
     }
     if manifest_ok {
         v.passed.push("manifest");
+    }
+    // A device seen with a pushed set that loads policies this boot
+    // without saying which set is in force stopped following its group
+    // (its `[policy] group` emptied): its image's policies run, and
+    // without this nothing in the verdict would say so.
+    if v.policy_set.is_none()
+        && set_floor > 0
+        && let Some(r) = policy_loaded
+    {
+        set_ok = false;
+        fail(
+            &mut v,
+            "policy_set",
+            format!(
+                "record {}: policies are loaded this boot but no record says which policy set is in force, while version {set_floor} was seen on this device (it no longer follows its group)",
+                r.seq
+            ),
+            finding(r, "policy_set"),
+        );
+    }
+    if set_ok && v.policy_set.is_some() {
+        v.passed.push("policy_set");
     }
     if model_ok && !manifests.is_empty() {
         v.passed.push("models");

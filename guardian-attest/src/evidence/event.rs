@@ -40,6 +40,9 @@ pub enum Event {
     Model(ModelEvent),
     /// A policy module put in force.
     Policy(PolicyEvent),
+    /// A policy set pushed to the device's group put in force, or the set
+    /// and floor found at start ([`crate::policy_set`]).
+    PolicySet(PolicySetEvent),
     /// An attempt to tamper with a protected file.
     Tamper(TamperEvent),
     /// The runtime guard started, stopped, was unloaded, lost events.
@@ -120,6 +123,28 @@ pub struct PolicyEvent {
     pub generation: u64,
 }
 
+/// A pushed policy set: which is in force, and the device's floor.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySetEvent {
+    /// The device's group.
+    pub group: String,
+    /// The set's version in force; 0 when none was ever pushed (the
+    /// image's own policy directory is in force).
+    pub version: u64,
+    /// SHA-256 of the set's signed document, hex; empty with version 0.
+    pub sha256: String,
+    /// Fingerprint of the key that signed it; empty with version 0.
+    pub signer: String,
+    /// `push` (a set received and put in force) or `start` (what was in
+    /// force, and the floor, when the agent started).
+    pub cause: String,
+    /// The device's floor after this record: no set below it goes in force.
+    pub floor: u64,
+    /// Where the floor is kept: `tpm-nv` and `file`, or `file` alone.
+    pub floor_store: String,
+}
+
 /// A tamper attempt, with the security event that reported it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -177,6 +202,7 @@ impl Event {
             Self::Manifest(_) => "manifest",
             Self::Model(_) => "model",
             Self::Policy(_) => "policy",
+            Self::PolicySet(_) => "policy_set",
             Self::Tamper(_) => "tamper",
             Self::Guard(_) => "guard",
             Self::Note(_) => "note",
@@ -228,6 +254,20 @@ impl Event {
                 },
                 p.abi,
                 p.generation
+            ),
+            Self::PolicySet(p) if p.version == 0 => format!(
+                "policy set for group {}: none pushed yet, floor {} ({}, kept in {})",
+                p.group, p.floor, p.cause, p.floor_store
+            ),
+            Self::PolicySet(p) => format!(
+                "policy set {} version {} sha256 {} signed by {}, floor {} ({}, kept in {})",
+                p.group,
+                p.version,
+                short(&p.sha256),
+                short(&p.signer),
+                p.floor,
+                p.cause,
+                p.floor_store
             ),
             Self::Tamper(t) => {
                 let ev = &t.event;

@@ -1,10 +1,10 @@
 //! `guardian policy`: the policy author's tools (sign, inspect, test,
-//! rego).
+//! rego) and the operator's (pack a set for a device group).
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Subcommand;
-use guardian::policy::{FailMode, tools};
+use guardian::policy::{FailMode, set_tools, tools};
 
 use super::load_config;
 
@@ -29,9 +29,10 @@ pub enum PolicyCommand {
         config: Option<PathBuf>,
     },
     /// Show a module's ABI version, exports, imports, static rules, digest
-    /// and signer.
+    /// and signer; or, given a policy set (`guardian policy pack`), its
+    /// group, version, digest, policies and signer.
     Inspect {
-        /// The policy module (.wasm).
+        /// The policy module (.wasm), or a policy set.
         policy: PathBuf,
         /// Trusted public key (PEM) to check POLICY.sig with; repeatable.
         #[arg(long = "key")]
@@ -39,6 +40,30 @@ pub enum PolicyCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Take the module limits from this config's [policy] section.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Pack a directory of signed policies (NAME.wasm + NAME.wasm.sig) into
+    /// a policy set for a device group, signed with KEY, for the fleet to
+    /// publish (`docs/policies.md`, "Pushed policy sets"). Every module is
+    /// checked to load first; the version must be above every version the
+    /// group's devices have put in force.
+    Pack {
+        /// The directory of signed policies.
+        dir: PathBuf,
+        /// The device group (1-64 of A-Z a-z 0-9 _ -).
+        #[arg(long)]
+        group: String,
+        /// The set's version (monotonic per group).
+        #[arg(long)]
+        version: u64,
+        /// The policy signing key (PEM): one the devices trust for policies.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the set.
+        #[arg(long, short)]
+        output: PathBuf,
         /// Take the module limits from this config's [policy] section.
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -109,6 +134,16 @@ pub fn policy(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             json,
             config,
         } => {
+            let head = std::fs::read(&policy).unwrap_or_default();
+            if set_tools::is_set(&head) {
+                let i = set_tools::inspect(&policy, &keys)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&i)?);
+                } else {
+                    print!("{i}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let limits = limits(config.as_deref())?;
             let i = tools::inspect(&policy, &keys, limits)?;
             if json {
@@ -116,6 +151,28 @@ pub fn policy(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{i}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Pack {
+            dir,
+            group,
+            version,
+            key,
+            output,
+            config,
+        } => {
+            let limits = limits(config.as_deref())?;
+            let i = set_tools::pack(&dir, &group, version, &key, &output, limits)?;
+            println!(
+                "packed {} polic{} from {} -> {}: group {}, version {}, sha256 {}",
+                i.policies.len(),
+                if i.policies.len() == 1 { "y" } else { "ies" },
+                dir.display(),
+                output.display(),
+                i.group,
+                i.version,
+                i.digest
+            );
             Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::Test {

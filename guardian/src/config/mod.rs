@@ -256,7 +256,8 @@ pub(crate) fn default_ring_kib() -> u32 {
     // out the time the agent is off the CPU: in bursts against the daemon
     // 2 MiB dropped nothing, as 4 MiB did, where 1 MiB dropped in six
     // bursts of eight (docs/footprint.md has the figures). Its pages are
-    // mapped twice, so it counts 4 MiB in the agent's RSS.
+    // mapped once (events/ring.rs), so it counts 2 MiB and two pages in
+    // the agent's RSS.
     2048
 }
 
@@ -513,7 +514,8 @@ pub enum ConfigError {
 impl Config {
     /// guardian's own files, which only guardian may change: its binary,
     /// this config, the manifest, its signature and keys, the measurement
-    /// log; and, with reporting on, the spool directory (a directory here
+    /// log, the policy signing keys; with reporting on, the spool
+    /// directory, and with pushed policy sets their state directory (a directory here
     /// is guarded as a tree: only guardian creates, writes, renames or
     /// removes anything in it).
     pub fn own_files(&self) -> Vec<PathBuf> {
@@ -537,6 +539,16 @@ impl Config {
         );
         if r.enabled() {
             own.push(r.spool_dir.clone());
+        }
+        // The keys that sign policies are keys like the others; with pushed
+        // sets, their tree (the sets and the floor file) is guardian's own.
+        own.extend(self.policy.trusted_keys.iter().cloned());
+        if self.policy.follows_group() {
+            // Each directory a tree of its own: the set in force (through
+            // its pointer, resolved anew whenever the targets are) as much
+            // as the floor file and the pointer beside it.
+            let p = &self.policy;
+            own.extend([p.state_dir.clone(), p.sets_dir(), p.current_set()]);
         }
         own
     }
@@ -579,7 +591,7 @@ impl Config {
             .chain(m.signature.iter_mut())
             .chain(m.model_signature.iter_mut())
             .chain(m.model_dir.iter_mut())
-            .chain([&mut config.policy.dir])
+            .chain([&mut config.policy.dir, &mut config.policy.state_dir])
             .chain(config.policy.trusted_keys.iter_mut())
             .chain([&mut config.report.spool_dir])
             .chain(config.report.password_file.iter_mut())

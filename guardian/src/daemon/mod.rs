@@ -11,6 +11,7 @@
 //! | `snapshot.rs` | the status snapshot: what the parts say, with counters and warnings |
 //! | `counters.rs` | the agent's own counters (the kernel and the rungs keep theirs) |
 //! | `policies.rs` | the policy set in force between reloads: its static rules into every rung |
+//! | `push.rs` | pushed policy sets: at start the set in force and the floor, then each set the link receives put in force (or refused) in order, and the pushed directory checked before a reload |
 //! | `stop.rs` | [`stop`], `guardian stop`: signalling the agent, and the authorised unload |
 //!
 //! It owns the run loop's state: the event output, the status file, the
@@ -38,6 +39,7 @@ mod counters;
 mod event;
 mod output;
 mod policies;
+mod push;
 mod serve;
 mod snapshot;
 mod stop;
@@ -98,6 +100,9 @@ pub enum RunError {
     /// The unload keys could not be loaded.
     #[error(transparent)]
     Unload(#[from] unload::UnloadError),
+    /// The pushed policy sets' state directory could not be made.
+    #[error("cannot create [policy] state_dir")]
+    PolicyState(#[source] crate::pushed::PushError),
     /// The fleet link could not start (its spool, its password file).
     #[error(transparent)]
     Report(#[from] crate::report::ReportError),
@@ -114,6 +119,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     //    would make it anyway, moments later).
     if config.report.enabled() {
         crate::report::make_spool_dir(&config.report)?;
+    }
+    //    So is the pushed policy sets' state directory.
+    if config.policy.follows_group() {
+        crate::pushed::make_state_dir(&config.policy).map_err(RunError::PolicyState)?;
     }
     let targets = Targets::resolve(&config.guard, &config.service, &config.own_files())?;
     log_targets(&config, &targets);
@@ -155,10 +164,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     //    or policy load it is the context of.
     //    The fleet link starts here too, so the first record it carries is
     //    the guard's start.
-    let (reporter, questions) = match crate::report::start(&config.report)? {
-        Some((r, q)) => (Some(r), q),
-        None => (None, None),
-    };
+    let (reporter, questions, policy_sets) =
+        match crate::report::start(&config.report, &config.policy.group)? {
+            Some(s) => (Some(s.reporter), s.questions, s.policy_sets),
+            None => (None, None, None),
+        };
+    if config.policy.follows_group() && policy_sets.is_none() {
+        log::warn!(
+            "[policy] group = {:?} but no fleet link ([report] servers is empty): no pushed set can arrive; the one in force stays",
+            config.policy.group
+        );
+    }
     match &reporter {
         Some(r) => log::info!(
             "reporting to the fleet as {} via {} (spool {}){}",
@@ -191,17 +207,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         guard_detail(&enforcement),
     );
     let mut daemon = Daemon::new(config, features, targets, enforcement, out);
-    // 7. Policies: the signed set in the policy directory, each load
-    //    measured into the TPM by the attestor before the set is put in
-    //    force; their static rules widen the kernel's tables. Before the
-    //    path check and the search for writers, which look at what the
-    //    policies protect too.
+    // 7. Policies: the signed set in the policy directory (or, for a
+    //    device that follows a group, the pushed set in force if it still
+    //    verifies and is at the floor), each load measured into the TPM by
+    //    the attestor before the set is put in force; their static rules
+    //    widen the kernel's tables. Before the path check and the search
+    //    for writers, which look at what the policies protect too.
     daemon.load_policies();
     // 8. The event sources, before the slow look back below: from here a
     //    SIGHUP asks for a reload instead of ending the agent (its default
     //    action), and the kernel's records wait in the ring buffer for the
     //    loop.
-    let mut sources = daemon.sources(rung_rx, questions)?;
+    let mut sources = daemon.sources(rung_rx, questions, policy_sets)?;
     // 9. What the guard could not see: where the guarded names lead now
     //    (what the path check compares with), and writers that opened
     //    before the guard (no hook judged their opens or maps). Reported
@@ -209,11 +226,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     daemon.look_back();
     // 10. Publishing the status file is the readiness signal (and, under
     //     systemd, READY=1: the inference service is ordered after it).
+    //     The shutdown future is polled once first, so that whatever it
+    //     listens to (SIGTERM, SIGINT) is caught from here on: a stop
+    //     asked for as soon as the agent says it is ready ends the loop
+    //     cleanly instead of killing the agent in the steps below.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let stop_early = tokio::select! {
+        biased;
+        () = &mut shutdown => true,
+        () = std::future::ready(()) => false,
+    };
     daemon.ready()?;
-    //     Start-up's freed memory goes back to the kernel now, not never.
+    //     Start-up's freed memory goes back to the kernel now, not never,
+    //     and so do the pages of code and constants only start-up used.
     crate::memory::release_free_heap();
+    let pages = crate::memory::release_startup_pages();
+    log::info!(
+        "start-up pages released: resident {} KiB -> {} KiB ({} read-only file mapping(s){})",
+        pages.rss_before_kib,
+        pages.rss_after_kib,
+        pages.mappings,
+        if pages.refused > 0 {
+            format!(", {} refused by the kernel", pages.refused)
+        } else {
+            String::new()
+        }
+    );
     // 11. The event loop, until the shutdown future completes.
-    daemon.serve(&mut sources, shutdown).await?;
+    if !stop_early {
+        daemon.serve(&mut sources, shutdown).await?;
+    }
     // 12. Last events, then withdraw the status so `guardian status` does
     //     not report a guard that is gone.
     daemon.stop(&mut sources).await;

@@ -66,7 +66,15 @@ impl Outputs {
         if let Some(r) = &self.reporter {
             crate::report::event(r, &ev);
         }
-        self.attestor.send(Message::Event(Box::new(ev)));
+        self.attestor.event(&ev);
+    }
+
+    /// A pushed policy set refused (an alert) or put in force, for the
+    /// fleet.
+    pub(super) fn policy_set(&self, refused: bool, body: &serde_json::Value) {
+        if let Some(r) = &self.reporter {
+            crate::report::policy_set(r, refused, body);
+        }
     }
 
     /// The fleet link's state, for the status snapshot.

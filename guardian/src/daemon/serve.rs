@@ -5,7 +5,6 @@
 
 use std::{future::Future, path::Path, sync::Arc, time::Duration};
 
-use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::mpsc::Receiver,
@@ -17,12 +16,13 @@ use super::{
     counters::AgentCounters,
     output::Outputs,
     policies::{self, PolicyState},
+    push::{self, Push},
     snapshot::{Parts, Publisher},
 };
 use crate::{
     config::Config,
     enforce::Enforcement,
-    events::{Decoder, RingReader, SecurityEvent},
+    events::{Decoder, EventRing, RingReader, SecurityEvent},
     fanotify,
     hooks::{Mode, Verdict},
     kernel::KernelFeatures,
@@ -38,13 +38,25 @@ use crate::{
 /// ring and this together hold at least what the old ring held.
 pub(super) const READER_BYTES: usize = 4 << 20;
 
-/// A policy reload running on a blocking thread.
-type Reload = JoinHandle<Result<policy::ReloadReport, policy::LoadError>>;
+/// A policy reload, or a pushed set being put in force, running on a
+/// blocking thread (one at a time: they share the engine's swap).
+type Reload = JoinHandle<Done>;
+
+/// What a blocking policy job ended with.
+enum Done {
+    /// A reload of the directory in force.
+    Reload(Result<policy::ReloadReport, policy::LoadError>),
+    /// The pushed directory in force no longer holds its signed set: not
+    /// reloaded, the set in force stays.
+    Tampered(crate::pushed::PushError),
+    /// A pushed set received.
+    Pushed(push::Outcome),
+}
 
 /// Where events and commands come from while the daemon runs.
 pub(super) struct Sources {
     /// The kernel's ring buffer, woken by epoll.
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: AsyncFd<EventRing>,
     /// What reads it: records copied out and released at once.
     reader: RingReader,
     /// The userspace rungs' events.
@@ -53,6 +65,8 @@ pub(super) struct Sources {
     hup: tokio::signal::unix::Signal,
     /// The fleet's questions (attestation challenges), if it may ask.
     questions: Option<crate::report::Questions>,
+    /// The policy sets pushed to the device's group, if it follows one.
+    sets: Option<crate::report::PolicySets>,
 }
 
 /// Everything the daemon holds while it runs.
@@ -64,6 +78,8 @@ pub(super) struct Daemon {
     decoder: Decoder,
     engine: Arc<PolicyEngine>,
     pstate: PolicyState,
+    /// Pushed policy sets, if the device follows a group.
+    push: Option<Push>,
     /// Where the guarded names led when last looked at.
     paths: PathCheck,
     out: Outputs,
@@ -112,6 +128,7 @@ impl Daemon {
             enforcement,
             engine,
             pstate: PolicyState::default(),
+            push: None,
             paths: PathCheck::default(),
             out,
             counters: AgentCounters::default(),
@@ -123,7 +140,21 @@ impl Daemon {
     /// Load the signed set in the policy directory and put its static
     /// rules in force, if there is a directory.
     pub(super) fn load_policies(&mut self) {
-        if self.config.policy.dir.is_dir() {
+        if self.config.policy.follows_group() {
+            let (p, result) = Push::start(
+                &self.config.policy,
+                &self.engine,
+                self.out.attestor().set_keeper(),
+            );
+            self.push = Some(p);
+            match result {
+                Some(r) => self.apply(r),
+                None => log::info!(
+                    "no policy directory {} and no pushed set: no policies yet; the kernel tables come from the config alone",
+                    self.config.policy.dir.display()
+                ),
+            }
+        } else if self.config.policy.dir.is_dir() {
             let result = self.engine.reload();
             self.apply(result);
         } else {
@@ -132,7 +163,7 @@ impl Daemon {
                 self.config.policy.dir.display()
             );
         }
-        self.pstate.fingerprint = policies::fingerprint(&self.config.policy.dir);
+        self.pstate.fingerprint = policies::fingerprint(&self.engine.dir());
     }
 
     /// Take where the guarded names lead now, and report the writers that
@@ -164,12 +195,13 @@ impl Daemon {
         &mut self,
         rungs: Receiver<SecurityEvent>,
         questions: Option<crate::report::Questions>,
+        sets: Option<crate::report::PolicySets>,
     ) -> Result<Sources, RunError> {
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(RunError::Events)?;
         let ring = self.enforcement.take_events()?;
-        // SAFETY: the ring buffer owns its map fd and keeps it open,
-        // unchanged, for as long as the AsyncFd owns the ring buffer.
+        // SAFETY: the ring owns its map fd and keeps it open, unchanged,
+        // for as long as the AsyncFd owns the ring.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| RunError::Events(e.into()))?;
         Ok(Sources {
@@ -178,6 +210,7 @@ impl Daemon {
             rungs,
             hup,
             questions,
+            sets,
         })
     }
 
@@ -235,8 +268,23 @@ impl Daemon {
                         None => std::future::pending().await,
                     }
                 } => crate::report::answer(asked, self.out.attestor()),
+                changed = async {
+                    match src.sets.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => match changed {
+                    Ok(()) => {
+                        let received = src.sets.as_mut().and_then(|rx| rx.borrow_and_update().clone());
+                        if let Some(r) = received {
+                            self.set_received(r);
+                        }
+                    }
+                    // The link stopped: no more sets come.
+                    Err(_) => src.sets = None,
+                },
                 _ = src.hup.recv() => {
-                    log::info!("SIGHUP: reloading the policies from {}", self.config.policy.dir.display());
+                    log::info!("SIGHUP: reloading the policies from {}", self.engine.dir().display());
                     self.start_reload();
                 }
                 done = async {
@@ -310,7 +358,7 @@ impl Daemon {
     }
 
     /// Handle every record waiting in the ring buffer; returns how many.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, reader: &mut RingReader) -> usize {
+    fn drain(&mut self, ring: &mut EventRing, reader: &mut RingReader) -> usize {
         let n = reader.drain(ring, |record| match self.decoder.decode(record) {
             Ok(ev) => self.handle(ev),
             Err(e) => {
@@ -337,33 +385,104 @@ impl Daemon {
     }
 
     /// Reload the policies on a blocking thread, unless one is running.
+    /// A pushed directory is checked against its signed set first.
     fn start_reload(&mut self) {
         if self.reloading.is_none() {
             let e = Arc::clone(&self.engine);
-            self.reloading = Some(tokio::task::spawn_blocking(move || e.reload()));
+            let dir = e.dir();
+            let check = self
+                .push
+                .as_ref()
+                .filter(|p| p.is_pushed(&dir))
+                .map(|p| p.recheck_job(&dir));
+            self.reloading = Some(tokio::task::spawn_blocking(move || {
+                // A pushed directory: checked against its signed set, then
+                // loaded checked against the set's own list, so a module
+                // put in place between the two is refused too.
+                match check.map(|check| check()) {
+                    None => Done::Reload(e.reload()),
+                    Some(Err(why)) => Done::Tampered(why),
+                    Some(Ok(listed)) => Done::Reload(e.reload_checked(&dir, Some(&listed))),
+                }
+            }));
         }
     }
 
-    /// A reload finished: its set in force, then the names it guards.
-    fn reloaded(
-        &mut self,
-        done: Result<Result<policy::ReloadReport, policy::LoadError>, tokio::task::JoinError>,
-    ) -> Result<(), RunError> {
-        match done {
-            Ok(result) => {
-                self.apply(result);
-                // The policies may guard more paths: report what changed
-                // so far, then watch the new set.
-                for ev in self.paths.check() {
-                    self.counters.path_changes += u64::from(ev.verdict == Verdict::Alert);
-                    self.handle(ev);
+    /// A pushed set came from the link: put in force on a blocking thread,
+    /// or, if a job runs, next (replacing any set waiting: the newest
+    /// wins).
+    fn set_received(&mut self, received: Arc<guardian_report::ReceivedSet>) {
+        let Some(p) = self.push.as_mut() else {
+            return;
+        };
+        if self.reloading.is_some() {
+            p.pending = Some(received);
+            return;
+        }
+        let job = p.job(&self.engine, received);
+        self.reloading = Some(tokio::task::spawn_blocking(move || Done::Pushed(job.run())));
+    }
+
+    /// A blocking policy job finished: a reload's or a pushed set's set in
+    /// force (or the refusal counted), then the names it guards; then the
+    /// set that waited, if one did.
+    fn reloaded(&mut self, done: Result<Done, tokio::task::JoinError>) -> Result<(), RunError> {
+        let result = match done {
+            Ok(Done::Reload(r)) => Some(r),
+            Ok(Done::Tampered(e)) => {
+                if let Some(p) = self.push.as_mut() {
+                    p.refused(&e, None, &self.out);
                 }
-                self.out.flush(&mut self.counters);
-                self.paths = PathCheck::new(&self.targets);
+                None
             }
-            Err(e) => log::error!("policies: the reload task failed: {e}"),
+            Ok(Done::Pushed(o)) => match self.push.as_mut() {
+                Some(p) => p.finished(o, &self.out).map(Ok),
+                None => None,
+            },
+            Err(e) => {
+                log::error!("policies: the reload task failed: {e}");
+                None
+            }
+        };
+        // What the job looked at is what the watch compares with next.
+        self.pstate.fingerprint = policies::fingerprint(&self.engine.dir());
+        if let Some(result) = result {
+            self.apply(result);
+            // The policies may guard more paths: report what changed
+            // so far, then watch the new set.
+            for ev in self.path_changes() {
+                self.counters.path_changes += u64::from(ev.verdict == Verdict::Alert);
+                self.handle(ev);
+            }
+            self.out.flush(&mut self.counters);
+            self.paths = PathCheck::new(&self.targets);
+        }
+        if let Some(next) = self.push.as_mut().and_then(|p| p.pending.take()) {
+            self.set_received(next);
         }
         self.publish()
+    }
+
+    /// What the path check found, less the pushed sets' pointer and
+    /// version directories: guardian itself moves the pointer and removes
+    /// the old versions with each set it puts in force (the tree stays
+    /// guarded as guardian's own, and a pushed directory is checked
+    /// against its signed set before any load, so a name there leading
+    /// elsewhere changes nothing in force).
+    fn path_changes(&mut self) -> Vec<SecurityEvent> {
+        let found = self.paths.check();
+        if !self.config.policy.follows_group() {
+            return found;
+        }
+        let sets = self.config.policy.sets_dir();
+        found
+            .into_iter()
+            .filter(|ev| {
+                !ev.file
+                    .as_deref()
+                    .is_some_and(|f| Path::new(f).starts_with(&sets))
+            })
+            .collect()
     }
 
     /// Put a reload's result in force (see [`PolicyState::apply`]).
@@ -426,7 +545,7 @@ impl Daemon {
             crate::memory::release_free_heap();
         }
         // The names still lead where they did?
-        for ev in self.paths.check() {
+        for ev in self.path_changes() {
             self.counters.path_changes += u64::from(ev.verdict == Verdict::Alert);
             log::error!(
                 "{}: {}",
@@ -449,13 +568,11 @@ impl Daemon {
             Ok(_) => {}
             Err(e) => log::warn!("cannot check the guard's tables: {e}"),
         }
-        // A change in the policy directory is a reload too.
-        let fp = policies::fingerprint(&self.config.policy.dir);
+        // A change in the policy directory in force is a reload too.
+        let dir = self.engine.dir();
+        let fp = policies::fingerprint(&dir);
         if fp != self.pstate.fingerprint && self.reloading.is_none() {
-            log::info!(
-                "the policy directory {} changed: reloading",
-                self.config.policy.dir.display()
-            );
+            log::info!("the policy directory {} changed: reloading", dir.display());
             self.pstate.fingerprint = fp;
             self.start_reload();
         }
@@ -488,6 +605,10 @@ impl Daemon {
             pstate: &self.pstate,
         });
         st.report = self.out.report_status();
+        if let Some(p) = &self.push {
+            st.warnings.extend(p.status.warnings());
+            st.policy_sets = Some(p.status.clone());
+        }
         self.publisher
             .evidence(&st, self.enforcement.mode(), &self.out);
         self.out.status(&st)?;

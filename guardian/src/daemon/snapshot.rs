@@ -308,6 +308,7 @@ fn snapshot(parts: &Parts<'_>, started: &str, measured_boot: &status::MeasuredBo
         allowed_writers: targets.writers.len(),
         measured_boot: Some(measured_boot.clone()),
         report: None,
+        policy_sets: None,
         attestor: Some(attest::AgentState {
             running: true,
             backlog: parts.attest.backlog as u64,

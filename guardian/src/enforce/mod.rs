@@ -26,8 +26,6 @@ mod coverage;
 
 use std::path::PathBuf;
 
-use aya::maps::{MapData, RingBuf};
-
 pub use coverage::{Coverage, Rungs};
 
 use crate::{
@@ -212,7 +210,7 @@ impl Enforcement {
     }
 
     /// Take the kernel's ring buffer (once).
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, GuardError> {
+    pub fn take_events(&mut self) -> Result<crate::events::EventRing, GuardError> {
         self.guard.take_events()
     }
 

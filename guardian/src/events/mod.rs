@@ -1,6 +1,7 @@
-//! Security events: reading what the kernel sends (`reader.rs`: records
-//! copied out of the ring buffer and released at once), decoding it (here),
-//! and writing it as one JSON object per line (`sink.rs`).
+//! Security events: reading what the kernel sends (`ring.rs`: the kernel's
+//! ring buffer, its data mapped once; `reader.rs`: records copied out of it
+//! and released at once), decoding it (here), and writing it as one JSON
+//! object per line (`sink.rs`).
 
 use std::{
     collections::HashMap,
@@ -20,9 +21,11 @@ use crate::{
 };
 
 mod reader;
+mod ring;
 mod sink;
 
 pub use reader::RingReader;
+pub use ring::{EventRing, RingError};
 pub use sink::{Sink, SinkError};
 
 /// One security event, as printed: one JSON object per line. The fields up

@@ -17,9 +17,9 @@
 //! without the buffer. It grows only while there is a backlog and is given
 //! back when the backlog is worked off, so an idle agent holds
 //! [`KEEP`] bytes of it at most (a ring's pages are resident for as long as
-//! it is mapped, twice over).
+//! it is mapped).
 
-use aya::maps::RingBuf;
+use super::EventRing;
 
 /// Records worked off between two looks at the ring.
 pub const STEP: usize = 64;
@@ -62,7 +62,7 @@ impl RingReader {
 
     /// Hand every record waiting, in the ring or copied out, to `f`, oldest
     /// first, until both are empty; returns how many were handed.
-    pub fn drain<T>(&mut self, ring: &mut RingBuf<T>, f: impl FnMut(&[u8])) -> usize {
+    pub fn drain(&mut self, ring: &mut EventRing, f: impl FnMut(&[u8])) -> usize {
         self.drain_from(ring, f)
     }
 
@@ -127,16 +127,10 @@ trait Source {
     fn copy_next(&mut self, buf: &mut Vec<u8>) -> bool;
 }
 
-impl<T> Source for RingBuf<T> {
+impl Source for EventRing {
     fn copy_next(&mut self, buf: &mut Vec<u8>) -> bool {
-        let Some(item) = self.next() else {
-            return false;
-        };
-        // A ring record's length fits in 28 bits (the kernel's header).
-        buf.extend_from_slice(&(item.len() as u32).to_ne_bytes());
-        buf.extend_from_slice(&item);
-        // The slot is released here, when `item` is dropped.
-        true
+        // Released as soon as it is copied (`ring.rs`).
+        EventRing::copy_next(self, buf)
     }
 }
 

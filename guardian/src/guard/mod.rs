@@ -65,7 +65,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, Map, MapData, PerCpuArray},
     programs::links::{FdLink, PinnedLink},
 };
 use guardian_common::{Counter, KernelConfig, ProtectedFile, maps as map_names};
@@ -74,6 +74,7 @@ use sha2::Digest as _;
 use crate::{
     btf::BtfError,
     config::ModeRequest,
+    events::{EventRing, RingError},
     hooks::{Hook, Mechanism},
     kernel::KernelFeatures,
     targets::{TargetsError, add_dir, add_path},
@@ -147,6 +148,9 @@ pub enum GuardError {
         /// Why it cannot.
         why: String,
     },
+    /// The ring buffer could not be mapped for reading.
+    #[error("the event ring buffer: {0}")]
+    Ring(#[source] RingError),
     /// Pinning or adopting pinned objects failed.
     #[error("pins under {path}: {message}")]
     Pin {
@@ -470,13 +474,16 @@ impl Guard {
         self.adopted
     }
 
-    /// Take the ring buffer (once).
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, GuardError> {
+    /// Take the ring buffer (once), mapped for reading.
+    pub fn take_events(&mut self) -> Result<EventRing, GuardError> {
         let m = self
             .maps
             .remove(map_names::EVENTS)
             .ok_or_else(|| missing_map(map_names::EVENTS))?;
-        RingBuf::try_from(m).map_err(map_err(map_names::EVENTS))
+        let Map::RingBuf(data) = m else {
+            return Err(GuardError::Ring(RingError::NotARing));
+        };
+        EventRing::new(data).map_err(GuardError::Ring)
     }
 
     /// The kernel-side counters, summed over CPUs.

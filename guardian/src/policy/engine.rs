@@ -147,6 +147,10 @@ pub struct PolicyEngine {
     next_generation: AtomicU64,
     counters: Counters,
     last_error: Mutex<Option<String>>,
+    /// The directory the set in force came from: `settings.dir`, or a
+    /// pushed set's ([`Self::reload_from`]); [`Self::reload`] reads it
+    /// again.
+    dir: Mutex<PathBuf>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -161,6 +165,7 @@ impl PolicyEngine {
     pub fn new(settings: PolicySettings, measurer: Box<dyn Measurer>) -> Self {
         Self {
             runtime: Runtime::new(settings.limits),
+            dir: Mutex::new(settings.dir.clone()),
             current: Mutex::new(PolicySet::empty(settings.fail_mode)),
             settings,
             reload: Mutex::new(measurer),
@@ -175,12 +180,43 @@ impl PolicyEngine {
         &self.settings
     }
 
+    /// The directory the set in force came from (the one a reload reads).
+    pub fn dir(&self) -> PathBuf {
+        lock(&self.dir).clone()
+    }
+
     /// Verify → compile → instantiate → measure the policies in the
-    /// directory, then swap them in. On any failure the set in force stays,
-    /// the failure is counted and returned.
+    /// directory in force, then swap them in. On any failure the set in
+    /// force stays, the failure is counted and returned.
     pub fn reload(&self) -> Result<ReloadReport, LoadError> {
+        let dir = self.dir();
+        self.reload_from(&dir)
+    }
+
+    /// [`Self::reload`] from `dir`, which becomes the directory in force
+    /// if (and only if) its set goes in force: a pushed set's directory,
+    /// or the image's again.
+    pub fn reload_from(&self, dir: &std::path::Path) -> Result<ReloadReport, LoadError> {
+        self.reload_checked(dir, None)
+    }
+
+    /// [`Self::reload_from`] for a pushed set's directory: what was read
+    /// and compiled must be exactly `expected` (name, SHA-256), the set's
+    /// own list, or nothing changes and nothing is measured. The modules
+    /// are read from the directory by name, after the set was checked
+    /// against it; this check on the bytes actually loaded closes the
+    /// window in which another module (signed by the same key, say an
+    /// older version's) could be put in its place.
+    pub fn reload_checked(
+        &self,
+        dir: &std::path::Path,
+        expected: Option<&[(String, String)]>,
+    ) -> Result<ReloadReport, LoadError> {
         let mut measurer = lock(&self.reload);
-        let result = self.prepare(&mut **measurer);
+        let result = self.prepare(dir, expected, &mut **measurer);
+        if result.is_ok() {
+            *lock(&self.dir) = dir.to_owned();
+        }
         match result {
             Ok((mut set, not_extended)) => {
                 let generation = self.next_generation.fetch_add(1, Ordering::SeqCst);
@@ -211,7 +247,7 @@ impl PolicyEngine {
                 if report.policies.is_empty() {
                     log::warn!(
                         "policies: {} holds no policy; only the kernel's rules apply",
-                        self.settings.dir.display()
+                        dir.display()
                     );
                 }
                 Ok(report)
@@ -227,14 +263,33 @@ impl PolicyEngine {
         }
     }
 
-    fn prepare(&self, measurer: &mut dyn Measurer) -> Result<(PolicySet, usize), LoadError> {
+    fn prepare(
+        &self,
+        dir: &std::path::Path,
+        expected: Option<&[(String, String)]>,
+        measurer: &mut dyn Measurer,
+    ) -> Result<(PolicySet, usize), LoadError> {
         let trusted = TrustedKey::load_all(&self.settings.trusted_keys).map_err(LoadError::Key)?;
-        let (set, _) = PolicySet::load_dir(
-            &self.runtime,
-            &self.settings.dir,
-            &trusted,
-            self.settings.fail_mode,
-        )?;
+        let (set, _) = PolicySet::load_dir(&self.runtime, dir, &trusted, self.settings.fail_mode)?;
+        if let Some(expected) = expected {
+            let mut want: Vec<(String, String)> = expected
+                .iter()
+                .map(|(n, d)| (n.clone(), d.to_ascii_lowercase()))
+                .collect();
+            want.sort();
+            let mut got: Vec<(String, String)> = set
+                .policies()
+                .map(|p| (p.info().name.clone(), p.info().sha256.to_ascii_lowercase()))
+                .collect();
+            got.sort();
+            if got != want {
+                return Err(LoadError::NotTheSet {
+                    dir: dir.to_owned(),
+                    expected: want.iter().map(|(n, d)| format!("{n} {d}")).collect(),
+                    loaded: got.iter().map(|(n, d)| format!("{n} {d}")).collect(),
+                });
+            }
+        }
         // Measured only once the whole set has loaded: a set that fails
         // to load leaves no trace in the PCR.
         let generation = self.next_generation.load(Ordering::SeqCst);

@@ -16,6 +16,7 @@
 //! | [`event`] | the JSON events of `guardian run` → ABI events (the daemon's own events by their fields, with no JSON between) |
 //! | [`config`] | the `[policy]` section |
 //! | [`tools`] | what `guardian policy sign/inspect/test` do |
+//! | [`set_tools`] | what `guardian policy pack` does, and `inspect` of a pushed policy set |
 //!
 //! How the daemon uses it:
 //!
@@ -36,6 +37,7 @@ pub mod measure;
 pub mod module;
 pub mod rego;
 pub mod set;
+pub mod set_tools;
 mod static_rules;
 pub mod tools;
 

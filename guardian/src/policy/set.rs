@@ -37,6 +37,19 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// A pushed set's directory held other modules than the set lists
+    /// when they were loaded.
+    #[error(
+        "{dir}: the modules loaded are not the set's (expected {expected:?}, loaded {loaded:?}); changed behind the agent's back"
+    )]
+    NotTheSet {
+        /// The directory.
+        dir: PathBuf,
+        /// The set's list: `name sha256`.
+        expected: Vec<String>,
+        /// What was loaded: `name sha256`.
+        loaded: Vec<String>,
+    },
     /// A policy has no signature file.
     #[error("{path}: unsigned (no {signature}); sign it with `guardian policy sign`")]
     Unsigned {

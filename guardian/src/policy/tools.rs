@@ -37,6 +37,18 @@ pub enum ToolError {
         /// The module.
         path: PathBuf,
     },
+    /// A policy set (`guardian policy pack`, `inspect`).
+    #[error(transparent)]
+    Set(#[from] crate::policy_set::SetError),
+    /// Reading a file.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The events file.
     #[error("reading events {path}: {source}")]
     Events {

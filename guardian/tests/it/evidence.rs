@@ -7,7 +7,7 @@ use guardian::{
     attest::{Trust, Verdict, bundle, verify},
     evidence::{
         Event, Ledger,
-        event::{PolicyEvent, TamperEvent},
+        event::{PolicyEvent, PolicySetEvent, TamperEvent},
         ledger,
     },
     signing::TrustedKey,
@@ -33,6 +33,15 @@ impl Quoted {
     /// Measure a fresh board, add the daemon's kinds of records through
     /// the ledger (as the attestor writes them), and quote.
     pub fn make() -> Self {
+        Self::make_with(|l| {
+            l.record(PCR, policy_set("start", 0, 0)).unwrap();
+            l.record(PCR, policy_set("push", 2, 2)).unwrap();
+        })
+    }
+
+    /// As [`Quoted::make`], with `more` records written through the ledger
+    /// before the quote.
+    pub fn make_with(more: impl FnOnce(&mut Ledger)) -> Self {
         let tpm = Swtpm::start();
         let board = Board::new(&tpm.tcti());
         let out = board.measure();
@@ -70,6 +79,7 @@ impl Quoted {
                 }),
             )
             .unwrap();
+            more(&mut l);
             l.note("a note: never extended, not evidence").unwrap();
             l.record(
                 PCR,
@@ -99,6 +109,31 @@ impl Quoted {
     pub fn keys(&self) -> (p256::ecdsa::VerifyingKey, Vec<TrustedKey>) {
         keys(&self.board.p("ak.pem"), &self.board.p("vendor.pub"))
     }
+}
+
+/// A pushed policy set record for group `cameras`: `version` in force,
+/// `floor` kept.
+pub fn policy_set(cause: &str, version: u64, floor: u64) -> Event {
+    let digest = |v: u64| {
+        if v == 0 {
+            String::new()
+        } else {
+            format!("{v:02x}").repeat(32)
+        }
+    };
+    Event::PolicySet(PolicySetEvent {
+        group: "cameras".into(),
+        version,
+        sha256: digest(version),
+        signer: if version == 0 {
+            String::new()
+        } else {
+            "cd".repeat(32)
+        },
+        cause: cause.into(),
+        floor,
+        floor_store: "file".into(),
+    })
 }
 
 /// An AK and a manifest key from their PEM files.

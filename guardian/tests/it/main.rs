@@ -11,6 +11,7 @@
 //! | `enrol` | enrolment with an EK certificate and credential activation |
 //! | `fleet` | attestation over the link: the fleet's rounds against boards with a real swtpm, the agent answering, impostors and replays |
 //! | `policy` | signed wasm policies in wasmi, hot swap, measurement |
+//! | `policy_push` | policy sets pushed over the link (a real nats-server's key-value bucket) to the real agent: put in force, refused, the floor in a file and a swtpm's NV index |
 //! | `policy_rego` | Rego policies (OPA's Wasm ABI) in wasmi beside guardian's own |
 //! | `parsers`, `bundle_mutations`, `fuzz_seeds` | properties of every parser and of the verifier; the fuzz seeds |
 //!
@@ -37,6 +38,8 @@ mod measure;
 mod model_signing;
 mod parsers;
 mod policy;
+mod policy_push;
 mod policy_rego;
+mod policy_set_verify;
 mod records;
 mod watch;

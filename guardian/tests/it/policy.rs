@@ -760,6 +760,63 @@ fn policy_loads_are_extended_into_the_pcr_and_logged() {
     );
 }
 
+/// A pushed set's directory is loaded by name after the set was checked
+/// against it: the engine compares what it actually read and compiled with
+/// the set's list, so a module put in place of another in between (an
+/// older version's, signed by the same key) is refused, nothing measured,
+/// the set in force kept.
+#[test]
+fn a_checked_reload_refuses_modules_other_than_the_sets() {
+    let tpm = Swtpm::start();
+    let d = Dir::new();
+    let a = d.put("model_writer", &example("model_writer"), Some("vendor.pem"));
+    let log = d.dir.path().join("measurements.log");
+    let ledger = Ledger::open(&log, Some(Tpm::open(&tpm.tcti()).unwrap())).unwrap();
+    let engine = PolicyEngine::new(
+        d.settings(FailMode::Closed),
+        Box::new(LedgerMeasurer(ledger)),
+    );
+    let listed = |names: &[(&str, &Path)]| -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|(n, p)| ((*n).to_owned(), expected_pcr_digest(p)))
+            .collect()
+    };
+    let first = engine
+        .reload_checked(d.dir.path(), Some(&listed(&[("model_writer", &a)])))
+        .unwrap();
+    assert_eq!(first.policies.len(), 1);
+    let measured = evidence::log::read(&log).unwrap().records.len();
+    // Another validly signed module in its place.
+    let swapped = d.put("model_writer", &example("no_ptrace"), Some("vendor.pem"));
+    assert_ne!(expected_pcr_digest(&swapped), first.policies[0].sha256);
+    let e = engine
+        .reload_checked(
+            d.dir.path(),
+            Some(&[("model_writer".to_owned(), first.policies[0].sha256.clone())]),
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the modules loaded are not the set's"),
+        "{e}"
+    );
+    // One more module than the set lists.
+    d.put("model_writer", &example("model_writer"), Some("vendor.pem"));
+    d.put("no_ptrace", &example("no_ptrace"), Some("vendor.pem"));
+    assert!(
+        engine
+            .reload_checked(d.dir.path(), Some(&listed(&[("model_writer", &a)])))
+            .is_err()
+    );
+    assert_eq!(
+        evidence::log::read(&log).unwrap().records.len(),
+        measured,
+        "a refused set measures nothing"
+    );
+    assert_eq!(engine.stats().reloads, 1, "the first set stays in force");
+}
+
 fn expected_pcr_digest(p: &Path) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))

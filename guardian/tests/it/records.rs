@@ -324,8 +324,7 @@ fn a_held_log_lock_stalls_the_attestor_and_the_stall_is_recorded() {
     });
     assert_eq!((s.backlog, s.stalls), (1, 1), "{s:?}");
     // Nothing is written, nothing extended, nothing lost meanwhile.
-    let second = Message::Event(Box::new(tamper_event(&b.s("models/labels.txt"))));
-    a.send(second);
+    a.event(&tamper_event(&b.s("models/labels.txt")));
     let s = wait_stats(&a, 15, "the second record to wait", |s| s.backlog == 2);
     assert_eq!((s.errors, s.queue_drops, s.stalls), (0, 0, 1), "{s:?}");
     assert_eq!(records(&b).len(), before);
@@ -385,6 +384,60 @@ fn tamper_event(file: &str) -> SecurityEvent {
     }
 }
 
+/// A burst of tamper attempts while the attestor is busy elsewhere (here:
+/// hashing a file that a FIFO keeps it waiting on, as a large model would)
+/// reaches the evidence whole: one record per file and executable, and
+/// every other attempt counted in it, none dropped on the way.
+#[test]
+fn a_burst_of_tamper_attempts_while_the_attestor_is_busy_loses_none() {
+    const BURST: u64 = 20_000;
+    let (_tpm, b) = board();
+    let a = Attestor::start(&config(&b));
+    let fifo = b.p("slow-file");
+    let c = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    a.send(Message::TakeIn {
+        files: vec![(fifo.clone(), "0:0:1".into())],
+        mode: "enforce".into(),
+    });
+    // The attestor now waits in `open` for a writer of the FIFO: it takes
+    // nothing from its queue until one comes.
+    std::thread::sleep(Duration::from_millis(300));
+    let files = [b.s("models/classifier.onnx"), b.s("models/labels.txt")];
+    for i in 0..BURST {
+        a.event(&tamper_event(&files[(i % 2) as usize]));
+    }
+    // Let the attestor go on: a writer opens and closes the FIFO.
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    let s = wait_stats(&a, 20, "every attempt of the burst", |s| {
+        s.tamper_records + s.tamper_suppressed + s.queue_drops >= BURST
+    });
+    assert_eq!(s.queue_drops, 0, "{s:?}");
+    assert_eq!(
+        (s.tamper_records, s.tamper_suppressed),
+        (2, BURST - 2),
+        "{s:?}"
+    );
+    a.stop();
+    // In the evidence: each file's first attempt in full, then at the stop
+    // the attempts folded into it, BURST in all.
+    let recs = records(&b);
+    let (mut full, mut folded) = (0, 0);
+    for r in &recs {
+        if let Event::Tamper(t) = &r.event {
+            assert!(files.contains(&t.file), "{t:?}");
+            if t.event.is_null() {
+                folded += t.folded;
+            } else {
+                full += 1;
+                folded += t.folded;
+            }
+        }
+    }
+    assert_eq!((full, full + folded), (2, BURST), "{recs:#?}");
+}
+
 /// The threat model's local user cannot stall the attestor: the log is
 /// 0600 in a 0700 directory, so they cannot open it to lock it.
 #[test]
@@ -419,10 +472,10 @@ fn a_local_user_cannot_hold_the_log_lock() {
 
 /// The manifest file changed (what a write-open by the allowed updater
 /// reports): the attestor looks at it once writes are quiet.
-fn manifest_written(b: &Board) -> Message {
+fn manifest_written(b: &Board) -> SecurityEvent {
     let mut ev = tamper_event(&b.s("manifest.toml"));
     ev.verdict = Verdict::Allow;
-    Message::Event(Box::new(ev))
+    ev
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -445,7 +498,7 @@ fn a_newer_signed_manifest_replaces_the_one_in_force_and_others_are_refused() {
     };
     manifest::write_signed(&newer, &b.p("manifest.toml"), &key).unwrap();
     let newer_text = std::fs::read(b.p("manifest.toml")).unwrap();
-    a.send(manifest_written(&b));
+    a.event(&manifest_written(&b));
     wait_stats(&a, 10, "the update", |s| {
         s.manifest_updates == 1 && s.remeasured == 2
     });
@@ -485,7 +538,7 @@ fn a_newer_signed_manifest_replaces_the_one_in_force_and_others_are_refused() {
         ..boot.clone()
     };
     manifest::write_signed(&older, &b.p("manifest.toml"), &key).unwrap();
-    a.send(manifest_written(&b));
+    a.event(&manifest_written(&b));
     wait_stats(&a, 10, "the older one refused", |s| {
         s.manifests_refused == 1
     });
@@ -499,14 +552,14 @@ fn a_newer_signed_manifest_replaces_the_one_in_force_and_others_are_refused() {
     let mut sig = std::fs::read(b.p("manifest.toml.sig")).unwrap();
     sig[0] ^= 1;
     std::fs::write(b.p("manifest.toml.sig"), sig).unwrap();
-    a.send(manifest_written(&b));
+    a.event(&manifest_written(&b));
     wait_stats(&a, 10, "the forged one refused", |s| {
         s.manifests_refused == 2
     });
 
     // 4. A higher serial with no signature at all.
     std::fs::remove_file(b.p("manifest.toml.sig")).unwrap();
-    a.send(manifest_written(&b));
+    a.event(&manifest_written(&b));
     let s = wait_stats(&a, 10, "the unsigned one refused", |s| {
         s.manifests_refused == 3
     });
@@ -519,7 +572,7 @@ fn a_newer_signed_manifest_replaces_the_one_in_force_and_others_are_refused() {
     std::fs::write(&model, b"cat\nwolf\n").unwrap();
     let mut ev = tamper_event(&model.display().to_string());
     ev.verdict = Verdict::Allow;
-    a.send(Message::Event(Box::new(ev)));
+    a.event(&ev);
     wait_stats(&a, 10, "the re-measurement", |s| s.remeasured == 3);
     a.stop();
     let recs = records(&b);
@@ -557,7 +610,7 @@ fn a_legitimate_manifest_update_in_the_daemon_stays_trusted() {
         ..boot
     };
     manifest::write_signed(&newer, &b.p("manifest.toml"), &key).unwrap();
-    a.send(manifest_written(&b));
+    a.event(&manifest_written(&b));
     wait_stats(&a, 10, "the update", |s| {
         s.manifest_updates == 1 && s.remeasured == 2
     });

@@ -65,6 +65,12 @@ inherit cargo systemd update-rc.d pkgconfig
 # Cargo.lock at the top of the source tree is used.
 CARGO_SRC_DIR = "guardian"
 
+# No unwind tables for the agent's own code: its release profile aborts on
+# panic, so nothing unwinds, and they were 0.2 MB of the binary's 8 MiB
+# budget (docs/footprint.md). The repository's .cargo/config.toml gives its
+# own cross builds the same flag.
+RUSTFLAGS:append = " -Cforce-unwind-tables=no"
+
 # Refuse to parse into a build (a clear "skipped" reason, not a fetch error)
 # until the builder has said what to build. An anonymous function is the only
 # place a recipe can skip itself with a message.
