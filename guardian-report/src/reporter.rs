@@ -10,11 +10,16 @@
 //!
 //! Ordering and duplicates: the sender sends in sequence order and, after
 //! any failure, reconnects and sends again everything not acknowledged. A
-//! batch whose acknowledgement is late on a connection that still answers
-//! a PING is sent again on that connection (the same id), at most
-//! [`MAX_RESENDS`] times, waiting twice as long each time, before the
-//! connection is given up: on a loaded cluster that costs one batch, where
-//! reconnecting cost every batch in flight and a new session.
+//! batch whose acknowledgement is late is not sent again at once: the
+//! server is pinged first. Its PONG comes only after the server has read
+//! everything sent before the PING, so a batch it covers is in the
+//! server's hands and a late acknowledgement is the stream's delay (a
+//! loaded cluster), which a resend would only add to. Such a batch waits
+//! [`STREAM_PATIENCE`] acknowledgement timeouts (twice that after each
+//! resend) before it goes again on the same connection (the same id), in
+//! case the cluster lost it (a leader change); after [`MAX_RESENDS`] the
+//! connection is given up. No PONG within the acknowledgement timeout
+//! gives the connection up at once.
 //! The stream drops an identical resend within its duplicate window
 //! (`Nats-Msg-Id`); anything else the fleet deduplicates by (device,
 //! epoch, sequence).
@@ -59,10 +64,11 @@ pub struct LinkConfig {
     pub batch_records: usize,
     /// Payload bytes per batch, about (one record may exceed it).
     pub batch_bytes: usize,
-    /// A batch not acknowledged in this time is sent again on the same
-    /// connection, and the server is pinged; no PONG within it either, or
-    /// a batch still not acknowledged after [`MAX_RESENDS`] resends (each
-    /// waiting twice as long as the last), drops the connection.
+    /// A batch not acknowledged in this time has the server pinged; no
+    /// PONG within it either drops the connection. A batch the PONG showed
+    /// the server had read goes again on the same connection after
+    /// [`STREAM_PATIENCE`] times this (doubled for each resend); one still
+    /// not acknowledged after [`MAX_RESENDS`] resends drops the connection.
     pub ack_timeout: Duration,
     /// Connecting may take this long.
     pub connect_timeout: Duration,
@@ -546,21 +552,54 @@ async fn sender(shared: Arc<Shared>, cfg: LinkConfig, mut stopped: watch::Receiv
 /// given up.
 pub const MAX_RESENDS: u32 = 3;
 
+/// Acknowledgement timeouts a batch the server has read (a PONG came after
+/// it) waits for the stream before it is sent again, doubled for each
+/// resend. The stream's acknowledgement of such a batch is late because
+/// the cluster is behind (measured: tens of seconds at 10,000 devices on
+/// two cores), and a resend is one more publish for it to deduplicate;
+/// what the cluster really lost (its leader changed under the batch) still
+/// goes again.
+pub const STREAM_PATIENCE: u32 = 4;
+
 struct InFlight {
     seqs: Vec<u64>,
     /// The message id it was sent with (a resend must carry the same).
     id: String,
+    /// When it was (last) sent.
     sent: Instant,
     /// Sent again on this connection this many times.
     resends: u32,
+    /// A PONG came after it was (last) sent: the server has read it.
+    read: bool,
 }
 
 impl InFlight {
-    /// When its acknowledgement is overdue: `ack_timeout`, doubled for
-    /// each resend.
-    fn due(&self, ack_timeout: Duration) -> Instant {
-        self.sent + ack_timeout * (1u32 << self.resends.min(8))
+    fn new(seqs: Vec<u64>, id: String, now: Instant) -> Self {
+        Self {
+            seqs,
+            id,
+            sent: now,
+            resends: 0,
+            read: false,
+        }
     }
+
+    /// When something must be done about it: not yet known to be read, a
+    /// PING is due after `ack_timeout`; read, a resend after
+    /// [`STREAM_PATIENCE`] of them, doubled for each resend.
+    fn due(&self, ack_timeout: Duration) -> Instant {
+        match self.read {
+            false => self.sent + ack_timeout,
+            true => self.sent + ack_timeout * STREAM_PATIENCE * (1u32 << self.resends.min(8)),
+        }
+    }
+}
+
+/// A PING that is out: when it went, and by when its PONG must come.
+#[derive(Clone, Copy)]
+struct Ping {
+    sent: Instant,
+    pong_by: Instant,
 }
 
 /// One connection's life: send, take acknowledgements, until it fails (the
@@ -593,8 +632,8 @@ async fn session(
     let mut next_token = 0u64;
     let mut sent_upto = 0u64;
     // A PING is out (a batch's acknowledgement was late): its PONG must
-    // come by then, or the connection is dead.
-    let mut pong_by: Option<Instant> = None;
+    // come in time, or the connection is dead.
+    let mut ping: Option<Ping> = None;
     loop {
         while inflight.len() < cfg.window {
             let sh = shared.clone();
@@ -618,20 +657,11 @@ async fn session(
             sent_upto = last;
             inflight.insert(
                 token,
-                InFlight {
-                    seqs: recs.iter().map(|r| r.seq).collect(),
-                    id,
-                    sent: Instant::now(),
-                    resends: 0,
-                },
+                InFlight::new(recs.iter().map(|r| r.seq).collect(), id, Instant::now()),
             );
             shared.link().batches_sent += 1;
         }
-        let deadline = inflight
-            .values()
-            .map(|f| f.due(cfg.ack_timeout))
-            .chain(pong_by)
-            .min()
+        let deadline = next_deadline(&inflight, ping, cfg.ack_timeout, Instant::now())
             .map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = stopped.changed() => return Ok(()),
@@ -643,16 +673,19 @@ async fn session(
                 }
             } => {
                 let now = Instant::now();
-                if pong_by.is_some_and(|t| now >= t) {
+                if ping.is_some_and(|p| now >= p.pong_by) {
                     return Err(format!(
                         "no acknowledgement within {:?}, and no PONG within {:?}",
                         cfg.ack_timeout, cfg.ack_timeout
                     ));
                 }
                 resend_overdue(shared, cfg, conn, &subject, &mut inflight, now).await?;
-                if pong_by.is_none() {
+                let unread_overdue = inflight
+                    .values()
+                    .any(|f| !f.read && now >= f.due(cfg.ack_timeout));
+                if ping.is_none() && unread_overdue {
                     conn.ping().await.map_err(|e| link_error(&e))?;
-                    pong_by = Some(now + cfg.ack_timeout);
+                    ping = Some(Ping { sent: now, pong_by: now + cfg.ack_timeout });
                 }
             }
             Some((reply, answer)) = answers.recv() => {
@@ -682,7 +715,14 @@ async fn session(
                 None => return Err("connection reader ended".to_owned()),
                 Some(Err(e)) => return Err(link_error(&e)),
                 Some(Ok(Incoming::Ping)) => conn.pong().await.map_err(|e| e.to_string())?,
-                Some(Ok(Incoming::Pong)) => pong_by = None,
+                Some(Ok(Incoming::Pong)) => {
+                    // Everything sent before the PING has been read.
+                    if let Some(p) = ping.take() {
+                        for f in inflight.values_mut().filter(|f| f.sent <= p.sent) {
+                            f.read = true;
+                        }
+                    }
+                }
                 Some(Ok(Incoming::Message(m))) => {
                     if m.subject == ask_subject {
                         question(shared, cfg, m, &answers_tx);
@@ -720,9 +760,28 @@ async fn session(
     }
 }
 
-/// Send again, on this connection and under the same ids, the batches whose
-/// acknowledgement is overdue at `now` (read again from the spool: they
-/// are still there, unacknowledged). A batch already sent
+/// When the sender must next look at its batches: the PONG's deadline, a
+/// batch's PING, a read batch's resend. A batch waiting for the PONG of
+/// the PING that is out does not count (the PONG decides for it; one
+/// sent after that PING is looked at again once the PONG has come).
+fn next_deadline(
+    inflight: &BTreeMap<u64, InFlight>,
+    ping: Option<Ping>,
+    ack_timeout: Duration,
+    now: Instant,
+) -> Option<Instant> {
+    inflight
+        .values()
+        .map(|f| f.due(ack_timeout))
+        .filter(|&due| ping.is_none() || due > now)
+        .chain(ping.map(|p| p.pong_by))
+        .min()
+}
+
+/// Send again, on this connection and under the same ids, the batches the
+/// server has read (a PONG came after them) whose acknowledgement is
+/// overdue at `now` (read again from the spool: they are still there,
+/// unacknowledged). A batch already sent
 /// [`MAX_RESENDS`] times, or one the spool no longer gives back the same
 /// (a record of it dropped to make room), ends the connection: the next
 /// sends everything again from the spool, as after any failure.
@@ -736,7 +795,7 @@ async fn resend_overdue(
 ) -> Result<(), String> {
     let overdue: Vec<u64> = inflight
         .iter()
-        .filter(|(_, f)| now >= f.due(cfg.ack_timeout))
+        .filter(|(_, f)| f.read && now >= f.due(cfg.ack_timeout))
         .map(|(t, _)| *t)
         .collect();
     for token in overdue {
@@ -772,6 +831,7 @@ async fn resend_overdue(
             .await
             .map_err(|e| e.to_string())?;
         f.sent = now;
+        f.read = false;
         f.resends += 1;
         shared.link().resent += 1;
     }

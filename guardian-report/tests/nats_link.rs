@@ -15,6 +15,9 @@ use support::{free_port, nats_server, start_server};
 #[path = "support/pki.rs"]
 mod pki;
 use pki::make_pki;
+#[path = "support/proxy.rs"]
+mod proxy;
+use proxy::Proxy;
 
 use std::{
     collections::BTreeMap,
@@ -24,7 +27,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use guardian_report::reporter::LinkState;
+use guardian_report::reporter::{LinkState, STREAM_PATIENCE};
 use guardian_report::{
     Class, Fsync, LinkConfig, Reporter, Spool, SpoolConfig,
     nats::{Conn, Credentials, Incoming},
@@ -292,19 +295,23 @@ fn signal(server: &Server, sig: &str) {
     assert!(ok, "kill -{sig}");
 }
 
-/// A late acknowledgement on a connection that is still alive: the batch
-/// goes again on the same connection (same id) and the server is pinged,
-/// instead of the connection being dropped and everything in flight sent
-/// again on a new one. A server that does not answer the PING either is
-/// given up as before. Every record is stored once either way.
+/// A late acknowledgement on a connection that is still alive is waited
+/// for: the server is pinged, its PONG shows it has read the batch, and
+/// nothing goes again (on a loaded cluster a resend is one more publish for
+/// it). A batch the cluster lost while the connection stayed alive goes
+/// again on the same connection (same id) after the stream's patience. A
+/// server that does not answer the PING either is given up. Every record is
+/// stored once throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_acknowledgement_goes_again_on_the_same_connection() {
+async fn a_late_acknowledgement_is_waited_for_and_a_lost_batch_goes_again() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(free_port(), &tmp.path().join("js"));
     create_stream(&server.url()).await;
-    let mut cfg = LinkConfig::new("board-late", vec![server.url()]);
-    cfg.ack_timeout = Duration::from_secs(2);
+    let proxy = Proxy::start(server.port, "guardian.in.").await;
+    let mut cfg = LinkConfig::new("board-late", vec![proxy.url()]);
+    cfg.ack_timeout = Duration::from_secs(1);
     cfg.backoff_max = Duration::from_millis(500);
+    let patience = cfg.ack_timeout * STREAM_PATIENCE;
     let r = Reporter::start(spool(&tmp.path().join("spool")), cfg).unwrap();
     let submit = |from: u32, n: u32| {
         for i in from..from + n {
@@ -315,31 +322,53 @@ async fn a_late_acknowledgement_goes_again_on_the_same_connection() {
     wait_drained(&r, Duration::from_secs(30)).await;
     assert_eq!(r.status().link.reconnects, 0);
 
-    // Late: the server stops for 3 s with a batch in flight. Its
-    // acknowledgement is overdue at 2 s; the PONG is due at 4 s and comes
-    // at 3 s, with the acknowledgement.
-    signal(&server, "STOP");
+    // Late: the stream's acknowledgements come 2.5 s after the batch, the
+    // server's PONG at once. Overdue at 1 s, pinged, read; the patience
+    // (4 s) is not used up when the acknowledgement comes.
+    proxy.hold_messages(Duration::from_millis(2500));
     submit(100, 100);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    signal(&server, "CONT");
     wait_drained(&r, Duration::from_secs(30)).await;
+    proxy.hold_messages(Duration::ZERO);
     let st = r.status();
     assert_eq!(
         st.link.reconnects, 0,
         "a live connection was dropped: {st:?}"
     );
-    assert!(st.link.resent >= 1, "nothing was sent again: {st:?}");
+    assert_eq!(
+        st.link.resent, 0,
+        "a batch the server had read went again: {st:?}"
+    );
     assert_eq!(st.link.state, LinkState::Connected, "{st:?}");
-    // The resend had the same id: the stream kept one copy.
+
+    // Lost: the next batch never reaches the server, the PINGs do. It goes
+    // again once the patience is used up, on the same connection.
+    proxy.drop_next_publishes(1);
+    let t = Instant::now();
+    submit(200, 100);
+    wait_drained(&r, Duration::from_secs(30)).await;
+    let st = r.status();
+    assert!(
+        t.elapsed() >= patience,
+        "drained in {:?}, before the patience ({patience:?}): was anything lost?",
+        t.elapsed()
+    );
+    assert_eq!(
+        st.link.reconnects, 0,
+        "a live connection was dropped: {st:?}"
+    );
+    assert_eq!(
+        st.link.resent, 1,
+        "the lost batch, and only it, goes again: {st:?}"
+    );
     let got = stored(&server.url()).await;
-    assert_eq!(got.len(), 200, "{got:?}");
+    assert_eq!(got.len(), 300, "{got:?}");
     assert!(got.values().all(|&n| n == 1), "a record stored twice");
 
-    // Dead to the PING as well: the server stops for 6 s; at 4 s (2 s for
-    // the acknowledgement, 2 more for the PONG) the connection is given up.
+    // Dead to the PING as well: the server stops for 5 s; at 2 s (1 s for
+    // the acknowledgement, 1 more for the PONG) the connection is given up.
     signal(&server, "STOP");
-    submit(200, 100);
-    tokio::time::sleep(Duration::from_millis(5500)).await;
+    submit(300, 100);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let st = r.status();
     assert_ne!(st.link.state, LinkState::Connected, "{st:?}");
     assert!(
@@ -349,12 +378,13 @@ async fn a_late_acknowledgement_goes_again_on_the_same_connection() {
             .is_some_and(|e| e.contains("no PONG")),
         "{st:?}"
     );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     signal(&server, "CONT");
     wait_drained(&r, Duration::from_secs(60)).await;
     let st = r.status();
     assert!(st.link.reconnects >= 1, "{st:?}");
     let given = st.spool.next_seq - 1;
-    assert_eq!(given, 300);
+    assert_eq!(given, 400);
     let got = stored(&server.url()).await;
     let missing: Vec<u64> = (1..=given)
         .filter(|s| !got.contains_key(&("board-late".to_owned(), *s)))
