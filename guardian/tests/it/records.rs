@@ -13,7 +13,10 @@
 //!   a bad signature or no signature is refused, counted, and the one in
 //!   force stays;
 //! - `guard unload`: `guardian stop --unload` on a running agent (real
-//!   eBPF programs on this kernel, so it needs root).
+//!   eBPF programs on this kernel, so it needs root);
+//! - `guard drops` for the fleet link: `guardian run` with a report spool
+//!   that fills while the fleet is unreachable records the drops, and the
+//!   verifier fails on them.
 
 // Tests panic on purpose: the failing line is the report.
 use crate::common;
@@ -795,6 +798,148 @@ fn stop_unload_records_the_unload_before_the_programs_go() {
         f.len() == 1
             && f[0].contains("window without enforcement")
             && f[0].contains("guard unload"),
+        "{v:#}"
+    );
+}
+
+// ---------------------------------------------------------------------
+// guard drops: the fleet link's spool full while the fleet is away
+// ---------------------------------------------------------------------
+
+/// A board that was cut off from its fleet until its report spool was all
+/// but full, restarted: `guardian run` goes on reporting into the spool,
+/// the spool drops its least important records to make room, and the
+/// drops are recorded in the evidence (a `guard drops` record, extended),
+/// so the next quote fails on them. The spool is filled beforehand with
+/// `guardian-report`'s own spool code, as the agent's earlier life would
+/// have; what fills it the rest of the way is the agent's own status
+/// reports.
+#[test]
+fn a_report_spool_that_fills_while_the_fleet_is_away_is_in_the_evidence() {
+    use guardian_report::{Class, Fsync, Spool, SpoolConfig};
+    assert!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() } == 0,
+        "!!! this test runs the agent, which loads eBPF programs: it must run as root (./test.sh does); NOT tested"
+    );
+    let _k = crate::host::exclusive();
+    let (tpm, b) = board();
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/guardian-test-spool-{}",
+        std::process::id()
+    )));
+    // The fleet: a port that takes connections and never speaks NATS.
+    let fleet = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fleet = format!("nats://{}", fleet.local_addr().unwrap());
+    // The spool as a long time offline left it: 1 MiB, all but 8 KiB of
+    // it events waiting to be sent. (Which records the drop rule gives up
+    // is the spool's own tests' business; that drops are recorded is
+    // this test's.)
+    let max = 1u64 << 20;
+    {
+        let mut spool = Spool::open(SpoolConfig {
+            dir: b.p("spool"),
+            max_bytes: max,
+            segment_bytes: 64 << 10,
+            fsync: Fsync::Always,
+        })
+        .unwrap();
+        let body = format!(r#"{{"kind":"tamper","pad":"{}"}}"#, "x".repeat(900));
+        while spool.stats().bytes + 8 * 1024 < max {
+            spool.append(Class::Event, body.as_bytes()).unwrap();
+        }
+        let st = spool.stats();
+        assert_eq!(st.dropped.iter().sum::<u64>(), 0, "{st:?}");
+        assert!(st.depth > 900, "{st:?}");
+    }
+    let cfg = std::fs::read_to_string(b.p("guardian.toml")).unwrap();
+    std::fs::write(
+        b.p("guardian.toml"),
+        format!(
+            "[guard]\nmode = \"detect\"\nprotected = [{:?}]\npin_dir = {:?}\nunload_without_token = true\n\
+             [events]\noutput = \"events.jsonl\"\n[status]\npath = \"status.json\"\ninterval_secs = 1\n\
+             [report]\nservers = [{fleet:?}]\ndevice_id = \"away-board\"\nspool_dir = {:?}\n\
+             spool_max_mib = 1\nsegment_kib = 64\nstatus_interval_secs = 1\nanswer_challenges = false\n{cfg}",
+            b.s("models"),
+            pins.0.display().to_string(),
+            b.s("spool"),
+        ),
+    )
+    .unwrap();
+    let mut agent = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_guardian"))
+            .args(["run", "--config"])
+            .arg(b.p("guardian.toml"))
+            .env("GUARDIAN_LOG", "info")
+            .env_remove("TPM2TOOLS_TCTI")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(b.p("agent.stderr")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let said = || std::fs::read_to_string(b.p("agent.stderr")).unwrap_or_default();
+    // The drops, in the evidence (the status reports are a few KiB each:
+    // the 8 KiB left are used up within seconds).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let detail = loop {
+        let found = log::read(&b.p("measurements.log"))
+            .ok()
+            .into_iter()
+            .flat_map(|c| c.records)
+            .find_map(|r| match r.event {
+                Event::Guard(g) if g.action == "drops" && r.extended => Some(g.detail),
+                _ => None,
+            });
+        if let Some(d) = found {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `guard drops` record in the evidence within 60 s:\n{}",
+            said()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        detail.contains("fleet report spool or queue full"),
+        "{detail}"
+    );
+    // `guardian status` shows them too (at its next write), and the link
+    // not connected.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let st: Value = std::fs::read_to_string(b.p("status.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        let dropped: u64 = st["report"]["spool"]["dropped"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .sum();
+        if dropped > 0 {
+            break st["report"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`guardian status` shows no drops: {:#}",
+            st["report"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_ne!(report["link"]["state"], "connected", "{report:#}");
+    // SIGTERM: a clean stop (no gap in the evidence to confuse the verdict).
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    assert!(agent.0.wait().unwrap().success(), "{}", said());
+    assert_log_explains_pcr(&tpm, &b);
+    let v = quote_and_verify(&b, "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a");
+    assert_eq!(v["trusted"], false, "{v:#}");
+    let f = failures(&v, "guard");
+    assert!(
+        f.iter()
+            .any(|r| r.contains("fleet report spool or queue full")),
         "{v:#}"
     );
 }
