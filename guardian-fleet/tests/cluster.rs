@@ -175,15 +175,21 @@ impl Drop for Instance {
     }
 }
 
-/// Every stored record per device: seq -> times stored.
-async fn stored(js: &jetstream::Context) -> BTreeMap<String, BTreeMap<u64, u32>> {
-    // Through a leader election after a node came back, reading may need a
-    // few tries.
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Every message in the store, in order, or those of one device
+/// (`device`); each checked to be on its device's subject.
+async fn stored_messages(js: &jetstream::Context, device: Option<&str>) -> Vec<Stored> {
+    // Right after the cluster came back (a leader election, under the load
+    // of the other tests), reading may need a few tries.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let consumer = loop {
         let made = match js.get_stream(STORE_STREAM).await {
             Ok(stream) => stream
-                .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+                .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                    filter_subject: device
+                        .map(|d| format!("guardian.store.{d}"))
+                        .unwrap_or_default(),
+                    ..Default::default()
+                })
                 .await
                 .map_err(|e| format!("{e:?}")),
             Err(e) => Err(format!("{e:?}")),
@@ -197,7 +203,7 @@ async fn stored(js: &jetstream::Context) -> BTreeMap<String, BTreeMap<u64, u32>>
         }
     };
     let mut msgs = consumer.messages().await.unwrap();
-    let mut out: BTreeMap<String, BTreeMap<u64, u32>> = BTreeMap::new();
+    let mut out = Vec::new();
     loop {
         let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await else {
             break;
@@ -206,12 +212,21 @@ async fn stored(js: &jetstream::Context) -> BTreeMap<String, BTreeMap<u64, u32>>
         let pending = m.info().unwrap().pending;
         let s: Stored = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(m.subject.as_str(), format!("guardian.store.{}", s.device));
-        let dev = out.entry(s.device.clone()).or_default();
-        for r in s.records {
-            *dev.entry(r.seq).or_insert(0) += 1;
-        }
+        out.push(s);
         if pending == 0 {
             break;
+        }
+    }
+    out
+}
+
+/// Every stored record per device: seq -> times stored.
+async fn stored(js: &jetstream::Context) -> BTreeMap<String, BTreeMap<u64, u32>> {
+    let mut out: BTreeMap<String, BTreeMap<u64, u32>> = BTreeMap::new();
+    for s in stored_messages(js, None).await {
+        let dev = out.entry(s.device).or_default();
+        for r in s.records {
+            *dev.entry(r.seq).or_insert(0) += 1;
         }
     }
     out
@@ -487,44 +502,11 @@ async fn bad_input_is_refused_and_nothing_is_stored_under_the_wrong_device() {
 
 /// Every stored record of one device, as stored (class and body kept).
 async fn stored_records(js: &jetstream::Context, device: &str) -> Vec<wire::WireRecord> {
-    // Right after the cluster came back (a leader election, under the
-    // load of the other tests), reading may need a few tries, as in
-    // `stored`.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let consumer = loop {
-        let made = match js.get_stream(STORE_STREAM).await {
-            Ok(stream) => stream
-                .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                    filter_subject: format!("guardian.store.{device}"),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("{e:?}")),
-            Err(e) => Err(format!("{e:?}")),
-        };
-        match made {
-            Ok(c) => break c,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "reading the store: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    };
-    let mut msgs = consumer.messages().await.unwrap();
-    let mut out = Vec::new();
-    loop {
-        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await else {
-            break;
-        };
-        let m = m.unwrap();
-        let pending = m.info().unwrap().pending;
-        let s: Stored = serde_json::from_slice(&m.payload).unwrap();
-        out.extend(s.records);
-        if pending == 0 {
-            break;
-        }
-    }
-    out
+    stored_messages(js, Some(device))
+        .await
+        .into_iter()
+        .flat_map(|s| s.records)
+        .collect()
 }
 
 /// A device cut off from the fleet long enough to fill its spool: the
@@ -1050,27 +1032,10 @@ async fn stored_together_and_concurrently_still_exactly_once() {
 
 /// The most records in one stored message of `device`.
 async fn most_in_one_message(js: &jetstream::Context, device: &str) -> usize {
-    let stream = js.get_stream(STORE_STREAM).await.unwrap();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: format!("guardian.store.{device}"),
-            ..Default::default()
-        })
+    stored_messages(js, Some(device))
         .await
-        .unwrap();
-    let mut msgs = consumer.messages().await.unwrap();
-    let mut most = 0;
-    loop {
-        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await else {
-            break;
-        };
-        let m = m.unwrap();
-        let pending = m.info().unwrap().pending;
-        let s: Stored = serde_json::from_slice(&m.payload).unwrap();
-        most = most.max(s.records.len());
-        if pending == 0 {
-            break;
-        }
-    }
-    most
+        .iter()
+        .map(|s| s.records.len())
+        .max()
+        .unwrap_or(0)
 }
