@@ -62,7 +62,8 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(600);
 pub struct Alert {
     /// The device.
     pub device: String,
-    /// `tamper_attempt`, `guard`, `events_dropped` or `silent`.
+    /// `tamper_attempt`, `guard`, `events_dropped`, `records_lost` or
+    /// `silent`.
     pub kind: String,
     /// What happened, in words.
     pub what: String,
@@ -147,10 +148,18 @@ pub fn from_stored(s: &Stored) -> Vec<Alert> {
                     .and_then(Value::as_object)
                     .map(|m| m.values().filter_map(Value::as_u64).sum())
                     .unwrap_or(0);
-                (
-                    "events_dropped",
-                    format!("{n} records dropped on the device"),
-                )
+                match body.get("reason").and_then(Value::as_str) {
+                    // Not the drop rule: records the device's spool could
+                    // no longer read back (removed or changed on disk).
+                    Some(why) => (
+                        "records_lost",
+                        format!("{n} records lost on the device: {why}"),
+                    ),
+                    None => (
+                        "events_dropped",
+                        format!("{n} records dropped on the device"),
+                    ),
+                }
             }
             _ => continue,
         };
@@ -538,6 +547,21 @@ mod tests {
         let d = from_stored(&stored("drop", r#"{"by_class":{"event":4,"status":2}}"#));
         assert_eq!(d[0].kind, "events_dropped");
         assert!(d[0].what.starts_with("6 "));
+        // Records the spool could no longer read back: their own kind,
+        // the device's reason in the words.
+        let l = from_stored(&stored(
+            "drop",
+            &format!(
+                r#"{{"by_class":{{"event":3}},"reason":"{}"}}"#,
+                guardian_report::spool::LOST_ON_DISK
+            ),
+        ));
+        assert_eq!(l[0].kind, "records_lost");
+        assert!(
+            l[0].what.starts_with("3 records lost") && l[0].what.contains("on disk"),
+            "{}",
+            l[0].what
+        );
         assert!(from_stored(&stored("event", "{}")).is_empty());
         assert!(from_stored(&stored("status", "{}")).is_empty());
     }

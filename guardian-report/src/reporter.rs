@@ -41,7 +41,7 @@ use tokio::{
 
 use crate::{
     nats::{Conn, Credentials, Incoming, LinkError, Message, PubAck},
-    spool::{Class, Fsync, Spool, SpoolError, SpoolStats},
+    spool::{Class, Fsync, Record, Spool, SpoolError, SpoolStats},
     wire,
 };
 
@@ -270,6 +270,53 @@ impl Shared {
         // rename), so a poisoned lock is still usable.
         self.spool.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// [`Spool::pending`], giving up first what no longer reads back as
+    /// written ([`Spool::salvage`]): a segment removed or changed behind
+    /// the spool must cost its records (reported), not every send after.
+    /// Blocking.
+    fn pending(&self, after: u64, n: usize, bytes: usize) -> Result<Vec<Record>, SpoolError> {
+        let mut spool = self.spool();
+        match spool.pending(after, n, bytes) {
+            Ok(recs) => Ok(recs),
+            Err(e) => {
+                if salvage(&mut spool, &e)? == 0 {
+                    return Err(e);
+                }
+                // The notice is appended, and must be synced to be sent.
+                self.appended.fetch_add(1, Ordering::Release);
+                spool.pending(after, n, bytes)
+            }
+        }
+    }
+}
+
+/// After `failed`, give up what in the spool no longer reads back as
+/// written; how many records that was (zero: not the cause).
+fn salvage(spool: &mut Spool, failed: &SpoolError) -> Result<u64, SpoolError> {
+    let lost = spool.salvage()?;
+    if lost > 0 {
+        log::error!(
+            "report spool: {lost} record(s) {} ({failed}); given up, and a drop notice says so",
+            crate::spool::LOST_ON_DISK
+        );
+    }
+    Ok(lost)
+}
+
+/// [`Spool::append`], retried once after [`salvage`] when it failed on
+/// what no longer reads back (the drop rule rewrites segments).
+fn append(spool: &mut Spool, class: Class, payload: &[u8]) -> Result<(), SpoolError> {
+    match spool.append(class, payload) {
+        Ok(_) => Ok(()),
+        Err(e) => match salvage(spool, &e) {
+            Ok(0) | Err(_) => Err(e),
+            Ok(_) => spool.append(class, payload).map(|_| ()),
+        },
+    }
+}
+
+impl Shared {
     fn link(&self) -> std::sync::MutexGuard<'_, LinkStatus> {
         self.link.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -430,12 +477,12 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Class, Vec<u8>)>) {
             let mut last_err = None;
             if new_drops > 0 {
                 let body = serde_json::json!({"by_class": {"queue_full": new_drops}, "seqs": [], "more": false});
-                if let Err(e) = spool.append(Class::Drop, body.to_string().as_bytes()) {
+                if let Err(e) = append(&mut spool, Class::Drop, body.to_string().as_bytes()) {
                     last_err = Some(e);
                 }
             }
             for (class, payload) in items {
-                if let Err(e) = spool.append(class, &payload) {
+                if let Err(e) = append(&mut spool, class, &payload) {
                     failed += 1;
                     last_err = Some(e);
                 }
@@ -638,7 +685,7 @@ async fn session(
         while inflight.len() < cfg.window {
             let sh = shared.clone();
             let (after, n, b) = (sent_upto, cfg.batch_records, cfg.batch_bytes);
-            let recs = tokio::task::spawn_blocking(move || sh.spool().pending(after, n, b))
+            let recs = tokio::task::spawn_blocking(move || sh.pending(after, n, b))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
@@ -812,12 +859,11 @@ async fn resend_overdue(
             continue;
         };
         let sh = shared.clone();
-        let recs = tokio::task::spawn_blocking(move || {
-            sh.spool().pending(first.saturating_sub(1), n, usize::MAX)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        let recs =
+            tokio::task::spawn_blocking(move || sh.pending(first.saturating_sub(1), n, usize::MAX))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
         if recs.iter().map(|r| r.seq).ne(f.seqs.iter().copied()) {
             return Err(format!(
                 "no acknowledgement within {:?}, and the batch {}..={} is no longer whole in the spool",

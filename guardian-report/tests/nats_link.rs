@@ -114,8 +114,9 @@ async fn create_stream(url: &str) {
     assert!(r.get("error").is_none(), "stream create: {r}");
 }
 
-/// Every record in the stream: (device, seq) -> how many times stored.
-async fn stored(url: &str) -> BTreeMap<(String, u64), u32> {
+/// Every batch in the stream, in order, each checked to be on its
+/// device's subject.
+async fn stored_batches(url: &str) -> Vec<wire::Batch> {
     let mut conn = Conn::connect(
         url,
         "test-reader",
@@ -127,7 +128,7 @@ async fn stored(url: &str) -> BTreeMap<(String, u64), u32> {
     let info = request(&mut conn, "$JS.API.STREAM.INFO.GUARDIAN_IN", "").await;
     let last = info["state"]["last_seq"].as_u64().unwrap();
     let first = info["state"]["first_seq"].as_u64().unwrap();
-    let mut out = BTreeMap::new();
+    let mut out = Vec::new();
     for seq in first..=last {
         let r = request(
             &mut conn,
@@ -146,6 +147,15 @@ async fn stored(url: &str) -> BTreeMap<(String, u64), u32> {
             r["message"]["subject"].as_str().unwrap(),
             format!("guardian.in.{}", batch.device)
         );
+        out.push(batch);
+    }
+    out
+}
+
+/// Every record in the stream: (device, seq) -> how many times stored.
+async fn stored(url: &str) -> BTreeMap<(String, u64), u32> {
+    let mut out = BTreeMap::new();
+    for batch in stored_batches(url).await {
         for rec in batch.records {
             *out.entry((batch.device.clone(), rec.seq)).or_insert(0) += 1;
         }
@@ -392,6 +402,99 @@ async fn a_late_acknowledgement_is_waited_for_and_a_lost_batch_goes_again() {
     // (After a reconnect a resend may be batched differently; the fleet
     // deduplicates by sequence what the stream's id window did not.)
     assert!(missing.is_empty(), "lost: {missing:?}");
+    r.shutdown().await;
+}
+
+/// Root on a board without BPF LSM removes a spool segment while the fleet
+/// is away: the link is not wedged by records it can no longer read. Once
+/// the server is back, everything else reaches the stream, and a drop
+/// notice saying why explains exactly the sequence numbers that are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_removed_behind_the_spool_costs_its_records_not_the_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Server::start(port, &tmp.path().join("js"));
+    create_stream(&server.url()).await;
+    let dir = tmp.path().join("spool");
+    let spool = Spool::open(SpoolConfig {
+        dir: dir.clone(),
+        max_bytes: 64 << 20,
+        segment_bytes: 4 << 10,
+        fsync: Fsync::Interval(Duration::from_millis(50)),
+    })
+    .unwrap();
+    let mut cfg = LinkConfig::new("board-rm", vec![server.url()]);
+    cfg.ack_timeout = Duration::from_secs(2);
+    cfg.backoff_max = Duration::from_millis(500);
+    let r = Reporter::start(spool, cfg).unwrap();
+    let submit = |from: u32, n: u32| {
+        for i in from..from + n {
+            assert!(r.submit(Class::Event, format!(r#"{{"n":{i}}}"#).into_bytes()));
+        }
+    };
+    submit(0, 10);
+    wait_drained(&r, Duration::from_secs(30)).await;
+    server.kill9();
+    submit(10, 400);
+    // Wait until all 410 are on disk (the writer and the syncer).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while r.status().spool.next_seq <= 410 || r.status().spool.unsynced > 0 {
+        assert!(Instant::now() < deadline, "{:?}", r.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let first_of = |p: &Path| -> u64 { p.file_stem().unwrap().to_str().unwrap().parse().unwrap() };
+    let gone: Vec<u64> = (first_of(&segs[1])..first_of(&segs[2])).collect();
+    std::fs::remove_file(&segs[1]).unwrap();
+
+    let server = Server::start(port, &tmp.path().join("js"));
+    wait_drained(&r, Duration::from_secs(30)).await;
+    let st = r.status();
+    assert_eq!(st.spool.lost, gone.len() as u64, "{st:?}");
+    assert_eq!(st.link.state, LinkState::Connected, "{st:?}");
+    let got = stored(&server.url()).await;
+    let given = st.spool.next_seq - 1;
+    let missing: Vec<u64> = (1..=given)
+        .filter(|s| !got.contains_key(&("board-rm".to_owned(), *s)))
+        .collect();
+    assert_eq!(
+        missing, gone,
+        "exactly the removed segment's records are gone"
+    );
+    let notices: Vec<guardian_report::spool::DropNotice> = stored_batches(&server.url())
+        .await
+        .into_iter()
+        .flat_map(|b| b.records)
+        .filter(|r| r.class == "drop")
+        .map(|r| serde_json::from_str(r.body.get()).unwrap())
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let n = &notices[0];
+    assert_eq!(
+        n.reason.as_deref(),
+        Some(guardian_report::spool::LOST_ON_DISK)
+    );
+    assert_eq!(
+        n.spans
+            .iter()
+            .map(|s| (s.from, s.to, s.dropped))
+            .collect::<Vec<_>>(),
+        [(gone[0], *gone.last().unwrap(), gone.len() as u64)]
+    );
+    // And the link goes on: a record given now arrives.
+    submit(410, 1);
+    wait_drained(&r, Duration::from_secs(30)).await;
+    assert!(
+        stored(&server.url())
+            .await
+            .contains_key(&("board-rm".to_owned(), given + 1))
+    );
     r.shutdown().await;
 }
 

@@ -463,6 +463,13 @@ impl Status {
                     l.queue_drops,
                     sp.torn_bytes
                 );
+                if sp.lost > 0 {
+                    s += &format!(
+                        "  LOST     {} record(s) {}\n",
+                        sp.lost,
+                        guardian_report::spool::LOST_ON_DISK
+                    );
+                }
                 s += &format!(
                     "  sent     {} batch(es), {} record(s) acknowledged, {} duplicate batch(es), {} resent late, {} reconnect(s)\n",
                     l.batches_sent, l.records_acked, l.duplicates, l.resent, l.reconnects

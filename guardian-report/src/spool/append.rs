@@ -289,7 +289,11 @@ impl Spool {
         }
         for seg in gone {
             self.bytes -= seg.bytes;
-            fs::remove_file(&seg.path).map_err(io_err("remove acknowledged segment", &seg.path))?;
+            match fs::remove_file(&seg.path) {
+                // Removed behind the spool: nothing of it was still needed.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r.map_err(io_err("remove acknowledged segment", &seg.path))?,
+            }
         }
         sync_dir(&self.cfg.dir)
     }
@@ -313,6 +317,7 @@ impl Spool {
             next_seq: self.next_seq,
             unsynced: self.next_seq - 1 - self.durable_seq,
             dropped: self.stats_dropped,
+            lost: self.stats_lost,
             torn_bytes: self.torn_bytes,
             epoch: self.epoch,
         }

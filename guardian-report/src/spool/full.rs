@@ -22,7 +22,7 @@ impl Spool {
             .iter()
             .position(|s| s.entries.iter().any(|e| e.acked))
         {
-            self.rewrite(i, |e| !e.acked, notice)?;
+            self.rewrite(i, |e| !e.acked, notice, Given::Dropped)?;
             return Ok(Room::Made);
         }
         let Some(lowest) = self
@@ -54,18 +54,19 @@ impl Spool {
         // notices are (a spool far too small for its segments), the oldest
         // notices, and the gaps they explained become unexplained ones at
         // the fleet.
-        self.rewrite(i, |e| e.class != lowest, notice)?;
+        self.rewrite(i, |e| e.class != lowest, notice, Given::Dropped)?;
         Ok(Room::Made)
     }
 
     /// Rewrite segment `i` keeping the unacknowledged records `keep` says
-    /// to keep; the others unacknowledged are dropped (recorded in the
-    /// notice).
-    fn rewrite(
+    /// to keep; the others unacknowledged are given up (recorded in the
+    /// notice, and counted as `given`).
+    pub(super) fn rewrite(
         &mut self,
         i: usize,
         keep: impl Fn(&Entry) -> bool,
         notice: &mut DropNotice,
+        given: Given,
     ) -> Result<(), SpoolError> {
         let is_active = i + 1 == self.segments.len();
         if is_active {
@@ -110,7 +111,11 @@ impl Spool {
         }
         for (class, _) in dropped {
             *notice.by_class.entry(class.name().to_owned()).or_default() += 1;
-            self.stats_dropped[class as usize] += 1;
+            match given {
+                Given::Dropped => self.stats_dropped[class as usize] += 1,
+                // Counted by the caller, apart from the drop rule's drops.
+                Given::Lost => {}
+            }
         }
         let seg = &mut self.segments[i];
         seg.entries = entries;
@@ -135,6 +140,14 @@ pub(super) fn notice_budget(max_bytes: u64) -> usize {
     (max_bytes / 8).clamp(1024, 32 * 1024) as usize
 }
 
+/// Why a rewrite gives records up.
+pub(super) enum Given {
+    /// The drop rule, to make room.
+    Dropped,
+    /// They no longer read back as written ([`Spool::salvage`]).
+    Lost,
+}
+
 pub(super) enum Room {
     Made,
     DropIncoming,
@@ -143,7 +156,7 @@ pub(super) enum Room {
 impl DropNotice {
     /// A span made by this notice (its id is filled in when the notice's
     /// own sequence number is known).
-    fn add_span(&mut self, from: u64, to: u64, dropped: u64) {
+    pub(super) fn add_span(&mut self, from: u64, to: u64, dropped: u64) {
         self.keep_span(Span {
             id: 0,
             from,

@@ -42,6 +42,14 @@
 //! record naming the sequence numbers dropped is appended in the same call,
 //! so the fleet learns of it when the device reconnects (the sequence gaps
 //! it sees are explained, not silent).
+//!
+//! # Records that no longer read back
+//!
+//! A segment removed, cut short or replaced, or a record changed on disk
+//! behind the spool (root where no BPF LSM denies it, a failing disk): the
+//! records affected are given up by [`Spool::salvage`], counted apart
+//! ([`SpoolStats::lost`]), and reported by a drop notice with a `reason`,
+//! rather than failing every read after them.
 
 use std::{collections::VecDeque, fs::File, io, path::PathBuf, time::Duration};
 
@@ -153,6 +161,11 @@ pub struct DropNotice {
     pub more: bool,
     /// Sequence number of the Drop record this notice travels in.
     pub notice_seq: Option<u64>,
+    /// Why the records went, when it was not the drop rule (the spool
+    /// full): [`LOST_ON_DISK`] for records that no longer read back as
+    /// written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Spans this notice may carry (from the spool's size; not sent).
     #[serde(skip)]
     cap: usize,
@@ -197,6 +210,11 @@ pub struct SpoolStats {
     /// Records dropped since this process opened the spool, by class
     /// (indexed by `Class as usize`).
     pub dropped: [u64; 5],
+    /// Records given up since this process opened the spool because they
+    /// no longer read back as written (a segment removed or changed on
+    /// disk: [`Spool::salvage`]); not in `dropped`.
+    #[serde(default)]
+    pub lost: u64,
     /// Bytes cut off a torn tail, or unreadable, found at open.
     pub torn_bytes: u64,
     /// The spool's epoch (random, made when the spool was created).
@@ -231,10 +249,12 @@ mod append;
 mod format;
 mod full;
 mod open;
+mod salvage;
 #[cfg(test)]
 mod tests;
 
 pub use format::frame_len;
+pub use salvage::LOST_ON_DISK;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -277,5 +297,6 @@ pub struct Spool {
     acked_mark: u64,
     bytes: u64,
     stats_dropped: [u64; 5],
+    stats_lost: u64,
     torn_bytes: u64,
 }

@@ -163,6 +163,7 @@ impl Spool {
             acked_mark,
             bytes,
             stats_dropped: [0; 5],
+            stats_lost: 0,
             torn_bytes,
         };
         spool.collect_acked()?;

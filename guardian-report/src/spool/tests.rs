@@ -228,3 +228,125 @@ fn a_record_larger_than_the_spool_is_dropped_and_reported() {
     );
     assert_eq!(n.notice_seq, Some(2));
 }
+
+/// The segment files, oldest first.
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The drop notice the spool appended last.
+fn last_notice(s: &Spool) -> DropNotice {
+    let recs = s.pending(0, usize::MAX, usize::MAX).unwrap();
+    let r = recs.iter().rev().find(|r| r.class == Class::Drop).unwrap();
+    serde_json::from_slice(&r.payload).unwrap()
+}
+
+/// Root on a board without BPF LSM removes a segment while the spool holds
+/// it: reading back fails, and salvage gives up exactly that segment's
+/// records, counted as lost (not as drops), with a notice whose spans and
+/// reason say which and why. Everything else still reads back, and appends
+/// go on.
+#[test]
+fn a_removed_segment_is_given_up_and_reported_not_retried_forever() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Spool::open(cfg(d.path(), 1 << 20, 200)).unwrap();
+    for i in 0..20u32 {
+        s.append(Class::Event, &i.to_le_bytes()).unwrap();
+    }
+    let segs = segments(d.path());
+    assert!(segs.len() >= 3, "{segs:?}");
+    let in_second: Vec<u64> = {
+        let all = s.pending(0, 100, 1 << 20).unwrap();
+        let first_of =
+            |p: &Path| -> u64 { p.file_stem().unwrap().to_str().unwrap().parse().unwrap() };
+        let (lo, hi) = (first_of(&segs[1]), first_of(&segs[2]));
+        all.iter()
+            .map(|r| r.seq)
+            .filter(|&q| q >= lo && q < hi)
+            .collect()
+    };
+    fs::remove_file(&segs[1]).unwrap();
+    assert!(s.pending(0, 100, 1 << 20).is_err(), "reading it back fails");
+    let lost = s.salvage().unwrap();
+    assert_eq!(lost, in_second.len() as u64);
+    let st = s.stats();
+    assert_eq!(st.lost, lost);
+    assert_eq!(st.dropped, [0; 5], "lost records are not drop-rule drops");
+    let n = last_notice(&s);
+    assert_eq!(n.reason.as_deref(), Some(LOST_ON_DISK));
+    assert_eq!(n.by_class.get("event"), Some(&lost));
+    assert_eq!(n.spans.len(), 1);
+    assert_eq!(
+        (n.spans[0].from, n.spans[0].to, n.spans[0].dropped),
+        (in_second[0], *in_second.last().unwrap(), lost)
+    );
+    // Everything else reads back; nothing is given up twice.
+    let left: Vec<u64> = s
+        .pending(0, 100, 1 << 20)
+        .unwrap()
+        .iter()
+        .filter(|r| r.class == Class::Event)
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(left.len(), 20 - in_second.len());
+    assert!(left.iter().all(|q| !in_second.contains(q)));
+    assert_eq!(s.salvage().unwrap(), 0);
+    // Appends go on, and survive a reopen.
+    let a = s.append(Class::Alert, b"after").unwrap();
+    drop(s);
+    let s = Spool::open(cfg(d.path(), 1 << 20, 200)).unwrap();
+    let all = s.pending(0, 100, 1 << 20).unwrap();
+    assert_eq!(all.last().unwrap().seq, a.seq.unwrap());
+}
+
+/// A record changed on disk (its CRC no longer matches) is given up alone;
+/// its neighbours in the segment are kept. The open segment removed: what
+/// it held is given up and new appends go to a new segment, not to the
+/// removed file.
+#[test]
+fn a_changed_record_is_given_up_alone_and_a_removed_open_segment_is_replaced() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Spool::open(cfg(d.path(), 1 << 20, 1 << 16)).unwrap();
+    for i in 0..5u32 {
+        s.append(Class::Event, format!("record {i}").as_bytes())
+            .unwrap();
+    }
+    let seg = segments(d.path()).remove(0);
+    let mut data = fs::read(&seg).unwrap();
+    let at = data.windows(8).position(|w| w == b"record 2").unwrap();
+    data[at + 7] = b'X';
+    fs::write(&seg, &data).unwrap();
+    assert!(s.pending(0, 100, 1 << 20).is_err());
+    assert_eq!(s.salvage().unwrap(), 1);
+    let n = last_notice(&s);
+    assert_eq!(
+        (n.spans[0].from, n.spans[0].to, n.spans[0].dropped),
+        (3, 3, 1)
+    );
+    let kept: Vec<u64> = s
+        .pending(0, 100, 1 << 20)
+        .unwrap()
+        .iter()
+        .filter(|r| r.class == Class::Event)
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(kept, [1, 2, 4, 5]);
+
+    // Now the whole (open) segment goes.
+    fs::remove_file(&seg).unwrap();
+    assert!(s.pending(0, 100, 1 << 20).is_err());
+    assert_eq!(s.salvage().unwrap(), 5, "four events and the first notice");
+    assert_eq!(s.stats().lost, 6);
+    s.append(Class::Event, b"after").unwrap();
+    let segs = segments(d.path());
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    let left = s.pending(0, 100, 1 << 20).unwrap();
+    assert_eq!(left.last().unwrap().payload, b"after");
+    assert_eq!(left.len(), 2, "the second notice and the new record");
+}

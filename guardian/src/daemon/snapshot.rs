@@ -43,6 +43,7 @@ pub(super) struct Publisher {
     last_unreported: u64,
     last_unconfigured: u64,
     last_report_drops: u64,
+    last_report_lost: u64,
 }
 
 impl Publisher {
@@ -55,6 +56,7 @@ impl Publisher {
             last_unreported: 0,
             last_unconfigured: 0,
             last_report_drops: 0,
+            last_report_lost: 0,
         }
     }
 
@@ -112,6 +114,25 @@ impl Publisher {
                     format!("fleet report spool or queue full: {lost} record(s) dropped in total"),
                 );
                 self.last_report_drops = lost;
+            }
+            // Records that no longer read back as written were given up:
+            // their segment removed or changed behind the spool (root where
+            // no BPF LSM denies it, or a failing disk).
+            let gone = r.spool.lost;
+            if gone > self.last_report_lost {
+                log::error!(
+                    "fleet link: {gone} record(s) in total {}",
+                    guardian_report::spool::LOST_ON_DISK
+                );
+                out.guard(
+                    "drops",
+                    mode,
+                    format!(
+                        "fleet report spool: {gone} record(s) in total {}",
+                        guardian_report::spool::LOST_ON_DISK
+                    ),
+                );
+                self.last_report_lost = gone;
             }
         }
         let unreported = count("fanotify_unreported") + count("watch_unreported");

@@ -943,3 +943,206 @@ fn a_report_spool_that_fills_while_the_fleet_is_away_is_in_the_evidence() {
         "{v:#}"
     );
 }
+
+/// Root on a board without BPF LSM (this host: the agent runs its
+/// fanotify rungs) removes a report spool segment while the fleet is away.
+/// When the fleet is back, the agent gives those records up instead of
+/// failing every send after; the fleet stores everything else, explains
+/// the gap with the device's notice and raises a `records_lost` alert;
+/// and the evidence records it, so the next quote fails.
+#[test]
+fn a_spool_segment_removed_while_the_fleet_is_away_is_reported_and_in_the_evidence() {
+    use crate::nats_support::{free_port, nats_server};
+    assert!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() } == 0,
+        "!!! this test runs the agent, which loads eBPF programs: it must run as root (./test.sh does); NOT tested"
+    );
+    let _k = crate::host::exclusive();
+    let (tpm, b) = board();
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/guardian-test-lost-{}",
+        std::process::id()
+    )));
+    let port = free_port();
+    let js_dir = b.p("js");
+    let nats = |dir: &Path| {
+        let child = Command::new(nats_server())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        KillOnDrop(child)
+    };
+    let server = nats(&js_dir);
+    let url = format!("nats://127.0.0.1:{port}");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let fleet = rt.spawn(guardian_fleet::service::serve(
+        guardian_fleet::service::ServiceConfig::new(vec![url.clone()]),
+        "records-test",
+        std::sync::Arc::new(guardian_fleet::service::Counters::default()),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let js = |f: &dyn Fn(
+        async_nats::jetstream::Context,
+    )
+        -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Value>>>>|
+     -> Option<Value> {
+        rt.block_on(async {
+            let client = guardian_fleet::service::connect(std::slice::from_ref(&url), "probe")
+                .await
+                .ok()?;
+            f(async_nats::jetstream::new(client)).await
+        })
+    };
+    let cfg = std::fs::read_to_string(b.p("guardian.toml")).unwrap();
+    std::fs::write(
+        b.p("guardian.toml"),
+        format!(
+            "[guard]\nmode = \"detect\"\nprotected = [{:?}]\npin_dir = {:?}\nunload_without_token = true\n\
+             [events]\noutput = \"events.jsonl\"\n[status]\npath = \"status.json\"\ninterval_secs = 1\n\
+             [report]\nservers = [{url:?}]\ndevice_id = \"rm-board\"\nspool_dir = {:?}\n\
+             segment_kib = 1\nstatus_interval_secs = 1\nanswer_challenges = false\n{cfg}",
+            b.s("models"),
+            pins.0.display().to_string(),
+            b.s("spool"),
+        ),
+    )
+    .unwrap();
+    let mut agent = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_guardian"))
+            .args(["run", "--config"])
+            .arg(b.p("guardian.toml"))
+            .env("GUARDIAN_LOG", "info")
+            .env_remove("TPM2TOOLS_TCTI")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(b.p("agent.stderr")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let said = || std::fs::read_to_string(b.p("agent.stderr")).unwrap_or_default();
+    let status = || -> Value {
+        std::fs::read_to_string(b.p("status.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default()
+    };
+    let wait = |secs: u64, what: &str, f: &dyn Fn(&Value) -> bool| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let st = status();
+            if f(&st) {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:#}\n{}",
+                st["report"],
+                said()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait(60, "records acknowledged by the fleet", &|st| {
+        st["report"]["link"]["records_acked"].as_u64() >= Some(2)
+    });
+    // The fleet goes away; the agent's status reports pile up in the
+    // spool, one 1 KiB segment or so each.
+    drop(server);
+    wait(30, "several segments waiting", &|st| {
+        st["report"]["spool"]["depth"].as_u64() >= Some(4)
+    });
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(b.p("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "{segs:?}");
+    // The oldest segment still waiting goes (as root, which nothing here
+    // denies: no BPF LSM on this kernel).
+    std::fs::remove_file(&segs[0]).unwrap();
+    let _server = nats(&js_dir);
+    let st = wait(60, "the segment's records given up", &|st| {
+        st["report"]["spool"]["lost"].as_u64() > Some(0)
+            && st["report"]["spool"]["depth"].as_u64() <= Some(2)
+    });
+    let lost = st["report"]["spool"]["lost"].as_u64().unwrap();
+    // At the fleet: a notice with the reason, and the alert.
+    let alert = (0..150)
+        .find_map(|_| {
+            let a = js(&|js| {
+                Box::pin(async move {
+                    guardian_fleet::query::alerts(
+                        &js,
+                        Some("rm-board"),
+                        std::time::SystemTime::now() - Duration::from_secs(600),
+                    )
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .find(|a| a.kind == "records_lost")
+                    .map(|a| serde_json::to_value(a).unwrap())
+                })
+            });
+            if a.is_none() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            a
+        })
+        .unwrap_or_else(|| panic!("no records_lost alert at the fleet\n{}", said()));
+    assert!(
+        alert["what"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{lost} records lost on the device")),
+        "{alert:#}"
+    );
+    assert_eq!(
+        alert["evidence"]["reason"],
+        guardian_report::spool::LOST_ON_DISK,
+        "{alert:#}"
+    );
+    // In the evidence, and the verdict.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !records(&b).iter().any(|r| {
+        matches!(&r.event, Event::Guard(g) if g.action == "drops"
+            && g.detail.contains(guardian_report::spool::LOST_ON_DISK))
+            && r.extended
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "no `guard drops` record for the lost records:\n{}",
+            said()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    assert!(agent.0.wait().unwrap().success(), "{}", said());
+    let _ = stop_tx.send(());
+    let _ = rt.block_on(fleet);
+    assert_log_explains_pcr(&tpm, &b);
+    let v = quote_and_verify(&b, "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b");
+    assert_eq!(v["trusted"], false, "{v:#}");
+    assert!(
+        failures(&v, "guard")
+            .iter()
+            .any(|r| r.contains(guardian_report::spool::LOST_ON_DISK)),
+        "{v:#}"
+    );
+}
