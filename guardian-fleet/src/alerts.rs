@@ -62,8 +62,8 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(600);
 pub struct Alert {
     /// The device.
     pub device: String,
-    /// `tamper_attempt`, `guard`, `events_dropped`, `records_lost` or
-    /// `silent`.
+    /// `tamper_attempt`, `guard`, `events_dropped`, `records_lost`,
+    /// `records_missing` or `silent`.
     pub kind: String,
     /// What happened, in words.
     pub what: String,
@@ -171,6 +171,27 @@ pub fn from_stored(s: &Stored) -> Vec<Alert> {
             epoch: Some(s.epoch.clone()),
             seq: Some(r.seq),
             evidence: body,
+        });
+    }
+    if s.newly_missing > 0
+        && let Some(last) = s.records.last()
+    {
+        let e = s.summary.epochs.get(&s.epoch);
+        out.push(Alert {
+            device: s.device.clone(),
+            kind: "records_missing".to_owned(),
+            what: format!(
+                "{} records will never arrive: the device's spool no longer holds them and no drop notice covers them (removed on the device, or lost on the way)",
+                s.newly_missing
+            ),
+            since_ms: last.time_ms,
+            epoch: Some(s.epoch.clone()),
+            seq: Some(last.seq),
+            evidence: serde_json::json!({
+                "newly_missing": s.newly_missing,
+                "missing": e.map(crate::store::EpochSummary::missing),
+                "settled_below": e.map(|e| e.settled_below),
+            }),
         });
     }
     out
@@ -526,6 +547,7 @@ mod tests {
                 body: serde_json::value::RawValue::from_string(body.into()).unwrap(),
             }],
             summary: Default::default(),
+            newly_missing: 0,
         }
     }
 

@@ -358,7 +358,14 @@ pub async fn store_batches(
             });
         }
         let now = now_ms();
+        let missing = |s: &store::Summary| {
+            s.epochs
+                .get(&batches[0].epoch)
+                .map_or(0, store::EpochSummary::missing)
+        };
+        let before = missing(&summary);
         let summary = store::updated(&summary, batches, &fresh, now);
+        let newly_missing = missing(&summary).saturating_sub(before);
         let records = fresh
             .iter()
             .map(|&(bi, ri)| {
@@ -377,6 +384,7 @@ pub async fn store_batches(
             stored_ms: now,
             records,
             summary: summary.clone(),
+            newly_missing,
         };
         let mut headers = HeaderMap::new();
         headers.insert(

@@ -63,6 +63,19 @@ pub struct EpochSummary {
     pub drop_spans: BTreeSet<Span>,
     /// Records the device reported dropped for a full in-memory queue.
     pub queue_drops: u64,
+    /// Sequence numbers below this are settled: a status summary of the
+    /// device said its spool no longer held any of them (all acknowledged
+    /// by the fleet's stream, or dropped with a notice), and another
+    /// summary has come since. What of them is neither stored nor in a
+    /// drop span will never come. (The second summary is the margin for
+    /// batches stored out of order: several instances share the ingest,
+    /// and one that dies has its batches delivered again later.)
+    #[serde(default)]
+    pub settled_below: u64,
+    /// Where the latest status summary settles (`settled_below` once the
+    /// next summary comes).
+    #[serde(default)]
+    pub settling: u64,
 }
 
 impl EpochSummary {
@@ -101,6 +114,27 @@ impl EpochSummary {
         self.drop_spans.iter().map(|s| s.dropped).sum::<u64>() + self.queue_drops
     }
 
+    /// Settled sequence numbers (below `settled_below`) neither stored nor
+    /// covered by a drop span: records the device no longer holds and the
+    /// fleet never got, with no notice to explain them (removed from the
+    /// device's spool while the agent was stopped, or lost on the way).
+    pub fn missing(&self) -> u64 {
+        let below = self.settled_below.saturating_sub(1);
+        let stored: u64 = self
+            .stored
+            .iter()
+            .filter(|r| r.0 <= below)
+            .map(|r| r.1.min(below) - r.0 + 1)
+            .sum();
+        let spanned: u64 = self
+            .drop_spans
+            .iter()
+            .filter(|s| s.to <= below)
+            .map(|s| s.dropped)
+            .sum();
+        below.saturating_sub(stored).saturating_sub(spanned)
+    }
+
     /// Sequence numbers below the highest stored that are neither stored
     /// nor covered by a drop span: lost in transit (or not arrived yet).
     pub fn unexplained(&self) -> u64 {
@@ -126,6 +160,31 @@ pub struct Stored {
     pub records: Vec<WireRecord>,
     /// The device's summary including these records.
     pub summary: Summary,
+    /// Settled sequence numbers found missing by these records (a status
+    /// summary among them settled them; see [`EpochSummary::missing`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub newly_missing: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Where a status summary (its JSON body, record `seq` of the spool epoch
+/// `epoch`) settles its device's sequence numbers: below the oldest record
+/// its spool still held, or below its next number if it held none; never
+/// above the summary itself. `None` for a body without the spool's figures
+/// or of another epoch.
+pub fn settles(body: &str, seq: u64, epoch: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let spool = v.get("report")?.get("spool")?;
+    let own = spool.get("epoch")?.as_u64()?;
+    if format!("{own:016x}") != epoch {
+        return None;
+    }
+    let next = spool.get("next_seq")?.as_u64()?;
+    let oldest = spool.get("oldest_seq").and_then(serde_json::Value::as_u64);
+    Some(oldest.unwrap_or(next).min(seq))
 }
 
 /// The records of `batches` (one device's, one epoch's, in the order they
@@ -167,6 +226,12 @@ pub fn updated(
         contributed.insert(bi);
         e.insert(r.seq);
         *e.by_class.entry(r.class.clone()).or_default() += 1;
+        if r.class == "status"
+            && let Some(b) = settles(r.body.get(), r.seq, &epoch)
+        {
+            e.settled_below = e.settled_below.max(e.settling);
+            e.settling = e.settling.max(b);
+        }
         if r.class == "drop"
             && let Ok(n) = serde_json::from_str::<DropNotice>(r.body.get())
         {
@@ -201,6 +266,100 @@ mod tests {
         assert!(e.has(1) && e.has(11) && !e.has(12) && !e.has(0));
         e.insert(4);
         assert_eq!(e.count(), 11);
+    }
+
+    #[test]
+    fn settled_numbers_neither_stored_nor_spanned_are_missing() {
+        let mut e = EpochSummary::default();
+        for s in (1..=20).filter(|s| !(5..=7).contains(s) && *s != 12) {
+            e.insert(s);
+        }
+        e.drop_spans.insert(Span {
+            id: 13,
+            from: 12,
+            to: 12,
+            dropped: 1,
+        });
+        // Nothing settled yet: nothing is missing, however it looks.
+        assert_eq!(e.missing(), 0);
+        e.settled_below = 5;
+        assert_eq!(e.missing(), 0);
+        e.settled_below = 8;
+        assert_eq!(e.missing(), 3, "5, 6, 7");
+        e.settled_below = 21;
+        assert_eq!(e.missing(), 3, "12 is explained by its span");
+        // A status settles below its spool's oldest waiting record, or its
+        // next number, never above itself; another epoch's says nothing.
+        let body = |oldest: &str| {
+            format!(
+                r#"{{"report":{{"spool":{{"epoch":255,"next_seq":40,"oldest_seq":{oldest}}}}}}}"#
+            )
+        };
+        assert_eq!(settles(&body("31"), 45, "00000000000000ff"), Some(31));
+        assert_eq!(settles(&body("null"), 45, "00000000000000ff"), Some(40));
+        assert_eq!(settles(&body("null"), 38, "00000000000000ff"), Some(38));
+        assert_eq!(settles(&body("31"), 45, "00000000000000fe"), None);
+        assert_eq!(settles("{}", 45, "00000000000000ff"), None);
+    }
+
+    /// A batch of `records` (seq, class, body) of epoch 0xff.
+    fn batch_of(records: &[(u64, &str, &str)]) -> Batch {
+        Batch {
+            v: 1,
+            device: "d".into(),
+            epoch: "00000000000000ff".into(),
+            records: records
+                .iter()
+                .map(|&(seq, class, body)| WireRecord {
+                    seq,
+                    time_ms: seq,
+                    class: class.into(),
+                    body: serde_json::value::RawValue::from_string(body.into()).unwrap(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Stored in the order given, one batch at a time: the summary after.
+    fn store_all(batches: Vec<Batch>) -> Summary {
+        let mut summary = Summary::default();
+        for b in batches {
+            let bs = [b];
+            let fresh = new_records(&summary, &bs);
+            summary = updated(&summary, &bs, &fresh, 1);
+        }
+        summary
+    }
+
+    /// Records 3 and 4 never come (removed from the device while its agent
+    /// was stopped, no notice): a status that says the spool holds nothing
+    /// below 6 makes them settling, and the next status settles them.
+    /// Stored out of order (3 and 4 late, after the first status), they
+    /// are not missing.
+    #[test]
+    fn a_gap_is_missing_once_a_second_status_settles_it() {
+        let status = r#"{"report":{"spool":{"epoch":255,"next_seq":6,"oldest_seq":null}}}"#;
+        let ev = "{}";
+        let lost = store_all(vec![
+            batch_of(&[(1, "event", ev), (2, "event", ev), (5, "event", ev)]),
+            batch_of(&[(6, "status", status)]),
+        ]);
+        let e = &lost.epochs["00000000000000ff"];
+        assert_eq!((e.settling, e.settled_below, e.missing()), (6, 0, 0));
+        let lost = store_all(vec![
+            batch_of(&[(1, "event", ev), (2, "event", ev), (5, "event", ev)]),
+            batch_of(&[(6, "status", status)]),
+            batch_of(&[(7, "status", status)]),
+        ]);
+        let e = &lost.epochs["00000000000000ff"];
+        assert_eq!((e.settled_below, e.missing()), (6, 2));
+        let late = store_all(vec![
+            batch_of(&[(1, "event", ev), (2, "event", ev), (5, "event", ev)]),
+            batch_of(&[(6, "status", status)]),
+            batch_of(&[(3, "event", ev), (4, "event", ev)]),
+            batch_of(&[(7, "status", status)]),
+        ]);
+        assert_eq!(late.epochs["00000000000000ff"].missing(), 0);
     }
 
     #[test]

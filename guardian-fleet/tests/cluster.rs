@@ -920,6 +920,7 @@ async fn stored_together_and_concurrently_still_exactly_once() {
             stored_ms: 1,
             records: b.records,
             summary,
+            newly_missing: 0,
         };
         let mut h = async_nats::HeaderMap::new();
         h.insert("Nats-Expected-Last-Subject-Sequence", "0");
@@ -1038,4 +1039,163 @@ async fn most_in_one_message(js: &jetstream::Context, device: &str) -> usize {
         .map(|s| s.records.len())
         .max()
         .unwrap_or(0)
+}
+
+/// Root removes a spool segment while the agent is stopped (where no BPF
+/// LSM denies it): the restarted agent's spool has no record of them and
+/// sends no notice, so the fleet sees a gap nothing explains. Once two
+/// status summaries from the device say its spool holds nothing below the
+/// gap, the fleet raises one `records_missing` alert naming how many will
+/// never arrive; a device whose records merely came late raises none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_removed_while_the_agent_was_stopped_are_found_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(tmp.path());
+    let js = ready(&nodes).await;
+    let _fleet = Instance::start(&nodes, tmp.path(), "fleet");
+    let id = "board-rm";
+    let dir = tmp.path().join(id);
+    let spool = || {
+        Spool::open(SpoolConfig {
+            dir: dir.clone(),
+            max_bytes: 8 << 20,
+            segment_bytes: 2 << 10,
+            fsync: Fsync::Interval(Duration::from_millis(50)),
+        })
+        .unwrap()
+    };
+    let servers = urls(&nodes);
+    let start = |spool: Spool| {
+        let mut cfg = LinkConfig::new(id, servers.clone());
+        cfg.backoff_max = Duration::from_millis(500);
+        cfg.ack_timeout = Duration::from_secs(3);
+        Reporter::start(spool, cfg).unwrap()
+    };
+    // What the agent sends as its status summary: its report status.
+    let status = |r: &Reporter| {
+        let body = serde_json::json!({ "report": r.status() });
+        assert!(r.submit(Class::Status, body.to_string().into_bytes()));
+    };
+    let events = |r: &Reporter, n: u32| {
+        for i in 0..n {
+            let body = format!(r#"{{"n":{i},"pad":"{}"}}"#, "x".repeat(100));
+            assert!(r.submit(Class::Event, body.into_bytes()));
+        }
+    };
+    let r = start(spool());
+    events(&r, 10);
+    wait_drained(&r).await;
+    // The instance is serving (it stored them) before the cluster goes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored_records(&js, id).await.len() < 10 {
+        assert!(Instant::now() < deadline, "the first records not stored");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The fleet away; 100 records wait in 2 KiB segments; the agent stops.
+    for n in nodes.iter_mut() {
+        n.kill9();
+    }
+    events(&r, 100);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while r.status().link.queued > 0 || r.status().spool.unsynced > 0 {
+        assert!(Instant::now() < deadline, "{:?}", r.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    r.shutdown().await;
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 4, "{segs:?}");
+    let first_of = |p: &Path| -> u64 { p.file_stem().unwrap().to_str().unwrap().parse().unwrap() };
+    let gone = first_of(&segs[2]) - first_of(&segs[1]);
+    std::fs::remove_file(&segs[1]).unwrap();
+
+    // The fleet back, the agent restarted: what is left arrives.
+    for n in nodes.iter_mut() {
+        n.spawn();
+    }
+    let r = start(spool());
+    wait_drained(&r).await;
+    // Everything sent is stored before the summaries come (the instance
+    // recovers from the whole cluster's restart in its own time; under a
+    // loaded machine that has taken over a minute).
+    let instance_log = || {
+        let log = std::fs::read_to_string(tmp.path().join("fleet.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        tail.join("\n")
+    };
+    let given = r.status().spool.next_seq - 1;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while stored_records(&js, id).await.iter().map(|r| r.seq).max() != Some(given) {
+        assert!(
+            Instant::now() < deadline,
+            "not stored up to {given} in 180 s; the instance said (last lines first):\n{}",
+            instance_log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let alerts = |kind: &'static str| {
+        let js = js.clone();
+        async move {
+            guardian_fleet::query::alerts(
+                &js,
+                Some(id),
+                std::time::SystemTime::now() - Duration::from_secs(600),
+            )
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a.kind == kind)
+            .collect::<Vec<_>>()
+        }
+    };
+    // One summary: the gap is settling, not yet settled.
+    status(&r);
+    wait_drained(&r).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(alerts("records_missing").await.is_empty());
+    // The next settles it.
+    status(&r);
+    wait_drained(&r).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let found = loop {
+        let a = alerts("records_missing").await;
+        if !a.is_empty() {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no records_missing alert; the instance said (last lines first):\n{}",
+            instance_log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].evidence["newly_missing"], gone, "{found:?}");
+    assert!(
+        found[0]
+            .what
+            .starts_with(&format!("{gone} records will never arrive")),
+        "{}",
+        found[0].what
+    );
+    // More summaries: the same gap is not alerted again.
+    status(&r);
+    status(&r);
+    wait_drained(&r).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(alerts("records_missing").await.len(), 1);
+    r.shutdown().await;
+}
+
+/// Wait (60 s at most) until `r` has nothing left to send.
+async fn wait_drained(r: &Reporter) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !r.drained() {
+        assert!(Instant::now() < deadline, "not drained: {:?}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
