@@ -517,29 +517,21 @@ async fn write_device(
     }
 }
 
-/// Run the service until `shutdown` completes.
-pub async fn serve(
-    cfg: ServiceConfig,
-    instance: &str,
-    counters: Arc<Counters>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), ServiceError> {
-    let client = connect(&cfg.servers, &format!("guardian-fleet {instance}")).await?;
-    let js = jetstream::new(client.clone());
-    // A fleet started with (or before) its cluster waits for JetStream to
-    // elect its leader instead of exiting; it says so while it waits.
-    let mut waited = Duration::ZERO;
-    loop {
-        match ensure(&js, &cfg).await {
-            Ok(()) => break,
-            Err(e) if waited < Duration::from_secs(120) => {
-                log::warn!("JetStream not ready ({e}); retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                waited += Duration::from_secs(1);
-            }
-            Err(e) => return Err(e),
-        }
-    }
+/// The streams, the device bucket and the shared ingest consumer, made if
+/// missing ([`ensure`]) and opened: the store stream, the bucket and the
+/// consumer.
+async fn open(
+    js: &jetstream::Context,
+    cfg: &ServiceConfig,
+) -> Result<
+    (
+        stream::Stream,
+        jetstream::kv::Store,
+        jetstream::consumer::PullConsumer,
+    ),
+    ServiceError,
+> {
+    ensure(js, cfg).await?;
     let ingest = js
         .get_stream(INGEST_STREAM)
         .await
@@ -552,6 +544,47 @@ pub async fn serve(
         .get_key_value(DEVICES_BUCKET)
         .await
         .map_err(|e| js_err(format!("open bucket {DEVICES_BUCKET}"))(e.into()))?;
+    let consumer: jetstream::consumer::PullConsumer = ingest
+        .get_or_create_consumer(
+            CONSUMER,
+            pull::Config {
+                durable_name: Some(CONSUMER.to_owned()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: cfg.ack_wait,
+                max_ack_pending: 20_000,
+                num_replicas: cfg.replicas,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| js_err(format!("create consumer {CONSUMER}"))(e.into()))?;
+    Ok((store_stream, kv, consumer))
+}
+
+/// Run the service until `shutdown` completes.
+pub async fn serve(
+    cfg: ServiceConfig,
+    instance: &str,
+    counters: Arc<Counters>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServiceError> {
+    let client = connect(&cfg.servers, &format!("guardian-fleet {instance}")).await?;
+    let js = jetstream::new(client.clone());
+    // A fleet started with (or before) its cluster, or whose cluster goes
+    // away while it starts, waits for JetStream (up to two minutes) rather
+    // than exiting; it says so while it waits.
+    let mut waited = Duration::ZERO;
+    let (store_stream, kv, consumer) = loop {
+        match open(&js, &cfg).await {
+            Ok(parts) => break parts,
+            Err(e) if waited < Duration::from_secs(120) => {
+                log::warn!("JetStream not ready ({e}); retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                waited += Duration::from_secs(1);
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let cache = DeviceCache::default();
     let (cache_stop, cache_stopped) = tokio::sync::watch::channel(false);
     let cache_task = tokio::spawn(cache.clone().run(kv, cache_stopped.clone()));
@@ -615,20 +648,6 @@ pub async fn serve(
             }
         }));
     }
-    let consumer: jetstream::consumer::PullConsumer = ingest
-        .get_or_create_consumer(
-            CONSUMER,
-            pull::Config {
-                durable_name: Some(CONSUMER.to_owned()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: cfg.ack_wait,
-                max_ack_pending: 20_000,
-                num_replicas: cfg.replicas,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| js_err(format!("create consumer {CONSUMER}"))(e.into()))?;
     let mut messages = pull(&consumer)
         .await
         .map_err(|e| js_err("pull from the ingest consumer")(e.into()))?;
