@@ -161,7 +161,7 @@ pub fn device_report(
             for (epoch, e) in &s.epochs {
                 let current = s.current_epoch.as_deref() == Some(epoch.as_str());
                 out.push_str(&format!(
-                    "epoch       {epoch}{}: {} records ({}), {} dropped, {} unexplained\n",
+                    "epoch       {epoch}{}: {} records ({}), {} dropped, {} unexplained, {} missing for good\n",
                     if current { " (current)" } else { "" },
                     e.count(),
                     e.by_class
@@ -170,7 +170,8 @@ pub fn device_report(
                         .collect::<Vec<_>>()
                         .join(", "),
                     e.dropped(),
-                    e.unexplained()
+                    e.unexplained(),
+                    e.missing()
                 ));
             }
         }
