@@ -65,16 +65,27 @@ procs=$(( (devices + 3999) / 4000 ))
 echo "== $devices devices ($procs simulator process(es)), $rate events/s for $secs s, 3 nodes R3 ==" >&2
 sims=()
 for p in $(seq "$procs"); do
-    RUST_LOG=error "$bin" --nats "$all" simulate --devices $((devices / procs)) --rate $((rate / procs)) \
-        --duration "${secs}s" --dir "$spools" --prefix "sim$p" --drain-wait 300s >"$work/sim$p.json" &
+    # The reporters' warnings (why a link was lost) are kept, to count
+    # the reasons for reconnecting.
+    RUST_LOG=error,guardian_report::reporter=warn "$bin" --nats "$all" simulate --devices $((devices / procs)) --rate $((rate / procs)) \
+        --duration "${secs}s" --dir "$spools" --prefix "sim$p" --drain-wait 300s >"$work/sim$p.json" 2>"$work/sim$p.log" &
     sims+=($!)
 done
 fail=0
 for s in "${sims[@]}"; do wait "$s" || fail=1; done
 load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$load_start" "$load_end" "$work"/sim*.json <<'PY'
-import json, sys
-rs = [json.load(open(f)) for f in sys.argv[3:]]
+python3 - "$load_start" "$load_end" "$work" <<'PY'
+import glob, json, re, sys
+rs = [json.load(open(f)) for f in sorted(glob.glob(sys.argv[3] + "/sim*.json"))]
+# Why links were lost, from the reporters' warnings (numbers and addresses
+# folded, so that the same reason counts once).
+lost = {}
+for f in glob.glob(sys.argv[3] + "/sim*.log"):
+    for line in open(f, errors="replace"):
+        m = re.search(r"report link to \S+ lost: (.*); records stay", line)
+        if m:
+            k = re.sub(r"[0-9]+(\.[0-9]+)?", "N", m.group(1))
+            lost[k] = lost.get(k, 0) + 1
 why = {}
 for r in rs:
     for k, n in r.get("not_connected_at_end", {}).items():
@@ -85,7 +96,9 @@ print(json.dumps({
     "load_average_start": sys.argv[1], "load_average_end": sys.argv[2],
     "processes": len(rs), "devices": tot("devices"), "connected_at_end": tot("connected_at_end"),
     "not_connected_at_end": why, "reconnects": tot("reconnects"),
+    "links_lost_because": dict(sorted(lost.items(), key=lambda kv: -kv[1])[:8]),
     "resent": sum(r.get("resent", 0) for r in rs),
+    "busy": sum(r.get("busy", 0) for r in rs),
     "submitted": tot("submitted"), "queue_drops": tot("queue_drops"), "given": tot("given"),
     "stored": tot("stored"), "missing": tot("missing"), "stored_twice": tot("stored_twice"),
     "produce_secs": max(r["produce_secs"] for r in rs),

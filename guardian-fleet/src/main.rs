@@ -509,6 +509,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "devices": report.devices, "connected_at_end": report.connected,
                 "not_connected_at_end": report.not_connected, "reconnects": report.reconnects,
                 "resent": report.resent,
+                "busy": report.busy,
                 "submitted": report.submitted, "queue_drops": report.queue_drops,
                 "acked_by_stream": report.acked, "produce_secs": report.produce_secs,
                 "drained_secs": report.drained_secs,

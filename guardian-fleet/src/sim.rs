@@ -44,6 +44,9 @@ pub struct SimReport {
     /// Batches sent again on a live connection because their
     /// acknowledgement was late, all devices together.
     pub resent: u64,
+    /// Batches the stream was too busy to take (429), sent again after a
+    /// pause, over every device.
+    pub busy: u64,
     /// Events handed to the reporters.
     pub submitted: u64,
     /// Events the reporters' queues refused (counted, reported).
@@ -149,6 +152,7 @@ pub async fn run(cfg: &SimConfig, drain_wait: Duration) -> std::io::Result<SimRe
         not_connected,
         reconnects: 0,
         resent: 0,
+        busy: 0,
         submitted,
         queue_drops: 0,
         acked: 0,
@@ -162,6 +166,7 @@ pub async fn run(cfg: &SimConfig, drain_wait: Duration) -> std::io::Result<SimRe
         report.acked += st.link.records_acked;
         report.reconnects += st.link.reconnects;
         report.resent += st.link.resent;
+        report.busy += st.link.busy;
         report.given.push((id, st.spool.next_seq - 1));
         r.shutdown().await;
     }

@@ -211,6 +211,9 @@ pub enum PubAck {
     },
     /// The stream refused it, or no stream listens.
     Refused(String),
+    /// The stream did not take it now (`429 Too Many Requests`: its
+    /// inbound queue is full); the same message may go again later.
+    Busy(String),
 }
 
 /// Something the server sent us on our inbox.
@@ -617,11 +620,14 @@ pub fn parse_ack(headers: Option<&[u8]>, payload: &[u8]) -> PubAck {
         let _ = parts.next();
         if let Some(code) = parts.next() {
             let text = parts.next().unwrap_or("");
-            return PubAck::Refused(if code == "503" {
-                "no stream listens on the subject (503 no responders)".to_owned()
-            } else {
-                format!("status {code} {text}").trim_end().to_owned()
-            });
+            let said = format!("status {code} {text}").trim_end().to_owned();
+            return match code {
+                "503" => PubAck::Refused(
+                    "no stream listens on the subject (503 no responders)".to_owned(),
+                ),
+                "429" => PubAck::Busy(said),
+                _ => PubAck::Refused(said),
+            };
         }
     }
     let v: serde_json::Value = match serde_json::from_slice(payload) {
@@ -782,6 +788,10 @@ mod tests {
             matches!(parse_ack(Some(b"NATS/1.0 503\r\n\r\n"), b""), PubAck::Refused(m) if m.contains("no stream"))
         );
         assert!(matches!(parse_ack(None, b"garbage"), PubAck::Refused(_)));
+        assert!(matches!(
+            parse_ack(Some(b"NATS/1.0 429 Too Many Requests\r\n\r\n"), b""),
+            PubAck::Busy(m) if m == "status 429 Too Many Requests"
+        ));
     }
 
     #[test]

@@ -181,10 +181,15 @@ pub struct LinkStatus {
     pub records_acked: u64,
     /// Batches the stream reported as duplicates (a resend it already had).
     pub duplicates: u64,
-    /// Batches sent again on the same connection because their
-    /// acknowledgement was late (the connection answered a PING).
+    /// Batches sent again on the same connection because the stream had
+    /// not acknowledged them within [`STREAM_PATIENCE`] acknowledgement
+    /// timeouts though the server had read them (a PONG came after).
     #[serde(default)]
     pub resent: u64,
+    /// Batches the stream said it was too busy to take (429), each sent
+    /// again after a pause on the same connection.
+    #[serde(default)]
+    pub busy: u64,
     /// When the last acknowledgement came.
     pub last_ack_ms: Option<u64>,
     /// Records dropped because the in-memory queue before the spool was full.
@@ -374,6 +379,7 @@ impl Reporter {
                 records_acked: 0,
                 duplicates: 0,
                 resent: 0,
+                busy: 0,
                 last_ack_ms: None,
                 queue_drops: 0,
                 queued: 0,
@@ -618,6 +624,11 @@ struct InFlight {
     resends: u32,
     /// A PONG came after it was (last) sent: the server has read it.
     read: bool,
+    /// The stream said it was too busy to take it (429): it goes again
+    /// then, on this connection, without counting as a resend.
+    retry_at: Option<Instant>,
+    /// Times the stream said so for it, in a row.
+    busy: u32,
 }
 
 impl InFlight {
@@ -628,6 +639,8 @@ impl InFlight {
             sent: now,
             resends: 0,
             read: false,
+            retry_at: None,
+            busy: 0,
         }
     }
 
@@ -635,11 +648,23 @@ impl InFlight {
     /// PING is due after `ack_timeout`; read, a resend after
     /// [`STREAM_PATIENCE`] of them, doubled for each resend.
     fn due(&self, ack_timeout: Duration) -> Instant {
+        if let Some(t) = self.retry_at {
+            return t;
+        }
         match self.read {
             false => self.sent + ack_timeout,
             true => self.sent + ack_timeout * STREAM_PATIENCE * (1u32 << self.resends.min(8)),
         }
     }
+}
+
+/// How long a batch the stream was too busy to take waits before it goes
+/// again, the `n`th time in a row (from 0): a quarter of `ack_timeout`,
+/// doubled each time up to four times it, plus up to half again at random.
+fn busy_pause(ack_timeout: Duration, n: u32) -> Duration {
+    let base = (ack_timeout / 4) * (1u32 << n.min(4));
+    let jitter = u64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 1000);
+    base + base / 2 * u32::try_from(jitter).unwrap_or(0) / 1000
 }
 
 /// A PING that is out: when it went, and by when its PONG must come.
@@ -800,6 +825,21 @@ async fn session(
                             }
                         }
                         PubAck::Refused(why) => return Err(format!("stream refused a batch: {why}")),
+                        PubAck::Busy(_) => {
+                            // Not a refusal: the stream's inbound queue is
+                            // full. The batch goes again after a pause that
+                            // grows while it stays so (a quarter of the
+                            // acknowledgement timeout, doubling, up to four
+                            // times it), jittered so that a fleet told so at
+                            // once does not come back at once.
+                            let mut f = f;
+                            let pause = busy_pause(cfg.ack_timeout, f.busy);
+                            f.busy += 1;
+                            f.read = true;
+                            f.retry_at = Some(Instant::now() + pause);
+                            inflight.insert(r.token.parse::<u64>().unwrap_or(u64::MAX), f);
+                            shared.link().busy += 1;
+                        }
                     }
                 }
             }
@@ -849,7 +889,8 @@ async fn resend_overdue(
         let Some(f) = inflight.get_mut(&token) else {
             continue;
         };
-        if f.resends >= MAX_RESENDS {
+        let busy_retry = f.retry_at.take().is_some();
+        if !busy_retry && f.resends >= MAX_RESENDS {
             return Err(format!(
                 "no acknowledgement within {:?} after {} resends on a live connection",
                 cfg.ack_timeout, f.resends
@@ -878,8 +919,10 @@ async fn resend_overdue(
             .map_err(|e| e.to_string())?;
         f.sent = now;
         f.read = false;
-        f.resends += 1;
-        shared.link().resent += 1;
+        if !busy_retry {
+            f.resends += 1;
+            shared.link().resent += 1;
+        }
     }
     Ok(())
 }

@@ -374,10 +374,29 @@ async fn a_late_acknowledgement_is_waited_for_and_a_lost_batch_goes_again() {
     assert_eq!(got.len(), 300, "{got:?}");
     assert!(got.values().all(|&n| n == 1), "a record stored twice");
 
+    // Busy: the stream answers the next two batches with 429 (its inbound
+    // queue full). Not a refusal: each goes again after a pause on the
+    // same connection, without counting as a resend.
+    proxy.busy_next_acks(2);
+    submit(300, 1);
+    wait_drained(&r, Duration::from_secs(30)).await;
+    submit(301, 1);
+    wait_drained(&r, Duration::from_secs(30)).await;
+    let st = r.status();
+    assert_eq!(st.link.busy, 2, "{st:?}");
+    assert_eq!(
+        st.link.reconnects, 0,
+        "a busy stream dropped the connection: {st:?}"
+    );
+    assert_eq!(st.link.resent, 1, "{st:?}");
+    let got = stored(&server.url()).await;
+    assert_eq!(got.len(), 302, "{got:?}");
+    assert!(got.values().all(|&n| n == 1), "a record stored twice");
+
     // Dead to the PING as well: the server stops for 5 s; at 2 s (1 s for
     // the acknowledgement, 1 more for the PONG) the connection is given up.
     signal(&server, "STOP");
-    submit(300, 100);
+    submit(302, 98);
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let st = r.status();
     assert_ne!(st.link.state, LinkState::Connected, "{st:?}");

@@ -30,6 +30,8 @@ struct Faults {
     drop_publishes: AtomicU32,
     /// Messages to the client held back this long (zero: none).
     hold_messages: Mutex<Duration>,
+    /// Acknowledgements still to be turned into `429 Too Many Requests`.
+    busy_acks: AtomicU32,
 }
 
 /// The running proxy; it stops with the test's runtime.
@@ -72,6 +74,13 @@ impl Proxy {
     /// sent them, the server never sees them.
     pub fn drop_next_publishes(&self, n: u32) {
         self.faults.drop_publishes.store(n, Ordering::SeqCst);
+    }
+
+    /// Turn the next `n` acknowledgements (messages to the client's `_GR.`
+    /// inbox) into JetStream's `429 Too Many Requests` status: the stream
+    /// did not take the batch now.
+    pub fn busy_next_acks(&self, n: u32) {
+        self.faults.busy_acks.store(n, Ordering::SeqCst);
     }
 
     /// Hold every message to the client (acknowledgements among them) back
@@ -134,8 +143,26 @@ async fn pair(client: TcpStream, server: TcpStream, faults: Arc<Faults>, prefix:
         }
     });
     let mut sr = BufReader::new(sr);
-    while let Some((line, bytes)) = frame(&mut sr).await {
+    while let Some((line, mut bytes)) = frame(&mut sr).await {
         let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        let fields: Vec<&str> = line.split(' ').collect();
+        if matches!(verb.as_str(), "MSG" | "HMSG")
+            && fields.get(1).is_some_and(|s| s.starts_with("_GR."))
+            && faults
+                .busy_acks
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            let hdr = "NATS/1.0 429 Too Many Requests\r\n\r\n";
+            bytes = format!(
+                "HMSG {} {} {} {}\r\n{hdr}\r\n",
+                fields[1],
+                fields[2],
+                hdr.len(),
+                hdr.len()
+            )
+            .into_bytes();
+        }
         let hold = *faults.hold_messages.lock().unwrap();
         if matches!(verb.as_str(), "MSG" | "HMSG") && !hold.is_zero() {
             let tx = tx.clone();
