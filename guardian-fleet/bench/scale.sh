@@ -99,6 +99,7 @@ print(json.dumps({
     "links_lost_because": dict(sorted(lost.items(), key=lambda kv: -kv[1])[:8]),
     "resent": sum(r.get("resent", 0) for r in rs),
     "busy": sum(r.get("busy", 0) for r in rs),
+    "window_cuts": sum(r.get("window_cuts", 0) for r in rs),
     "submitted": tot("submitted"), "queue_drops": tot("queue_drops"), "given": tot("given"),
     "stored": tot("stored"), "missing": tot("missing"), "stored_twice": tot("stored_twice"),
     "produce_secs": max(r["produce_secs"] for r in rs),

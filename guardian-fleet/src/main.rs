@@ -510,6 +510,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "not_connected_at_end": report.not_connected, "reconnects": report.reconnects,
                 "resent": report.resent,
                 "busy": report.busy,
+                "window_cuts": report.window_cuts,
                 "submitted": report.submitted, "queue_drops": report.queue_drops,
                 "acked_by_stream": report.acked, "produce_secs": report.produce_secs,
                 "drained_secs": report.drained_secs,

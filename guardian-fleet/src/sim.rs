@@ -47,6 +47,8 @@ pub struct SimReport {
     /// Batches the stream was too busy to take (429), sent again after a
     /// pause, over every device.
     pub busy: u64,
+    /// Times a device window was halved, over every device.
+    pub window_cuts: u64,
     /// Events handed to the reporters.
     pub submitted: u64,
     /// Events the reporters' queues refused (counted, reported).
@@ -153,6 +155,7 @@ pub async fn run(cfg: &SimConfig, drain_wait: Duration) -> std::io::Result<SimRe
         reconnects: 0,
         resent: 0,
         busy: 0,
+        window_cuts: 0,
         submitted,
         queue_drops: 0,
         acked: 0,
@@ -167,6 +170,7 @@ pub async fn run(cfg: &SimConfig, drain_wait: Duration) -> std::io::Result<SimRe
         report.reconnects += st.link.reconnects;
         report.resent += st.link.resent;
         report.busy += st.link.busy;
+        report.window_cuts += st.link.window_cuts;
         report.given.push((id, st.spool.next_seq - 1));
         r.shutdown().await;
     }

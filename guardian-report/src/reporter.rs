@@ -58,7 +58,8 @@ pub struct LinkConfig {
     pub credentials: Credentials,
     /// TLS (required when set: a server that does not offer it is refused).
     pub tls: Option<crate::nats::Tls>,
-    /// Batches sent and not yet acknowledged, at most.
+    /// Batches sent and not yet acknowledged, at most. The link uses fewer
+    /// while the stream shows it is behind ([`LinkStatus::window`]).
     pub window: usize,
     /// Records per batch, at most.
     pub batch_records: usize,
@@ -190,6 +191,13 @@ pub struct LinkStatus {
     /// again after a pause on the same connection.
     #[serde(default)]
     pub busy: u64,
+    /// Batches the link lets be in flight now: [`LinkConfig::window`] while
+    /// the stream keeps up, less (down to 1) after it showed it does not.
+    #[serde(default)]
+    pub window: u64,
+    /// Times the window was halved (an acknowledgement overdue, a 429).
+    #[serde(default)]
+    pub window_cuts: u64,
     /// When the last acknowledgement came.
     pub last_ack_ms: Option<u64>,
     /// Records dropped because the in-memory queue before the spool was full.
@@ -380,6 +388,8 @@ impl Reporter {
                 duplicates: 0,
                 resent: 0,
                 busy: 0,
+                window: 0,
+                window_cuts: 0,
                 last_ack_ms: None,
                 queue_drops: 0,
                 queued: 0,
@@ -667,6 +677,34 @@ fn busy_pause(ack_timeout: Duration, n: u32) -> Duration {
     base + base / 2 * u32::try_from(jitter).unwrap_or(0) / 1000
 }
 
+/// The batches a connection lets be in flight now (see `session`), shown
+/// in the link's status.
+struct Window {
+    now: usize,
+}
+
+impl Window {
+    fn new(shared: &Shared, max: usize) -> Self {
+        let w = Window { now: max.max(1) };
+        shared.link().window = w.now as u64;
+        w
+    }
+
+    fn shrink(&mut self, shared: &Shared) {
+        self.now = (self.now / 2).max(1);
+        let mut l = shared.link();
+        l.window = self.now as u64;
+        l.window_cuts += 1;
+    }
+
+    fn grow(&mut self, shared: &Shared, max: usize) {
+        if self.now < max {
+            self.now += 1;
+            shared.link().window = self.now as u64;
+        }
+    }
+}
+
 /// A PING that is out: when it went, and by when its PONG must come.
 #[derive(Clone, Copy)]
 struct Ping {
@@ -706,8 +744,16 @@ async fn session(
     // A PING is out (a batch's acknowledgement was late): its PONG must
     // come in time, or the connection is dead.
     let mut ping: Option<Ping> = None;
+    // Batches let in flight now: the configured window while the stream
+    // keeps up; halved whenever it shows it does not (an acknowledgement
+    // overdue, a 429), down to one; one more for each acknowledgement in
+    // under half the acknowledgement timeout. A device then sends fewer,
+    // larger batches to a cluster that is behind (its records wait in the
+    // spool meanwhile), so ten thousand of them together ask it for what
+    // it can store rather than for ever more messages.
+    let mut window = Window::new(shared, cfg.window);
     loop {
-        while inflight.len() < cfg.window {
+        while inflight.len() < window.now {
             let sh = shared.clone();
             let (after, n, b) = (sent_upto, cfg.batch_records, cfg.batch_bytes);
             let recs = tokio::task::spawn_blocking(move || sh.pending(after, n, b))
@@ -756,6 +802,7 @@ async fn session(
                     .values()
                     .any(|f| !f.read && now >= f.due(cfg.ack_timeout));
                 if ping.is_none() && unread_overdue {
+                    window.shrink(shared);
                     conn.ping().await.map_err(|e| link_error(&e))?;
                     ping = Some(Ping { sent: now, pong_by: now + cfg.ack_timeout });
                 }
@@ -808,6 +855,9 @@ async fn session(
                     };
                     match r.ack {
                         PubAck::Stored { duplicate, .. } => {
+                            if f.sent.elapsed() < cfg.ack_timeout / 2 {
+                                window.grow(shared, cfg.window);
+                            }
                             let n = f.seqs.len() as u64;
                             let sh = shared.clone();
                             tokio::task::spawn_blocking(move || {
@@ -832,6 +882,7 @@ async fn session(
                             // acknowledgement timeout, doubling, up to four
                             // times it), jittered so that a fleet told so at
                             // once does not come back at once.
+                            window.shrink(shared);
                             let mut f = f;
                             let pause = busy_pause(cfg.ack_timeout, f.busy);
                             f.busy += 1;

@@ -330,7 +330,9 @@ async fn a_late_acknowledgement_is_waited_for_and_a_lost_batch_goes_again() {
     };
     submit(0, 100);
     wait_drained(&r, Duration::from_secs(30)).await;
-    assert_eq!(r.status().link.reconnects, 0);
+    let st = r.status();
+    assert_eq!(st.link.reconnects, 0);
+    assert_eq!((st.link.window, st.link.window_cuts), (32, 0), "{st:?}");
 
     // Late: the stream's acknowledgements come 2.5 s after the batch, the
     // server's PONG at once. Overdue at 1 s, pinged, read; the patience
@@ -349,6 +351,16 @@ async fn a_late_acknowledgement_is_waited_for_and_a_lost_batch_goes_again() {
         "a batch the server had read went again: {st:?}"
     );
     assert_eq!(st.link.state, LinkState::Connected, "{st:?}");
+    // The stream fell behind: the window was cut (each overdue round
+    // halves it). Acknowledgements that come quickly open it again, one
+    // batch each, up to the configured 32.
+    assert!(st.link.window_cuts >= 1 && st.link.window <= 16, "{st:?}");
+    for i in 0..40 {
+        submit(1000 + i, 1);
+        wait_drained(&r, Duration::from_secs(30)).await;
+    }
+    let st = r.status();
+    assert_eq!(st.link.window, 32, "{st:?}");
 
     // Lost: the next batch never reaches the server, the PINGs do. It goes
     // again once the patience is used up, on the same connection.
@@ -371,7 +383,7 @@ async fn a_late_acknowledgement_is_waited_for_and_a_lost_batch_goes_again() {
         "the lost batch, and only it, goes again: {st:?}"
     );
     let got = stored(&server.url()).await;
-    assert_eq!(got.len(), 300, "{got:?}");
+    assert_eq!(got.len(), 340, "{got:?}");
     assert!(got.values().all(|&n| n == 1), "a record stored twice");
 
     // Busy: the stream answers the next two batches with 429 (its inbound
@@ -390,7 +402,7 @@ async fn a_late_acknowledgement_is_waited_for_and_a_lost_batch_goes_again() {
     );
     assert_eq!(st.link.resent, 1, "{st:?}");
     let got = stored(&server.url()).await;
-    assert_eq!(got.len(), 302, "{got:?}");
+    assert_eq!(got.len(), 342, "{got:?}");
     assert!(got.values().all(|&n| n == 1), "a record stored twice");
 
     // Dead to the PING as well: the server stops for 5 s; at 2 s (1 s for
@@ -413,7 +425,7 @@ async fn a_late_acknowledgement_is_waited_for_and_a_lost_batch_goes_again() {
     let st = r.status();
     assert!(st.link.reconnects >= 1, "{st:?}");
     let given = st.spool.next_seq - 1;
-    assert_eq!(given, 400);
+    assert_eq!(given, 440);
     let got = stored(&server.url()).await;
     let missing: Vec<u64> = (1..=given)
         .filter(|s| !got.contains_key(&("board-late".to_owned(), *s)))

@@ -471,8 +471,15 @@ impl Status {
                     );
                 }
                 s += &format!(
-                    "  sent     {} batch(es), {} record(s) acknowledged, {} duplicate batch(es), {} resent late, {} retried after the stream was busy, {} reconnect(s)\n",
-                    l.batches_sent, l.records_acked, l.duplicates, l.resent, l.busy, l.reconnects
+                    "  sent     {} batch(es), {} record(s) acknowledged, {} duplicate batch(es), {} resent late, {} retried after the stream was busy, {} reconnect(s); window {} (cut {} time(s))\n",
+                    l.batches_sent,
+                    l.records_acked,
+                    l.duplicates,
+                    l.resent,
+                    l.busy,
+                    l.reconnects,
+                    l.window,
+                    l.window_cuts
                 );
                 s += &format!(
                     "  asked    {} question(s) by the fleet (attestation, enrolment): {} answered, {} refused\n",
