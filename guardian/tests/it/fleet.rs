@@ -13,7 +13,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -23,7 +23,7 @@ use guardian_fleet::attest::{Attestation, TrustState};
 use guardian_report::{Asked, LinkConfig, Reporter, Spool, SpoolConfig, wire::Question};
 
 use crate::{
-    common::{Board, Swtpm, localca, stderr},
+    common::{Board, KillOnDrop, Pins, Swtpm, localca, stderr},
     nats_support::{free_port, nats_server},
 };
 
@@ -37,15 +37,6 @@ fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -752,20 +743,6 @@ fn the_agent_answers_the_fleet_and_a_tamper_turns_it_untrusted() {
         (st["report"]["link"]["answered"].as_u64()? >= 2).then_some(())
     });
     drop(agent);
-}
-
-/// A pin directory removed on drop (what `guardian stop --unload` removes).
-struct Pins(PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                let _ = guardian::guard::remove_pins(&e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
 }
 
 /// The EK certificate serial (hex) of `d`'s TPM, as the fleet reads it.

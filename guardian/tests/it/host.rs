@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::common;
 use crate::nats_support;
+use common::KillOnDrop;
 use nats_support::nats_server;
 
 static KERNEL: Mutex<()> = Mutex::new(());
@@ -188,20 +189,6 @@ impl Drop for Scene {
     }
 }
 
-/// A pin directory removed on drop.
-struct Unpin(PathBuf);
-
-impl Drop for Unpin {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                let _ = guardian::guard::remove_pins(&e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// A running agent, stopped (SIGTERM) on drop.
 struct Agent {
     child: Child,
@@ -249,16 +236,6 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A child that must not outlive a failed test (it holds eBPF programs).
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -672,7 +649,7 @@ fn tamper_is_recorded_and_the_model_remeasured_into_the_quote() {
     let board = common::Board::new(&tpm.tcti());
     assert!(board.measure().status.success());
     let model = board.p("models/labels.txt");
-    let pins = Unpin(PathBuf::from(format!(
+    let pins = common::Pins(PathBuf::from(format!(
         "/sys/fs/bpf/guardian-test-tamper-{}",
         std::process::id()
     )));
@@ -1723,7 +1700,7 @@ fn a_policy_reload_reaches_the_fanotify_rungs() {
     agent.stop();
 }
 
-fn start_nats(port: u16, store: &Path) -> KillOnDrop {
+pub(crate) fn start_nats(port: u16, store: &Path) -> KillOnDrop {
     let child = Command::new(nats_server())
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store)

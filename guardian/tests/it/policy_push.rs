@@ -25,7 +25,7 @@ use guardian::{policy_set, signing::SigningKey};
 use sha2::{Digest as _, Sha256};
 
 use crate::{
-    common::{Board, Swtpm, guardian, openssl, stderr},
+    common::{Board, Pins, Swtpm, guardian, openssl, stderr},
     nats_support::{free_port, start_server},
 };
 
@@ -166,20 +166,6 @@ impl Lab {
             .filter(|r| r["class"] == class && r["body"]["kind"] == "policy_set")
             .map(|r| r["body"].clone())
             .collect()
-    }
-}
-
-/// A pin directory removed on drop.
-struct Pins(PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                let _ = guardian::guard::remove_pins(&e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
     }
 }
 

@@ -20,6 +20,7 @@
 
 // Tests panic on purpose: the failing line is the report.
 use crate::common;
+use common::{KillOnDrop, Pins};
 
 use std::{
     os::fd::AsRawFd as _,
@@ -627,29 +628,6 @@ fn a_legitimate_manifest_update_in_the_daemon_stays_trusted() {
 // guard unload: `guardian stop --unload` on a running agent
 // ---------------------------------------------------------------------
 
-/// A pin directory of the test's own on bpffs, removed on drop.
-struct Pins(PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                let _ = guardian::guard::remove_pins(&e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn stop_unload_records_the_unload_before_the_programs_go() {
     assert!(
@@ -806,6 +784,35 @@ fn stop_unload_records_the_unload_before_the_programs_go() {
 // guard drops: the fleet link's spool full while the fleet is away
 // ---------------------------------------------------------------------
 
+/// Run `guardian run` on `b`: the guard in detect mode over its models,
+/// pinned under `pins`, events and a status file each second, and the
+/// `[report]` section `report` (TOML); its stderr in `agent.stderr`.
+fn start_reporting_agent(b: &Board, pins: &Pins, report: &str) -> KillOnDrop {
+    let cfg = std::fs::read_to_string(b.p("guardian.toml")).unwrap();
+    std::fs::write(
+        b.p("guardian.toml"),
+        format!(
+            "[guard]\nmode = \"detect\"\nprotected = [{:?}]\npin_dir = {:?}\nunload_without_token = true\n\
+             [events]\noutput = \"events.jsonl\"\n[status]\npath = \"status.json\"\ninterval_secs = 1\n\
+             [report]\n{report}\n{cfg}",
+            b.s("models"),
+            pins.0.display().to_string(),
+        ),
+    )
+    .unwrap();
+    KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_guardian"))
+            .args(["run", "--config"])
+            .arg(b.p("guardian.toml"))
+            .env("GUARDIAN_LOG", "info")
+            .env_remove("TPM2TOOLS_TCTI")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(b.p("agent.stderr")).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// A board that was cut off from its fleet until its report spool was all
 /// but full, restarted: `guardian run` goes on reporting into the spool,
 /// the spool drops its least important records to make room, and the
@@ -852,30 +859,14 @@ fn a_report_spool_that_fills_while_the_fleet_is_away_is_in_the_evidence() {
         assert_eq!(st.dropped.iter().sum::<u64>(), 0, "{st:?}");
         assert!(st.depth > 900, "{st:?}");
     }
-    let cfg = std::fs::read_to_string(b.p("guardian.toml")).unwrap();
-    std::fs::write(
-        b.p("guardian.toml"),
-        format!(
-            "[guard]\nmode = \"detect\"\nprotected = [{:?}]\npin_dir = {:?}\nunload_without_token = true\n\
-             [events]\noutput = \"events.jsonl\"\n[status]\npath = \"status.json\"\ninterval_secs = 1\n\
-             [report]\nservers = [{fleet:?}]\ndevice_id = \"away-board\"\nspool_dir = {:?}\n\
-             spool_max_mib = 1\nsegment_kib = 64\nstatus_interval_secs = 1\nanswer_challenges = false\n{cfg}",
-            b.s("models"),
-            pins.0.display().to_string(),
-            b.s("spool"),
+    let mut agent = start_reporting_agent(
+        &b,
+        &pins,
+        &format!(
+            "servers = [{fleet:?}]\ndevice_id = \"away-board\"\nspool_dir = {:?}\n\
+             spool_max_mib = 1\nsegment_kib = 64\nstatus_interval_secs = 1\nanswer_challenges = false",
+            b.s("spool")
         ),
-    )
-    .unwrap();
-    let mut agent = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_guardian"))
-            .args(["run", "--config"])
-            .arg(b.p("guardian.toml"))
-            .env("GUARDIAN_LOG", "info")
-            .env_remove("TPM2TOOLS_TCTI")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(b.p("agent.stderr")).unwrap())
-            .spawn()
-            .unwrap(),
     );
     let said = || std::fs::read_to_string(b.p("agent.stderr")).unwrap_or_default();
     // The drops, in the evidence (the status reports are a few KiB each:
@@ -952,7 +943,7 @@ fn a_report_spool_that_fills_while_the_fleet_is_away_is_in_the_evidence() {
 /// and the evidence records it, so the next quote fails.
 #[test]
 fn a_spool_segment_removed_while_the_fleet_is_away_is_reported_and_in_the_evidence() {
-    use crate::nats_support::{free_port, nats_server};
+    use crate::nats_support::free_port;
     assert!(
         // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() } == 0,
@@ -966,22 +957,7 @@ fn a_spool_segment_removed_while_the_fleet_is_away_is_reported_and_in_the_eviden
     )));
     let port = free_port();
     let js_dir = b.p("js");
-    let nats = |dir: &Path| {
-        let child = Command::new(nats_server())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        KillOnDrop(child)
-    };
-    let server = nats(&js_dir);
+    let server = crate::host::start_nats(port, &js_dir);
     let url = format!("nats://127.0.0.1:{port}");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1009,30 +985,14 @@ fn a_spool_segment_removed_while_the_fleet_is_away_is_reported_and_in_the_eviden
             f(async_nats::jetstream::new(client)).await
         })
     };
-    let cfg = std::fs::read_to_string(b.p("guardian.toml")).unwrap();
-    std::fs::write(
-        b.p("guardian.toml"),
-        format!(
-            "[guard]\nmode = \"detect\"\nprotected = [{:?}]\npin_dir = {:?}\nunload_without_token = true\n\
-             [events]\noutput = \"events.jsonl\"\n[status]\npath = \"status.json\"\ninterval_secs = 1\n\
-             [report]\nservers = [{url:?}]\ndevice_id = \"rm-board\"\nspool_dir = {:?}\n\
-             segment_kib = 1\nstatus_interval_secs = 1\nanswer_challenges = false\n{cfg}",
-            b.s("models"),
-            pins.0.display().to_string(),
-            b.s("spool"),
+    let mut agent = start_reporting_agent(
+        &b,
+        &pins,
+        &format!(
+            "servers = [{url:?}]\ndevice_id = \"rm-board\"\nspool_dir = {:?}\n\
+             segment_kib = 1\nstatus_interval_secs = 1\nanswer_challenges = false",
+            b.s("spool")
         ),
-    )
-    .unwrap();
-    let mut agent = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_guardian"))
-            .args(["run", "--config"])
-            .arg(b.p("guardian.toml"))
-            .env("GUARDIAN_LOG", "info")
-            .env_remove("TPM2TOOLS_TCTI")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(b.p("agent.stderr")).unwrap())
-            .spawn()
-            .unwrap(),
     );
     let said = || std::fs::read_to_string(b.p("agent.stderr")).unwrap_or_default();
     let status = || -> Value {
@@ -1076,7 +1036,7 @@ fn a_spool_segment_removed_while_the_fleet_is_away_is_reported_and_in_the_eviden
     // The oldest segment still waiting goes (as root, which nothing here
     // denies: no BPF LSM on this kernel).
     std::fs::remove_file(&segs[0]).unwrap();
-    let _server = nats(&js_dir);
+    let _server = crate::host::start_nats(port, &js_dir);
     let st = wait(60, "the segment's records given up", &|st| {
         st["report"]["spool"]["lost"].as_u64() > Some(0)
             && st["report"]["spool"]["depth"].as_u64() <= Some(2)

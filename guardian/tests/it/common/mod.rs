@@ -312,3 +312,30 @@ pub fn localca() -> guardian::enrol::CaCerts {
     assert_eq!(cas.len(), 2);
     cas
 }
+
+/// A child process killed (and reaped) when dropped, however the test
+/// ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A pin directory on bpffs, its pins removed (as `guardian stop --unload`
+/// removes them) and the directory with them when dropped: pinned
+/// programs outlive the agent by design, not the test.
+pub struct Pins(pub PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                let _ = guardian::guard::remove_pins(&e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
