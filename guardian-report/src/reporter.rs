@@ -850,7 +850,12 @@ async fn session(
                     }
                 }
                 Some(Ok(Incoming::Reply(r))) => {
-                    let Some(f) = r.token.parse::<u64>().ok().and_then(|t| inflight.remove(&t)) else {
+                    let Some((token, f)) = r
+                        .token
+                        .parse::<u64>()
+                        .ok()
+                        .and_then(|t| inflight.remove(&t).map(|f| (t, f)))
+                    else {
                         continue;
                     };
                     match r.ack {
@@ -888,7 +893,7 @@ async fn session(
                             f.busy += 1;
                             f.read = true;
                             f.retry_at = Some(Instant::now() + pause);
-                            inflight.insert(r.token.parse::<u64>().unwrap_or(u64::MAX), f);
+                            inflight.insert(token, f);
                             shared.link().busy += 1;
                         }
                     }

@@ -784,6 +784,23 @@ fn stop_unload_records_the_unload_before_the_programs_go() {
 // guard drops: the fleet link's spool full while the fleet is away
 // ---------------------------------------------------------------------
 
+/// For a test that runs the agent: root (it loads eBPF programs), the
+/// host tests' lock, a measured board and a pin directory of its own.
+fn agent_board(tag: &str) -> (std::sync::MutexGuard<'static, ()>, Swtpm, Board, Pins) {
+    assert!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() } == 0,
+        "!!! this test runs the agent, which loads eBPF programs: it must run as root (./test.sh does); NOT tested"
+    );
+    let k = crate::host::exclusive();
+    let (tpm, b) = board();
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/guardian-test-{tag}-{}",
+        std::process::id()
+    )));
+    (k, tpm, b, pins)
+}
+
 /// Run `guardian run` on `b`: the guard in detect mode over its models,
 /// pinned under `pins`, events and a status file each second, and the
 /// `[report]` section `report` (TOML); its stderr in `agent.stderr`.
@@ -824,17 +841,7 @@ fn start_reporting_agent(b: &Board, pins: &Pins, report: &str) -> KillOnDrop {
 #[test]
 fn a_report_spool_that_fills_while_the_fleet_is_away_is_in_the_evidence() {
     use guardian_report::{Class, Fsync, Spool, SpoolConfig};
-    assert!(
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() } == 0,
-        "!!! this test runs the agent, which loads eBPF programs: it must run as root (./test.sh does); NOT tested"
-    );
-    let _k = crate::host::exclusive();
-    let (tpm, b) = board();
-    let pins = Pins(PathBuf::from(format!(
-        "/sys/fs/bpf/guardian-test-spool-{}",
-        std::process::id()
-    )));
+    let (_k, tpm, b, pins) = agent_board("spool");
     // The fleet: a port that takes connections and never speaks NATS.
     let fleet = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let fleet = format!("nats://{}", fleet.local_addr().unwrap());
@@ -944,17 +951,7 @@ fn a_report_spool_that_fills_while_the_fleet_is_away_is_in_the_evidence() {
 #[test]
 fn a_spool_segment_removed_while_the_fleet_is_away_is_reported_and_in_the_evidence() {
     use crate::nats_support::free_port;
-    assert!(
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() } == 0,
-        "!!! this test runs the agent, which loads eBPF programs: it must run as root (./test.sh does); NOT tested"
-    );
-    let _k = crate::host::exclusive();
-    let (tpm, b) = board();
-    let pins = Pins(PathBuf::from(format!(
-        "/sys/fs/bpf/guardian-test-lost-{}",
-        std::process::id()
-    )));
+    let (_k, tpm, b, pins) = agent_board("lost");
     let port = free_port();
     let js_dir = b.p("js");
     let server = crate::host::start_nats(port, &js_dir);
